@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Connect-time service load balancing. For a TCP socket of an enrolled
+ * network namespace that connects to a service address and port, the
+ * destination is rewritten to a chosen endpoint before the SYN is sent;
+ * getpeername() then shows the service address again. Everything else
+ * passes untouched.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "lb.h"
+
+/* Returned to the application when a service has no endpoint: the same
+ * error as a refused connection, at once, instead of a SYN to nowhere. */
+#define KM_ECONNREFUSED 111
+
+/* Keep the enums in the BTF, so bpf2go generates their Go twins: the struct
+ * fields that hold them are plain integers of a fixed size. */
+const enum km_family *unused_family __attribute__((unused));
+const enum km_lb_mode *unused_lb_mode __attribute__((unused));
+const enum km_backend_flag *unused_backend_flag __attribute__((unused));
+
+/* Original destination of each balanced socket, for getpeername(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_orig);
+} km_sock_orig SEC(".maps");
+
+static __always_inline int connect_refuse(void)
+{
+	bpf_set_retval(-KM_ECONNREFUSED);
+	return 0;
+}
+
+static __always_inline void connect_remember(struct bpf_sock_addr *ctx, const struct lb_request *req)
+{
+	struct sock_orig *orig;
+
+	orig = bpf_sk_storage_get(&km_sock_orig, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!orig)
+		return; /* getpeername shows the endpoint: cosmetic, never fatal */
+	__builtin_memcpy(orig->addr, req->addr, sizeof(orig->addr));
+	orig->port = req->port;
+	orig->family = req->family;
+}
+
+SEC("cgroup/connect4")
+int km_connect4(struct bpf_sock_addr *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	int ret;
+
+	req.netns_cookie = bpf_get_netns_cookie(ctx);
+	lb_v4_mapped(req.addr, ctx->user_ip4);
+	req.port = (__u16)ctx->user_port;
+	req.family = KM_FAMILY_V4;
+	req.proto = (__u8)ctx->protocol;
+	req.rand = bpf_get_prandom_u32();
+
+	ret = lb_xlate(&req, &res);
+	if (ret == -KM_ENOENT)
+		return 1;
+	if (ret < 0)
+		return connect_refuse();
+	connect_remember(ctx, &req);
+	ctx->user_ip4 = res.addr[3];
+	ctx->user_port = (__u32)res.port;
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int km_connect6(struct bpf_sock_addr *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	int ret;
+
+	req.netns_cookie = bpf_get_netns_cookie(ctx);
+	req.addr[0] = ctx->user_ip6[0];
+	req.addr[1] = ctx->user_ip6[1];
+	req.addr[2] = ctx->user_ip6[2];
+	req.addr[3] = ctx->user_ip6[3];
+	req.port = (__u16)ctx->user_port;
+	/* A dual-stack socket reaching an IPv4 service uses its IPv4-mapped
+	 * address and must get an IPv4 endpoint, IPv4-mapped. */
+	req.family = lb_is_v4_mapped(req.addr) ? KM_FAMILY_V4 : KM_FAMILY_V6;
+	req.proto = (__u8)ctx->protocol;
+	req.rand = bpf_get_prandom_u32();
+
+	ret = lb_xlate(&req, &res);
+	if (ret == -KM_ENOENT)
+		return 1;
+	if (ret < 0)
+		return connect_refuse();
+	connect_remember(ctx, &req);
+	ctx->user_ip6[0] = res.addr[0];
+	ctx->user_ip6[1] = res.addr[1];
+	ctx->user_ip6[2] = res.addr[2];
+	ctx->user_ip6[3] = res.addr[3];
+	ctx->user_port = (__u32)res.port;
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int km_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct sock_orig *orig;
+
+	orig = bpf_sk_storage_get(&km_sock_orig, ctx->sk, 0, 0);
+	if (!orig || orig->family != KM_FAMILY_V4)
+		return 1;
+	ctx->user_ip4 = orig->addr[3];
+	ctx->user_port = (__u32)orig->port;
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int km_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct sock_orig *orig;
+
+	orig = bpf_sk_storage_get(&km_sock_orig, ctx->sk, 0, 0);
+	if (!orig)
+		return 1;
+	ctx->user_ip6[0] = orig->addr[0];
+	ctx->user_ip6[1] = orig->addr[1];
+	ctx->user_ip6[2] = orig->addr[2];
+	ctx->user_ip6[3] = orig->addr[3];
+	ctx->user_port = (__u32)orig->port;
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

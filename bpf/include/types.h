@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every key, value and event struct the programs share with userspace.
+ * This file is the single source of truth: bpf2go generates the Go twins
+ * (KmeshFrontendKey, ...) from the BTF of these definitions. Padding is
+ * explicit and each size is asserted, so a layout change is never silent.
+ * A map whose layout changes must get a new name (km_backend_v2), so an
+ * upgraded daemon never misreads an old pin.
+ */
+#ifndef KMESH_TYPES_H
+#define KMESH_TYPES_H
+
+/* Address families as the maps record them (not AF_*, to index arrays). */
+enum km_family {
+	KM_FAMILY_V4 = 0,
+	KM_FAMILY_V6 = 1,
+	KM_FAMILY_COUNT = 2,
+};
+
+/* Load-balancing modes; model.LBMode names them in Go. */
+enum km_lb_mode {
+	KM_LB_RANDOM = 0,
+	KM_LB_ROUND_ROBIN = 1,
+};
+
+/* Backend flags: which address families the backend has. */
+enum km_backend_flag {
+	KM_BACKEND_HAS_V4 = 1 << 0,
+	KM_BACKEND_HAS_V6 = 1 << 1,
+};
+
+/* Key of km_manage: a network namespace this kmeshd enrolled. */
+struct manage_key {
+	__u64 netns_cookie;
+};
+struct manage_value {
+	__u32 flags; /* reserved, 0 */
+};
+
+/*
+ * Key of km_frontend: a service address and port. IPv4 addresses are
+ * stored IPv4-mapped (::ffff:a.b.c.d), so v4 and v4-mapped v6 sockets find
+ * the same entry. Address and port are in network byte order.
+ */
+struct frontend_key {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto; /* IPPROTO_TCP */
+	__u8 pad;
+};
+struct frontend_value {
+	__u32 service_id;
+	__u16 target_port; /* network byte order */
+	__u16 pad;
+};
+
+/*
+ * Value of km_service, keyed by service id. Endpoint slots exist per
+ * family in two generations; gen names the live one, so an update writes
+ * the other generation and then flips gen with one map update: a
+ * concurrent connect() sees the old or the new endpoint set, never a mix.
+ */
+struct service_value {
+	__u32 slots[KM_FAMILY_COUNT]; /* live slot count per family */
+	__u8 lb_mode;                 /* enum km_lb_mode */
+	__u8 gen;                     /* live generation: 0 or 1 */
+	__u16 pad;
+};
+
+/*
+ * Key of km_endpoint. Slots of one (service, family, gen) are dense from 0,
+ * so a random pick is one lookup. An endpoint of weight w fills w slots
+ * (after dividing all weights of the service by their common divisor).
+ */
+struct endpoint_key {
+	__u32 service_id;
+	__u8 family; /* enum km_family */
+	__u8 gen;
+	__u16 pad;
+	__u32 slot;
+};
+struct endpoint_value {
+	__u32 backend_id;
+};
+
+/* Value of km_backend, keyed by backend id: one workload's addresses. */
+struct backend_value {
+	__u32 addr4;    /* network byte order, valid with KM_BACKEND_HAS_V4 */
+	__u32 addr6[4]; /* network byte order, valid with KM_BACKEND_HAS_V6 */
+	__u32 flags;    /* enum km_backend_flag */
+};
+
+/*
+ * Socket storage km_sock_orig: the service address a socket connected to,
+ * so getpeername() shows it instead of the chosen endpoint.
+ */
+struct sock_orig {
+	__u32 addr[4]; /* as in frontend_key */
+	__u16 port;
+	__u8 family; /* enum km_family of the service address */
+	__u8 pad;
+};
+
+_Static_assert(sizeof(struct manage_key) == 8, "manage_key size");
+_Static_assert(sizeof(struct manage_value) == 4, "manage_value size");
+_Static_assert(sizeof(struct frontend_key) == 20, "frontend_key size");
+_Static_assert(sizeof(struct frontend_value) == 8, "frontend_value size");
+_Static_assert(sizeof(struct service_value) == 12, "service_value size");
+_Static_assert(sizeof(struct endpoint_key) == 12, "endpoint_key size");
+_Static_assert(sizeof(struct endpoint_value) == 4, "endpoint_value size");
+_Static_assert(sizeof(struct backend_value) == 24, "backend_value size");
+_Static_assert(sizeof(struct sock_orig) == 20, "sock_orig size");
+
+#endif

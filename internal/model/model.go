@@ -1,0 +1,188 @@
+// Package model holds the canonical mesh state that every config source
+// produces and the dataplane consumes: services, workloads and the endpoints
+// that join them. It is plain data with validation and no I/O.
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+)
+
+// LBMode is how a service picks an endpoint for a new connection.
+type LBMode string
+
+const (
+	// LBRandom picks an endpoint at random, in proportion to its weight.
+	LBRandom LBMode = "random"
+	// LBRoundRobin cycles through the endpoints, each weight times per cycle.
+	LBRoundRobin LBMode = "round_robin"
+)
+
+// MaxWeight bounds an endpoint's weight. The kernel expands each endpoint into
+// weight slots (after dividing all weights by their common divisor), so the
+// bound keeps a service's slot table small.
+const MaxWeight = 128
+
+// Protocol is the transport protocol of a service port.
+type Protocol string
+
+// ProtocolTCP is the only protocol the connect-time load balancer handles;
+// UDP traffic to a service address passes untouched.
+const ProtocolTCP Protocol = "TCP"
+
+// Mesh is the whole state a config source hands to the dataplane.
+type Mesh struct {
+	Services  []Service
+	Workloads []Workload
+}
+
+// Service is a set of addresses and ports that balance over endpoints.
+type Service struct {
+	Name      string
+	Namespace string
+	Addresses []netip.Addr
+	Ports     []ServicePort
+	LBMode    LBMode
+	// Endpoints are the workloads behind the service. Sources resolve
+	// selectors (file) or explicit memberships (xDS) into this list.
+	Endpoints []Endpoint
+}
+
+// Key is the service's unique name in the mesh: namespace/name.
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// ServicePort maps a port of the service address to a port of the endpoints.
+type ServicePort struct {
+	Port       uint16
+	TargetPort uint16
+	Protocol   Protocol
+}
+
+// Endpoint is one workload serving a service.
+type Endpoint struct {
+	// Workload is the Key of the workload.
+	Workload string
+}
+
+// Workload is a pod, VM or process with addresses of its own.
+type Workload struct {
+	Name      string
+	Namespace string
+	Labels    map[string]string
+	Addresses []netip.Addr
+	// Node is the name of the node the workload runs on.
+	Node string
+	// Netns is the path of the workload's network namespace on its node;
+	// the node's kmeshd enrolls it. Empty means not enrolled by kmeshd.
+	Netns string
+	// Weight is the workload's share of each service it serves (1..MaxWeight).
+	Weight uint32
+}
+
+// Key is the workload's unique name in the mesh: namespace/name.
+func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
+
+// Validate checks the references and uniqueness rules that no single item
+// can check alone. It returns the first problem found, naming the item.
+func (m *Mesh) Validate() error {
+	workloads := make(map[string]bool, len(m.Workloads))
+	for i := range m.Workloads {
+		w := &m.Workloads[i]
+		if w.Name == "" {
+			return fmt.Errorf("workload %d: name is empty", i)
+		}
+		if workloads[w.Key()] {
+			return fmt.Errorf("workload %s: defined twice", w.Key())
+		}
+		workloads[w.Key()] = true
+		if w.Weight < 1 || w.Weight > MaxWeight {
+			return fmt.Errorf("workload %s: weight %d out of range 1..%d", w.Key(), w.Weight, MaxWeight)
+		}
+		for _, a := range w.Addresses {
+			if !a.IsValid() || a.Zone() != "" {
+				return fmt.Errorf("workload %s: invalid address %q", w.Key(), a)
+			}
+		}
+	}
+	owner := map[netip.AddrPort]string{}
+	services := map[string]bool{}
+	for i := range m.Services {
+		s := &m.Services[i]
+		if s.Name == "" {
+			return fmt.Errorf("service %d: name is empty", i)
+		}
+		if services[s.Key()] {
+			return fmt.Errorf("service %s: defined twice", s.Key())
+		}
+		services[s.Key()] = true
+		switch s.LBMode {
+		case LBRandom, LBRoundRobin:
+		default:
+			return fmt.Errorf("service %s: unknown load balancing mode %q", s.Key(), s.LBMode)
+		}
+		if len(s.Addresses) == 0 {
+			return fmt.Errorf("service %s: no addresses", s.Key())
+		}
+		if len(s.Ports) == 0 {
+			return fmt.Errorf("service %s: no ports", s.Key())
+		}
+		for _, p := range s.Ports {
+			if p.Port == 0 || p.TargetPort == 0 {
+				return fmt.Errorf("service %s: port %d->%d: ports must be 1..65535", s.Key(), p.Port, p.TargetPort)
+			}
+			if p.Protocol != ProtocolTCP {
+				return fmt.Errorf("service %s: port %d: unsupported protocol %q", s.Key(), p.Port, p.Protocol)
+			}
+		}
+		for _, a := range s.Addresses {
+			if !a.IsValid() || a.Zone() != "" || a.Is4In6() {
+				return fmt.Errorf("service %s: invalid address %q", s.Key(), a)
+			}
+			for _, p := range s.Ports {
+				ap := netip.AddrPortFrom(a, p.Port)
+				if prev, dup := owner[ap]; dup {
+					return fmt.Errorf("service %s: address %s is already used by service %s", s.Key(), ap, prev)
+				}
+				owner[ap] = s.Key()
+			}
+		}
+		for _, e := range s.Endpoints {
+			if !workloads[e.Workload] {
+				return fmt.Errorf("service %s: endpoint workload %s does not exist", s.Key(), e.Workload)
+			}
+		}
+	}
+	return nil
+}
+
+// Workload returns the workload with the given key, or nil.
+func (m *Mesh) Workload(key string) *Workload {
+	for i := range m.Workloads {
+		if m.Workloads[i].Key() == key {
+			return &m.Workloads[i]
+		}
+	}
+	return nil
+}
+
+// Sort orders services and workloads by key, so dumps and diffs are stable.
+func (m *Mesh) Sort() {
+	sort.Slice(m.Services, func(i, j int) bool { return m.Services[i].Key() < m.Services[j].Key() })
+	sort.Slice(m.Workloads, func(i, j int) bool { return m.Workloads[i].Key() < m.Workloads[j].Key() })
+}
+
+// SelectorMatches reports whether every selector label is set on labels.
+// An empty selector matches nothing, as in Kubernetes services without a
+// selector, whose endpoints are managed elsewhere.
+func SelectorMatches(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
