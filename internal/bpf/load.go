@@ -79,6 +79,9 @@ func (p *KmeshPrograms) attachments() []struct {
 // link already pinned gets the new program with link.Update, so connections
 // are never left without a program.
 func Load(opts Options, log *slog.Logger) (*Datapath, error) {
+	if err := ensureFS(opts.Dir); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bpf dir %s: %w", opts.Dir, err)
 	}

@@ -1,0 +1,95 @@
+// Command kmeshd is Kmesh's node daemon: it loads the eBPF data plane and
+// keeps its maps equal to the mesh config. See `kmeshd --help`.
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kmesh-go/kmesh/internal/bpf"
+	"github.com/kmesh-go/kmesh/internal/daemon"
+)
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "kmeshd:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	var (
+		cfg      daemon.Config
+		logLevel slog.Level
+	)
+	cmd := &cobra.Command{
+		Use:   "kmeshd",
+		Short: "Kmesh node daemon: kernel service load balancing for the workloads of this node",
+		Long: `kmeshd loads Kmesh's eBPF programs into the kernel, attaches them to a cgroup v2,
+and keeps their maps equal to the mesh config: services, their endpoints, and
+the workloads of this node it enrolls. Connections from enrolled workloads to a
+service address go straight to a chosen endpoint, with no proxy on the path.
+
+Stopping kmeshd leaves the data plane pinned and in force; 'kmeshd cleanup'
+removes it.`,
+		Example: `  # Run on the embedded default config as node-a
+  kmeshd --node node-a
+
+  # Run from a file, attached to a cgroup of its own
+  kmeshd --node node-a --config mesh.yaml --cgroup /sys/fs/cgroup/kmesh-a`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return daemon.Run(ctx, cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ConfigFile, "config", "", "mesh config file (YAML); reloaded when it changes and on SIGHUP (default: the embedded example)")
+	f.StringVar(&cfg.Node, "node", hostname(), "name of this node: workloads with this node are enrolled here")
+	f.StringVar(&cfg.Cgroup, "cgroup", "", "cgroup v2 directory to attach the programs to (default: the root of the cgroup v2 hierarchy)")
+	f.StringVar(&cfg.BPFDir, "bpf-dir", "", "bpffs directory for this instance's pins (default: /sys/fs/bpf/kmesh/<node>)")
+	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "address of the admin API (/healthz/ready, /config_dump)")
+	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	cfg.Limits = bpf.DefaultLimits
+	f.Uint32Var(&cfg.Limits.Services, "max-services", cfg.Limits.Services, "capacity of the service map")
+	f.Uint32Var(&cfg.Limits.Frontends, "max-frontends", cfg.Limits.Frontends, "capacity of the frontend map (service address and port pairs)")
+	f.Uint32Var(&cfg.Limits.Endpoints, "max-endpoints", cfg.Limits.Endpoints, "capacity of the endpoint slot map (slots per endpoint follow its weight; updates briefly need old and new slots)")
+	f.Uint32Var(&cfg.Limits.Backends, "max-backends", cfg.Limits.Backends, "capacity of the backend map (workloads serving a service)")
+	f.Uint32Var(&cfg.Limits.Workloads, "max-workloads", cfg.Limits.Workloads, "capacity of the enrollment map (network namespaces of this node)")
+
+	cmd.AddCommand(newCleanupCommand())
+	return cmd
+}
+
+func newCleanupCommand() *cobra.Command {
+	var node, dir string
+	cmd := &cobra.Command{
+		Use:   "cleanup",
+		Short: "Detach and remove every program, link, map and pin of one kmeshd instance",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dir == "" {
+				dir = daemon.DefaultBPFDir(node)
+			}
+			return daemon.Cleanup(dir)
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", hostname(), "node whose default --bpf-dir to clean")
+	cmd.Flags().StringVar(&dir, "bpf-dir", "", "bpffs directory of the instance (default: /sys/fs/bpf/kmesh/<node>)")
+	return cmd
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+

@@ -1,0 +1,182 @@
+// Package daemon is kmeshd: it loads the data plane, takes the mesh from
+// its config source, writes it into the maps, enrolls this node's workloads
+// and serves the admin API, until its context ends. The data plane outlives
+// it: stopping the daemon leaves programs and maps pinned and in force.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/kmesh-go/kmesh/internal/admin"
+	"github.com/kmesh-go/kmesh/internal/admin/api"
+	"github.com/kmesh-go/kmesh/internal/bpf"
+	"github.com/kmesh-go/kmesh/internal/cgroupv2"
+	"github.com/kmesh-go/kmesh/internal/dataplane"
+	"github.com/kmesh-go/kmesh/internal/enroll"
+	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/source/file"
+)
+
+// Config is kmeshd's command line.
+type Config struct {
+	ConfigFile   string // YAML mesh file; "" = the embedded default
+	Node         string
+	Cgroup       string // "" = the root of the cgroup v2 hierarchy
+	BPFDir       string // "" = DefaultBPFDir(Node)
+	AdminAddress string
+	Limits       bpf.Limits
+}
+
+// DefaultBPFDir is where a node's pins live unless --bpf-dir says otherwise.
+func DefaultBPFDir(node string) string { return filepath.Join("/sys/fs/bpf/kmesh", node) }
+
+// Run runs the daemon until ctx ends. It returns an error, and the daemon
+// exits non-zero, when start-up fails: a bad config file, a data plane
+// that cannot load, an admin address in use.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if cfg.Node == "" {
+		return errors.New("--node is required")
+	}
+	if cfg.BPFDir == "" {
+		cfg.BPFDir = DefaultBPFDir(cfg.Node)
+	}
+	if cfg.Cgroup == "" {
+		root, err := cgroupv2.Root()
+		if err != nil {
+			return err
+		}
+		cfg.Cgroup = root
+	}
+	log = log.With("node", cfg.Node)
+
+	src := file.New(cfg.ConfigFile, cfg.Node, log.With("component", "file"))
+	mesh, err := src.Load()
+	if err != nil {
+		return err
+	}
+
+	dp, err := bpf.Load(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits}, log.With("component", "bpf"))
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	writer, err := dataplane.New(&dp.KmeshMaps, cfg.Limits, log.With("component", "dataplane"))
+	if err != nil {
+		return err
+	}
+	d := &daemon{
+		node:     cfg.Node,
+		source:   sourceName(cfg.ConfigFile),
+		writer:   writer,
+		enroller: enroll.New(dp.KmManage, log.With("component", "enroll")),
+		log:      log,
+	}
+
+	adm, err := admin.Listen(cfg.AdminAddress, d, log.With("component", "admin"))
+	if err != nil {
+		return err
+	}
+	if err := d.apply(mesh); err != nil {
+		return err
+	}
+	log.Info("kmeshd ready", "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", adm.Addr().String(), "source", d.source)
+
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				log.Info("SIGHUP: reloading config")
+				src.Reload()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	errc := make(chan error, 2)
+	go func() { errc <- adm.Serve(ctx) }()
+	go func() { errc <- src.Run(ctx, d.apply) }()
+	err = <-errc
+	stop()
+	err = errors.Join(err, <-errc)
+	log.Info("kmeshd stopped; the data plane stays in force", "bpf_dir", cfg.BPFDir)
+	return err
+}
+
+// Cleanup removes the data plane of the instance pinned in dir.
+func Cleanup(dir string) error { return bpf.Remove(dir) }
+
+func sourceName(path string) string {
+	if path == "" {
+		return "<embedded default>"
+	}
+	return path
+}
+
+// daemon is the state the admin API shows.
+type daemon struct {
+	node     string
+	source   string
+	writer   *dataplane.Dataplane
+	enroller *enroll.Enroller
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	mesh    *model.Mesh
+	version uint64
+}
+
+// apply writes a new mesh into the maps and enrolls this node's workloads.
+// On error the maps keep the previous mesh (see dataplane.Apply).
+func (d *daemon) apply(m *model.Mesh) error {
+	if err := d.writer.Apply(m); err != nil {
+		return fmt.Errorf("apply config: %w", err)
+	}
+	var local []string
+	for _, w := range m.Workloads {
+		if w.Node == d.node && w.Netns != "" {
+			local = append(local, w.Netns)
+		}
+	}
+	enrollErr := d.enroller.Sync(local)
+	d.mu.Lock()
+	d.mesh = m
+	d.version++
+	v := d.version
+	d.mu.Unlock()
+	d.log.Info("config applied", "version", v, "services", len(m.Services), "workloads", len(m.Workloads), "enrolled", len(local))
+	if enrollErr != nil {
+		d.log.Error("enrollment incomplete", "err", enrollErr)
+	}
+	return nil
+}
+
+func (d *daemon) Ready() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.mesh != nil
+}
+
+func (d *daemon) ConfigDump() api.ConfigDump {
+	d.mu.Lock()
+	m, v := d.mesh, d.version
+	d.mu.Unlock()
+	dump := api.ConfigDump{Node: d.node, Version: v, Source: d.source, Enrolled: d.enroller.Enrolled()}
+	if m != nil {
+		dump.Services, dump.Workloads = api.FromModel(m)
+	}
+	return dump
+}

@@ -1,0 +1,101 @@
+package dataplane
+
+import (
+	"fmt"
+
+	"github.com/kmesh-go/kmesh/internal/bpf"
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// desired is a mesh translated into map terms, before ids are given out.
+type desired struct {
+	backends  map[string]bpf.KmeshBackendValue // by workload key
+	services  map[string]*desiredService       // by service key
+	frontends map[bpf.KmeshFrontendKey]desiredFrontend
+}
+
+type desiredService struct {
+	lbMode uint8
+	// endpoints per family: the workloads that have an address of it.
+	endpoints [2][]weightedWorkload
+}
+
+type weightedWorkload struct {
+	workload string
+	weight   uint32
+}
+
+type desiredFrontend struct {
+	service    string
+	targetPort uint16 // network byte order
+}
+
+var lbModes = map[model.LBMode]uint8{
+	model.LBRandom:     uint8(bpf.KmeshKmLbModeKM_LB_RANDOM),
+	model.LBRoundRobin: uint8(bpf.KmeshKmLbModeKM_LB_ROUND_ROBIN),
+}
+
+func translate(m *model.Mesh) (*desired, error) {
+	workloads := make(map[string]*model.Workload, len(m.Workloads))
+	for i := range m.Workloads {
+		workloads[m.Workloads[i].Key()] = &m.Workloads[i]
+	}
+	d := &desired{
+		backends:  map[string]bpf.KmeshBackendValue{},
+		services:  make(map[string]*desiredService, len(m.Services)),
+		frontends: map[bpf.KmeshFrontendKey]desiredFrontend{},
+	}
+	for i := range m.Services {
+		s := &m.Services[i]
+		mode, ok := lbModes[s.LBMode]
+		if !ok {
+			return nil, fmt.Errorf("service %s: unknown load balancing mode %q", s.Key(), s.LBMode)
+		}
+		ds := &desiredService{lbMode: mode}
+		for _, e := range s.Endpoints {
+			w := workloads[e.Workload]
+			if w == nil {
+				return nil, fmt.Errorf("service %s: endpoint workload %s does not exist", s.Key(), e.Workload)
+			}
+			v, ok := backendValue(w.Addresses)
+			if !ok {
+				continue // no address: nothing to connect to
+			}
+			d.backends[e.Workload] = v
+			ww := weightedWorkload{workload: e.Workload, weight: max(w.Weight, 1)}
+			if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4) != 0 {
+				ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V4] = append(ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V4], ww)
+			}
+			if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6) != 0 {
+				ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6] = append(ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6], ww)
+			}
+		}
+		d.services[s.Key()] = ds
+		for _, a := range s.Addresses {
+			for _, p := range s.Ports {
+				if p.Protocol != model.ProtocolTCP {
+					continue
+				}
+				k := frontendKey(a, p.Port)
+				if prev, dup := d.frontends[k]; dup {
+					return nil, fmt.Errorf("service %s: address %s port %d is already used by service %s", s.Key(), a, p.Port, prev.service)
+				}
+				d.frontends[k] = desiredFrontend{service: s.Key(), targetPort: netPort(p.TargetPort)}
+			}
+		}
+	}
+	return d, nil
+}
+
+// slotCount is the number of slots expandSlots makes for these endpoints.
+func slotCount(eps []weightedWorkload) int {
+	g := uint32(0)
+	for _, e := range eps {
+		g = gcd(g, e.weight)
+	}
+	n := 0
+	for _, e := range eps {
+		n += int(e.weight / g)
+	}
+	return n
+}

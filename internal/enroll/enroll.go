@@ -1,0 +1,162 @@
+// Package enroll puts workloads in the mesh: a workload is enrolled when the
+// cookie of its network namespace is in the km_manage map, and the programs
+// balance only sockets of enrolled namespaces.
+package enroll
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sort"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/internal/bpf"
+)
+
+// Cookie returns the kernel's cookie of the network namespace at path (a
+// netns file such as /var/run/netns/NAME or /proc/PID/ns/net): the value
+// bpf_get_netns_cookie() returns for its sockets. A socket opened inside the
+// namespace reads it with SO_NETNS_COOKIE.
+func Cookie(path string) (uint64, error) {
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return 0, fmt.Errorf("netns %s: %w", path, err)
+	}
+	defer target.Close()
+
+	// The namespace switch applies to this OS thread only. If switching
+	// back fails the thread stays locked, and Go discards it on return.
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return 0, fmt.Errorf("netns of this thread: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return 0, fmt.Errorf("netns %s: enter: %w", path, err)
+	}
+	fd, sockErr := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err := netns.Set(orig); err != nil {
+		if sockErr == nil {
+			unix.Close(fd)
+		}
+		return 0, fmt.Errorf("netns %s: return to own netns: %w", path, err)
+	}
+	runtime.UnlockOSThread()
+	if sockErr != nil {
+		return 0, fmt.Errorf("netns %s: socket: %w", path, sockErr)
+	}
+	defer unix.Close(fd)
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("netns %s: read cookie: %w", path, err)
+	}
+	return cookie, nil
+}
+
+// Enroller keeps km_manage equal to a set of network namespaces.
+type Enroller struct {
+	m   *ebpf.Map
+	log *slog.Logger
+
+	mu       sync.Mutex
+	enrolled map[uint64]string // cookie -> netns path
+	synced   bool
+}
+
+// New returns an Enroller for the manage map. Entries a previous kmeshd
+// left there stay until the first Sync.
+func New(m *ebpf.Map, log *slog.Logger) *Enroller {
+	return &Enroller{m: m, log: log, enrolled: map[uint64]string{}}
+}
+
+// Sync enrolls every namespace in paths and un-enrolls every other one,
+// including those a previous kmeshd left in the map. Cookies are read anew
+// each time, since a path may now name a new namespace. A namespace that
+// cannot be read is reported and skipped; the others still apply.
+func (e *Enroller) Sync(paths []string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	want := map[uint64]string{}
+	var errs []error
+	for _, p := range paths {
+		c, err := Cookie(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		want[c] = p
+	}
+	for c, p := range want {
+		if _, ok := e.enrolled[c]; ok {
+			continue
+		}
+		if err := e.m.Put(bpf.KmeshManageKey{NetnsCookie: c}, bpf.KmeshManageValue{}); err != nil {
+			errs = append(errs, fmt.Errorf("netns %s: enroll: %w", p, err))
+			continue
+		}
+		e.enrolled[c] = p
+		e.log.Debug("enrolled", "netns", p, "cookie", c)
+	}
+	for c, p := range e.enrolled {
+		if _, ok := want[c]; ok {
+			continue
+		}
+		if err := e.m.Delete(bpf.KmeshManageKey{NetnsCookie: c}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("netns %s: unenroll: %w", p, err))
+			continue
+		}
+		delete(e.enrolled, c)
+		e.log.Debug("unenrolled", "netns", p, "cookie", c)
+	}
+	if !e.synced {
+		if err := e.sweep(want); err != nil {
+			errs = append(errs, err)
+		} else {
+			e.synced = true
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sweep removes the entries of namespaces no longer wanted that a previous
+// kmeshd enrolled.
+func (e *Enroller) sweep(want map[uint64]string) error {
+	var k bpf.KmeshManageKey
+	var v bpf.KmeshManageValue
+	var stale []uint64
+	it := e.m.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := want[k.NetnsCookie]; !ok {
+			stale = append(stale, k.NetnsCookie)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", bpf.KmeshMapKmManage, err)
+	}
+	for _, c := range stale {
+		if err := e.m.Delete(bpf.KmeshManageKey{NetnsCookie: c}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("unenroll cookie %d: %w", c, err)
+		}
+	}
+	return nil
+}
+
+// Enrolled returns the enrolled namespace paths, sorted.
+func (e *Enroller) Enrolled() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]string, 0, len(e.enrolled))
+	for _, p := range e.enrolled {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
