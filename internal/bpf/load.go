@@ -85,33 +85,14 @@ func Load(opts Options, log *slog.Logger) (*Datapath, error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bpf dir %s: %w", opts.Dir, err)
 	}
-	spec, err := LoadKmesh()
+	s, err := spec(opts.Limits)
 	if err != nil {
-		return nil, fmt.Errorf("read embedded programs: %w", err)
+		return nil, err
 	}
-	sizes := map[string]uint32{
-		KmeshMapKmManage:   opts.Limits.Workloads,
-		KmeshMapKmFrontend: opts.Limits.Frontends,
-		KmeshMapKmService:  opts.Limits.Services,
-		KmeshMapKmEndpoint: opts.Limits.Endpoints,
-		KmeshMapKmBackend:  opts.Limits.Backends,
-		KmeshMapKmRr:       opts.Limits.Services + 1, // ids start at 1
-	}
-	for name, m := range spec.Maps {
-		if n, ok := sizes[name]; ok {
-			if n == 0 {
-				return nil, fmt.Errorf("map %s: size must be at least 1", name)
-			}
-			m.MaxEntries = n
-		}
-		// Internal maps (.bss of the enum anchors) hold nothing shared.
-		if !strings.HasPrefix(name, ".") {
-			m.Pinning = ebpf.PinByName
-		}
-	}
+	pinAll(s)
 
 	var objs KmeshObjects
-	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.Dir}})
+	err = s.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.Dir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return nil, fmt.Errorf("load programs: %w (the maps pinned in %s were made with other sizes or an older layout; run `kmeshd cleanup --bpf-dir %s` or keep the old limits)", err, opts.Dir, opts.Dir)
 	}

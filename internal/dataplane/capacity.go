@@ -80,14 +80,16 @@ func (d *Dataplane) checkCapacity(want *desired) error {
 		return fullError(bpf.KmeshMapKmFrontend, frontends, int(d.limits.Frontends))
 	}
 
-	// Live slots stay until their service flips, so count every service's
-	// old generation plus every new table.
+	// Live slots stay until their service flips, so count every live slot
+	// plus the new table of every service that changes.
 	endpoints := staleEndpoints
 	for _, s := range d.services {
 		endpoints += len(s.slots[0]) + len(s.slots[1])
 	}
-	for _, ws := range want.services {
-		endpoints += slotCount(ws.endpoints[0]) + slotCount(ws.endpoints[1])
+	for key, ws := range want.services {
+		if !d.services[key].unchanged(ws) {
+			endpoints += slotCount(ws.endpoints[0]) + slotCount(ws.endpoints[1])
+		}
 	}
 	if endpoints > int(d.limits.Endpoints) {
 		return fullError(bpf.KmeshMapKmEndpoint, endpoints, int(d.limits.Endpoints))

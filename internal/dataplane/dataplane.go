@@ -36,9 +36,18 @@ type Dataplane struct {
 }
 
 type serviceState struct {
-	id    uint32
-	value bpf.KmeshServiceValue
-	slots [2][]uint32 // backend ids of the live generation, per family
+	id        uint32
+	value     bpf.KmeshServiceValue
+	endpoints [2][]weightedWorkload // as last applied, per family
+	slots     [2][]uint32           // backend ids of the live generation, per family
+}
+
+// unchanged reports whether ws would write the same slots: backend ids are
+// stable while their workload exists, so equal endpoint lists give equal
+// slot tables.
+func (s *serviceState) unchanged(ws *desiredService) bool {
+	return s != nil && s.value.LbMode == ws.lbMode &&
+		slices.Equal(s.endpoints[0], ws.endpoints[0]) && slices.Equal(s.endpoints[1], ws.endpoints[1])
 }
 
 type backendState struct {
@@ -135,6 +144,10 @@ func (d *Dataplane) applyBackends(want *desired) error {
 
 func (d *Dataplane) applyServices(want *desired) error {
 	for key, ws := range want.services {
+		cur := d.services[key]
+		if cur.unchanged(ws) {
+			continue
+		}
 		var slots [2][]uint32
 		for fam, eps := range ws.endpoints {
 			in := make([]weighted, len(eps))
@@ -143,11 +156,7 @@ func (d *Dataplane) applyServices(want *desired) error {
 			}
 			slots[fam] = expandSlots(in)
 		}
-		cur := d.services[key]
-		if cur != nil && cur.value.LbMode == ws.lbMode && slices.Equal(cur.slots[0], slots[0]) && slices.Equal(cur.slots[1], slots[1]) {
-			continue
-		}
-		if err := d.writeService(key, cur, ws.lbMode, slots); err != nil {
+		if err := d.writeService(key, cur, ws, slots); err != nil {
 			return err
 		}
 	}
@@ -156,7 +165,7 @@ func (d *Dataplane) applyServices(want *desired) error {
 
 // writeService writes the slots into the generation not in use, flips the
 // service to it with one update, and then frees the old generation.
-func (d *Dataplane) writeService(key string, cur *serviceState, lbMode uint8, slots [2][]uint32) error {
+func (d *Dataplane) writeService(key string, cur *serviceState, ws *desiredService, slots [2][]uint32) error {
 	isNew := cur == nil
 	if isNew {
 		id, err := d.serviceIDs.get()
@@ -170,7 +179,7 @@ func (d *Dataplane) writeService(key string, cur *serviceState, lbMode uint8, sl
 		}
 		cur = &serviceState{id: id, value: bpf.KmeshServiceValue{Gen: 1}}
 	}
-	next := bpf.KmeshServiceValue{LbMode: lbMode, Gen: cur.value.Gen ^ 1}
+	next := bpf.KmeshServiceValue{LbMode: ws.lbMode, Gen: cur.value.Gen ^ 1}
 	for fam := range slots {
 		next.Slots[fam] = uint32(len(slots[fam]))
 		if err := d.putSlots(cur.id, uint8(fam), next.Gen, slots[fam]); err != nil {
@@ -195,7 +204,7 @@ func (d *Dataplane) writeService(key string, cur *serviceState, lbMode uint8, sl
 			d.deleteSlots(cur.id, uint8(fam), cur.value.Gen, len(cur.slots[fam]))
 		}
 	}
-	cur.value, cur.slots = next, slots
+	cur.value, cur.slots, cur.endpoints = next, slots, ws.endpoints
 	d.services[key] = cur
 	return nil
 }

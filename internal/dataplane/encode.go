@@ -69,3 +69,6 @@ func backendValue(addrs []netip.Addr) (bpf.KmeshBackendValue, bool) {
 	}
 	return v, v.Flags != 0
 }
+
+// mappedPrefix is any IPv4-mapped address; only its ::ffff: part is used.
+var mappedPrefix = netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff})

@@ -1,0 +1,59 @@
+package bpf
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf"
+)
+
+// spec returns the programs and maps with map sizes set from limits.
+func spec(limits Limits) (*ebpf.CollectionSpec, error) {
+	s, err := LoadKmesh()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded programs: %w", err)
+	}
+	sizes := map[string]uint32{
+		KmeshMapKmManage:   limits.Workloads,
+		KmeshMapKmFrontend: limits.Frontends,
+		KmeshMapKmService:  limits.Services,
+		KmeshMapKmEndpoint: limits.Endpoints,
+		KmeshMapKmBackend:  limits.Backends,
+		KmeshMapKmRr:       limits.Services + 1, // ids start at 1
+	}
+	for name, m := range s.Maps {
+		n, ok := sizes[name]
+		if !ok {
+			continue
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("map %s: size must be at least 1", name)
+		}
+		m.MaxEntries = n
+	}
+	return s, nil
+}
+
+// NewMaps creates the maps alone, unpinned and unattached to any program:
+// for tests and benchmarks of what writes them.
+func NewMaps(limits Limits) (*KmeshMaps, error) {
+	s, err := spec(limits)
+	if err != nil {
+		return nil, err
+	}
+	var maps KmeshMaps
+	if err := s.LoadAndAssign(&maps, nil); err != nil {
+		return nil, fmt.Errorf("create maps: %w", err)
+	}
+	return &maps, nil
+}
+
+// pinAll marks every shared map for pinning by name; internal maps (.bss
+// of the enum anchors) hold nothing shared.
+func pinAll(s *ebpf.CollectionSpec) {
+	for name, m := range s.Maps {
+		if !strings.HasPrefix(name, ".") {
+			m.Pinning = ebpf.PinByName
+		}
+	}
+}
