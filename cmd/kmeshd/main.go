@@ -92,4 +92,3 @@ func hostname() string {
 	h, _ := os.Hostname()
 	return h
 }
-
