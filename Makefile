@@ -1,0 +1,66 @@
+# Kmesh: the two commands a new user needs are `sudo make demo` and
+# `sudo make test`; everything they need is installed on the way.
+
+GO      ?= go
+BIN     := bin
+PKGS    := ./...
+# Debian packages the BPF toolchain needs (clang 14 is Debian 12's).
+BPF_DEPS := clang llvm libbpf-dev bpftool
+# Packages the tests and the demo use to build network namespaces.
+NET_DEPS := iproute2 util-linux
+
+.PHONY: all build demo test test-unit test-e2e lint fuzz generate check-generated deps-bpf deps-net bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+## demo: two nodes, a client and three hello pods; requests to the service address
+demo: deps-net
+	$(GO) run ./examples/demo $(DEMO_FLAGS)
+
+## test: everything CI runs: formatting, vet, generated code, unit, BPF, e2e and fuzz tests
+test: deps-net lint check-generated test-unit test-e2e fuzz
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) vet -tags e2e ./test/...
+
+# Privileged tests fail instead of skipping when run as root.
+test-unit:
+	KMESH_REQUIRE_PRIVILEGED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -race -count=1 $(PKGS)
+
+test-e2e:
+	KMESH_REQUIRE_PRIVILEGED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -race -count=1 -tags e2e -timeout 20m ./test/e2e/...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 20s ./internal/source/file/
+
+## generate: rebuild the eBPF objects and their Go twins with bpf2go
+generate: deps-bpf
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/include/vmlinux.h
+	$(GO) generate ./internal/bpf/...
+
+## check-generated: fail when the committed bpf2go output is stale
+check-generated: generate
+	@if [ -n "$$(git status --porcelain -- internal/bpf)" ]; then \
+		git status --porcelain -- internal/bpf; git diff --stat -- internal/bpf; \
+		echo "committed bpf2go output is stale: run 'make generate' and commit"; exit 1; fi
+
+deps-bpf:
+	@command -v clang >/dev/null && command -v bpftool >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BPF_DEPS); }
+
+deps-net:
+	@command -v ip >/dev/null && command -v nsenter >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NET_DEPS); }
+
+## bench: Go benchmarks of the config-to-maps path
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/dataplane/
+
+clean:
+	rm -rf $(BIN) bpf/include/vmlinux.h

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// listenFlags collects repeated --listen flags.
+type listenFlags []string
+
+func (l *listenFlags) String() string     { return strings.Join(*l, ",") }
+func (l *listenFlags) Set(s string) error { *l = append(*l, s); return nil }
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	name := fs.String("name", "", "name to answer with (required)")
+	var listen listenFlags
+	fs.Var(&listen, "listen", "address to listen on, repeatable (default [::]:8080, both IPv4 and IPv6)")
+	fs.Parse(args)
+	if *name == "" {
+		return errors.New("serve: --name is required")
+	}
+	if len(listen) == 0 {
+		listen = listenFlags{"[::]:8080"}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	srv := &http.Server{Handler: echoHandler(*name), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, len(listen))
+	for _, addr := range listen {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		// Tests wait for this line: from here on, connections are accepted.
+		fmt.Printf("listening %s\n", ln.Addr())
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		fmt.Fprintln(os.Stderr, "kmesh-echo: shutdown:", err)
+	}
+	return nil
+}
+
+// echoHandler answers every request with the server's name and the two ends
+// of the connection as the server sees them.
+func echoHandler(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Pod", name)
+		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			h.Set("X-Local-Addr", local.String())
+		}
+		h.Set("X-Remote-Addr", r.RemoteAddr)
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "%s\n", name)
+	})
+}
