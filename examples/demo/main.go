@@ -246,4 +246,3 @@ func requestsFrom(p *testbed.Pod, echo, url string, n int) error {
 	fmt.Printf("  answers: %s\n", strings.Join(parts, ", "))
 	return nil
 }
-

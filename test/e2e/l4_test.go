@@ -299,5 +299,3 @@ func parseResult(t *testing.T, line string) result {
 	}
 	return r
 }
-
-

@@ -1,0 +1,428 @@
+package file
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// Parse decodes and validates a config file. name is used in error messages
+// (the file path). When node is non-empty, every workload on that node that
+// names a netns must have that path existing.
+//
+// Services and workloads keep the file's order; each service's endpoints are
+// sorted by workload key. The result always passes [model.Mesh.Validate].
+func Parse(name string, data []byte, node string) (*model.Mesh, error) {
+	root, err := decode(data)
+	if err != nil {
+		return nil, syntaxError(name, data, err)
+	}
+	p := newParser(name, node, len(data))
+	m := &model.Mesh{}
+	if root != nil {
+		p.mesh(root, m)
+	}
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	// Parse checks everything Validate does, with positions; this catches
+	// the day the two drift apart.
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return m, nil
+}
+
+// decode returns the root node of the file's only document, or nil if the
+// file is empty or null.
+func decode(data []byte) (*yaml.Node, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, err
+	default:
+		// Silently ignoring the rest would drop half of a concatenated config.
+		return nil, fmt.Errorf("yaml: line %d: a second YAML document is not supported", next.Line)
+	}
+	if len(doc.Content) == 0 {
+		return nil, nil
+	}
+	root := resolve(doc.Content[0])
+	if isNull(root) {
+		return nil, nil
+	}
+	return root, nil
+}
+
+var (
+	yamlLine      = regexp.MustCompile(`(?s)^line (\d+): (.*)$`)
+	unknownAnchor = regexp.MustCompile(`(?s)^unknown anchor '(.*)' referenced$`)
+)
+
+// syntaxError rewrites yaml's "yaml: line N: msg" as "name:N: msg", the
+// form of every other error, and finds the line where yaml gives none.
+func syntaxError(name string, data []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("%s:%s: %s", name, m[1], m[2])
+	}
+	if m := unknownAnchor.FindStringSubmatch(msg); m != nil {
+		if i := bytes.Index(data, []byte("*"+m[1])); i >= 0 {
+			return fmt.Errorf("%s:%d: unknown anchor %q", name, lineAt(data, i), m[1])
+		}
+	}
+	// yaml's reader reports bad characters with no position; yaml's scanner
+	// and parser leave the line out when it is the first.
+	line := 1
+	if i := badChar(data); i >= 0 {
+		line = lineAt(data, i)
+	}
+	return fmt.Errorf("%s:%d: %s", name, line, msg)
+}
+
+// lineAt returns the line number of byte offset i.
+func lineAt(data []byte, i int) int { return 1 + bytes.Count(data[:i], []byte("\n")) }
+
+// badChar returns the offset of the first character yaml's reader refuses
+// (invalid UTF-8, or a control character outside YAML's printable set), or -1.
+func badChar(data []byte) int {
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		printable := r == '\t' || r == '\n' || r == '\r' || (r >= 0x20 && r <= 0x7e) || r == 0x85 ||
+			(r >= 0xa0 && r <= 0xd7ff) || (r >= 0xe000 && r <= 0xfffd) || (r >= 0x10000 && r <= 0x10ffff)
+		if (r == utf8.RuneError && size <= 1) || !printable {
+			return i
+		}
+		i += size
+	}
+	return -1
+}
+
+// service is a parsed service with the nodes that cross-checks point at.
+type service struct {
+	model.Service
+	path      string
+	nameNode  *yaml.Node   // nil if the name is missing or invalid
+	addrNodes []*yaml.Node // one per Addresses entry
+	addrPaths []string     // one per Addresses entry
+	selector  map[string]string
+}
+
+// workload is a parsed workload with the node that cross-checks point at.
+type workload struct {
+	model.Workload
+	path     string
+	nameNode *yaml.Node // nil if the name is missing or invalid
+}
+
+// mesh walks the root mapping into m, recording every problem in p.
+func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
+	f := p.fields(root, "", "services", "workloads")
+	var services []*service
+	var workloads []*workload
+	if n := f["services"]; n != nil {
+		p.list(n, "services", func(item *yaml.Node, path string) {
+			services = append(services, p.service(item, path))
+		})
+	}
+	if n := f["workloads"]; n != nil {
+		p.list(n, "workloads", func(item *yaml.Node, path string) {
+			workloads = append(workloads, p.workload(item, path))
+		})
+	}
+	p.checkWorkloads(workloads)
+	p.checkServices(services)
+	if len(p.errs) > 0 {
+		return
+	}
+	byNamespace := map[string][]*workload{}
+	for _, w := range workloads {
+		m.Workloads = append(m.Workloads, w.Workload)
+		byNamespace[w.Namespace] = append(byNamespace[w.Namespace], w)
+	}
+	for _, s := range services {
+		for _, w := range byNamespace[s.Namespace] {
+			if model.SelectorMatches(s.selector, w.Labels) {
+				s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: w.Key()})
+			}
+		}
+		slices.SortFunc(s.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })
+		m.Services = append(m.Services, s.Service)
+	}
+}
+
+func (p *parser) service(n *yaml.Node, path string) *service {
+	s := &service{path: path}
+	s.Namespace = "default"
+	s.LBMode = model.LBRandom
+	f := p.fields(n, path, "name", "namespace", "addresses", "ports", "selector", "loadBalancing")
+	if f == nil {
+		return s
+	}
+	if v := f["name"]; v == nil {
+		p.errorf(n, join(path, "name"), "missing")
+	} else if name, ok := p.label(v, join(path, "name")); ok {
+		s.Name, s.nameNode = name, v
+	}
+	if v := f["namespace"]; v != nil {
+		if ns, ok := p.label(v, join(path, "namespace")); ok {
+			s.Namespace = ns
+		} else {
+			s.nameNode = nil // without a namespace the key is unknown: skip the duplicate check
+		}
+	}
+	if v := f["addresses"]; v == nil {
+		p.errorf(n, join(path, "addresses"), "missing")
+	} else {
+		p.serviceAddresses(s, v, join(path, "addresses"))
+	}
+	if v := f["ports"]; v == nil {
+		p.errorf(n, join(path, "ports"), "missing")
+	} else {
+		p.ports(s, v, join(path, "ports"))
+	}
+	if v := f["selector"]; v != nil {
+		s.selector = p.stringMap(v, join(path, "selector"), false)
+	}
+	if v := f["loadBalancing"]; v != nil {
+		lb := p.fields(v, join(path, "loadBalancing"), "mode")
+		if v := lb["mode"]; v != nil {
+			if mode, ok := p.str(v, join(path, "loadBalancing.mode")); ok {
+				switch model.LBMode(mode) {
+				case model.LBRandom, model.LBRoundRobin:
+					s.LBMode = model.LBMode(mode)
+				default:
+					p.errorf(v, join(path, "loadBalancing.mode"), "unknown load balancing mode %q (want %s or %s)",
+						mode, model.LBRandom, model.LBRoundRobin)
+				}
+			}
+		}
+	}
+	return s
+}
+
+func (p *parser) serviceAddresses(s *service, n *yaml.Node, path string) {
+	if n.Kind == yaml.SequenceNode && len(n.Content) == 0 {
+		p.errorf(n, path, "at least one address is required")
+		return
+	}
+	lines := map[netip.Addr]int{} // address -> line, to report one given twice
+	p.list(n, path, func(item *yaml.Node, path string) {
+		a, ok := p.address(item, path)
+		if !ok {
+			return
+		}
+		if line, dup := lines[a]; dup {
+			p.errorf(item, path, "%s is listed twice (first at line %d)", a, line)
+			return
+		}
+		lines[a] = item.Line
+		s.Addresses = append(s.Addresses, a)
+		s.addrNodes = append(s.addrNodes, item)
+		s.addrPaths = append(s.addrPaths, path)
+	})
+}
+
+func (p *parser) ports(s *service, n *yaml.Node, path string) {
+	if n.Kind == yaml.SequenceNode && len(n.Content) == 0 {
+		p.errorf(n, path, "at least one port is required")
+		return
+	}
+	lines := map[uint16]int{} // port -> line, to report a port given twice
+	p.list(n, path, func(item *yaml.Node, path string) {
+		f := p.fields(item, path, "port", "targetPort", "protocol")
+		if f == nil {
+			return
+		}
+		sp := model.ServicePort{Protocol: model.ProtocolTCP}
+		ok := true
+		if v := f["port"]; v == nil {
+			p.errorf(item, join(path, "port"), "missing")
+			ok = false
+		} else if port, good := p.integer(v, join(path, "port"), 1, 65535); !good {
+			ok = false
+		} else if line, dup := lines[uint16(port)]; dup {
+			p.errorf(v, join(path, "port"), "port %d is listed twice (first at line %d)", port, line)
+			ok = false
+		} else {
+			sp.Port, sp.TargetPort = uint16(port), uint16(port)
+			lines[sp.Port] = v.Line
+		}
+		if v := f["targetPort"]; v != nil {
+			if port, good := p.integer(v, join(path, "targetPort"), 1, 65535); good {
+				sp.TargetPort = uint16(port)
+			} else {
+				ok = false
+			}
+		}
+		if v := f["protocol"]; v != nil {
+			if proto, good := p.str(v, join(path, "protocol")); !good {
+				ok = false
+			} else if model.Protocol(proto) != model.ProtocolTCP {
+				p.errorf(v, join(path, "protocol"), "unsupported protocol %q (only %s)", proto, model.ProtocolTCP)
+				ok = false
+			}
+		}
+		if ok {
+			s.Ports = append(s.Ports, sp)
+		}
+	})
+}
+
+func (p *parser) workload(n *yaml.Node, path string) *workload {
+	w := &workload{path: path}
+	w.Namespace = "default"
+	w.Weight = 1
+	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight")
+	if f == nil {
+		return w
+	}
+	if v := f["name"]; v == nil {
+		p.errorf(n, join(path, "name"), "missing")
+	} else if name, ok := p.subdomain(v, join(path, "name")); ok {
+		w.Name, w.nameNode = name, v
+	}
+	if v := f["namespace"]; v != nil {
+		if ns, ok := p.label(v, join(path, "namespace")); ok {
+			w.Namespace = ns
+		} else {
+			w.nameNode = nil // without a namespace the key is unknown: skip the duplicate check
+		}
+	}
+	if v := f["labels"]; v != nil {
+		w.Labels = p.stringMap(v, join(path, "labels"), true)
+	}
+	if v := f["addresses"]; v != nil {
+		p.workloadAddresses(w, v, join(path, "addresses"))
+	}
+	if v := f["node"]; v == nil {
+		p.errorf(n, join(path, "node"), "missing")
+	} else if node, ok := p.str(v, join(path, "node")); ok {
+		if node == "" {
+			p.errorf(v, join(path, "node"), "empty")
+		}
+		w.Node = node
+	}
+	if v := f["netns"]; v != nil {
+		p.netns(w, v, join(path, "netns"))
+	}
+	if v := f["weight"]; v != nil {
+		if weight, ok := p.integer(v, join(path, "weight"), 1, model.MaxWeight); ok {
+			w.Weight = uint32(weight)
+		}
+	}
+	return w
+}
+
+// workloadAddresses allows one address per family: the dataplane maps a
+// workload to one backend address for each family a service uses.
+func (p *parser) workloadAddresses(w *workload, n *yaml.Node, path string) {
+	var v4, v6 int // line of the address of each family, 0 if none yet
+	p.list(n, path, func(item *yaml.Node, path string) {
+		a, ok := p.address(item, path)
+		if !ok {
+			return
+		}
+		family, first := "IPv6", &v6
+		if a.Is4() {
+			family, first = "IPv4", &v4
+		}
+		if *first != 0 {
+			p.errorf(item, path, "second %s address %s (first at line %d); a workload has at most one IPv4 and one IPv6 address",
+				family, a, *first)
+			return
+		}
+		*first = item.Line
+		w.Addresses = append(w.Addresses, a)
+	})
+}
+
+func (p *parser) netns(w *workload, n *yaml.Node, path string) {
+	netns, ok := p.str(n, path)
+	if !ok {
+		return
+	}
+	if !filepath.IsAbs(netns) {
+		p.errorf(n, path, "%q is not an absolute path", netns)
+		return
+	}
+	w.Netns = netns
+	// Only this node can see its netns paths; other nodes' kmeshd check theirs.
+	// The caller parses node before netns, so w.Node is set.
+	if p.node == "" || w.Node != p.node {
+		return
+	}
+	if _, err := os.Stat(netns); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			p.errorf(n, path, "missing netns %s on this node (%s)", netns, p.node)
+		} else {
+			p.errorf(n, path, "%v", err)
+		}
+	}
+}
+
+// checkWorkloads reports workloads defined twice, at the second one.
+func (p *parser) checkWorkloads(workloads []*workload) {
+	first := map[string]*workload{}
+	for _, w := range workloads {
+		if w.nameNode == nil {
+			continue
+		}
+		if prev, dup := first[w.Key()]; dup {
+			p.errorf(w.nameNode, join(w.path, "name"), "workload %s is defined twice (first at %s, line %d)",
+				w.Key(), prev.path, prev.nameNode.Line)
+			continue
+		}
+		first[w.Key()] = w
+	}
+}
+
+// checkServices reports services defined twice and address:port pairs that
+// two services claim, at the second one: the kernel maps a frontend to one
+// service only.
+func (p *parser) checkServices(services []*service) {
+	first := map[string]*service{}
+	owner := map[netip.AddrPort]*service{}
+	for _, s := range services {
+		if s.nameNode != nil {
+			if prev, dup := first[s.Key()]; dup {
+				p.errorf(s.nameNode, join(s.path, "name"), "service %s is defined twice (first at %s, line %d)",
+					s.Key(), prev.path, prev.nameNode.Line)
+				continue
+			}
+			first[s.Key()] = s
+		}
+		for i, a := range s.Addresses {
+			for _, sp := range s.Ports {
+				ap := netip.AddrPortFrom(a, sp.Port)
+				if prev, dup := owner[ap]; dup {
+					p.errorf(s.addrNodes[i], s.addrPaths[i],
+						"%s is already used by service %s (%s)", ap, prev.Key(), prev.path)
+					continue
+				}
+				owner[ap] = s
+			}
+		}
+	}
+}

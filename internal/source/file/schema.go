@@ -1,0 +1,292 @@
+package file
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// maxErrors bounds how many problems one error reports, so a file that is
+// wrong throughout still gives a readable log line.
+const maxErrors = 20
+
+// posError is one problem at a line of the file. msg starts with the field
+// path when there is one.
+type posError struct {
+	line int
+	msg  string
+}
+
+// parser walks yaml.Node trees rather than decoding into structs, because only
+// the nodes know the line of every value, and every error must name its line.
+type parser struct {
+	name string // file name, for messages
+	node string // this node's name; "" skips the netns check
+	errs []posError
+
+	// budget is how many more values the walk may visit. Aliases let a small
+	// file name a big mapping many times; the bound keeps that from taking
+	// minutes and gigabytes.
+	budget int
+}
+
+// newParser returns a parser for a file of size bytes. A file without
+// aliases has fewer values than bytes, so it always fits the budget.
+func newParser(name, node string, size int) *parser {
+	return &parser{name: name, node: node, budget: 4*size + 10000}
+}
+
+// spend takes the values of n from the budget, reporting false (once, with
+// an error) when the budget is exhausted.
+func (p *parser) spend(n *yaml.Node) bool {
+	if p.budget < 0 {
+		return false
+	}
+	p.budget -= len(n.Content)
+	if p.budget < 0 {
+		p.errorf(n, "", "aliases expand to too many values")
+		return false
+	}
+	return true
+}
+
+// errorf records a problem at n. path is the field path, such as
+// services[0].ports[1].port, or "" for the top level.
+func (p *parser) errorf(n *yaml.Node, path, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if path != "" {
+		msg = path + ": " + msg
+	}
+	p.errs = append(p.errs, posError{line: n.Line, msg: msg})
+}
+
+// err returns the recorded problems in file order, each prefixed with
+// file:line, or nil.
+func (p *parser) err() error {
+	if len(p.errs) == 0 {
+		return nil
+	}
+	// Cross-checks run after the walk; sorting puts their errors in place.
+	sort.SliceStable(p.errs, func(i, j int) bool { return p.errs[i].line < p.errs[j].line })
+	var errs []error
+	for i, e := range p.errs {
+		if i == maxErrors {
+			errs = append(errs, fmt.Errorf("%s: %d more errors not shown", p.name, len(p.errs)-maxErrors))
+			break
+		}
+		errs = append(errs, fmt.Errorf("%s:%d: %s", p.name, e.line, e.msg))
+	}
+	return errors.Join(errs...)
+}
+
+// resolve follows aliases (*name) to the anchored node, so anchors work
+// anywhere and errors point at the anchored text.
+func resolve(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// describe names what a node is, for "expected X, got Y" messages.
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if isNull(n) {
+			return "null"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "a YAML node of kind " + fmt.Sprint(n.Kind)
+}
+
+// join extends a field path with a key.
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// fields checks that n is a mapping whose keys are all in known, and returns
+// the value of each known key that is set and not null. Unknown and repeated
+// keys are reported. It returns nil if n is not a mapping.
+func (p *parser) fields(n *yaml.Node, path string, known ...string) map[string]*yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, path, "expected a mapping, got %s", describe(n))
+		return nil
+	}
+	out := make(map[string]*yaml.Node, len(known))
+	p.pairs(n, path, func(k, v *yaml.Node) {
+		for _, name := range known {
+			if k.Value == name {
+				if !isNull(v) {
+					out[name] = v
+				}
+				return
+			}
+		}
+		// The key is quoted, not put in the path, so odd keys stay readable.
+		p.errorf(k, path, "unknown field %q", k.Value)
+	})
+	if p.budget < 0 {
+		return nil // a partial mapping would add "missing" errors
+	}
+	return out
+}
+
+// pairs calls f for each key and value of the mapping n, after reporting
+// keys that are not scalars or are repeated.
+func (p *parser) pairs(n *yaml.Node, path string, f func(k, v *yaml.Node)) {
+	if !p.spend(n) {
+		return
+	}
+	seen := make(map[string]int, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
+		if k.Kind != yaml.ScalarNode {
+			p.errorf(k, path, "expected a field name, got %s", describe(k))
+			continue
+		}
+		if line, dup := seen[k.Value]; dup {
+			p.errorf(k, path, "field %q is set twice (first at line %d)", k.Value, line)
+			continue
+		}
+		seen[k.Value] = k.Line
+		f(k, v)
+	}
+}
+
+// list calls f for each item of the sequence n, with the item's path.
+func (p *parser) list(n *yaml.Node, path string, f func(item *yaml.Node, path string)) {
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, path, "expected a list, got %s", describe(n))
+		return
+	}
+	if !p.spend(n) {
+		return
+	}
+	for i, item := range n.Content {
+		f(resolve(item), fmt.Sprintf("%s[%d]", path, i))
+	}
+}
+
+// str returns the text of a scalar as written.
+func (p *parser) str(n *yaml.Node, path string) (string, bool) {
+	if n.Kind != yaml.ScalarNode || isNull(n) {
+		p.errorf(n, path, "expected a string, got %s", describe(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+// integer returns an integer scalar within lo..hi. Only !!int is accepted:
+// yaml would otherwise truncate 80.5 to 80.
+func (p *parser) integer(n *yaml.Node, path string, lo, hi int64) (int64, bool) {
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
+		p.errorf(n, path, "expected an integer, got %s", describe(n))
+		return 0, false
+	}
+	var v int64
+	// Decode fails only for integers beyond int64, which are out of range too.
+	if err := n.Decode(&v); err != nil || v < lo || v > hi {
+		p.errorf(n, path, "%s is out of range %d..%d", n.Value, lo, hi)
+		return 0, false
+	}
+	return v, true
+}
+
+// stringMap returns a mapping of strings, such as labels. Empty keys are
+// reported; empty values only when allowEmpty is false.
+func (p *parser) stringMap(n *yaml.Node, path string, allowEmpty bool) map[string]string {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, path, "expected a mapping, got %s", describe(n))
+		return nil
+	}
+	out := make(map[string]string, len(n.Content)/2)
+	p.pairs(n, path, func(k, v *yaml.Node) {
+		if k.Value == "" {
+			p.errorf(k, path, "empty key")
+			return
+		}
+		val := ""
+		if !isNull(v) {
+			s, ok := p.str(v, path)
+			if !ok {
+				return
+			}
+			val = s
+		}
+		if val == "" && !allowEmpty {
+			// model.SelectorMatches would match workloads without the key.
+			p.errorf(v, path, "empty value for %q", k.Value)
+			return
+		}
+		out[k.Value] = val
+	})
+	return out
+}
+
+// address parses one IP address. IPv4-mapped IPv6 addresses are refused
+// because the kernel sees such a connect as IPv4, and the same endpoint
+// would have two spellings.
+func (p *parser) address(n *yaml.Node, path string) (netip.Addr, bool) {
+	s, ok := p.str(n, path)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		p.errorf(n, path, "%q is not an IP address", s)
+	case a.Zone() != "":
+		p.errorf(n, path, "%q has a zone; zones are not supported", s)
+	case a.Is4In6():
+		p.errorf(n, path, "%q is an IPv4-mapped IPv6 address; write it as %s", s, a.Unmap())
+	case a.IsUnspecified():
+		p.errorf(n, path, "%q is the unspecified address", s)
+	default:
+		return a, true
+	}
+	return netip.Addr{}, false
+}
+
+var (
+	// dnsLabel is an RFC 1123 label, as Kubernetes namespaces use.
+	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	// dnsSubdomain is dot-separated labels, as Kubernetes pod names use.
+	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+)
+
+// label returns a string that is a DNS label; keys (namespace/name) rely on
+// names holding no slash.
+func (p *parser) label(n *yaml.Node, path string) (string, bool) {
+	s, ok := p.str(n, path)
+	if ok && (len(s) > 63 || !dnsLabel.MatchString(s)) {
+		p.errorf(n, path, "%q is not a DNS label (lower case letters, digits and '-', at most 63)", s)
+		return "", false
+	}
+	return s, ok
+}
+
+// subdomain returns a string that is a DNS subdomain.
+func (p *parser) subdomain(n *yaml.Node, path string) (string, bool) {
+	s, ok := p.str(n, path)
+	if ok && (len(s) > 253 || !dnsSubdomain.MatchString(s)) {
+		p.errorf(n, path, "%q is not a DNS subdomain (lower case letters, digits, '-' and '.', at most 253)", s)
+		return "", false
+	}
+	return s, ok
+}
