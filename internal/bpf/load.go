@@ -4,9 +4,10 @@
 // (KmeshFrontendKey, ...) are generated here by bpf2go from bpf/include/types.h.
 //
 // Everything lives under one directory per kmeshd instance, so several
-// instances can share a kernel: the pins outlive the daemon, and a daemon
-// started on an existing directory re-opens the maps it finds there and
-// swaps its programs behind the pinned links.
+// instances share a kernel. The pins outlive the daemon: a restarted or
+// upgraded daemon re-opens the maps it finds there, fills the maps it had to
+// create, and only then swaps its programs behind the pinned links, so no
+// connect() ever meets a program whose maps are not ready.
 package bpf
 
 import (
@@ -46,39 +47,30 @@ type Options struct {
 	Limits Limits
 }
 
-// Datapath is the loaded data plane: its maps, and the links that keep the
-// programs attached.
+// Datapath is the loaded data plane: its maps, and (after Commit) the links
+// that keep the programs attached.
 type Datapath struct {
 	KmeshMaps
 	programs KmeshPrograms
+	features Features
+	opts     Options
+	log      *slog.Logger
+	fresh    map[string]*ebpf.Map // maps created by Open, pinned by Commit
 	links    []link.Link
-	dir      string
+	// Reused is true when Open found this instance's maps pinned: a
+	// previous kmeshd's data plane is in force.
+	Reused bool
 }
 
-// attachments lists every program with its cgroup hook; the link pin is
-// named after the program.
-func (p *KmeshPrograms) attachments() []struct {
-	name   string
-	prog   *ebpf.Program
-	attach ebpf.AttachType
-} {
-	return []struct {
-		name   string
-		prog   *ebpf.Program
-		attach ebpf.AttachType
-	}{
-		{KmeshProgKmConnect4, p.KmConnect4, ebpf.AttachCGroupInet4Connect},
-		{KmeshProgKmConnect6, p.KmConnect6, ebpf.AttachCGroupInet6Connect},
-		{KmeshProgKmGetpeername4, p.KmGetpeername4, ebpf.AttachCgroupInet4GetPeername},
-		{KmeshProgKmGetpeername6, p.KmGetpeername6, ebpf.AttachCgroupInet6GetPeername},
+// Open loads the programs with this instance's maps: a map pinned in
+// opts.Dir is reused when this build's layout and size match it, and created
+// afresh otherwise (a warning says which). Nothing is attached and nothing
+// new is pinned: Commit does that once the caller has filled the maps.
+func Open(opts Options, log *slog.Logger) (*Datapath, error) {
+	feats, err := probe()
+	if err != nil {
+		return nil, err
 	}
-}
-
-// Load loads the programs with the maps pinned in opts.Dir (created there
-// when absent), and attaches them to opts.Cgroup through pinned links. A
-// link already pinned gets the new program with link.Update, so connections
-// are never left without a program.
-func Load(opts Options, log *slog.Logger) (*Datapath, error) {
 	if err := ensureFS(opts.Dir); err != nil {
 		return nil, err
 	}
@@ -89,43 +81,131 @@ func Load(opts Options, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	pinAll(s)
+	if err := feats.configure(s, log); err != nil {
+		return nil, err
+	}
 
-	var objs KmeshObjects
-	err = s.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.Dir}})
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return nil, fmt.Errorf("load programs: %w (the maps pinned in %s were made with other sizes or an older layout; run `kmeshd cleanup --bpf-dir %s` or keep the old limits)", err, opts.Dir, opts.Dir)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load programs: %w", err)
-	}
-	d := &Datapath{KmeshMaps: objs.KmeshMaps, programs: objs.KmeshPrograms, dir: opts.Dir}
-	for _, a := range objs.KmeshPrograms.attachments() {
-		l, err := attach(opts, a.name, a.prog, a.attach, log)
+	d := &Datapath{features: feats, opts: opts, log: log, fresh: map[string]*ebpf.Map{}}
+	replacements := map[string]*ebpf.Map{}
+	for name, ms := range s.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // internal maps (.rodata, .bss) belong to one program load
+		}
+		m, reused, err := openMap(filepath.Join(opts.Dir, name), ms, log)
 		if err != nil {
-			d.Close()
+			closeAll(replacements)
 			return nil, err
 		}
-		d.links = append(d.links, l)
+		replacements[name] = m
+		if reused {
+			d.Reused = true
+		} else {
+			d.fresh[name] = m
+		}
 	}
+	var objs KmeshObjects
+	err = s.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: replacements})
+	// LoadAndAssign took references of its own; the fresh maps' handles
+	// stay open until Commit pins them.
+	for name, m := range replacements {
+		if d.fresh[name] == nil {
+			m.Close()
+		}
+	}
+	if err != nil {
+		closeAll(d.fresh)
+		return nil, fmt.Errorf("load programs: %w", err)
+	}
+	d.KmeshMaps, d.programs = objs.KmeshMaps, objs.KmeshPrograms
 	return d, nil
 }
 
-func attach(opts Options, name string, prog *ebpf.Program, at ebpf.AttachType, log *slog.Logger) (link.Link, error) {
-	pin := filepath.Join(opts.Dir, "link_"+name)
+// openMap returns the map pinned at path if spec accepts it, or a new map.
+func openMap(path string, spec *ebpf.MapSpec, log *slog.Logger) (*ebpf.Map, bool, error) {
+	pinned, err := ebpf.LoadPinnedMap(path, nil)
+	switch {
+	case err == nil:
+		if cerr := spec.Compatible(pinned); cerr == nil {
+			return pinned, true, nil
+		} else {
+			pinned.Close()
+			// A layout change renames the map (km_backend_v2), so this is a
+			// size change: the first full state refills the new map before any
+			// program uses it, and the old one stays in force until then.
+			log.Warn("pinned map differs from this build; creating a new one", "map", spec.Name, "err", cerr)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, false, fmt.Errorf("map %s: open pin %s: %w", spec.Name, path, err)
+	}
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		return nil, false, fmt.Errorf("map %s: create: %w", spec.Name, err)
+	}
+	return m, false, nil
+}
+
+// Commit pins the maps Open created, replacing older pins of the same name,
+// and attaches every program through a pinned link: an existing link gets
+// the new program with link.Update, atomically for connections.
+func (d *Datapath) Commit() error {
+	for name, m := range d.fresh {
+		path := filepath.Join(d.opts.Dir, name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("map %s: replace pin %s: %w", name, path, err)
+		}
+		if err := m.Pin(path); err != nil {
+			return fmt.Errorf("map %s: pin %s: %w", name, path, err)
+		}
+	}
+	closeAll(d.fresh)
+	d.fresh = map[string]*ebpf.Map{}
+	for _, a := range d.programs.attachments() {
+		if a.optional != nil && !*a.optional(&d.features) {
+			continue
+		}
+		l, err := d.attach(a.name, a.prog, a.attach)
+		if err != nil {
+			return err
+		}
+		d.links = append(d.links, l)
+	}
+	return nil
+}
+
+type attachment struct {
+	name     string
+	prog     *ebpf.Program
+	attach   ebpf.AttachType
+	optional func(*Features) *bool // nil: always attached
+}
+
+// attachments lists every program with its cgroup hook; the link pin is
+// named after the program.
+func (p *KmeshPrograms) attachments() []attachment {
+	getpeername := func(f *Features) *bool { return &f.GetPeerName }
+	return []attachment{
+		{KmeshProgKmConnect4, p.KmConnect4, ebpf.AttachCGroupInet4Connect, nil},
+		{KmeshProgKmConnect6, p.KmConnect6, ebpf.AttachCGroupInet6Connect, nil},
+		{KmeshProgKmGetpeername4, p.KmGetpeername4, ebpf.AttachCgroupInet4GetPeername, getpeername},
+		{KmeshProgKmGetpeername6, p.KmGetpeername6, ebpf.AttachCgroupInet6GetPeername, getpeername},
+	}
+}
+
+func (d *Datapath) attach(name string, prog *ebpf.Program, at ebpf.AttachType) (link.Link, error) {
+	pin := filepath.Join(d.opts.Dir, "link_"+name)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		if err := l.Update(prog); err != nil {
 			l.Close()
 			return nil, fmt.Errorf("program %s: update pinned link %s: %w", name, pin, err)
 		}
-		log.Debug("program replaced behind pinned link", "program", name)
+		d.log.Debug("program replaced behind pinned link", "program", name)
 		return l, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("program %s: open pinned link %s: %w", name, pin, err)
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: opts.Cgroup, Attach: at, Program: prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: d.opts.Cgroup, Attach: at, Program: prog})
 	if err != nil {
-		return nil, fmt.Errorf("program %s: attach to cgroup %s: %w", name, opts.Cgroup, err)
+		return nil, fmt.Errorf("program %s: attach to cgroup %s: %w", name, d.opts.Cgroup, err)
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
@@ -135,12 +215,14 @@ func attach(opts Options, name string, prog *ebpf.Program, at ebpf.AttachType, l
 }
 
 // Close releases this process's handles. The pins keep the data plane in
-// force; only Remove takes it down.
+// force; only Remove takes it down. Maps Open created but Commit never
+// pinned go with it.
 func (d *Datapath) Close() error {
 	var errs []error
 	for _, l := range d.links {
 		errs = append(errs, l.Close())
 	}
+	closeAll(d.fresh)
 	errs = append(errs, d.programs.Close(), d.KmeshMaps.Close())
 	return errors.Join(errs...)
 }
@@ -185,4 +267,10 @@ func Remove(dir string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+func closeAll(maps map[string]*ebpf.Map) {
+	for _, m := range maps {
+		m.Close()
+	}
 }

@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -46,14 +45,4 @@ func NewMaps(limits Limits) (*KmeshMaps, error) {
 		return nil, fmt.Errorf("create maps: %w", err)
 	}
 	return &maps, nil
-}
-
-// pinAll marks every shared map for pinning by name; internal maps (.bss
-// of the enum anchors) hold nothing shared.
-func pinAll(s *ebpf.CollectionSpec) {
-	for name, m := range s.Maps {
-		if !strings.HasPrefix(name, ".") {
-			m.Pinning = ebpf.PinByName
-		}
-	}
 }

@@ -63,7 +63,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 
-	dp, err := bpf.Load(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits}, log.With("component", "bpf"))
+	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits}, log.With("component", "bpf"))
 	if err != nil {
 		return err
 	}
@@ -84,10 +84,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Fill the maps before the programs are swapped in: until Commit, a
+	// previous instance's programs keep serving with their maps.
 	if err := d.apply(mesh); err != nil {
 		return err
 	}
-	log.Info("kmeshd ready", "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", adm.Addr().String(), "source", d.source)
+	if err := dp.Commit(); err != nil {
+		return err
+	}
+	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", adm.Addr().String(), "source", d.source)
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()

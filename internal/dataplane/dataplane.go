@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 
@@ -121,7 +122,9 @@ func (d *Dataplane) Apply(m *model.Mesh) error {
 }
 
 func (d *Dataplane) applyBackends(want *desired) error {
-	for key, v := range want.backends {
+	// Sorted, so ids follow names and dumps are reproducible.
+	for _, key := range slices.Sorted(maps.Keys(want.backends)) {
+		v := want.backends[key]
 		cur := d.backends[key]
 		if cur != nil && cur.value == v {
 			continue
@@ -143,7 +146,8 @@ func (d *Dataplane) applyBackends(want *desired) error {
 }
 
 func (d *Dataplane) applyServices(want *desired) error {
-	for key, ws := range want.services {
+	for _, key := range slices.Sorted(maps.Keys(want.services)) {
+		ws := want.services[key]
 		cur := d.services[key]
 		if cur.unchanged(ws) {
 			continue

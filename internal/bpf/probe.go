@@ -1,0 +1,67 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+)
+
+// Features are the kernel features the data plane uses, probed at load time
+// (never at build time), so one build runs on every kernel from 5.10 with BTF.
+// Required ones fail the load with a message naming them; optional ones
+// turn a part off with a warning.
+type Features struct {
+	// SetRetval lets a connect to a service with no endpoint fail with
+	// ECONNREFUSED (bpf_set_retval, 5.18); without it the error is EPERM.
+	SetRetval bool
+	// GetPeerName hides the chosen endpoint from getpeername() (5.8).
+	GetPeerName bool
+}
+
+// ErrMissingFeature means the kernel lacks a feature Kmesh cannot run without.
+var ErrMissingFeature = errors.New("kernel lacks a required eBPF feature")
+
+func probe() (Features, error) {
+	required := []struct {
+		what string
+		err  error
+	}{
+		{"cgroup sock_addr programs (cgroup/connect4, 4.17)", features.HaveProgramType(ebpf.CGroupSockAddr)},
+		{"socket storage maps (BPF_MAP_TYPE_SK_STORAGE, 5.2)", features.HaveMapType(ebpf.SkStorage)},
+		{"bpf_get_netns_cookie in cgroup sock_addr programs (5.7)", features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)},
+	}
+	for _, r := range required {
+		if errors.Is(r.err, ebpf.ErrNotSupported) {
+			return Features{}, fmt.Errorf("%w: %s", ErrMissingFeature, r.what)
+		}
+		if r.err != nil {
+			return Features{}, fmt.Errorf("probe %s: %w", r.what, r.err)
+		}
+	}
+	var f Features
+	f.SetRetval = features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil
+	// No probe exists for attach types; getpeername hooks came in 5.8 with
+	// the helpers below, which serve as the marker.
+	f.GetPeerName = features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie) == nil &&
+		features.HaveMapType(ebpf.RingBuf) == nil
+	return f, nil
+}
+
+// configure sets the load-time constants that switch optional code on, and
+// says what is off.
+func (f Features) configure(s *ebpf.CollectionSpec, log *slog.Logger) error {
+	if err := s.Variables["km_have_set_retval"].Set(f.SetRetval); err != nil {
+		return fmt.Errorf("set km_have_set_retval: %w", err)
+	}
+	if !f.SetRetval {
+		log.Warn("kernel lacks bpf_set_retval for connect hooks (5.18): a connect to a service with no endpoint fails with EPERM instead of ECONNREFUSED")
+	}
+	if !f.GetPeerName {
+		log.Warn("kernel lacks cgroup getpeername hooks (5.8): applications see the endpoint's address as their peer, not the service's")
+	}
+	return nil
+}
