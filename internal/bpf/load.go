@@ -86,28 +86,26 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	}
 
 	d := &Datapath{features: feats, opts: opts, log: log, fresh: map[string]*ebpf.Map{}}
-	replacements := map[string]*ebpf.Map{}
-	for name, ms := range s.Maps {
-		if strings.HasPrefix(name, ".") {
-			continue // internal maps (.rodata, .bss) belong to one program load
-		}
-		m, reused, err := openMap(filepath.Join(opts.Dir, name), ms, log)
-		if err != nil {
-			closeAll(replacements)
-			return nil, err
-		}
-		replacements[name] = m
-		if reused {
+	replacements, err := openMaps(opts.Dir, s, log)
+	if err != nil {
+		return nil, err
+	}
+	for name, r := range replacements {
+		if r.reused {
 			d.Reused = true
 		} else {
-			d.fresh[name] = m
+			d.fresh[name] = r.m
 		}
 	}
+	maps := map[string]*ebpf.Map{}
+	for name, r := range replacements {
+		maps[name] = r.m
+	}
 	var objs KmeshObjects
-	err = s.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: replacements})
+	err = s.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: maps})
 	// LoadAndAssign took references of its own; the fresh maps' handles
 	// stay open until Commit pins them.
-	for name, m := range replacements {
+	for name, m := range maps {
 		if d.fresh[name] == nil {
 			m.Close()
 		}
@@ -120,28 +118,64 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	return d, nil
 }
 
-// openMap returns the map pinned at path if spec accepts it, or a new map.
-func openMap(path string, spec *ebpf.MapSpec, log *slog.Logger) (*ebpf.Map, bool, error) {
-	pinned, err := ebpf.LoadPinnedMap(path, nil)
-	switch {
-	case err == nil:
-		if cerr := spec.Compatible(pinned); cerr == nil {
-			return pinned, true, nil
-		} else {
-			pinned.Close()
-			// A layout change renames the map (km_backend_v2), so this is a
-			// size change: the first full state refills the new map before any
-			// program uses it, and the old one stays in force until then.
-			log.Warn("pinned map differs from this build; creating a new one", "map", spec.Name, "err", cerr)
+type openedMap struct {
+	m      *ebpf.Map
+	reused bool
+}
+
+// openMaps opens every map of s pinned in dir, or creates it. The service
+// tables are one consistent set: a program reading a new km_service with an
+// old km_endpoint would find ids that are not there. So when any of them
+// cannot be reused (its size changed: a layout change renames the map, as
+// km_backend_v2), all are created anew, filled by the first full state,
+// and switched to together with the programs at Commit; the old set serves
+// until then. Socket storage holds per-connection state that no config can
+// rebuild, and is kept whenever it is compatible.
+func openMaps(dir string, s *ebpf.CollectionSpec, log *slog.Logger) (map[string]openedMap, error) {
+	pinned := map[string]*ebpf.Map{}
+	defer func() { closeAll(pinned) }()
+	recreate := false
+	for name, ms := range s.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // internal maps (.rodata, .bss) belong to one program load
 		}
-	case !errors.Is(err, os.ErrNotExist):
-		return nil, false, fmt.Errorf("map %s: open pin %s: %w", spec.Name, path, err)
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			recreate = recreate || ms.Type != ebpf.SkStorage
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("map %s: open pin: %w", name, err)
+		}
+		if err := ms.Compatible(m); err != nil {
+			log.Warn("pinned map differs from this build; creating new maps", "map", name, "err", err)
+			m.Close()
+			recreate = recreate || ms.Type != ebpf.SkStorage
+			continue
+		}
+		pinned[name] = m
 	}
-	m, err := ebpf.NewMap(spec)
-	if err != nil {
-		return nil, false, fmt.Errorf("map %s: create: %w", spec.Name, err)
+
+	out := map[string]openedMap{}
+	for name, ms := range s.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		if m, ok := pinned[name]; ok && (!recreate || ms.Type == ebpf.SkStorage) {
+			out[name] = openedMap{m: m, reused: true}
+			delete(pinned, name)
+			continue
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			for _, o := range out {
+				o.m.Close()
+			}
+			return nil, fmt.Errorf("map %s: create: %w", name, err)
+		}
+		out[name] = openedMap{m: m}
 	}
-	return m, false, nil
+	return out, nil
 }
 
 // Commit pins the maps Open created, replacing older pins of the same name,

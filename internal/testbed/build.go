@@ -30,23 +30,28 @@ type build struct {
 // path of the binary. Each package is built once per process; binaries go to
 // a temporary directory that Sweep removes once this process is gone. The
 // module root is the first directory holding go.mod above the current one.
-func Build(pkg string) (string, error) {
+func Build(pkg string) (string, error) { return BuildTags(pkg, "") }
+
+// BuildTags is Build with Go build tags (comma-separated), for variants of
+// a binary such as the upgrade-test build of kmeshd.
+func BuildTags(pkg, tags string) (string, error) {
 	builds.mu.Lock()
 	if builds.bins == nil {
 		builds.bins = map[string]*build{}
 	}
-	bl, ok := builds.bins[pkg]
+	key := pkg + " " + tags
+	bl, ok := builds.bins[key]
 	if !ok {
 		bl = &build{n: len(builds.bins)}
-		builds.bins[pkg] = bl
+		builds.bins[key] = bl
 	}
 	builds.mu.Unlock()
 
-	bl.once.Do(func() { bl.path, bl.err = goBuild(pkg, bl.n) })
+	bl.once.Do(func() { bl.path, bl.err = goBuild(pkg, tags, bl.n) })
 	return bl.path, bl.err
 }
 
-func goBuild(pkg string, n int) (string, error) {
+func goBuild(pkg, tags string, n int) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", fmt.Errorf("build %s: %w", pkg, err)
@@ -56,7 +61,7 @@ func goBuild(pkg string, n int) (string, error) {
 		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
 	out := filepath.Join(dir, strconv.Itoa(n), path.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, pkg)
 	cmd.Dir = root
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build %s: %w\n%s", pkg, err, msg)

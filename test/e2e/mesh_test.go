@@ -31,6 +31,7 @@ type result struct {
 	ServerSaw string `json:"server_saw"`
 	Conn      int    `json:"conn"`
 	Error     string `json:"error"`
+	At        int64  `json:"at"` // Unix nanoseconds
 }
 
 var (
@@ -177,9 +178,17 @@ var readyLine = regexp.MustCompile(`msg="kmeshd ready".* admin=(\S+)`)
 // is ready, returning its admin address.
 func (m *mesh) startKmeshd(node, config string) *kmeshd {
 	m.t.Helper()
+	return m.startKmeshdBin(m.kmeshd, node, config)
+}
+
+// startKmeshdBin is startKmeshd with another kmeshd binary and more flags.
+func (m *mesh) startKmeshdBin(bin, node, config string, flags ...string) *kmeshd {
+	m.t.Helper()
 	n := m.nodes[node]
-	proc, err := m.bed.StartRoot(m.kmeshd, "--node", node, "--config", config,
-		"--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir, "--admin-address", "127.0.0.1:0", "--log-level", "debug")
+	args := append([]string{"--node", node, "--config", config,
+		"--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir, "--admin-address", "127.0.0.1:0",
+		"--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0", "--log-level", "debug"}, flags...)
+	proc, err := m.bed.StartRoot(bin, args...)
 	if err != nil {
 		m.t.Fatal(err)
 	}

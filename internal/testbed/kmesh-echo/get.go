@@ -29,6 +29,7 @@ type result struct {
 	ServerSaw string `json:"server_saw"` // X-Remote-Addr of the answer
 	Conn      int    `json:"conn"`       // which connection carried the request
 	Error     string `json:"error"`
+	At        int64  `json:"at"` // start of the request, Unix nanoseconds
 }
 
 // conn is a dialed connection with its number.
@@ -93,7 +94,7 @@ func get(args []string) error {
 }
 
 func request(client *http.Client, url string, seq int) result {
-	res := result{Seq: seq}
+	res := result{Seq: seq, At: time.Now().UnixNano()}
 	trace := &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			c, ok := info.Conn.(*conn)
