@@ -6,21 +6,11 @@
  * getpeername() then shows the service address again. Everything else
  * passes untouched.
  */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-
-#include "lb.h"
+/* Compiled as part of kmesh.c. */
 
 /* Returned to the application when a service has no endpoint: the same
  * error as a refused connection, at once, instead of a SYN to nowhere. */
 #define KM_ECONNREFUSED 111
-
-/* Keep the enums in the BTF, so bpf2go generates their Go twins: the struct
- * fields that hold them are plain integers of a fixed size. */
-const enum km_family *unused_family __attribute__((unused));
-const enum km_lb_mode *unused_lb_mode __attribute__((unused));
-const enum km_backend_flag *unused_backend_flag __attribute__((unused));
 
 /* Original destination of each balanced socket, for getpeername(). */
 struct {
@@ -144,5 +134,3 @@ int km_getpeername6(struct bpf_sock_addr *ctx)
 	ctx->user_port = (__u32)orig->port;
 	return 1;
 }
-
-char LICENSE[] SEC("license") = "Dual BSD/GPL";

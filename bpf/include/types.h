@@ -101,6 +101,56 @@ struct sock_orig {
 	__u8 pad;
 };
 
+/* Kinds of connection records sent to userspace (struct conn_event). */
+enum km_conn_event_type {
+	KM_CONN_OPEN = 1,
+	KM_CONN_CLOSE = 2,
+};
+
+/* Which end of the connection the record describes. */
+enum km_conn_direction {
+	KM_CONN_OUTBOUND = 0, /* this socket connected: the client side */
+	KM_CONN_INBOUND = 1,  /* this socket was accepted: the server side */
+};
+
+/*
+ * Socket storage km_sock_conn: what the telemetry keeps per connection of
+ * an enrolled workload from establishment to close.
+ */
+struct sock_conn {
+	__u64 start_ns; /* bpf_ktime_get_ns() at establishment */
+	__u8 direction; /* enum km_conn_direction */
+	__u8 pad[7];
+};
+
+/*
+ * A record in the km_events ring buffer: a connection of an enrolled
+ * workload opened or closed. Addresses as in frontend_key (network order,
+ * IPv4-mapped); ports in host order.
+ */
+struct conn_event {
+	__u64 socket_cookie; /* names the connection across its records */
+	__u64 netns_cookie;
+	__u64 start_ns;
+	__u64 end_ns; /* close records */
+	__u64 bytes_sent;     /* acknowledged by the peer (close records) */
+	__u64 bytes_received; /* (close records) */
+	__u32 local_addr[4];
+	__u32 remote_addr[4];
+	__u32 service_addr[4]; /* the service address dialed; zero if none */
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 service_port;
+	__u8 type;      /* enum km_conn_event_type */
+	__u8 direction; /* enum km_conn_direction */
+	__u32 total_retrans;
+	__u32 srtt_us; /* smoothed round-trip time */
+	__u32 old_state; /* TCP state the socket closed from (close records) */
+	__u32 pad;
+};
+
+_Static_assert(sizeof(struct sock_conn) == 16, "sock_conn size");
+_Static_assert(sizeof(struct conn_event) == 120, "conn_event size");
 _Static_assert(sizeof(struct manage_key) == 8, "manage_key size");
 _Static_assert(sizeof(struct manage_value) == 4, "manage_value size");
 _Static_assert(sizeof(struct frontend_key) == 20, "frontend_key size");

@@ -4,5 +4,5 @@ package bpf
 // building kmeshd needs no clang. `make generate` reruns this; CI fails when
 // the committed output differs from a fresh run. The kmesh_upgrade_test
 // build tag selects a variant whose programs differ, for upgrade tests.
-//go:generate go tool bpf2go -tags linux,!kmesh_upgrade_test -target bpfel -type km_family -type km_lb_mode -type km_backend_flag Kmesh ../../bpf/connect.c -- -I../../bpf/include -mcpu=v3 -g -O2 -Wall -Werror
-//go:generate go tool bpf2go -tags linux,kmesh_upgrade_test -output-stem kmesh_upgrade -target bpfel -type km_family -type km_lb_mode -type km_backend_flag Kmesh ../../bpf/connect.c -- -I../../bpf/include -mcpu=v3 -g -O2 -Wall -Werror -DKM_TEST_VARIANT
+//go:generate go tool bpf2go -tags linux,!kmesh_upgrade_test -target bpfel -type km_family -type km_lb_mode -type km_backend_flag -type km_conn_event_type -type km_conn_direction -type conn_event Kmesh ../../bpf/kmesh.c -- -I../../bpf/include -mcpu=v3 -g -O2 -Wall -Werror
+//go:generate go tool bpf2go -tags linux,kmesh_upgrade_test -output-stem kmesh_upgrade -target bpfel -type km_family -type km_lb_mode -type km_backend_flag -type km_conn_event_type -type km_conn_direction -type conn_event Kmesh ../../bpf/kmesh.c -- -I../../bpf/include -mcpu=v3 -g -O2 -Wall -Werror -DKM_TEST_VARIANT

@@ -20,6 +20,28 @@ type KmeshBackendValue struct {
 	Flags uint32
 }
 
+type KmeshConnEvent struct {
+	_             structs.HostLayout
+	SocketCookie  uint64
+	NetnsCookie   uint64
+	StartNs       uint64
+	EndNs         uint64
+	BytesSent     uint64
+	BytesReceived uint64
+	LocalAddr     [4]uint32
+	RemoteAddr    [4]uint32
+	ServiceAddr   [4]uint32
+	LocalPort     uint16
+	RemotePort    uint16
+	ServicePort   uint16
+	Type          uint8
+	Direction     uint8
+	TotalRetrans  uint32
+	SrttUs        uint32
+	OldState      uint32
+	Pad           uint32
+}
+
 type KmeshEndpointKey struct {
 	_         structs.HostLayout
 	ServiceId uint32
@@ -56,6 +78,20 @@ const (
 	KmeshKmBackendFlagKM_BACKEND_HAS_V6 KmeshKmBackendFlag = 2
 )
 
+type KmeshKmConnDirection uint32
+
+const (
+	KmeshKmConnDirectionKM_CONN_OUTBOUND KmeshKmConnDirection = 0
+	KmeshKmConnDirectionKM_CONN_INBOUND  KmeshKmConnDirection = 1
+)
+
+type KmeshKmConnEventType uint32
+
+const (
+	KmeshKmConnEventTypeKM_CONN_OPEN  KmeshKmConnEventType = 1
+	KmeshKmConnEventTypeKM_CONN_CLOSE KmeshKmConnEventType = 2
+)
+
 type KmeshKmFamily uint32
 
 const (
@@ -89,6 +125,13 @@ type KmeshServiceValue struct {
 	Pad    uint16
 }
 
+type KmeshSockConn struct {
+	_         structs.HostLayout
+	StartNs   uint64
+	Direction uint8
+	Pad       [7]uint8
+}
+
 type KmeshSockOrig struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -101,21 +144,28 @@ type KmeshSockOrig struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	KmeshMapKmBackend         = "km_backend"
-	KmeshMapKmEndpoint        = "km_endpoint"
-	KmeshMapKmFrontend        = "km_frontend"
-	KmeshMapKmManage          = "km_manage"
-	KmeshMapKmRr              = "km_rr"
-	KmeshMapKmService         = "km_service"
-	KmeshMapKmSockOrig        = "km_sock_orig"
-	KmeshProgKmConnect4       = "km_connect4"
-	KmeshProgKmConnect6       = "km_connect6"
-	KmeshProgKmGetpeername4   = "km_getpeername4"
-	KmeshProgKmGetpeername6   = "km_getpeername6"
-	KmeshVarKmHaveSetRetval   = "km_have_set_retval"
-	KmeshVarUnusedBackendFlag = "unused_backend_flag"
-	KmeshVarUnusedFamily      = "unused_family"
-	KmeshVarUnusedLbMode      = "unused_lb_mode"
+	KmeshMapKmBackend           = "km_backend"
+	KmeshMapKmEndpoint          = "km_endpoint"
+	KmeshMapKmEvents            = "km_events"
+	KmeshMapKmEventsLost        = "km_events_lost"
+	KmeshMapKmFrontend          = "km_frontend"
+	KmeshMapKmManage            = "km_manage"
+	KmeshMapKmRr                = "km_rr"
+	KmeshMapKmService           = "km_service"
+	KmeshMapKmSockConn          = "km_sock_conn"
+	KmeshMapKmSockOrig          = "km_sock_orig"
+	KmeshProgKmConnect4         = "km_connect4"
+	KmeshProgKmConnect6         = "km_connect6"
+	KmeshProgKmGetpeername4     = "km_getpeername4"
+	KmeshProgKmGetpeername6     = "km_getpeername6"
+	KmeshProgKmSockops          = "km_sockops"
+	KmeshVarKmHaveSetRetval     = "km_have_set_retval"
+	KmeshVarUnusedBackendFlag   = "unused_backend_flag"
+	KmeshVarUnusedConnDirection = "unused_conn_direction"
+	KmeshVarUnusedConnEvent     = "unused_conn_event"
+	KmeshVarUnusedConnEventType = "unused_conn_event_type"
+	KmeshVarUnusedFamily        = "unused_family"
+	KmeshVarUnusedLbMode        = "unused_lb_mode"
 )
 
 // LoadKmesh returns the embedded CollectionSpec for Kmesh.
@@ -164,29 +214,36 @@ type KmeshProgramSpecs struct {
 	KmConnect6     *ebpf.ProgramSpec `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.ProgramSpec `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.ProgramSpec `ebpf:"km_getpeername6"`
+	KmSockops      *ebpf.ProgramSpec `ebpf:"km_sockops"`
 }
 
 // KmeshMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KmeshMapSpecs struct {
-	KmBackend  *ebpf.MapSpec `ebpf:"km_backend"`
-	KmEndpoint *ebpf.MapSpec `ebpf:"km_endpoint"`
-	KmFrontend *ebpf.MapSpec `ebpf:"km_frontend"`
-	KmManage   *ebpf.MapSpec `ebpf:"km_manage"`
-	KmRr       *ebpf.MapSpec `ebpf:"km_rr"`
-	KmService  *ebpf.MapSpec `ebpf:"km_service"`
-	KmSockOrig *ebpf.MapSpec `ebpf:"km_sock_orig"`
+	KmBackend    *ebpf.MapSpec `ebpf:"km_backend"`
+	KmEndpoint   *ebpf.MapSpec `ebpf:"km_endpoint"`
+	KmEvents     *ebpf.MapSpec `ebpf:"km_events"`
+	KmEventsLost *ebpf.MapSpec `ebpf:"km_events_lost"`
+	KmFrontend   *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmManage     *ebpf.MapSpec `ebpf:"km_manage"`
+	KmRr         *ebpf.MapSpec `ebpf:"km_rr"`
+	KmService    *ebpf.MapSpec `ebpf:"km_service"`
+	KmSockConn   *ebpf.MapSpec `ebpf:"km_sock_conn"`
+	KmSockOrig   *ebpf.MapSpec `ebpf:"km_sock_orig"`
 }
 
 // KmeshVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KmeshVariableSpecs struct {
-	KmHaveSetRetval   *ebpf.VariableSpec `ebpf:"km_have_set_retval"`
-	UnusedBackendFlag *ebpf.VariableSpec `ebpf:"unused_backend_flag"`
-	UnusedFamily      *ebpf.VariableSpec `ebpf:"unused_family"`
-	UnusedLbMode      *ebpf.VariableSpec `ebpf:"unused_lb_mode"`
+	KmHaveSetRetval     *ebpf.VariableSpec `ebpf:"km_have_set_retval"`
+	UnusedBackendFlag   *ebpf.VariableSpec `ebpf:"unused_backend_flag"`
+	UnusedConnDirection *ebpf.VariableSpec `ebpf:"unused_conn_direction"`
+	UnusedConnEvent     *ebpf.VariableSpec `ebpf:"unused_conn_event"`
+	UnusedConnEventType *ebpf.VariableSpec `ebpf:"unused_conn_event_type"`
+	UnusedFamily        *ebpf.VariableSpec `ebpf:"unused_family"`
+	UnusedLbMode        *ebpf.VariableSpec `ebpf:"unused_lb_mode"`
 }
 
 // KmeshObjects contains all objects after they have been loaded into the kernel.
@@ -209,23 +266,29 @@ func (o *KmeshObjects) Close() error {
 //
 // It can be passed to LoadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KmeshMaps struct {
-	KmBackend  *ebpf.Map `ebpf:"km_backend"`
-	KmEndpoint *ebpf.Map `ebpf:"km_endpoint"`
-	KmFrontend *ebpf.Map `ebpf:"km_frontend"`
-	KmManage   *ebpf.Map `ebpf:"km_manage"`
-	KmRr       *ebpf.Map `ebpf:"km_rr"`
-	KmService  *ebpf.Map `ebpf:"km_service"`
-	KmSockOrig *ebpf.Map `ebpf:"km_sock_orig"`
+	KmBackend    *ebpf.Map `ebpf:"km_backend"`
+	KmEndpoint   *ebpf.Map `ebpf:"km_endpoint"`
+	KmEvents     *ebpf.Map `ebpf:"km_events"`
+	KmEventsLost *ebpf.Map `ebpf:"km_events_lost"`
+	KmFrontend   *ebpf.Map `ebpf:"km_frontend"`
+	KmManage     *ebpf.Map `ebpf:"km_manage"`
+	KmRr         *ebpf.Map `ebpf:"km_rr"`
+	KmService    *ebpf.Map `ebpf:"km_service"`
+	KmSockConn   *ebpf.Map `ebpf:"km_sock_conn"`
+	KmSockOrig   *ebpf.Map `ebpf:"km_sock_orig"`
 }
 
 func (m *KmeshMaps) Close() error {
 	return _KmeshClose(
 		m.KmBackend,
 		m.KmEndpoint,
+		m.KmEvents,
+		m.KmEventsLost,
 		m.KmFrontend,
 		m.KmManage,
 		m.KmRr,
 		m.KmService,
+		m.KmSockConn,
 		m.KmSockOrig,
 	)
 }
@@ -234,10 +297,13 @@ func (m *KmeshMaps) Close() error {
 //
 // It can be passed to LoadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KmeshVariables struct {
-	KmHaveSetRetval   *ebpf.Variable `ebpf:"km_have_set_retval"`
-	UnusedBackendFlag *ebpf.Variable `ebpf:"unused_backend_flag"`
-	UnusedFamily      *ebpf.Variable `ebpf:"unused_family"`
-	UnusedLbMode      *ebpf.Variable `ebpf:"unused_lb_mode"`
+	KmHaveSetRetval     *ebpf.Variable `ebpf:"km_have_set_retval"`
+	UnusedBackendFlag   *ebpf.Variable `ebpf:"unused_backend_flag"`
+	UnusedConnDirection *ebpf.Variable `ebpf:"unused_conn_direction"`
+	UnusedConnEvent     *ebpf.Variable `ebpf:"unused_conn_event"`
+	UnusedConnEventType *ebpf.Variable `ebpf:"unused_conn_event_type"`
+	UnusedFamily        *ebpf.Variable `ebpf:"unused_family"`
+	UnusedLbMode        *ebpf.Variable `ebpf:"unused_lb_mode"`
 }
 
 // KmeshPrograms contains all programs after they have been loaded into the kernel.
@@ -248,6 +314,7 @@ type KmeshPrograms struct {
 	KmConnect6     *ebpf.Program `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.Program `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.Program `ebpf:"km_getpeername6"`
+	KmSockops      *ebpf.Program `ebpf:"km_sockops"`
 }
 
 func (p *KmeshPrograms) Close() error {
@@ -256,6 +323,7 @@ func (p *KmeshPrograms) Close() error {
 		p.KmConnect6,
 		p.KmGetpeername4,
 		p.KmGetpeername6,
+		p.KmSockops,
 	)
 }
 

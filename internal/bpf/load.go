@@ -51,7 +51,7 @@ type Options struct {
 // that keep the programs attached.
 type Datapath struct {
 	KmeshMaps
-	programs KmeshPrograms
+	programs map[string]*ebpf.Program // by name; optional ones may be absent
 	features Features
 	opts     Options
 	log      *slog.Logger
@@ -101,9 +101,8 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	for name, r := range replacements {
 		maps[name] = r.m
 	}
-	var objs KmeshObjects
-	err = s.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: maps})
-	// LoadAndAssign took references of its own; the fresh maps' handles
+	coll, err := ebpf.NewCollectionWithOptions(s, ebpf.CollectionOptions{MapReplacements: maps})
+	// The collection took references of its own; the fresh maps' handles
 	// stay open until Commit pins them.
 	for name, m := range maps {
 		if d.fresh[name] == nil {
@@ -114,7 +113,14 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 		closeAll(d.fresh)
 		return nil, fmt.Errorf("load programs: %w", err)
 	}
-	d.KmeshMaps, d.programs = objs.KmeshMaps, objs.KmeshPrograms
+	if err := coll.Assign(&d.KmeshMaps); err != nil {
+		coll.Close()
+		closeAll(d.fresh)
+		return nil, fmt.Errorf("load programs: %w", err)
+	}
+	d.programs = coll.Programs
+	coll.Programs = nil // now ours to close
+	coll.Close()
 	return d, nil
 }
 
@@ -193,11 +199,12 @@ func (d *Datapath) Commit() error {
 	}
 	closeAll(d.fresh)
 	d.fresh = map[string]*ebpf.Map{}
-	for _, a := range d.programs.attachments() {
-		if a.optional != nil && !*a.optional(&d.features) {
-			continue
+	for _, a := range attachments {
+		prog := d.programs[a.name]
+		if prog == nil {
+			continue // an optional part this kernel lacks
 		}
-		l, err := d.attach(a.name, a.prog, a.attach)
+		l, err := d.attach(a.name, prog, a.attach)
 		if err != nil {
 			return err
 		}
@@ -206,23 +213,17 @@ func (d *Datapath) Commit() error {
 	return nil
 }
 
-type attachment struct {
-	name     string
-	prog     *ebpf.Program
-	attach   ebpf.AttachType
-	optional func(*Features) *bool // nil: always attached
-}
-
 // attachments lists every program with its cgroup hook; the link pin is
 // named after the program.
-func (p *KmeshPrograms) attachments() []attachment {
-	getpeername := func(f *Features) *bool { return &f.GetPeerName }
-	return []attachment{
-		{KmeshProgKmConnect4, p.KmConnect4, ebpf.AttachCGroupInet4Connect, nil},
-		{KmeshProgKmConnect6, p.KmConnect6, ebpf.AttachCGroupInet6Connect, nil},
-		{KmeshProgKmGetpeername4, p.KmGetpeername4, ebpf.AttachCgroupInet4GetPeername, getpeername},
-		{KmeshProgKmGetpeername6, p.KmGetpeername6, ebpf.AttachCgroupInet6GetPeername, getpeername},
-	}
+var attachments = []struct {
+	name   string
+	attach ebpf.AttachType
+}{
+	{KmeshProgKmConnect4, ebpf.AttachCGroupInet4Connect},
+	{KmeshProgKmConnect6, ebpf.AttachCGroupInet6Connect},
+	{KmeshProgKmGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+	{KmeshProgKmGetpeername6, ebpf.AttachCgroupInet6GetPeername},
+	{KmeshProgKmSockops, ebpf.AttachCGroupSockOps},
 }
 
 func (d *Datapath) attach(name string, prog *ebpf.Program, at ebpf.AttachType) (link.Link, error) {
@@ -257,7 +258,10 @@ func (d *Datapath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	closeAll(d.fresh)
-	errs = append(errs, d.programs.Close(), d.KmeshMaps.Close())
+	for _, p := range d.programs {
+		errs = append(errs, p.Close())
+	}
+	errs = append(errs, d.KmeshMaps.Close())
 	return errors.Join(errs...)
 }
 

@@ -20,6 +20,9 @@ type Features struct {
 	SetRetval bool
 	// GetPeerName hides the chosen endpoint from getpeername() (5.8).
 	GetPeerName bool
+	// Telemetry records connections from sockops through a ring buffer
+	// (bpf_get_netns_cookie in sockops, 5.15).
+	Telemetry bool
 }
 
 // ErrMissingFeature means the kernel lacks a feature Kmesh cannot run without.
@@ -48,6 +51,9 @@ func probe() (Features, error) {
 	// the helpers below, which serve as the marker.
 	f.GetPeerName = features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie) == nil &&
 		features.HaveMapType(ebpf.RingBuf) == nil
+	f.Telemetry = features.HaveMapType(ebpf.RingBuf) == nil &&
+		features.HaveProgramHelper(ebpf.SockOps, asm.FnGetNetnsCookie) == nil &&
+		features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet) == nil
 	return f, nil
 }
 
@@ -61,7 +67,13 @@ func (f Features) configure(s *ebpf.CollectionSpec, log *slog.Logger) error {
 		log.Warn("kernel lacks bpf_set_retval for connect hooks (5.18): a connect to a service with no endpoint fails with EPERM instead of ECONNREFUSED")
 	}
 	if !f.GetPeerName {
+		delete(s.Programs, KmeshProgKmGetpeername4)
+		delete(s.Programs, KmeshProgKmGetpeername6)
 		log.Warn("kernel lacks cgroup getpeername hooks (5.8): applications see the endpoint's address as their peer, not the service's")
+	}
+	if !f.Telemetry {
+		delete(s.Programs, KmeshProgKmSockops)
+		log.Warn("kernel lacks sockops netns cookies or ring buffers (5.15): no connection metrics or access logs")
 	}
 	return nil
 }

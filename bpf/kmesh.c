@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The one object kmeshd loads. Each attach point has its own file; they are
+ * compiled together so every program shares the same maps.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "lb.h"
+
+#include "connect.c"
+#include "sockops.c"
+
+/* Keep the enums in the BTF, so bpf2go generates their Go twins: the struct
+ * fields that hold them are plain integers of a fixed size. */
+const enum km_family *unused_family __attribute__((unused));
+const enum km_lb_mode *unused_lb_mode __attribute__((unused));
+const enum km_backend_flag *unused_backend_flag __attribute__((unused));
+const enum km_conn_event_type *unused_conn_event_type __attribute__((unused));
+const enum km_conn_direction *unused_conn_direction __attribute__((unused));
+const struct conn_event *unused_conn_event __attribute__((unused));
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Connection telemetry. For every TCP connection of an enrolled workload,
+ * one record when it is established and one when it closes, with bytes
+ * each way, retransmits, smoothed RTT and the state it closed from, sent to
+ * userspace through the km_events ring buffer. A record the ring buffer has
+ * no room for is counted in km_events_lost, never dropped silently.
+ * Compiled as part of kmesh.c.
+ */
+
+/* Per-connection state from establishment to close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_conn);
+} km_sock_conn SEC(".maps");
+
+/* Connection records for userspace; the loader sets the size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} km_events SEC(".maps");
+
+/* Records lost because km_events was full, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} km_events_lost SEC(".maps");
+
+static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct conn_event *ev)
+{
+	if (skops->family == 2 /* AF_INET */) {
+		lb_v4_mapped(ev->local_addr, skops->local_ip4);
+		lb_v4_mapped(ev->remote_addr, skops->remote_ip4);
+	} else {
+		ev->local_addr[0] = skops->local_ip6[0];
+		ev->local_addr[1] = skops->local_ip6[1];
+		ev->local_addr[2] = skops->local_ip6[2];
+		ev->local_addr[3] = skops->local_ip6[3];
+		ev->remote_addr[0] = skops->remote_ip6[0];
+		ev->remote_addr[1] = skops->remote_ip6[1];
+		ev->remote_addr[2] = skops->remote_ip6[2];
+		ev->remote_addr[3] = skops->remote_ip6[3];
+	}
+	ev->local_port = (__u16)skops->local_port;
+	ev->remote_port = bpf_ntohl(skops->remote_port);
+}
+
+static __always_inline struct conn_event *sockops_reserve(void)
+{
+	struct conn_event *ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
+	if (!ev) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&km_events_lost, &zero);
+		if (lost)
+			*lost += 1; /* per CPU: no other writer */
+	}
+	return ev;
+}
+
+static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8 direction)
+{
+	struct manage_key mkey = { .netns_cookie = bpf_get_netns_cookie(skops) };
+	struct sock_orig *orig;
+	struct sock_conn *conn;
+	struct conn_event *ev;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk || !bpf_map_lookup_elem(&km_manage, &mkey))
+		return;
+	conn = bpf_sk_storage_get(&km_sock_conn, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!conn)
+		return;
+	conn->start_ns = bpf_ktime_get_ns();
+	conn->direction = direction;
+	/* Only state changes from now on: the close is what we wait for. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+
+	ev = sockops_reserve();
+	if (!ev)
+		return;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = KM_CONN_OPEN;
+	ev->direction = direction;
+	ev->socket_cookie = bpf_get_socket_cookie(skops);
+	ev->netns_cookie = mkey.netns_cookie;
+	ev->start_ns = conn->start_ns;
+	sockops_addrs(skops, ev);
+	orig = bpf_sk_storage_get(&km_sock_orig, sk, 0, 0);
+	if (orig) {
+		__builtin_memcpy(ev->service_addr, orig->addr, sizeof(ev->service_addr));
+		ev->service_port = bpf_ntohs(orig->port);
+	}
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct sock_orig *orig;
+	struct sock_conn *conn;
+	struct conn_event *ev;
+
+	if (!sk)
+		return;
+	conn = bpf_sk_storage_get(&km_sock_conn, sk, 0, 0);
+	if (!conn)
+		return;
+	ev = sockops_reserve();
+	if (ev) {
+		__builtin_memset(ev, 0, sizeof(*ev));
+		ev->type = KM_CONN_CLOSE;
+		ev->direction = conn->direction;
+		ev->socket_cookie = bpf_get_socket_cookie(skops);
+		ev->netns_cookie = bpf_get_netns_cookie(skops);
+		ev->start_ns = conn->start_ns;
+		ev->end_ns = bpf_ktime_get_ns();
+		ev->bytes_sent = skops->bytes_acked;
+		ev->bytes_received = skops->bytes_received;
+		ev->total_retrans = skops->total_retrans;
+		ev->srtt_us = skops->srtt_us >> 3; /* the kernel keeps 8x the RTT */
+		ev->old_state = skops->args[0];
+		sockops_addrs(skops, ev);
+		orig = bpf_sk_storage_get(&km_sock_orig, sk, 0, 0);
+		if (orig) {
+			__builtin_memcpy(ev->service_addr, orig->addr, sizeof(ev->service_addr));
+			ev->service_port = bpf_ntohs(orig->port);
+		}
+		bpf_ringbuf_submit(ev, 0);
+	}
+	bpf_sk_storage_delete(&km_sock_conn, sk);
+}
+
+SEC("sockops")
+int km_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		sockops_established(skops, KM_CONN_OUTBOUND);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		sockops_established(skops, KM_CONN_INBOUND);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			sockops_closed(skops);
+		break;
+	}
+	return 1;
+}
