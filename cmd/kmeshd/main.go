@@ -25,7 +25,7 @@ func main() {
 func newCommand() *cobra.Command {
 	var (
 		cfg      daemon.Config
-		logLevel slog.Level
+		logLevel = new(slog.LevelVar) // changed at run time through /logging
 	)
 	cmd := &cobra.Command{
 		Use:   "kmeshd",
@@ -49,6 +49,7 @@ removes it.`,
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			cfg.LogLevel = logLevel
 			return daemon.Run(ctx, cfg, log)
 		},
 	}
@@ -57,8 +58,11 @@ removes it.`,
 	f.StringVar(&cfg.Node, "node", hostname(), "name of this node: workloads with this node are enrolled here")
 	f.StringVar(&cfg.Cgroup, "cgroup", "", "cgroup v2 directory to attach the programs to (default: the root of the cgroup v2 hierarchy)")
 	f.StringVar(&cfg.BPFDir, "bpf-dir", "", "bpffs directory for this instance's pins (default: /sys/fs/bpf/kmesh/<node>)")
-	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "address of the admin API (/healthz/ready, /config_dump)")
-	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "address of the admin API (/healthz/ready, /config_dump, /maps, /logging, ...; see docs/kmeshctl.md)")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", ":15020", "address of the Prometheus metrics (/metrics)")
+	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "address of the readiness probe (/healthz/ready)")
+	// The default is a zero LevelVar: info.
+	f.TextVar(logLevel, "log-level", new(slog.LevelVar), "log level: debug, info, warn, error (changed at run time with 'kmeshctl log --level')")
 	cfg.Limits = bpf.DefaultLimits
 	f.Uint32Var(&cfg.Limits.Services, "max-services", cfg.Limits.Services, "capacity of the service map")
 	f.Uint32Var(&cfg.Limits.Frontends, "max-frontends", cfg.Limits.Frontends, "capacity of the frontend map (service address and port pairs)")

@@ -123,7 +123,8 @@ func run(keep bool, requests int, verbose bool) error {
 	for _, name := range []string{"node-a", "node-b"} {
 		step("starting kmeshd on " + name)
 		n := nodes[name]
-		p, err := bed.StartRoot(kmeshd, "--node", name, "--config", cfg, "--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir, "--admin-address", "127.0.0.1:0")
+		p, err := bed.StartRoot(kmeshd, "--node", name, "--config", cfg, "--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir, "--admin-address", "127.0.0.1:0",
+			"--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0")
 		if err != nil {
 			return err
 		}

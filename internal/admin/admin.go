@@ -1,6 +1,14 @@
-// Package admin serves kmeshd's admin API on a local address: readiness and
-// the config dump. It reads the daemon's state through the State interface
-// and never writes to the data plane.
+// Package admin serves kmeshd's HTTP surfaces, split as ztunnel splits them:
+//
+//   - the admin API on a local address (--admin-address, 127.0.0.1:15000):
+//     readiness, the config dump, the decoded BPF maps, live connections,
+//     the log level and access log switches, and explain;
+//   - readiness alone (--readiness-address, :15021), for Kubernetes probes;
+//   - Prometheus metrics (--metrics-address, :15020).
+//
+// It reads the daemon's state through the State interface and never writes
+// to the data plane; the only things it changes are the Controls the daemon
+// hands it. docs/kmeshctl.md documents every endpoint.
 package admin
 
 import (
@@ -11,9 +19,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
+	"github.com/kmesh-go/kmesh/internal/model"
 )
 
 // State is what the daemon shows through the admin API.
@@ -21,37 +34,232 @@ type State interface {
 	// Ready reports whether the first config is in the maps.
 	Ready() bool
 	ConfigDump() api.ConfigDump
+	// Mesh is the mesh last applied, nil before the first; callers must not
+	// modify it.
+	Mesh() *model.Mesh
+	// DumpMaps decodes the BPF maps, one line per entry
+	// (dataplane.DumpMaps).
+	DumpMaps() ([]string, error)
+	// Connections lists the live connections of enrolled workloads.
+	Connections() []api.Connection
 }
 
-// Server is the admin HTTP server.
-type Server struct {
-	ln  net.Listener
-	srv *http.Server
+// Controls are the daemon's run-time switches the admin API may change.
+// A nil field leaves its endpoint out.
+type Controls struct {
+	// LogLevel is the level of the daemon's log handler.
+	LogLevel *slog.LevelVar
+	// AccessLog turns the per-connection access log on and off.
+	AccessLog *atomic.Bool
 }
 
-// Listen binds the admin address at once, so a port clash fails start-up.
-func Listen(addr string, st State, log *slog.Logger) (*Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("admin address %s: %w", addr, err)
-	}
+// Handler returns the admin API's handler.
+func Handler(st State, c Controls, log *slog.Logger) http.Handler {
+	h := &handler{st: st, c: c, log: log}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
-		if !st.Ready() {
-			http.Error(w, "not ready: config not applied yet", http.StatusServiceUnavailable)
+	mux.HandleFunc("GET /healthz/ready", h.ready)
+	mux.HandleFunc("GET /config_dump", h.configDump)
+	mux.HandleFunc("GET /maps", h.maps)
+	mux.HandleFunc("GET /connections", h.connections)
+	mux.HandleFunc("GET /explain", h.explain)
+	if c.LogLevel != nil {
+		mux.HandleFunc("/logging", h.logging)
+	}
+	if c.AccessLog != nil {
+		mux.HandleFunc("/accesslog", h.accessLog)
+	}
+	mux.HandleFunc("GET /{$}", h.index)
+	return mux
+}
+
+// ReadinessHandler serves /healthz/ready alone, for the readiness address.
+func ReadinessHandler(st State) http.Handler {
+	h := &handler{st: st}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz/ready", h.ready)
+	return mux
+}
+
+type handler struct {
+	st  State
+	c   Controls
+	log *slog.Logger
+}
+
+// endpoints is the index the admin address serves at /.
+var endpoints = []struct{ path, help string }{
+	{"/healthz/ready", "200 once the first config is in the maps, 503 before"},
+	{"/config_dump", "the mesh as this kmeshd holds it (JSON)"},
+	{"/maps", "the BPF maps, one line per entry"},
+	{"/connections", "live connections of enrolled workloads (JSON)"},
+	{"/logging", "log level; POST ?level=debug|info|warn|error to change it"},
+	{"/accesslog", "access log switch; POST ?enabled=true|false to change it"},
+	{"/explain?source=NS/WORKLOAD&destination=IP:PORT", "what a connect from the workload to the address does, and why (JSON)"},
+}
+
+func (h *handler) index(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "kmeshd admin API")
+	for _, e := range endpoints {
+		fmt.Fprintf(w, "  %-50s %s\n", e.path, e.help)
+	}
+}
+
+func (h *handler) ready(w http.ResponseWriter, r *http.Request) {
+	if !h.st.Ready() {
+		http.Error(w, "not ready: config not applied yet", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+func (h *handler) configDump(w http.ResponseWriter, r *http.Request) {
+	d := h.st.ConfigDump()
+	// Empty lists, not null, so clients may range without checks.
+	if d.Services == nil {
+		d.Services = []api.Service{}
+	}
+	if d.Workloads == nil {
+		d.Workloads = []api.Workload{}
+	}
+	if d.Policies == nil {
+		d.Policies = []api.Policy{}
+	}
+	if d.Enrolled == nil {
+		d.Enrolled = []string{}
+	}
+	h.writeJSON(w, d)
+}
+
+func (h *handler) maps(w http.ResponseWriter, r *http.Request) {
+	lines, err := h.st.DumpMaps()
+	if err != nil {
+		http.Error(w, "read maps: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+}
+
+func (h *handler) connections(w http.ResponseWriter, r *http.Request) {
+	conns := h.st.Connections()
+	if conns == nil {
+		conns = []api.Connection{}
+	}
+	h.writeJSON(w, conns)
+}
+
+// logging shows the log level (GET) or sets it (POST, PUT: ?level=).
+func (h *handler) logging(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+		if r.URL.Query().Has("level") {
+			http.Error(w, "use POST or PUT to change the level", http.StatusMethodNotAllowed)
 			return
 		}
-		fmt.Fprintln(w, "ready")
-	})
-	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(st.ConfigDump()); err != nil {
-			log.Debug("write config dump", "err", err)
+	case http.MethodPost, http.MethodPut:
+		var level slog.Level
+		if err := level.UnmarshalText([]byte(r.URL.Query().Get("level"))); err != nil {
+			http.Error(w, fmt.Sprintf("level %q: want debug, info, warn or error", r.URL.Query().Get("level")), http.StatusBadRequest)
+			return
 		}
-	})
-	return &Server{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
+		old := h.c.LogLevel.Level()
+		h.c.LogLevel.Set(level)
+		// Logged at the level that shows either way.
+		h.log.Log(r.Context(), max(old, level), "log level changed", "from", levelName(old), "to", levelName(level))
+	default:
+		w.Header().Set("Allow", "GET, POST, PUT")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	h.writeJSON(w, api.Logging{Level: levelName(h.c.LogLevel.Level())})
+}
+
+// levelName is the flag spelling of a level: debug, info, warn, error.
+func levelName(l slog.Level) string { return strings.ToLower(l.String()) }
+
+// accessLog shows the access log switch (GET) or flips it (POST, PUT:
+// ?enabled=).
+func (h *handler) accessLog(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+		if r.URL.Query().Has("enabled") {
+			http.Error(w, "use POST or PUT to change the access log", http.StatusMethodNotAllowed)
+			return
+		}
+	case http.MethodPost, http.MethodPut:
+		on, err := strconv.ParseBool(r.URL.Query().Get("enabled"))
+		if err != nil {
+			http.Error(w, fmt.Sprintf("enabled %q: want true or false", r.URL.Query().Get("enabled")), http.StatusBadRequest)
+			return
+		}
+		if h.c.AccessLog.Swap(on) != on {
+			h.log.Info("access log switched", "enabled", on)
+		}
+	default:
+		w.Header().Set("Allow", "GET, POST, PUT")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	h.writeJSON(w, api.AccessLog{Enabled: h.c.AccessLog.Load()})
+}
+
+func (h *handler) explain(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	source, dest := q.Get("source"), q.Get("destination")
+	if source == "" || dest == "" {
+		http.Error(w, "want ?source=NAMESPACE/WORKLOAD&destination=IP:PORT", http.StatusBadRequest)
+		return
+	}
+	dst, err := netip.ParseAddrPort(dest)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("destination %q: want IP:PORT ([IPv6]:PORT)", dest), http.StatusBadRequest)
+		return
+	}
+	m := h.st.Mesh()
+	if m == nil {
+		http.Error(w, "not ready: config not applied yet", http.StatusServiceUnavailable)
+		return
+	}
+	d := h.st.ConfigDump()
+	e, err := Explain(m, d.Node, d.Enrolled, source, dst)
+	if errors.Is(err, ErrUnknownWorkload) {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	h.writeJSON(w, e)
+}
+
+func (h *handler) writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		h.log.Debug("write response", "err", err)
+	}
+}
+
+// Server is one HTTP listener of the daemon.
+type Server struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// Listen binds addr at once, so a port clash fails start-up; Serve serves h
+// on it. name (admin, metrics, readiness) goes into errors.
+func Listen(name, addr string, h http.Handler) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s address %s: %w", name, addr, err)
+	}
+	return &Server{name: name, ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}}, nil
 }
 
 // Addr is the bound address (useful with port 0).
@@ -66,7 +274,33 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.srv.Shutdown(shutdown)
 	}()
 	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("admin server: %w", err)
+		return fmt.Errorf("%s server: %w", s.name, err)
 	}
 	return nil
+}
+
+// Close closes the listener of a server that is not serving yet.
+func (s *Server) Close() error { return s.ln.Close() }
+
+// Group is servers that serve together.
+type Group []*Server
+
+// Serve serves every server until ctx ends or one fails, which stops the
+// others.
+func (g Group) Serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(g))
+	for _, s := range g {
+		go func() {
+			err := s.Serve(ctx)
+			cancel()
+			errc <- err
+		}()
+	}
+	var errs []error
+	for range g {
+		errs = append(errs, <-errc)
+	}
+	return errors.Join(errs...)
 }

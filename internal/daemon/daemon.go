@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/kmesh-go/kmesh/internal/admin"
@@ -21,6 +23,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/cgroupv2"
 	"github.com/kmesh-go/kmesh/internal/dataplane"
 	"github.com/kmesh-go/kmesh/internal/enroll"
+	"github.com/kmesh-go/kmesh/internal/metrics"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
 )
@@ -33,6 +36,10 @@ type Config struct {
 	BPFDir       string // "" = DefaultBPFDir(Node)
 	AdminAddress string
 	Limits       bpf.Limits
+
+	MetricsAddress   string         // Prometheus /metrics
+	ReadinessAddress string         // /healthz/ready alone, for probes
+	LogLevel         *slog.LevelVar // the log handler's level, changed through /logging; nil: fixed
 }
 
 // DefaultBPFDir is where a node's pins live unless --bpf-dir says otherwise.
@@ -78,9 +85,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		writer:   writer,
 		enroller: enroll.New(dp.KmManage, log.With("component", "enroll")),
 		log:      log,
+		maps:     &dp.KmeshMaps,
 	}
+	if stats, err := metrics.EnableProgramStats(); err != nil {
+		log.Warn("BPF program statistics unavailable; kmesh_bpf_program_* stay 0", "err", err)
+	} else {
+		defer stats.Close()
+	}
+	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir)}, log.With("component", "metrics"))
+	d.metrics.ConfigSource(sourceFile)
+	src.OnReject(func(err error) { d.metrics.ConfigUpdate(sourceFile, err) })
 
-	adm, err := admin.Listen(cfg.AdminAddress, d, log.With("component", "admin"))
+	surfaces, err := d.listen(cfg)
 	if err != nil {
 		return err
 	}
@@ -92,7 +108,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := dp.Commit(); err != nil {
 		return err
 	}
-	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", adm.Addr().String(), "source", d.source)
+	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", surfaces[0].Addr().String(), "metrics", surfaces[1].Addr().String(), "readiness", surfaces[2].Addr().String(), "source", d.source)
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -112,7 +128,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}()
 
 	errc := make(chan error, 2)
-	go func() { errc <- adm.Serve(ctx) }()
+	go func() { errc <- surfaces.Serve(ctx) }()
 	go func() { errc <- src.Run(ctx, d.apply) }()
 	err = <-errc
 	stop()
@@ -138,6 +154,11 @@ type daemon struct {
 	writer   *dataplane.Dataplane
 	enroller *enroll.Enroller
 	log      *slog.Logger
+	maps     *bpf.KmeshMaps
+	metrics  *metrics.Metrics
+	// accessLog is the access log switch (/accesslog); the connection
+	// telemetry reads it.
+	accessLog atomic.Bool
 
 	mu      sync.Mutex
 	mesh    *model.Mesh
@@ -148,8 +169,10 @@ type daemon struct {
 // On error the maps keep the previous mesh (see dataplane.Apply).
 func (d *daemon) apply(m *model.Mesh) error {
 	if err := d.writer.Apply(m); err != nil {
+		d.metrics.ConfigUpdate(sourceFile, err)
 		return fmt.Errorf("apply config: %w", err)
 	}
+	d.metrics.ConfigUpdate(sourceFile, nil)
 	var local []string
 	for _, w := range m.Workloads {
 		if w.Node == d.node && w.Netns != "" {
@@ -184,4 +207,53 @@ func (d *daemon) ConfigDump() api.ConfigDump {
 		dump.Services, dump.Workloads = api.FromModel(m)
 	}
 	return dump
+}
+
+// sourceFile is the source label of the file source's config metrics.
+const sourceFile = "file"
+
+// listen binds the admin, metrics and readiness addresses, in that order:
+// all of them, or none.
+func (d *daemon) listen(cfg Config) (admin.Group, error) {
+	ctl := admin.Controls{LogLevel: cfg.LogLevel, AccessLog: &d.accessLog}
+	surfaces := []struct {
+		name, addr string
+		h          http.Handler
+	}{
+		{"admin", cfg.AdminAddress, admin.Handler(d, ctl, d.log.With("component", "admin"))},
+		{"metrics", cfg.MetricsAddress, d.metrics.Handler()},
+		{"readiness", cfg.ReadinessAddress, admin.ReadinessHandler(d)},
+	}
+	var g admin.Group
+	for _, s := range surfaces {
+		srv, err := admin.Listen(s.name, s.addr, s.h)
+		if err != nil {
+			for _, l := range g {
+				l.Close()
+			}
+			return nil, err
+		}
+		g = append(g, srv)
+	}
+	return g, nil
+}
+
+func (d *daemon) Mesh() *model.Mesh {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.mesh
+}
+
+func (d *daemon) DumpMaps() ([]string, error) { return dataplane.DumpMaps(d.maps) }
+
+// Connections is empty until the connection telemetry feeds it.
+func (d *daemon) Connections() []api.Connection { return []api.Connection{} }
+
+func (d *daemon) mapStats() ([]metrics.MapStat, error) {
+	stats, err := dataplane.MapStats(d.maps)
+	out := make([]metrics.MapStat, 0, len(stats))
+	for _, s := range stats {
+		out = append(out, metrics.MapStat{Name: s.Name, Entries: uint64(s.Entries), Capacity: uint64(s.Capacity)})
+	}
+	return out, err
 }

@@ -3,6 +3,8 @@
 package api
 
 import (
+	"time"
+
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
@@ -14,6 +16,7 @@ type ConfigDump struct {
 	Source    string     `json:"source"`  // the config file, or "<embedded default>"
 	Services  []Service  `json:"services"`
 	Workloads []Workload `json:"workloads"`
+	Policies  []Policy   `json:"policies"`
 	Enrolled  []string   `json:"enrolled"` // network namespaces this node balances
 }
 
@@ -81,4 +84,104 @@ func FromModel(m *model.Mesh) ([]Service, []Workload) {
 		workloads = append(workloads, out)
 	}
 	return services, workloads
+}
+
+// Policy is an authorization policy of the mesh, as `kmeshctl get
+// policies` lists it.
+type Policy struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	Scope     string `json:"scope"`  // global, namespace, workload_selector
+	Action    string `json:"action"` // allow, deny
+	DryRun    bool   `json:"dryRun,omitempty"`
+	Rules     int    `json:"rules"` // number of rules (OR-ed)
+}
+
+// Connection is one live connection of an enrolled workload, as
+// /connections lists them.
+type Connection struct {
+	Source      Peer `json:"source"`
+	Destination Peer `json:"destination"`
+	// Service is the service the connection was balanced for
+	// (namespace/name); empty for a connection to a workload address.
+	Service string `json:"service,omitempty"`
+	// BytesSent and BytesReceived are counted from the source's side:
+	// sent by the source, received by it.
+	BytesSent     uint64    `json:"bytesSent"`
+	BytesReceived uint64    `json:"bytesReceived"`
+	Start         time.Time `json:"start"`
+	State         string    `json:"state"` // established, closing, ...
+}
+
+// Peer is one end of a connection.
+type Peer struct {
+	// Workload is the workload's key (namespace/name); empty for an
+	// address outside the mesh.
+	Workload string `json:"workload,omitempty"`
+	Address  string `json:"address"` // ip:port
+}
+
+// Logging is the document /logging serves: the daemon's log level.
+type Logging struct {
+	Level string `json:"level"` // debug, info, warn, error
+}
+
+// AccessLog is the document /accesslog serves: whether kmeshd writes a
+// line per closed connection.
+type AccessLog struct {
+	Enabled bool `json:"enabled"`
+}
+
+// Explanation is the document /explain serves: what happens when a source
+// workload connects to an address and port, and why.
+type Explanation struct {
+	Source      ExplainSource `json:"source"`
+	Destination string        `json:"destination"` // ip:port as asked
+	// Service is the service whose address and port the destination is;
+	// nil when none is, and the connect passes untouched.
+	Service   *ExplainService   `json:"service,omitempty"`
+	Endpoints []ExplainEndpoint `json:"endpoints"`
+	// Result says in one sentence what the connect does.
+	Result string `json:"result"`
+}
+
+// ExplainSource is the connecting workload and whether its connects are
+// balanced at all.
+type ExplainSource struct {
+	Workload string `json:"workload"` // namespace/name
+	Node     string `json:"node"`
+	Netns    string `json:"netns,omitempty"`
+	// Enrolled is true when this node's kmeshd balances the workload's
+	// connects; Reason says why not otherwise.
+	Enrolled bool   `json:"enrolled"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// ExplainService is the service matched and the port of it.
+type ExplainService struct {
+	Name       string `json:"name"`
+	Namespace  string `json:"namespace"`
+	Port       uint16 `json:"port"`
+	TargetPort uint16 `json:"targetPort"`
+	Mode       string `json:"mode"` // load balancing mode
+}
+
+// ExplainEndpoint is one endpoint of the matched service and whether a
+// connect to the destination may pick it.
+type ExplainEndpoint struct {
+	Workload string `json:"workload"` // namespace/name
+	Node     string `json:"node,omitempty"`
+	// Address is where a connect that picks this endpoint goes (ip:port,
+	// of the destination's address family); empty when it has none.
+	Address string `json:"address,omitempty"`
+	Weight  uint32 `json:"weight"`
+	// Share is the fraction of new connections this endpoint gets among
+	// the eligible ones (weight over the sum of weights); 0 when not
+	// eligible.
+	Share    float64  `json:"share"`
+	Eligible bool     `json:"eligible"`
+	Reasons  []string `json:"reasons,omitempty"` // why not eligible
+	Health   string   `json:"health"`
+	Locality string   `json:"locality"`
+	Policy   string   `json:"policy"`
 }

@@ -43,6 +43,7 @@ type Source struct {
 	have bool   // whether last is set; an empty file is a valid state
 
 	rejected []byte // content of the last rejected file, to report it once
+	onReject func(error)
 }
 
 // New returns a Source for the file at path, or for the embedded default
@@ -139,6 +140,18 @@ func (s *Source) Run(ctx context.Context, apply func(*model.Mesh) error) error {
 	}
 }
 
+// OnReject sets a function Run calls with each config it rejects (a file
+// that cannot be read or parsed; the same bad content once), for the
+// daemon's metrics. Call it before Run.
+func (s *Source) OnReject(f func(error)) { s.onReject = f }
+
+func (s *Source) reject(err error) {
+	s.log.Error("config rejected", "file", s.name, "err", err)
+	if s.onReject != nil {
+		s.onReject(err)
+	}
+}
+
 // Reload asks Run to re-read the file now; the daemon calls it on SIGHUP.
 // It does not block, and requests made while one is pending merge into it.
 func (s *Source) Reload() { s.requestReload() }
@@ -154,7 +167,7 @@ func (s *Source) requestReload() {
 func (s *Source) sync(apply func(*model.Mesh) error) {
 	data, err := s.read()
 	if err != nil {
-		s.log.Error("config rejected", "file", s.name, "err", err)
+		s.reject(err)
 		return
 	}
 	s.mu.Lock()
@@ -172,7 +185,7 @@ func (s *Source) sync(apply func(*model.Mesh) error) {
 			return
 		}
 		s.rejected = data
-		s.log.Error("config rejected", "file", s.name, "err", err)
+		s.reject(err)
 		return
 	}
 	s.rejected = nil

@@ -1,0 +1,162 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/kmesh-go/kmesh/internal/admin/api"
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// ErrUnknownWorkload is returned by Explain when the source names no
+// workload of the mesh.
+var ErrUnknownWorkload = errors.New("unknown workload")
+
+// Placeholders for the checks the data plane does not make yet.
+const (
+	notChecked   = "n/a"
+	notEvaluated = "not evaluated yet"
+	defaultNS    = "default"
+	familyV4     = "IPv4"
+	familyV6     = "IPv6"
+)
+
+// Explain tells what a connect from the source workload (namespace/name, or
+// a name in namespace default) to dst does under mesh m, as the kmeshd of
+// node, which enrolled the network namespaces in enrolled, would do it: the
+// service matched, and for each of its endpoints whether the connect may
+// pick it, and why not. It reads the model, not the maps.
+func Explain(m *model.Mesh, node string, enrolled []string, source string, dst netip.AddrPort) (api.Explanation, error) {
+	key := source
+	if !strings.Contains(key, "/") {
+		key = defaultNS + "/" + key
+	}
+	src := m.Workload(key)
+	if src == nil {
+		return api.Explanation{}, fmt.Errorf("source %s: %w", key, ErrUnknownWorkload)
+	}
+	e := api.Explanation{
+		Source:      explainSource(src, node, enrolled),
+		Destination: dst.String(),
+		Endpoints:   []api.ExplainEndpoint{},
+	}
+	// The programs see a v4-mapped address as the IPv4 address it maps.
+	addr := dst.Addr().Unmap()
+	family := familyV6
+	if addr.Is4() {
+		family = familyV4
+	}
+
+	svc, port := findService(m, addr, dst.Port())
+	switch {
+	case svc == nil:
+		e.Result = fmt.Sprintf("passes untouched: no service has address %s", addr)
+	case port == nil:
+		e.Result = fmt.Sprintf("passes untouched: service %s has address %s but no port %d", svc.Key(), addr, dst.Port())
+	default:
+		e.Service = &api.ExplainService{Name: svc.Name, Namespace: svc.Namespace, Port: port.Port, TargetPort: port.TargetPort, Mode: string(svc.LBMode)}
+		e.Endpoints = explainEndpoints(m, svc, port.TargetPort, addr.Is4())
+		eligible := 0
+		for _, ep := range e.Endpoints {
+			if ep.Eligible {
+				eligible++
+			}
+		}
+		if eligible == 0 {
+			e.Result = fmt.Sprintf("refused: service %s has no eligible %s endpoint, so connect() fails with ECONNREFUSED", svc.Key(), family)
+		} else {
+			e.Result = fmt.Sprintf("balanced (%s) over %d of %d endpoints, to port %d", svc.LBMode, eligible, len(e.Endpoints), port.TargetPort)
+		}
+	}
+	switch {
+	case src.Netns == "":
+		e.Result = "passes untouched: the source is not in the mesh (an enrolled source: " + e.Result + ")"
+	case src.Node != node:
+		e.Result = fmt.Sprintf("on node %s, by its kmeshd: %s", src.Node, e.Result)
+	case !e.Source.Enrolled:
+		e.Result = "passes untouched until the source is enrolled (then: " + e.Result + ")"
+	}
+	return e, nil
+}
+
+func explainSource(w *model.Workload, node string, enrolled []string) api.ExplainSource {
+	s := api.ExplainSource{Workload: w.Key(), Node: w.Node, Netns: w.Netns}
+	switch {
+	case w.Netns == "":
+		s.Reason = "no netns: not in the mesh, its connects are not balanced"
+	case w.Node != node:
+		s.Reason = fmt.Sprintf("runs on node %s, not %s: that node's kmeshd balances it", w.Node, node)
+	case !slices.Contains(enrolled, w.Netns):
+		s.Reason = fmt.Sprintf("netns %s is not enrolled (yet): see kmeshd's log", w.Netns)
+	default:
+		s.Enrolled = true
+	}
+	return s
+}
+
+// findService returns the service with address addr, and its port port
+// (nil if it has none).
+func findService(m *model.Mesh, addr netip.Addr, port uint16) (*model.Service, *model.ServicePort) {
+	for i := range m.Services {
+		s := &m.Services[i]
+		if !slices.Contains(s.Addresses, addr) {
+			continue
+		}
+		for j := range s.Ports {
+			if s.Ports[j].Port == port && s.Ports[j].Protocol == model.ProtocolTCP {
+				return s, &s.Ports[j]
+			}
+		}
+		return s, nil
+	}
+	return nil, nil
+}
+
+func explainEndpoints(m *model.Mesh, s *model.Service, targetPort uint16, v4 bool) []api.ExplainEndpoint {
+	out := make([]api.ExplainEndpoint, 0, len(s.Endpoints))
+	var total uint32
+	for _, ep := range s.Endpoints {
+		x := api.ExplainEndpoint{Workload: ep.Workload, Health: notChecked, Locality: notChecked, Policy: notEvaluated}
+		w := m.Workload(ep.Workload)
+		if w == nil {
+			x.Reasons = append(x.Reasons, "workload not in the mesh")
+			out = append(out, x)
+			continue
+		}
+		x.Node, x.Weight = w.Node, w.Weight
+		if a, ok := addressOf(w, v4); ok {
+			x.Address = netip.AddrPortFrom(a, targetPort).String()
+		} else if v4 {
+			x.Reasons = append(x.Reasons, "no IPv4 address")
+		} else {
+			x.Reasons = append(x.Reasons, "no IPv6 address")
+		}
+		if w.Weight == 0 {
+			x.Reasons = append(x.Reasons, "weight 0")
+		}
+		x.Eligible = len(x.Reasons) == 0
+		if x.Eligible {
+			total += w.Weight
+		}
+		out = append(out, x)
+	}
+	for i := range out {
+		if out[i].Eligible {
+			out[i].Share = float64(out[i].Weight) / float64(total)
+		}
+	}
+	return out
+}
+
+// addressOf returns the workload's address of the family.
+func addressOf(w *model.Workload, v4 bool) (netip.Addr, bool) {
+	for _, a := range w.Addresses {
+		if a.Unmap().Is4() == v4 {
+			return a.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}

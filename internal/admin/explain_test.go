@@ -1,0 +1,124 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+var enrolledA = []string{"/var/run/netns/client", "/var/run/netns/hello-1"}
+
+func TestExplain(t *testing.T) {
+	tests := []struct {
+		name      string
+		source    string
+		dst       string
+		enrolled  []string
+		result    string
+		endpoints string // workload eligible share reasons; one per endpoint
+	}{{
+		name: "IPv4 service: every endpoint, shares by weight", source: "default/client", dst: "10.96.0.10:80",
+		result: "balanced (random) over 3 of 3 endpoints, to port 8080",
+		endpoints: `default/hello-1 10.1.1.11:8080 true 0.25 []
+default/hello-2 10.1.2.12:8080 true 0.50 []
+default/hello-3 10.1.2.13:8080 true 0.25 []`,
+	}, {
+		name: "IPv6 service: an endpoint without IPv6 is not eligible", source: "client", dst: "[fd00:96::10]:80",
+		result: "balanced (random) over 2 of 3 endpoints, to port 8080",
+		endpoints: `default/hello-1 [fd00:1:1::11]:8080 true 0.33 []
+default/hello-2 [fd00:1:2::12]:8080 true 0.67 []
+default/hello-3  false 0.00 [no IPv6 address]`,
+	}, {
+		name: "v4-mapped destination is the IPv4 service", source: "client", dst: "[::ffff:10.96.0.10]:80",
+		result: "balanced (random) over 3 of 3 endpoints, to port 8080",
+		endpoints: `default/hello-1 10.1.1.11:8080 true 0.25 []
+default/hello-2 10.1.2.12:8080 true 0.50 []
+default/hello-3 10.1.2.13:8080 true 0.25 []`,
+	}, {
+		name: "no service at the address", source: "client", dst: "10.96.0.99:80",
+		result: "passes untouched: no service has address 10.96.0.99",
+	}, {
+		name: "service address, other port", source: "client", dst: "10.96.0.10:81",
+		result: "passes untouched: service default/hello has address 10.96.0.10 but no port 81",
+	}, {
+		name: "source outside the mesh", source: "outsider", dst: "10.96.0.99:80",
+		result: "passes untouched: the source is not in the mesh (an enrolled source: passes untouched: no service has address 10.96.0.99)",
+	}, {
+		name: "source on another node", source: "hello-2", dst: "10.96.0.10:80",
+		result: "on node node-b, by its kmeshd: balanced (random) over 3 of 3 endpoints, to port 8080",
+		endpoints: `default/hello-1 10.1.1.11:8080 true 0.25 []
+default/hello-2 10.1.2.12:8080 true 0.50 []
+default/hello-3 10.1.2.13:8080 true 0.25 []`,
+	}, {
+		name: "source not enrolled yet", source: "client", dst: "10.96.0.99:80", enrolled: []string{},
+		result: "passes untouched until the source is enrolled (then: passes untouched: no service has address 10.96.0.99)",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			enrolled := enrolledA
+			if tt.enrolled != nil {
+				enrolled = tt.enrolled
+			}
+			e, err := Explain(helloMesh(), "node-a", enrolled, tt.source, netip.MustParseAddrPort(tt.dst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Result != tt.result {
+				t.Errorf("result %q\nwant   %q", e.Result, tt.result)
+			}
+			var eps []string
+			for _, ep := range e.Endpoints {
+				eps = append(eps, fmt.Sprintf("%s %s %v %.2f %v", ep.Workload, ep.Address, ep.Eligible, ep.Share, ep.Reasons))
+				if ep.Policy != "not evaluated yet" || ep.Locality != "n/a" {
+					t.Errorf("%s: policy %q locality %q, want the placeholders", ep.Workload, ep.Policy, ep.Locality)
+				}
+			}
+			if got := strings.Join(eps, "\n"); got != tt.endpoints {
+				t.Errorf("endpoints:\n%s\nwant:\n%s", got, tt.endpoints)
+			}
+		})
+	}
+}
+
+func TestExplain_NoEligibleEndpointIsRefused(t *testing.T) {
+	m := helloMesh()
+	m.Services[0].Endpoints = []model.Endpoint{{Workload: "default/hello-3"}}
+	e, err := Explain(m, "node-a", enrolledA, "client", netip.MustParseAddrPort("[fd00:96::10]:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "refused: service default/hello has no eligible IPv6 endpoint, so connect() fails with ECONNREFUSED"
+	if e.Result != want {
+		t.Fatalf("result %q, want %q", e.Result, want)
+	}
+}
+
+func TestExplain_SourceStates(t *testing.T) {
+	m := helloMesh()
+	tests := []struct {
+		source, reason string
+		enrolled       bool
+	}{
+		{"client", "", true},
+		{"outsider", "no netns: not in the mesh, its connects are not balanced", false},
+		{"hello-2", "runs on node node-b, not node-a: that node's kmeshd balances it", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.source, func(t *testing.T) {
+			e, err := Explain(m, "node-a", enrolledA, tt.source, netip.MustParseAddrPort("10.96.0.10:80"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Source.Enrolled != tt.enrolled || e.Source.Reason != tt.reason {
+				t.Fatalf("source %+v, want enrolled=%v reason %q", e.Source, tt.enrolled, tt.reason)
+			}
+		})
+	}
+	if _, err := Explain(m, "node-a", enrolledA, "other/client", netip.MustParseAddrPort("10.96.0.10:80")); !errors.Is(err, ErrUnknownWorkload) {
+		t.Fatalf("unknown source: %v, want ErrUnknownWorkload", err)
+	}
+}
