@@ -35,6 +35,9 @@ const ProtocolTCP Protocol = "TCP"
 type Mesh struct {
 	Services  []Service
 	Workloads []Workload
+	// Policies are the authorization policies of the mesh (see policy.go).
+	// Only the xDS source fills them so far, and nothing enforces them yet.
+	Policies []Policy
 }
 
 // Service is a set of addresses and ports that balance over endpoints.
@@ -78,6 +81,32 @@ type Workload struct {
 	Netns string
 	// Weight is the workload's share of each service it serves (1..MaxWeight).
 	Weight uint32
+
+	// The fields below come from the xDS workload API; the file source
+	// leaves them empty.
+
+	// UID is the control plane's unique id of the workload
+	// (cluster/group/kind/namespace/name for Kubernetes objects).
+	UID string
+	// Network is the network the workload's addresses belong to; "" is
+	// the default network.
+	Network string
+	// ServiceAccount is the workload's identity (its SPIFFE id is
+	// spiffe://<trust domain>/ns/<namespace>/sa/<service account>).
+	ServiceAccount string
+	// Locality is where the workload runs, for locality-aware balancing.
+	Locality Locality
+	// Policies are the keys (namespace/name) of the workload-selector
+	// policies that apply to it; namespace and global policies apply by
+	// their scope and are not listed.
+	Policies []string
+}
+
+// Locality is a workload's place in the region/zone/subzone hierarchy.
+type Locality struct {
+	Region  string
+	Zone    string
+	Subzone string
 }
 
 // Key is the workload's unique name in the mesh: namespace/name.
@@ -153,7 +182,7 @@ func (m *Mesh) Validate() error {
 			}
 		}
 	}
-	return nil
+	return m.validatePolicies()
 }
 
 // Workload returns the workload with the given key, or nil.

@@ -1,0 +1,218 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// handler converts the resources of one type URL (ztunnel's Handler).
+type handler interface {
+	typeURL() string
+	// convert turns one resource into the value the store keeps. An error
+	// rejects this resource alone; the store keeps its previous version.
+	convert(res *anypb.Any) (any, error)
+}
+
+// convertResource checks the Any's type before handing it to h.
+func convertResource(h handler, res *anypb.Any) (any, error) {
+	if res == nil {
+		return nil, errors.New("no resource in the response entry")
+	}
+	if res.GetTypeUrl() != h.typeURL() {
+		return nil, fmt.Errorf("type %s in a response of type %s", res.GetTypeUrl(), h.typeURL())
+	}
+	return h.convert(res)
+}
+
+// deltaClient is an incremental (delta) ADS client over a set of handlers.
+type deltaClient struct {
+	cfg      *Config
+	role     string
+	log      *slog.Logger
+	handlers []handler // in subscription order
+	build    func(*store) *built
+
+	eng    *engine
+	synced map[string]bool // types whose first response arrived
+}
+
+func (c *deltaClient) run(ctx context.Context, apply func(*model.Mesh) error) error {
+	c.eng = newEngine(c.log, c.build, apply)
+	c.synced = map[string]bool{}
+	return reconnectLoop(ctx, c.log, c.cfg.Address, c.session)
+}
+
+// reconnectLoop runs session until ctx ends, waiting with backoff between
+// attempts. The data plane keeps its state while the control plane is
+// away: nothing is applied until a new stream brings changes.
+func reconnectLoop(ctx context.Context, log *slog.Logger, address string, session func(context.Context) (bool, error)) error {
+	var bo backoff
+	for {
+		worked, err := session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if worked {
+			bo.reset()
+		}
+		d := bo.wait()
+		log.Warn("xds stream closed; reconnecting", "address", address, "err", err, "retry_in", d.Round(time.Millisecond))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session runs one stream. It reports whether a response arrived, so the
+// backoff restarts after a stream that worked.
+func (c *deltaClient) session(ctx context.Context) (bool, error) {
+	conn, err := c.cfg.dial()
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return false, err
+	}
+	node := c.cfg.node(c.role)
+	for _, h := range c.handlers {
+		// An empty subscription is a wildcard: every resource of the type.
+		req := &discovery.DeltaDiscoveryRequest{
+			Node:                    node,
+			TypeUrl:                 h.typeURL(),
+			InitialResourceVersions: c.eng.store.versions(h.typeURL()),
+		}
+		if err := stream.Send(req); err != nil {
+			return false, err
+		}
+		c.log.Debug("subscribed", "type_url", h.typeURL(), "resources", len(req.InitialResourceVersions))
+	}
+	c.log.Info("xds stream established", "address", c.cfg.Address, "node_id", node.Id)
+	worked := false
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return worked, err
+		}
+		worked = true
+		if err := stream.Send(c.handle(resp)); err != nil {
+			return worked, err
+		}
+	}
+}
+
+// handle stages one response and returns its ACK or NACK.
+func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.DeltaDiscoveryRequest {
+	t := resp.GetTypeUrl()
+	log := c.log.With("type_url", t, "version", resp.GetSystemVersionInfo(), "nonce", resp.GetNonce())
+	reply := &discovery.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
+	h := c.handler(t)
+	if h == nil {
+		return nack(log, reply, []string{"type " + t + " was not subscribed"})
+	}
+
+	staged := c.eng.store.clone()
+	fresh := map[resourceKey]bool{}
+	var rejects []string
+	changed := false
+	for _, r := range resp.GetResources() {
+		fresh[resourceKey{t, r.GetName()}] = true
+		v, err := convertResource(h, r.GetResource())
+		if err != nil {
+			rejects = append(rejects, fmt.Sprintf("resource %s: %v", r.GetName(), err))
+			continue
+		}
+		staged.put(t, r.GetName(), r.GetVersion(), v)
+		changed = true
+	}
+	removed := resp.GetRemovedResources()
+	for _, rn := range resp.GetRemovedResourceNames() {
+		removed = append(removed, rn.GetName())
+	}
+	for _, name := range removed {
+		if staged.get(t, name) != nil {
+			staged.remove(t, name)
+			changed = true
+		}
+	}
+	log.Debug("response received", "resources", len(resp.GetResources()), "removed", len(removed))
+
+	first := !c.synced[t]
+	c.synced[t] = true
+	ready := c.allSynced()
+	if changed || (ready && !c.eng.applied) {
+		// Until every type has had its first response, stage without
+		// applying: the first mesh applied is the control plane's whole
+		// state, not a part of it.
+		conflicts, err := c.eng.commit(staged, fresh, ready)
+		rejects = append(rejects, conflicts...)
+		if err != nil {
+			rejects = append(rejects, "apply: "+err.Error())
+		}
+	}
+	if first && ready && c.eng.applied {
+		log.Info("initial config applied", "resources", c.countResources())
+	}
+	if len(rejects) > 0 {
+		return nack(log, reply, rejects)
+	}
+	return reply
+}
+
+func (c *deltaClient) handler(typeURL string) handler {
+	for _, h := range c.handlers {
+		if h.typeURL() == typeURL {
+			return h
+		}
+	}
+	return nil
+}
+
+func (c *deltaClient) allSynced() bool {
+	for _, h := range c.handlers {
+		if !c.synced[h.typeURL()] {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *deltaClient) countResources() int {
+	n := 0
+	for _, m := range c.eng.store.byType {
+		n += len(m)
+	}
+	return n
+}
+
+// nack turns reply into a NACK whose message names every rejection.
+func nack[R interface{ *discovery.DeltaDiscoveryRequest | *discovery.DiscoveryRequest }](log *slog.Logger, reply R, rejects []string) R {
+	msg := strings.Join(rejects, "; ")
+	log.Warn("config rejected", "err", msg)
+	st := &status.Status{Code: int32(codes.InvalidArgument), Message: msg}
+	switch r := any(reply).(type) {
+	case *discovery.DeltaDiscoveryRequest:
+		r.ErrorDetail = st
+	case *discovery.DiscoveryRequest:
+		r.ErrorDetail = st
+	}
+	return reply
+}

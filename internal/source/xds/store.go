@@ -1,0 +1,172 @@
+package xds
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// entry is one accepted resource, already converted by its type's handler.
+type entry struct {
+	version string
+	// seq orders resources by first arrival; an update keeps it. When two
+	// resources claim the same thing (a service address, a workload name)
+	// the older one wins, so a newcomer cannot take over a live service.
+	seq   uint64
+	value any
+}
+
+// store holds the accepted resources by type URL and name. A response is
+// staged on a clone and the clone replaces the store only once the mesh
+// built from it is applied, so a failed apply leaves the store as it was.
+type store struct {
+	seq    uint64
+	byType map[string]map[string]*entry
+}
+
+func newStore() *store { return &store{byType: map[string]map[string]*entry{}} }
+
+// clone copies the maps; entries are never modified in place, so they are
+// shared.
+func (s *store) clone() *store {
+	c := &store{seq: s.seq, byType: make(map[string]map[string]*entry, len(s.byType))}
+	for t, m := range s.byType {
+		c.byType[t] = maps.Clone(m)
+	}
+	return c
+}
+
+func (s *store) put(typeURL, name, version string, value any) {
+	m := s.byType[typeURL]
+	if m == nil {
+		m = map[string]*entry{}
+		s.byType[typeURL] = m
+	}
+	e := &entry{version: version, value: value}
+	if old := m[name]; old != nil {
+		e.seq = old.seq
+	} else {
+		s.seq++
+		e.seq = s.seq
+	}
+	m[name] = e
+}
+
+func (s *store) remove(typeURL, name string) { delete(s.byType[typeURL], name) }
+
+func (s *store) get(typeURL, name string) *entry { return s.byType[typeURL][name] }
+
+// versions returns name -> version of every resource of a type, the
+// initial_resource_versions of a delta stream.
+func (s *store) versions(typeURL string) map[string]string {
+	m := s.byType[typeURL]
+	if len(m) == 0 {
+		return nil
+	}
+	v := make(map[string]string, len(m))
+	for name, e := range m {
+		v[name] = e.version
+	}
+	return v
+}
+
+// named is an entry with its name, as build functions iterate them.
+type named struct {
+	name string
+	*entry
+}
+
+// sorted returns a type's entries oldest first (then by name).
+func (s *store) sorted(typeURL string) []named {
+	m := s.byType[typeURL]
+	out := make([]named, 0, len(m))
+	for name, e := range m {
+		out = append(out, named{name, e})
+	}
+	slices.SortFunc(out, func(a, b named) int {
+		return cmp.Or(cmp.Compare(a.seq, b.seq), strings.Compare(a.name, b.name))
+	})
+	return out
+}
+
+// resourceKey names a resource across types: type URL and name.
+type resourceKey struct{ typeURL, name string }
+
+// built is what a build function makes of a store: the mesh, the
+// resources left out because they clash with an older one (with the
+// reason), and notes on what the data plane cannot do yet.
+type built struct {
+	mesh      *model.Mesh
+	conflicts map[resourceKey]string
+	notes     []string
+}
+
+func (b *built) conflict(typeURL, name, format string, args ...any) {
+	if b.conflicts == nil {
+		b.conflicts = map[resourceKey]string{}
+	}
+	b.conflicts[resourceKey{typeURL, name}] = fmt.Sprintf(format, args...)
+}
+
+// engine turns staged stores into applied meshes. Both clients use it.
+type engine struct {
+	log   *slog.Logger
+	build func(*store) *built
+	apply func(*model.Mesh) error
+
+	store   *store
+	applied bool            // a mesh has been applied: the data plane is ready
+	notes   map[string]bool // notes already logged
+}
+
+func newEngine(log *slog.Logger, build func(*store) *built, apply func(*model.Mesh) error) *engine {
+	return &engine{log: log, build: build, apply: apply, store: newStore(), notes: map[string]bool{}}
+}
+
+// commit builds the mesh of staged and, when apply is set, applies it;
+// on success staged becomes the store. It returns the rejections to
+// report for the resources of the current response (fresh): those left
+// out of the mesh for clashing with older resources. An error means
+// nothing was applied and the store is unchanged.
+func (e *engine) commit(staged *store, fresh map[resourceKey]bool, apply bool) ([]string, error) {
+	b := e.build(staged)
+	var rejects []string
+	for k, reason := range b.conflicts {
+		if fresh[k] {
+			rejects = append(rejects, fmt.Sprintf("resource %s: %s", k.name, reason))
+		}
+	}
+	slices.Sort(rejects)
+	if err := b.mesh.Validate(); err != nil {
+		// The build functions check everything Validate does; this
+		// catches the day they drift apart.
+		return rejects, fmt.Errorf("translated mesh is invalid: %w", err)
+	}
+	if apply {
+		if err := e.apply(b.mesh); err != nil {
+			return rejects, err
+		}
+		e.applied = true
+		e.logNotes(b.notes)
+	}
+	e.store = staged
+	return rejects, nil
+}
+
+// logNotes logs each note once while it holds; one that goes away and
+// comes back is logged again.
+func (e *engine) logNotes(notes []string) {
+	now := make(map[string]bool, len(notes))
+	for _, n := range notes {
+		now[n] = true
+		if !e.notes[n] {
+			e.log.Warn("config not fully supported", "detail", n)
+		}
+	}
+	e.notes = now
+}

@@ -1,0 +1,175 @@
+package xds
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// buildWorkloadMesh joins the workload API's resources into a mesh:
+// workloads become endpoints of the services their memberships name, in
+// whatever order they arrived. A resource that claims what an older one
+// holds (a workload or service name, a service address and port, a policy
+// name) is left out and reported.
+func buildWorkloadMesh(st *store) *built {
+	b := &built{mesh: &model.Mesh{}}
+	m := b.mesh
+
+	policies := map[string]bool{}
+	for _, e := range st.sorted(AuthorizationType) {
+		p := *e.value.(*model.Policy)
+		if policies[p.Key()] {
+			b.conflict(AuthorizationType, e.name, "policy %s is already defined by another resource", p.Key())
+			continue
+		}
+		policies[p.Key()] = true
+		m.Policies = append(m.Policies, p)
+	}
+
+	// Workloads: one per key; members[host] are the endpoints of a service.
+	type member struct {
+		w     *workload
+		ports map[uint16]uint16
+	}
+	members := map[string][]member{}
+	keys := map[string]bool{}
+	for _, e := range st.sorted(AddressType) {
+		w, ok := e.value.(*workload)
+		if !ok {
+			continue
+		}
+		if keys[w.w.Key()] {
+			b.conflict(AddressType, e.name, "workload %s is already defined by another resource", w.w.Key())
+			continue
+		}
+		keys[w.w.Key()] = true
+		mw := w.w
+		// Policies that have not arrived yet are left out until they do.
+		mw.Policies = slices.DeleteFunc(slices.Clone(mw.Policies), func(p string) bool { return !policies[p] })
+		m.Workloads = append(m.Workloads, mw)
+		for host, ports := range w.services {
+			members[host] = append(members[host], member{w, ports})
+		}
+	}
+
+	services := map[string]bool{}
+	frontends := map[netip.AddrPort]string{}
+	for _, e := range st.sorted(AddressType) {
+		s, ok := e.value.(*service)
+		if !ok || s.skip != "" {
+			continue
+		}
+		if services[s.s.Key()] {
+			b.conflict(AddressType, e.name, "service %s is already defined by another resource", s.s.Key())
+			continue
+		}
+		if clash := firstClash(s.s.Addresses, s.targets, frontends); clash.IsValid() {
+			b.conflict(AddressType, e.name, "address %s is already used by service %s", clash, frontends[clash])
+			continue
+		}
+		// Endpoints: the members that take traffic; each must agree with
+		// the service on every target port, as the data plane keeps one
+		// target port per service port.
+		var cands []candidate
+		for _, mb := range members[s.host] {
+			if !mb.w.endpoint || (!mb.w.healthy && !s.allowUnhealthy) {
+				continue
+			}
+			cands = append(cands, candidate{key: mb.w.w.Key(), ports: mb.ports})
+		}
+		ms := s.s
+		ms.Ports, ms.Endpoints = resolvePorts(s, cands, &b.notes)
+		if len(ms.Ports) == 0 {
+			b.notes = append(b.notes, fmt.Sprintf("service %s: no target port known for any port; left out until an endpoint names one", s.host))
+			continue
+		}
+		if s.note != "" {
+			b.notes = append(b.notes, s.note)
+		}
+		services[ms.Key()] = true
+		for _, a := range ms.Addresses {
+			for p := range s.targets {
+				frontends[netip.AddrPortFrom(a, p)] = ms.Key()
+			}
+		}
+		m.Services = append(m.Services, ms)
+	}
+	m.Sort()
+	return b
+}
+
+// firstClash returns the first address and port of the service that
+// another service already uses.
+func firstClash(addrs []netip.Addr, ports map[uint16]uint16, used map[netip.AddrPort]string) netip.AddrPort {
+	for _, a := range addrs {
+		for _, p := range slices.Sorted(maps.Keys(ports)) {
+			if ap := netip.AddrPortFrom(a, p); used[ap] != "" {
+				return ap
+			}
+		}
+	}
+	return netip.AddrPort{}
+}
+
+type candidate struct {
+	key   string
+	ports map[uint16]uint16 // the workload's own service port -> target port
+}
+
+// resolvePorts picks each service port's target port and the endpoints
+// that serve it. A workload's own mapping overrides the service's; where
+// the service leaves the target to the workloads (0), the most common
+// answer wins (ties: the lower port). Endpoints that disagree on any port
+// are left out with a note: the data plane has one target port per
+// service port. Ports nobody gives a target for are dropped.
+func resolvePorts(s *service, cands []candidate, notes *[]string) ([]model.ServicePort, []model.Endpoint) {
+	target := func(c candidate, sp uint16) uint16 {
+		if t := c.ports[sp]; t != 0 {
+			return t
+		}
+		return s.targets[sp]
+	}
+	var ports []model.ServicePort
+	for _, p := range s.s.Ports {
+		t := s.targets[p.Port]
+		if t == 0 {
+			votes := map[uint16]int{}
+			for _, c := range cands {
+				if v := target(c, p.Port); v != 0 {
+					votes[v]++
+				}
+			}
+			for v, n := range votes {
+				if n > votes[t] || (n == votes[t] && v < t) {
+					t = v
+				}
+			}
+		}
+		if t == 0 {
+			continue
+		}
+		p.TargetPort = t
+		ports = append(ports, p)
+	}
+	var eps []model.Endpoint
+	for _, c := range cands {
+		ok := true
+		for _, p := range ports {
+			if target(c, p.Port) != p.TargetPort {
+				*notes = append(*notes, fmt.Sprintf("service %s: endpoint %s maps port %d to %d, not %d; left out", s.host, c.key, p.Port, target(c, p.Port), p.TargetPort))
+				ok = false
+				break
+			}
+		}
+		if ok {
+			eps = append(eps, model.Endpoint{Workload: c.key})
+		}
+	}
+	slices.SortFunc(eps, func(a, b model.Endpoint) int { return cmp.Compare(a.Workload, b.Workload) })
+	slices.SortFunc(ports, func(a, b model.ServicePort) int { return cmp.Compare(a.Port, b.Port) })
+	return ports, eps
+}
