@@ -205,6 +205,7 @@ func (d *daemon) ConfigDump() api.ConfigDump {
 	dump := api.ConfigDump{Node: d.node, Version: v, Source: d.source, Enrolled: d.enroller.Enrolled()}
 	if m != nil {
 		dump.Services, dump.Workloads = api.FromModel(m)
+		dump.Policies = api.PoliciesFromModel(m)
 	}
 	return dump
 }

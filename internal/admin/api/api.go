@@ -185,3 +185,12 @@ type ExplainEndpoint struct {
 	Locality string   `json:"locality"`
 	Policy   string   `json:"policy"`
 }
+
+// PoliciesFromModel converts the mesh's policies into the dump's.
+func PoliciesFromModel(m *model.Mesh) []Policy {
+	out := make([]Policy, 0, len(m.Policies))
+	for _, p := range m.Policies {
+		out = append(out, Policy{Name: p.Name, Namespace: p.Namespace, Scope: string(p.Scope), Action: string(p.Action), DryRun: p.DryRun, Rules: len(p.Rules)})
+	}
+	return out
+}
