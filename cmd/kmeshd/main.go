@@ -41,7 +41,13 @@ removes it.`,
   kmeshd --node node-a
 
   # Run from a file, attached to a cgroup of its own
-  kmeshd --node node-a --config mesh.yaml --cgroup /sys/fs/cgroup/kmesh-a`,
+  kmeshd --node node-a --config mesh.yaml --cgroup /sys/fs/cgroup/kmesh-a
+
+  # Take the mesh from istiod's workload API; enroll one network namespace
+  kmeshd --node node-a --xds-address istiod.istio-system:15012 \
+    --xds-root-cert /var/run/secrets/istio/root-cert.pem \
+    --xds-token-file /var/run/secrets/tokens/istio-token \
+    --enroll-netns /var/run/netns/app`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -69,6 +75,12 @@ removes it.`,
 	f.Uint32Var(&cfg.Limits.Endpoints, "max-endpoints", cfg.Limits.Endpoints, "capacity of the endpoint slot map (slots per endpoint follow its weight; updates briefly need old and new slots)")
 	f.Uint32Var(&cfg.Limits.Backends, "max-backends", cfg.Limits.Backends, "capacity of the backend map (workloads serving a service)")
 	f.Uint32Var(&cfg.Limits.Workloads, "max-workloads", cfg.Limits.Workloads, "capacity of the enrollment map (network namespaces of this node)")
+	f.StringVar(&cfg.XDS.Address, "xds-address", "", "xDS control plane HOST:PORT; when set, the mesh comes from it instead of --config")
+	f.StringVar(&cfg.XDS.Mode, "xds-mode", "workload", "xDS API: workload (Istio ambient's workload API, delta, as a ztunnel) or ads (clusters, endpoints and listeners, as a sidecar)")
+	f.StringVar(&cfg.XDS.RootCertFile, "xds-root-cert", "", "PEM CA certificates of the control plane; TLS when set, plaintext otherwise")
+	f.StringVar(&cfg.XDS.TokenFile, "xds-token-file", "", "file holding a bearer token for the control plane, re-read at each connect (needs --xds-root-cert)")
+	f.StringVar(&cfg.XDS.ClusterID, "cluster-id", "Kubernetes", "cluster of this node, sent to the control plane as CLUSTER_ID")
+	f.StringArrayVar(&cfg.EnrollNetns, "enroll-netns", nil, "network namespace path to enroll in the mesh whatever the config says (repeatable); for hosts without Kubernetes, as xDS enrolls nothing")
 
 	cmd.AddCommand(newCleanupCommand())
 	return cmd

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/metrics"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
+	"github.com/kmesh-go/kmesh/internal/source/xds"
 )
 
 // Config is kmeshd's command line.
@@ -36,10 +38,24 @@ type Config struct {
 	BPFDir       string // "" = DefaultBPFDir(Node)
 	AdminAddress string
 	Limits       bpf.Limits
+	// XDS, when its Address is set, is the config source instead of the
+	// file (see xds.go).
+	XDS XDSConfig
+	// EnrollNetns are network namespaces this node enrolls whatever the
+	// config says: static enrollment for hosts without Kubernetes. xDS
+	// never enrolls anything (its workloads have no netns).
+	EnrollNetns []string
 
 	MetricsAddress   string         // Prometheus /metrics
 	ReadinessAddress string         // /healthz/ready alone, for probes
 	LogLevel         *slog.LevelVar // the log handler's level, changed through /logging; nil: fixed
+}
+
+// XDSConfig makes an xDS control plane kmeshd's config source instead of
+// the file. Its address selects it.
+type XDSConfig struct {
+	xds.Config        // Node is filled from the daemon's
+	Mode       string // xds.ModeWorkload (default) or xds.ModeADS
 }
 
 // DefaultBPFDir is where a node's pins live unless --bpf-dir says otherwise.
@@ -65,9 +81,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log = log.With("node", cfg.Node)
 
 	src := file.New(cfg.ConfigFile, cfg.Node, log.With("component", "file"))
-	mesh, err := src.Load()
+	xsrc, err := newXDSSource(cfg, log)
 	if err != nil {
 		return err
+	}
+	if err := checkNetns(cfg.EnrollNetns); err != nil {
+		return err
+	}
+	var mesh *model.Mesh
+	if xsrc == nil {
+		if mesh, err = src.Load(); err != nil {
+			return err
+		}
 	}
 
 	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits}, log.With("component", "bpf"))
@@ -85,6 +110,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		writer:   writer,
 		enroller: enroll.New(dp.KmManage, log.With("component", "enroll")),
 		log:      log,
+		static:   cfg.EnrollNetns,
 		maps:     &dp.KmeshMaps,
 	}
 	if stats, err := metrics.EnableProgramStats(); err != nil {
@@ -102,7 +128,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	// Fill the maps before the programs are swapped in: until Commit, a
 	// previous instance's programs keep serving with their maps.
-	if err := d.apply(mesh); err != nil {
+	if xsrc != nil {
+		// The control plane's first full push is the initial state; the
+		// daemon is not ready until it is applied.
+		d.source = xsrc.name
+		xctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		xsrc.start(xctx)
+		log.Info("waiting for the control plane's first push", "source", d.source)
+		if mesh, err = xsrc.wait(xctx); err != nil {
+			return err
+		}
+		err = d.apply(mesh)
+		xsrc.applied(d.apply, err)
+	} else {
+		err = d.apply(mesh)
+	}
+	if err != nil {
 		return err
 	}
 	if err := dp.Commit(); err != nil {
@@ -129,7 +171,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	errc := make(chan error, 2)
 	go func() { errc <- surfaces.Serve(ctx) }()
-	go func() { errc <- src.Run(ctx, d.apply) }()
+	go func() {
+		if xsrc != nil {
+			errc <- <-xsrc.done
+			return
+		}
+		errc <- src.Run(ctx, d.apply)
+	}()
 	err = <-errc
 	stop()
 	err = errors.Join(err, <-errc)
@@ -150,6 +198,7 @@ func sourceName(path string) string {
 // daemon is the state the admin API shows.
 type daemon struct {
 	node     string
+	static   []string // --enroll-netns
 	source   string
 	writer   *dataplane.Dataplane
 	enroller *enroll.Enroller
@@ -173,7 +222,7 @@ func (d *daemon) apply(m *model.Mesh) error {
 		return fmt.Errorf("apply config: %w", err)
 	}
 	d.metrics.ConfigUpdate(sourceFile, nil)
-	var local []string
+	local := slices.Clone(d.static)
 	for _, w := range m.Workloads {
 		if w.Node == d.node && w.Netns != "" {
 			local = append(local, w.Netns)

@@ -203,8 +203,13 @@ func (c *deltaClient) countResources() int {
 	return n
 }
 
+// request is either kind of discovery request.
+type request interface {
+	*discovery.DeltaDiscoveryRequest | *discovery.DiscoveryRequest
+}
+
 // nack turns reply into a NACK whose message names every rejection.
-func nack[R interface{ *discovery.DeltaDiscoveryRequest | *discovery.DiscoveryRequest }](log *slog.Logger, reply R, rejects []string) R {
+func nack[R request](log *slog.Logger, reply R, rejects []string) R {
 	msg := strings.Join(rejects, "; ")
 	log.Warn("config rejected", "err", msg)
 	st := &status.Status{Code: int32(codes.InvalidArgument), Message: msg}

@@ -1,0 +1,105 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/source/xds"
+)
+
+// xdsSource runs an xDS client from start-up. The client's first mesh (the
+// control plane's whole state) waits for the daemon to apply it before the
+// programs go live, as the file's first mesh does; later meshes go
+// straight to the daemon's apply.
+type xdsSource struct {
+	client *xds.Client
+	name   string
+
+	first    chan *model.Mesh
+	firstErr chan error
+	done     chan error // Run's result
+
+	mu   sync.Mutex
+	live func(*model.Mesh) error // set once the first mesh is applied
+}
+
+// newXDSSource returns the xDS source of cfg, or nil when cfg names no
+// control plane.
+func newXDSSource(cfg Config, log *slog.Logger) (*xdsSource, error) {
+	if cfg.XDS.Address == "" {
+		return nil, nil
+	}
+	mode := cfg.XDS.Mode
+	if mode == "" {
+		mode = xds.ModeWorkload
+	}
+	xc := cfg.XDS.Config
+	xc.Node = cfg.Node
+	c, err := xds.New(mode, xc, log.With("component", "xds"))
+	if err != nil {
+		return nil, err
+	}
+	return &xdsSource{
+		client: c, name: fmt.Sprintf("xds %s (%s)", xc.Address, mode),
+		first: make(chan *model.Mesh), firstErr: make(chan error), done: make(chan error, 1),
+	}, nil
+}
+
+// start runs the client until ctx ends.
+func (x *xdsSource) start(ctx context.Context) {
+	go func() { x.done <- x.client.Run(ctx, x.apply) }()
+}
+
+func (x *xdsSource) apply(m *model.Mesh) error {
+	x.mu.Lock()
+	live := x.live
+	x.mu.Unlock()
+	if live != nil {
+		return live(m)
+	}
+	x.first <- m
+	return <-x.firstErr
+}
+
+// wait returns the first mesh, or an error if the client stops first.
+func (x *xdsSource) wait(ctx context.Context) (*model.Mesh, error) {
+	select {
+	case m := <-x.first:
+		return m, nil
+	case err := <-x.done:
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, err
+	}
+}
+
+// applied reports the start-up apply of the first mesh; from then on the
+// client applies through apply.
+func (x *xdsSource) applied(apply func(*model.Mesh) error, err error) {
+	if err == nil {
+		x.mu.Lock()
+		x.live = apply
+		x.mu.Unlock()
+	}
+	x.firstErr <- err
+}
+
+// checkNetns checks the --enroll-netns paths once at start-up, so a typo
+// stops the daemon rather than leaving a workload out of the mesh.
+func checkNetns(paths []string) error {
+	for _, p := range paths {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("--enroll-netns %s: not an absolute path", p)
+		}
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("--enroll-netns: %w", err)
+		}
+	}
+	return nil
+}
