@@ -33,7 +33,7 @@ kernel holds.`,
   kmeshctl explain client 10.96.0.10:80
 
   # The same over IPv6, for a workload of another namespace, as JSON
-  kmeshctl explain shop/frontend [fd00:96::10]:80 -o json`,
+  kmeshctl explain shop/frontend '[fd00:96::10]:80' -o json`,
 		Args: cobra.ExactArgs(2),
 		PreRunE: func(_ *cobra.Command, args []string) error {
 			if _, err := netip.ParseAddrPort(args[1]); err != nil {
