@@ -119,7 +119,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer stats.Close()
 	}
 	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir)}, log.With("component", "metrics"))
-	d.metrics.ConfigSource(sourceFile)
+	d.kind = sourceFile
+	if xsrc != nil {
+		d.kind = sourceXDS
+	}
+	d.metrics.ConfigSource(d.kind)
 	src.OnReject(func(err error) { d.metrics.ConfigUpdate(sourceFile, err) })
 
 	surfaces, err := d.listen(cfg)
@@ -205,6 +209,7 @@ type daemon struct {
 	log      *slog.Logger
 	maps     *bpf.KmeshMaps
 	metrics  *metrics.Metrics
+	kind     string // source label of the config metrics: file or xds
 	// accessLog is the access log switch (/accesslog); the connection
 	// telemetry reads it.
 	accessLog atomic.Bool
@@ -218,10 +223,10 @@ type daemon struct {
 // On error the maps keep the previous mesh (see dataplane.Apply).
 func (d *daemon) apply(m *model.Mesh) error {
 	if err := d.writer.Apply(m); err != nil {
-		d.metrics.ConfigUpdate(sourceFile, err)
+		d.metrics.ConfigUpdate(d.kind, err)
 		return fmt.Errorf("apply config: %w", err)
 	}
-	d.metrics.ConfigUpdate(sourceFile, nil)
+	d.metrics.ConfigUpdate(d.kind, nil)
 	local := slices.Clone(d.static)
 	for _, w := range m.Workloads {
 		if w.Node == d.node && w.Netns != "" {
@@ -259,8 +264,11 @@ func (d *daemon) ConfigDump() api.ConfigDump {
 	return dump
 }
 
-// sourceFile is the source label of the file source's config metrics.
-const sourceFile = "file"
+// Source labels of kmesh_config_updates_total.
+const (
+	sourceFile = "file"
+	sourceXDS  = "xds"
+)
 
 // listen binds the admin, metrics and readiness addresses, in that order:
 // all of them, or none.
