@@ -12,13 +12,6 @@
  * error as a refused connection, at once, instead of a SYN to nowhere. */
 #define KM_ECONNREFUSED 111
 
-/* Original destination of each balanced socket, for getpeername(). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct sock_orig);
-} km_sock_orig SEC(".maps");
 
 /* Set at load time from a kernel probe: bpf_set_retval came in 5.18.
  * Without it, a refused connect fails with EPERM. */

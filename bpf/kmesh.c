@@ -8,8 +8,10 @@
 #include <bpf/bpf_endian.h>
 
 #include "lb.h"
+#include "sock.h"
 
 #include "connect.c"
+#include "skmsg.c"
 #include "sockops.c"
 
 /* Keep the enums in the BTF, so bpf2go generates their Go twins: the struct

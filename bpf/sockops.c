@@ -8,13 +8,6 @@
  * Compiled as part of kmesh.c.
  */
 
-/* Per-connection state from establishment to close. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct sock_conn);
-} km_sock_conn SEC(".maps");
 
 /* Connection records for userspace; the loader sets the size. */
 struct {
@@ -79,6 +72,8 @@ static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8
 	/* Only state changes from now on: the close is what we wait for. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 
+	skmsg_add(skops);
+
 	ev = sockops_reserve();
 	if (!ev)
 		return;
@@ -95,6 +90,38 @@ static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8
 		ev->service_port = bpf_ntohs(orig->port);
 	}
 	bpf_ringbuf_submit(ev, 0);
+}
+
+/*
+ * TCP's byte counters count sequence numbers, and SYN and FIN take one each
+ * (but an accepted socket is born after its SYN-ACK was acknowledged).
+ * A record carries payload only: what an application wrote and the peer
+ * acknowledged, and what the peer wrote. The state a socket closes from
+ * tells which FINs went through: past FIN_WAIT2, LAST_ACK or CLOSING ours
+ * was acknowledged; from CLOSE_WAIT, LAST_ACK, CLOSING or FIN_WAIT2 (whose
+ * full socket closes when the peer's FIN moves it to TIME_WAIT) the peer's
+ * came in. A FIN_WAIT2 that times out without the peer's FIN counts one
+ * byte short.
+ */
+static __always_inline void sockops_payload(struct bpf_sock_ops *skops, __u8 direction, __u64 *sent,
+					    __u64 *received)
+{
+	__u32 old = skops->args[0];
+	__u64 acked = skops->bytes_acked, in = skops->bytes_received;
+	int fin_out = old == BPF_TCP_FIN_WAIT2 || old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING;
+	int fin_in = old == BPF_TCP_CLOSE_WAIT || old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING ||
+		     old == BPF_TCP_FIN_WAIT2;
+
+	/* A connecting socket counts the acknowledgement of its SYN; an
+	 * accepted one starts counting after the handshake. */
+	if (direction == KM_CONN_OUTBOUND && acked > 0)
+		acked -= 1;
+	if (fin_out && acked > 0)
+		acked -= 1;
+	if (fin_in && in > 0)
+		in -= 1;
+	*sent = acked;
+	*received = in;
 }
 
 static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
@@ -118,8 +145,8 @@ static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
 		ev->netns_cookie = bpf_get_netns_cookie(skops);
 		ev->start_ns = conn->start_ns;
 		ev->end_ns = bpf_ktime_get_ns();
-		ev->bytes_sent = skops->bytes_acked;
-		ev->bytes_received = skops->bytes_received;
+		sockops_payload(skops, conn->direction, &ev->bytes_sent, &ev->bytes_received);
+		skmsg_redirected(skops, &ev->bytes_sent, &ev->bytes_received);
 		ev->total_retrans = skops->total_retrans;
 		ev->srtt_us = skops->srtt_us >> 3; /* the kernel keeps 8x the RTT */
 		ev->old_state = skops->args[0];

@@ -124,6 +124,19 @@ struct sock_conn {
 };
 
 /*
+ * Key of km_socks, the sockhash of enrolled sockets for same-node
+ * acceleration, and of km_redir_bytes: a connection's 4-tuple from the
+ * socket's side. Addresses as in frontend_key (IPv4-mapped), ports in host
+ * order.
+ */
+struct sock_key {
+	__u32 local_addr[4];
+	__u32 remote_addr[4];
+	__u16 local_port;
+	__u16 remote_port;
+};
+
+/*
  * A record in the km_events ring buffer: a connection of an enrolled
  * workload opened or closed. Addresses as in frontend_key (network order,
  * IPv4-mapped); ports in host order.
@@ -133,8 +146,8 @@ struct conn_event {
 	__u64 netns_cookie;
 	__u64 start_ns;
 	__u64 end_ns; /* close records */
-	__u64 bytes_sent;     /* acknowledged by the peer (close records) */
-	__u64 bytes_received; /* (close records) */
+	__u64 bytes_sent;     /* payload acknowledged by the peer (close records) */
+	__u64 bytes_received; /* payload from the peer (close records) */
 	__u32 local_addr[4];
 	__u32 remote_addr[4];
 	__u32 service_addr[4]; /* the service address dialed; zero if none */
@@ -150,6 +163,7 @@ struct conn_event {
 };
 
 _Static_assert(sizeof(struct sock_conn) == 16, "sock_conn size");
+_Static_assert(sizeof(struct sock_key) == 36, "sock_key size");
 _Static_assert(sizeof(struct conn_event) == 120, "conn_event size");
 _Static_assert(sizeof(struct manage_key) == 8, "manage_key size");
 _Static_assert(sizeof(struct manage_value) == 4, "manage_value size");

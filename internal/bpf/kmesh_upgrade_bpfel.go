@@ -132,6 +132,14 @@ type KmeshSockConn struct {
 	Pad       [7]uint8
 }
 
+type KmeshSockKey struct {
+	_          structs.HostLayout
+	LocalAddr  [4]uint32
+	RemoteAddr [4]uint32
+	LocalPort  uint16
+	RemotePort uint16
+}
+
 type KmeshSockOrig struct {
 	_      structs.HostLayout
 	Addr   [4]uint32
@@ -150,15 +158,19 @@ const (
 	KmeshMapKmEventsLost        = "km_events_lost"
 	KmeshMapKmFrontend          = "km_frontend"
 	KmeshMapKmManage            = "km_manage"
+	KmeshMapKmRedirBytes        = "km_redir_bytes"
 	KmeshMapKmRr                = "km_rr"
 	KmeshMapKmService           = "km_service"
 	KmeshMapKmSockConn          = "km_sock_conn"
 	KmeshMapKmSockOrig          = "km_sock_orig"
+	KmeshMapKmSocks             = "km_socks"
 	KmeshProgKmConnect4         = "km_connect4"
 	KmeshProgKmConnect6         = "km_connect6"
 	KmeshProgKmGetpeername4     = "km_getpeername4"
 	KmeshProgKmGetpeername6     = "km_getpeername6"
+	KmeshProgKmSkmsg            = "km_skmsg"
 	KmeshProgKmSockops          = "km_sockops"
+	KmeshVarKmAccelerate        = "km_accelerate"
 	KmeshVarKmHaveSetRetval     = "km_have_set_retval"
 	KmeshVarUnusedBackendFlag   = "unused_backend_flag"
 	KmeshVarUnusedConnDirection = "unused_conn_direction"
@@ -214,6 +226,7 @@ type KmeshProgramSpecs struct {
 	KmConnect6     *ebpf.ProgramSpec `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.ProgramSpec `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.ProgramSpec `ebpf:"km_getpeername6"`
+	KmSkmsg        *ebpf.ProgramSpec `ebpf:"km_skmsg"`
 	KmSockops      *ebpf.ProgramSpec `ebpf:"km_sockops"`
 }
 
@@ -227,16 +240,19 @@ type KmeshMapSpecs struct {
 	KmEventsLost *ebpf.MapSpec `ebpf:"km_events_lost"`
 	KmFrontend   *ebpf.MapSpec `ebpf:"km_frontend"`
 	KmManage     *ebpf.MapSpec `ebpf:"km_manage"`
+	KmRedirBytes *ebpf.MapSpec `ebpf:"km_redir_bytes"`
 	KmRr         *ebpf.MapSpec `ebpf:"km_rr"`
 	KmService    *ebpf.MapSpec `ebpf:"km_service"`
 	KmSockConn   *ebpf.MapSpec `ebpf:"km_sock_conn"`
 	KmSockOrig   *ebpf.MapSpec `ebpf:"km_sock_orig"`
+	KmSocks      *ebpf.MapSpec `ebpf:"km_socks"`
 }
 
 // KmeshVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KmeshVariableSpecs struct {
+	KmAccelerate        *ebpf.VariableSpec `ebpf:"km_accelerate"`
 	KmHaveSetRetval     *ebpf.VariableSpec `ebpf:"km_have_set_retval"`
 	UnusedBackendFlag   *ebpf.VariableSpec `ebpf:"unused_backend_flag"`
 	UnusedConnDirection *ebpf.VariableSpec `ebpf:"unused_conn_direction"`
@@ -272,10 +288,12 @@ type KmeshMaps struct {
 	KmEventsLost *ebpf.Map `ebpf:"km_events_lost"`
 	KmFrontend   *ebpf.Map `ebpf:"km_frontend"`
 	KmManage     *ebpf.Map `ebpf:"km_manage"`
+	KmRedirBytes *ebpf.Map `ebpf:"km_redir_bytes"`
 	KmRr         *ebpf.Map `ebpf:"km_rr"`
 	KmService    *ebpf.Map `ebpf:"km_service"`
 	KmSockConn   *ebpf.Map `ebpf:"km_sock_conn"`
 	KmSockOrig   *ebpf.Map `ebpf:"km_sock_orig"`
+	KmSocks      *ebpf.Map `ebpf:"km_socks"`
 }
 
 func (m *KmeshMaps) Close() error {
@@ -286,10 +304,12 @@ func (m *KmeshMaps) Close() error {
 		m.KmEventsLost,
 		m.KmFrontend,
 		m.KmManage,
+		m.KmRedirBytes,
 		m.KmRr,
 		m.KmService,
 		m.KmSockConn,
 		m.KmSockOrig,
+		m.KmSocks,
 	)
 }
 
@@ -297,6 +317,7 @@ func (m *KmeshMaps) Close() error {
 //
 // It can be passed to LoadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KmeshVariables struct {
+	KmAccelerate        *ebpf.Variable `ebpf:"km_accelerate"`
 	KmHaveSetRetval     *ebpf.Variable `ebpf:"km_have_set_retval"`
 	UnusedBackendFlag   *ebpf.Variable `ebpf:"unused_backend_flag"`
 	UnusedConnDirection *ebpf.Variable `ebpf:"unused_conn_direction"`
@@ -314,6 +335,7 @@ type KmeshPrograms struct {
 	KmConnect6     *ebpf.Program `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.Program `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.Program `ebpf:"km_getpeername6"`
+	KmSkmsg        *ebpf.Program `ebpf:"km_skmsg"`
 	KmSockops      *ebpf.Program `ebpf:"km_sockops"`
 }
 
@@ -323,6 +345,7 @@ func (p *KmeshPrograms) Close() error {
 		p.KmConnect6,
 		p.KmGetpeername4,
 		p.KmGetpeername6,
+		p.KmSkmsg,
 		p.KmSockops,
 	)
 }

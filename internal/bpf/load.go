@@ -29,6 +29,7 @@ type Limits struct {
 	Endpoints uint32 // km_endpoint: endpoint slots, counting weight and both generations in flight
 	Backends  uint32 // km_backend: workloads with addresses
 	Workloads uint32 // km_manage: enrolled network namespaces
+	Sockets   uint32 // km_socks: sockets of this node same-node acceleration tracks
 }
 
 // DefaultLimits fit 10,000 services with 100,000 endpoints.
@@ -38,6 +39,7 @@ var DefaultLimits = Limits{
 	Endpoints: 262144,
 	Backends:  131072,
 	Workloads: 4096,
+	Sockets:   65536,
 }
 
 // Options say where the data plane lives.
@@ -45,6 +47,9 @@ type Options struct {
 	Dir    string // bpffs directory of this instance
 	Cgroup string // cgroup v2 directory the programs attach to
 	Limits Limits
+	// Accelerate moves data between enrolled sockets of this node socket
+	// to socket (sockops + sk_msg), skipping TCP/IP.
+	Accelerate bool
 }
 
 // Datapath is the loaded data plane: its maps, and (after Commit) the links
@@ -81,7 +86,7 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := feats.configure(s, log); err != nil {
+	if err := feats.configure(s, opts, log); err != nil {
 		return nil, err
 	}
 
@@ -197,12 +202,20 @@ func (d *Datapath) Commit() error {
 			return fmt.Errorf("map %s: pin %s: %w", name, path, err)
 		}
 	}
+	// A program attached to a map, not a cgroup, cannot follow the map to a
+	// new one: its old link goes.
+	_, newSocks := d.fresh[KmeshMapKmSocks]
 	closeAll(d.fresh)
 	d.fresh = map[string]*ebpf.Map{}
 	for _, a := range attachments {
 		prog := d.programs[a.name]
+		if a.attach == ebpf.AttachSkMsgVerdict && (newSocks || prog == nil) {
+			if err := removeLink(filepath.Join(d.opts.Dir, "link_"+a.name)); err != nil {
+				return err
+			}
+		}
 		if prog == nil {
-			continue // an optional part this kernel lacks
+			continue // an optional part this kernel lacks, or switched off
 		}
 		l, err := d.attach(a.name, prog, a.attach)
 		if err != nil {
@@ -224,6 +237,7 @@ var attachments = []struct {
 	{KmeshProgKmGetpeername4, ebpf.AttachCgroupInet4GetPeername},
 	{KmeshProgKmGetpeername6, ebpf.AttachCgroupInet6GetPeername},
 	{KmeshProgKmSockops, ebpf.AttachCGroupSockOps},
+	{KmeshProgKmSkmsg, ebpf.AttachSkMsgVerdict}, // on km_socks
 }
 
 func (d *Datapath) attach(name string, prog *ebpf.Program, at ebpf.AttachType) (link.Link, error) {
@@ -238,7 +252,13 @@ func (d *Datapath) attach(name string, prog *ebpf.Program, at ebpf.AttachType) (
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("program %s: open pinned link %s: %w", name, pin, err)
 	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: d.opts.Cgroup, Attach: at, Program: prog})
+	var l link.Link
+	var err error
+	if at == ebpf.AttachSkMsgVerdict {
+		l, err = link.AttachRawLink(link.RawLinkOptions{Target: d.KmSocks.FD(), Program: prog, Attach: at})
+	} else {
+		l, err = link.AttachCgroup(link.CgroupOptions{Path: d.opts.Cgroup, Attach: at, Program: prog})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("program %s: attach to cgroup %s: %w", name, d.opts.Cgroup, err)
 	}
@@ -279,19 +299,9 @@ func Remove(dir string) error {
 	var errs []error
 	// Links first, so no program runs on maps about to go.
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), "link_") {
-			continue
+		if strings.HasPrefix(e.Name(), "link_") {
+			errs = append(errs, removeLink(filepath.Join(dir, e.Name())))
 		}
-		path := filepath.Join(dir, e.Name())
-		l, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("link %s: %w", path, err))
-			continue
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("link %s: unpin: %w", path, err))
-		}
-		l.Close()
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), "link_") {
@@ -305,6 +315,22 @@ func Remove(dir string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// removeLink detaches the link pinned at path, if any.
+func removeLink(path string) error {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("link %s: %w", path, err)
+	}
+	defer l.Close()
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("link %s: unpin: %w", path, err)
+	}
+	return nil
 }
 
 func closeAll(maps map[string]*ebpf.Map) {

@@ -13,12 +13,14 @@ func spec(limits Limits) (*ebpf.CollectionSpec, error) {
 		return nil, fmt.Errorf("read embedded programs: %w", err)
 	}
 	sizes := map[string]uint32{
-		KmeshMapKmManage:   limits.Workloads,
-		KmeshMapKmFrontend: limits.Frontends,
-		KmeshMapKmService:  limits.Services,
-		KmeshMapKmEndpoint: limits.Endpoints,
-		KmeshMapKmBackend:  limits.Backends,
-		KmeshMapKmRr:       limits.Services + 1, // ids start at 1
+		KmeshMapKmManage:     limits.Workloads,
+		KmeshMapKmFrontend:   limits.Frontends,
+		KmeshMapKmService:    limits.Services,
+		KmeshMapKmEndpoint:   limits.Endpoints,
+		KmeshMapKmBackend:    limits.Backends,
+		KmeshMapKmRr:         limits.Services + 1, // ids start at 1
+		KmeshMapKmSocks:      limits.Sockets,
+		KmeshMapKmRedirBytes: limits.Sockets,
 	}
 	for name, m := range s.Maps {
 		n, ok := sizes[name]

@@ -23,6 +23,9 @@ type Features struct {
 	// Telemetry records connections from sockops through a ring buffer
 	// (bpf_get_netns_cookie in sockops, 5.15).
 	Telemetry bool
+	// SkMsg redirects messages between local sockets (sockhash, sk_msg
+	// links and socket storage in sk_msg, 5.10).
+	SkMsg bool
 }
 
 // ErrMissingFeature means the kernel lacks a feature Kmesh cannot run without.
@@ -51,6 +54,9 @@ func probe() (Features, error) {
 	// the helpers below, which serve as the marker.
 	f.GetPeerName = features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie) == nil &&
 		features.HaveMapType(ebpf.RingBuf) == nil
+	f.SkMsg = features.HaveMapType(ebpf.SockHash) == nil &&
+		features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash) == nil &&
+		features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkStorageGet) == nil
 	f.Telemetry = features.HaveMapType(ebpf.RingBuf) == nil &&
 		features.HaveProgramHelper(ebpf.SockOps, asm.FnGetNetnsCookie) == nil &&
 		features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet) == nil
@@ -59,7 +65,7 @@ func probe() (Features, error) {
 
 // configure sets the load-time constants that switch optional code on, and
 // says what is off.
-func (f Features) configure(s *ebpf.CollectionSpec, log *slog.Logger) error {
+func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logger) error {
 	if err := s.Variables["km_have_set_retval"].Set(f.SetRetval); err != nil {
 		return fmt.Errorf("set km_have_set_retval: %w", err)
 	}
@@ -70,6 +76,16 @@ func (f Features) configure(s *ebpf.CollectionSpec, log *slog.Logger) error {
 		delete(s.Programs, KmeshProgKmGetpeername4)
 		delete(s.Programs, KmeshProgKmGetpeername6)
 		log.Warn("kernel lacks cgroup getpeername hooks (5.8): applications see the endpoint's address as their peer, not the service's")
+	}
+	accelerate := opts.Accelerate && f.SkMsg && f.Telemetry
+	if err := s.Variables["km_accelerate"].Set(accelerate); err != nil {
+		return fmt.Errorf("set km_accelerate: %w", err)
+	}
+	if !accelerate {
+		delete(s.Programs, KmeshProgKmSkmsg)
+	}
+	if opts.Accelerate && !accelerate {
+		log.Warn("kernel lacks sk_msg redirects or their socket storage (5.10): same-node acceleration is off")
 	}
 	if !f.Telemetry {
 		delete(s.Programs, KmeshProgKmSockops)

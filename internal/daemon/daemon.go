@@ -28,6 +28,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
 	"github.com/kmesh-go/kmesh/internal/source/xds"
+	"github.com/kmesh-go/kmesh/internal/telemetry"
 )
 
 // Config is kmeshd's command line.
@@ -45,6 +46,15 @@ type Config struct {
 	// config says: static enrollment for hosts without Kubernetes. xDS
 	// never enrolls anything (its workloads have no netns).
 	EnrollNetns []string
+
+	// Accelerate moves data between enrolled sockets of this node socket
+	// to socket (sockops + sk_msg).
+	Accelerate bool
+	// AccessLog is the access log's state at start; /accesslog switches it.
+	AccessLog bool
+	// AccessLogFile receives the access log, one JSON line per closed
+	// connection; "" is standard output.
+	AccessLogFile string
 
 	MetricsAddress   string         // Prometheus /metrics
 	ReadinessAddress string         // /healthz/ready alone, for probes
@@ -95,7 +105,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits}, log.With("component", "bpf"))
+	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate}, log.With("component", "bpf"))
 	if err != nil {
 		return err
 	}
@@ -125,6 +135,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	d.metrics.ConfigSource(d.kind)
 	src.OnReject(func(err error) { d.metrics.ConfigUpdate(sourceFile, err) })
+
+	accessLog, closeAccessLog, err := openAccessLog(cfg.AccessLogFile)
+	if err != nil {
+		return err
+	}
+	defer closeAccessLog()
+	d.accessLog.Store(cfg.AccessLog)
+	d.telemetry, err = telemetry.Start(telemetry.Options{
+		Maps: &dp.KmeshMaps, Metrics: d.metrics, AccessLog: &d.accessLog, AccessLogger: accessLog,
+		Log: log.With("component", "telemetry"),
+	})
+	if err != nil {
+		return err
+	}
+	defer d.telemetry.Close()
 
 	surfaces, err := d.listen(cfg)
 	if err != nil {
@@ -213,6 +238,7 @@ type daemon struct {
 	// accessLog is the access log switch (/accesslog); the connection
 	// telemetry reads it.
 	accessLog atomic.Bool
+	telemetry *telemetry.Telemetry
 
 	mu      sync.Mutex
 	mesh    *model.Mesh
@@ -227,6 +253,7 @@ func (d *daemon) apply(m *model.Mesh) error {
 		return fmt.Errorf("apply config: %w", err)
 	}
 	d.metrics.ConfigUpdate(d.kind, nil)
+	d.telemetry.SetMesh(m)
 	local := slices.Clone(d.static)
 	for _, w := range m.Workloads {
 		if w.Node == d.node && w.Netns != "" {
@@ -304,8 +331,20 @@ func (d *daemon) Mesh() *model.Mesh {
 
 func (d *daemon) DumpMaps() ([]string, error) { return dataplane.DumpMaps(d.maps) }
 
-// Connections is empty until the connection telemetry feeds it.
-func (d *daemon) Connections() []api.Connection { return []api.Connection{} }
+// Connections lists the live connections the telemetry saw open.
+func (d *daemon) Connections() []api.Connection { return d.telemetry.Connections() }
+
+// openAccessLog opens where access log records go: one JSON object per line.
+func openAccessLog(path string) (*slog.Logger, func() error, error) {
+	if path == "" {
+		return slog.New(slog.NewJSONHandler(os.Stdout, nil)), func() error { return nil }, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("access log: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(f, nil)), f.Close, nil
+}
 
 func (d *daemon) mapStats() ([]metrics.MapStat, error) {
 	stats, err := dataplane.MapStats(d.maps)

@@ -167,12 +167,16 @@ func (m *mesh) writeConfig(path, content string) {
 
 // kmeshd is a running daemon of one node.
 type kmeshd struct {
-	proc  *testbed.Process
-	admin string
-	node  *testbed.Node
+	proc    *testbed.Process
+	admin   string
+	metrics string // address of /metrics
+	node    *testbed.Node
 }
 
-var readyLine = regexp.MustCompile(`msg="kmeshd ready".* admin=(\S+)`)
+var (
+	readyLine   = regexp.MustCompile(`msg="kmeshd ready".* admin=(\S+)`)
+	metricsAddr = regexp.MustCompile(`msg="kmeshd ready".* metrics=(\S+)`)
+)
 
 // startKmeshd runs kmeshd for node with the config file and waits until it
 // is ready, returning its admin address.
@@ -202,7 +206,11 @@ func (m *mesh) startKmeshdBin(bin, node, config string, flags ...string) *kmeshd
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if sm := readyLine.FindStringSubmatch(proc.Stderr()); sm != nil {
-			return &kmeshd{proc: proc, admin: sm[1], node: n}
+			k := &kmeshd{proc: proc, admin: sm[1], node: n}
+			if mm := metricsAddr.FindStringSubmatch(proc.Stderr()); mm != nil {
+				k.metrics = mm[1]
+			}
+			return k
 		}
 		select {
 		case <-proc.Done():

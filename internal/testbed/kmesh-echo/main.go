@@ -2,6 +2,8 @@
 //
 //	kmesh-echo serve --name NAME [--listen ADDR]...
 //	kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D]
+//	kmesh-echo tcp-serve [--listen ADDR] [--reply N]
+//	kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D]
 //
 // serve answers every HTTP request with its name, in the body and in X-Pod,
 // and with the connection's two ends as it sees them (X-Local-Addr,
@@ -13,6 +15,11 @@
 // client address the server saw, and a connection counter that shows whether
 // a connection was reused. Failed requests are lines too, with "error" set;
 // the exit code is 0 unless the arguments are wrong.
+//
+// tcp-serve and tcp-send move exact byte counts over raw TCP, for tests of
+// connection telemetry: tcp-send connects, waits --hold, writes --bytes,
+// shuts its write side, and reads the server's --reply bytes until EOF;
+// it prints one JSON line per connection.
 package main
 
 import (
@@ -30,6 +37,10 @@ func main() {
 		err = serve(os.Args[2:])
 	case "get":
 		err = get(os.Args[2:])
+	case "tcp-serve":
+		err = tcpServe(os.Args[2:])
+	case "tcp-send":
+		err = tcpSend(os.Args[2:])
 	default:
 		usage()
 	}
@@ -41,6 +52,8 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: kmesh-echo serve --name NAME [--listen ADDR]...\n"+
-		"       kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D]")
+		"       kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D]\n"+
+		"       kmesh-echo tcp-serve [--listen ADDR] [--reply N]\n"+
+		"       kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D]")
 	os.Exit(2)
 }

@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Per-socket maps, shared by the connect, sockops and sk_msg programs.
+ * Their sizes follow the sockets, not the config: socket storage lives and
+ * dies with its socket.
+ */
+#ifndef KMESH_SOCK_H
+#define KMESH_SOCK_H
+
+#include "types.h"
+
+/* Original destination of each balanced socket, for getpeername(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_orig);
+} km_sock_orig SEC(".maps");
+
+/* Per-connection state from establishment to close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_conn);
+} km_sock_conn SEC(".maps");
+
+/* Enrolled sockets of this node by 4-tuple, for same-node acceleration
+ * (skmsg.c); the loader sets the size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} km_socks SEC(".maps");
+
+/*
+ * Bytes each accelerated socket sent by redirect, by its sock_key. They
+ * never pass TCP's counters, so telemetry adds them: a socket's own entry
+ * to what it sent, its peer's (the reversed key) to what it received. An
+ * LRU, because an entry must outlive its socket until the peer closes; a
+ * socket zeroes its entry when established.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} km_redir_bytes SEC(".maps");
+
+#endif

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Same-node acceleration. Enrolled sockets join the km_socks sockhash when
+ * they are established (sockops.c); when both ends of a connection are
+ * there, each message is moved straight into the peer socket's receive
+ * queue instead of through TCP/IP and loopback or veth. Connections to
+ * other nodes, or to sockets not enrolled here, find no peer and pass
+ * through TCP as usual. Handshake, FIN and RST still go through TCP, so
+ * half-closes and resets behave as on plain TCP.
+ * Compiled as part of kmesh.c.
+ */
+
+/*
+ * Set at load time: kmeshd --accelerate, off by default. Data redirected
+ * into a socket waits in its psock queue, which recvmsg() reads but
+ * splice(2) does not: a receiver that splices (Go's io.Copy between two
+ * TCP connections, proxies) would see EOF instead of the data. Only
+ * workloads known to read with recvmsg() may turn it on.
+ */
+volatile const bool km_accelerate = true;
+
+static __always_inline void skmsg_key_ops(struct bpf_sock_ops *skops, struct sock_key *key)
+{
+	if (skops->family == 2 /* AF_INET */) {
+		lb_v4_mapped(key->local_addr, skops->local_ip4);
+		lb_v4_mapped(key->remote_addr, skops->remote_ip4);
+	} else {
+		key->local_addr[0] = skops->local_ip6[0];
+		key->local_addr[1] = skops->local_ip6[1];
+		key->local_addr[2] = skops->local_ip6[2];
+		key->local_addr[3] = skops->local_ip6[3];
+		key->remote_addr[0] = skops->remote_ip6[0];
+		key->remote_addr[1] = skops->remote_ip6[1];
+		key->remote_addr[2] = skops->remote_ip6[2];
+		key->remote_addr[3] = skops->remote_ip6[3];
+	}
+	key->local_port = (__u16)skops->local_port;
+	key->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+}
+
+static __always_inline void skmsg_reverse(const struct sock_key *key, struct sock_key *rev)
+{
+	__builtin_memcpy(rev->local_addr, key->remote_addr, sizeof(rev->local_addr));
+	__builtin_memcpy(rev->remote_addr, key->local_addr, sizeof(rev->remote_addr));
+	rev->local_port = key->remote_port;
+	rev->remote_port = key->local_port;
+}
+
+/* Called when an enrolled socket is established. */
+static __always_inline void skmsg_add(struct bpf_sock_ops *skops)
+{
+	struct sock_key key = {};
+	__u64 zero = 0;
+
+	if (!km_accelerate)
+		return;
+	skmsg_key_ops(skops, &key);
+	bpf_map_update_elem(&km_redir_bytes, &key, &zero, BPF_ANY);
+	/* A full map only costs the speed-up. */
+	bpf_sock_hash_update(skops, &km_socks, &key, BPF_NOEXIST);
+}
+
+/* Bytes a closing socket sent and received by redirect. */
+static __always_inline void skmsg_redirected(struct bpf_sock_ops *skops, __u64 *sent, __u64 *received)
+{
+	struct sock_key key = {}, peer = {};
+	__u64 *n;
+
+	if (!km_accelerate)
+		return;
+	skmsg_key_ops(skops, &key);
+	skmsg_reverse(&key, &peer);
+	n = bpf_map_lookup_elem(&km_redir_bytes, &key);
+	if (n)
+		*sent += *n;
+	n = bpf_map_lookup_elem(&km_redir_bytes, &peer);
+	if (n)
+		*received += *n;
+}
+
+SEC("sk_msg")
+int km_skmsg(struct sk_msg_md *msg)
+{
+	struct sock_key self = {}, peer = {};
+	__u64 *n;
+
+	if (msg->family == 2 /* AF_INET */) {
+		lb_v4_mapped(self.local_addr, msg->local_ip4);
+		lb_v4_mapped(self.remote_addr, msg->remote_ip4);
+	} else {
+		self.local_addr[0] = msg->local_ip6[0];
+		self.local_addr[1] = msg->local_ip6[1];
+		self.local_addr[2] = msg->local_ip6[2];
+		self.local_addr[3] = msg->local_ip6[3];
+		self.remote_addr[0] = msg->remote_ip6[0];
+		self.remote_addr[1] = msg->remote_ip6[1];
+		self.remote_addr[2] = msg->remote_ip6[2];
+		self.remote_addr[3] = msg->remote_ip6[3];
+	}
+	self.local_port = (__u16)msg->local_port;
+	self.remote_port = (__u16)bpf_ntohl(msg->remote_port);
+	skmsg_reverse(&self, &peer);
+
+	/* No peer here (another node, not enrolled): the message goes through
+	 * TCP. SK_PASS either way; only a successful redirect is counted. */
+	if (bpf_msg_redirect_hash(msg, &km_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
+		n = bpf_map_lookup_elem(&km_redir_bytes, &self);
+		if (n)
+			__sync_fetch_and_add(n, msg->size);
+	}
+	return SK_PASS;
+}

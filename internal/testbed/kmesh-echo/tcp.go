@@ -1,0 +1,139 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// tcpServe serves each connection in one of three modes: reply (read to
+// EOF, answer --reply bytes, close: both directions carry a known number of
+// bytes), echo (send back everything read, close at EOF) or reset (read to
+// EOF, then abort the connection with an RST).
+func tcpServe(args []string) error {
+	fs := flag.NewFlagSet("tcp-serve", flag.ExitOnError)
+	listen := fs.String("listen", "[::]:9000", "address to listen on")
+	reply := fs.Int("reply", 1000, "bytes to answer each connection with (mode reply)")
+	mode := fs.String("mode", "reply", "reply, echo, echo-splice or reset")
+	fs.Parse(args)
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("tcp-serve: %w", err)
+	}
+	fmt.Printf("listening %s\n", ln.Addr())
+	payload := make([]byte, *reply)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return fmt.Errorf("tcp-serve: %w", err)
+		}
+		go func() {
+			defer c.Close()
+			switch *mode {
+			case "echo":
+				// A plain read/write loop: io.Copy between sockets would
+				// splice(2), a different kernel path (see echo-splice).
+				io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+				return
+			case "echo-splice":
+				io.Copy(c, c)
+				return
+			case "reset":
+				io.Copy(io.Discard, c)
+				c.(*net.TCPConn).SetLinger(0) // close sends RST
+				return
+			}
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				return
+			}
+			c.Write(payload)
+		}()
+	}
+}
+
+// sendResult is one output line of tcp-send.
+type sendResult struct {
+	Seq          int    `json:"seq"`
+	Local        string `json:"local"`
+	Sent         int64  `json:"sent"`
+	Received     int64  `json:"received"`
+	SentHash     string `json:"sent_sha256,omitempty"`     // with --random
+	ReceivedHash string `json:"received_sha256,omitempty"` // with --random
+	Error        string `json:"error"`
+}
+
+func tcpSend(args []string) error {
+	fs := flag.NewFlagSet("tcp-send", flag.ExitOnError)
+	addr := fs.String("addr", "", "address to connect to (required)")
+	n := fs.Int("bytes", 1000, "bytes to send on each connection")
+	count := fs.Int("count", 1, "connections, one after the other")
+	hold := fs.Duration("hold", 0, "time to keep each connection open before sending")
+	random := fs.Bool("random", false, "send random bytes, and report the SHA-256 of what was sent and received")
+	fs.Parse(args)
+	if *addr == "" {
+		return errors.New("tcp-send: --addr is required")
+	}
+	out := json.NewEncoder(os.Stdout)
+	payload := make([]byte, *n)
+	if *random {
+		rand.Read(payload)
+	}
+	for seq := 1; seq <= *count; seq++ {
+		r := sendResult{Seq: seq}
+		if err := sendOne(*addr, payload, *hold, *random, &r); err != nil {
+			r.Error = err.Error()
+		}
+		if err := out.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func sendOne(addr string, payload []byte, hold time.Duration, hash bool, r *sendResult) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r.Local = c.LocalAddr().String()
+	// Say so before holding, so a test can look at the open connection.
+	if hold > 0 {
+		fmt.Printf("{\"seq\":%d,\"local\":%q,\"holding\":true}\n", r.Seq, r.Local)
+		time.Sleep(hold)
+	}
+	// Read while writing: an echoing peer would otherwise fill both
+	// directions' buffers and stall.
+	received := sha256.New()
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		r.Received, err = io.Copy(received, c)
+		done <- err
+	}()
+	w, err := c.Write(payload)
+	r.Sent = int64(w)
+	if err == nil {
+		err = c.(*net.TCPConn).CloseWrite()
+	}
+	if err != nil {
+		c.Close()
+		<-done
+		return err
+	}
+	err = <-done
+	if hash {
+		sent := sha256.Sum256(payload[:w])
+		r.SentHash = hex.EncodeToString(sent[:])
+		r.ReceivedHash = hex.EncodeToString(received.Sum(nil))
+	}
+	return err
+}

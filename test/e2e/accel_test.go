@@ -1,0 +1,191 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// txBytes is what a pod's eth0 has sent so far.
+func txBytes(t *testing.T, m *mesh, pod string) int64 {
+	t.Helper()
+	ns := filepath.Base(m.pods[pod].NetnsPath)
+	out, err := exec.Command("ip", "-n", ns, "-s", "-j", "link", "show", "dev", "eth0").Output()
+	if err != nil {
+		t.Fatalf("ip -n %s link: %v", ns, err)
+	}
+	var links []struct {
+		Stats64 struct {
+			TX struct {
+				Bytes int64 `json:"bytes"`
+			} `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -j link: %q: %v", out, err)
+	}
+	return links[0].Stats64.TX.Bytes
+}
+
+type sendLine struct {
+	Sent         int64  `json:"sent"`
+	Received     int64  `json:"received"`
+	SentHash     string `json:"sent_sha256"`
+	ReceivedHash string `json:"received_sha256"`
+	Error        string `json:"error"`
+}
+
+func (m *mesh) tcpSend(t *testing.T, args ...string) sendLine {
+	t.Helper()
+	var last sendLine
+	for _, l := range runLines(t, m, "client", append([]string{"tcp-send"}, args...)...) {
+		if strings.Contains(l, `"holding"`) {
+			continue
+		}
+		if err := json.Unmarshal([]byte(l), &last); err != nil {
+			t.Fatalf("tcp-send: %q: %v", l, err)
+		}
+	}
+	return last
+}
+
+func (m *mesh) tcpServe(t *testing.T, pod string, args ...string) {
+	t.Helper()
+	p, err := m.pods[pod].Start(m.echo, append([]string{"tcp-serve"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := <-p.Lines(); !strings.HasPrefix(line, "listening") {
+		t.Fatalf("tcp-serve in %s: %q: %s", pod, line, p.Stderr())
+	}
+}
+
+// TestSameNodeAcceleration moves data between enrolled sockets of one node
+// socket to socket (kmeshd --accelerate), and checks it behaves exactly as
+// plain TCP does, which is what the same connection to another node still
+// uses. Acceleration is off by default, because a receiver reading with
+// splice(2) would not see redirected data; the default is checked too.
+func TestSameNodeAcceleration(t *testing.T) {
+	m := newMesh(t)
+	for _, p := range []string{"hello-1", "hello-2"} {
+		m.tcpServe(t, p, "--listen", "[::]:9000", "--mode", "echo")
+		m.tcpServe(t, p, "--listen", "[::]:9004", "--mode", "echo-splice")
+		m.tcpServe(t, p, "--listen", "[::]:9001", "--mode", "reset")
+		m.tcpServe(t, p, "--listen", "[::]:9002", "--mode", "reply", "--reply", "777")
+	}
+	cfg := configPath(m, "mesh.yaml")
+	m.writeConfig(cfg, m.config("random", helloWorkloads))
+	m.startKmeshd("node-b", cfg)
+	ka := m.startKmeshdBin(m.kmeshd, "node-a", cfg, "--accelerate")
+
+	const size = 32 << 20
+	sameNode := map[string]string{"ipv4 (to a dual-stack listener)": "10.1.1.11", "ipv6": "[fd00:1:1::11]"}
+	for name, addr := range sameNode {
+		t.Run("same_node_"+name, func(t *testing.T) {
+			before := txBytes(t, m, "client")
+			r := m.tcpSend(t, "--addr", addr+":9000", "--bytes", strconv.Itoa(size), "--random")
+			tx := txBytes(t, m, "client") - before
+			if r.Error != "" || r.Sent != size || r.Received != size || r.SentHash != r.ReceivedHash {
+				t.Fatalf("32 MiB echo: %+v, want it back intact", r)
+			}
+			if tx > size/8 {
+				t.Fatalf("client's eth0 sent %d bytes for a %d-byte echo: the data went through TCP/IP, not socket to socket", tx, size)
+			}
+			t.Logf("32 MiB each way intact; client's eth0 sent %d bytes", tx)
+		})
+	}
+	t.Run("other_node_uses_tcp", func(t *testing.T) {
+		before := txBytes(t, m, "client")
+		r := m.tcpSend(t, "--addr", "10.1.2.12:9000", "--bytes", strconv.Itoa(size), "--random")
+		tx := txBytes(t, m, "client") - before
+		if r.Error != "" || r.Received != size || r.SentHash != r.ReceivedHash {
+			t.Fatalf("32 MiB echo to another node: %+v", r)
+		}
+		if tx < size {
+			t.Fatalf("client's eth0 sent %d bytes for %d to another node", tx, size)
+		}
+	})
+
+	// Half-close, reset and a dead peer: the same outcome on the accelerated
+	// (same node) and the plain (other node) path.
+	for _, tc := range []struct{ name, port, want string }{
+		{"half_close_then_reply", "9002", ""},
+		{"reset_by_peer", "9001", "connection reset by peer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, addr := range []string{"10.1.1.11", "10.1.2.12"} {
+				r := m.tcpSend(t, "--addr", addr+":"+tc.port, "--bytes", "5000")
+				if tc.want == "" && (r.Error != "" || r.Received != 777) {
+					t.Fatalf("to %s: %+v, want the 777-byte reply after our half-close", addr, r)
+				}
+				if tc.want != "" && !strings.Contains(r.Error, tc.want) {
+					t.Fatalf("to %s: error %q, want %q", addr, r.Error, tc.want)
+				}
+			}
+		})
+	}
+	peerDies := func(t *testing.T) map[string]string {
+		outcome := map[string]string{}
+		for _, pod := range []string{"hello-1", "hello-2"} {
+			srv, err := m.pods[pod].Start(m.echo, "tcp-serve", "--listen", "[::]:9003", "--mode", "echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-srv.Lines()
+			addr := map[string]string{"hello-1": "10.1.1.11", "hello-2": "10.1.2.12"}[pod]
+			cli, err := m.pods["client"].Start(m.echo, "tcp-send", "--addr", addr+":9003", "--bytes", "100000", "--hold", "1s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-cli.Lines() // holding
+			srv.Signal(syscall.SIGKILL)
+			<-srv.Done()
+			var r sendLine
+			for l := range cli.Lines() {
+				json.Unmarshal([]byte(l), &r)
+			}
+			outcome[pod] = classify(r)
+			time.Sleep(100 * time.Millisecond)
+		}
+		return outcome
+	}
+	var accelerated map[string]string
+	t.Run("peer_dies", func(t *testing.T) {
+		accelerated = peerDies(t)
+		if accelerated["hello-1"] != accelerated["hello-2"] {
+			t.Fatalf("a dead peer: accelerated %q, plain TCP to another node %q", accelerated["hello-1"], accelerated["hello-2"])
+		}
+	})
+
+	t.Run("off_by_default", func(t *testing.T) {
+		ka.proc.Stop()
+		m.startKmeshd("node-a", cfg)
+		before := txBytes(t, m, "client")
+		r := m.tcpSend(t, "--addr", "10.1.1.11:9004", "--bytes", strconv.Itoa(size), "--random")
+		if tx := txBytes(t, m, "client") - before; r.SentHash != r.ReceivedHash || r.Received != size || tx < size {
+			t.Fatalf("by default, to a splicing receiver: %+v, eth0 sent %d bytes; want plain TCP, intact", r, tx)
+		}
+		if plain := peerDies(t); plain["hello-1"] != accelerated["hello-1"] {
+			t.Fatalf("a dead peer on one node: %q accelerated, %q on plain TCP", accelerated["hello-1"], plain["hello-1"])
+		}
+	})
+}
+
+// classify reduces an exchange to what an application would notice. Which
+// of EPIPE or ECONNRESET comes first depends on timing, on plain TCP too.
+func classify(r sendLine) string {
+	switch {
+	case r.Error == "":
+		return "ok"
+	case strings.Contains(r.Error, "reset"), strings.Contains(r.Error, "broken pipe"):
+		return "peer gone"
+	}
+	return "error: " + r.Error
+}
