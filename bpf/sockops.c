@@ -42,6 +42,10 @@ static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct con
 	ev->remote_port = bpf_ntohl(skops->remote_port);
 }
 
+/* Set at load time: kmeshd --telemetry (default on). Off, no records are
+ * made; sockops still serves same-node acceleration. */
+volatile const bool km_telemetry = true;
+
 static __always_inline struct conn_event *sockops_reserve(void)
 {
 	struct conn_event *ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
@@ -73,6 +77,8 @@ static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 
 	skmsg_add(skops);
+	if (!km_telemetry)
+		return;
 
 	ev = sockops_reserve();
 	if (!ev)
@@ -136,7 +142,7 @@ static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
 	conn = bpf_sk_storage_get(&km_sock_conn, sk, 0, 0);
 	if (!conn)
 		return;
-	ev = sockops_reserve();
+	ev = km_telemetry ? sockops_reserve() : NULL;
 	if (ev) {
 		__builtin_memset(ev, 0, sizeof(*ev));
 		ev->type = KM_CONN_CLOSE;

@@ -82,6 +82,7 @@ removes it.`,
 	f.StringVar(&cfg.XDS.ClusterID, "cluster-id", "Kubernetes", "cluster of this node, sent to the control plane as CLUSTER_ID")
 	f.StringArrayVar(&cfg.EnrollNetns, "enroll-netns", nil, "network namespace path to enroll in the mesh whatever the config says (repeatable); for hosts without Kubernetes, as xDS enrolls nothing")
 	f.BoolVar(&cfg.Accelerate, "accelerate", false, "move data between enrolled sockets of this node socket to socket (sockops + sk_msg), skipping TCP/IP; receivers that read with splice(2) see no data, so off by default")
+	f.BoolVar(&cfg.Telemetry, "telemetry", true, "record every connection of enrolled workloads (istio_tcp_* metrics, access log, /connections)")
 	f.BoolVar(&cfg.AccessLog, "access-log", false, "write one access log line per closed connection (switch at run time: kmeshctl accesslog on|off)")
 	f.StringVar(&cfg.AccessLogFile, "access-log-file", "", "file for the access log, JSON lines (default: standard output)")
 

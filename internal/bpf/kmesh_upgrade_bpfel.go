@@ -172,6 +172,7 @@ const (
 	KmeshProgKmSockops          = "km_sockops"
 	KmeshVarKmAccelerate        = "km_accelerate"
 	KmeshVarKmHaveSetRetval     = "km_have_set_retval"
+	KmeshVarKmTelemetry         = "km_telemetry"
 	KmeshVarUnusedBackendFlag   = "unused_backend_flag"
 	KmeshVarUnusedConnDirection = "unused_conn_direction"
 	KmeshVarUnusedConnEvent     = "unused_conn_event"
@@ -254,6 +255,7 @@ type KmeshMapSpecs struct {
 type KmeshVariableSpecs struct {
 	KmAccelerate        *ebpf.VariableSpec `ebpf:"km_accelerate"`
 	KmHaveSetRetval     *ebpf.VariableSpec `ebpf:"km_have_set_retval"`
+	KmTelemetry         *ebpf.VariableSpec `ebpf:"km_telemetry"`
 	UnusedBackendFlag   *ebpf.VariableSpec `ebpf:"unused_backend_flag"`
 	UnusedConnDirection *ebpf.VariableSpec `ebpf:"unused_conn_direction"`
 	UnusedConnEvent     *ebpf.VariableSpec `ebpf:"unused_conn_event"`
@@ -319,6 +321,7 @@ func (m *KmeshMaps) Close() error {
 type KmeshVariables struct {
 	KmAccelerate        *ebpf.Variable `ebpf:"km_accelerate"`
 	KmHaveSetRetval     *ebpf.Variable `ebpf:"km_have_set_retval"`
+	KmTelemetry         *ebpf.Variable `ebpf:"km_telemetry"`
 	UnusedBackendFlag   *ebpf.Variable `ebpf:"unused_backend_flag"`
 	UnusedConnDirection *ebpf.Variable `ebpf:"unused_conn_direction"`
 	UnusedConnEvent     *ebpf.Variable `ebpf:"unused_conn_event"`

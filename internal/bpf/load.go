@@ -50,6 +50,8 @@ type Options struct {
 	// Accelerate moves data between enrolled sockets of this node socket
 	// to socket (sockops + sk_msg), skipping TCP/IP.
 	Accelerate bool
+	// Telemetry records every connection of an enrolled workload.
+	Telemetry bool
 }
 
 // Datapath is the loaded data plane: its maps, and (after Commit) the links

@@ -87,9 +87,16 @@ func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logg
 	if opts.Accelerate && !accelerate {
 		log.Warn("kernel lacks sk_msg redirects or their socket storage (5.10): same-node acceleration is off")
 	}
+	if err := s.Variables["km_telemetry"].Set(opts.Telemetry && f.Telemetry); err != nil {
+		return fmt.Errorf("set km_telemetry: %w", err)
+	}
 	if !f.Telemetry {
 		delete(s.Programs, KmeshProgKmSockops)
-		log.Warn("kernel lacks sockops netns cookies or ring buffers (5.15): no connection metrics or access logs")
+		if opts.Telemetry {
+			log.Warn("kernel lacks sockops netns cookies or ring buffers (5.15): no connection metrics or access logs")
+		}
+	} else if !opts.Telemetry && !accelerate {
+		delete(s.Programs, KmeshProgKmSockops) // nothing left for it to do
 	}
 	return nil
 }

@@ -50,6 +50,9 @@ type Config struct {
 	// Accelerate moves data between enrolled sockets of this node socket
 	// to socket (sockops + sk_msg).
 	Accelerate bool
+	// Telemetry records every connection of enrolled workloads for the
+	// istio_tcp_* metrics, the access log and /connections.
+	Telemetry bool
 	// AccessLog is the access log's state at start; /accesslog switches it.
 	AccessLog bool
 	// AccessLogFile receives the access log, one JSON line per closed
@@ -105,7 +108,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate}, log.With("component", "bpf"))
+	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate, Telemetry: cfg.Telemetry}, log.With("component", "bpf"))
 	if err != nil {
 		return err
 	}

@@ -191,6 +191,15 @@ func TestTelemetryCountsExactly(t *testing.T) {
 		t.Fatalf("held connection not in /connections: %+v", connections(t, ka.admin))
 	}
 	held.Wait()
+
+	// --telemetry=false records nothing, and traffic still flows.
+	ka.proc.Stop()
+	off := m.startKmeshdBin(m.kmeshd, "node-a", cfg, "--telemetry=false")
+	runLines(t, m, "client", "tcp-send", "--addr", "10.96.0.10:9000", "--bytes", "10", "--count", "3")
+	time.Sleep(500 * time.Millisecond)
+	if n := metricSum(t, off.metrics, "istio_tcp_connections_opened_total", source); n != 0 {
+		t.Fatalf("with --telemetry=false, %v connections recorded", n)
+	}
 }
 
 func runLines(t *testing.T, m *mesh, pod string, args ...string) []string {
