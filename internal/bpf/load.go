@@ -211,13 +211,15 @@ func (d *Datapath) Commit() error {
 	d.fresh = map[string]*ebpf.Map{}
 	for _, a := range attachments {
 		prog := d.programs[a.name]
-		if a.attach == ebpf.AttachSkMsgVerdict && (newSocks || prog == nil) {
+		// A part switched off (or that this kernel lacks) must not keep
+		// running from an earlier instance's link.
+		if prog == nil || (a.attach == ebpf.AttachSkMsgVerdict && newSocks) {
 			if err := removeLink(filepath.Join(d.opts.Dir, "link_"+a.name)); err != nil {
 				return err
 			}
 		}
 		if prog == nil {
-			continue // an optional part this kernel lacks, or switched off
+			continue
 		}
 		l, err := d.attach(a.name, prog, a.attach)
 		if err != nil {
