@@ -338,6 +338,9 @@ func buildADSMesh(st *store) *built {
 				eps = e.value.(*endpoints)
 			}
 		}
+		// Listeners arrive in no particular order; sort for stable meshes.
+		slices.SortFunc(f.addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+		slices.Sort(f.ports)
 		s := model.Service{Name: name, Addresses: f.addrs, LBMode: model.LBRandom}
 		for _, p := range f.ports {
 			tp := p
