@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 
@@ -122,13 +121,18 @@ func (d *Dataplane) Apply(m *model.Mesh) error {
 }
 
 func (d *Dataplane) applyBackends(want *desired) error {
-	// Sorted, so ids follow names and dumps are reproducible.
-	for _, key := range slices.Sorted(maps.Keys(want.backends)) {
+	// Only what changed, in name order, so ids follow names and dumps are
+	// reproducible; sorting all backends would cost more than the writes.
+	var changed []string
+	for key, v := range want.backends {
+		if cur := d.backends[key]; cur == nil || cur.value != v {
+			changed = append(changed, key)
+		}
+	}
+	slices.Sort(changed)
+	for _, key := range changed {
 		v := want.backends[key]
 		cur := d.backends[key]
-		if cur != nil && cur.value == v {
-			continue
-		}
 		if cur == nil {
 			id, err := d.backendIDs.get()
 			if err != nil {
@@ -146,12 +150,16 @@ func (d *Dataplane) applyBackends(want *desired) error {
 }
 
 func (d *Dataplane) applyServices(want *desired) error {
-	for _, key := range slices.Sorted(maps.Keys(want.services)) {
+	var changed []string
+	for key, ws := range want.services {
+		if !d.services[key].unchanged(ws) {
+			changed = append(changed, key)
+		}
+	}
+	slices.Sort(changed)
+	for _, key := range changed {
 		ws := want.services[key]
 		cur := d.services[key]
-		if cur.unchanged(ws) {
-			continue
-		}
 		var slots [2][]uint32
 		for fam, eps := range ws.endpoints {
 			in := make([]weighted, len(eps))

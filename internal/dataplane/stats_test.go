@@ -9,7 +9,7 @@ import (
 )
 
 func TestMapStats_CountsEntriesAndCapacity(t *testing.T) {
-	limits := bpf.Limits{Services: 4, Frontends: 8, Endpoints: 16, Backends: 8, Workloads: 2}
+	limits := bpf.Limits{Services: 4, Frontends: 8, Endpoints: 16, Backends: 8, Workloads: 2, Sockets: 4}
 	maps := newMaps(t, limits)
 	d, err := New(maps, limits, discard)
 	if err != nil {
