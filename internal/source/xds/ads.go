@@ -25,6 +25,7 @@ type adsClient struct {
 	nonces   map[string]string // last nonce per type
 	synced   map[string]bool   // types whose first response arrived
 	edsNames []string          // endpoint names subscribed to
+	resync   bool              // apply failed: restart the stream (see errResync)
 }
 
 func (c *adsClient) run(ctx context.Context, apply func(*model.Mesh) error) error {
@@ -73,6 +74,17 @@ func (c *adsClient) session(ctx context.Context) (bool, error) {
 		for _, req := range c.handle(resp) {
 			if err := stream.Send(req); err != nil {
 				return worked, err
+			}
+		}
+		if c.resync {
+			// Half-close and drain, so the NACK reaches the server
+			// before the stream ends.
+			c.resync = false
+			stream.CloseSend()
+			for {
+				if _, err := stream.Recv(); err != nil {
+					return false, errResync
+				}
 			}
 		}
 	}
@@ -142,6 +154,7 @@ func (c *adsClient) handle(resp *discovery.DiscoveryResponse) []*discovery.Disco
 	rejects = append(rejects, conflicts...)
 	if err != nil {
 		rejects = append(rejects, "apply: "+err.Error())
+		c.resync = true
 	} else if t == ClusterType && !slices.Equal(names, c.edsNames) {
 		c.edsNames = names
 		out = append(out, &discovery.DiscoveryRequest{TypeUrl: EndpointType, ResourceNames: names, VersionInfo: c.versions[EndpointType], ResponseNonce: c.nonces[EndpointType]})

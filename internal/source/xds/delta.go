@@ -45,6 +45,7 @@ type deltaClient struct {
 
 	eng    *engine
 	synced map[string]bool // types whose first response arrived
+	resync bool            // apply failed: restart the stream to be sent the change again
 }
 
 func (c *deltaClient) run(ctx context.Context, apply func(*model.Mesh) error) error {
@@ -52,6 +53,12 @@ func (c *deltaClient) run(ctx context.Context, apply func(*model.Mesh) error) er
 	c.synced = map[string]bool{}
 	return reconnectLoop(ctx, c.log, c.cfg.Address, c.session)
 }
+
+// errResync ends a stream after a failed apply. The store kept its
+// previous state, so the new stream's initial versions make the control
+// plane send the refused change again: the apply is retried, with backoff
+// while it keeps failing.
+var errResync = errors.New("apply failed; resyncing")
 
 // reconnectLoop runs session until ctx ends, waiting with backoff between
 // attempts. The data plane keeps its state while the control plane is
@@ -116,6 +123,17 @@ func (c *deltaClient) session(ctx context.Context) (bool, error) {
 		if err := stream.Send(c.handle(resp)); err != nil {
 			return worked, err
 		}
+		if c.resync {
+			// Half-close and drain, so the NACK reaches the server
+			// before the stream ends.
+			c.resync = false
+			stream.CloseSend()
+			for {
+				if _, err := stream.Recv(); err != nil {
+					return false, errResync
+				}
+			}
+		}
 	}
 }
 
@@ -166,6 +184,7 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 		rejects = append(rejects, conflicts...)
 		if err != nil {
 			rejects = append(rejects, "apply: "+err.Error())
+			c.resync = true
 		}
 	}
 	if first && ready && c.eng.applied {

@@ -61,8 +61,10 @@
 // service address and port, the same workload or service name) is left out
 // of the mesh and named in the NACK; it joins once the clash is gone. If
 // apply fails (the data plane is full, say), the response is NACKed with
-// that error and the store keeps its previous state, so the next push
-// tries again.
+// that error and the store keeps its previous state. The client then
+// restarts the stream (after the reconnect backoff), announcing only what
+// it holds, so the control plane sends the refused change again and the
+// apply is retried; the data plane keeps its last good state meanwhile.
 //
 // # Connection
 //

@@ -215,9 +215,10 @@ func TestWorkloadClient_RejectsClashingService(t *testing.T) {
 }
 
 // When the data plane refuses a mesh, the response is NACKed with its
-// error and the store keeps the previous state: the next push builds on
-// it, not on the refused change.
-func TestWorkloadClient_ApplyFailureNACKs(t *testing.T) {
+// error and the store keeps its previous state; the client then restarts
+// the stream, so the control plane sends the refused change again and the
+// apply is retried (with backoff while it keeps failing).
+func TestWorkloadClient_ApplyFailureNACKsAndRetries(t *testing.T) {
 	srv := startWorkloadServer(t, hello1, hello2)
 	a := runClient(t, NewWorkloadClient, srv.Addr())
 	a.next(t)
@@ -230,14 +231,22 @@ func TestWorkloadClient_ApplyFailureNACKs(t *testing.T) {
 	if msg := nack.GetErrorDetail().GetMessage(); msg != "apply: dataplane is full" {
 		t.Fatalf("NACK %q, want the apply error", msg)
 	}
-	a.setFail(nil)
-	name, c := client.Address()
-	put(t, srv.Addresses, name, c)
-	m := a.next(t)
-	if m.Workload("default/client") == nil || m.Workload("default/hello-4") != nil {
-		t.Fatalf("after the failed apply and a new push:\n%s", meshString(m))
+	// The resumed stream does not claim the refused workload, so the
+	// control plane sends it again.
+	resumed, _ := srv.WaitDelta(t, skip, func(r *discovery.DeltaDiscoveryRequest) bool {
+		return r.GetTypeUrl() == AddressType && r.GetResponseNonce() == "" && r.GetInitialResourceVersions()[hello2.UID()] != ""
+	})
+	if _, ok := resumed.GetInitialResourceVersions()[hello4.UID()]; ok {
+		t.Fatalf("resumed stream claims hello-4, which was never applied")
 	}
-	srv.WaitDelta(t, skip, isAck(AddressType))
+	a.setFail(nil)
+	m := a.until(t, func(m *model.Mesh) bool { return m.Workload("default/hello-4") != nil })
+	if eps := endpointsOf(m, "default/hello"); !slices.Equal(eps, []string{"default/hello-1", "default/hello-2", "default/hello-4"}) {
+		t.Fatalf("endpoints %v after the retry", eps)
+	}
+	if !strings.Contains(a.log.String(), "resyncing") {
+		t.Errorf("no resync logged:\n%s", a.log)
+	}
 }
 
 // The control plane goes away and comes back on the same port: the data
