@@ -42,6 +42,7 @@ type Server struct {
 
 	addr string
 	xds  server.Server
+	opts []grpc.ServerOption
 
 	mu    sync.Mutex
 	grpc  *grpc.Server
@@ -49,8 +50,9 @@ type Server struct {
 	sotw  []*discovery.DiscoveryRequest
 }
 
-// Start serves on addr ("" for a free loopback port) until the test ends.
-func Start(tb testing.TB, addr string) *Server {
+// Start serves on addr ("" for a free loopback port) until the test ends,
+// with opts for the gRPC server (TLS credentials, interceptors).
+func Start(tb testing.TB, addr string, opts ...grpc.ServerOption) *Server {
 	tb.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -59,6 +61,7 @@ func Start(tb testing.TB, addr string) *Server {
 		Addresses:      cache.NewLinearCache(AddressType),
 		Authorizations: cache.NewLinearCache(AuthorizationType),
 		Snapshots:      cache.NewSnapshotCache(false, cache.IDHash{}, nil),
+		opts:           opts,
 	}
 	mux := &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
@@ -97,7 +100,7 @@ func Start(tb testing.TB, addr string) *Server {
 }
 
 func (s *Server) serve(lis net.Listener) {
-	g := grpc.NewServer()
+	g := grpc.NewServer(s.opts...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
 	s.mu.Lock()
 	s.grpc = g
