@@ -10,7 +10,6 @@
 package telemetry
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -117,11 +117,14 @@ func (t *Telemetry) read() {
 			t.log.Warn("read connection record", "err", err)
 			continue
 		}
-		var ev bpf.KmeshConnEvent
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
-			t.log.Warn("decode connection record", "err", err)
+		// The record is the C struct as the kernel wrote it; its Go twin has
+		// the same layout (bpf2go, structs.HostLayout), so it is copied as is
+		// rather than decoded field by field: this runs once per connection.
+		if len(rec.RawSample) < int(unsafe.Sizeof(bpf.KmeshConnEvent{})) {
+			t.log.Warn("short connection record", "bytes", len(rec.RawSample))
 			continue
 		}
+		ev := *(*bpf.KmeshConnEvent)(unsafe.Pointer(&rec.RawSample[0]))
 		t.handle(&ev)
 	}
 }

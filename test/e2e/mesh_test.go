@@ -44,7 +44,7 @@ var (
 // mesh is the topology of examples/hello.yaml: node-a with client, outsider
 // (not in the mesh) and hello-1; node-b with hello-2 and hello-3.
 type mesh struct {
-	t      *testing.T
+	t      testing.TB
 	bed    *testbed.Bed
 	echo   string
 	kmeshd string
@@ -67,7 +67,7 @@ var helloWorkloads = []workloadSpec{
 	{"hello-3", "hello", "node-b", []string{"10.1.2.13", "fd00:1:2::13"}, 1},
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t testing.TB) *mesh {
 	t.Helper()
 	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
 	var err error
