@@ -12,8 +12,13 @@ import (
 
 	"github.com/cilium/ebpf/link"
 
+	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
+
+func xdstestUID(name string) string {
+	return xdstest.Workload{Namespace: "default", Name: name}.UID()
+}
 
 // traffic is a client running until stopped, one request per line.
 type traffic struct {
@@ -179,5 +184,72 @@ func TestRestartAndUpgradeUnderTraffic(t *testing.T) {
 	t.Logf("last new connection to hello-3 (removed while kmeshd was down): %v after the restart began", max(lastHello3.Sub(restartAt), 0))
 	if !strings.Contains(k.proc.Stderr(), "restart=true") {
 		t.Fatalf("the upgraded kmeshd did not find the pinned data plane:\n%s", k.proc.Stderr())
+	}
+}
+
+// TestXdsControlPlaneAwayUnderTraffic takes the xDS control plane away
+// while traffic flows, restarts kmeshd while it is away, and brings it
+// back: no request fails, the kept-alive connection lives on, and the
+// resumed stream still delivers changes.
+func TestXdsControlPlaneAwayUnderTraffic(t *testing.T) {
+	m := newMesh(t)
+	srv := helloXdsServer(t)
+	k := m.startXdsKmeshd(srv, "workload")
+	perConn := m.startTraffic("new-connection")
+	keepalive := m.startTraffic("keep-alive", "--keepalive")
+
+	srv.Stop()
+	time.Sleep(500 * time.Millisecond)
+	// kmeshd restarts while the control plane is away: the pinned data
+	// plane serves; the new daemon waits for its first push.
+	if err := k.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-k.proc.Done()
+	restarted, err := m.bed.StartRoot(m.kmeshd, "--node", "node-a", "--cgroup", k.node.Cgroup, "--bpf-dir", k.node.BPFDir,
+		"--admin-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0",
+		"--xds-address", srv.Addr(), "--xds-mode", "workload", "--enroll-netns", m.pods["client"].NetnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { restarted.Stop() })
+	time.Sleep(time.Second)
+	srv.Restart(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(restarted.Stderr(), `msg="kmeshd ready"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("kmeshd not ready after the control plane came back:\n%s", restarted.Stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	// The resumed stream delivers changes: hello-2 leaves.
+	if err := srv.Addresses.DeleteResource(xdstestUID("hello-2")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	changeAt := time.Now()
+	time.Sleep(300 * time.Millisecond)
+
+	rs, rate := perConn.stop(t)
+	ka, kaRate := keepalive.stop(t)
+	t.Logf("new connection per request: %d requests, %.0f/s; keep-alive: %d requests, %.0f/s", len(rs), rate, len(ka), kaRate)
+	for _, set := range [][]result{rs, ka} {
+		for _, r := range set {
+			if r.Error != "" {
+				t.Fatalf("request %d failed: %s", r.Seq, r.Error)
+			}
+		}
+	}
+	for _, r := range ka {
+		if r.Conn != 1 {
+			t.Fatalf("keep-alive request %d used connection %d: the first connection was lost", r.Seq, r.Conn)
+		}
+	}
+	for _, r := range rs {
+		if r.Pod == "hello-2" && time.Unix(0, r.At).After(changeAt) {
+			t.Fatalf("hello-2 got a new connection after the resumed stream removed it")
+		}
 	}
 }

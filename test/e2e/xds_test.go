@@ -19,17 +19,7 @@ import (
 func TestXds(t *testing.T) {
 	t.Run("workload", func(t *testing.T) {
 		m := newMesh(t)
-		srv := xdstest.Start(t, "")
-		name, svc := xdstest.Service("default", "hello", []string{"10.96.0.10", "fd00:96::10"}, xdstest.Port{Service: 80, Target: 8080})
-		mustUpdate(t, srv.Addresses, name, svc)
-		for _, w := range helloWorkloads {
-			xw := xdstest.Workload{Namespace: "default", Name: w.name, Node: w.node, IPs: w.addrs}
-			if w.app == "hello" {
-				xw.Services = map[string][]xdstest.Port{"default/hello": {{Service: 80, Target: 8080}}}
-			}
-			name, a := xw.Address()
-			mustUpdate(t, srv.Addresses, name, a)
-		}
+		srv := helloXdsServer(t)
 		k := m.startXdsKmeshd(srv, "workload")
 		checkXdsTraffic(t, m, k, func() {
 			if err := srv.Addresses.DeleteResource(xdstest.Workload{Namespace: "default", Name: "hello-2"}.UID()); err != nil {
@@ -72,6 +62,24 @@ func TestXds(t *testing.T) {
 		k := m.startXdsKmeshd(srv, "ads")
 		checkXdsTraffic(t, m, k, func() { snapshot("2", "hello-1", "hello-3") })
 	})
+}
+
+// helloXdsServer serves examples/hello.yaml's service and workloads over
+// the ambient workload API.
+func helloXdsServer(t *testing.T) *xdstest.Server {
+	t.Helper()
+	srv := xdstest.Start(t, "")
+	name, svc := xdstest.Service("default", "hello", []string{"10.96.0.10", "fd00:96::10"}, xdstest.Port{Service: 80, Target: 8080})
+	mustUpdate(t, srv.Addresses, name, svc)
+	for _, w := range helloWorkloads {
+		xw := xdstest.Workload{Namespace: "default", Name: w.name, Node: w.node, IPs: w.addrs}
+		if w.app == "hello" {
+			xw.Services = map[string][]xdstest.Port{"default/hello": {{Service: 80, Target: 8080}}}
+		}
+		name, a := xw.Address()
+		mustUpdate(t, srv.Addresses, name, a)
+	}
+	return srv
 }
 
 // startXdsKmeshd starts kmeshd on node-a with the xDS server as its config
