@@ -35,8 +35,9 @@ const ProtocolTCP Protocol = "TCP"
 type Mesh struct {
 	Services  []Service
 	Workloads []Workload
-	// Policies are the authorization policies of the mesh (see policy.go).
-	// Only the xDS source fills them so far, and nothing enforces them yet.
+	// Policies are the authorization policies of the mesh (see policy.go),
+	// enforced by the data plane at connect and on incoming SYNs (see
+	// internal/authz for their meaning).
 	Policies []Policy
 }
 
@@ -82,6 +83,16 @@ type Workload struct {
 	// Weight is the workload's share of each service it serves (1..MaxWeight).
 	Weight uint32
 
+	// ServiceAccount is the workload's identity (its SPIFFE id is
+	// spiffe://cluster.local/ns/<namespace>/sa/<service account>); empty
+	// means "default", as for a Kubernetes pod.
+	ServiceAccount string
+	// Policies are the keys (namespace/name) of the workload-selector
+	// policies that apply to it; namespace and global policies apply by
+	// their scope and are not listed. The file source resolves selectors
+	// into it; xDS sends it.
+	Policies []string
+
 	// The fields below come from the xDS workload API; the file source
 	// leaves them empty.
 
@@ -91,15 +102,8 @@ type Workload struct {
 	// Network is the network the workload's addresses belong to; "" is
 	// the default network.
 	Network string
-	// ServiceAccount is the workload's identity (its SPIFFE id is
-	// spiffe://<trust domain>/ns/<namespace>/sa/<service account>).
-	ServiceAccount string
 	// Locality is where the workload runs, for locality-aware balancing.
 	Locality Locality
-	// Policies are the keys (namespace/name) of the workload-selector
-	// policies that apply to it; namespace and global policies apply by
-	// their scope and are not listed.
-	Policies []string
 }
 
 // Locality is a workload's place in the region/zone/subzone hierarchy.

@@ -28,6 +28,9 @@ const (
 	ActionAllow PolicyAction = "allow"
 	// ActionDeny denies matching connections; deny wins over allow.
 	ActionDeny PolicyAction = "deny"
+	// ActionAudit neither allows nor denies: connections it matches are
+	// counted, nothing else. (Istio's AUDIT action; ztunnel has none.)
+	ActionAudit PolicyAction = "audit"
 )
 
 // MatchKind is how a [StringMatch] compares.
@@ -59,12 +62,21 @@ type Policy struct {
 func (p *Policy) Key() string { return p.Namespace + "/" + p.Name }
 
 // PolicyRule matches when every one of its clauses matches (AND; Istio's
-// rules within a group).
+// rules within a group). A rule with no clauses matches every connection.
 type PolicyRule struct {
 	Clauses []PolicyClause
+	// L7 names the attributes of the rule that only an L7 proxy can check
+	// (to[0].operation.methods, when[1] request.headers[x-user], ...),
+	// which the source left out of Clauses. As istiod does for ztunnel,
+	// an allow rule with L7 attributes never matches; a deny rule matches
+	// on its L4 clauses alone, so it denies more rather than less. The xDS
+	// source never sets it: istiod has already applied that rule.
+	L7 []string
 }
 
-// PolicyClause matches when any of its matches matches (OR).
+// PolicyClause matches when any of its matches matches (OR). A clause with
+// no matches matches every connection; a match with no fields matches none
+// (ztunnel's reading of the same structure).
 type PolicyClause struct {
 	Matches []PolicyMatch
 }
@@ -124,10 +136,15 @@ func (m *Mesh) validatePolicies() error {
 		default:
 			return fmt.Errorf("policy %s: unknown scope %q", p.Key(), p.Scope)
 		}
-		if p.Action != ActionAllow && p.Action != ActionDeny {
+		if p.Action != ActionAllow && p.Action != ActionDeny && p.Action != ActionAudit {
 			return fmt.Errorf("policy %s: unknown action %q", p.Key(), p.Action)
 		}
 		for r, rule := range p.Rules {
+			for _, attr := range rule.L7 {
+				if attr == "" {
+					return fmt.Errorf("policy %s: rule %d: empty L7 attribute name", p.Key(), r)
+				}
+			}
 			for c, clause := range rule.Clauses {
 				for n := range clause.Matches {
 					if err := clause.Matches[n].validate(); err != nil {

@@ -34,7 +34,7 @@ func TestMesh_ValidatePolicies(t *testing.T) {
 		{"namespace scope needs namespace", func(m *Mesh) {
 			m.Policies[0].Namespace, m.Policies[0].Scope, m.Workloads[0].Policies = "", ScopeNamespace, nil
 		}, "scope namespace needs a namespace"},
-		{"action", func(m *Mesh) { m.Policies[0].Action = "audit" }, `unknown action "audit"`},
+		{"action", func(m *Mesh) { m.Policies[0].Action = "custom" }, `unknown action "custom"`},
 		{"unmasked prefix", func(m *Mesh) {
 			m.Policies[0].Rules[0].Clauses[0].Matches[0].SourceIPs[0] = netip.PrefixFrom(netip.MustParseAddr("10.1.2.3"), 16)
 		}, "rule 0: clause 0: match 0: invalid address block"},
