@@ -156,16 +156,13 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 	if len(p.errs) > 0 {
 		return
 	}
-	byNamespace := map[string][]*workload{}
 	for _, w := range workloads {
 		m.Workloads = append(m.Workloads, w.Workload)
-		byNamespace[w.Namespace] = append(byNamespace[w.Namespace], w)
 	}
+	labels := model.NewLabelIndex(m.Workloads)
 	for _, s := range services {
-		for _, w := range byNamespace[s.Namespace] {
-			if model.SelectorMatches(s.selector, w.Labels) {
-				s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: w.Key()})
-			}
+		for _, i := range labels.Select(s.Namespace, s.selector) {
+			s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: m.Workloads[i].Key()})
 		}
 		slices.SortFunc(s.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })
 		m.Services = append(m.Services, s.Service)
