@@ -94,6 +94,9 @@ func (d *Dataplane) Apply(m *model.Mesh) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.stale != nil {
+		d.adopt(want)
+	}
 	if err := d.checkCapacity(want); err != nil {
 		return err
 	}

@@ -206,7 +206,7 @@ func TestDataplane_FullMapRefusedWithoutWrites(t *testing.T) {
 	}
 }
 
-func TestDataplane_NewInstanceSweepsStaleEntriesAfterFirstApply(t *testing.T) {
+func TestDataplane_NewInstanceAdoptsWhatItKeepsAndSweepsTheRest(t *testing.T) {
 	maps := newMaps(t, bpf.DefaultLimits)
 	old, _ := New(maps, bpf.DefaultLimits, discard)
 	h1, h2 := workload("hello-1", 1, "10.1.1.11"), workload("hello-2", 1, "10.1.2.12")
@@ -221,16 +221,50 @@ func TestDataplane_NewInstanceSweepsStaleEntriesAfterFirstApply(t *testing.T) {
 	if d.stale == nil || len(d.stale.services) != 1 || len(d.stale.backends) != 2 {
 		t.Fatalf("stale entries found: %+v", d.stale)
 	}
+	// hello-1 left while no daemon ran: the service keeps its id and flips
+	// generation; hello-2 keeps its backend; hello-1's goes.
 	if err := d.Apply(hello(model.LBRandom, h2)); err != nil {
 		t.Fatal(err)
 	}
-	want := `backend 3 v4=10.1.2.12
-endpoint service=2 family=v4 gen=0 slot=0 backend=3
-frontend 10.96.0.10:80/TCP service=2 target_port=8080
-frontend [fd00:96::10]:80/TCP service=2 target_port=8080
-service 2 mode=random gen=0 slots_v4=1 slots_v6=0`
+	want := `backend 2 v4=10.1.2.12
+endpoint service=1 family=v4 gen=1 slot=0 backend=2
+frontend 10.96.0.10:80/TCP service=1 target_port=8080
+frontend [fd00:96::10]:80/TCP service=1 target_port=8080
+service 1 mode=random gen=1 slots_v4=1 slots_v6=0`
 	if got := dump(t, maps); got != want {
 		t.Fatalf("maps:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestDataplane_RestartWithSameConfigWritesNothingAndFitsFullMaps(t *testing.T) {
+	// Maps sized for the mesh plus one slot of headroom (an update writes
+	// a service's new slots before freeing the old): a restart that wrote a
+	// second copy of everything before removing the first would not fit.
+	limits := bpf.DefaultLimits
+	limits.Services, limits.Frontends, limits.Endpoints, limits.Backends = 1, 2, 4, 2
+	maps := newMaps(t, limits)
+	m := hello(model.LBRoundRobin, workload("hello-1", 1, "10.1.1.11", "fd00:1:1::11"), workload("hello-2", 1, "10.1.2.12"))
+	old, _ := New(maps, limits, discard)
+	if err := old.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, maps)
+	d, err := New(maps, limits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(m); err != nil {
+		t.Fatalf("restart with the same config into full maps: %v", err)
+	}
+	if after := dump(t, maps); after != before {
+		t.Fatalf("maps changed by a restart with the same config:\n%s\nwas:\n%s", after, before)
+	}
+	if d.stale != nil {
+		t.Fatalf("stale entries left after the first apply: %+v", d.stale)
+	}
+	// And the restarted instance goes on updating in place.
+	if err := d.Apply(hello(model.LBRoundRobin, workload("hello-2", 1, "10.1.2.12"))); err != nil {
+		t.Fatal(err)
 	}
 }
 

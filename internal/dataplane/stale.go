@@ -2,17 +2,21 @@ package dataplane
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/kmesh-go/kmesh/internal/bpf"
 )
 
 // staleEntries are what a previous kmeshd left in pinned maps. They keep
-// serving connections until the first full state is written, then go.
+// serving connections until the first full state is written. That state
+// adopts every entry it would write the same way (adopt), so a restart with
+// an unchanged config rewrites nothing and needs no room for a second copy
+// of the mesh; whatever is left after it is removed (sweepStale).
 type staleEntries struct {
-	services  map[uint32]bool
-	backends  map[uint32]bool
-	frontends map[bpf.KmeshFrontendKey]bool
-	endpoints []bpf.KmeshEndpointKey
+	services  map[uint32]bpf.KmeshServiceValue
+	backends  map[uint32]bpf.KmeshBackendValue
+	frontends map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue
+	endpoints map[bpf.KmeshEndpointKey]uint32 // slot -> backend id
 }
 
 func (s *staleEntries) empty() bool {
@@ -20,12 +24,17 @@ func (s *staleEntries) empty() bool {
 }
 
 func scanStale(maps *bpf.KmeshMaps) (*staleEntries, error) {
-	s := &staleEntries{services: map[uint32]bool{}, backends: map[uint32]bool{}, frontends: map[bpf.KmeshFrontendKey]bool{}}
+	s := &staleEntries{
+		services:  map[uint32]bpf.KmeshServiceValue{},
+		backends:  map[uint32]bpf.KmeshBackendValue{},
+		frontends: map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue{},
+		endpoints: map[bpf.KmeshEndpointKey]uint32{},
+	}
 	var id uint32
 	var sv bpf.KmeshServiceValue
 	it := maps.KmService.Iterate()
 	for it.Next(&id, &sv) {
-		s.services[id] = true
+		s.services[id] = sv
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmService, err)
@@ -33,7 +42,7 @@ func scanStale(maps *bpf.KmeshMaps) (*staleEntries, error) {
 	var bv bpf.KmeshBackendValue
 	it = maps.KmBackend.Iterate()
 	for it.Next(&id, &bv) {
-		s.backends[id] = true
+		s.backends[id] = bv
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmBackend, err)
@@ -42,7 +51,7 @@ func scanStale(maps *bpf.KmeshMaps) (*staleEntries, error) {
 	var fv bpf.KmeshFrontendValue
 	it = maps.KmFrontend.Iterate()
 	for it.Next(&fk, &fv) {
-		s.frontends[fk] = true
+		s.frontends[fk] = fv
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmFrontend, err)
@@ -51,7 +60,7 @@ func scanStale(maps *bpf.KmeshMaps) (*staleEntries, error) {
 	var ev bpf.KmeshEndpointValue
 	it = maps.KmEndpoint.Iterate()
 	for it.Next(&ek, &ev) {
-		s.endpoints = append(s.endpoints, ek)
+		s.endpoints[ek] = ev.BackendId
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmEndpoint, err)
@@ -59,8 +68,99 @@ func scanStale(maps *bpf.KmeshMaps) (*staleEntries, error) {
 	return s, nil
 }
 
+// adopt takes over the previous instance's entries that want describes:
+// backends by their addresses, services by their frontends, and a
+// service's live slots when they are the ones want gives it.
+func (d *Dataplane) adopt(want *desired) {
+	s := d.stale
+	byValue := map[bpf.KmeshBackendValue][]uint32{}
+	for id, v := range s.backends {
+		byValue[v] = append(byValue[v], id)
+	}
+	for key, v := range want.backends {
+		ids := byValue[v]
+		if len(ids) == 0 {
+			continue
+		}
+		id := ids[len(ids)-1]
+		byValue[v] = ids[:len(ids)-1]
+		d.backends[key] = &backendState{id: id, value: v}
+		delete(s.backends, id)
+	}
+
+	for k, wf := range want.frontends {
+		fv, ok := s.frontends[k]
+		if !ok {
+			continue
+		}
+		if d.services[wf.service] == nil {
+			sv, ok := s.services[fv.ServiceId]
+			if !ok {
+				continue
+			}
+			d.adoptService(wf.service, fv.ServiceId, sv, want.services[wf.service])
+		}
+		if cur := d.services[wf.service]; cur != nil && cur.id == fv.ServiceId && fv.TargetPort == wf.targetPort {
+			d.frontends[k] = fv
+			delete(s.frontends, k)
+		}
+	}
+}
+
+// adoptService takes over service id with its live slots. When the slots
+// are the ones ws asks for, the service counts as unchanged; otherwise the
+// first apply writes the other generation and flips to it, as any update.
+func (d *Dataplane) adoptService(key string, id uint32, sv bpf.KmeshServiceValue, ws *desiredService) {
+	s := d.stale
+	cur := &serviceState{id: id, value: sv}
+	for fam := range cur.slots {
+		n := sv.Slots[fam]
+		cur.slots[fam] = make([]uint32, 0, n)
+		for i := range n {
+			k := bpf.KmeshEndpointKey{ServiceId: id, Family: uint8(fam), Gen: sv.Gen, Slot: i}
+			b, ok := s.endpoints[k]
+			if !ok {
+				break // a torn table: let the update rewrite it
+			}
+			cur.slots[fam] = append(cur.slots[fam], b)
+		}
+	}
+	// The live slots are ours now; leftovers of the other generation (a
+	// previous instance stopped mid-update) are swept.
+	for fam := range cur.slots {
+		for i := range cur.slots[fam] {
+			delete(s.endpoints, bpf.KmeshEndpointKey{ServiceId: id, Family: uint8(fam), Gen: sv.Gen, Slot: uint32(i)})
+		}
+	}
+	if ws != nil && sv.LbMode == ws.lbMode {
+		want := d.slotsFor(ws)
+		if slices.Equal(want[0], cur.slots[0]) && slices.Equal(want[1], cur.slots[1]) {
+			cur.endpoints = ws.endpoints
+		}
+	}
+	d.services[key] = cur
+	delete(s.services, id)
+}
+
+// slotsFor computes ws's slot tables, or nothing when a backend has no id
+// yet (then the service is not unchanged anyway).
+func (d *Dataplane) slotsFor(ws *desiredService) (slots [2][]uint32) {
+	for fam, eps := range ws.endpoints {
+		in := make([]weighted, len(eps))
+		for i, e := range eps {
+			b := d.backends[e.workload]
+			if b == nil {
+				return [2][]uint32{}
+			}
+			in[i] = weighted{backend: b.id, weight: e.weight}
+		}
+		slots[fam] = expandSlots(in)
+	}
+	return slots
+}
+
 // sweepStale removes the previous instance's entries that the first full
-// state did not overwrite: frontends first, then services, slots, backends.
+// state did not adopt: frontends first, then services, slots, backends.
 func (d *Dataplane) sweepStale() error {
 	s := d.stale
 	for k := range s.frontends {
@@ -76,7 +176,16 @@ func (d *Dataplane) sweepStale() error {
 			return fmt.Errorf("sweep service %d: %w", id, err)
 		}
 	}
-	for _, k := range s.endpoints {
+	live := map[uint32]*serviceState{}
+	for _, cur := range d.services {
+		live[cur.id] = cur
+	}
+	for k := range s.endpoints {
+		// An adopted service may have flipped to the generation a stale
+		// leftover was in: its live slots stay.
+		if cur := live[k.ServiceId]; cur != nil && k.Gen == cur.value.Gen && k.Slot < uint32(len(cur.slots[k.Family&1])) {
+			continue
+		}
 		if err := d.maps.KmEndpoint.Delete(k); err != nil && !isNotExist(err) {
 			return fmt.Errorf("sweep endpoint slot %+v: %w", k, err)
 		}

@@ -9,7 +9,8 @@ import (
 )
 
 func TestMapStats_CountsEntriesAndCapacity(t *testing.T) {
-	limits := bpf.Limits{Services: 4, Frontends: 8, Endpoints: 16, Backends: 8, Workloads: 2, Sockets: 4}
+	limits := bpf.DefaultLimits
+	limits.Services, limits.Frontends, limits.Endpoints, limits.Backends, limits.Workloads = 4, 8, 16, 8, 2
 	maps := newMaps(t, limits)
 	d, err := New(maps, limits, discard)
 	if err != nil {
