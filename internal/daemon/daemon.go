@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +26,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/metrics"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
+	"github.com/kmesh-go/kmesh/internal/source/kube"
 	"github.com/kmesh-go/kmesh/internal/source/xds"
 	"github.com/kmesh-go/kmesh/internal/telemetry"
 )
@@ -46,6 +46,9 @@ type Config struct {
 	// config says: static enrollment for hosts without Kubernetes. xDS
 	// never enrolls anything (its workloads have no netns).
 	EnrollNetns []string
+	// Kube, when enabled (a kubeconfig, or running in a pod), enrolls this
+	// node's pods labelled for the mesh (see internal/source/kube).
+	Kube kube.Config
 
 	// Accelerate moves data between enrolled sockets of this node socket
 	// to socket (sockops + sk_msg).
@@ -101,6 +104,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := checkNetns(cfg.EnrollNetns); err != nil {
 		return err
 	}
+	ksrc, err := newKubeSource(cfg, log)
+	if err != nil {
+		return err
+	}
 	var mesh *model.Mesh
 	if xsrc == nil {
 		if mesh, err = src.Load(); err != nil {
@@ -131,6 +138,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	} else {
 		defer stats.Close()
 	}
+	kctx, stopKube := context.WithCancel(ctx)
+	defer stopKube()
+	d.startKube(kctx, ksrc)
 	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir)}, log.With("component", "metrics"))
 	d.kind = sourceFile
 	if xsrc != nil {
@@ -246,6 +256,8 @@ type daemon struct {
 	mu      sync.Mutex
 	mesh    *model.Mesh
 	version uint64
+
+	enrolling enrollment
 }
 
 // apply writes a new mesh into the maps and enrolls this node's workloads.
@@ -257,19 +269,13 @@ func (d *daemon) apply(m *model.Mesh) error {
 	}
 	d.metrics.ConfigUpdate(d.kind, nil)
 	d.telemetry.SetMesh(m)
-	local := slices.Clone(d.static)
-	for _, w := range m.Workloads {
-		if w.Node == d.node && w.Netns != "" {
-			local = append(local, w.Netns)
-		}
-	}
-	enrollErr := d.enroller.Sync(local)
+	enrolled, enrollErr := d.enrollMesh(m)
 	d.mu.Lock()
 	d.mesh = m
 	d.version++
 	v := d.version
 	d.mu.Unlock()
-	d.log.Info("config applied", "version", v, "services", len(m.Services), "workloads", len(m.Workloads), "enrolled", len(local))
+	d.log.Info("config applied", "version", v, "services", len(m.Services), "workloads", len(m.Workloads), "enrolled", enrolled)
 	if enrollErr != nil {
 		d.log.Error("enrollment incomplete", "err", enrollErr)
 	}

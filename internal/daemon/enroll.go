@@ -1,0 +1,95 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/source/kube"
+)
+
+// enrollment is the union of the network namespaces each source wants
+// enrolled: --enroll-netns, the mesh's workloads of this node (a file
+// names their netns; xDS never does) and this node's pods from Kubernetes.
+// One enroller keeps km_manage equal to the union.
+//
+// Nothing is synced until every source has spoken once (the first mesh is
+// applied; the kube source, when on, has listed the node's pods): the first
+// sync removes entries nobody wants, and a restarted kmeshd must not drop
+// the pods a previous instance enrolled while its pod list is still loading.
+type enrollment struct {
+	mu      sync.Mutex
+	mesh    []string
+	meshSet bool
+	kube    []string
+	kubeOn  bool
+	kubeSet bool
+}
+
+// newKubeSource returns the Kubernetes enrollment source of cfg, or nil
+// when kmeshd does not watch Kubernetes.
+func newKubeSource(cfg Config, log *slog.Logger) (*kube.Source, error) {
+	if !cfg.Kube.Enabled() {
+		return nil, nil
+	}
+	kc := cfg.Kube
+	kc.Node = cfg.Node
+	return kube.New(kc, log.With("component", "kube"))
+}
+
+// startKube runs the kube source until ctx ends; its reports feed the
+// enrollment.
+func (d *daemon) startKube(ctx context.Context, ks *kube.Source) {
+	if ks == nil {
+		return
+	}
+	d.enrolling.mu.Lock()
+	d.enrolling.kubeOn = true
+	d.enrolling.mu.Unlock()
+	go func() {
+		if err := ks.Run(ctx, d.kubeReport); err != nil && ctx.Err() == nil {
+			d.log.Error("kubernetes enrollment stopped", "err", err)
+		}
+	}()
+}
+
+func (d *daemon) kubeReport(paths []string) {
+	d.enrolling.mu.Lock()
+	defer d.enrolling.mu.Unlock()
+	d.enrolling.kube, d.enrolling.kubeSet = paths, true
+	n, err := d.syncEnrollment()
+	d.log.Info("kubernetes pods enrolled", "pods", len(paths), "enrolled", n)
+	if err != nil {
+		d.log.Error("enrollment incomplete", "err", err)
+	}
+}
+
+// enrollMesh enrolls the workloads of this node in m, with the other
+// sources' namespaces, and returns how many namespaces are enrolled.
+func (d *daemon) enrollMesh(m *model.Mesh) (int, error) {
+	var local []string
+	for _, w := range m.Workloads {
+		if w.Node == d.node && w.Netns != "" {
+			local = append(local, w.Netns)
+		}
+	}
+	d.enrolling.mu.Lock()
+	defer d.enrolling.mu.Unlock()
+	d.enrolling.mesh, d.enrolling.meshSet = local, true
+	return d.syncEnrollment()
+}
+
+// syncEnrollment makes km_manage the union of the sources, once each has
+// spoken. The caller holds enrolling.mu.
+func (d *daemon) syncEnrollment() (int, error) {
+	e := &d.enrolling
+	if !e.meshSet || (e.kubeOn && !e.kubeSet) {
+		return 0, nil
+	}
+	union := slices.Concat(d.static, e.mesh, e.kube)
+	slices.Sort(union)
+	union = slices.Compact(union)
+	return len(union), d.enroller.Sync(union)
+}

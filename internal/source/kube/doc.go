@@ -1,0 +1,55 @@
+// Package kube enrolls the pods of this node from the Kubernetes API, as
+// Istio's CNI agent does for ztunnel: a [Source] watches the pods whose
+// spec.nodeName is this node and the namespaces (client-go informers), and
+// reports the network namespaces of the pods that belong in the mesh. It
+// only enrolls: the mesh itself (services, endpoints) comes from istiod or
+// another config source.
+//
+// # Which pods
+//
+// [Wants] decides, following Istio ambient's rule:
+//
+//   - a pod with hostNetwork is never enrolled: its namespace is the host's;
+//   - a pod labelled istio.io/dataplane-mode=none opts out;
+//   - a pod with a sidecar (annotation sidecar.istio.io/status) is left to
+//     its sidecar;
+//   - otherwise the pod is enrolled when it or its namespace is labelled
+//     istio.io/dataplane-mode=ambient (or =kmesh);
+//   - and only while it has an IP and has not finished (phase Succeeded or
+//     Failed).
+//
+// # Finding a pod's network namespace
+//
+// The API server knows a pod's IPs, not its namespace on the host, and no
+// CNI plugin tells kmeshd. So [Resolver] looks for the IP: it lists the
+// named namespaces under /var/run/netns (where CNI plugins and `ip netns`
+// keep them) and then the namespaces of every process (/proc/PID/ns/net),
+// skips kmeshd's own (the host's) and those already seen (same inode),
+// opens a netlink socket inside each and lists its addresses. One scan
+// indexes every namespace it reads, so resolving the other pods of a burst
+// costs nothing more. A named path is preferred to a /proc one, which
+// vanishes with its process. An IP found in two namespaces is ambiguous and
+// not enrolled (error [ErrAmbiguous]); an IP found nowhere yet (the CNI
+// plugin has not finished) is retried with backoff (error [ErrNotFound]).
+//
+// Results are cached per pod (UID and IPs): a cached path is reused while
+// it still names the same namespace (same inode), so a steady node costs
+// one stat per pod per change and no namespace switch. A pod whose sandbox
+// was re-created gets a new namespace, its old path fails the check, and
+// the next scan finds the new one.
+//
+// # What it writes
+//
+// An enrolled pod is annotated kmesh.net/redirection=enabled once its
+// namespace has been reported; the annotation is removed when the pod
+// leaves the mesh (label changed, namespace unlabelled). This is not
+// Istio's ambient.istio.io/redirection, which would tell istiod that the
+// pod takes HBONE on port 15008.
+//
+// # Combining with other sources
+//
+// Run calls its report function with the whole set of namespace paths
+// after the first full list and after every change; the daemon unions it
+// with the namespaces of other sources (the mesh file, --enroll-netns) and
+// keeps one enroller equal to the union.
+package kube

@@ -1,0 +1,214 @@
+package kube
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+var (
+	// ErrNotFound: no network namespace on this host has the address.
+	ErrNotFound = errors.New("no network namespace has the address")
+	// ErrAmbiguous: several network namespaces have the address.
+	ErrAmbiguous = errors.New("several network namespaces have the address")
+)
+
+// Resolver finds the network namespace that holds a pod's IPs; see the
+// package doc. It is safe for concurrent use.
+type Resolver struct {
+	// NamedDir holds named namespaces, /var/run/netns by default.
+	NamedDir string
+	// ProcDir is the proc file system, /proc by default.
+	ProcDir string
+
+	// list and addrs are the host: replaced in tests.
+	list  func() ([]nsEntry, error)
+	addrs func(path string) ([]netip.Addr, error)
+	inode func(path string) (uint64, error)
+
+	mu    sync.Mutex
+	cache map[string]nsEntry // pod key (uid and IPs) -> namespace
+	Scans int                // full scans done, for tests and debugging
+}
+
+// nsEntry is one network namespace: a path naming it and its inode.
+type nsEntry struct {
+	path  string
+	inode uint64
+}
+
+// NewResolver returns a Resolver of this host's namespaces.
+func NewResolver() *Resolver {
+	r := &Resolver{NamedDir: "/var/run/netns", ProcDir: "/proc", cache: map[string]nsEntry{}}
+	r.list = r.listHost
+	r.addrs = linkAddrs
+	r.inode = nsInode
+	return r
+}
+
+// Resolve returns the path of the network namespace that holds every one
+// of ips, for the pod with the given key (its UID): the cached one while it
+// still names the same namespace, else the result of a new scan.
+func (r *Resolver) Resolve(key string, ips []netip.Addr) (string, error) {
+	if len(ips) == 0 {
+		return "", errors.New("no address")
+	}
+	ck := cacheKey(key, ips)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.cache[ck]; ok {
+		if ino, err := r.inode(e.path); err == nil && ino == e.inode {
+			return e.path, nil
+		}
+		delete(r.cache, ck)
+	}
+	index, err := r.scan()
+	if err != nil {
+		return "", err
+	}
+	var found *nsEntry
+	for _, ip := range ips {
+		es := index[ip.Unmap()]
+		switch {
+		case len(es) == 0:
+			return "", fmt.Errorf("%s: %w", ip, ErrNotFound)
+		case len(es) > 1:
+			var paths []string
+			for _, e := range es {
+				paths = append(paths, e.path)
+			}
+			return "", fmt.Errorf("%s: %w: %s", ip, ErrAmbiguous, strings.Join(paths, ", "))
+		case found != nil && found.inode != es[0].inode:
+			return "", fmt.Errorf("%s: %w: %s and %s", ip, ErrAmbiguous, found.path, es[0].path)
+		}
+		found = &es[0]
+	}
+	r.cache[ck] = *found
+	return found.path, nil
+}
+
+// Forget drops the cached results of pods whose keys are not in keep.
+func (r *Resolver) Forget(keep map[string]bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for ck := range r.cache {
+		if !keep[strings.SplitN(ck, "|", 2)[0]] {
+			delete(r.cache, ck)
+		}
+	}
+}
+
+func cacheKey(key string, ips []netip.Addr) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.Unmap().String()
+	}
+	sort.Strings(s)
+	return key + "|" + strings.Join(s, ",")
+}
+
+// scan reads the addresses of every namespace on the host into an index
+// from address to the namespaces holding it.
+func (r *Resolver) scan() (map[netip.Addr][]nsEntry, error) {
+	r.Scans++
+	entries, err := r.list()
+	if err != nil {
+		return nil, err
+	}
+	index := map[netip.Addr][]nsEntry{}
+	for _, e := range entries {
+		addrs, err := r.addrs(e.path)
+		if err != nil {
+			continue // gone since listed, or not ours to read
+		}
+		for _, a := range addrs {
+			a = a.Unmap()
+			if !a.IsGlobalUnicast() {
+				continue // loopback and link-local repeat in every namespace
+			}
+			index[a] = append(index[a], e)
+		}
+	}
+	return index, nil
+}
+
+// listHost lists the named namespaces, then those of processes, once per
+// inode, without the one kmeshd runs in.
+func (r *Resolver) listHost() ([]nsEntry, error) {
+	seen := map[uint64]bool{}
+	if own, err := nsInode(filepath.Join(r.ProcDir, "self/ns/net")); err == nil {
+		seen[own] = true
+	}
+	var out []nsEntry
+	add := func(path string) {
+		ino, err := nsInode(path)
+		if err != nil || seen[ino] {
+			return
+		}
+		seen[ino] = true
+		out = append(out, nsEntry{path: path, inode: ino})
+	}
+	named, err := os.ReadDir(r.NamedDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("list %s: %w", r.NamedDir, err)
+	}
+	for _, d := range named {
+		add(filepath.Join(r.NamedDir, d.Name()))
+	}
+	procs, err := os.ReadDir(r.ProcDir)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", r.ProcDir, err)
+	}
+	for _, d := range procs {
+		if d.Name()[0] < '0' || d.Name()[0] > '9' {
+			continue
+		}
+		add(filepath.Join(r.ProcDir, d.Name(), "ns/net"))
+	}
+	return out, nil
+}
+
+// nsInode is the inode of the namespace a path names; two paths name the
+// same namespace when their inodes are equal (all live on nsfs).
+func nsInode(path string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// linkAddrs lists the addresses of the namespace at path through a
+// netlink socket opened inside it.
+func linkAddrs(path string) ([]netip.Addr, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	list, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Addr, 0, len(list))
+	for _, a := range list {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
+}

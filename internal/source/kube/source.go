@@ -1,0 +1,271 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Config says how to reach the API server and which node this is.
+type Config struct {
+	// Kubeconfig is a kubeconfig file; "" means the in-cluster config (the
+	// service account of the pod kmeshd runs in).
+	Kubeconfig string
+	// Node is this node's name: the spec.nodeName of the pods to enroll.
+	Node string
+}
+
+// Enabled reports whether kmeshd should watch Kubernetes: with a
+// kubeconfig, or when it runs in a pod (KUBERNETES_SERVICE_HOST is set).
+func (c Config) Enabled() bool {
+	return c.Kubeconfig != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != ""
+}
+
+// Source enrolls the pods of one node; see the package doc.
+type Source struct {
+	node     string
+	client   kubernetes.Interface
+	resolve  func(key string, ips []netip.Addr) (string, error)
+	forget   func(keep map[string]bool)
+	log      *slog.Logger
+	retryMin time.Duration
+	retryMax time.Duration
+
+	enrolled map[types.UID]string // pod -> netns path, as last reported
+	failing  map[types.UID]string // pod -> last resolve error, logged once
+}
+
+// New returns a Source for the API server of cfg, finding namespaces on
+// this host.
+func New(cfg Config, log *slog.Logger) (*Source, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("kube: no node name")
+	}
+	var rc *rest.Config
+	var err error
+	if cfg.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kube: %w", err)
+	}
+	rc.UserAgent = "kmeshd/" + cfg.Node
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kube: %w", err)
+	}
+	r := NewResolver()
+	return NewWithClient(client, cfg.Node, r.Resolve, r.Forget, log), nil
+}
+
+// NewWithClient returns a Source on a given client and namespace resolver
+// (forget may be nil), for tests and embedding.
+func NewWithClient(client kubernetes.Interface, node string, resolve func(key string, ips []netip.Addr) (string, error), forget func(keep map[string]bool), log *slog.Logger) *Source {
+	if forget == nil {
+		forget = func(map[string]bool) {}
+	}
+	return &Source{
+		node: node, client: client, resolve: resolve, forget: forget, log: log,
+		retryMin: 500 * time.Millisecond, retryMax: 30 * time.Second,
+		enrolled: map[types.UID]string{}, failing: map[types.UID]string{},
+	}
+}
+
+// Run watches this node's pods and their namespaces until ctx ends. It
+// calls report with the set of namespace paths to enroll (sorted) once the
+// first full list is in, and again after every change to that set. A pod
+// whose namespace cannot be found yet is retried with backoff. Run returns
+// an error only if the first list fails before ctx ends.
+func (s *Source) Run(ctx context.Context, report func(paths []string)) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 10*time.Minute,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", s.node).String()
+		}))
+	nsFactory := informers.NewSharedInformerFactory(s.client, 10*time.Minute)
+	pods := factory.Core().V1().Pods()
+	nss := nsFactory.Core().V1().Namespaces()
+
+	kick := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { poke() },
+		UpdateFunc: func(any, any) { poke() },
+		DeleteFunc: func(any) { poke() },
+	}
+	if _, err := pods.Informer().AddEventHandler(handler); err != nil {
+		return fmt.Errorf("kube: %w", err)
+	}
+	if _, err := nss.Informer().AddEventHandler(handler); err != nil {
+		return fmt.Errorf("kube: %w", err)
+	}
+	factory.Start(ctx.Done())
+	nsFactory.Start(ctx.Done())
+	defer factory.Shutdown()
+	defer nsFactory.Shutdown()
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("kube: %v: cache not synced: %w", typ, context.Cause(ctx))
+		}
+	}
+	for typ, ok := range nsFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("kube: %v: cache not synced: %w", typ, context.Cause(ctx))
+		}
+	}
+	s.log.Info("watching pods", "node", s.node)
+
+	var last []string
+	first := true
+	retry := s.retryMin
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		paths, pending := s.reconcile(ctx, pods.Lister().List, nss.Lister().Get)
+		if first || !slices.Equal(paths, last) {
+			report(paths)
+			last, first = paths, false
+		}
+		s.annotate(ctx, pods.Lister().List)
+		if pending {
+			timer.Reset(retry)
+			retry = min(2*retry, s.retryMax)
+		} else {
+			retry = s.retryMin
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-kick:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+type (
+	listPods func(labels.Selector) ([]*corev1.Pod, error)
+	getNs    func(string) (*corev1.Namespace, error)
+)
+
+// reconcile works out the set of namespaces to enroll from the informers'
+// caches. pending is true when a wanted pod's namespace was not found.
+func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths []string, pending bool) {
+	all, _ := list(labels.Everything()) // a cache lister does not fail
+	enrolled := map[types.UID]string{}
+	keep := map[string]bool{}
+	for _, pod := range all {
+		if pod.Spec.NodeName != s.node {
+			continue
+		}
+		keep[string(pod.UID)] = true
+		namespace, _ := ns(pod.Namespace)
+		want, why := Wants(pod, namespace)
+		if !want {
+			if p, ok := s.enrolled[pod.UID]; ok {
+				s.log.Info("pod unenrolled", "pod", pod.Namespace+"/"+pod.Name, "netns", p, "reason", why)
+			}
+			continue
+		}
+		path, err := s.resolve(string(pod.UID), parseIPs(podIPs(pod)))
+		if err != nil {
+			pending = true
+			if s.failing[pod.UID] != err.Error() {
+				s.failing[pod.UID] = err.Error()
+				s.log.Warn("pod not enrolled yet: network namespace not found", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+			}
+			continue
+		}
+		delete(s.failing, pod.UID)
+		enrolled[pod.UID] = path
+		if s.enrolled[pod.UID] != path {
+			s.log.Info("pod enrolled", "pod", pod.Namespace+"/"+pod.Name, "netns", path, "reason", why)
+		}
+	}
+	for uid, p := range s.enrolled {
+		if _, ok := enrolled[uid]; !ok && !keep[string(uid)] {
+			s.log.Info("pod unenrolled", "uid", uid, "netns", p, "reason", "deleted")
+		}
+	}
+	for uid := range s.failing {
+		if !keep[string(uid)] {
+			delete(s.failing, uid)
+		}
+	}
+	s.forget(keep)
+	s.enrolled = enrolled
+	set := map[string]bool{}
+	for _, p := range enrolled {
+		set[p] = true
+	}
+	for p := range set {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	return paths, pending
+}
+
+// annotate sets the redirection annotation on enrolled pods and removes it
+// from the others, after their namespaces were reported. A failed patch is
+// logged and tried again at the next event.
+func (s *Source) annotate(ctx context.Context, list listPods) {
+	all, _ := list(labels.Everything())
+	for _, pod := range all {
+		if pod.Spec.NodeName != s.node {
+			continue
+		}
+		_, want := s.enrolled[pod.UID]
+		has := pod.Annotations[RedirectionAnnotation] == RedirectionEnabled
+		var patch string
+		switch {
+		case want && !has:
+			patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, RedirectionAnnotation, RedirectionEnabled)
+		case !want && pod.Annotations[RedirectionAnnotation] != "":
+			patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, RedirectionAnnotation)
+		default:
+			continue
+		}
+		_, err := s.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("pod annotation not updated", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+		}
+	}
+}
+
+func parseIPs(ss []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
