@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -150,10 +151,25 @@ func run(keep bool, requests int, verbose bool) error {
 		}
 	}
 
+	// What node-a's kmeshd holds, as kmeshctl shows it.
+	kmeshctl, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshctl")
+	if err != nil {
+		return err
+	}
+	for _, args := range [][]string{{"get", "services"}, {"get", "workloads"}, {"explain", "client", "10.96.0.10:80"}} {
+		step("kmeshctl " + strings.Join(args, " ") + "   (node-a)")
+		out, err := exec.Command(kmeshctl, append([]string{"--admin-address", admin["node-a"]}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("kmeshctl %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+		os.Stdout.Write(out)
+	}
+
 	if keep {
 		client, n := pods["client"], nodes["node-a"]
 		step("up until Ctrl-C; try it yourself:")
 		fmt.Printf("  sudo sh -c 'echo $$ > %s/cgroup.procs && exec nsenter --net=%s curl -s http://10.96.0.10/'\n", n.Cgroup, client.NetnsPath)
+		fmt.Printf("  %s --admin-address %s get connections\n", kmeshctl, admin["node-a"])
 		fmt.Printf("  curl -s http://%s/config_dump\n", admin["node-a"])
 		<-ctx.Done()
 	}
