@@ -3,8 +3,10 @@
  * Connect-time service load balancing. For a TCP socket of an enrolled
  * network namespace that connects to a service address and port, the
  * destination is rewritten to a chosen endpoint before the SYN is sent;
- * getpeername() then shows the service address again. Everything else
- * passes untouched.
+ * getpeername() then shows the service address again. Then the client side
+ * of authorization: a connect of an enrolled workload to a workload the
+ * policies do not let it reach fails at once with EACCES (include/authz.h).
+ * Everything else passes untouched.
  */
 /* Compiled as part of kmesh.c. */
 
@@ -21,6 +23,28 @@ static __always_inline int connect_refuse(void)
 {
 	if (km_have_set_retval)
 		bpf_set_retval(-KM_ECONNREFUSED);
+	return 0;
+}
+
+/* Returned to the application when a policy denies the connection:
+ * "permission denied", at once; EPERM without bpf_set_retval. */
+#define KM_EACCES 13
+
+/* Whether the policies deny a TCP connect from this namespace to dst:port
+ * (the chosen endpoint, or the address as dialed when it is no service). */
+static __always_inline int connect_denied(__u64 cookie, __u8 proto, const __u32 dst[4], __u16 port)
+{
+	__u32 policy_id;
+
+	if (!km_authz || proto != IPPROTO_TCP)
+		return 0;
+	return authz_at_source(cookie, dst, port, &policy_id) == KM_AUTHZ_DENIED;
+}
+
+static __always_inline int connect_deny(void)
+{
+	if (km_have_set_retval)
+		bpf_set_retval(-KM_EACCES);
 	return 0;
 }
 
@@ -52,9 +76,11 @@ int km_connect4(struct bpf_sock_addr *ctx)
 
 	ret = lb_xlate(&req, &res);
 	if (ret == -KM_ENOENT)
-		return 1;
+		return connect_denied(req.netns_cookie, req.proto, req.addr, req.port) ? connect_deny() : 1;
 	if (ret < 0)
 		return connect_refuse();
+	if (connect_denied(req.netns_cookie, req.proto, res.addr, res.port))
+		return connect_deny();
 	connect_remember(ctx, &req);
 #ifdef KM_TEST_VARIANT
 	/* Test builds of an "upgraded" daemon: programs whose instructions
@@ -87,9 +113,11 @@ int km_connect6(struct bpf_sock_addr *ctx)
 
 	ret = lb_xlate(&req, &res);
 	if (ret == -KM_ENOENT)
-		return 1;
+		return connect_denied(req.netns_cookie, req.proto, req.addr, req.port) ? connect_deny() : 1;
 	if (ret < 0)
 		return connect_refuse();
+	if (connect_denied(req.netns_cookie, req.proto, res.addr, res.port))
+		return connect_deny();
 	connect_remember(ctx, &req);
 	ctx->user_ip6[0] = res.addr[0];
 	ctx->user_ip6[1] = res.addr[1];

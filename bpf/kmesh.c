@@ -8,9 +8,11 @@
 #include <bpf/bpf_endian.h>
 
 #include "lb.h"
+#include "authz.h"
 #include "sock.h"
 
 #include "connect.c"
+#include "ingress.c"
 #include "skmsg.c"
 #include "sockops.c"
 
@@ -22,5 +24,10 @@ const enum km_backend_flag *unused_backend_flag __attribute__((unused));
 const enum km_conn_event_type *unused_conn_event_type __attribute__((unused));
 const enum km_conn_direction *unused_conn_direction __attribute__((unused));
 const struct conn_event *unused_conn_event __attribute__((unused));
+const enum km_authz_action *unused_authz_action __attribute__((unused));
+const enum km_authz_verdict *unused_authz_verdict __attribute__((unused));
+const enum km_authz_side *unused_authz_side __attribute__((unused));
+const enum km_authz_match_flag *unused_authz_match_flag __attribute__((unused));
+const enum km_authz_kind *unused_authz_kind __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -162,6 +162,160 @@ struct conn_event {
 	__u32 pad;
 };
 
+/*
+ * Authorization (include/authz.h). Istio's L4 AuthorizationPolicy, compiled
+ * by internal/dataplane into tables the kernel walks without string work:
+ * each match of a policy becomes one entry of km_authz_match, and what it
+ * tests becomes table lookups (identities and ports in km_authz_val, IP
+ * blocks in the km_authz_ip trie), all under the policy's id and
+ * generation. A policy changes by writing the other generation and then
+ * flipping its km_authz_pol entry, as services do.
+ */
+
+/* What a policy does when it matches. */
+enum km_authz_action {
+	KM_AUTHZ_ALLOW = 0,
+	KM_AUTHZ_DENY = 1,
+	KM_AUTHZ_COUNT = 2, /* AUDIT, or a dry run: counted, never enforced */
+	KM_AUTHZ_ACTIONS = 3,
+};
+
+/* The outcome of a check. */
+enum km_authz_verdict {
+	KM_AUTHZ_PASS = 0,    /* the destination is no workload of the mesh */
+	KM_AUTHZ_ALLOWED = 1,
+	KM_AUTHZ_DENIED = 2,
+};
+
+/* Which end of the connection checked it. */
+enum km_authz_side {
+	KM_AUTHZ_SOURCE = 0,      /* the client's node, in connect() */
+	KM_AUTHZ_DESTINATION = 1, /* the server's node, on the SYN */
+	KM_AUTHZ_SIDES = 2,
+};
+
+/* Flags of struct authz_match. A clause is a run of entries from one with
+ * CLAUSE_START to one with CLAUSE_END; a rule ends with RULE_END. An entry
+ * with no test flag matches every connection (a rule without clauses). */
+enum km_authz_match_flag {
+	KM_AUTHZ_CLAUSE_START = 1 << 0,
+	KM_AUTHZ_CLAUSE_END = 1 << 1,
+	KM_AUTHZ_RULE_END = 1 << 2,
+	KM_AUTHZ_IDENTITY = 1 << 3,     /* the source identity must be in km_authz_val */
+	KM_AUTHZ_IDENTITY_NOT = 1 << 4, /* ... must not be (the complement is smaller) */
+	KM_AUTHZ_SRC_IP = 1 << 5,       /* the source address's label in km_authz_ip */
+	KM_AUTHZ_DST_IP = 1 << 6,       /* the destination address's label */
+	KM_AUTHZ_PORT = 1 << 7,         /* the destination port's label in km_authz_val */
+	KM_AUTHZ_PORT_DEFAULT = 1 << 8, /* label of a port km_authz_val lacks */
+};
+
+/* What a km_authz_val or km_authz_ip entry is about. */
+enum km_authz_kind {
+	KM_AUTHZ_KIND_IDENTITY = 1,
+	KM_AUTHZ_KIND_PORT = 2,
+	KM_AUTHZ_KIND_SRC_IP = 3,
+	KM_AUTHZ_KIND_DST_IP = 4,
+};
+
+/* A list of policy ids in km_authz_list: n[KM_AUTHZ_DENY] entries first,
+ * then the ALLOW ones, then those only counted. Lists never change: a new
+ * set of policies is a new list, and the references move to it. */
+struct authz_list_ref {
+	__u32 id; /* 0: no list */
+	__u16 n[KM_AUTHZ_ACTIONS];
+	__u16 pad;
+};
+
+/* Key of km_authz_addr: a workload's address, as in frontend_key. */
+struct authz_addr_key {
+	__u32 addr[4];
+};
+
+/* Value of km_authz_addr: who is at the address, as a source, and which
+ * policies protect it, as a destination (besides the global ones in
+ * km_authz_glob). */
+struct authz_peer {
+	__u64 identity; /* hash of the SPIFFE id; 0: none */
+	struct authz_list_ref lists[2]; /* namespace, workload-selector policies */
+};
+
+/* Key of km_authz_list: one entry of a list; the value is a policy id. */
+struct authz_list_key {
+	__u32 id;
+	__u32 index;
+};
+
+/* Value of km_authz_pol, keyed by policy id (1.. --max-policies). */
+struct authz_policy {
+	__u8 action; /* enum km_authz_action */
+	__u8 gen;    /* live generation of its matches */
+	__u16 pad;
+	__u32 matches; /* entries of km_authz_match in that generation */
+};
+
+/* Key of km_authz_match: entry index of a policy's generation. */
+struct authz_match_key {
+	__u32 policy_id;
+	__u16 index;
+	__u8 gen;
+	__u8 pad;
+};
+struct authz_match {
+	__u16 flags;     /* enum km_authz_match_flag */
+	__u16 next_rule; /* index of the next rule's first entry */
+};
+
+/* Key of km_authz_val: an identity hash or a port (host order) a match
+ * tests; the value is the label: 1 matches, 0 does not. */
+struct authz_val_key {
+	__u32 policy_id;
+	__u16 index;
+	__u8 gen;
+	__u8 kind; /* enum km_authz_kind */
+	__u64 value;
+};
+
+/* Key of km_authz_ip, an LPM trie: a match's address block (addresses as
+ * in frontend_key; prefixlen counts the 64 bits before addr). Every match
+ * that tests an address has a /0 entry (prefixlen 64) with the label of an
+ * address in none of its blocks. */
+struct authz_ip_key {
+	__u32 prefixlen;
+	__u32 policy_id;
+	__u16 index;
+	__u8 gen;
+	__u8 kind; /* KM_AUTHZ_KIND_SRC_IP or _DST_IP */
+	__u32 addr[4];
+};
+
+/* Value of km_authz_netns, keyed by the netns cookie of an enrolled
+ * workload: who its sockets are at connect(), before they have an address. */
+struct authz_self {
+	__u64 identity;
+	__u32 addr4;    /* network order, valid with KM_BACKEND_HAS_V4 */
+	__u32 addr6[4]; /* network order, valid with KM_BACKEND_HAS_V6 */
+	__u32 flags;    /* enum km_backend_flag */
+};
+
+/* Value of km_authz_stats, per CPU, indexed by policy id; index 0 counts
+ * decisions no policy made. Each array is indexed by enum km_authz_side. */
+struct authz_stat {
+	__u64 allowed[KM_AUTHZ_SIDES];
+	__u64 denied[KM_AUTHZ_SIDES];
+	__u64 matched[KM_AUTHZ_SIDES]; /* a counted (AUDIT, dry-run) policy matched */
+};
+
+_Static_assert(sizeof(struct authz_list_ref) == 12, "authz_list_ref size");
+_Static_assert(sizeof(struct authz_addr_key) == 16, "authz_addr_key size");
+_Static_assert(sizeof(struct authz_peer) == 32, "authz_peer size");
+_Static_assert(sizeof(struct authz_list_key) == 8, "authz_list_key size");
+_Static_assert(sizeof(struct authz_policy) == 8, "authz_policy size");
+_Static_assert(sizeof(struct authz_match_key) == 8, "authz_match_key size");
+_Static_assert(sizeof(struct authz_match) == 4, "authz_match size");
+_Static_assert(sizeof(struct authz_val_key) == 16, "authz_val_key size");
+_Static_assert(sizeof(struct authz_ip_key) == 28, "authz_ip_key size");
+_Static_assert(sizeof(struct authz_self) == 32, "authz_self size");
+_Static_assert(sizeof(struct authz_stat) == 48, "authz_stat size");
 _Static_assert(sizeof(struct sock_conn) == 16, "sock_conn size");
 _Static_assert(sizeof(struct sock_key) == 36, "sock_key size");
 _Static_assert(sizeof(struct conn_event) == 120, "conn_event size");

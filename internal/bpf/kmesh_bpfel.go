@@ -13,6 +13,86 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type KmeshAuthzAddrKey struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+}
+
+type KmeshAuthzIpKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	PolicyId  uint32
+	Index     uint16
+	Gen       uint8
+	Kind      uint8
+	Addr      [4]uint32
+}
+
+type KmeshAuthzListKey struct {
+	_     structs.HostLayout
+	Id    uint32
+	Index uint32
+}
+
+type KmeshAuthzListRef struct {
+	_   structs.HostLayout
+	Id  uint32
+	N   [3]uint16
+	Pad uint16
+}
+
+type KmeshAuthzMatch struct {
+	_        structs.HostLayout
+	Flags    uint16
+	NextRule uint16
+}
+
+type KmeshAuthzMatchKey struct {
+	_        structs.HostLayout
+	PolicyId uint32
+	Index    uint16
+	Gen      uint8
+	Pad      uint8
+}
+
+type KmeshAuthzPeer struct {
+	_        structs.HostLayout
+	Identity uint64
+	Lists    [2]KmeshAuthzListRef
+}
+
+type KmeshAuthzPolicy struct {
+	_       structs.HostLayout
+	Action  uint8
+	Gen     uint8
+	Pad     uint16
+	Matches uint32
+}
+
+type KmeshAuthzSelf struct {
+	_        structs.HostLayout
+	Identity uint64
+	Addr4    uint32
+	Addr6    [4]uint32
+	Flags    uint32
+}
+
+type KmeshAuthzStat struct {
+	_       structs.HostLayout
+	Allowed [2]uint64
+	Denied  [2]uint64
+	Matched [2]uint64
+}
+
+type KmeshAuthzValKey struct {
+	_        structs.HostLayout
+	PolicyId uint32
+	Index    uint16
+	Gen      uint8
+	Kind     uint8
+	Value    uint64
+}
+
 type KmeshBackendValue struct {
 	_     structs.HostLayout
 	Addr4 uint32
@@ -70,6 +150,54 @@ type KmeshFrontendValue struct {
 	TargetPort uint16
 	Pad        uint16
 }
+
+type KmeshKmAuthzAction uint32
+
+const (
+	KmeshKmAuthzActionKM_AUTHZ_ALLOW   KmeshKmAuthzAction = 0
+	KmeshKmAuthzActionKM_AUTHZ_DENY    KmeshKmAuthzAction = 1
+	KmeshKmAuthzActionKM_AUTHZ_COUNT   KmeshKmAuthzAction = 2
+	KmeshKmAuthzActionKM_AUTHZ_ACTIONS KmeshKmAuthzAction = 3
+)
+
+type KmeshKmAuthzKind uint32
+
+const (
+	KmeshKmAuthzKindKM_AUTHZ_KIND_IDENTITY KmeshKmAuthzKind = 1
+	KmeshKmAuthzKindKM_AUTHZ_KIND_PORT     KmeshKmAuthzKind = 2
+	KmeshKmAuthzKindKM_AUTHZ_KIND_SRC_IP   KmeshKmAuthzKind = 3
+	KmeshKmAuthzKindKM_AUTHZ_KIND_DST_IP   KmeshKmAuthzKind = 4
+)
+
+type KmeshKmAuthzMatchFlag uint32
+
+const (
+	KmeshKmAuthzMatchFlagKM_AUTHZ_CLAUSE_START KmeshKmAuthzMatchFlag = 1
+	KmeshKmAuthzMatchFlagKM_AUTHZ_CLAUSE_END   KmeshKmAuthzMatchFlag = 2
+	KmeshKmAuthzMatchFlagKM_AUTHZ_RULE_END     KmeshKmAuthzMatchFlag = 4
+	KmeshKmAuthzMatchFlagKM_AUTHZ_IDENTITY     KmeshKmAuthzMatchFlag = 8
+	KmeshKmAuthzMatchFlagKM_AUTHZ_IDENTITY_NOT KmeshKmAuthzMatchFlag = 16
+	KmeshKmAuthzMatchFlagKM_AUTHZ_SRC_IP       KmeshKmAuthzMatchFlag = 32
+	KmeshKmAuthzMatchFlagKM_AUTHZ_DST_IP       KmeshKmAuthzMatchFlag = 64
+	KmeshKmAuthzMatchFlagKM_AUTHZ_PORT         KmeshKmAuthzMatchFlag = 128
+	KmeshKmAuthzMatchFlagKM_AUTHZ_PORT_DEFAULT KmeshKmAuthzMatchFlag = 256
+)
+
+type KmeshKmAuthzSide uint32
+
+const (
+	KmeshKmAuthzSideKM_AUTHZ_SOURCE      KmeshKmAuthzSide = 0
+	KmeshKmAuthzSideKM_AUTHZ_DESTINATION KmeshKmAuthzSide = 1
+	KmeshKmAuthzSideKM_AUTHZ_SIDES       KmeshKmAuthzSide = 2
+)
+
+type KmeshKmAuthzVerdict uint32
+
+const (
+	KmeshKmAuthzVerdictKM_AUTHZ_PASS    KmeshKmAuthzVerdict = 0
+	KmeshKmAuthzVerdictKM_AUTHZ_ALLOWED KmeshKmAuthzVerdict = 1
+	KmeshKmAuthzVerdictKM_AUTHZ_DENIED  KmeshKmAuthzVerdict = 2
+)
 
 type KmeshKmBackendFlag uint32
 
@@ -152,33 +280,49 @@ type KmeshSockOrig struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	KmeshMapKmBackend           = "km_backend"
-	KmeshMapKmEndpoint          = "km_endpoint"
-	KmeshMapKmEvents            = "km_events"
-	KmeshMapKmEventsLost        = "km_events_lost"
-	KmeshMapKmFrontend          = "km_frontend"
-	KmeshMapKmManage            = "km_manage"
-	KmeshMapKmRedirBytes        = "km_redir_bytes"
-	KmeshMapKmRr                = "km_rr"
-	KmeshMapKmService           = "km_service"
-	KmeshMapKmSockConn          = "km_sock_conn"
-	KmeshMapKmSockOrig          = "km_sock_orig"
-	KmeshMapKmSocks             = "km_socks"
-	KmeshProgKmConnect4         = "km_connect4"
-	KmeshProgKmConnect6         = "km_connect6"
-	KmeshProgKmGetpeername4     = "km_getpeername4"
-	KmeshProgKmGetpeername6     = "km_getpeername6"
-	KmeshProgKmSkmsg            = "km_skmsg"
-	KmeshProgKmSockops          = "km_sockops"
-	KmeshVarKmAccelerate        = "km_accelerate"
-	KmeshVarKmHaveSetRetval     = "km_have_set_retval"
-	KmeshVarKmTelemetry         = "km_telemetry"
-	KmeshVarUnusedBackendFlag   = "unused_backend_flag"
-	KmeshVarUnusedConnDirection = "unused_conn_direction"
-	KmeshVarUnusedConnEvent     = "unused_conn_event"
-	KmeshVarUnusedConnEventType = "unused_conn_event_type"
-	KmeshVarUnusedFamily        = "unused_family"
-	KmeshVarUnusedLbMode        = "unused_lb_mode"
+	KmeshMapKmAuthzAddr          = "km_authz_addr"
+	KmeshMapKmAuthzGlob          = "km_authz_glob"
+	KmeshMapKmAuthzIp            = "km_authz_ip"
+	KmeshMapKmAuthzList          = "km_authz_list"
+	KmeshMapKmAuthzMatch         = "km_authz_match"
+	KmeshMapKmAuthzNetns         = "km_authz_netns"
+	KmeshMapKmAuthzPol           = "km_authz_pol"
+	KmeshMapKmAuthzStats         = "km_authz_stats"
+	KmeshMapKmAuthzVal           = "km_authz_val"
+	KmeshMapKmBackend            = "km_backend"
+	KmeshMapKmEndpoint           = "km_endpoint"
+	KmeshMapKmEvents             = "km_events"
+	KmeshMapKmEventsLost         = "km_events_lost"
+	KmeshMapKmFrontend           = "km_frontend"
+	KmeshMapKmManage             = "km_manage"
+	KmeshMapKmRedirBytes         = "km_redir_bytes"
+	KmeshMapKmRr                 = "km_rr"
+	KmeshMapKmService            = "km_service"
+	KmeshMapKmSockConn           = "km_sock_conn"
+	KmeshMapKmSockOrig           = "km_sock_orig"
+	KmeshMapKmSocks              = "km_socks"
+	KmeshProgKmConnect4          = "km_connect4"
+	KmeshProgKmConnect6          = "km_connect6"
+	KmeshProgKmGetpeername4      = "km_getpeername4"
+	KmeshProgKmGetpeername6      = "km_getpeername6"
+	KmeshProgKmIngress           = "km_ingress"
+	KmeshProgKmSkmsg             = "km_skmsg"
+	KmeshProgKmSockops           = "km_sockops"
+	KmeshVarKmAccelerate         = "km_accelerate"
+	KmeshVarKmAuthz              = "km_authz"
+	KmeshVarKmHaveSetRetval      = "km_have_set_retval"
+	KmeshVarKmTelemetry          = "km_telemetry"
+	KmeshVarUnusedAuthzAction    = "unused_authz_action"
+	KmeshVarUnusedAuthzKind      = "unused_authz_kind"
+	KmeshVarUnusedAuthzMatchFlag = "unused_authz_match_flag"
+	KmeshVarUnusedAuthzSide      = "unused_authz_side"
+	KmeshVarUnusedAuthzVerdict   = "unused_authz_verdict"
+	KmeshVarUnusedBackendFlag    = "unused_backend_flag"
+	KmeshVarUnusedConnDirection  = "unused_conn_direction"
+	KmeshVarUnusedConnEvent      = "unused_conn_event"
+	KmeshVarUnusedConnEventType  = "unused_conn_event_type"
+	KmeshVarUnusedFamily         = "unused_family"
+	KmeshVarUnusedLbMode         = "unused_lb_mode"
 )
 
 // LoadKmesh returns the embedded CollectionSpec for Kmesh.
@@ -227,6 +371,7 @@ type KmeshProgramSpecs struct {
 	KmConnect6     *ebpf.ProgramSpec `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.ProgramSpec `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.ProgramSpec `ebpf:"km_getpeername6"`
+	KmIngress      *ebpf.ProgramSpec `ebpf:"km_ingress"`
 	KmSkmsg        *ebpf.ProgramSpec `ebpf:"km_skmsg"`
 	KmSockops      *ebpf.ProgramSpec `ebpf:"km_sockops"`
 }
@@ -235,6 +380,15 @@ type KmeshProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KmeshMapSpecs struct {
+	KmAuthzAddr  *ebpf.MapSpec `ebpf:"km_authz_addr"`
+	KmAuthzGlob  *ebpf.MapSpec `ebpf:"km_authz_glob"`
+	KmAuthzIp    *ebpf.MapSpec `ebpf:"km_authz_ip"`
+	KmAuthzList  *ebpf.MapSpec `ebpf:"km_authz_list"`
+	KmAuthzMatch *ebpf.MapSpec `ebpf:"km_authz_match"`
+	KmAuthzNetns *ebpf.MapSpec `ebpf:"km_authz_netns"`
+	KmAuthzPol   *ebpf.MapSpec `ebpf:"km_authz_pol"`
+	KmAuthzStats *ebpf.MapSpec `ebpf:"km_authz_stats"`
+	KmAuthzVal   *ebpf.MapSpec `ebpf:"km_authz_val"`
 	KmBackend    *ebpf.MapSpec `ebpf:"km_backend"`
 	KmEndpoint   *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEvents     *ebpf.MapSpec `ebpf:"km_events"`
@@ -253,15 +407,21 @@ type KmeshMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KmeshVariableSpecs struct {
-	KmAccelerate        *ebpf.VariableSpec `ebpf:"km_accelerate"`
-	KmHaveSetRetval     *ebpf.VariableSpec `ebpf:"km_have_set_retval"`
-	KmTelemetry         *ebpf.VariableSpec `ebpf:"km_telemetry"`
-	UnusedBackendFlag   *ebpf.VariableSpec `ebpf:"unused_backend_flag"`
-	UnusedConnDirection *ebpf.VariableSpec `ebpf:"unused_conn_direction"`
-	UnusedConnEvent     *ebpf.VariableSpec `ebpf:"unused_conn_event"`
-	UnusedConnEventType *ebpf.VariableSpec `ebpf:"unused_conn_event_type"`
-	UnusedFamily        *ebpf.VariableSpec `ebpf:"unused_family"`
-	UnusedLbMode        *ebpf.VariableSpec `ebpf:"unused_lb_mode"`
+	KmAccelerate         *ebpf.VariableSpec `ebpf:"km_accelerate"`
+	KmAuthz              *ebpf.VariableSpec `ebpf:"km_authz"`
+	KmHaveSetRetval      *ebpf.VariableSpec `ebpf:"km_have_set_retval"`
+	KmTelemetry          *ebpf.VariableSpec `ebpf:"km_telemetry"`
+	UnusedAuthzAction    *ebpf.VariableSpec `ebpf:"unused_authz_action"`
+	UnusedAuthzKind      *ebpf.VariableSpec `ebpf:"unused_authz_kind"`
+	UnusedAuthzMatchFlag *ebpf.VariableSpec `ebpf:"unused_authz_match_flag"`
+	UnusedAuthzSide      *ebpf.VariableSpec `ebpf:"unused_authz_side"`
+	UnusedAuthzVerdict   *ebpf.VariableSpec `ebpf:"unused_authz_verdict"`
+	UnusedBackendFlag    *ebpf.VariableSpec `ebpf:"unused_backend_flag"`
+	UnusedConnDirection  *ebpf.VariableSpec `ebpf:"unused_conn_direction"`
+	UnusedConnEvent      *ebpf.VariableSpec `ebpf:"unused_conn_event"`
+	UnusedConnEventType  *ebpf.VariableSpec `ebpf:"unused_conn_event_type"`
+	UnusedFamily         *ebpf.VariableSpec `ebpf:"unused_family"`
+	UnusedLbMode         *ebpf.VariableSpec `ebpf:"unused_lb_mode"`
 }
 
 // KmeshObjects contains all objects after they have been loaded into the kernel.
@@ -284,6 +444,15 @@ func (o *KmeshObjects) Close() error {
 //
 // It can be passed to LoadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KmeshMaps struct {
+	KmAuthzAddr  *ebpf.Map `ebpf:"km_authz_addr"`
+	KmAuthzGlob  *ebpf.Map `ebpf:"km_authz_glob"`
+	KmAuthzIp    *ebpf.Map `ebpf:"km_authz_ip"`
+	KmAuthzList  *ebpf.Map `ebpf:"km_authz_list"`
+	KmAuthzMatch *ebpf.Map `ebpf:"km_authz_match"`
+	KmAuthzNetns *ebpf.Map `ebpf:"km_authz_netns"`
+	KmAuthzPol   *ebpf.Map `ebpf:"km_authz_pol"`
+	KmAuthzStats *ebpf.Map `ebpf:"km_authz_stats"`
+	KmAuthzVal   *ebpf.Map `ebpf:"km_authz_val"`
 	KmBackend    *ebpf.Map `ebpf:"km_backend"`
 	KmEndpoint   *ebpf.Map `ebpf:"km_endpoint"`
 	KmEvents     *ebpf.Map `ebpf:"km_events"`
@@ -300,6 +469,15 @@ type KmeshMaps struct {
 
 func (m *KmeshMaps) Close() error {
 	return _KmeshClose(
+		m.KmAuthzAddr,
+		m.KmAuthzGlob,
+		m.KmAuthzIp,
+		m.KmAuthzList,
+		m.KmAuthzMatch,
+		m.KmAuthzNetns,
+		m.KmAuthzPol,
+		m.KmAuthzStats,
+		m.KmAuthzVal,
 		m.KmBackend,
 		m.KmEndpoint,
 		m.KmEvents,
@@ -319,15 +497,21 @@ func (m *KmeshMaps) Close() error {
 //
 // It can be passed to LoadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KmeshVariables struct {
-	KmAccelerate        *ebpf.Variable `ebpf:"km_accelerate"`
-	KmHaveSetRetval     *ebpf.Variable `ebpf:"km_have_set_retval"`
-	KmTelemetry         *ebpf.Variable `ebpf:"km_telemetry"`
-	UnusedBackendFlag   *ebpf.Variable `ebpf:"unused_backend_flag"`
-	UnusedConnDirection *ebpf.Variable `ebpf:"unused_conn_direction"`
-	UnusedConnEvent     *ebpf.Variable `ebpf:"unused_conn_event"`
-	UnusedConnEventType *ebpf.Variable `ebpf:"unused_conn_event_type"`
-	UnusedFamily        *ebpf.Variable `ebpf:"unused_family"`
-	UnusedLbMode        *ebpf.Variable `ebpf:"unused_lb_mode"`
+	KmAccelerate         *ebpf.Variable `ebpf:"km_accelerate"`
+	KmAuthz              *ebpf.Variable `ebpf:"km_authz"`
+	KmHaveSetRetval      *ebpf.Variable `ebpf:"km_have_set_retval"`
+	KmTelemetry          *ebpf.Variable `ebpf:"km_telemetry"`
+	UnusedAuthzAction    *ebpf.Variable `ebpf:"unused_authz_action"`
+	UnusedAuthzKind      *ebpf.Variable `ebpf:"unused_authz_kind"`
+	UnusedAuthzMatchFlag *ebpf.Variable `ebpf:"unused_authz_match_flag"`
+	UnusedAuthzSide      *ebpf.Variable `ebpf:"unused_authz_side"`
+	UnusedAuthzVerdict   *ebpf.Variable `ebpf:"unused_authz_verdict"`
+	UnusedBackendFlag    *ebpf.Variable `ebpf:"unused_backend_flag"`
+	UnusedConnDirection  *ebpf.Variable `ebpf:"unused_conn_direction"`
+	UnusedConnEvent      *ebpf.Variable `ebpf:"unused_conn_event"`
+	UnusedConnEventType  *ebpf.Variable `ebpf:"unused_conn_event_type"`
+	UnusedFamily         *ebpf.Variable `ebpf:"unused_family"`
+	UnusedLbMode         *ebpf.Variable `ebpf:"unused_lb_mode"`
 }
 
 // KmeshPrograms contains all programs after they have been loaded into the kernel.
@@ -338,6 +522,7 @@ type KmeshPrograms struct {
 	KmConnect6     *ebpf.Program `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.Program `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.Program `ebpf:"km_getpeername6"`
+	KmIngress      *ebpf.Program `ebpf:"km_ingress"`
 	KmSkmsg        *ebpf.Program `ebpf:"km_skmsg"`
 	KmSockops      *ebpf.Program `ebpf:"km_sockops"`
 }
@@ -348,6 +533,7 @@ func (p *KmeshPrograms) Close() error {
 		p.KmConnect6,
 		p.KmGetpeername4,
 		p.KmGetpeername6,
+		p.KmIngress,
 		p.KmSkmsg,
 		p.KmSockops,
 	)

@@ -28,11 +28,21 @@ type Limits struct {
 	Frontends uint32 // km_frontend: service address:port pairs
 	Endpoints uint32 // km_endpoint: endpoint slots, counting weight and both generations in flight
 	Backends  uint32 // km_backend: workloads with addresses
-	Workloads uint32 // km_manage: enrolled network namespaces
+	Workloads uint32 // km_manage, km_authz_netns: enrolled network namespaces
 	Sockets   uint32 // km_socks: sockets of this node same-node acceleration tracks
+
+	// Authorization (bpf/include/authz.h). The maps are not preallocated:
+	// only what a config uses takes memory.
+	Policies          uint32 // km_authz_pol, km_authz_stats: policies (ids 1..Policies)
+	PolicyMatches     uint32 // km_authz_match: matches of all policies (a changing policy briefly needs two copies)
+	PolicyValues      uint32 // km_authz_val: identities and ports the matches test
+	PolicyIPBlocks    uint32 // km_authz_ip: address blocks the matches test, plus one per match that tests addresses
+	PolicyRefs        uint32 // km_authz_list: policies in the lists that apply to workloads
+	WorkloadAddresses uint32 // km_authz_addr: addresses of the mesh's workloads, when it has policies
 }
 
-// DefaultLimits fit 10,000 services with 100,000 endpoints.
+// DefaultLimits fit 10,000 services with 100,000 endpoints, and 4,096
+// policies.
 var DefaultLimits = Limits{
 	Services:  16384,
 	Frontends: 65536,
@@ -40,6 +50,13 @@ var DefaultLimits = Limits{
 	Backends:  131072,
 	Workloads: 4096,
 	Sockets:   65536,
+
+	Policies:          4096,
+	PolicyMatches:     65536,
+	PolicyValues:      262144,
+	PolicyIPBlocks:    65536,
+	PolicyRefs:        65536,
+	WorkloadAddresses: 262144,
 }
 
 // Options say where the data plane lives.
@@ -242,6 +259,7 @@ var attachments = []struct {
 	{KmeshProgKmGetpeername6, ebpf.AttachCgroupInet6GetPeername},
 	{KmeshProgKmSockops, ebpf.AttachCGroupSockOps},
 	{KmeshProgKmSkmsg, ebpf.AttachSkMsgVerdict}, // on km_socks
+	{KmeshProgKmIngress, ebpf.AttachCGroupInetIngress},
 }
 
 func (d *Datapath) attach(name string, prog *ebpf.Program, at ebpf.AttachType) (link.Link, error) {

@@ -21,6 +21,15 @@ func spec(limits Limits) (*ebpf.CollectionSpec, error) {
 		KmeshMapKmRr:         limits.Services + 1, // ids start at 1
 		KmeshMapKmSocks:      limits.Sockets,
 		KmeshMapKmRedirBytes: limits.Sockets,
+		KmeshMapKmAuthzAddr:  limits.WorkloadAddresses,
+		KmeshMapKmAuthzGlob:  1,
+		KmeshMapKmAuthzList:  limits.PolicyRefs,
+		KmeshMapKmAuthzPol:   limits.Policies,
+		KmeshMapKmAuthzMatch: limits.PolicyMatches,
+		KmeshMapKmAuthzVal:   limits.PolicyValues,
+		KmeshMapKmAuthzIp:    limits.PolicyIPBlocks,
+		KmeshMapKmAuthzNetns: limits.Workloads,
+		KmeshMapKmAuthzStats: limits.Policies + 1, // index 0: no policy
 	}
 	for name, m := range s.Maps {
 		n, ok := sizes[name]

@@ -26,6 +26,9 @@ type Features struct {
 	// SkMsg redirects messages between local sockets (sockhash, sk_msg
 	// links and socket storage in sk_msg, 5.10).
 	SkMsg bool
+	// Authz enforces authorization policies: bpf_loop (5.17) walks them,
+	// cgroup_skb programs check SYNs, LPM tries hold address blocks.
+	Authz bool
 }
 
 // ErrMissingFeature means the kernel lacks a feature Kmesh cannot run without.
@@ -57,6 +60,9 @@ func probe() (Features, error) {
 	f.SkMsg = features.HaveMapType(ebpf.SockHash) == nil &&
 		features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash) == nil &&
 		features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkStorageGet) == nil
+	f.Authz = features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnLoop) == nil &&
+		features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnLoop) == nil &&
+		features.HaveMapType(ebpf.LPMTrie) == nil
 	f.Telemetry = features.HaveMapType(ebpf.RingBuf) == nil &&
 		features.HaveProgramHelper(ebpf.SockOps, asm.FnGetNetnsCookie) == nil &&
 		features.HaveProgramHelper(ebpf.SockOps, asm.FnSkStorageGet) == nil
@@ -76,6 +82,13 @@ func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logg
 		delete(s.Programs, KmeshProgKmGetpeername4)
 		delete(s.Programs, KmeshProgKmGetpeername6)
 		log.Warn("kernel lacks cgroup getpeername hooks (5.8): applications see the endpoint's address as their peer, not the service's")
+	}
+	if err := s.Variables["km_authz"].Set(f.Authz); err != nil {
+		return fmt.Errorf("set km_authz: %w", err)
+	}
+	if !f.Authz {
+		delete(s.Programs, KmeshProgKmIngress)
+		log.Error("kernel lacks bpf_loop in cgroup programs (5.17): authorization policies are NOT enforced")
 	}
 	accelerate := opts.Accelerate && f.SkMsg && f.Telemetry
 	if err := s.Variables["km_accelerate"].Set(accelerate); err != nil {

@@ -21,6 +21,14 @@ var flags = map[string]string{
 	bpf.KmeshMapKmEndpoint: "--max-endpoints",
 	bpf.KmeshMapKmBackend:  "--max-backends",
 	bpf.KmeshMapKmManage:   "--max-workloads",
+
+	bpf.KmeshMapKmAuthzPol:   "--max-policies",
+	bpf.KmeshMapKmAuthzMatch: "--max-policy-matches",
+	bpf.KmeshMapKmAuthzVal:   "--max-policy-values",
+	bpf.KmeshMapKmAuthzIp:    "--max-policy-ipblocks",
+	bpf.KmeshMapKmAuthzList:  "--max-policy-refs",
+	bpf.KmeshMapKmAuthzAddr:  "--max-workload-addresses",
+	bpf.KmeshMapKmAuthzNetns: "--max-workloads",
 }
 
 func fullError(m string, need, capacity int) error {

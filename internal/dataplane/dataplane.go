@@ -4,7 +4,9 @@
 // an order that keeps every intermediate state valid for a concurrent
 // connect(): backends before the slots that name them, slots before the
 // service that counts them, services before the frontends that point to
-// them; and on removal the reverse.
+// them; and on removal the reverse. It writes the authorization maps the
+// same way (authz.go): policies before the lists that name them, lists
+// before the workloads that point to them.
 package dataplane
 
 import (
@@ -33,6 +35,7 @@ type Dataplane struct {
 	serviceIDs *idPool
 	backendIDs *idPool
 	stale      *staleEntries // left by a previous kmeshd; swept after the first Apply
+	az         *authzState   // authorization maps (authz.go)
 }
 
 type serviceState struct {
@@ -67,6 +70,10 @@ func New(maps *bpf.KmeshMaps, limits bpf.Limits, log *slog.Logger) (*Dataplane, 
 		frontends:  map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue{},
 		serviceIDs: newIDPool("service", limits.Services),
 		backendIDs: newIDPool("backend", 0),
+		az:         newAuthzState(limits),
+	}
+	if err := d.scanAuthzStale(); err != nil {
+		return nil, err
 	}
 	stale, err := scanStale(maps)
 	if err != nil {
@@ -92,12 +99,23 @@ func (d *Dataplane) Apply(m *model.Mesh) error {
 	if err != nil {
 		return err
 	}
+	wantAZ, err := translateAuthz(m)
+	if err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stale != nil {
 		d.adopt(want)
 	}
 	if err := d.checkCapacity(want); err != nil {
+		return err
+	}
+	policies, err := d.compileAuthz(wantAZ)
+	if err != nil {
+		return err
+	}
+	if err := d.checkAuthzCapacity(wantAZ, policies); err != nil {
 		return err
 	}
 	if err := d.applyBackends(want); err != nil {
@@ -120,7 +138,7 @@ func (d *Dataplane) Apply(m *model.Mesh) error {
 			return err
 		}
 	}
-	return nil
+	return d.applyAuthz(wantAZ, policies)
 }
 
 func (d *Dataplane) applyBackends(want *desired) error {

@@ -4,3 +4,4 @@
 package bpftest
 
 //go:generate go tool bpf2go -tags linux -target bpfel lbTest ../../../bpf/tests/lb_test.c -- -I../../../bpf/include -mcpu=v3 -g -O2 -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel -type authz_test_ctx authzTest ../../../bpf/tests/authz_test.c -- -I../../../bpf/include -mcpu=v3 -g -O2 -Wall -Werror

@@ -13,6 +13,86 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type lbTestAuthzAddrKey struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+}
+
+type lbTestAuthzIpKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	PolicyId  uint32
+	Index     uint16
+	Gen       uint8
+	Kind      uint8
+	Addr      [4]uint32
+}
+
+type lbTestAuthzListKey struct {
+	_     structs.HostLayout
+	Id    uint32
+	Index uint32
+}
+
+type lbTestAuthzListRef struct {
+	_   structs.HostLayout
+	Id  uint32
+	N   [3]uint16
+	Pad uint16
+}
+
+type lbTestAuthzMatch struct {
+	_        structs.HostLayout
+	Flags    uint16
+	NextRule uint16
+}
+
+type lbTestAuthzMatchKey struct {
+	_        structs.HostLayout
+	PolicyId uint32
+	Index    uint16
+	Gen      uint8
+	Pad      uint8
+}
+
+type lbTestAuthzPeer struct {
+	_        structs.HostLayout
+	Identity uint64
+	Lists    [2]lbTestAuthzListRef
+}
+
+type lbTestAuthzPolicy struct {
+	_       structs.HostLayout
+	Action  uint8
+	Gen     uint8
+	Pad     uint16
+	Matches uint32
+}
+
+type lbTestAuthzSelf struct {
+	_        structs.HostLayout
+	Identity uint64
+	Addr4    uint32
+	Addr6    [4]uint32
+	Flags    uint32
+}
+
+type lbTestAuthzStat struct {
+	_       structs.HostLayout
+	Allowed [2]uint64
+	Denied  [2]uint64
+	Matched [2]uint64
+}
+
+type lbTestAuthzValKey struct {
+	_        structs.HostLayout
+	PolicyId uint32
+	Index    uint16
+	Gen      uint8
+	Kind     uint8
+	Value    uint64
+}
+
 type lbTestBackendValue struct {
 	_     structs.HostLayout
 	Addr4 uint32
@@ -71,6 +151,15 @@ type lbTestServiceValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	lbTestMapKmAuthzAddr                            = "km_authz_addr"
+	lbTestMapKmAuthzGlob                            = "km_authz_glob"
+	lbTestMapKmAuthzIp                              = "km_authz_ip"
+	lbTestMapKmAuthzList                            = "km_authz_list"
+	lbTestMapKmAuthzMatch                           = "km_authz_match"
+	lbTestMapKmAuthzNetns                           = "km_authz_netns"
+	lbTestMapKmAuthzPol                             = "km_authz_pol"
+	lbTestMapKmAuthzStats                           = "km_authz_stats"
+	lbTestMapKmAuthzVal                             = "km_authz_val"
 	lbTestMapKmBackend                              = "km_backend"
 	lbTestMapKmEndpoint                             = "km_endpoint"
 	lbTestMapKmFrontend                             = "km_frontend"
@@ -147,12 +236,21 @@ type lbTestProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbTestMapSpecs struct {
-	KmBackend  *ebpf.MapSpec `ebpf:"km_backend"`
-	KmEndpoint *ebpf.MapSpec `ebpf:"km_endpoint"`
-	KmFrontend *ebpf.MapSpec `ebpf:"km_frontend"`
-	KmManage   *ebpf.MapSpec `ebpf:"km_manage"`
-	KmRr       *ebpf.MapSpec `ebpf:"km_rr"`
-	KmService  *ebpf.MapSpec `ebpf:"km_service"`
+	KmAuthzAddr  *ebpf.MapSpec `ebpf:"km_authz_addr"`
+	KmAuthzGlob  *ebpf.MapSpec `ebpf:"km_authz_glob"`
+	KmAuthzIp    *ebpf.MapSpec `ebpf:"km_authz_ip"`
+	KmAuthzList  *ebpf.MapSpec `ebpf:"km_authz_list"`
+	KmAuthzMatch *ebpf.MapSpec `ebpf:"km_authz_match"`
+	KmAuthzNetns *ebpf.MapSpec `ebpf:"km_authz_netns"`
+	KmAuthzPol   *ebpf.MapSpec `ebpf:"km_authz_pol"`
+	KmAuthzStats *ebpf.MapSpec `ebpf:"km_authz_stats"`
+	KmAuthzVal   *ebpf.MapSpec `ebpf:"km_authz_val"`
+	KmBackend    *ebpf.MapSpec `ebpf:"km_backend"`
+	KmEndpoint   *ebpf.MapSpec `ebpf:"km_endpoint"`
+	KmFrontend   *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmManage     *ebpf.MapSpec `ebpf:"km_manage"`
+	KmRr         *ebpf.MapSpec `ebpf:"km_rr"`
+	KmService    *ebpf.MapSpec `ebpf:"km_service"`
 }
 
 // lbTestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -181,16 +279,34 @@ func (o *lbTestObjects) Close() error {
 //
 // It can be passed to loadLbTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbTestMaps struct {
-	KmBackend  *ebpf.Map `ebpf:"km_backend"`
-	KmEndpoint *ebpf.Map `ebpf:"km_endpoint"`
-	KmFrontend *ebpf.Map `ebpf:"km_frontend"`
-	KmManage   *ebpf.Map `ebpf:"km_manage"`
-	KmRr       *ebpf.Map `ebpf:"km_rr"`
-	KmService  *ebpf.Map `ebpf:"km_service"`
+	KmAuthzAddr  *ebpf.Map `ebpf:"km_authz_addr"`
+	KmAuthzGlob  *ebpf.Map `ebpf:"km_authz_glob"`
+	KmAuthzIp    *ebpf.Map `ebpf:"km_authz_ip"`
+	KmAuthzList  *ebpf.Map `ebpf:"km_authz_list"`
+	KmAuthzMatch *ebpf.Map `ebpf:"km_authz_match"`
+	KmAuthzNetns *ebpf.Map `ebpf:"km_authz_netns"`
+	KmAuthzPol   *ebpf.Map `ebpf:"km_authz_pol"`
+	KmAuthzStats *ebpf.Map `ebpf:"km_authz_stats"`
+	KmAuthzVal   *ebpf.Map `ebpf:"km_authz_val"`
+	KmBackend    *ebpf.Map `ebpf:"km_backend"`
+	KmEndpoint   *ebpf.Map `ebpf:"km_endpoint"`
+	KmFrontend   *ebpf.Map `ebpf:"km_frontend"`
+	KmManage     *ebpf.Map `ebpf:"km_manage"`
+	KmRr         *ebpf.Map `ebpf:"km_rr"`
+	KmService    *ebpf.Map `ebpf:"km_service"`
 }
 
 func (m *lbTestMaps) Close() error {
 	return _LbTestClose(
+		m.KmAuthzAddr,
+		m.KmAuthzGlob,
+		m.KmAuthzIp,
+		m.KmAuthzList,
+		m.KmAuthzMatch,
+		m.KmAuthzNetns,
+		m.KmAuthzPol,
+		m.KmAuthzStats,
+		m.KmAuthzVal,
 		m.KmBackend,
 		m.KmEndpoint,
 		m.KmFrontend,

@@ -1,0 +1,509 @@
+package dataplane
+
+import (
+	"fmt"
+	"hash/fnv"
+	"maps"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/kmesh-go/kmesh/internal/authz"
+	"github.com/kmesh-go/kmesh/internal/bpf"
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// Authorization maps (bpf/include/types.h, "Authorization"). Policies keep
+// their id while they exist, so their counters do; a changed policy is
+// written into its other generation and then flipped. Lists of policies
+// never change: a new set of policies that applies to a workload is a new
+// list, written before the workload's entry moves to it, and the old list
+// goes once nothing points at it. So a concurrent connect() sees, for each
+// workload, the old policies or the new ones, never a mix, and never an id
+// whose data is not written yet.
+//
+// When the mesh has no policy, the maps stay empty and the programs pass
+// every connection after one lookup.
+
+// PolicyInfo names a policy the maps hold, for metrics and dumps.
+type PolicyInfo struct {
+	Key    string // namespace/name
+	Action model.PolicyAction
+	DryRun bool
+}
+
+type authzState struct {
+	policies  map[string]*policyState // by key
+	policyIDs *idPool
+	lists     map[string]*listState // by content
+	listIDs   *idPool
+	glob      bpf.KmeshAuthzListRef // as written; zero: no entry
+	addrs     map[bpf.KmeshAuthzAddrKey]bpf.KmeshAuthzPeer
+	netns     map[uint64]bpf.KmeshAuthzSelf
+	names     map[uint32]PolicyInfo
+	// workloads of the last applied mesh, when it has policies; nil
+	// otherwise (ApplyNetns then clears km_authz_netns).
+	workloads map[string]*model.Workload
+	idsHash   uint64 // of the identities the policies were compiled for
+	stale     *authzStale
+}
+
+type policyState struct {
+	id       uint32
+	gen      uint8
+	policy   model.Policy // as compiled, to skip unchanged ones
+	compiled *compiledPolicy
+}
+
+type listState struct {
+	id      uint32
+	ref     bpf.KmeshAuthzListRef
+	entries []uint32 // policy ids
+}
+
+func newAuthzState(limits bpf.Limits) *authzState {
+	return &authzState{
+		policies:  map[string]*policyState{},
+		policyIDs: newIDPool("policy", limits.Policies),
+		lists:     map[string]*listState{},
+		listIDs:   newIDPool("policy list", 0),
+		addrs:     map[bpf.KmeshAuthzAddrKey]bpf.KmeshAuthzPeer{},
+		netns:     map[uint64]bpf.KmeshAuthzSelf{},
+		names:     map[uint32]PolicyInfo{},
+	}
+}
+
+// desiredAuthz is a mesh's policies in map terms, before ids are given out.
+type desiredAuthz struct {
+	policies  map[string]*model.Policy
+	ids       identities
+	idsHash   uint64
+	glob      listSpec
+	addrs     map[bpf.KmeshAuthzAddrKey]addrSpec
+	workloads map[string]*model.Workload
+}
+
+// listSpec is a list by policy keys, per action (enum km_authz_action).
+type listSpec [3][]string
+
+type addrSpec struct {
+	identity uint64
+	lists    [2]listSpec // namespace, workload selector
+}
+
+func specOf(ps []*model.Policy) listSpec {
+	var s listSpec
+	for _, p := range ps {
+		a := actionOf(p)
+		s[a] = append(s[a], p.Key())
+	}
+	return s
+}
+
+func translateAuthz(m *model.Mesh) (*desiredAuthz, error) {
+	want := &desiredAuthz{policies: map[string]*model.Policy{}, addrs: map[bpf.KmeshAuthzAddrKey]addrSpec{}}
+	if len(m.Policies) == 0 {
+		return want, nil
+	}
+	ix := authz.NewIndex(m)
+	want.ids = identities{0: nil} // no identity
+	want.workloads = make(map[string]*model.Workload, len(m.Workloads))
+	for i := range m.Workloads {
+		w := &m.Workloads[i]
+		want.workloads[w.Key()] = w
+		id := authz.IdentityOf(w)
+		h := id.Hash()
+		if prev, ok := want.ids[h]; ok && prev != nil && *prev != id {
+			return nil, fmt.Errorf("workload %s: identity %s has the hash of %s; rename a service account", w.Key(), id, prev)
+		}
+		want.ids[h] = &id
+	}
+	hashes := slices.Sorted(maps.Keys(want.ids))
+	f := fnv.New64a()
+	for _, h := range hashes {
+		f.Write(strconv.AppendUint(nil, h, 16))
+	}
+	want.idsHash = f.Sum64()
+	for i := range m.Policies {
+		want.policies[m.Policies[i].Key()] = &m.Policies[i]
+	}
+	want.glob = specOf(ix.Global())
+	for a, w := range ix.Addresses() {
+		id := authz.IdentityOf(w)
+		want.addrs[bpf.KmeshAuthzAddrKey{Addr: addrWords(a)}] = addrSpec{
+			identity: id.Hash(),
+			lists:    [2]listSpec{specOf(ix.Namespace(w.Namespace)), specOf(ix.Selected(w))},
+		}
+	}
+	return want, nil
+}
+
+// compileAuthz compiles the policies that changed, or all of them when the
+// mesh's identities did.
+func (d *Dataplane) compileAuthz(want *desiredAuthz) (map[string]*compiledPolicy, error) {
+	out := make(map[string]*compiledPolicy, len(want.policies))
+	for key, p := range want.policies {
+		if cur := d.az.policies[key]; cur != nil && d.az.idsHash == want.idsHash && reflect.DeepEqual(&cur.policy, p) {
+			out[key] = cur.compiled
+			continue
+		}
+		c, err := compilePolicy(p, want.ids)
+		if err != nil {
+			return nil, err
+		}
+		out[key] = c
+	}
+	return out, nil
+}
+
+// applyAuthz writes want into the maps: policies first, then the lists
+// that name them, then the references to the lists; then removes what is
+// no longer referenced, in the reverse order.
+func (d *Dataplane) applyAuthz(want *desiredAuthz, compiled map[string]*compiledPolicy) error {
+	az := d.az
+	for _, key := range slices.Sorted(maps.Keys(want.policies)) {
+		if err := d.writePolicy(want.policies[key], compiled[key]); err != nil {
+			return err
+		}
+	}
+	listRef := func(s listSpec) (bpf.KmeshAuthzListRef, error) { return d.writeList(s) }
+	glob, err := listRef(want.glob)
+	if err != nil {
+		return err
+	}
+	if glob != az.glob {
+		if glob.Id == 0 {
+			err = az.del(d.maps.KmAuthzGlob, uint32(0))
+		} else {
+			err = d.maps.KmAuthzGlob.Put(uint32(0), glob)
+		}
+		if err != nil {
+			return fmt.Errorf("write global policies: %w", mapErr(bpf.KmeshMapKmAuthzGlob, err))
+		}
+		az.glob = glob
+	}
+	wanted := map[uint32]bool{glob.Id: true}
+	for k, a := range want.addrs {
+		v := bpf.KmeshAuthzPeer{Identity: a.identity}
+		for i, s := range a.lists {
+			if v.Lists[i], err = listRef(s); err != nil {
+				return err
+			}
+			wanted[v.Lists[i].Id] = true
+		}
+		if cur, ok := az.addrs[k]; ok && cur == v {
+			continue
+		}
+		if err := d.maps.KmAuthzAddr.Put(k, v); err != nil {
+			return fmt.Errorf("write workload address %s: %w", wordsAddr(k.Addr), mapErr(bpf.KmeshMapKmAuthzAddr, err))
+		}
+		az.addrs[k] = v
+	}
+	for k := range az.addrs {
+		if _, ok := want.addrs[k]; ok {
+			continue
+		}
+		if err := az.del(d.maps.KmAuthzAddr, k); err != nil {
+			return fmt.Errorf("delete workload address %s: %w", wordsAddr(k.Addr), err)
+		}
+		delete(az.addrs, k)
+	}
+	for content, l := range az.lists {
+		if wanted[l.id] {
+			continue
+		}
+		if err := d.deleteList(l); err != nil {
+			return err
+		}
+		delete(az.lists, content)
+	}
+	for key, cur := range az.policies {
+		if _, ok := want.policies[key]; ok {
+			continue
+		}
+		if err := az.del(d.maps.KmAuthzPol, cur.id); err != nil {
+			return fmt.Errorf("policy %s: delete: %w", key, err)
+		}
+		d.deletePolicyEntries(cur.id, cur.gen, cur.compiled)
+		az.policyIDs.put(cur.id)
+		delete(az.names, cur.id)
+		delete(az.policies, key)
+	}
+	az.workloads = want.workloads
+	az.idsHash = want.idsHash
+	if az.stale != nil {
+		return d.sweepAuthzStale()
+	}
+	return nil
+}
+
+// writePolicy writes a new or changed policy into its free generation and
+// then points its entry there.
+func (d *Dataplane) writePolicy(p *model.Policy, c *compiledPolicy) error {
+	az := d.az
+	key := p.Key()
+	cur := az.policies[key]
+	if cur != nil && cur.compiled.equal(c) {
+		cur.policy = *p
+		az.names[cur.id] = PolicyInfo{Key: key, Action: p.Action, DryRun: p.DryRun}
+		return nil
+	}
+	isNew := cur == nil
+	next := &policyState{policy: *p, compiled: c}
+	if isNew {
+		id, err := az.policyIDs.get()
+		if err != nil {
+			return fmt.Errorf("policy %s: %w (raise --max-policies)", key, err)
+		}
+		// The id may have counted for a removed policy.
+		if err := d.maps.KmAuthzStats.Put(id, make([]bpf.KmeshAuthzStat, ebpf.MustPossibleCPU())); err != nil {
+			az.policyIDs.put(id)
+			return fmt.Errorf("policy %s: reset counters: %w", key, err)
+		}
+		next.id = id
+	} else {
+		next.id, next.gen = cur.id, cur.gen^1
+	}
+	undo := func() {
+		d.deletePolicyEntries(next.id, next.gen, c)
+		if isNew {
+			az.policyIDs.put(next.id)
+		}
+	}
+	if err := d.writePolicyEntries(next.id, next.gen, c); err != nil {
+		undo()
+		return fmt.Errorf("policy %s: %w", key, err)
+	}
+	hdr := bpf.KmeshAuthzPolicy{Action: c.action, Gen: next.gen, Matches: uint32(len(c.matches))}
+	if err := d.maps.KmAuthzPol.Put(next.id, hdr); err != nil {
+		undo()
+		return fmt.Errorf("policy %s: write: %w", key, mapErr(bpf.KmeshMapKmAuthzPol, err))
+	}
+	if !isNew {
+		d.deletePolicyEntries(cur.id, cur.gen, cur.compiled)
+	}
+	az.policies[key] = next
+	az.names[next.id] = PolicyInfo{Key: key, Action: p.Action, DryRun: p.DryRun}
+	return nil
+}
+
+func (d *Dataplane) writePolicyEntries(id uint32, gen uint8, c *compiledPolicy) error {
+	for _, v := range c.vals {
+		if err := d.maps.KmAuthzVal.Put(valKey(id, gen, v), v.label); err != nil {
+			return fmt.Errorf("write match value: %w", mapErr(bpf.KmeshMapKmAuthzVal, err))
+		}
+	}
+	for _, e := range c.ips {
+		if err := d.maps.KmAuthzIp.Put(ipKey(id, gen, e), e.label); err != nil {
+			return fmt.Errorf("write address block %s: %w", e.prefix, mapErr(bpf.KmeshMapKmAuthzIp, err))
+		}
+	}
+	for i, m := range c.matches {
+		if err := d.maps.KmAuthzMatch.Put(matchKey(id, gen, i), m); err != nil {
+			return fmt.Errorf("write match %d: %w", i, mapErr(bpf.KmeshMapKmAuthzMatch, err))
+		}
+	}
+	return nil
+}
+
+// deletePolicyEntries removes a generation's entries, matches first (a
+// walk that loses one starts over); missing ones are fine, so it also
+// undoes a failed write.
+func (d *Dataplane) deletePolicyEntries(id uint32, gen uint8, c *compiledPolicy) {
+	for i := range c.matches {
+		d.az.delLog(d, d.maps.KmAuthzMatch, matchKey(id, gen, i))
+	}
+	for _, v := range c.vals {
+		d.az.delLog(d, d.maps.KmAuthzVal, valKey(id, gen, v))
+	}
+	for _, e := range c.ips {
+		d.az.delLog(d, d.maps.KmAuthzIp, ipKey(id, gen, e))
+	}
+}
+
+// writeList returns the reference to the list of s, writing the list if
+// it does not exist yet.
+func (d *Dataplane) writeList(s listSpec) (bpf.KmeshAuthzListRef, error) {
+	var ids []uint32
+	var ref bpf.KmeshAuthzListRef
+	var content strings.Builder
+	for _, a := range []uint8{actionDeny, actionAllow, actionCount} {
+		ref.N[a] = uint16(len(s[a]))
+		for _, key := range s[a] {
+			id := d.az.policies[key].id
+			ids = append(ids, id)
+			content.WriteString(strconv.FormatUint(uint64(id), 10))
+			content.WriteByte(',')
+		}
+		content.WriteByte('|')
+	}
+	if len(ids) == 0 {
+		return bpf.KmeshAuthzListRef{}, nil
+	}
+	if l := d.az.lists[content.String()]; l != nil {
+		return l.ref, nil
+	}
+	for a := range s {
+		if len(s[a]) > 0xffff {
+			return ref, fmt.Errorf("%d %s policies apply to one workload: at most 65535", len(s[a]), actionName(uint8(a)))
+		}
+	}
+	lid, err := d.az.listIDs.get()
+	if err != nil {
+		return ref, err
+	}
+	ref.Id = lid
+	l := &listState{id: lid, ref: ref, entries: ids}
+	for i, pid := range ids {
+		if err := d.maps.KmAuthzList.Put(bpf.KmeshAuthzListKey{Id: lid, Index: uint32(i)}, pid); err != nil {
+			l.entries = ids[:i]
+			d.deleteList(l)
+			return ref, fmt.Errorf("write policy list: %w", mapErr(bpf.KmeshMapKmAuthzList, err))
+		}
+	}
+	d.az.lists[content.String()] = l
+	return ref, nil
+}
+
+func (d *Dataplane) deleteList(l *listState) error {
+	for i := range l.entries {
+		k := bpf.KmeshAuthzListKey{Id: l.id, Index: uint32(i)}
+		if err := d.az.del(d.maps.KmAuthzList, k); err != nil {
+			return fmt.Errorf("delete policy list %d: %w", l.id, err)
+		}
+	}
+	d.az.listIDs.put(l.id)
+	return nil
+}
+
+// del deletes a key; a missing one is fine.
+func (az *authzState) del(m *ebpf.Map, key any) error {
+	if err := m.Delete(key); err != nil && !isNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+func (az *authzState) delLog(d *Dataplane, m *ebpf.Map, key any) {
+	if err := az.del(m, key); err != nil {
+		d.log.Warn("delete authorization entry", "map", m.String(), "err", err)
+	}
+}
+
+// ApplyNetns tells the connect programs who each enrolled network
+// namespace is: cookies maps a namespace's cookie to the key of its
+// workload in the last applied mesh. Namespaces of unknown workloads are
+// left out; their connects are checked only at the destination.
+func (d *Dataplane) ApplyNetns(cookies map[uint64]string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	az := d.az
+	want := map[uint64]bpf.KmeshAuthzSelf{}
+	if az.workloads != nil {
+		for c, key := range cookies {
+			w := az.workloads[key]
+			if w == nil {
+				continue
+			}
+			v := bpf.KmeshAuthzSelf{Identity: authz.IdentityOf(w).Hash()}
+			for _, a := range w.Addresses {
+				switch a = a.Unmap(); {
+				case a.Is4() && v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4) == 0:
+					v.Addr4 = addr4Word(a)
+					v.Flags |= uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4)
+				case a.Is6() && v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6) == 0:
+					v.Addr6 = addrWords(a)
+					v.Flags |= uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6)
+				}
+			}
+			want[c] = v
+		}
+	}
+	if len(want) > int(d.limits.Workloads) {
+		return fullError(bpf.KmeshMapKmAuthzNetns, len(want), int(d.limits.Workloads))
+	}
+	for k := range az.netns {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := az.del(d.maps.KmAuthzNetns, k); err != nil {
+			return fmt.Errorf("delete netns cookie %d: %w", k, err)
+		}
+		delete(az.netns, k)
+	}
+	for k, v := range want {
+		if cur, ok := az.netns[k]; ok && cur == v {
+			continue
+		}
+		if err := d.maps.KmAuthzNetns.Put(k, v); err != nil {
+			return fmt.Errorf("write netns cookie %d: %w", k, mapErr(bpf.KmeshMapKmAuthzNetns, err))
+		}
+		az.netns[k] = v
+	}
+	return nil
+}
+
+// Policies returns the policies the maps hold, by id.
+func (d *Dataplane) Policies() map[uint32]PolicyInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.az.names)
+}
+
+// AuthzStat is what the programs counted for one policy at one side.
+type AuthzStat struct {
+	// Policy is the policy; its Key is "" for decisions no policy made
+	// (none applied, or no ALLOW policy matched).
+	Policy  PolicyInfo
+	Side    string // Source (at connect) or Destination (on the SYN)
+	Allowed uint64
+	Denied  uint64
+	Matched uint64 // an AUDIT or dry-run policy matched
+}
+
+// Sides of AuthzStat.
+const (
+	SideSource      = "source"
+	SideDestination = "destination"
+)
+
+// AuthzStats reads the decision counters of every policy the maps hold,
+// and of decisions no policy made.
+func (d *Dataplane) AuthzStats() ([]AuthzStat, error) {
+	names := d.Policies()
+	ids := append([]uint32{0}, slices.Sorted(maps.Keys(names))...)
+	var out []AuthzStat
+	var per []bpf.KmeshAuthzStat
+	for _, id := range ids {
+		if err := d.maps.KmAuthzStats.Lookup(id, &per); err != nil {
+			return out, fmt.Errorf("read %s: %w", bpf.KmeshMapKmAuthzStats, err)
+		}
+		var sum bpf.KmeshAuthzStat
+		for _, s := range per {
+			for i := range 2 {
+				sum.Allowed[i] += s.Allowed[i]
+				sum.Denied[i] += s.Denied[i]
+				sum.Matched[i] += s.Matched[i]
+			}
+		}
+		for i, side := range []string{SideSource, SideDestination} {
+			out = append(out, AuthzStat{Policy: names[id], Side: side, Allowed: sum.Allowed[i], Denied: sum.Denied[i], Matched: sum.Matched[i]})
+		}
+	}
+	return out, nil
+}
+
+func actionName(a uint8) string {
+	switch a {
+	case actionAllow:
+		return "allow"
+	case actionDeny:
+		return "deny"
+	case actionCount:
+		return "count"
+	}
+	return "action" + strconv.Itoa(int(a))
+}
