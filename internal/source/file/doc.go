@@ -4,7 +4,7 @@
 //
 // # Format
 //
-// The file has two top-level lists; both may be absent, and an empty file is
+// The file has three top-level lists; all may be absent, and an empty file is
 // an empty mesh. Every key is checked: an unknown or repeated key is an
 // error, as is a second YAML document in the file.
 //
@@ -31,6 +31,24 @@
 //	  netns: /var/run/netns/hello-1  # optional absolute path of its network
 //	                           # namespace, enrolled by the kmeshd of node
 //	  weight: 1                # 1..128 (model.MaxWeight), default 1
+//	  serviceAccount: hello    # DNS subdomain, default "default"; the identity
+//	                           # cluster.local/ns/<namespace>/sa/<serviceAccount>
+//	authorizationPolicies:     # Istio AuthorizationPolicy objects, as for kubectl
+//	- apiVersion: security.istio.io/v1   # or security.istio.io/v1beta1
+//	  kind: AuthorizationPolicy
+//	  metadata: {name: allow-client, namespace: default}
+//	  spec:
+//	    selector: {matchLabels: {app: hello}}  # none: the whole namespace;
+//	                           # in istio-system: the whole mesh
+//	    action: ALLOW          # ALLOW (default), DENY or AUDIT
+//	    rules:
+//	    - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
+//	      to: [{operation: {ports: ["8080"]}}]
+//
+// Policies are translated as istiod translates them for ztunnel (see
+// internal/authz for their meaning): attributes only an L7 proxy can check
+// are left out and named in model.PolicyRule.L7. docs/config.md lists every
+// field.
 //
 // A null value (`namespace:` or `namespace: ~`) is the same as leaving the key
 // out. Scalars are taken as written, so an unquoted label value such as 1.10

@@ -12,6 +12,9 @@ func FuzzParse(f *testing.F) {
 	for _, tc := range badFiles {
 		f.Add([]byte(tc.yaml))
 	}
+	for _, tc := range badPolicyFiles {
+		f.Add([]byte(policyWorkloads + tc.yaml))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// No node: the netns check would stat paths from the input.
 		m, err := Parse("fuzz.yaml", data, "")

@@ -138,9 +138,10 @@ type workload struct {
 
 // mesh walks the root mapping into m, recording every problem in p.
 func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
-	f := p.fields(root, "", "services", "workloads")
+	f := p.fields(root, "", "services", "workloads", "authorizationPolicies")
 	var services []*service
 	var workloads []*workload
+	var policies []*policy
 	if n := f["services"]; n != nil {
 		p.list(n, "services", func(item *yaml.Node, path string) {
 			services = append(services, p.service(item, path))
@@ -151,8 +152,14 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 			workloads = append(workloads, p.workload(item, path))
 		})
 	}
+	if n := f["authorizationPolicies"]; n != nil {
+		p.list(n, "authorizationPolicies", func(item *yaml.Node, path string) {
+			policies = append(policies, p.authorizationPolicy(item, path))
+		})
+	}
 	p.checkWorkloads(workloads)
 	p.checkServices(services)
+	p.checkPolicies(policies)
 	if len(p.errs) > 0 {
 		return
 	}
@@ -160,6 +167,10 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 		m.Workloads = append(m.Workloads, w.Workload)
 	}
 	labels := model.NewLabelIndex(m.Workloads)
+	selectPolicies(policies, m.Workloads, labels)
+	for _, pol := range policies {
+		m.Policies = append(m.Policies, pol.Policy)
+	}
 	for _, s := range services {
 		for _, i := range labels.Select(s.Namespace, s.selector) {
 			s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: m.Workloads[i].Key()})
@@ -290,8 +301,9 @@ func (p *parser) ports(s *service, n *yaml.Node, path string) {
 func (p *parser) workload(n *yaml.Node, path string) *workload {
 	w := &workload{path: path}
 	w.Namespace = "default"
+	w.ServiceAccount = "default"
 	w.Weight = 1
-	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight")
+	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight", "serviceAccount")
 	if f == nil {
 		return w
 	}
@@ -327,6 +339,11 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	if v := f["weight"]; v != nil {
 		if weight, ok := p.integer(v, join(path, "weight"), 1, model.MaxWeight); ok {
 			w.Weight = uint32(weight)
+		}
+	}
+	if v := f["serviceAccount"]; v != nil {
+		if sa, ok := p.subdomain(v, join(path, "serviceAccount")); ok {
+			w.ServiceAccount = sa
 		}
 	}
 	return w

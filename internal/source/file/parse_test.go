@@ -432,8 +432,8 @@ workloads:
 			Endpoints: []model.Endpoint{{Workload: "default/hello-1"}},
 		}},
 		Workloads: []model.Workload{
-			{Name: "hello-1", Namespace: "default", Labels: map[string]string{"app": "hello"}, Node: "node-a", Weight: 1},
-			{Name: "hello-2", Namespace: "other", Labels: map[string]string{"app": "hello"}, Node: "node-a", Weight: 1},
+			{Name: "hello-1", Namespace: "default", Labels: map[string]string{"app": "hello"}, Node: "node-a", Weight: 1, ServiceAccount: "default"},
+			{Name: "hello-2", Namespace: "other", Labels: map[string]string{"app": "hello"}, Node: "node-a", Weight: 1, ServiceAccount: "default"},
 		},
 	}
 	if !reflect.DeepEqual(m, want) {
@@ -467,13 +467,13 @@ func TestParse_HelloExample(t *testing.T) {
 		}},
 		Workloads: []model.Workload{
 			{Name: "client", Namespace: "default", Labels: map[string]string{"app": "client"},
-				Addresses: addrs("10.1.1.10", "fd00:1:1::10"), Node: "node-a", Netns: "/var/run/netns/client", Weight: 1},
+				Addresses: addrs("10.1.1.10", "fd00:1:1::10"), Node: "node-a", Netns: "/var/run/netns/client", Weight: 1, ServiceAccount: "default"},
 			{Name: "hello-1", Namespace: "default", Labels: hello,
-				Addresses: addrs("10.1.1.11", "fd00:1:1::11"), Node: "node-a", Netns: "/var/run/netns/hello-1", Weight: 1},
+				Addresses: addrs("10.1.1.11", "fd00:1:1::11"), Node: "node-a", Netns: "/var/run/netns/hello-1", Weight: 1, ServiceAccount: "default"},
 			{Name: "hello-2", Namespace: "default", Labels: hello,
-				Addresses: addrs("10.1.2.12", "fd00:1:2::12"), Node: "node-b", Netns: "/var/run/netns/hello-2", Weight: 1},
+				Addresses: addrs("10.1.2.12", "fd00:1:2::12"), Node: "node-b", Netns: "/var/run/netns/hello-2", Weight: 1, ServiceAccount: "default"},
 			{Name: "hello-3", Namespace: "default", Labels: hello,
-				Addresses: addrs("10.1.2.13", "fd00:1:2::13"), Node: "node-b", Netns: "/var/run/netns/hello-3", Weight: 1},
+				Addresses: addrs("10.1.2.13", "fd00:1:2::13"), Node: "node-b", Netns: "/var/run/netns/hello-3", Weight: 1, ServiceAccount: "default"},
 		},
 	}
 	if !reflect.DeepEqual(m, want) {
