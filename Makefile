@@ -58,8 +58,17 @@ deps-net:
 	@command -v ip >/dev/null && command -v nsenter >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NET_DEPS); }
 
-## bench: Go benchmarks of the config-to-maps path
-bench:
+## bench: issue 6's benchmark (root, about 12 minutes; BENCH_FLAGS=-quick for a short run):
+## direct vs kmesh vs iptables vs HAProxy with fortio, control plane at 10,000 services /
+## 100,000 endpoints; writes bench/results/<time>/ and README's Benchmarks section. Installs
+## iptables and haproxy (apt) and fortio v1.66.5 (newer releases do not build here) into bin/.
+## Then the Go benchmarks of the config-to-maps path.
+bench: deps-net
+	@command -v iptables >/dev/null && command -v haproxy >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables haproxy; }
+	@[ "$$($(BIN)/fortio version 2>/dev/null)" = 1.66.5 ] || GOBIN=$(abspath $(BIN)) $(GO) install fortio.org/fortio@v1.66.5
+	$(GO) build -o $(BIN)/kmesh-bench ./bench/cmd/kmesh-bench
+	$(BIN)/kmesh-bench -fortio $(BIN)/fortio -readme README.md $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/dataplane/
 
 clean:

@@ -1,0 +1,446 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kmesh-go/kmesh/bench/fortio"
+	"github.com/kmesh-go/kmesh/bench/haproxy"
+	"github.com/kmesh-go/kmesh/bench/kubeproxy"
+	"github.com/kmesh-go/kmesh/bench/meshfile"
+	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/internal/testbed"
+)
+
+// Modes, in the order each round runs them.
+const (
+	modeDirect   = "direct"
+	modeKmesh    = "kmesh"
+	modeAccel    = "kmesh-accel"
+	modeIPTables = "iptables"
+	modeHAProxy  = "haproxy"
+)
+
+// Topologies.
+const (
+	topoSame  = "same-node"
+	topoCross = "cross-node"
+)
+
+// The data-plane test bed: node-a holds the client and server-local,
+// node-b server-remote. Each server has a service of its own.
+var (
+	cidrA        = netip.MustParsePrefix("10.1.1.0/24")
+	cidrB        = netip.MustParsePrefix("10.1.2.0/24")
+	clusterCIDR  = netip.MustParsePrefix("10.1.0.0/16")
+	clientAddr   = netip.MustParseAddr("10.1.1.10")
+	localAddr    = netip.MustParseAddr("10.1.1.11")
+	remoteAddr   = netip.MustParseAddr("10.1.2.11")
+	localVIP     = netip.MustParseAddr("10.96.0.10")
+	remoteVIP    = netip.MustParseAddr("10.96.0.11")
+	servicePorts = [][2]uint16{{80, fortio.HTTPPort}, {fortio.TCPPort, fortio.TCPPort}} // service port, target port
+)
+
+// topology is one client-to-server path.
+type topology struct {
+	name, desc string
+	server     *testbed.Pod
+	service    string
+	vip        netip.Addr
+}
+
+// mode is one way of reaching the server, set up and torn down around its
+// turn in each round.
+type mode struct {
+	report.Mode
+	sameNodeOnly bool
+	setup        func(context.Context) error
+	teardown     func() error
+}
+
+// dataplane is the data-plane test bed and what runs on it.
+type dataplane struct {
+	bed      *testbed.Bed
+	tools    tools
+	cfg      config
+	nodeA    *testbed.Node
+	nodeB    *testbed.Node
+	client   *testbed.Pod
+	topos    []topology
+	meshFile string
+	tmp      string
+	cgroups  []string // every process of the bed runs in one of these
+	daemons  string   // the cgroup kmeshd runs in (the bed's own)
+	haproxy  *testbed.Process
+	running  []*kmeshd
+	rss      []float64 // kmeshd (node-a) resident memory, MiB, per kmesh round
+}
+
+// benchTests are the load tests of every mode and topology.
+func benchTests(cfg config) ([]fortio.Test, []report.Named) {
+	var ts []fortio.Test
+	var named []report.Named
+	add := func(t fortio.Test, label, group string) {
+		ts = append(ts, t)
+		named = append(named, report.Named{Name: t.Name, Label: label, Description: t.Describe(), Group: group})
+	}
+	for _, c := range []int{1, 16, 64} {
+		label := fmt.Sprintf("%d conns", c)
+		if c == 1 {
+			label = "1 conn"
+		}
+		add(fortio.Test{Name: fmt.Sprintf("lat-c%d", c), Kind: fortio.HTTP, QPS: 1000, Connections: c,
+			KeepAlive: true, Payload: 1024, Duration: cfg.latencyDur}, label, report.GroupLatency)
+	}
+	add(fortio.Test{Name: "max-c16", Kind: fortio.HTTP, Connections: 16, KeepAlive: true, Payload: 1024,
+		Duration: cfg.tputDur}, "max rate, 16 conns", report.GroupThroughput)
+	add(fortio.Test{Name: "close-c1", Kind: fortio.HTTP, Connections: 1, Payload: 1024,
+		Duration: cfg.tputDur}, "connection per request", report.GroupThroughput)
+	add(fortio.Test{Name: "tcp-c1", Kind: fortio.TCP, Connections: 1,
+		Duration: cfg.tputDur}, "TCP round trip", report.GroupThroughput)
+	for i := range named {
+		if named[i].Group == report.GroupLatency {
+			named[i].Description += ", 1 KB each way"
+		}
+	}
+	named[3].Description += ", 1 KB each way: maximum throughput"
+	named[4].Description += ", 1 KB each way: the cost of connect-time balancing"
+	named[5].Description += ", fortio's small echo message: request rate and round-trip time"
+	return ts, named
+}
+
+func runDataplane(ctx context.Context, bed *testbed.Bed, tl tools, cfg config, res *report.Results) error {
+	d := &dataplane{bed: bed, tools: tl, cfg: cfg}
+	tmp, err := os.MkdirTemp("", "kmesh-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	d.tmp = tmp
+	logf("data plane: building node-a (client, server-local) and node-b (server-remote)")
+	if err := d.build(ctx); err != nil {
+		return err
+	}
+	defer d.stopKmeshds()
+
+	modes := d.modes(cfg.modes)
+	tests, named := benchTests(cfg)
+	res.Tests = named
+	for _, t := range d.topos {
+		res.Topologies = append(res.Topologies, report.Named{Name: t.name, Description: t.desc})
+	}
+	for _, m := range modes {
+		res.Modes = append(res.Modes, m.Mode)
+	}
+
+	// One short unmeasured run per path: neighbour caches, page cache, JIT.
+	for _, t := range d.topos {
+		warm := tests[0]
+		warm.Duration = time.Second
+		if _, err := d.measure(ctx, warm, d.target(modeDirect, t, warm)); err != nil {
+			return fmt.Errorf("warm-up %s: %w", t.name, err)
+		}
+	}
+
+	for round := 1; round <= cfg.rounds; round++ {
+		for _, m := range modes {
+			if !m.Available {
+				continue
+			}
+			if err := m.setup(ctx); err != nil {
+				m.teardown()
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("round %d: set up %s: %w", round, m.Name, err)
+			}
+			for _, t := range d.topos {
+				if m.sameNodeOnly && t.name != topoSame {
+					continue
+				}
+				for _, test := range tests {
+					s, err := d.measure(ctx, test, d.target(m.Name, t, test))
+					if err != nil {
+						m.teardown()
+						return fmt.Errorf("round %d: %s %s %s: %w", round, m.Name, t.name, test.Name, err)
+					}
+					s.Round, s.Mode, s.Topology = round, m.Name, t.name
+					res.Samples = append(res.Samples, s)
+					logf("round %d/%d  %-11s %-10s %-8s p50 %5.0fµs p90 %5.0fµs p99 %6.0fµs  %7.0f/s  cpu %4.0f (mesh %3.0f) mc/krps  errors %d",
+						round, cfg.rounds, m.Name, t.name, test.Name, s.P50, s.P90, s.P99, s.QPS, s.CPU, s.MeshCPU, s.Errors)
+				}
+			}
+			if err := m.teardown(); err != nil {
+				return fmt.Errorf("round %d: tear down %s: %w", round, m.Name, err)
+			}
+		}
+	}
+	res.KmeshdRSS = report.Over(d.rss)
+	return nil
+}
+
+// build makes the nodes and pods, starts the fortio servers and HAProxy,
+// and writes the mesh file.
+func (d *dataplane) build(ctx context.Context) error {
+	var err error
+	if d.nodeA, err = d.bed.AddNode("node-a", cidrA); err != nil {
+		return err
+	}
+	if d.nodeB, err = d.bed.AddNode("node-b", cidrB); err != nil {
+		return err
+	}
+	if d.client, err = d.nodeA.AddPod("client", clientAddr); err != nil {
+		return err
+	}
+	local, err := d.nodeA.AddPod("server-local", localAddr)
+	if err != nil {
+		return err
+	}
+	remote, err := d.nodeB.AddPod("server-remote", remoteAddr)
+	if err != nil {
+		return err
+	}
+	d.topos = []topology{
+		{topoSame, "client and server pods on one node (veth, bridge, veth)", local, "svc-local", localVIP},
+		{topoCross, "client and server pods on two nodes (veth, bridge, veth to the underlay bridge and back)", remote, "svc-remote", remoteVIP},
+	}
+	d.daemons = filepath.Join(filepath.Dir(d.nodeA.Cgroup), d.bed.RunID())
+	d.cgroups = []string{d.nodeA.Cgroup, d.nodeB.Cgroup, d.daemons}
+
+	for _, t := range d.topos {
+		if _, err := t.server.Start(d.tools.fortio, fortio.ServerArgs()...); err != nil {
+			return err
+		}
+		addr := netip.AddrPortFrom(t.server.Addrs[0], fortio.HTTPPort).String()
+		if _, err := runProbe(ctx, d.client, d.tools.self, addr, true, 20*time.Second); err != nil {
+			return fmt.Errorf("fortio server in %s: %w", t.server.Name, err)
+		}
+	}
+	if err := d.startHAProxy(ctx); err != nil {
+		return err
+	}
+
+	m := meshfile.Mesh{Workloads: []meshfile.Workload{
+		{Name: "client", App: "client", Node: d.nodeA.Name, Netns: d.client.NetnsPath, Address: clientAddr},
+	}}
+	for _, t := range d.topos {
+		m.Services = append(m.Services, meshfile.Service{Name: t.service, Address: t.vip, Ports: servicePorts, App: t.service})
+		m.Workloads = append(m.Workloads, meshfile.Workload{Name: t.server.Name, App: t.service,
+			Node: t.server.Node.Name, Netns: t.server.NetnsPath, Address: t.server.Addrs[0]})
+	}
+	d.meshFile = filepath.Join(d.tmp, "mesh.yaml")
+	_, err = meshfile.WriteFile(d.meshFile, m)
+	return err
+}
+
+// modes lists every mode, marking those this run cannot or was asked not
+// to measure.
+func (d *dataplane) modes(only string) []mode {
+	accel := d.tools.kmeshdFlags["--accelerate"]
+	var kmeshFlags []string
+	if accel {
+		// Whatever the default, plain kmesh runs without it.
+		kmeshFlags = []string{"--accelerate=false"}
+	}
+	none := func(context.Context) error { return nil }
+	modes := []mode{
+		{Mode: report.Mode{Name: modeDirect, Description: "the client connects to the server pod's address; no mesh (the floor)"},
+			setup: none, teardown: func() error { return nil }},
+		{Mode: report.Mode{Name: modeKmesh, Description: "the client connects to the service address; kmeshd on both nodes, its connect hook picks the endpoint"},
+			setup:    func(ctx context.Context) error { return d.startKmeshds(ctx, kmeshFlags...) },
+			teardown: d.stopKmeshds},
+		{Mode: report.Mode{Name: modeAccel, Description: "kmesh with same-node acceleration (kmeshd --accelerate: sockops + sk_msg redirect); same-node only"},
+			sameNodeOnly: true,
+			setup:        func(ctx context.Context) error { return d.startKmeshds(ctx, "--accelerate") },
+			teardown:     d.stopKmeshds},
+		{Mode: report.Mode{Name: modeIPTables, Description: "the service address DNATed by kube-proxy style iptables rules (nat PREROUTING/OUTPUT, KUBE-SERVICES, statistic random) in node-a's namespace; conntrack on"},
+			setup:    func(ctx context.Context) error { return d.loadIPTables(ctx) },
+			teardown: func() error { return iptablesFlush(d.nodeA.NetnsPath) }},
+		{Mode: report.Mode{Name: modeHAProxy, Description: "a userspace hop: HAProxy (TCP mode, 2 threads) in the client pod, iptables REDIRECT of the service address to it, as a sidecar's capture does"},
+			setup: func(ctx context.Context) error {
+				return iptablesRestore(ctx, d.client.NetnsPath, haproxy.RedirectRules(d.frontends()))
+			},
+			teardown: func() error { return iptablesFlush(d.client.NetnsPath) }},
+	}
+	wanted := strings.Split(only, ",")
+	for i := range modes {
+		m := &modes[i]
+		m.Available = true
+		switch {
+		case m.Name == modeAccel && !accel:
+			m.Available, m.Reason = false, "not available yet: kmeshd --help lists no --accelerate flag"
+		case only != "" && !slices.Contains(wanted, m.Name) && m.Name != modeDirect:
+			m.Available, m.Reason = false, "left out with -modes"
+		}
+	}
+	return modes
+}
+
+// target is where the client connects in a mode: the pod itself for
+// direct, the service address otherwise.
+func (d *dataplane) target(mode string, t topology, test fortio.Test) string {
+	port := uint16(fortio.HTTPPort)
+	if test.Kind == fortio.TCP {
+		port = fortio.TCPPort
+	}
+	if mode == modeDirect {
+		return netip.AddrPortFrom(t.server.Addrs[0], port).String()
+	}
+	svcPort := uint16(80)
+	if test.Kind == fortio.TCP {
+		svcPort = fortio.TCPPort
+	}
+	return netip.AddrPortFrom(t.vip, svcPort).String()
+}
+
+// cpu returns the CPU time of everything in the bed, and of the mesh's
+// own processes: kmeshd (in the bed's cgroup; idle or absent in modes that
+// do not use it) and HAProxy (idle in modes that do not redirect to it).
+func (d *dataplane) cpu() (all, mesh time.Duration, err error) {
+	if all, err = cpuUsage(d.cgroups); err != nil {
+		return 0, 0, err
+	}
+	if mesh, err = cpuUsage([]string{d.daemons}); err != nil {
+		return 0, 0, err
+	}
+	proxy, err := threadsCPU(d.haproxy.PID())
+	return all, mesh + proxy, err
+}
+
+// measure runs one fortio test in the client pod.
+func (d *dataplane) measure(ctx context.Context, test fortio.Test, target string) (report.Sample, error) {
+	out := filepath.Join(d.tmp, "result.json")
+	os.Remove(out)
+	cpu0, mesh0, err := d.cpu()
+	if err != nil {
+		return report.Sample{}, err
+	}
+	proc, err := d.client.Start(d.tools.fortio, test.Args(target, out)...)
+	if err != nil {
+		return report.Sample{}, err
+	}
+	select {
+	case <-proc.Done():
+	case <-ctx.Done():
+		proc.Stop()
+		return report.Sample{}, ctx.Err()
+	case <-time.After(test.Duration + time.Minute):
+		proc.Stop()
+		return report.Sample{}, fmt.Errorf("fortio still running a minute after its %v", test.Duration)
+	}
+	cpu1, mesh1, err := d.cpu()
+	if err != nil {
+		return report.Sample{}, err
+	}
+	if err := proc.Wait(); err != nil {
+		return report.Sample{}, fmt.Errorf("%w: %s", err, lastLines(proc.Stderr(), 5))
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		return report.Sample{}, err
+	}
+	r, err := fortio.Parse(data)
+	if err != nil {
+		return report.Sample{}, err
+	}
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	return report.Sample{
+		Test: test.Name,
+		P50:  us(r.P50), P90: us(r.P90), P99: us(r.P99), Avg: us(r.Avg),
+		QPS: r.ActualQPS, Count: r.Count, Errors: r.Errors,
+		// CPU seconds per request × 1000 requests/s × 1000 millicores.
+		CPU:     (cpu1 - cpu0).Seconds() / float64(r.Count) * 1e6,
+		MeshCPU: (mesh1 - mesh0).Seconds() / float64(r.Count) * 1e6,
+	}, nil
+}
+
+func (d *dataplane) startKmeshds(ctx context.Context, extra ...string) error {
+	for _, n := range []*testbed.Node{d.nodeA, d.nodeB} {
+		k, err := startKmeshd(ctx, d.bed, d.tools, n, d.meshFile, extra...)
+		if err != nil {
+			return err
+		}
+		d.running = append(d.running, k)
+	}
+	return nil
+}
+
+// stopKmeshds stops the daemons and removes their data planes, noting
+// node-a's memory first.
+func (d *dataplane) stopKmeshds() error {
+	var errs []string
+	for _, k := range d.running {
+		if k.node == d.nodeA {
+			if rss, _, err := k.Memory(); err == nil {
+				d.rss = append(d.rss, rss)
+			}
+		}
+		if err := k.Stop(); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	d.running = nil
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// kubeServices are the services as kube-proxy would see them.
+func (d *dataplane) kubeServices() []kubeproxy.Service {
+	var out []kubeproxy.Service
+	for _, t := range d.topos {
+		for _, p := range servicePorts {
+			out = append(out, kubeproxy.Service{Namespace: "default", Name: t.service, PortName: fmt.Sprintf("p%d", p[0]),
+				Address: t.vip, Port: p[0], Endpoints: []netip.AddrPort{netip.AddrPortFrom(t.server.Addrs[0], p[1])}})
+		}
+	}
+	return out
+}
+
+func (d *dataplane) loadIPTables(ctx context.Context) error {
+	return iptablesRestore(ctx, d.nodeA.NetnsPath, kubeproxy.Rules(d.kubeServices(), clusterCIDR))
+}
+
+// frontends are HAProxy's listeners: one per service address and port.
+func (d *dataplane) frontends() []haproxy.Frontend {
+	var out []haproxy.Frontend
+	listen := uint16(15001)
+	for _, s := range d.kubeServices() {
+		out = append(out, haproxy.Frontend{Name: fmt.Sprintf("%s-%d", s.Name, s.Port),
+			Service: netip.AddrPortFrom(s.Address, s.Port), Listen: listen, Backends: s.Endpoints})
+		listen++
+	}
+	return out
+}
+
+// startHAProxy runs HAProxy in the client pod for the whole run; it idles
+// while other modes run, and only the haproxy mode redirects traffic to it.
+func (d *dataplane) startHAProxy(ctx context.Context) error {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		return fmt.Errorf("haproxy: %w (make bench installs it)", err)
+	}
+	fes := d.frontends()
+	cfg := filepath.Join(d.tmp, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(haproxy.Config(fes, 2)), 0o644); err != nil {
+		return err
+	}
+	proc, err := d.client.Start(bin, "-db", "-f", cfg)
+	if err != nil {
+		return err
+	}
+	d.haproxy = proc
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fes[0].Listen).String()
+	if _, err := runProbe(ctx, d.client, d.tools.self, addr, true, 20*time.Second); err != nil {
+		return fmt.Errorf("haproxy not serving: %w: %s", err, lastLines(proc.Stderr(), 3))
+	}
+	return nil
+}

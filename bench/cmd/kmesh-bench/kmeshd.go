@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kmesh-go/kmesh/internal/testbed"
+)
+
+// kmeshd is a running daemon of one test-bed node.
+type kmeshd struct {
+	proc  *testbed.Process
+	bin   string
+	node  *testbed.Node
+	admin string
+	// Ready is how long it took from exec to /healthz/ready answering 200:
+	// load and attach the programs, parse the file, fill the maps.
+	Ready time.Duration
+}
+
+// startKmeshd runs kmeshd for node on the config file, as the e2e tests do
+// (its own cgroup and bpffs directory, local addresses on free ports), and
+// waits until it is ready.
+func startKmeshd(ctx context.Context, bed *testbed.Bed, tl tools, node *testbed.Node, config string, extra ...string) (*kmeshd, error) {
+	bin := tl.kmeshd
+	admin, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--node", node.Name, "--config", config, "--cgroup", node.Cgroup,
+		"--bpf-dir", node.BPFDir, "--admin-address", admin, "--log-level", "info"}
+	for _, f := range []string{"--metrics-address", "--readiness-address"} {
+		if tl.kmeshdFlags[f] {
+			args = append(args, f, "127.0.0.1:0")
+		}
+	}
+	args = append(args, extra...)
+	start := time.Now()
+	proc, err := bed.StartRoot(bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	k := &kmeshd{proc: proc, bin: bin, node: node, admin: admin}
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := client.Get("http://" + admin + "/healthz/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				k.Ready = time.Since(start)
+				return k, nil
+			}
+		}
+		select {
+		case <-proc.Done():
+			k.Stop()
+			return nil, fmt.Errorf("kmeshd %s exited: %v: %s", node.Name, proc.Wait(), lastLines(proc.Stderr(), 5))
+		case <-ctx.Done():
+			k.Stop()
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			k.Stop()
+			return nil, fmt.Errorf("kmeshd %s not ready after 2 minutes: %s", node.Name, lastLines(proc.Stderr(), 5))
+		}
+	}
+}
+
+// Stop stops the daemon and removes its data plane: stopping kmeshd alone
+// leaves the programs attached, by design.
+func (k *kmeshd) Stop() error {
+	k.proc.Stop()
+	out, err := exec.Command(k.bin, "cleanup", "--bpf-dir", k.node.BPFDir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kmeshd cleanup %s: %w: %s", k.node.BPFDir, err, out)
+	}
+	return nil
+}
+
+// Memory returns the daemon's resident set and its peak, in MiB.
+func (k *kmeshd) Memory() (rss, peak float64, err error) {
+	return procMemory(k.proc.PID())
+}
+
+func procMemory(pid int) (rss, peak float64, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			peak = kb / 1024
+		}
+	}
+	return rss, peak, nil
+}
+
+// flagsOf returns the long flags `bin --help` lists, such as
+// "--accelerate": kmeshd grows flags while the benchmark runs it.
+func flagsOf(bin string) (map[string]bool, error) {
+	out, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%s --help: %w: %s", bin, err, out)
+	}
+	flags := map[string]bool{}
+	for _, f := range strings.Fields(string(out)) {
+		if name, ok := strings.CutPrefix(f, "--"); ok && name != "" {
+			flags["--"+strings.TrimRight(name, ",=")] = true
+		}
+	}
+	return flags, nil
+}
+
+// freeAddr returns a loopback address with a port nobody listens on now.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

@@ -1,0 +1,140 @@
+// Package meshfile writes kmeshd config files (docs/config.md) for the
+// benchmark: the small mesh of the data-plane runs and the synthetic
+// 10,000-service / 100,000-endpoint mesh of the control-plane runs. Entries
+// are written in YAML flow style, one per line, which keeps a 100,000
+// workload file near 10 MB.
+package meshfile
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Service is a service whose endpoints are the workloads labelled app=App
+// in its namespace ("" is "default").
+type Service struct {
+	Name      string
+	Namespace string
+	Address   netip.Addr
+	Ports     [][2]uint16 // port, targetPort
+	App       string
+}
+
+// Workload is a workload labelled app=App. Netns is empty for workloads of
+// other nodes, which kmeshd balances to but does not enroll.
+type Workload struct {
+	Name, Namespace, App, Node, Netns string
+	Address                           netip.Addr
+}
+
+// Mesh is the content of one config file.
+type Mesh struct {
+	Services  []Service
+	Workloads []Workload
+}
+
+// Write writes m in kmeshd's config format.
+func Write(w io.Writer, m Mesh) error {
+	bw := bufio.NewWriterSize(w, 1<<20)
+	bw.WriteString("services:\n")
+	for _, s := range m.Services {
+		ports := make([]string, len(s.Ports))
+		for i, p := range s.Ports {
+			ports[i] = fmt.Sprintf("{port: %d, targetPort: %d}", p[0], p[1])
+		}
+		fmt.Fprintf(bw, "- {name: %s%s, addresses: [%s], ports: [%s], selector: {app: %s}}\n",
+			s.Name, namespace(s.Namespace), s.Address, strings.Join(ports, ", "), s.App)
+	}
+	bw.WriteString("workloads:\n")
+	for _, wl := range m.Workloads {
+		netns := ""
+		if wl.Netns != "" {
+			netns = ", netns: " + wl.Netns
+		}
+		fmt.Fprintf(bw, "- {name: %s%s, labels: {app: %s}, addresses: [%s], node: %s%s}\n",
+			wl.Name, namespace(wl.Namespace), wl.App, wl.Address, wl.Node, netns)
+	}
+	return bw.Flush()
+}
+
+func namespace(ns string) string {
+	if ns == "" {
+		return ""
+	}
+	return ", namespace: " + ns
+}
+
+// WriteFile replaces the file at path atomically (a temporary file renamed
+// over it), as docs/config.md asks, and returns its size.
+func WriteFile(path string, m Mesh) (int64, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), ".mesh-*.yaml")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name()) // after a successful rename there is nothing left to remove
+	if err := Write(f, m); err != nil {
+		f.Close()
+		return 0, fmt.Errorf("write %s: %w", f.Name(), err)
+	}
+	size, _ := f.Seek(0, io.SeekCurrent)
+	if err := f.Close(); err != nil {
+		return 0, err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return 0, err
+	}
+	return size, nil
+}
+
+// Synthetic returns a mesh of services services with endpoints endpoints
+// spread evenly over them, all on node, none enrolled, in namespaces
+// namespaces (service i in SyntheticNamespace(i), with its endpoints).
+// Service i is svc-<i> at 10.96.0.0 + i + 1, port 80 to 8080; endpoints get
+// addresses from 10.128.0.0/9. It panics beyond 65,000 services or 8
+// million endpoints, which those ranges do not hold.
+func Synthetic(services, endpoints, namespaces int, node string) Mesh {
+	if services < 1 || services > 65000 || endpoints > 1<<23 || namespaces < 1 {
+		panic(fmt.Sprintf("synthetic mesh of %d services, %d endpoints, %d namespaces: out of range", services, endpoints, namespaces))
+	}
+	ns := func(svc int) string { return SyntheticNamespace(svc, namespaces) }
+	m := Mesh{Services: make([]Service, services), Workloads: make([]Workload, endpoints)}
+	for i := range m.Services {
+		m.Services[i] = Service{
+			Name:      SyntheticService(i),
+			Namespace: ns(i),
+			Address:   SyntheticAddress(i),
+			Ports:     [][2]uint16{{80, 8080}},
+			App:       SyntheticService(i),
+		}
+	}
+	base := netip.MustParseAddr("10.128.0.0").As4()
+	for j := range m.Workloads {
+		n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(j+1)
+		m.Workloads[j] = Workload{
+			Name:      fmt.Sprintf("ep-%07d", j),
+			Namespace: ns(j % services),
+			App:       SyntheticService(j % services),
+			Node:      node,
+			Address:   netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}),
+		}
+	}
+	return m
+}
+
+// SyntheticNamespace is the namespace of service i of a Synthetic mesh
+// with n namespaces.
+func SyntheticNamespace(i, n int) string { return fmt.Sprintf("ns-%03d", i%n) }
+
+// SyntheticService is the name of service i of a Synthetic mesh.
+func SyntheticService(i int) string { return fmt.Sprintf("svc-%05d", i) }
+
+// SyntheticAddress is the address of service i of a Synthetic mesh.
+func SyntheticAddress(i int) netip.Addr {
+	n := i + 1
+	return netip.AddrFrom4([4]byte{10, 96, byte(n >> 8), byte(n)})
+}
