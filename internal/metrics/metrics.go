@@ -72,6 +72,8 @@ type Metrics struct {
 
 	opened, closed *prometheus.CounterVec
 	sent, received *prometheus.CounterVec
+	tcpMu          sync.Mutex
+	tcp            map[TCPLabels]*TCPCounters // resolved counters, by label set
 	configUpdates  *prometheus.CounterVec
 	ringbufLost    prometheus.Counter
 }
@@ -85,6 +87,7 @@ func New(src Sources, log *slog.Logger) *Metrics {
 	}
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
+		tcp: map[TCPLabels]*TCPCounters{},
 		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: TCPConnectionsOpened,
 			Help: "Total number of TCP connections opened.",

@@ -1,5 +1,7 @@
 package metrics
 
+import "github.com/prometheus/client_golang/prometheus"
+
 // Values Istio uses for the TCP metrics' labels.
 const (
 	ReporterSource      = "source"      // counted where the connection started
@@ -55,39 +57,66 @@ func or(v, def string) string {
 	return v
 }
 
-// ConnectionOpened counts a new connection: istio_tcp_connections_opened_total.
-func (m *Metrics) ConnectionOpened(l TCPLabels) {
-	m.opened.WithLabelValues(l.values()...).Inc()
+// TCPCounters are Istio's four TCP counters of one label set, resolved
+// once: telemetry reports two records per connection, and looking the
+// counters up by eleven label values each time would cost more than the
+// rest of the work.
+type TCPCounters struct {
+	opened, closed, sent, received prometheus.Counter
 }
 
-// ConnectionBytes adds the bytes a connection moved since it was last
-// reported. Call it for long-lived connections, so their traffic shows before
-// they close; ConnectionClosed reports the rest.
+// TCP returns the counters of a label set.
+func (m *Metrics) TCP(l TCPLabels) *TCPCounters {
+	m.tcpMu.Lock()
+	defer m.tcpMu.Unlock()
+	if c := m.tcp[l]; c != nil {
+		return c
+	}
+	v := l.values()
+	c := &TCPCounters{
+		opened:   m.opened.WithLabelValues(v...),
+		closed:   m.closed.WithLabelValues(v...),
+		sent:     m.sent.WithLabelValues(v...),
+		received: m.received.WithLabelValues(v...),
+	}
+	m.tcp[l] = c
+	return c
+}
+
+// Opened counts a new connection: istio_tcp_connections_opened_total.
+func (c *TCPCounters) Opened() { c.opened.Inc() }
+
+// Bytes adds the bytes a connection moved since it was last reported. Call
+// it for long-lived connections, so their traffic shows before they close;
+// Closed reports the rest.
 //
 // The direction is Istio's: sent is what the destination sent back (the
 // response, istio_tcp_sent_bytes_total), received is what the source sent
 // (the request, istio_tcp_received_bytes_total), whoever the reporter is.
-func (m *Metrics) ConnectionBytes(l TCPLabels, sent, received uint64) {
-	v := l.values()
+func (c *TCPCounters) Bytes(sent, received uint64) {
 	if sent > 0 {
-		m.sent.WithLabelValues(v...).Add(float64(sent))
+		c.sent.Add(float64(sent))
 	}
 	if received > 0 {
-		m.received.WithLabelValues(v...).Add(float64(received))
+		c.received.Add(float64(received))
 	}
 }
 
-// ConnectionClosed counts a closed connection
-// (istio_tcp_connections_closed_total) and adds the bytes it moved since it
-// was last reported through ConnectionBytes (all of them if never), in the
-// same sense as ConnectionBytes.
+// Closed counts a closed connection (istio_tcp_connections_closed_total)
+// and adds the bytes it moved since it was last reported through Bytes
+// (all of them if never), in the same sense as Bytes.
+func (c *TCPCounters) Closed(sent, received uint64) {
+	c.closed.Inc()
+	c.Bytes(sent, received)
+}
+
+// ConnectionOpened is TCP(l).Opened().
+func (m *Metrics) ConnectionOpened(l TCPLabels) { m.TCP(l).Opened() }
+
+// ConnectionBytes is TCP(l).Bytes(sent, received).
+func (m *Metrics) ConnectionBytes(l TCPLabels, sent, received uint64) { m.TCP(l).Bytes(sent, received) }
+
+// ConnectionClosed is TCP(l).Closed(sent, received).
 func (m *Metrics) ConnectionClosed(l TCPLabels, sent, received uint64) {
-	v := l.values()
-	m.closed.WithLabelValues(v...).Inc()
-	if sent > 0 {
-		m.sent.WithLabelValues(v...).Add(float64(sent))
-	}
-	if received > 0 {
-		m.received.WithLabelValues(v...).Add(float64(received))
-	}
+	m.TCP(l).Closed(sent, received)
 }

@@ -53,9 +53,10 @@ type Telemetry struct {
 
 // connection is one end of a live connection.
 type connection struct {
-	event  bpf.KmeshConnEvent
-	labels metrics.TCPLabels
-	start  time.Time
+	event    bpf.KmeshConnEvent
+	labels   metrics.TCPLabels
+	counters *metrics.TCPCounters
+	start    time.Time
 }
 
 // Options wire Telemetry to the daemon.
@@ -133,21 +134,26 @@ func (t *Telemetry) handle(ev *bpf.KmeshConnEvent) {
 	switch bpf.KmeshKmConnEventType(ev.Type) {
 	case bpf.KmeshKmConnEventTypeKM_CONN_OPEN:
 		c := &connection{event: *ev, labels: t.labels(ev), start: t.bootTime.Add(time.Duration(ev.StartNs))}
+		c.counters = t.metrics.TCP(c.labels)
 		t.mu.Lock()
 		t.live[ev.SocketCookie] = c
 		t.mu.Unlock()
-		t.metrics.ConnectionOpened(c.labels)
+		c.counters.Opened()
 	case bpf.KmeshKmConnEventTypeKM_CONN_CLOSE:
 		t.mu.Lock()
 		c := t.live[ev.SocketCookie]
 		delete(t.live, ev.SocketCookie)
 		t.mu.Unlock()
-		labels := t.labels(ev)
+		var labels metrics.TCPLabels
+		var counters *metrics.TCPCounters
 		if c != nil {
-			labels = c.labels // as opened, even if the mesh changed since
+			labels, counters = c.labels, c.counters // as opened, even if the mesh changed since
+		} else {
+			labels = t.labels(ev)
+			counters = t.metrics.TCP(labels)
 		}
 		sent, received := istioBytes(ev)
-		t.metrics.ConnectionClosed(labels, sent, received)
+		counters.Closed(sent, received)
 		if t.accessLog.Load() {
 			t.writeAccessLog(ev, labels)
 		}
