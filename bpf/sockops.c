@@ -46,6 +46,20 @@ static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct con
  * made; sockops still serves same-node acceleration. */
 volatile const bool km_telemetry = true;
 
+/* Records are handed over without waking the reader, which polls a few
+ * times a second: a wakeup per record would cost more than the record. Only
+ * a filling buffer wakes it at once. */
+#define KM_EVENTS_WAKEUP_BYTES (64 * 1024)
+
+static __always_inline void sockops_submit(struct conn_event *ev)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) > KM_EVENTS_WAKEUP_BYTES)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(ev, flags);
+}
+
 static __always_inline struct conn_event *sockops_reserve(void)
 {
 	struct conn_event *ev = bpf_ringbuf_reserve(&km_events, sizeof(*ev), 0);
@@ -95,7 +109,7 @@ static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8
 		__builtin_memcpy(ev->service_addr, orig->addr, sizeof(ev->service_addr));
 		ev->service_port = bpf_ntohs(orig->port);
 	}
-	bpf_ringbuf_submit(ev, 0);
+	sockops_submit(ev);
 }
 
 /*
@@ -162,7 +176,7 @@ static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
 			__builtin_memcpy(ev->service_addr, orig->addr, sizeof(ev->service_addr));
 			ev->service_port = bpf_ntohs(orig->port);
 		}
-		bpf_ringbuf_submit(ev, 0);
+		sockops_submit(ev);
 	}
 	bpf_sk_storage_delete(&km_sock_conn, sk);
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -107,10 +108,19 @@ func (t *Telemetry) Close() error {
 	return err
 }
 
+// pollInterval bounds how late a record is read: the kernel side wakes the
+// reader only when records pile up (bpf/sockops.c).
+const pollInterval = 100 * time.Millisecond
+
 func (t *Telemetry) read() {
 	defer close(t.done)
+	var rec ringbuf.Record
 	for {
-		rec, err := t.reader.Read()
+		t.reader.SetDeadline(time.Now().Add(pollInterval))
+		err := t.reader.ReadInto(&rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
 		if errors.Is(err, ringbuf.ErrClosed) {
 			return
 		}
