@@ -36,8 +36,10 @@ test-unit:
 test-e2e:
 	KMESH_REQUIRE_PRIVILEGED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -race -count=1 -tags e2e -timeout 20m ./test/e2e/...
 
+## fuzz: every parser of outside input, for a bounded time each
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 20s ./internal/source/file/
+	$(GO) test -run '^$$' -fuzz FuzzTranslateWorkload -fuzztime 20s ./internal/source/xds/
 
 ## generate: rebuild the eBPF objects and their Go twins with bpf2go
 generate: deps-bpf
