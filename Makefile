@@ -8,8 +8,11 @@ PKGS    := ./...
 BPF_DEPS := clang llvm libbpf-dev bpftool
 # Packages the tests and the demo use to build network namespaces.
 NET_DEPS := iproute2 util-linux
+# The Istio tier's tools, built from the tools/ module and kept across
+# clones: go build relinks only what changed.
+TOOLS_BIN ?= $(HOME)/.cache/kmesh-tools/bin
 
-.PHONY: all build demo test test-unit test-e2e lint fuzz generate check-generated deps-bpf deps-net bench clean
+.PHONY: all build demo test test-unit test-e2e test-istio tools lint fuzz generate check-generated deps-bpf deps-net bench clean
 
 all: build
 
@@ -20,8 +23,9 @@ build:
 demo: deps-net
 	$(GO) run ./examples/demo $(DEMO_FLAGS)
 
-## test: everything CI runs: formatting, vet, generated code, unit, BPF, e2e and fuzz tests
-test: deps-net lint check-generated test-unit test-e2e fuzz
+## test: everything CI runs: formatting, vet, generated code, unit, BPF, e2e (file, go-control-plane
+## and the real istiod + kube-apiserver) and fuzz tests
+test: deps-net lint check-generated test-unit test-e2e test-istio fuzz
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -34,7 +38,22 @@ test-unit:
 	KMESH_REQUIRE_PRIVILEGED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -race -count=1 $(PKGS)
 
 test-e2e:
-	KMESH_REQUIRE_PRIVILEGED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -race -count=1 -tags e2e -timeout 20m ./test/e2e/...
+	KMESH_REQUIRE_PRIVILEGED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -race -count=1 -tags e2e -timeout 20m -skip '^TestIstio' ./test/e2e/...
+
+## tools: etcd + kube-apiserver (one binary), istiod's pilot-discovery and Istio's CRDs, into
+## TOOLS_BIN; about 10 minutes cold on 2 cores, seconds when nothing changed (docs/istio.md)
+tools:
+	@mkdir -p $(TOOLS_BIN)
+	cd tools && $(GO) build -o $(TOOLS_BIN)/ ./cmd/kube-control-plane istio.io/istio/pilot/cmd/pilot-discovery
+	install -m 0644 "$$(cd tools && $(GO) list -m -f '{{.Dir}}' istio.io/istio)/manifests/charts/base/files/crd-all.gen.yaml" $(TOOLS_BIN)/istio-crds.yaml
+	cd tools && $(GO) vet ./...
+
+## test-istio: the e2e tier on the stock istiod and a real kube-apiserver; prints the push-to-map latency
+test-istio: deps-net tools
+	@rm -f $(TOOLS_BIN)/../push-latency.txt
+	KMESH_TOOLS_DIR=$(TOOLS_BIN) KMESH_LATENCY_REPORT=$(TOOLS_BIN)/../push-latency.txt \
+	KMESH_REQUIRE_PRIVILEGED=$$( [ "$$(id -u)" = 0 ] && echo 1 ) $(GO) test -race -count=1 -tags e2e -timeout 20m -run '^TestIstio' ./test/e2e/
+	@cat $(TOOLS_BIN)/../push-latency.txt 2>/dev/null || true
 
 ## fuzz: every parser of outside input, for a bounded time each
 fuzz:

@@ -48,8 +48,8 @@ type Source struct {
 	retryMin time.Duration
 	retryMax time.Duration
 
-	enrolled map[types.UID]string // pod -> netns path, as last reported
-	failing  map[types.UID]string // pod -> last resolve error, logged once
+	enrolled map[types.UID]enrolledPod // as last reported
+	failing  map[types.UID]string      // pod -> last resolve error, logged once
 }
 
 // New returns a Source for the API server of cfg, finding namespaces on
@@ -86,7 +86,7 @@ func NewWithClient(client kubernetes.Interface, node string, resolve func(key st
 	return &Source{
 		node: node, client: client, resolve: resolve, forget: forget, log: log,
 		retryMin: 500 * time.Millisecond, retryMax: 30 * time.Second,
-		enrolled: map[types.UID]string{}, failing: map[types.UID]string{},
+		enrolled: map[types.UID]enrolledPod{}, failing: map[types.UID]string{},
 	}
 }
 
@@ -171,6 +171,8 @@ func (s *Source) Run(ctx context.Context, report func(paths []string)) error {
 	}
 }
 
+type enrolledPod struct{ name, netns string }
+
 type (
 	listPods func(labels.Selector) ([]*corev1.Pod, error)
 	getNs    func(string) (*corev1.Namespace, error)
@@ -180,7 +182,7 @@ type (
 // caches. pending is true when a wanted pod's namespace was not found.
 func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths []string, pending bool) {
 	all, _ := list(labels.Everything()) // a cache lister does not fail
-	enrolled := map[types.UID]string{}
+	enrolled := map[types.UID]enrolledPod{}
 	keep := map[string]bool{}
 	for _, pod := range all {
 		if pod.Spec.NodeName != s.node {
@@ -191,7 +193,7 @@ func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths 
 		want, why := Wants(pod, namespace)
 		if !want {
 			if p, ok := s.enrolled[pod.UID]; ok {
-				s.log.Info("pod unenrolled", "pod", pod.Namespace+"/"+pod.Name, "netns", p, "reason", why)
+				s.log.Info("pod unenrolled", "pod", p.name, "netns", p.netns, "reason", why)
 			}
 			continue
 		}
@@ -205,14 +207,14 @@ func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths 
 			continue
 		}
 		delete(s.failing, pod.UID)
-		enrolled[pod.UID] = path
-		if s.enrolled[pod.UID] != path {
+		enrolled[pod.UID] = enrolledPod{name: pod.Namespace + "/" + pod.Name, netns: path}
+		if s.enrolled[pod.UID].netns != path {
 			s.log.Info("pod enrolled", "pod", pod.Namespace+"/"+pod.Name, "netns", path, "reason", why)
 		}
 	}
 	for uid, p := range s.enrolled {
 		if _, ok := enrolled[uid]; !ok && !keep[string(uid)] {
-			s.log.Info("pod unenrolled", "uid", uid, "netns", p, "reason", "deleted")
+			s.log.Info("pod unenrolled", "pod", p.name, "netns", p.netns, "reason", "deleted")
 		}
 	}
 	for uid := range s.failing {
@@ -224,7 +226,7 @@ func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths 
 	s.enrolled = enrolled
 	set := map[string]bool{}
 	for _, p := range enrolled {
-		set[p] = true
+		set[p.netns] = true
 	}
 	for p := range set {
 		paths = append(paths, p)
