@@ -34,9 +34,12 @@ struct authz_request {
 	__u8 pad[5];
 };
 
-/* One policy's walk over its matches. */
+/* One policy's walk over its matches, with the connection's fields it
+ * tests (copied: a global function cannot follow pointers). */
 struct authz_policy_walk {
-	const struct authz_request *req;
+	__u32 src[4];
+	__u32 dst[4];
+	__u64 identity;
 	__u32 policy_id;
 	__u32 skip_to; /* entries before it belong to a rule that failed */
 	__u16 port;    /* host order */
@@ -59,7 +62,7 @@ struct authz_segment {
 /* A decision in progress: the DENY segments, then ALLOW, then counted;
  * a step looks at one policy. */
 struct authz_decision {
-	const struct authz_request *req;
+	struct authz_request req;
 	struct authz_segment seg[KM_AUTHZ_SEGMENTS];
 	__u32 hit;    /* the policy that decided; 0: none */
 	__u32 allows; /* ALLOW policies that apply */
@@ -90,19 +93,22 @@ static __always_inline int authz_ip(const struct authz_policy_walk *w, __u16 ind
 	return label && *label;
 }
 
-/* Whether one match (every field it tests) matches the connection. */
-static __always_inline int authz_match_one(const struct authz_policy_walk *w, __u16 flags, __u16 index)
+/* Whether one match (every field it tests) matches the connection. A
+ * global function: the verifier checks it once, not on every path of the
+ * walk. */
+__attribute__((noinline)) int authz_match_one(const struct authz_policy_walk *w, __u16 flags, __u16 index)
 {
-	struct authz_val_key k = {
-		.policy_id = w->policy_id,
-		.index = index,
-		.gen = w->gen,
-	};
+	struct authz_val_key k = {};
 	__u8 *label;
 
+	if (!w)
+		return 0;
+	k.policy_id = w->policy_id;
+	k.index = index;
+	k.gen = w->gen;
 	if (flags & KM_AUTHZ_IDENTITY) {
 		k.kind = KM_AUTHZ_KIND_IDENTITY;
-		k.value = w->req->identity;
+		k.value = w->identity;
 		int in = bpf_map_lookup_elem(&km_authz_val, &k) != NULL;
 		if (in == !!(flags & KM_AUTHZ_IDENTITY_NOT))
 			return 0;
@@ -114,9 +120,9 @@ static __always_inline int authz_match_one(const struct authz_policy_walk *w, __
 		if (label ? !*label : !(flags & KM_AUTHZ_PORT_DEFAULT))
 			return 0;
 	}
-	if ((flags & KM_AUTHZ_SRC_IP) && !authz_ip(w, index, KM_AUTHZ_KIND_SRC_IP, w->req->src))
+	if ((flags & KM_AUTHZ_SRC_IP) && !authz_ip(w, index, KM_AUTHZ_KIND_SRC_IP, w->src))
 		return 0;
-	if ((flags & KM_AUTHZ_DST_IP) && !authz_ip(w, index, KM_AUTHZ_KIND_DST_IP, w->req->dst))
+	if ((flags & KM_AUTHZ_DST_IP) && !authz_ip(w, index, KM_AUTHZ_KIND_DST_IP, w->dst))
 		return 0;
 	return 1;
 }
@@ -195,16 +201,19 @@ static __always_inline void authz_segment(struct authz_decision *d, const struct
 
 /*
  * Lays out the walk from the destination's lists and the global one.
- * Returns 0 when the destination is no workload of the mesh.
+ * Returns 0 when the destination is no workload of the mesh. Global, so
+ * the verifier checks it once.
  */
-static __always_inline int authz_plan(struct authz_decision *d)
+__attribute__((noinline)) int authz_plan(struct authz_decision *d)
 {
 	struct authz_addr_key dk = {};
 	struct authz_list_ref *glob, none = {};
 	struct authz_peer *dst;
 	__u32 zero = 0;
 
-	__builtin_memcpy(dk.addr, d->req->dst, sizeof(dk.addr));
+	if (!d)
+		return 0;
+	__builtin_memcpy(dk.addr, d->req.dst, sizeof(dk.addr));
 	dst = bpf_map_lookup_elem(&km_authz_addr, &dk);
 	if (!dst)
 		return 0;
@@ -252,7 +261,7 @@ static __always_inline long authz_torn(struct authz_decision *d)
 static long authz_step_cb(__u64 i, void *ctx)
 {
 	struct authz_decision *d = ctx;
-	struct authz_policy_walk pw = { .req = d->req };
+	struct authz_policy_walk pw = { .identity = d->req.identity };
 	struct authz_list_key lk;
 	struct authz_segment *s;
 	struct authz_policy *pol;
@@ -273,15 +282,17 @@ static long authz_step_cb(__u64 i, void *ctx)
 	pol = bpf_map_lookup_elem(&km_authz_pol, id);
 	if (!pol)
 		return authz_torn(d);
+	__builtin_memcpy(pw.src, d->req.src, sizeof(pw.src));
+	__builtin_memcpy(pw.dst, d->req.dst, sizeof(pw.dst));
 	pw.policy_id = *id;
 	pw.gen = pol->gen;
-	pw.port = bpf_ntohs(d->req->dst_port);
+	pw.port = bpf_ntohs(d->req.dst_port);
 	bpf_loop(pol->matches, authz_match_cb, &pw, 0);
 	if (pw.torn)
 		return authz_torn(d);
 
 	if (pw.matched && cur >= d->first_count) {
-		authz_count(pw.policy_id, KM_AUTHZ_PASS, d->req->side);
+		authz_count(pw.policy_id, KM_AUTHZ_PASS, d->req.side);
 	} else if (pw.matched) {
 		/* The first DENY or ALLOW that matches decides; on to counting. */
 		d->hit = pw.policy_id;
@@ -308,11 +319,12 @@ static long authz_step_cb(__u64 i, void *ctx)
  */
 __attribute__((noinline)) int authz_decide(const struct authz_request *req, __u32 *policy_id)
 {
-	struct authz_decision d = { .req = req };
+	struct authz_decision d = {};
 	__u32 steps = 0;
 
 	if (!req || !policy_id)
 		return KM_AUTHZ_PASS;
+	d.req = *req;
 	*policy_id = 0;
 	if (!authz_plan(&d))
 		return KM_AUTHZ_PASS;

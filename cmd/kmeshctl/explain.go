@@ -24,8 +24,10 @@ namespace default) connects to address:port, as the kmeshd at --admin-address
 would handle it: whether the source is in the mesh and enrolled by this
 kmeshd, which service has that address and port, and for each endpoint of the
 service whether a new connection may go there (and its share of them), or why
-not: no address of the destination's family, weight 0. Health, locality and
-policy are shown as "n/a" or "not evaluated yet" until kmeshd checks them.
+not: no address of the destination's family, weight 0. POLICY says what the
+authorization policies decide for a connection from the source to that
+endpoint, and which policy decided (a denied connect() fails with EACCES).
+Health and locality are shown as "n/a" until kmeshd checks them.
 
 explain reads kmeshd's model of the mesh; 'kmeshctl dump maps' shows what the
 kernel holds.`,

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
+	"github.com/kmesh-go/kmesh/internal/authz"
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
@@ -18,7 +19,7 @@ var ErrUnknownWorkload = errors.New("unknown workload")
 // Placeholders for the checks the data plane does not make yet.
 const (
 	notChecked   = "n/a"
-	notEvaluated = "not evaluated yet"
+	notEvaluated = "not checked: the endpoint has no address of this family"
 	defaultNS    = "default"
 	familyV4     = "IPv4"
 	familyV6     = "IPv6"
@@ -50,25 +51,43 @@ func Explain(m *model.Mesh, node string, enrolled []string, source string, dst n
 		family = familyV4
 	}
 
+	ix := authz.NewIndex(m)
 	svc, port := findService(m, addr, dst.Port())
 	switch {
 	case svc == nil:
 		e.Result = fmt.Sprintf("passes untouched: no service has address %s", addr)
+		if w := ix.WorkloadAt(addr); w != nil && ix.Policies() {
+			d := explainPolicy(ix, src, w, netip.AddrPortFrom(addr, dst.Port()))
+			e.Result = fmt.Sprintf("not balanced (no service has address %s); to workload %s: %s", addr, w.Key(), d)
+		}
 	case port == nil:
 		e.Result = fmt.Sprintf("passes untouched: service %s has address %s but no port %d", svc.Key(), addr, dst.Port())
 	default:
 		e.Service = &api.ExplainService{Name: svc.Name, Namespace: svc.Namespace, Port: port.Port, TargetPort: port.TargetPort, Mode: string(svc.LBMode)}
 		e.Endpoints = explainEndpoints(m, svc, port.TargetPort, addr.Is4())
-		eligible := 0
-		for _, ep := range e.Endpoints {
+		eligible, denied := 0, 0
+		for i := range e.Endpoints {
+			ep := &e.Endpoints[i]
+			if w := m.Workload(ep.Workload); w != nil && ep.Address != "" {
+				ep.Policy = explainPolicy(ix, src, w, netip.MustParseAddrPort(ep.Address))
+			}
 			if ep.Eligible {
 				eligible++
+				if strings.HasPrefix(ep.Policy, "denied") {
+					denied++
+				}
 			}
 		}
-		if eligible == 0 {
+		switch {
+		case eligible == 0:
 			e.Result = fmt.Sprintf("refused: service %s has no eligible %s endpoint, so connect() fails with ECONNREFUSED", svc.Key(), family)
-		} else {
+		case denied == eligible:
+			e.Result = fmt.Sprintf("denied: policies deny every eligible endpoint of service %s, so connect() fails with EACCES", svc.Key())
+		default:
 			e.Result = fmt.Sprintf("balanced (%s) over %d of %d endpoints, to port %d", svc.LBMode, eligible, len(e.Endpoints), port.TargetPort)
+			if denied > 0 {
+				e.Result += fmt.Sprintf("; policies deny %d of them: a connect() that picks one fails with EACCES", denied)
+			}
 		}
 	}
 	switch {
@@ -95,6 +114,26 @@ func explainSource(w *model.Workload, node string, enrolled []string) api.Explai
 		s.Enrolled = true
 	}
 	return s
+}
+
+// explainPolicy says what the policies decide for a connection from src to
+// dst, a workload's address and port: as connect() does on src's node,
+// with src's address of dst's family; the destination's node decides the
+// same from the source address it sees.
+func explainPolicy(ix *authz.Index, src, dst *model.Workload, to netip.AddrPort) string {
+	if !ix.Policies() {
+		return "allowed: the mesh has no policy"
+	}
+	from, ok := addressOf(src, to.Addr().Is4())
+	if !ok {
+		return "not checked at connect: the source has no address of this family (the destination checks what it sees)"
+	}
+	d, _ := ix.FromWorkload(src, from, to)
+	out := d.Reason
+	if len(d.Counted) > 0 {
+		out += "; counted by " + strings.Join(d.Counted, ", ")
+	}
+	return out
 }
 
 // findService returns the service with address addr, and its port port

@@ -73,8 +73,8 @@ default/hello-3 10.1.2.13:8080 true 0.25 []`,
 			var eps []string
 			for _, ep := range e.Endpoints {
 				eps = append(eps, fmt.Sprintf("%s %s %v %.2f %v", ep.Workload, ep.Address, ep.Eligible, ep.Share, ep.Reasons))
-				if ep.Policy != "not evaluated yet" || ep.Locality != "n/a" {
-					t.Errorf("%s: policy %q locality %q, want the placeholders", ep.Workload, ep.Policy, ep.Locality)
+				if (ep.Policy != "allowed: the mesh has no policy" && ep.Policy != notEvaluated) || ep.Locality != "n/a" {
+					t.Errorf("%s: policy %q locality %q, want no policy and the locality placeholder", ep.Workload, ep.Policy, ep.Locality)
 				}
 			}
 			if got := strings.Join(eps, "\n"); got != tt.endpoints {
@@ -120,5 +120,52 @@ func TestExplain_SourceStates(t *testing.T) {
 	}
 	if _, err := Explain(m, "node-a", enrolledA, "other/client", netip.MustParseAddrPort("10.96.0.10:80")); !errors.Is(err, ErrUnknownWorkload) {
 		t.Fatalf("unknown source: %v, want ErrUnknownWorkload", err)
+	}
+}
+
+func TestExplain_EvaluatesPolicies(t *testing.T) {
+	m := helloMesh()
+	clientP := model.StringMatch{Kind: model.MatchExact, Value: "cluster.local/ns/default/sa/default"}
+	m.Policies = []model.Policy{{
+		Name: "hello-1-only-from-outside", Namespace: "default", Scope: model.ScopeWorkloadSelector, Action: model.ActionAllow,
+		Rules: []model.PolicyRule{{Clauses: []model.PolicyClause{{Matches: []model.PolicyMatch{{NotPrincipals: []model.StringMatch{clientP}}}}}}},
+	}, {
+		Name: "audit-all", Namespace: "istio-system", Scope: model.ScopeGlobal, Action: model.ActionAudit,
+		Rules: []model.PolicyRule{{}},
+	}}
+	for i := range m.Workloads {
+		if m.Workloads[i].Name == "hello-1" {
+			m.Workloads[i].Policies = []string{"default/hello-1-only-from-outside"}
+		}
+	}
+	e, err := Explain(m, "node-a", enrolledA, "client", netip.MustParseAddrPort("10.96.0.10:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "balanced (random) over 3 of 3 endpoints, to port 8080; policies deny 1 of them: a connect() that picks one fails with EACCES"
+	if e.Result != want {
+		t.Errorf("result %q\nwant   %q", e.Result, want)
+	}
+	var got []string
+	for _, ep := range e.Endpoints {
+		got = append(got, ep.Workload+": "+ep.Policy)
+	}
+	wantEps := []string{
+		"default/hello-1: denied: none of the 1 ALLOW policies that apply matches; counted by istio-system/audit-all",
+		"default/hello-2: allowed: no ALLOW policy applies; counted by istio-system/audit-all",
+		"default/hello-3: allowed: no ALLOW policy applies; counted by istio-system/audit-all",
+	}
+	if strings.Join(got, "\n") != strings.Join(wantEps, "\n") {
+		t.Errorf("endpoints:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(wantEps, "\n"))
+	}
+
+	// A workload address, not a service: checked all the same.
+	e, err = Explain(m, "node-a", enrolledA, "client", netip.MustParseAddrPort("10.1.1.11:8080"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = "not balanced (no service has address 10.1.1.11); to workload default/hello-1: denied: none of the 1 ALLOW policies that apply matches; counted by istio-system/audit-all"
+	if e.Result != want {
+		t.Errorf("result %q\nwant   %q", e.Result, want)
 	}
 }

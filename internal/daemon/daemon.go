@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -141,7 +142,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	kctx, stopKube := context.WithCancel(ctx)
 	defer stopKube()
 	d.startKube(kctx, ksrc)
-	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir)}, log.With("component", "metrics"))
+	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir), Authz: d.authzStats}, log.With("component", "metrics"))
 	d.kind = sourceFile
 	if xsrc != nil {
 		d.kind = sourceXDS
@@ -275,7 +276,7 @@ func (d *daemon) apply(m *model.Mesh) error {
 	d.version++
 	v := d.version
 	d.mu.Unlock()
-	d.log.Info("config applied", "version", v, "services", len(m.Services), "workloads", len(m.Workloads), "enrolled", enrolled)
+	d.log.Info("config applied", "version", v, "services", len(m.Services), "workloads", len(m.Workloads), "policies", len(m.Policies), "enrolled", enrolled)
 	if enrollErr != nil {
 		d.log.Error("enrollment incomplete", "err", enrollErr)
 	}
@@ -360,6 +361,23 @@ func (d *daemon) mapStats() ([]metrics.MapStat, error) {
 	out := make([]metrics.MapStat, 0, len(stats))
 	for _, s := range stats {
 		out = append(out, metrics.MapStat{Name: s.Name, Entries: uint64(s.Entries), Capacity: uint64(s.Capacity)})
+	}
+	return out, err
+}
+
+// authzStats reads the authorization decision counters for /metrics.
+func (d *daemon) authzStats() ([]metrics.AuthzStat, error) {
+	stats, err := d.writer.AuthzStats()
+	out := make([]metrics.AuthzStat, 0, len(stats))
+	for _, s := range stats {
+		reporter := metrics.ReporterSource
+		if s.Side == dataplane.SideDestination {
+			reporter = metrics.ReporterDestination
+		}
+		out = append(out, metrics.AuthzStat{
+			Policy: s.Policy.Key, Action: strings.ToUpper(string(s.Policy.Action)), DryRun: s.Policy.DryRun,
+			Reporter: reporter, Allowed: s.Allowed, Denied: s.Denied, Matched: s.Matched,
+		})
 	}
 	return out, err
 }

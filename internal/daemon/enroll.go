@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -23,9 +24,12 @@ type enrollment struct {
 	mu      sync.Mutex
 	mesh    []string
 	meshSet bool
-	kube    []string
-	kubeOn  bool
-	kubeSet bool
+	// workloads names the workload of each mesh netns, so connect() can
+	// check policies as that workload (dataplane.ApplyNetns).
+	workloads map[string]string
+	kube      []string
+	kubeOn    bool
+	kubeSet   bool
 }
 
 // newKubeSource returns the Kubernetes enrollment source of cfg, or nil
@@ -70,14 +74,16 @@ func (d *daemon) kubeReport(paths []string) {
 // sources' namespaces, and returns how many namespaces are enrolled.
 func (d *daemon) enrollMesh(m *model.Mesh) (int, error) {
 	var local []string
+	workloads := map[string]string{}
 	for _, w := range m.Workloads {
 		if w.Node == d.node && w.Netns != "" {
 			local = append(local, w.Netns)
+			workloads[w.Netns] = w.Key()
 		}
 	}
 	d.enrolling.mu.Lock()
 	defer d.enrolling.mu.Unlock()
-	d.enrolling.mesh, d.enrolling.meshSet = local, true
+	d.enrolling.mesh, d.enrolling.meshSet, d.enrolling.workloads = local, true, workloads
 	return d.syncEnrollment()
 }
 
@@ -91,5 +97,14 @@ func (d *daemon) syncEnrollment() (int, error) {
 	union := slices.Concat(d.static, e.mesh, e.kube)
 	slices.Sort(union)
 	union = slices.Compact(union)
-	return len(union), d.enroller.Sync(union)
+	err := d.enroller.Sync(union)
+	// Namespaces enrolled only by --enroll-netns or Kubernetes name no
+	// workload here; the destination side checks their connections.
+	cookies := map[uint64]string{}
+	for path, c := range d.enroller.Cookies() {
+		if w, ok := e.workloads[path]; ok {
+			cookies[c] = w
+		}
+	}
+	return len(union), errors.Join(err, d.writer.ApplyNetns(cookies))
 }

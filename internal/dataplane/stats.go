@@ -17,7 +17,8 @@ type MapStat struct {
 }
 
 // MapStats counts the entries of the hash maps (km_manage, km_frontend,
-// km_service, km_endpoint, km_backend) by walking their keys; it only reads.
+// km_service, km_endpoint, km_backend, and the km_authz_* tables) by walking
+// their keys; it only reads.
 // While an Apply runs the count may be off by the entries it moves, never
 // above the capacity.
 func MapStats(maps *bpf.KmeshMaps) ([]MapStat, error) {
@@ -30,6 +31,13 @@ func MapStats(maps *bpf.KmeshMaps) ([]MapStat, error) {
 		{bpf.KmeshMapKmFrontend, maps.KmFrontend},
 		{bpf.KmeshMapKmManage, maps.KmManage},
 		{bpf.KmeshMapKmService, maps.KmService},
+		{bpf.KmeshMapKmAuthzAddr, maps.KmAuthzAddr},
+		{bpf.KmeshMapKmAuthzIp, maps.KmAuthzIp},
+		{bpf.KmeshMapKmAuthzList, maps.KmAuthzList},
+		{bpf.KmeshMapKmAuthzMatch, maps.KmAuthzMatch},
+		{bpf.KmeshMapKmAuthzNetns, maps.KmAuthzNetns},
+		{bpf.KmeshMapKmAuthzPol, maps.KmAuthzPol},
+		{bpf.KmeshMapKmAuthzVal, maps.KmAuthzVal},
 	}
 	out := make([]MapStat, 0, len(list))
 	for _, l := range list {

@@ -26,7 +26,9 @@ func TestMapStats_CountsEntriesAndCapacity(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := fmt.Sprint(stats)
-	want := "[{km_backend 2 8} {km_endpoint 3 16} {km_frontend 2 8} {km_manage 0 2} {km_service 1 4}]"
+	want := "[{km_backend 2 8} {km_endpoint 3 16} {km_frontend 2 8} {km_manage 0 2} {km_service 1 4} " +
+		"{km_authz_addr 0 262144} {km_authz_ip 0 65536} {km_authz_list 0 65536} {km_authz_match 0 65536} " +
+		"{km_authz_netns 0 2} {km_authz_pol 0 4096} {km_authz_val 0 262144}]"
 	if got != want {
 		t.Fatalf("map stats %s, want %s", got, want)
 	}

@@ -160,3 +160,14 @@ func (e *Enroller) Enrolled() []string {
 	sort.Strings(out)
 	return out
 }
+
+// Cookies returns the cookie of each enrolled namespace, by path.
+func (e *Enroller) Cookies() map[string]uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]uint64, len(e.enrolled))
+	for c, p := range e.enrolled {
+		out[p] = c
+	}
+	return out
+}

@@ -64,6 +64,7 @@ type ProgramStat struct {
 type Sources struct {
 	Maps     func() ([]MapStat, error)
 	Programs func() ([]ProgramStat, error)
+	Authz    func() ([]AuthzStat, error)
 }
 
 // Metrics is the registry of one daemon and the counters it reports.
@@ -121,6 +122,9 @@ func New(src Sources, log *slog.Logger) *Metrics {
 	}
 	if src.Programs != nil {
 		m.reg.MustRegister(&programCollector{read: src.Programs, errs: onceLogger{log: log, what: "program statistics"}})
+	}
+	if src.Authz != nil {
+		m.reg.MustRegister(&authzCollector{read: src.Authz, errs: onceLogger{log: log, what: "authorization counters"}})
 	}
 	return m
 }

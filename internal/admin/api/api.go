@@ -92,9 +92,12 @@ type Policy struct {
 	Name      string `json:"name"`
 	Namespace string `json:"namespace"`
 	Scope     string `json:"scope"`  // global, namespace, workload_selector
-	Action    string `json:"action"` // allow, deny
+	Action    string `json:"action"` // allow, deny, audit
 	DryRun    bool   `json:"dryRun,omitempty"`
 	Rules     int    `json:"rules"` // number of rules (OR-ed)
+	// L7 names the attributes of its rules that only an L7 proxy can
+	// check, which the L4 enforcement leaves out (see internal/authz).
+	L7 []string `json:"l7,omitempty"`
 }
 
 // Connection is one live connection of an enrolled workload, as
@@ -190,7 +193,11 @@ type ExplainEndpoint struct {
 func PoliciesFromModel(m *model.Mesh) []Policy {
 	out := make([]Policy, 0, len(m.Policies))
 	for _, p := range m.Policies {
-		out = append(out, Policy{Name: p.Name, Namespace: p.Namespace, Scope: string(p.Scope), Action: string(p.Action), DryRun: p.DryRun, Rules: len(p.Rules)})
+		var l7 []string
+		for _, r := range p.Rules {
+			l7 = append(l7, r.L7...)
+		}
+		out = append(out, Policy{Name: p.Name, Namespace: p.Namespace, Scope: string(p.Scope), Action: string(p.Action), DryRun: p.DryRun, Rules: len(p.Rules), L7: l7})
 	}
 	return out
 }
