@@ -179,12 +179,14 @@ func TestSameNodeAcceleration(t *testing.T) {
 }
 
 // classify reduces an exchange to what an application would notice. Which
-// of EPIPE or ECONNRESET comes first depends on timing, on plain TCP too.
+// of EPIPE, ECONNRESET or ENOTCONN (shutdown after the reset) comes first
+// depends on timing, on plain TCP too.
 func classify(r sendLine) string {
 	switch {
 	case r.Error == "":
 		return "ok"
-	case strings.Contains(r.Error, "reset"), strings.Contains(r.Error, "broken pipe"):
+	case strings.Contains(r.Error, "reset"), strings.Contains(r.Error, "broken pipe"),
+		strings.Contains(r.Error, "not connected"):
 		return "peer gone"
 	}
 	return "error: " + r.Error
