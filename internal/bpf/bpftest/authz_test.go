@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -134,7 +135,7 @@ func loadWithMaps(t testing.TB, spec *ebpf.CollectionSpec, name string, maps *bp
 	}
 	coll, err := ebpf.NewCollectionWithOptions(s, ebpf.CollectionOptions{MapReplacements: repl})
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		skipOrFail(t.(*testing.T), "kernel lacks a feature the test needs: %v", err)
+		skipOrFail(t, "kernel lacks a feature the test needs: %v", err)
 	}
 	if err != nil {
 		t.Fatalf("load %s: %v", name, err)
@@ -296,4 +297,84 @@ func netPort(p uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], p)
 	return binary.NativeEndian.Uint16(b[:])
+}
+
+// BenchmarkAuthz_Decide measures one decision of include/authz.h, as the
+// SYN's node makes it, under BPF_PROG_TEST_RUN: client -> hello-1 with 0,
+// 10 and 1,000 policies that apply to hello-1 (DENY ones that do not match,
+// then the ALLOW that does: every one is walked), and with 1,000 policies in
+// the mesh of which one applies.
+//
+//	go test -run '^$' -bench Authz_Decide ./internal/bpf/bpftest/
+func BenchmarkAuthz_Decide(b *testing.B) {
+	requirePrivilege(b)
+	spec, err := loadAuthzTest()
+	if err != nil {
+		b.Fatal(err)
+	}
+	limits := testLimits
+	limits.Policies, limits.PolicyMatches, limits.PolicyValues, limits.PolicyRefs = 4096, 8192, 8192, 8192
+	for _, sc := range []struct {
+		name                  string
+		applicable, elsewhere int
+	}{{"0-policies", 0, 0}, {"10-apply", 10, 0}, {"1000-apply", 1000, 0}, {"1000-in-mesh-1-applies", 1, 999}} {
+		b.Run(sc.name, func(b *testing.B) {
+			maps, err := bpf.NewMaps(limits)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer maps.Close()
+			dp, err := dataplane.New(maps, limits, discard)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := authztest.Case{}
+			m := c.Mesh()
+			principal := func(p string) model.PolicyRule {
+				return model.PolicyRule{Clauses: []model.PolicyClause{{Matches: []model.PolicyMatch{{
+					Principals: []model.StringMatch{{Kind: model.MatchExact, Value: p}}}}}}}
+			}
+			for i := range sc.applicable - 1 {
+				m.Policies = append(m.Policies, model.Policy{Name: fmt.Sprintf("deny-%d", i), Namespace: "default",
+					Scope: model.ScopeNamespace, Action: model.ActionDeny, Rules: []model.PolicyRule{principal(fmt.Sprintf("cluster.local/ns/other-%d/sa/x", i))}})
+			}
+			for i := range sc.elsewhere {
+				m.Policies = append(m.Policies, model.Policy{Name: fmt.Sprintf("elsewhere-%d", i), Namespace: "other",
+					Scope: model.ScopeNamespace, Action: model.ActionDeny, Rules: []model.PolicyRule{principal("cluster.local/ns/default/sa/client")}})
+			}
+			if sc.applicable > 0 {
+				m.Policies = append(m.Policies, model.Policy{Name: "zz-allow-client", Namespace: "default",
+					Scope: model.ScopeNamespace, Action: model.ActionAllow, Rules: []model.PolicyRule{principal("cluster.local/ns/default/sa/client")}})
+			}
+			if err := dp.Apply(m); err != nil {
+				b.Fatal(err)
+			}
+			prog := loadWithMaps(b, spec, "authz_check", maps)
+			in := authzTestAuthzTestCtx{
+				Src: words(netip.MustParseAddr(authztest.Client4)), Dst: words(netip.MustParseAddr(authztest.Hello1_4)), DstPort: netPort(8080),
+			}
+			var buf bytes.Buffer
+			binary.Write(&buf, binary.NativeEndian, &in)
+			out := make([]byte, buf.Len())
+			// Check the verdict once, then time the decision alone.
+			if _, err := prog.Run(&ebpf.RunOptions{Data: buf.Bytes(), DataOut: out}); err != nil {
+				b.Fatal(err)
+			}
+			var res authzTestAuthzTestCtx
+			binary.Read(bytes.NewReader(out), binary.NativeEndian, &res)
+			want := bpf.KmeshKmAuthzVerdictKM_AUTHZ_ALLOWED
+			if sc.applicable == 0 {
+				want = bpf.KmeshKmAuthzVerdictKM_AUTHZ_PASS
+			}
+			if authzVerdict(res.Verdict) != want {
+				b.Fatalf("verdict %d, want %d", res.Verdict, want)
+			}
+			b.ResetTimer()
+			_, per, err := prog.Benchmark(buf.Bytes(), b.N, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(per.Nanoseconds()), "ns/decision")
+		})
+	}
 }

@@ -65,13 +65,13 @@ func runOne(t *testing.T, spec *ebpf.CollectionSpec, name string) {
 
 // requirePrivilege skips without root, unless the privileged CI job says
 // every privileged test must run.
-func requirePrivilege(t *testing.T) {
+func requirePrivilege(t testing.TB) {
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "loading eBPF programs needs root")
 	}
 }
 
-func skipOrFail(t *testing.T, format string, args ...any) {
+func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if os.Getenv("KMESH_REQUIRE_PRIVILEGED") == "1" {
 		t.Fatalf(format, args...)
