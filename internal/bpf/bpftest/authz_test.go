@@ -68,6 +68,36 @@ func TestAuthz_SameAsEvaluator(t *testing.T) {
 		h.apply(t, &model.Mesh{})
 		h.empty(t)
 	})
+	// A restarted kmeshd finds the previous one's entries in the pinned
+	// maps: they serve until its first apply, which replaces them whole.
+	t.Run("a restarted dataplane takes over the maps", func(t *testing.T) {
+		h := newAuthzHarness(t, spec)
+		for i, c := range authztest.Cases {
+			prev := authztest.Cases[(i+len(authztest.Cases)/2)%len(authztest.Cases)]
+			h.apply(t, prev.Mesh())
+			h.check(t, prev, false)
+			h.restart(t)
+			h.check(t, prev, false) // the previous instance's entries still serve
+			h.apply(t, c.Mesh())
+			h.check(t, c, false)
+		}
+		h.restart(t)
+		h.apply(t, &model.Mesh{})
+		h.empty(t)
+	})
+}
+
+// restart replaces the dataplane with a new one over the same maps, as a
+// restarted kmeshd makes.
+func (h *authzHarness) restart(t *testing.T) {
+	t.Helper()
+	dp, err := dataplane.New(h.maps, testLimits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The policy names of the maps stay the old instance's until the new
+	// one applies: keep reading them from it.
+	h.prevDP, h.dp = h.dp, dp
 }
 
 // empty fails unless every map the dataplane writes is empty.
@@ -96,6 +126,9 @@ type authzHarness struct {
 	// workloads of the mesh applied last; workload i is enrolled under
 	// cookie 1000+i.
 	workloads []model.Workload
+	// prevDP is the dataplane before a restart, whose policy ids the maps
+	// hold until the new one applies.
+	prevDP *dataplane.Dataplane
 }
 
 func newAuthzHarness(t *testing.T, spec *ebpf.CollectionSpec) *authzHarness {
@@ -159,6 +192,7 @@ func (h *authzHarness) apply(t *testing.T, m *model.Mesh) {
 	}
 	h.ix = authz.NewIndex(m)
 	h.workloads = m.Workloads
+	h.prevDP = nil
 }
 
 func (h *authzHarness) check(t *testing.T, c authztest.Case, counts bool) {
@@ -243,7 +277,11 @@ func (h *authzHarness) compare(t *testing.T, what string, want authz.Decision, o
 	case bpf.KmeshKmAuthzVerdictKM_AUTHZ_DENIED:
 		got = authztest.Deny
 	}
-	key := h.dp.Policies()[policy].Key
+	names := h.dp.Policies()
+	if h.prevDP != nil {
+		names = h.prevDP.Policies()
+	}
+	key := names[policy].Key
 	expect := decision(want, ok)
 	if !h.ix.Policies() && expect == authztest.Allow {
 		// A mesh without policies leaves the maps empty: the kernel
