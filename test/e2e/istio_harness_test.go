@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -19,11 +20,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
+	"github.com/kmesh-go/kmesh/internal/source/kube"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
@@ -298,6 +301,36 @@ func (e *istioEnv) setPodReady(ns, name string, ready bool) {
 	}
 	if _, err := e.kube.CoreV1().Pods(ns).UpdateStatus(e.ctx(), pod, metav1.UpdateOptions{}); err != nil {
 		e.t.Fatal(err)
+	}
+}
+
+// labelPod sets (or, with value "", removes) a pod label.
+func (e *istioEnv) labelPod(ns, name, key, value string) {
+	e.t.Helper()
+	v := "null"
+	if value != "" {
+		v = strconv.Quote(value)
+	}
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%s}}}`, key, v)
+	if _, err := e.kube.CoreV1().Pods(ns).Patch(e.ctx(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// waitAnnotation waits until a pod's redirection annotation has the value want
+// ("" = absent).
+func waitAnnotation(t *testing.T, e *istioEnv, ns, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := e.annotation(ns, name, kube.RedirectionAnnotation)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s/%s: annotation %s = %q after 10s, want %q", ns, name, kube.RedirectionAnnotation, got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

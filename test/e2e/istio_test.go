@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,9 +159,7 @@ func TestIstio(t *testing.T) {
 			}
 		}
 		for _, name := range []string{"client-a", "client-b"} {
-			if got := env.annotation(istioAppsNs, name, kube.RedirectionAnnotation); got != kube.RedirectionEnabled {
-				t.Fatalf("pod %s: annotation %s = %q, want %q", name, kube.RedirectionAnnotation, got, kube.RedirectionEnabled)
-			}
+			waitAnnotation(t, env, istioAppsNs, name, kube.RedirectionEnabled)
 		}
 	})
 
@@ -182,11 +181,91 @@ func TestIstio(t *testing.T) {
 		}
 	})
 
+	t.Run("labelling_a_pod_enrolls_it_and_unlabelling_unenrolls_it", func(t *testing.T) {
+		outsider := m.pods["outsider"].NetnsPath
+		env.labelPod(istioPlainNs, "outsider", kube.DataplaneModeLabel, kube.ModeAmbient)
+		ka.waitDump(t, "outsider enrolled", 10*time.Second, func(d dumpView) string {
+			if !d.enrolled(outsider) {
+				return "not enrolled"
+			}
+			return ""
+		})
+		rs := m.get("outsider", "--url", istioHelloURL, "--count", "30")
+		checkOnly(t, rs, "hello-1", "hello-2", "hello-3")
+		waitAnnotation(t, env, istioPlainNs, "outsider", kube.RedirectionEnabled)
+
+		env.labelPod(istioPlainNs, "outsider", kube.DataplaneModeLabel, "")
+		ka.waitDump(t, "outsider unenrolled", 10*time.Second, func(d dumpView) string {
+			if d.enrolled(outsider) {
+				return "enrolled"
+			}
+			return ""
+		})
+		waitAnnotation(t, env, istioPlainNs, "outsider", "")
+		for _, r := range m.get("outsider", "--url", istioHelloURL, "--count", "3", "--timeout", "2s") {
+			if r.Error == "" {
+				t.Fatalf("outsider reached %s through the cluster IP after leaving the mesh", r.Pod)
+			}
+		}
+	})
+
+	whole := t // the restarted kmeshd serves the later subtests too
+	t.Run("kmeshd_restart_keeps_pods_enrolled", func(t *testing.T) {
+		// A killed kmeshd leaves its pins; the new one must not drop the
+		// pods enrolled from Kubernetes while it lists them again.
+		perConn := m.istioTraffic("client-a", "new-connection")
+		keepalive := m.istioTraffic("client-a", "keep-alive", "--keepalive")
+		enrolled := watchEntries(t, ka, bpf.KmeshMapKmManage)
+		time.Sleep(300 * time.Millisecond)
+		if err := ka.proc.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-ka.proc.Done()
+		n := ka.node
+		restarted, err := m.bed.StartRoot(m.kmeshd, "--node", n.Name, "--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir,
+			"--admin-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0",
+			"--log-level", "debug", "--xds-address", env.XDSAddr, "--kubeconfig", env.kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		whole.Cleanup(func() { restarted.Stop() })
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			stderr := restarted.Stderr()
+			sm := readyLine.FindStringSubmatch(stderr)
+			if sm != nil && strings.Contains(stderr, `msg="kubernetes pods enrolled"`) {
+				ka = &kmeshd{proc: restarted, admin: sm[1], node: n}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("restarted kmeshd not ready with its pods after 30s:\n%s", tail(stderr, 4000))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if lo, hi := enrolled.stop(); lo != 2 || hi != 2 {
+			t.Fatalf("node-a's enrolled namespaces went %d..%d across the restart, want always 2", lo, hi)
+		}
+		rs, _ := perConn.stop(t)
+		kas, _ := keepalive.stop(t)
+		for _, set := range [][]result{rs, kas} {
+			for _, r := range set {
+				if r.Error != "" {
+					t.Fatalf("request %d failed across the kmeshd restart: %s", r.Seq, r.Error)
+				}
+			}
+		}
+		if d := (dumpView{ka.configDump(t)}); !d.enrolled(m.pods["client-a"].NetnsPath) || !d.enrolled(m.pods["hello-1"].NetnsPath) {
+			t.Fatalf("restarted kmeshd enrolled %v, want client-a and hello-1", d.Enrolled)
+		}
+		t.Logf("%d + %d requests across the restart, none failed", len(rs), len(kas))
+	})
+
 	t.Run("istiod_restart_keeps_connections_and_maps", func(t *testing.T) {
 		before := adminMaps(t, ka)
 		perConn := m.istioTraffic("client-a", "new-connection")
 		keepalive := m.istioTraffic("client-a", "keep-alive", "--keepalive")
-		watch := watchEndpoints(t, ka)
+		watch := watchEntries(t, ka, bpf.KmeshMapKmEndpoint)
 
 		env.StopIstiod()
 		time.Sleep(2 * time.Second) // new connections while istiod is away
@@ -273,20 +352,24 @@ func adminMaps(t *testing.T, k *kmeshd) []string {
 	return strings.Split(strings.TrimSpace(string(body)), "\n")
 }
 
-// endpointWatch polls the number of endpoint entries in a daemon's pinned
-// maps.
-type endpointWatch struct {
+// entryWatch polls the number of entries of one of a daemon's pinned maps.
+type entryWatch struct {
 	stopc    chan struct{}
 	done     sync.WaitGroup
 	min, max int
 }
 
-func watchEndpoints(t *testing.T, k *kmeshd) *endpointWatch {
-	maps := openPinnedMaps(t, k.node.BPFDir)
-	w := &endpointWatch{stopc: make(chan struct{}), min: 1 << 30}
+func watchEntries(t *testing.T, k *kmeshd, name string) *entryWatch {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(k.node.BPFDir, name), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &entryWatch{stopc: make(chan struct{}), min: 1 << 30}
 	w.done.Go(func() {
+		defer m.Close()
 		for {
-			if n, err := maps.endpointCount(); err == nil {
+			if n, err := countEntries(m); err == nil {
 				w.min, w.max = min(w.min, n), max(w.max, n)
 			}
 			select {
@@ -299,7 +382,7 @@ func watchEndpoints(t *testing.T, k *kmeshd) *endpointWatch {
 	return w
 }
 
-func (w *endpointWatch) stop() (int, int) {
+func (w *entryWatch) stop() (int, int) {
 	close(w.stopc)
 	w.done.Wait()
 	return w.min, w.max
@@ -322,11 +405,11 @@ func openPinnedMaps(t *testing.T, dir string) pinnedMaps {
 	return pinnedMaps{endpoint: open(bpf.KmeshMapKmEndpoint), backend: open(bpf.KmeshMapKmBackend)}
 }
 
-func (p pinnedMaps) endpointCount() (int, error) {
-	var k bpf.KmeshEndpointKey
-	var v bpf.KmeshEndpointValue
+func countEntries(m *ebpf.Map) (int, error) {
+	k := make([]byte, m.KeySize())
+	v := make([]byte, m.ValueSize())
 	n := 0
-	it := p.endpoint.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		n++
 	}
