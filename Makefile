@@ -44,7 +44,7 @@ test-e2e:
 ## TOOLS_BIN; about 10 minutes cold on 2 cores, seconds when nothing changed (docs/istio.md)
 tools:
 	@mkdir -p $(TOOLS_BIN)
-	cd tools && $(GO) build -o $(TOOLS_BIN)/ ./cmd/kube-control-plane istio.io/istio/pilot/cmd/pilot-discovery
+	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kube-control-plane istio.io/istio/pilot/cmd/pilot-discovery
 	install -m 0644 "$$(cd tools && $(GO) list -m -f '{{.Dir}}' istio.io/istio)/manifests/charts/base/files/crd-all.gen.yaml" $(TOOLS_BIN)/istio-crds.yaml
 	cd tools && $(GO) vet ./...
 
