@@ -16,7 +16,11 @@
 //   - otherwise the pod is enrolled when it or its namespace is labelled
 //     istio.io/dataplane-mode=ambient (or =kmesh);
 //   - and only while it has an IP and has not finished (phase Succeeded or
-//     Failed).
+//     Failed). A terminating pod stays enrolled until it is gone, so its
+//     connections drain as they began.
+//
+// kmeshd needs to get, list and watch pods (of its node) and namespaces,
+// and to patch pods.
 //
 // # Finding a pod's network namespace
 //

@@ -25,10 +25,8 @@ var (
 // Resolver finds the network namespace that holds a pod's IPs; see the
 // package doc. It is safe for concurrent use.
 type Resolver struct {
-	// NamedDir holds named namespaces, /var/run/netns by default.
-	NamedDir string
-	// ProcDir is the proc file system, /proc by default.
-	ProcDir string
+	namedDir string // named namespaces: /var/run/netns
+	procDir  string // the proc file system: /proc
 
 	// list and addrs are the host: replaced in tests.
 	list  func() ([]nsEntry, error)
@@ -37,7 +35,7 @@ type Resolver struct {
 
 	mu    sync.Mutex
 	cache map[string]nsEntry // pod key (uid and IPs) -> namespace
-	Scans int                // full scans done, for tests and debugging
+	scans int                // full scans done
 }
 
 // nsEntry is one network namespace: a path naming it and its inode.
@@ -48,7 +46,7 @@ type nsEntry struct {
 
 // NewResolver returns a Resolver of this host's namespaces.
 func NewResolver() *Resolver {
-	r := &Resolver{NamedDir: "/var/run/netns", ProcDir: "/proc", cache: map[string]nsEntry{}}
+	r := &Resolver{namedDir: "/var/run/netns", procDir: "/proc", cache: map[string]nsEntry{}}
 	r.list = r.listHost
 	r.addrs = linkAddrs
 	r.inode = nsInode
@@ -119,7 +117,7 @@ func cacheKey(key string, ips []netip.Addr) string {
 // scan reads the addresses of every namespace on the host into an index
 // from address to the namespaces holding it.
 func (r *Resolver) scan() (map[netip.Addr][]nsEntry, error) {
-	r.Scans++
+	r.scans++
 	entries, err := r.list()
 	if err != nil {
 		return nil, err
@@ -145,7 +143,7 @@ func (r *Resolver) scan() (map[netip.Addr][]nsEntry, error) {
 // inode, without the one kmeshd runs in.
 func (r *Resolver) listHost() ([]nsEntry, error) {
 	seen := map[uint64]bool{}
-	if own, err := nsInode(filepath.Join(r.ProcDir, "self/ns/net")); err == nil {
+	if own, err := nsInode(filepath.Join(r.procDir, "self/ns/net")); err == nil {
 		seen[own] = true
 	}
 	var out []nsEntry
@@ -157,22 +155,22 @@ func (r *Resolver) listHost() ([]nsEntry, error) {
 		seen[ino] = true
 		out = append(out, nsEntry{path: path, inode: ino})
 	}
-	named, err := os.ReadDir(r.NamedDir)
+	named, err := os.ReadDir(r.namedDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("list %s: %w", r.NamedDir, err)
+		return nil, fmt.Errorf("list %s: %w", r.namedDir, err)
 	}
 	for _, d := range named {
-		add(filepath.Join(r.NamedDir, d.Name()))
+		add(filepath.Join(r.namedDir, d.Name()))
 	}
-	procs, err := os.ReadDir(r.ProcDir)
+	procs, err := os.ReadDir(r.procDir)
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", r.ProcDir, err)
+		return nil, fmt.Errorf("list %s: %w", r.procDir, err)
 	}
 	for _, d := range procs {
 		if d.Name()[0] < '0' || d.Name()[0] > '9' {
 			continue
 		}
-		add(filepath.Join(r.ProcDir, d.Name(), "ns/net"))
+		add(filepath.Join(r.procDir, d.Name(), "ns/net"))
 	}
 	return out, nil
 }

@@ -66,8 +66,8 @@ func TestResolver_FindsAndCaches(t *testing.T) {
 			t.Fatalf("Resolve = %q, %v; want /run/netns/a", p, err)
 		}
 	}
-	if r.Scans != 1 {
-		t.Fatalf("%d scans for three resolves of one pod, want 1 (cached)", r.Scans)
+	if r.scans != 1 {
+		t.Fatalf("%d scans for three resolves of one pod, want 1 (cached)", r.scans)
 	}
 
 	// The sandbox is re-created: same path, new namespace (inode).
@@ -75,8 +75,8 @@ func TestResolver_FindsAndCaches(t *testing.T) {
 	if p, err := r.Resolve("uid-a", ips("10.1.1.10")); err != nil || p != "/run/netns/a" {
 		t.Fatalf("after re-creation Resolve = %q, %v", p, err)
 	}
-	if r.Scans != 2 {
-		t.Fatalf("%d scans, want a new scan after the namespace changed", r.Scans)
+	if r.scans != 2 {
+		t.Fatalf("%d scans, want a new scan after the namespace changed", r.scans)
 	}
 
 	// Forget drops pods that are gone.
