@@ -29,9 +29,10 @@
 // named namespaces under /var/run/netns (where CNI plugins and `ip netns`
 // keep them) and then the namespaces of every process (/proc/PID/ns/net),
 // skips kmeshd's own (the host's) and those already seen (same inode),
-// opens a netlink socket inside each and lists its addresses. One scan
-// indexes every namespace it reads, so resolving the other pods of a burst
-// costs nothing more. A named path is preferred to a /proc one, which
+// opens a netlink socket inside each and lists its addresses. A scan
+// indexes every namespace it reads; the other pods of a burst are looked
+// up in that index and checked in their one namespace, with no new scan.
+// A named path is preferred to a /proc one, which
 // vanishes with its process. An IP found in two namespaces is ambiguous and
 // not enrolled (error [ErrAmbiguous]); an IP found nowhere yet (the CNI
 // plugin has not finished) is retried with backoff (error [ErrNotFound]).

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -34,8 +35,9 @@ type Resolver struct {
 	inode func(path string) (uint64, error)
 
 	mu    sync.Mutex
-	cache map[string]nsEntry // pod key (uid and IPs) -> namespace
-	scans int                // full scans done
+	cache map[string]nsEntry       // pod key (uid and IPs) -> namespace
+	index map[netip.Addr][]nsEntry // the last scan's
+	scans int                      // full scans done
 }
 
 // nsEntry is one network namespace: a path naming it and its inode.
@@ -69,29 +71,65 @@ func (r *Resolver) Resolve(key string, ips []netip.Addr) (string, error) {
 		}
 		delete(r.cache, ck)
 	}
+	// The last scan found the other pods of a burst: check its answer in
+	// that one namespace before reading them all again.
+	if e, err := r.lookup(r.index, ips); err == nil && r.holds(e, ips) {
+		r.cache[ck] = e
+		return e.path, nil
+	}
 	index, err := r.scan()
 	if err != nil {
 		return "", err
 	}
+	r.index = index
+	e, err := r.lookup(index, ips)
+	if err != nil {
+		return "", err
+	}
+	r.cache[ck] = e
+	return e.path, nil
+}
+
+// lookup finds the one namespace that holds every one of ips in index.
+func (r *Resolver) lookup(index map[netip.Addr][]nsEntry, ips []netip.Addr) (nsEntry, error) {
 	var found *nsEntry
 	for _, ip := range ips {
 		es := index[ip.Unmap()]
 		switch {
 		case len(es) == 0:
-			return "", fmt.Errorf("%s: %w", ip, ErrNotFound)
+			return nsEntry{}, fmt.Errorf("%s: %w", ip, ErrNotFound)
 		case len(es) > 1:
 			var paths []string
 			for _, e := range es {
 				paths = append(paths, e.path)
 			}
-			return "", fmt.Errorf("%s: %w: %s", ip, ErrAmbiguous, strings.Join(paths, ", "))
+			return nsEntry{}, fmt.Errorf("%s: %w: %s", ip, ErrAmbiguous, strings.Join(paths, ", "))
 		case found != nil && found.inode != es[0].inode:
-			return "", fmt.Errorf("%s: %w: %s and %s", ip, ErrAmbiguous, found.path, es[0].path)
+			return nsEntry{}, fmt.Errorf("%s: %w: %s and %s", ip, ErrAmbiguous, found.path, es[0].path)
 		}
 		found = &es[0]
 	}
-	r.cache[ck] = *found
-	return found.path, nil
+	return *found, nil
+}
+
+// holds reports whether the namespace e still is at its path and has ips.
+func (r *Resolver) holds(e nsEntry, ips []netip.Addr) bool {
+	if ino, err := r.inode(e.path); err != nil || ino != e.inode {
+		return false
+	}
+	addrs, err := r.addrs(e.path)
+	if err != nil {
+		return false
+	}
+	for i, a := range addrs {
+		addrs[i] = a.Unmap()
+	}
+	for _, ip := range ips {
+		if !slices.Contains(addrs, ip.Unmap()) {
+			return false
+		}
+	}
+	return true
 }
 
 // Forget drops the cached results of pods whose keys are not in keep.

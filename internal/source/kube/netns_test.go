@@ -70,6 +70,15 @@ func TestResolver_FindsAndCaches(t *testing.T) {
 		t.Fatalf("%d scans for three resolves of one pod, want 1 (cached)", r.scans)
 	}
 
+	// Another pod of the same burst: found in the last scan's index and
+	// checked in its namespace alone.
+	if p, err := r.Resolve("uid-b", ips("10.1.1.11")); err != nil || p != "/run/netns/b" {
+		t.Fatalf("Resolve = %q, %v; want /run/netns/b", p, err)
+	}
+	if r.scans != 1 {
+		t.Fatalf("%d scans after a second pod, want 1 (from the last index)", r.scans)
+	}
+
 	// The sandbox is re-created: same path, new namespace (inode).
 	h.inodes["/run/netns/a"] = 3
 	if p, err := r.Resolve("uid-a", ips("10.1.1.10")); err != nil || p != "/run/netns/a" {
@@ -81,7 +90,7 @@ func TestResolver_FindsAndCaches(t *testing.T) {
 
 	// Forget drops pods that are gone.
 	r.Forget(map[string]bool{"uid-b": true})
-	if len(r.cache) != 0 {
+	if _, ok := r.cache["uid-b|10.1.1.11"]; len(r.cache) != 1 || !ok {
 		t.Fatalf("cache after Forget: %v", r.cache)
 	}
 }
