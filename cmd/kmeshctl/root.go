@@ -65,6 +65,8 @@ kmeshctl talks to nothing but kmeshd's admin API, which each kmeshd serves on
 		newLogCommand(a),
 		newAccessLogCommand(a),
 		newExplainCommand(a),
+		newEnrollCommand(a, true),
+		newEnrollCommand(a, false),
 	)
 	return root
 }

@@ -51,6 +51,15 @@ type Controls struct {
 	LogLevel *slog.LevelVar
 	// AccessLog turns the per-connection access log on and off.
 	AccessLog *atomic.Bool
+	// Enrollment puts network namespaces in the mesh and takes them out.
+	Enrollment Enrollment
+}
+
+// Enrollment is how a CNI plugin or an operator enrolls a network
+// namespace through the admin API, whatever the config source.
+type Enrollment interface {
+	Enroll(netns string) error
+	Unenroll(netns string) error
 }
 
 // Handler returns the admin API's handler.
@@ -67,6 +76,10 @@ func Handler(st State, c Controls, log *slog.Logger) http.Handler {
 	}
 	if c.AccessLog != nil {
 		mux.HandleFunc("/accesslog", h.accessLog)
+	}
+	if c.Enrollment != nil {
+		mux.HandleFunc("POST /enroll", h.enroll(c.Enrollment.Enroll, true))
+		mux.HandleFunc("POST /unenroll", h.enroll(c.Enrollment.Unenroll, false))
 	}
 	mux.HandleFunc("GET /{$}", h.index)
 	return mux
@@ -94,6 +107,8 @@ var endpoints = []struct{ path, help string }{
 	{"/connections", "live connections of enrolled workloads (JSON)"},
 	{"/logging", "log level; POST ?level=debug|info|warn|error to change it"},
 	{"/accesslog", "access log switch; POST ?enabled=true|false to change it"},
+	{"/enroll?netns=PATH", "POST: put a network namespace in the mesh (kept across restarts)"},
+	{"/unenroll?netns=PATH", "POST: take a namespace enrolled through /enroll out again"},
 	{"/explain?source=NS/WORKLOAD&destination=IP:PORT", "what a connect from the workload to the address does, and why (JSON)"},
 }
 
@@ -303,4 +318,20 @@ func (g Group) Serve(ctx context.Context) error {
 		errs = append(errs, <-errc)
 	}
 	return errors.Join(errs...)
+}
+
+// enroll serves /enroll and /unenroll.
+func (h *handler) enroll(do func(string) error, enrolled bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		netns := r.URL.Query().Get("netns")
+		if netns == "" {
+			http.Error(w, "netns: missing (want ?netns=/var/run/netns/NAME)", http.StatusBadRequest)
+			return
+		}
+		if err := do(netns); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		h.writeJSON(w, api.Enrollment{Netns: netns, Enrolled: enrolled})
+	}
 }

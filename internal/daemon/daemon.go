@@ -125,14 +125,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	adminEnrolled, err := bpf.OpenEnrollments(cfg.BPFDir, cfg.Limits.Workloads)
+	if err != nil {
+		return err
+	}
+	defer adminEnrolled.Close()
 	d := &daemon{
-		node:     cfg.Node,
-		source:   sourceName(cfg.ConfigFile),
-		writer:   writer,
-		enroller: enroll.New(dp.KmManage, log.With("component", "enroll")),
-		log:      log,
-		static:   cfg.EnrollNetns,
-		maps:     &dp.KmeshMaps,
+		node:          cfg.Node,
+		source:        sourceName(cfg.ConfigFile),
+		writer:        writer,
+		enroller:      enroll.New(dp.KmManage, log.With("component", "enroll")),
+		log:           log,
+		static:        cfg.EnrollNetns,
+		maps:          &dp.KmeshMaps,
+		adminEnrolled: adminEnrolled,
+	}
+	if d.enrolling.admin, err = adminEnrolled.List(); err != nil {
+		return err
 	}
 	if stats, err := metrics.EnableProgramStats(); err != nil {
 		log.Warn("BPF program statistics unavailable; kmesh_bpf_program_* stay 0", "err", err)
@@ -240,15 +249,18 @@ func sourceName(path string) string {
 
 // daemon is the state the admin API shows.
 type daemon struct {
-	node     string
-	static   []string // --enroll-netns
-	source   string
-	writer   *dataplane.Dataplane
-	enroller *enroll.Enroller
-	log      *slog.Logger
-	maps     *bpf.KmeshMaps
-	metrics  *metrics.Metrics
-	kind     string // source label of the config metrics: file or xds
+	node   string
+	static []string // --enroll-netns
+	// adminEnrolled keeps the namespaces enrolled through the admin API
+	// (kmeshctl enroll) across restarts.
+	adminEnrolled *bpf.Enrollments
+	source        string
+	writer        *dataplane.Dataplane
+	enroller      *enroll.Enroller
+	log           *slog.Logger
+	maps          *bpf.KmeshMaps
+	metrics       *metrics.Metrics
+	kind          string // source label of the config metrics: file or xds
 	// accessLog is the access log switch (/accesslog); the connection
 	// telemetry reads it.
 	accessLog atomic.Bool
@@ -310,7 +322,7 @@ const (
 // listen binds the admin, metrics and readiness addresses, in that order:
 // all of them, or none.
 func (d *daemon) listen(cfg Config) (admin.Group, error) {
-	ctl := admin.Controls{LogLevel: cfg.LogLevel, AccessLog: &d.accessLog}
+	ctl := admin.Controls{LogLevel: cfg.LogLevel, AccessLog: &d.accessLog, Enrollment: d}
 	surfaces := []struct {
 		name, addr string
 		h          http.Handler

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/kmesh-go/kmesh/internal/enroll"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/kube"
 )
@@ -30,6 +31,46 @@ type enrollment struct {
 	kube      []string
 	kubeOn    bool
 	kubeSet   bool
+	// admin are the namespaces enrolled through the admin API, as kept in
+	// the pinned km_enrolled.
+	admin []string
+}
+
+// Enroll puts a network namespace in the mesh through the admin API
+// (kmeshctl enroll), whatever the config source; it stays enrolled across
+// kmeshd restarts until Unenroll or kmeshd cleanup.
+func (d *daemon) Enroll(path string) error {
+	if err := checkNetns([]string{path}); err != nil {
+		return err
+	}
+	if _, err := enroll.Cookie(path); err != nil {
+		return err
+	}
+	d.enrolling.mu.Lock()
+	defer d.enrolling.mu.Unlock()
+	if err := d.adminEnrolled.Add(path); err != nil {
+		return err
+	}
+	if !slices.Contains(d.enrolling.admin, path) {
+		d.enrolling.admin = append(d.enrolling.admin, path)
+	}
+	_, err := d.syncEnrollment()
+	d.log.Info("enrolled through the admin API", "netns", path)
+	return err
+}
+
+// Unenroll takes a namespace the admin API enrolled out of the mesh (other
+// sources may still enroll it).
+func (d *daemon) Unenroll(path string) error {
+	d.enrolling.mu.Lock()
+	defer d.enrolling.mu.Unlock()
+	if err := d.adminEnrolled.Remove(path); err != nil {
+		return err
+	}
+	d.enrolling.admin = slices.DeleteFunc(d.enrolling.admin, func(p string) bool { return p == path })
+	_, err := d.syncEnrollment()
+	d.log.Info("unenrolled through the admin API", "netns", path)
+	return err
 }
 
 // newKubeSource returns the Kubernetes enrollment source of cfg, or nil
@@ -94,7 +135,7 @@ func (d *daemon) syncEnrollment() (int, error) {
 	if !e.meshSet || (e.kubeOn && !e.kubeSet) {
 		return 0, nil
 	}
-	union := slices.Concat(d.static, e.mesh, e.kube)
+	union := slices.Concat(d.static, e.mesh, e.kube, e.admin)
 	slices.Sort(union)
 	union = slices.Compact(union)
 	err := d.enroller.Sync(union)

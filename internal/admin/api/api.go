@@ -201,3 +201,9 @@ func PoliciesFromModel(m *model.Mesh) []Policy {
 	}
 	return out
 }
+
+// Enrollment is the answer of /enroll and /unenroll.
+type Enrollment struct {
+	Netns    string `json:"netns"`
+	Enrolled bool   `json:"enrolled"`
+}
