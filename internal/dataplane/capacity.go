@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/internal/bpf"
@@ -38,9 +37,6 @@ func fullError(m string, need, capacity int) error {
 // mapErr names the map and its flag when the kernel says a map is full
 // (E2BIG), which checkCapacity should have caught first.
 func mapErr(m string, err error) error {
-	if errors.Is(err, ebpf.ErrKeyExist) || err == nil {
-		return err
-	}
 	if errors.Is(err, unix.E2BIG) {
 		return fmt.Errorf("%w: %s (raise %s): %w", ErrMapFull, m, flags[m], err)
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
 	"github.com/kmesh-go/kmesh/internal/model"
-	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
 )
 
 // Long enough for a loaded CI machine; tests return as soon as the event
@@ -201,5 +200,3 @@ func isAck(typeURL string) func(*discovery.DeltaDiscoveryRequest) bool {
 		return r.GetTypeUrl() == typeURL && r.GetResponseNonce() != "" && r.GetErrorDetail() == nil
 	}
 }
-
-var _ = xdstest.Start
