@@ -19,25 +19,6 @@
  */
 volatile const bool km_accelerate = true;
 
-static __always_inline void skmsg_key_ops(struct bpf_sock_ops *skops, struct sock_key *key)
-{
-	if (skops->family == 2 /* AF_INET */) {
-		lb_v4_mapped(key->local_addr, skops->local_ip4);
-		lb_v4_mapped(key->remote_addr, skops->remote_ip4);
-	} else {
-		key->local_addr[0] = skops->local_ip6[0];
-		key->local_addr[1] = skops->local_ip6[1];
-		key->local_addr[2] = skops->local_ip6[2];
-		key->local_addr[3] = skops->local_ip6[3];
-		key->remote_addr[0] = skops->remote_ip6[0];
-		key->remote_addr[1] = skops->remote_ip6[1];
-		key->remote_addr[2] = skops->remote_ip6[2];
-		key->remote_addr[3] = skops->remote_ip6[3];
-	}
-	key->local_port = (__u16)skops->local_port;
-	key->remote_port = (__u16)bpf_ntohl(skops->remote_port);
-}
-
 static __always_inline void skmsg_reverse(const struct sock_key *key, struct sock_key *rev)
 {
 	__builtin_memcpy(rev->local_addr, key->remote_addr, sizeof(rev->local_addr));
@@ -54,7 +35,7 @@ static __always_inline void skmsg_add(struct bpf_sock_ops *skops)
 
 	if (!km_accelerate)
 		return;
-	skmsg_key_ops(skops, &key);
+	sock_key_ops(skops, &key);
 	bpf_map_update_elem(&km_redir_bytes, &key, &zero, BPF_ANY);
 	/* A full map only costs the speed-up. */
 	bpf_sock_hash_update(skops, &km_socks, &key, BPF_NOEXIST);
@@ -68,7 +49,7 @@ static __always_inline void skmsg_redirected(struct bpf_sock_ops *skops, __u64 *
 
 	if (!km_accelerate)
 		return;
-	skmsg_key_ops(skops, &key);
+	sock_key_ops(skops, &key);
 	skmsg_reverse(&key, &peer);
 	n = bpf_map_lookup_elem(&km_redir_bytes, &key);
 	if (n)

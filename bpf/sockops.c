@@ -23,25 +23,6 @@ struct {
 	__uint(max_entries, 1);
 } km_events_lost SEC(".maps");
 
-static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct conn_event *ev)
-{
-	if (skops->family == 2 /* AF_INET */) {
-		lb_v4_mapped(ev->local_addr, skops->local_ip4);
-		lb_v4_mapped(ev->remote_addr, skops->remote_ip4);
-	} else {
-		ev->local_addr[0] = skops->local_ip6[0];
-		ev->local_addr[1] = skops->local_ip6[1];
-		ev->local_addr[2] = skops->local_ip6[2];
-		ev->local_addr[3] = skops->local_ip6[3];
-		ev->remote_addr[0] = skops->remote_ip6[0];
-		ev->remote_addr[1] = skops->remote_ip6[1];
-		ev->remote_addr[2] = skops->remote_ip6[2];
-		ev->remote_addr[3] = skops->remote_ip6[3];
-	}
-	ev->local_port = (__u16)skops->local_port;
-	ev->remote_port = bpf_ntohl(skops->remote_port);
-}
-
 /* Set at load time: kmeshd --telemetry (default on). Off, no records are
  * made; sockops still serves same-node acceleration. */
 volatile const bool km_telemetry = true;
@@ -72,10 +53,54 @@ static __always_inline struct conn_event *sockops_reserve(void)
 	return ev;
 }
 
+/* Reserves a record of one of sk's connection events and fills what every
+ * record carries; NULL when records are off or the buffer is full. */
+static __always_inline struct conn_event *sockops_record(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+							 const struct sock_conn *conn, __u8 type)
+{
+	struct sock_orig *orig;
+	struct conn_event *ev;
+
+	if (!km_telemetry)
+		return NULL;
+	ev = sockops_reserve();
+	if (!ev)
+		return NULL;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = type;
+	ev->direction = conn->direction;
+	ev->socket_cookie = bpf_get_socket_cookie(skops);
+	ev->netns_cookie = bpf_get_netns_cookie(skops);
+	ev->start_ns = conn->start_ns;
+	/* Read straight from the context: going through sock_key_ops() here
+	 * lets clang share a computed context pointer, which the verifier
+	 * refuses ("dereference of modified ctx ptr"). */
+	if (skops->family == 2 /* AF_INET */) {
+		lb_v4_mapped(ev->local_addr, skops->local_ip4);
+		lb_v4_mapped(ev->remote_addr, skops->remote_ip4);
+	} else {
+		ev->local_addr[0] = skops->local_ip6[0];
+		ev->local_addr[1] = skops->local_ip6[1];
+		ev->local_addr[2] = skops->local_ip6[2];
+		ev->local_addr[3] = skops->local_ip6[3];
+		ev->remote_addr[0] = skops->remote_ip6[0];
+		ev->remote_addr[1] = skops->remote_ip6[1];
+		ev->remote_addr[2] = skops->remote_ip6[2];
+		ev->remote_addr[3] = skops->remote_ip6[3];
+	}
+	ev->local_port = (__u16)skops->local_port;
+	ev->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+	orig = bpf_sk_storage_get(&km_sock_orig, sk, 0, 0);
+	if (orig) {
+		__builtin_memcpy(ev->service_addr, orig->addr, sizeof(ev->service_addr));
+		ev->service_port = bpf_ntohs(orig->port);
+	}
+	return ev;
+}
+
 static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8 direction)
 {
 	struct manage_key mkey = { .netns_cookie = bpf_get_netns_cookie(skops) };
-	struct sock_orig *orig;
 	struct sock_conn *conn;
 	struct conn_event *ev;
 	struct bpf_sock *sk = skops->sk;
@@ -91,25 +116,10 @@ static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 
 	skmsg_add(skops);
-	if (!km_telemetry)
-		return;
 
-	ev = sockops_reserve();
-	if (!ev)
-		return;
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->type = KM_CONN_OPEN;
-	ev->direction = direction;
-	ev->socket_cookie = bpf_get_socket_cookie(skops);
-	ev->netns_cookie = mkey.netns_cookie;
-	ev->start_ns = conn->start_ns;
-	sockops_addrs(skops, ev);
-	orig = bpf_sk_storage_get(&km_sock_orig, sk, 0, 0);
-	if (orig) {
-		__builtin_memcpy(ev->service_addr, orig->addr, sizeof(ev->service_addr));
-		ev->service_port = bpf_ntohs(orig->port);
-	}
-	sockops_submit(ev);
+	ev = sockops_record(skops, sk, conn, KM_CONN_OPEN);
+	if (ev)
+		sockops_submit(ev);
 }
 
 /*
@@ -147,7 +157,6 @@ static __always_inline void sockops_payload(struct bpf_sock_ops *skops, __u8 dir
 static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct sock_orig *orig;
 	struct sock_conn *conn;
 	struct conn_event *ev;
 
@@ -156,26 +165,14 @@ static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
 	conn = bpf_sk_storage_get(&km_sock_conn, sk, 0, 0);
 	if (!conn)
 		return;
-	ev = km_telemetry ? sockops_reserve() : NULL;
+	ev = sockops_record(skops, sk, conn, KM_CONN_CLOSE);
 	if (ev) {
-		__builtin_memset(ev, 0, sizeof(*ev));
-		ev->type = KM_CONN_CLOSE;
-		ev->direction = conn->direction;
-		ev->socket_cookie = bpf_get_socket_cookie(skops);
-		ev->netns_cookie = bpf_get_netns_cookie(skops);
-		ev->start_ns = conn->start_ns;
 		ev->end_ns = bpf_ktime_get_ns();
 		sockops_payload(skops, conn->direction, &ev->bytes_sent, &ev->bytes_received);
 		skmsg_redirected(skops, &ev->bytes_sent, &ev->bytes_received);
 		ev->total_retrans = skops->total_retrans;
 		ev->srtt_us = skops->srtt_us >> 3; /* the kernel keeps 8x the RTT */
 		ev->old_state = skops->args[0];
-		sockops_addrs(skops, ev);
-		orig = bpf_sk_storage_get(&km_sock_orig, sk, 0, 0);
-		if (orig) {
-			__builtin_memcpy(ev->service_addr, orig->addr, sizeof(ev->service_addr));
-			ev->service_port = bpf_ntohs(orig->port);
-		}
 		sockops_submit(ev);
 	}
 	bpf_sk_storage_delete(&km_sock_conn, sk);

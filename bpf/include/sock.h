@@ -48,4 +48,25 @@ struct {
 	__uint(max_entries, 1);
 } km_redir_bytes SEC(".maps");
 
+/* The connection's 4-tuple from this socket's side, as sock_key holds it:
+ * telemetry records and the acceleration sockhash both use it. */
+static __always_inline void sock_key_ops(struct bpf_sock_ops *skops, struct sock_key *key)
+{
+	if (skops->family == 2 /* AF_INET */) {
+		lb_v4_mapped(key->local_addr, skops->local_ip4);
+		lb_v4_mapped(key->remote_addr, skops->remote_ip4);
+	} else {
+		key->local_addr[0] = skops->local_ip6[0];
+		key->local_addr[1] = skops->local_ip6[1];
+		key->local_addr[2] = skops->local_ip6[2];
+		key->local_addr[3] = skops->local_ip6[3];
+		key->remote_addr[0] = skops->remote_ip6[0];
+		key->remote_addr[1] = skops->remote_ip6[1];
+		key->remote_addr[2] = skops->remote_ip6[2];
+		key->remote_addr[3] = skops->remote_ip6[3];
+	}
+	key->local_port = (__u16)skops->local_port;
+	key->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+}
+
 #endif

@@ -133,7 +133,7 @@ func translateAuthz(m *model.Mesh) (*desiredAuthz, error) {
 	want.glob = specOf(ix.Global())
 	for a, w := range ix.Addresses() {
 		id := authz.IdentityOf(w)
-		want.addrs[bpf.KmeshAuthzAddrKey{Addr: addrWords(a)}] = addrSpec{
+		want.addrs[bpf.KmeshAuthzAddrKey{Addr: bpf.AddrWords(a)}] = addrSpec{
 			identity: id.Hash(),
 			lists:    [2]listSpec{specOf(ix.Namespace(w.Namespace)), specOf(ix.Selected(w))},
 		}
@@ -198,7 +198,7 @@ func (d *Dataplane) applyAuthz(want *desiredAuthz, compiled map[string]*compiled
 			continue
 		}
 		if err := d.maps.KmAuthzAddr.Put(k, v); err != nil {
-			return fmt.Errorf("write workload address %s: %w", wordsAddr(k.Addr), mapErr(bpf.KmeshMapKmAuthzAddr, err))
+			return fmt.Errorf("write workload address %s: %w", bpf.WordsAddr(k.Addr), mapErr(bpf.KmeshMapKmAuthzAddr, err))
 		}
 		az.addrs[k] = v
 	}
@@ -207,7 +207,7 @@ func (d *Dataplane) applyAuthz(want *desiredAuthz, compiled map[string]*compiled
 			continue
 		}
 		if err := az.del(d.maps.KmAuthzAddr, k); err != nil {
-			return fmt.Errorf("delete workload address %s: %w", wordsAddr(k.Addr), err)
+			return fmt.Errorf("delete workload address %s: %w", bpf.WordsAddr(k.Addr), err)
 		}
 		delete(az.addrs, k)
 	}
@@ -408,18 +408,9 @@ func (d *Dataplane) ApplyNetns(cookies map[uint64]string) error {
 			if w == nil {
 				continue
 			}
-			v := bpf.KmeshAuthzSelf{Identity: authz.IdentityOf(w).Hash()}
-			for _, a := range w.Addresses {
-				switch a = a.Unmap(); {
-				case a.Is4() && v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4) == 0:
-					v.Addr4 = addr4Word(a)
-					v.Flags |= uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4)
-				case a.Is6() && v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6) == 0:
-					v.Addr6 = addrWords(a)
-					v.Flags |= uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6)
-				}
-			}
-			want[c] = v
+			// The same addresses, in the same fields, as the workload's backend.
+			b, _ := backendValue(w.Addresses)
+			want[c] = bpf.KmeshAuthzSelf{Identity: authz.IdentityOf(w).Hash(), Addr4: b.Addr4, Addr6: b.Addr6, Flags: b.Flags}
 		}
 	}
 	if len(want) > int(d.limits.Workloads) {

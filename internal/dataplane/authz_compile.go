@@ -292,6 +292,6 @@ func ipKey(id uint32, gen uint8, e ipEntry) bpf.KmeshAuthzIpKey {
 	return bpf.KmeshAuthzIpKey{
 		Prefixlen: 64 + uint32(e.prefix.Bits()),
 		PolicyId:  id, Index: e.index, Gen: gen, Kind: e.kind,
-		Addr: addrWords(e.prefix.Addr()),
+		Addr: bpf.AddrWords(e.prefix.Addr()),
 	}
 }

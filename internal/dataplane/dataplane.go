@@ -270,7 +270,7 @@ func (d *Dataplane) applyFrontends(want *desired) error {
 			continue
 		}
 		if err := d.maps.KmFrontend.Put(k, v); err != nil {
-			return fmt.Errorf("service %s: write frontend %s:%d: %w", wf.service, wordsAddr(k.Addr), hostPort(k.Port), mapErr(bpf.KmeshMapKmFrontend, err))
+			return fmt.Errorf("service %s: write frontend %s:%d: %w", wf.service, bpf.WordsAddr(k.Addr), bpf.NetPort(k.Port), mapErr(bpf.KmeshMapKmFrontend, err))
 		}
 		d.frontends[k] = v
 	}
@@ -279,7 +279,7 @@ func (d *Dataplane) applyFrontends(want *desired) error {
 			continue
 		}
 		if err := d.maps.KmFrontend.Delete(k); err != nil && !isNotExist(err) {
-			return fmt.Errorf("delete frontend %s:%d: %w", wordsAddr(k.Addr), hostPort(k.Port), err)
+			return fmt.Errorf("delete frontend %s:%d: %w", bpf.WordsAddr(k.Addr), bpf.NetPort(k.Port), err)
 		}
 		delete(d.frontends, k)
 	}

@@ -170,7 +170,7 @@ func endpointShares(t *testing.T, maps *bpf.KmeshMaps) string {
 		if err := maps.KmBackend.Lookup(ev.BackendId, &bv); err != nil {
 			t.Fatal(err)
 		}
-		counts[wordsAddr([4]uint32{0, 0, netWordFFFF, bv.Addr4}).String()]++
+		counts[bpf.WordsAddr([4]uint32{0, 0, netWordFFFF, bv.Addr4}).String()]++
 	}
 	var out []string
 	for a, n := range counts {

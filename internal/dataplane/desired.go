@@ -80,7 +80,7 @@ func translate(m *model.Mesh) (*desired, error) {
 				if prev, dup := d.frontends[k]; dup {
 					return nil, fmt.Errorf("service %s: address %s port %d is already used by service %s", s.Key(), a, p.Port, prev.service)
 				}
-				d.frontends[k] = desiredFrontend{service: s.Key(), targetPort: netPort(p.TargetPort)}
+				d.frontends[k] = desiredFrontend{service: s.Key(), targetPort: bpf.NetPort(p.TargetPort)}
 			}
 		}
 	}

@@ -24,7 +24,7 @@ func DumpMaps(maps *bpf.KmeshMaps) ([]string, error) {
 	var fv bpf.KmeshFrontendValue
 	it := maps.KmFrontend.Iterate()
 	for it.Next(&fk, &fv) {
-		lines = append(lines, fmt.Sprintf("frontend %s service=%d target_port=%d", frontendString(fk), fv.ServiceId, hostPort(fv.TargetPort)))
+		lines = append(lines, fmt.Sprintf("frontend %s service=%d target_port=%d", frontendString(fk), fv.ServiceId, bpf.NetPort(fv.TargetPort)))
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmFrontend, err)
@@ -68,31 +68,31 @@ func DumpMaps(maps *bpf.KmeshMaps) ([]string, error) {
 }
 
 func frontendString(k bpf.KmeshFrontendKey) string {
-	a := wordsAddr(k.Addr)
+	a := bpf.WordsAddr(k.Addr)
 	proto := "TCP"
 	if k.Proto != ipprotoTCP {
 		proto = fmt.Sprintf("proto%d", k.Proto)
 	}
 	if a.Is4() {
-		return fmt.Sprintf("%s:%d/%s", a, hostPort(k.Port), proto)
+		return fmt.Sprintf("%s:%d/%s", a, bpf.NetPort(k.Port), proto)
 	}
-	return fmt.Sprintf("[%s]:%d/%s", a, hostPort(k.Port), proto)
+	return fmt.Sprintf("[%s]:%d/%s", a, bpf.NetPort(k.Port), proto)
 }
 
 func backendString(id uint32, v bpf.KmeshBackendValue) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d", id)
 	if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4) != 0 {
-		fmt.Fprintf(&b, " v4=%s", wordsAddr([4]uint32{0, 0, netWordFFFF, v.Addr4}))
+		fmt.Fprintf(&b, " v4=%s", bpf.WordsAddr([4]uint32{0, 0, netWordFFFF, v.Addr4}))
 	}
 	if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6) != 0 {
-		fmt.Fprintf(&b, " v6=%s", wordsAddr(v.Addr6))
+		fmt.Fprintf(&b, " v6=%s", bpf.WordsAddr(v.Addr6))
 	}
 	return b.String()
 }
 
 // netWordFFFF is the third word of an IPv4-mapped address.
-var netWordFFFF = addrWords(mappedPrefix)[2]
+var netWordFFFF = bpf.AddrWords(mappedPrefix)[2]
 
 func lbModeName(m uint8) string {
 	for name, v := range lbModes {
@@ -127,7 +127,7 @@ func dumpAuthz(maps *bpf.KmeshMaps) ([]string, error) {
 	var av bpf.KmeshAuthzPeer
 	it := maps.KmAuthzAddr.Iterate()
 	for it.Next(&ak, &av) {
-		lines = append(lines, fmt.Sprintf("authz_addr %s identity=%#016x ns_list=%s sel_list=%s", wordsAddr(ak.Addr), av.Identity, listRefString(av.Lists[0]), listRefString(av.Lists[1])))
+		lines = append(lines, fmt.Sprintf("authz_addr %s identity=%#016x ns_list=%s sel_list=%s", bpf.WordsAddr(ak.Addr), av.Identity, listRefString(av.Lists[0]), listRefString(av.Lists[1])))
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmAuthzAddr, err)
@@ -196,10 +196,10 @@ func dumpAuthz(maps *bpf.KmeshMaps) ([]string, error) {
 	for it.Next(&cookie, &self) {
 		line := fmt.Sprintf("authz_netns %d identity=%#016x", cookie, self.Identity)
 		if self.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4) != 0 {
-			line += " v4=" + wordsAddr([4]uint32{0, 0, netWordFFFF, self.Addr4}).String()
+			line += " v4=" + bpf.WordsAddr([4]uint32{0, 0, netWordFFFF, self.Addr4}).String()
 		}
 		if self.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6) != 0 {
-			line += " v6=" + wordsAddr(self.Addr6).String()
+			line += " v6=" + bpf.WordsAddr(self.Addr6).String()
 		}
 		lines = append(lines, line)
 	}
@@ -223,7 +223,7 @@ func blockString(k bpf.KmeshAuthzIpKey) string {
 	if bits == 0 {
 		return "any"
 	}
-	a := wordsAddr(k.Addr)
+	a := bpf.WordsAddr(k.Addr)
 	if a.Is4() && bits >= 96 {
 		return netip.PrefixFrom(a, bits-96).String()
 	}

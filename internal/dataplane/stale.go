@@ -168,7 +168,7 @@ func (d *Dataplane) sweepStale() error {
 			continue
 		}
 		if err := d.maps.KmFrontend.Delete(k); err != nil && !isNotExist(err) {
-			return fmt.Errorf("sweep frontend %s:%d: %w", wordsAddr(k.Addr), hostPort(k.Port), err)
+			return fmt.Errorf("sweep frontend %s:%d: %w", bpf.WordsAddr(k.Addr), bpf.NetPort(k.Port), err)
 		}
 	}
 	for id := range s.services {

@@ -10,7 +10,6 @@
 package telemetry
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -183,8 +182,8 @@ func istioBytes(ev *bpf.KmeshConnEvent) (sent, received uint64) {
 // endpoints returns the source and destination address of the connection
 // a record describes, whichever end it came from.
 func endpoints(ev *bpf.KmeshConnEvent) (src, dst netip.AddrPort) {
-	local := netip.AddrPortFrom(wordsAddr(ev.LocalAddr), ev.LocalPort)
-	remote := netip.AddrPortFrom(wordsAddr(ev.RemoteAddr), ev.RemotePort)
+	local := netip.AddrPortFrom(bpf.WordsAddr(ev.LocalAddr), ev.LocalPort)
+	remote := netip.AddrPortFrom(bpf.WordsAddr(ev.RemoteAddr), ev.RemotePort)
 	if bpf.KmeshKmConnDirection(ev.Direction) == bpf.KmeshKmConnDirectionKM_CONN_OUTBOUND {
 		return local, remote
 	}
@@ -195,7 +194,7 @@ func dialed(ev *bpf.KmeshConnEvent) netip.AddrPort {
 	if ev.ServiceAddr == [4]uint32{} {
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(wordsAddr(ev.ServiceAddr), ev.ServicePort)
+	return netip.AddrPortFrom(bpf.WordsAddr(ev.ServiceAddr), ev.ServicePort)
 }
 
 func (t *Telemetry) labels(ev *bpf.KmeshConnEvent) metrics.TCPLabels {
@@ -346,14 +345,6 @@ func (t *Telemetry) pollLost() {
 		t.metrics.RingbufLost(delta)
 		t.log.Warn("connection records lost: ring buffer full", "lost", delta)
 	}
-}
-
-func wordsAddr(w [4]uint32) netip.Addr {
-	var b [16]byte
-	for i := range w {
-		binary.NativeEndian.PutUint32(b[4*i:], w[i])
-	}
-	return netip.AddrFrom16(b).Unmap()
 }
 
 // bootTime is the wall time at which CLOCK_MONOTONIC, the clock of

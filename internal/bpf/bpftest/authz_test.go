@@ -204,7 +204,7 @@ func (h *authzHarness) check(t *testing.T, c authztest.Case, counts bool) {
 		t.Fatalf("%s: the evaluator says %s, the table %s", c.Name, got, c.Want)
 	}
 	before := h.counts(t)
-	got, policy := h.run(t, authzTestAuthzTestCtx{Src: words(src), Dst: words(dst.Addr()), DstPort: netPort(dst.Port())})
+	got, policy := h.run(t, authzTestAuthzTestCtx{Src: bpf.AddrWords(src), Dst: bpf.AddrWords(dst.Addr()), DstPort: bpf.NetPort(dst.Port())})
 	h.compare(t, c.Name+" (destination side)", want, ok, got, policy)
 	if counts && ok {
 		after := h.counts(t)
@@ -239,7 +239,7 @@ func (h *authzHarness) check(t *testing.T, c authztest.Case, counts bool) {
 		return // not checked at the source: the destination decides
 	}
 	want, ok = h.ix.FromWorkload(w, from, dst)
-	got, policy = h.run(t, authzTestAuthzTestCtx{NetnsCookie: uint64(1000 + i), FromNetns: 1, Dst: words(dst.Addr()), DstPort: netPort(dst.Port())})
+	got, policy = h.run(t, authzTestAuthzTestCtx{NetnsCookie: uint64(1000 + i), FromNetns: 1, Dst: bpf.AddrWords(dst.Addr()), DstPort: bpf.NetPort(dst.Port())})
 	h.compare(t, c.Name+" (source side)", want, ok, got, policy)
 }
 
@@ -321,22 +321,6 @@ func decision(d authz.Decision, ok bool) string {
 	return authztest.Deny
 }
 
-// words is an address as the maps hold it: network order, IPv4-mapped.
-func words(a netip.Addr) [4]uint32 {
-	b := a.As16()
-	var w [4]uint32
-	for i := range w {
-		w[i] = binary.NativeEndian.Uint32(b[4*i:])
-	}
-	return w
-}
-
-func netPort(p uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], p)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
 // BenchmarkAuthz_Decide measures one decision of include/authz.h, as the
 // SYN's node makes it, under BPF_PROG_TEST_RUN: client -> hello-1 with 0,
 // 10 and 1,000 policies that apply to hello-1 (DENY ones that do not match,
@@ -389,7 +373,7 @@ func BenchmarkAuthz_Decide(b *testing.B) {
 			}
 			prog := loadWithMaps(b, spec, "authz_check", maps)
 			in := authzTestAuthzTestCtx{
-				Src: words(netip.MustParseAddr(authztest.Client4)), Dst: words(netip.MustParseAddr(authztest.Hello1_4)), DstPort: netPort(8080),
+				Src: bpf.AddrWords(netip.MustParseAddr(authztest.Client4)), Dst: bpf.AddrWords(netip.MustParseAddr(authztest.Hello1_4)), DstPort: bpf.NetPort(8080),
 			}
 			var buf bytes.Buffer
 			binary.Write(&buf, binary.NativeEndian, &in)
