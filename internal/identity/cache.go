@@ -241,6 +241,30 @@ func (c *Cache) Untrack(id Identity) {
 	c.refs[id]--
 }
 
+// SetTracked replaces the tracked identities with counts (workloads on the
+// node per identity): new ones are fetched at once by Run, ones no longer
+// present are forgotten with their keys.
+func (c *Cache) SetTracked(counts map[Identity]int) {
+	c.mu.Lock()
+	for id := range c.refs {
+		if counts[id] <= 0 {
+			delete(c.refs, id)
+			delete(c.certs, id)
+		}
+	}
+	for id, n := range counts {
+		if n <= 0 {
+			continue
+		}
+		c.refs[id] = n
+		if c.certs[id] == nil {
+			c.certs[id] = &entry{}
+		}
+	}
+	c.mu.Unlock()
+	c.kick()
+}
+
 func (c *Cache) kick() {
 	select {
 	case c.wake <- struct{}{}:

@@ -251,3 +251,18 @@ func TestCache_RunRenewsInRealTime(t *testing.T) {
 		t.Fatalf("%d certificates in 10 s, want renewals every second", len(seen))
 	}
 }
+
+func TestCache_SetTracked(t *testing.T) {
+	c, _, _ := newTestCache(t, time.Minute)
+	other := Identity{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "other"}
+	c.SetTracked(map[Identity]int{app: 2, other: 1})
+	c.refreshDue()
+	settle(c)
+	if st := c.Status(); len(st) != 2 || st[0].Leaf == nil || st[1].Leaf == nil || st[0].Refs != 2 {
+		t.Fatalf("status = %+v", st)
+	}
+	c.SetTracked(map[Identity]int{other: 1})
+	if st := c.Status(); len(st) != 1 || st[0].Identity != other {
+		t.Fatalf("after app left: %+v", st)
+	}
+}
