@@ -10,10 +10,9 @@
  */
 /* Compiled as part of kmesh.c. */
 
-/* Returned to the application when a service has no endpoint: the same
- * error as a refused connection, at once, instead of a SYN to nowhere. */
-#define KM_ECONNREFUSED 111
-
+/* A service with no endpoint fails the connect with KM_ECONNREFUSED (lb.h),
+ * the same error as a refused connection, at once, instead of a SYN to
+ * nowhere. */
 
 /* Set at load time from a kernel probe: bpf_set_retval came in 5.18.
  * Without it, a refused connect fails with EPERM. */
@@ -48,6 +47,21 @@ static __always_inline int connect_deny(void)
 	return 0;
 }
 
+/* For outlier detection: sockops credits the outcome of the connect to
+ * the backend chosen (lb_connect_failed/_succeeded). */
+static __always_inline void connect_remember_lb(struct bpf_sock_addr *ctx, const struct lb_result *res)
+{
+	struct sock_lb *sl;
+
+	if (!(res->svc_flags & KM_LB_OUTLIER))
+		return;
+	sl = bpf_sk_storage_get(&km_sock_lb, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!sl)
+		return;
+	sl->service_id = res->service_id;
+	sl->backend_id = res->backend_id;
+}
+
 static __always_inline void connect_remember(struct bpf_sock_addr *ctx, const struct lb_request *req)
 {
 	struct sock_orig *orig;
@@ -73,6 +87,9 @@ int km_connect4(struct bpf_sock_addr *ctx)
 	req.family = KM_FAMILY_V4;
 	req.proto = (__u8)ctx->protocol;
 	req.rand = bpf_get_prandom_u32();
+	req.now = bpf_ktime_get_ns();
+	if (ctx->sk && ctx->sk->src_ip4)
+		lb_v4_mapped(req.src, ctx->sk->src_ip4);
 
 	ret = lb_xlate(&req, &res);
 	if (ret == -KM_ENOENT)
@@ -82,6 +99,7 @@ int km_connect4(struct bpf_sock_addr *ctx)
 	if (connect_denied(req.netns_cookie, req.proto, res.addr, res.port))
 		return connect_deny();
 	connect_remember(ctx, &req);
+	connect_remember_lb(ctx, &res);
 #ifdef KM_TEST_VARIANT
 	/* Test builds of an "upgraded" daemon: programs whose instructions
 	 * differ, to test swapping them behind live links. */
@@ -110,6 +128,13 @@ int km_connect6(struct bpf_sock_addr *ctx)
 	req.family = lb_is_v4_mapped(req.addr) ? KM_FAMILY_V4 : KM_FAMILY_V6;
 	req.proto = (__u8)ctx->protocol;
 	req.rand = bpf_get_prandom_u32();
+	req.now = bpf_ktime_get_ns();
+	if (ctx->sk) {
+		req.src[0] = ctx->sk->src_ip6[0];
+		req.src[1] = ctx->sk->src_ip6[1];
+		req.src[2] = ctx->sk->src_ip6[2];
+		req.src[3] = ctx->sk->src_ip6[3];
+	}
 
 	ret = lb_xlate(&req, &res);
 	if (ret == -KM_ENOENT)
@@ -119,6 +144,7 @@ int km_connect6(struct bpf_sock_addr *ctx)
 	if (connect_denied(req.netns_cookie, req.proto, res.addr, res.port))
 		return connect_deny();
 	connect_remember(ctx, &req);
+	connect_remember_lb(ctx, &res);
 	ctx->user_ip6[0] = res.addr[0];
 	ctx->user_ip6[1] = res.addr[1];
 	ctx->user_ip6[2] = res.addr[2];

@@ -21,6 +21,9 @@
 const enum km_family *unused_family __attribute__((unused));
 const enum km_lb_mode *unused_lb_mode __attribute__((unused));
 const enum km_backend_flag *unused_backend_flag __attribute__((unused));
+const enum km_lb_flag *unused_lb_flag __attribute__((unused));
+const enum km_lb_limit *unused_lb_limit __attribute__((unused));
+const enum km_lb_how *unused_lb_how __attribute__((unused));
 const enum km_conn_event_type *unused_conn_event_type __attribute__((unused));
 const enum km_conn_direction *unused_conn_direction __attribute__((unused));
 const struct conn_event *unused_conn_event __attribute__((unused));

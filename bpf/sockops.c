@@ -178,19 +178,59 @@ static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
 	bpf_sk_storage_delete(&km_sock_conn, sk);
 }
 
+/*
+ * Outlier detection: a connect to a service with KM_LB_OUTLIER left the
+ * backend it chose in km_sock_lb. Its outcome is credited once: success at
+ * establishment, failure when the socket closes from SYN_SENT (a reset, a
+ * timeout, or the application giving up on a connect that hangs).
+ */
+static __always_inline void sockops_lb_outcome(struct bpf_sock_ops *skops, int ok)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct sock_lb *sl;
+
+	if (!sk)
+		return;
+	sl = bpf_sk_storage_get(&km_sock_lb, sk, 0, 0);
+	if (!sl)
+		return;
+	if (ok)
+		lb_connect_succeeded(sl->service_id, sl->backend_id, bpf_ktime_get_ns());
+	else
+		lb_connect_failed(sl->service_id, sl->backend_id, bpf_ktime_get_ns());
+	bpf_sk_storage_delete(&km_sock_lb, sk);
+}
+
+/* Before the SYN: watch the state changes of a connect whose outcome
+ * outlier detection wants. */
+static __always_inline void sockops_lb_connect(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (sk && bpf_sk_storage_get(&km_sock_lb, sk, 0, 0))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 SEC("sockops")
 int km_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		sockops_lb_connect(skops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		sockops_lb_outcome(skops, 1);
 		sockops_established(skops, KM_CONN_OUTBOUND);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		sockops_established(skops, KM_CONN_INBOUND);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == BPF_TCP_CLOSE)
+		if (skops->args[1] == BPF_TCP_CLOSE) {
+			if (skops->args[0] == BPF_TCP_SYN_SENT)
+				sockops_lb_outcome(skops, 0);
 			sockops_closed(skops);
+		}
 		break;
 	}
 	return 1;

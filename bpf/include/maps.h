@@ -58,6 +58,73 @@ struct {
 	__uint(max_entries, 1);
 } km_rr SEC(".maps");
 
+/* Locality, affinity, health (include/lb.h, types.h). */
+
+/* (service, family, gen, client class) -> slots per priority. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_prio_key);
+	__type(value, struct lb_prio);
+	__uint(max_entries, 1);
+} km_lb_prio SEC(".maps");
+
+/* Netns cookie of an enrolled workload -> its address and client class. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct lb_client);
+	__uint(max_entries, 1);
+} km_lb_client SEC(".maps");
+
+/* Service id -> affinity and outlier settings. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb_conf);
+	__uint(max_entries, 1);
+} km_lb_conf SEC(".maps");
+
+/* (service, client) -> backend and last use; the least recently used
+ * entries go first when it is full, as kube-proxy's "recent" list. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+	__uint(max_entries, 1);
+} km_lb_affinity SEC(".maps");
+
+/* (service, backend) -> outlier state; exists while the backend serves. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_backend_key);
+	__type(value, struct lb_backend);
+	__uint(max_entries, 1);
+} km_lb_backend SEC(".maps");
+
+/* Service id -> its current ejections; reset when an id is given out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lb_eject);
+	__uint(max_entries, 1);
+} km_lb_eject SEC(".maps");
+
+/* Maglev lookup tables: service id * 2 + family -> a table of
+ * km_maglev_size backend ids. A table is replaced whole, by swapping the
+ * inner map, so a connect sees the old table or the new one. */
+struct km_maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 16381);
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 1);
+	__array(values, struct km_maglev_table);
+} km_maglev SEC(".maps");
+
 /*
  * Authorization maps (include/authz.h), written by internal/dataplane. The
  * hash maps are not preallocated: an entry replaced or deleted under a

@@ -17,6 +17,14 @@ struct {
 	__type(value, struct sock_orig);
 } km_sock_orig SEC(".maps");
 
+/* The service and backend a connect chose, for outlier detection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_lb);
+} km_sock_lb SEC(".maps");
+
 /* Per-connection state from establishment to close. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);

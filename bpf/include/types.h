@@ -21,6 +21,23 @@ enum km_family {
 enum km_lb_mode {
 	KM_LB_RANDOM = 0,
 	KM_LB_ROUND_ROBIN = 1,
+	KM_LB_MAGLEV = 2, /* consistent hash of the client address (km_maglev) */
+};
+
+/* What else a service asks of the balancer (service_value.flags). A
+ * service with none of them is balanced as before, with no extra lookup. */
+enum km_lb_flag {
+	KM_LB_LOCALITY = 1 << 0, /* slots per (client class, priority): km_lb_prio */
+	KM_LB_STRICT = 1 << 1,   /* with LOCALITY: only priority 0 exists; none refuses */
+	KM_LB_AFFINITY = 1 << 2, /* ClientIP session affinity: km_lb_affinity */
+	KM_LB_OUTLIER = 1 << 3,  /* passive outlier detection: km_lb_backend */
+};
+
+/* Limits of the locality tables, fixed by the layout. */
+enum km_lb_limit {
+	KM_LB_PRIORITIES = 8,   /* priorities per client class (0 = closest) */
+	KM_LB_PROBES = 16,      /* slots tried past an ejected backend */
+	KM_LB_EJECT_SLOTS = 16, /* backends of one service ejected at once, at most */
 };
 
 /* Backend flags: which address families the backend has. */
@@ -64,7 +81,7 @@ struct service_value {
 	__u32 slots[KM_FAMILY_COUNT]; /* live slot count per family */
 	__u8 lb_mode;                 /* enum km_lb_mode */
 	__u8 gen;                     /* live generation: 0 or 1 */
-	__u16 pad;
+	__u16 flags;                  /* enum km_lb_flag; 0 in older daemons' entries */
 };
 
 /*
@@ -76,10 +93,91 @@ struct endpoint_key {
 	__u32 service_id;
 	__u8 family; /* enum km_family */
 	__u8 gen;
-	__u16 pad;
+	__u16 group; /* 0: the service's one table; with KM_LB_LOCALITY,
+		      * 1 + class * KM_LB_PRIORITIES + priority */
 	__u32 slot;
 };
 struct endpoint_value {
+	__u32 backend_id;
+};
+
+/*
+ * Locality, affinity, health (include/lb.h). Closeness is measured from the
+ * client: every enrolled namespace has a client class (km_lb_client), one
+ * per distinct locality among this node's workloads, usually just one. For
+ * a service with KM_LB_LOCALITY, each (class, priority) has its own dense
+ * slot table in km_endpoint, and km_lb_prio counts them, so the closest
+ * non-empty priority is found with one lookup and at most 8 reads.
+ */
+
+/* Key of km_lb_prio. */
+struct lb_prio_key {
+	__u32 service_id;
+	__u8 family;
+	__u8 gen;
+	__u16 client_class;
+};
+/* Slots per priority for one client class; 0 is the closest. */
+struct lb_prio {
+	__u32 slots[KM_LB_PRIORITIES];
+};
+
+/* Value of km_lb_client, keyed by the netns cookie of an enrolled workload. */
+struct lb_client {
+	__u32 addr[4];      /* the workload's address (IPv4-mapped); zero if none */
+	__u16 client_class; /* 0: locality unknown */
+	__u16 pad;
+};
+
+/* Value of km_lb_conf, keyed by service id: the settings its flags use. */
+struct lb_conf {
+	__u32 affinity_timeout_s;
+	__u32 base_ejection_ms;
+	__u16 consecutive_failures;
+	__u8 max_ejection_pct;
+	__u8 pad;
+	__u32 backends; /* endpoints of the service, for the ejection floor */
+};
+
+/* Key of km_lb_affinity (LRU): a client of a service. */
+struct lb_affinity_key {
+	__u32 service_id;
+	__u8 family;
+	__u8 pad[3];
+	__u32 client[4]; /* bound source address, else the workload's, else the netns cookie */
+};
+struct lb_affinity {
+	__u64 last_ns; /* the client's last new connection (kube-proxy's "recent") */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* Key of km_lb_backend: a backend of a service with affinity or outlier
+ * detection. The entry exists while the backend serves the service;
+ * userspace creates and deletes it, the kernel updates it in place. */
+struct lb_backend_key {
+	__u32 service_id;
+	__u32 backend_id;
+};
+struct lb_backend {
+	__u64 ejected_until_ns; /* bpf_ktime_get_ns() clock; 0: never ejected */
+	__u32 failures;         /* consecutive failed connects */
+	__u16 ejections;        /* times ejected in a row: the ejection multiplier */
+	__u16 pad;
+};
+
+/* Value of km_lb_eject, an array by service id: the service's current
+ * ejections (their end times), for the max-ejection floor, and a count of
+ * all ejections for the metrics. */
+struct lb_eject {
+	__u64 until[KM_LB_EJECT_SLOTS];
+	__u64 total;
+};
+
+/* Socket storage km_sock_lb: what a connect of a service with outlier
+ * detection chose, so sockops can credit the outcome to the backend. */
+struct sock_lb {
+	__u32 service_id;
 	__u32 backend_id;
 };
 
@@ -305,6 +403,16 @@ struct authz_stat {
 	__u64 matched[KM_AUTHZ_SIDES]; /* a counted (AUDIT, dry-run) policy matched */
 };
 
+_Static_assert(sizeof(struct lb_prio_key) == 8, "lb_prio_key size");
+_Static_assert(sizeof(struct lb_prio) == 32, "lb_prio size");
+_Static_assert(sizeof(struct lb_client) == 20, "lb_client size");
+_Static_assert(sizeof(struct lb_conf) == 16, "lb_conf size");
+_Static_assert(sizeof(struct lb_affinity_key) == 24, "lb_affinity_key size");
+_Static_assert(sizeof(struct lb_affinity) == 16, "lb_affinity size");
+_Static_assert(sizeof(struct lb_backend_key) == 8, "lb_backend_key size");
+_Static_assert(sizeof(struct lb_backend) == 16, "lb_backend size");
+_Static_assert(sizeof(struct lb_eject) == 136, "lb_eject size");
+_Static_assert(sizeof(struct sock_lb) == 8, "sock_lb size");
 _Static_assert(sizeof(struct authz_list_ref) == 12, "authz_list_ref size");
 _Static_assert(sizeof(struct authz_addr_key) == 16, "authz_addr_key size");
 _Static_assert(sizeof(struct authz_peer) == 32, "authz_peer size");

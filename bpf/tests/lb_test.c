@@ -24,14 +24,14 @@
 #define PORT bpf_htons(80)
 #define TARGET bpf_htons(8080)
 
-static __always_inline void enroll(__u64 cookie)
+static __attribute__((noinline)) void enroll(__u64 cookie)
 {
 	struct manage_key k = { .netns_cookie = cookie };
 	struct manage_value v = {};
 	bpf_map_update_elem(&km_manage, &k, &v, BPF_ANY);
 }
 
-static __always_inline void frontend4(__u32 vip, __u16 port, __u32 id)
+static __attribute__((noinline)) void frontend4(__u32 vip, __u16 port, __u32 id)
 {
 	struct frontend_key k = { .port = port, .proto = IPPROTO_TCP };
 	struct frontend_value v = { .service_id = id, .target_port = TARGET };
@@ -39,7 +39,7 @@ static __always_inline void frontend4(__u32 vip, __u16 port, __u32 id)
 	bpf_map_update_elem(&km_frontend, &k, &v, BPF_ANY);
 }
 
-static __always_inline void service(__u32 id, __u8 mode, __u8 gen, __u32 slots4, __u32 slots6)
+static __attribute__((noinline)) void service(__u32 id, __u8 mode, __u8 gen, __u32 slots4, __u32 slots6)
 {
 	struct service_value v = { .lb_mode = mode, .gen = gen };
 	v.slots[KM_FAMILY_V4] = slots4;
@@ -47,7 +47,7 @@ static __always_inline void service(__u32 id, __u8 mode, __u8 gen, __u32 slots4,
 	bpf_map_update_elem(&km_service, &id, &v, BPF_ANY);
 }
 
-static __always_inline void slot(__u32 id, __u8 family, __u8 gen, __u32 i, __u32 backend)
+static __attribute__((noinline)) void slot(__u32 id, __u8 family, __u8 gen, __u32 i, __u32 backend)
 {
 	struct endpoint_key k = { .service_id = id, .family = family, .gen = gen, .slot = i };
 	struct endpoint_value v = { .backend_id = backend };
@@ -55,7 +55,7 @@ static __always_inline void slot(__u32 id, __u8 family, __u8 gen, __u32 i, __u32
 }
 
 /* Backend n has 10.1.0.n and fd00::n. */
-static __always_inline void backend(__u32 id, __u32 flags)
+static __attribute__((noinline)) void backend(__u32 id, __u32 flags)
 {
 	struct backend_value v = { .flags = flags };
 	v.addr4 = bpf_htonl(0x0a010000 | id);
@@ -65,7 +65,7 @@ static __always_inline void backend(__u32 id, __u32 flags)
 }
 
 /* One IPv4 service with three backends, one slot each. */
-static __always_inline void three_backends(__u8 mode)
+static __attribute__((noinline)) void three_backends(__u8 mode)
 {
 	enroll(NETNS);
 	frontend4(VIP4, PORT, SVC_ID);
@@ -76,7 +76,7 @@ static __always_inline void three_backends(__u8 mode)
 	}
 }
 
-static __always_inline void request4(struct lb_request *req, __u32 vip, __u16 port, __u32 rand)
+static __attribute__((noinline)) void request4(struct lb_request *req, __u32 vip, __u16 port, __u32 rand)
 {
 	req->netns_cookie = NETNS;
 	lb_v4_mapped(req->addr, vip);
@@ -259,6 +259,362 @@ int test_weighted_slots_shift_share(void *ctx)
 			hits[res.backend_id]++;
 	}
 	CHECK(hits[1] == 6 && hits[2] == 2);
+	return 0;
+}
+
+/* Locality, affinity, Maglev and outlier detection (lb_choose). */
+
+#define SEC_NS 1000000000ULL
+#define CLASS 3
+
+static __attribute__((noinline)) void service_flags(__u32 id, __u8 mode, __u32 slots4, __u16 flags)
+{
+	struct service_value v = { .lb_mode = mode, .flags = flags };
+	v.slots[KM_FAMILY_V4] = slots4;
+	bpf_map_update_elem(&km_service, &id, &v, BPF_ANY);
+}
+
+static __attribute__((noinline)) void client(__u64 cookie, __u16 class, __u32 addr4)
+{
+	struct lb_client c = { .client_class = class };
+	if (addr4)
+		lb_v4_mapped(c.addr, addr4);
+	bpf_map_update_elem(&km_lb_client, &cookie, &c, BPF_ANY);
+}
+
+static __attribute__((noinline)) void prio_slot(__u16 class, __u32 prio, __u32 i, __u32 backend)
+{
+	struct endpoint_key k = { .service_id = SVC_ID, .family = KM_FAMILY_V4, .gen = 0,
+				  .group = 1 + class * KM_LB_PRIORITIES + prio, .slot = i };
+	struct endpoint_value v = { .backend_id = backend };
+	bpf_map_update_elem(&km_endpoint, &k, &v, BPF_ANY);
+}
+
+static __attribute__((noinline)) void prio_counts(__u16 class, __u32 p0, __u32 p1, __u32 p2)
+{
+	struct lb_prio_key k = { .service_id = SVC_ID, .family = KM_FAMILY_V4, .gen = 0, .client_class = class };
+	struct lb_prio v = {};
+	v.slots[0] = p0;
+	v.slots[1] = p1;
+	v.slots[2] = p2;
+	bpf_map_update_elem(&km_lb_prio, &k, &v, BPF_ANY);
+}
+
+static __attribute__((noinline)) void member(__u32 backend)
+{
+	struct lb_backend_key k = { .service_id = SVC_ID, .backend_id = backend };
+	struct lb_backend v = {};
+	bpf_map_update_elem(&km_lb_backend, &k, &v, BPF_ANY);
+}
+
+static __attribute__((noinline)) void conf(__u32 affinity_s, __u16 failures, __u32 base_ms, __u8 pct, __u32 backends)
+{
+	__u32 id = SVC_ID;
+	struct lb_conf c = { .affinity_timeout_s = affinity_s, .consecutive_failures = failures,
+			     .base_ejection_ms = base_ms, .max_ejection_pct = pct, .backends = backends };
+	struct lb_eject e = {};
+	bpf_map_update_elem(&km_lb_conf, &id, &c, BPF_ANY);
+	bpf_map_update_elem(&km_lb_eject, &id, &e, BPF_ANY);
+}
+
+/* Client class 3 sees backend 1 at priority 0 (its zone), backends 2 and 3
+ * at priority 2 (its region); class 0 (unknown) sees all at priority 0. */
+static __attribute__((noinline)) void locality_service(__u16 flags)
+{
+	enroll(NETNS);
+	frontend4(VIP4, PORT, SVC_ID);
+	service_flags(SVC_ID, KM_LB_RANDOM, 0, KM_LB_LOCALITY | flags);
+	for (__u32 i = 1; i <= 3; i++) {
+		backend(i, KM_BACKEND_HAS_V4);
+		member(i);
+	}
+	client(NETNS, CLASS, 0);
+	prio_slot(CLASS, 0, 0, 1);
+	prio_slot(CLASS, 2, 0, 2);
+	prio_slot(CLASS, 2, 1, 3);
+	prio_counts(CLASS, 1, 0, 2);
+}
+
+SEC("syscall")
+int test_locality_picks_closest_priority(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+
+	locality_service(0);
+	for (__u32 r = 0; r < 8; r++) {
+		request4(&req, VIP4, PORT, r);
+		CHECK(lb_xlate(&req, &res) == 0);
+		CHECK(res.backend_id == 1);
+		CHECK(res.how == KM_LB_HOW_PRIORITY && res.prio == 0);
+	}
+	return 0;
+}
+
+SEC("syscall")
+int test_locality_fails_over_when_priority_empties(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	__u32 hits[4] = {};
+
+	locality_service(0);
+	prio_counts(CLASS, 0, 0, 2); /* the zone's endpoint left */
+	for (__u32 r = 0; r < 8; r++) {
+		request4(&req, VIP4, PORT, r);
+		CHECK(lb_xlate(&req, &res) == 0);
+		CHECK(res.prio == 2);
+		hits[res.backend_id & 3]++;
+	}
+	CHECK(hits[1] == 0 && hits[2] == 4 && hits[3] == 4);
+	return 0;
+}
+
+SEC("syscall")
+int test_locality_strict_refuses_when_nothing_matches(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+
+	locality_service(KM_LB_STRICT);
+	prio_counts(CLASS, 0, 0, 0);
+	request4(&req, VIP4, PORT, 0);
+	CHECK(lb_xlate(&req, &res) == -KM_ECONNREFUSED);
+	/* A client of a class with no table is refused too. */
+	prio_counts(CLASS, 1, 0, 0);
+	client(NETNS, CLASS + 1, 0);
+	CHECK(lb_xlate(&req, &res) == -KM_ECONNREFUSED);
+	return 0;
+}
+
+SEC("syscall")
+int test_locality_ejected_priority_falls_over(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+
+	locality_service(KM_LB_OUTLIER);
+	conf(0, 1, 1000, 100, 3);
+	request4(&req, VIP4, PORT, 0);
+	req.now = 10 * SEC_NS;
+	CHECK(lb_connect_failed(SVC_ID, 1, req.now) == 1);
+	for (__u32 r = 0; r < 4; r++) {
+		req.rand = r;
+		CHECK(lb_xlate(&req, &res) == 0);
+		CHECK(res.backend_id != 1 && res.prio == 2);
+	}
+	/* Back after the ejection time. */
+	req.now += 1000 * 1000000ULL + 1;
+	CHECK(lb_xlate(&req, &res) == 0);
+	CHECK(res.backend_id == 1 && res.prio == 0);
+	return 0;
+}
+
+/* Three backends, one slot each, with outlier detection: eject after 3
+ * failures for 1 s (x n), at most pct percent. */
+static __attribute__((noinline)) void outlier_service(__u8 pct)
+{
+	three_backends(KM_LB_RANDOM);
+	service_flags(SVC_ID, KM_LB_RANDOM, 3, KM_LB_OUTLIER);
+	for (__u32 i = 1; i <= 3; i++)
+		member(i);
+	conf(0, 3, 1000, pct, 3);
+}
+
+SEC("syscall")
+int test_ejection_after_consecutive_failures(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	__u64 now = 100 * SEC_NS;
+
+	outlier_service(100);
+	CHECK(lb_connect_failed(SVC_ID, 2, now) == 0);
+	CHECK(lb_connect_failed(SVC_ID, 2, now) == 0);
+	lb_connect_succeeded(SVC_ID, 2, now); /* not in a row: starts over */
+	CHECK(lb_connect_failed(SVC_ID, 2, now) == 0);
+	CHECK(lb_connect_failed(SVC_ID, 2, now) == 0);
+	CHECK(lb_connect_failed(SVC_ID, 2, now) == 1);
+	request4(&req, VIP4, PORT, 0);
+	req.now = now;
+	for (__u32 r = 0; r < 9; r++) {
+		req.rand = r;
+		CHECK(lb_xlate(&req, &res) == 0);
+		CHECK(res.backend_id != 2);
+	}
+	/* Returns after 1 s; the second ejection in a row lasts 2 s. */
+	req.now = now + SEC_NS + 1;
+	req.rand = 1;
+	CHECK(lb_xlate(&req, &res) == 0 && res.backend_id == 2);
+	now = req.now;
+	for (int i = 0; i < 3; i++)
+		lb_connect_failed(SVC_ID, 2, now);
+	req.now = now + SEC_NS + 1;
+	CHECK(lb_xlate(&req, &res) == 0 && res.backend_id != 2);
+	req.now = now + 2 * SEC_NS + 1;
+	CHECK(lb_xlate(&req, &res) == 0 && res.backend_id == 2);
+	{
+		__u32 id = SVC_ID;
+		struct lb_eject *e = bpf_map_lookup_elem(&km_lb_eject, &id);
+		CHECK(e && e->total == 2);
+	}
+	return 0;
+}
+
+SEC("syscall")
+int test_ejection_keeps_floor(void *ctx)
+{
+	__u64 now = 100 * SEC_NS;
+
+	/* 10% of 3 backends: still one may go, not two. */
+	outlier_service(10);
+	for (int i = 0; i < 3; i++)
+		lb_connect_failed(SVC_ID, 1, now);
+	CHECK(lb_ejected(SVC_ID, 1, now));
+	for (int i = 0; i < 5; i++)
+		CHECK(lb_connect_failed(SVC_ID, 3, now) == 0);
+	CHECK(!lb_ejected(SVC_ID, 3, now));
+	/* Once the first is back, the next may go. */
+	now += SEC_NS + 1;
+	CHECK(lb_connect_failed(SVC_ID, 3, now) == 1);
+	return 0;
+}
+
+SEC("syscall")
+int test_all_ejected_still_connects(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	__u64 now = 100 * SEC_NS;
+
+	outlier_service(100);
+	for (__u32 b = 1; b <= 3; b++)
+		for (int i = 0; i < 3; i++)
+			lb_connect_failed(SVC_ID, b, now);
+	request4(&req, VIP4, PORT, 1);
+	req.now = now;
+	CHECK(lb_xlate(&req, &res) == 0);
+	CHECK(res.how == KM_LB_HOW_PANIC);
+	return 0;
+}
+
+SEC("syscall")
+int test_affinity_keeps_client_until_timeout(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	__u64 now = 100 * SEC_NS;
+	__u32 first;
+
+	three_backends(KM_LB_RANDOM);
+	service_flags(SVC_ID, KM_LB_RANDOM, 3, KM_LB_AFFINITY);
+	for (__u32 i = 1; i <= 3; i++)
+		member(i);
+	conf(10, 0, 0, 0, 3);
+	client(NETNS, 0, bpf_htonl(0x0a020001));
+	request4(&req, VIP4, PORT, 0);
+	req.now = now;
+	CHECK(lb_xlate(&req, &res) == 0);
+	first = res.backend_id;
+	/* Each new connection within the timeout refreshes it. */
+	for (__u32 r = 1; r < 20; r++) {
+		req.rand = r;
+		req.now = now + r * SEC_NS;
+		CHECK(lb_xlate(&req, &res) == 0);
+		CHECK(res.backend_id == first && res.how == KM_LB_HOW_AFFINITY);
+	}
+	/* 10 s after the last one, the client is balanced afresh. */
+	req.now += 10 * SEC_NS;
+	req.rand = first; /* slot first % 3 is backend first % 3 + 1 */
+	CHECK(lb_xlate(&req, &res) == 0);
+	CHECK(res.how == KM_LB_HOW_SLOT && res.backend_id == first % 3 + 1);
+	/* Another bound source address is another client. */
+	req.src[2] = bpf_htonl(0xffff);
+	req.src[3] = bpf_htonl(0x0a020002);
+	req.rand = first;
+	CHECK(lb_xlate(&req, &res) == 0 && res.how == KM_LB_HOW_SLOT);
+	return 0;
+}
+
+SEC("syscall")
+int test_affinity_drops_removed_backend(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	struct lb_backend_key bk = { .service_id = SVC_ID };
+
+	three_backends(KM_LB_RANDOM);
+	service_flags(SVC_ID, KM_LB_RANDOM, 3, KM_LB_AFFINITY);
+	for (__u32 i = 1; i <= 3; i++)
+		member(i);
+	conf(10, 0, 0, 0, 3);
+	request4(&req, VIP4, PORT, 0);
+	req.now = SEC_NS;
+	CHECK(lb_xlate(&req, &res) == 0 && res.backend_id == 1);
+	bk.backend_id = 1;
+	bpf_map_delete_elem(&km_lb_backend, &bk);
+	/* Backend 1 left the service (its slot is now backend 2's). */
+	slot(SVC_ID, KM_FAMILY_V4, 0, 0, 2);
+	CHECK(lb_xlate(&req, &res) == 0 && res.backend_id == 2 && res.how == KM_LB_HOW_SLOT);
+	return 0;
+}
+
+/* Maglev: internal/bpf/bpftest puts a table at km_maglev[SVC_ID * 2]
+ * before the run (tables need an inner map, which only userspace makes). */
+SEC("syscall")
+int test_maglev_picks_table_entry_of_client_hash(void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+	__u32 outer = SVC_ID * 2;
+	void *table = bpf_map_lookup_elem(&km_maglev, &outer);
+
+	CHECK(table);
+	enroll(NETNS);
+	frontend4(VIP4, PORT, SVC_ID);
+	service_flags(SVC_ID, KM_LB_MAGLEV, 0, KM_LB_OUTLIER);
+	for (__u32 i = 1; i <= 3; i++) {
+		backend(i, KM_BACKEND_HAS_V4);
+		member(i);
+	}
+	conf(0, 1, 1000, 100, 3);
+	request4(&req, VIP4, PORT, 0);
+	req.now = SEC_NS;
+	req.src[2] = bpf_htonl(0xffff);
+	for (__u32 c = 1; c <= 50; c++) {
+		__u32 idx, *want;
+		req.src[3] = bpf_htonl(0x0a030000 + c);
+		idx = lb_hash(req.src) % km_maglev_size;
+		want = bpf_map_lookup_elem(table, &idx);
+		CHECK(want);
+		CHECK(lb_xlate(&req, &res) == 0);
+		CHECK(res.backend_id == *want && res.how == KM_LB_HOW_MAGLEV);
+		/* The same client always gets the same backend. */
+		req.rand = c;
+		CHECK(lb_xlate(&req, &res) == 0 && res.backend_id == *want);
+	}
+	/* An ejected backend's clients go to the next entry that is not. */
+	CHECK(lb_connect_failed(SVC_ID, 2, req.now) == 1);
+	for (__u32 c = 1; c <= 50; c++) {
+		req.src[3] = bpf_htonl(0x0a030000 + c);
+		CHECK(lb_xlate(&req, &res) == 0 && res.backend_id != 2);
+	}
+	return 0;
+}
+
+/* lb_hash of three keys, for the Go twin (maglev.Hash) to compare. */
+__u32 hash_out[3];
+
+SEC("syscall")
+int test_hash_of_keys(void *ctx)
+{
+	__u32 k[4] = { 0, 0, bpf_htonl(0xffff), bpf_htonl(0x0a000001) };
+
+	hash_out[0] = lb_hash(k);
+	k[3] = bpf_htonl(0x0a000002);
+	hash_out[1] = lb_hash(k);
+	k[0] = bpf_htonl(0xfd000000);
+	hash_out[2] = lb_hash(k);
 	return 0;
 }
 

@@ -84,6 +84,7 @@ removes it.`,
 	f.Uint32Var(&cfg.Limits.PolicyIPBlocks, "max-policy-ipblocks", cfg.Limits.PolicyIPBlocks, "capacity of the policy address block trie (blocks the matches test, plus one per match that tests addresses)")
 	f.Uint32Var(&cfg.Limits.PolicyRefs, "max-policy-refs", cfg.Limits.PolicyRefs, "capacity of the policy list map (policies per namespace and per workload-selector combination)")
 	f.Uint32Var(&cfg.Limits.WorkloadAddresses, "max-workload-addresses", cfg.Limits.WorkloadAddresses, "capacity of the workload address map policies use to know sources and destinations (filled only when the mesh has policies)")
+	f.Uint32Var(&cfg.Limits.AffinityClients, "max-affinity-clients", cfg.Limits.AffinityClients, "capacity of the session affinity map ((service, client) pairs of services with sessionAffinity; the least recently used go first)")
 	f.StringVar(&cfg.XDS.Address, "xds-address", "", "xDS control plane HOST:PORT; when set, the mesh comes from it instead of --config")
 	f.StringVar(&cfg.XDS.Mode, "xds-mode", "workload", "xDS API: workload (Istio ambient's workload API, delta, as a ztunnel) or ads (clusters, endpoints and listeners, as a sidecar)")
 	f.StringVar(&cfg.XDS.RootCertFile, "xds-root-cert", "", "PEM CA certificates of the control plane; TLS when set, plaintext otherwise")

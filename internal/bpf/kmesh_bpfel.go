@@ -127,7 +127,7 @@ type KmeshEndpointKey struct {
 	ServiceId uint32
 	Family    uint8
 	Gen       uint8
-	Pad       uint16
+	Group     uint16
 	Slot      uint32
 }
 
@@ -228,12 +228,105 @@ const (
 	KmeshKmFamilyKM_FAMILY_COUNT KmeshKmFamily = 2
 )
 
+type KmeshKmLbFlag uint32
+
+const (
+	KmeshKmLbFlagKM_LB_LOCALITY KmeshKmLbFlag = 1
+	KmeshKmLbFlagKM_LB_STRICT   KmeshKmLbFlag = 2
+	KmeshKmLbFlagKM_LB_AFFINITY KmeshKmLbFlag = 4
+	KmeshKmLbFlagKM_LB_OUTLIER  KmeshKmLbFlag = 8
+)
+
+type KmeshKmLbHow uint32
+
+const (
+	KmeshKmLbHowKM_LB_HOW_SLOT     KmeshKmLbHow = 0
+	KmeshKmLbHowKM_LB_HOW_PRIORITY KmeshKmLbHow = 1
+	KmeshKmLbHowKM_LB_HOW_AFFINITY KmeshKmLbHow = 2
+	KmeshKmLbHowKM_LB_HOW_MAGLEV   KmeshKmLbHow = 3
+	KmeshKmLbHowKM_LB_HOW_PANIC    KmeshKmLbHow = 4
+)
+
+type KmeshKmLbLimit uint32
+
+const (
+	KmeshKmLbLimitKM_LB_PRIORITIES  KmeshKmLbLimit = 8
+	KmeshKmLbLimitKM_LB_PROBES      KmeshKmLbLimit = 16
+	KmeshKmLbLimitKM_LB_EJECT_SLOTS KmeshKmLbLimit = 16
+)
+
 type KmeshKmLbMode uint32
 
 const (
 	KmeshKmLbModeKM_LB_RANDOM      KmeshKmLbMode = 0
 	KmeshKmLbModeKM_LB_ROUND_ROBIN KmeshKmLbMode = 1
+	KmeshKmLbModeKM_LB_MAGLEV      KmeshKmLbMode = 2
 )
+
+type KmeshLbAffinity struct {
+	_         structs.HostLayout
+	LastNs    uint64
+	BackendId uint32
+	Pad       uint32
+}
+
+type KmeshLbAffinityKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Family    uint8
+	Pad       [3]uint8
+	Client    [4]uint32
+}
+
+type KmeshLbBackend struct {
+	_              structs.HostLayout
+	EjectedUntilNs uint64
+	Failures       uint32
+	Ejections      uint16
+	Pad            uint16
+}
+
+type KmeshLbBackendKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	BackendId uint32
+}
+
+type KmeshLbClient struct {
+	_           structs.HostLayout
+	Addr        [4]uint32
+	ClientClass uint16
+	Pad         uint16
+}
+
+type KmeshLbConf struct {
+	_                   structs.HostLayout
+	AffinityTimeoutS    uint32
+	BaseEjectionMs      uint32
+	ConsecutiveFailures uint16
+	MaxEjectionPct      uint8
+	Pad                 uint8
+	Backends            uint32
+}
+
+type KmeshLbEject struct {
+	_     structs.HostLayout
+	Until [16]uint64
+	Total uint64
+}
+
+type KmeshLbPrio struct {
+	_     structs.HostLayout
+	Slots [8]uint32
+}
+
+type KmeshLbPrioKey struct {
+	_           structs.HostLayout
+	ServiceId   uint32
+	Family      uint8
+	Gen         uint8
+	ClientClass uint16
+}
 
 type KmeshManageKey struct {
 	_           structs.HostLayout
@@ -250,7 +343,7 @@ type KmeshServiceValue struct {
 	Slots  [2]uint32
 	LbMode uint8
 	Gen    uint8
-	Pad    uint16
+	Flags  uint16
 }
 
 type KmeshSockConn struct {
@@ -266,6 +359,12 @@ type KmeshSockKey struct {
 	RemoteAddr [4]uint32
 	LocalPort  uint16
 	RemotePort uint16
+}
+
+type KmeshSockLb struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	BackendId uint32
 }
 
 type KmeshSockOrig struct {
@@ -294,11 +393,19 @@ const (
 	KmeshMapKmEvents             = "km_events"
 	KmeshMapKmEventsLost         = "km_events_lost"
 	KmeshMapKmFrontend           = "km_frontend"
+	KmeshMapKmLbAffinity         = "km_lb_affinity"
+	KmeshMapKmLbBackend          = "km_lb_backend"
+	KmeshMapKmLbClient           = "km_lb_client"
+	KmeshMapKmLbConf             = "km_lb_conf"
+	KmeshMapKmLbEject            = "km_lb_eject"
+	KmeshMapKmLbPrio             = "km_lb_prio"
+	KmeshMapKmMaglev             = "km_maglev"
 	KmeshMapKmManage             = "km_manage"
 	KmeshMapKmRedirBytes         = "km_redir_bytes"
 	KmeshMapKmRr                 = "km_rr"
 	KmeshMapKmService            = "km_service"
 	KmeshMapKmSockConn           = "km_sock_conn"
+	KmeshMapKmSockLb             = "km_sock_lb"
 	KmeshMapKmSockOrig           = "km_sock_orig"
 	KmeshMapKmSocks              = "km_socks"
 	KmeshProgKmConnect4          = "km_connect4"
@@ -311,6 +418,7 @@ const (
 	KmeshVarKmAccelerate         = "km_accelerate"
 	KmeshVarKmAuthz              = "km_authz"
 	KmeshVarKmHaveSetRetval      = "km_have_set_retval"
+	KmeshVarKmMaglevSize         = "km_maglev_size"
 	KmeshVarKmTelemetry          = "km_telemetry"
 	KmeshVarUnusedAuthzAction    = "unused_authz_action"
 	KmeshVarUnusedAuthzKind      = "unused_authz_kind"
@@ -322,6 +430,9 @@ const (
 	KmeshVarUnusedConnEvent      = "unused_conn_event"
 	KmeshVarUnusedConnEventType  = "unused_conn_event_type"
 	KmeshVarUnusedFamily         = "unused_family"
+	KmeshVarUnusedLbFlag         = "unused_lb_flag"
+	KmeshVarUnusedLbHow          = "unused_lb_how"
+	KmeshVarUnusedLbLimit        = "unused_lb_limit"
 	KmeshVarUnusedLbMode         = "unused_lb_mode"
 )
 
@@ -394,11 +505,19 @@ type KmeshMapSpecs struct {
 	KmEvents     *ebpf.MapSpec `ebpf:"km_events"`
 	KmEventsLost *ebpf.MapSpec `ebpf:"km_events_lost"`
 	KmFrontend   *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmLbAffinity *ebpf.MapSpec `ebpf:"km_lb_affinity"`
+	KmLbBackend  *ebpf.MapSpec `ebpf:"km_lb_backend"`
+	KmLbClient   *ebpf.MapSpec `ebpf:"km_lb_client"`
+	KmLbConf     *ebpf.MapSpec `ebpf:"km_lb_conf"`
+	KmLbEject    *ebpf.MapSpec `ebpf:"km_lb_eject"`
+	KmLbPrio     *ebpf.MapSpec `ebpf:"km_lb_prio"`
+	KmMaglev     *ebpf.MapSpec `ebpf:"km_maglev"`
 	KmManage     *ebpf.MapSpec `ebpf:"km_manage"`
 	KmRedirBytes *ebpf.MapSpec `ebpf:"km_redir_bytes"`
 	KmRr         *ebpf.MapSpec `ebpf:"km_rr"`
 	KmService    *ebpf.MapSpec `ebpf:"km_service"`
 	KmSockConn   *ebpf.MapSpec `ebpf:"km_sock_conn"`
+	KmSockLb     *ebpf.MapSpec `ebpf:"km_sock_lb"`
 	KmSockOrig   *ebpf.MapSpec `ebpf:"km_sock_orig"`
 	KmSocks      *ebpf.MapSpec `ebpf:"km_socks"`
 }
@@ -410,6 +529,7 @@ type KmeshVariableSpecs struct {
 	KmAccelerate         *ebpf.VariableSpec `ebpf:"km_accelerate"`
 	KmAuthz              *ebpf.VariableSpec `ebpf:"km_authz"`
 	KmHaveSetRetval      *ebpf.VariableSpec `ebpf:"km_have_set_retval"`
+	KmMaglevSize         *ebpf.VariableSpec `ebpf:"km_maglev_size"`
 	KmTelemetry          *ebpf.VariableSpec `ebpf:"km_telemetry"`
 	UnusedAuthzAction    *ebpf.VariableSpec `ebpf:"unused_authz_action"`
 	UnusedAuthzKind      *ebpf.VariableSpec `ebpf:"unused_authz_kind"`
@@ -421,6 +541,9 @@ type KmeshVariableSpecs struct {
 	UnusedConnEvent      *ebpf.VariableSpec `ebpf:"unused_conn_event"`
 	UnusedConnEventType  *ebpf.VariableSpec `ebpf:"unused_conn_event_type"`
 	UnusedFamily         *ebpf.VariableSpec `ebpf:"unused_family"`
+	UnusedLbFlag         *ebpf.VariableSpec `ebpf:"unused_lb_flag"`
+	UnusedLbHow          *ebpf.VariableSpec `ebpf:"unused_lb_how"`
+	UnusedLbLimit        *ebpf.VariableSpec `ebpf:"unused_lb_limit"`
 	UnusedLbMode         *ebpf.VariableSpec `ebpf:"unused_lb_mode"`
 }
 
@@ -458,11 +581,19 @@ type KmeshMaps struct {
 	KmEvents     *ebpf.Map `ebpf:"km_events"`
 	KmEventsLost *ebpf.Map `ebpf:"km_events_lost"`
 	KmFrontend   *ebpf.Map `ebpf:"km_frontend"`
+	KmLbAffinity *ebpf.Map `ebpf:"km_lb_affinity"`
+	KmLbBackend  *ebpf.Map `ebpf:"km_lb_backend"`
+	KmLbClient   *ebpf.Map `ebpf:"km_lb_client"`
+	KmLbConf     *ebpf.Map `ebpf:"km_lb_conf"`
+	KmLbEject    *ebpf.Map `ebpf:"km_lb_eject"`
+	KmLbPrio     *ebpf.Map `ebpf:"km_lb_prio"`
+	KmMaglev     *ebpf.Map `ebpf:"km_maglev"`
 	KmManage     *ebpf.Map `ebpf:"km_manage"`
 	KmRedirBytes *ebpf.Map `ebpf:"km_redir_bytes"`
 	KmRr         *ebpf.Map `ebpf:"km_rr"`
 	KmService    *ebpf.Map `ebpf:"km_service"`
 	KmSockConn   *ebpf.Map `ebpf:"km_sock_conn"`
+	KmSockLb     *ebpf.Map `ebpf:"km_sock_lb"`
 	KmSockOrig   *ebpf.Map `ebpf:"km_sock_orig"`
 	KmSocks      *ebpf.Map `ebpf:"km_socks"`
 }
@@ -483,11 +614,19 @@ func (m *KmeshMaps) Close() error {
 		m.KmEvents,
 		m.KmEventsLost,
 		m.KmFrontend,
+		m.KmLbAffinity,
+		m.KmLbBackend,
+		m.KmLbClient,
+		m.KmLbConf,
+		m.KmLbEject,
+		m.KmLbPrio,
+		m.KmMaglev,
 		m.KmManage,
 		m.KmRedirBytes,
 		m.KmRr,
 		m.KmService,
 		m.KmSockConn,
+		m.KmSockLb,
 		m.KmSockOrig,
 		m.KmSocks,
 	)
@@ -500,6 +639,7 @@ type KmeshVariables struct {
 	KmAccelerate         *ebpf.Variable `ebpf:"km_accelerate"`
 	KmAuthz              *ebpf.Variable `ebpf:"km_authz"`
 	KmHaveSetRetval      *ebpf.Variable `ebpf:"km_have_set_retval"`
+	KmMaglevSize         *ebpf.Variable `ebpf:"km_maglev_size"`
 	KmTelemetry          *ebpf.Variable `ebpf:"km_telemetry"`
 	UnusedAuthzAction    *ebpf.Variable `ebpf:"unused_authz_action"`
 	UnusedAuthzKind      *ebpf.Variable `ebpf:"unused_authz_kind"`
@@ -511,6 +651,9 @@ type KmeshVariables struct {
 	UnusedConnEvent      *ebpf.Variable `ebpf:"unused_conn_event"`
 	UnusedConnEventType  *ebpf.Variable `ebpf:"unused_conn_event_type"`
 	UnusedFamily         *ebpf.Variable `ebpf:"unused_family"`
+	UnusedLbFlag         *ebpf.Variable `ebpf:"unused_lb_flag"`
+	UnusedLbHow          *ebpf.Variable `ebpf:"unused_lb_how"`
+	UnusedLbLimit        *ebpf.Variable `ebpf:"unused_lb_limit"`
 	UnusedLbMode         *ebpf.Variable `ebpf:"unused_lb_mode"`
 }
 

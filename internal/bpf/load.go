@@ -39,6 +39,10 @@ type Limits struct {
 	PolicyIPBlocks    uint32 // km_authz_ip: address blocks the matches test, plus one per match that tests addresses
 	PolicyRefs        uint32 // km_authz_list: policies in the lists that apply to workloads
 	WorkloadAddresses uint32 // km_authz_addr: addresses of the mesh's workloads, when it has policies
+
+	// AffinityClients bounds km_lb_affinity, the (service, client) pairs
+	// of ClientIP session affinity; the least recently used go first.
+	AffinityClients uint32
 }
 
 // DefaultLimits fit 10,000 services with 100,000 endpoints, and 4,096
@@ -57,6 +61,8 @@ var DefaultLimits = Limits{
 	PolicyIPBlocks:    65536,
 	PolicyRefs:        65536,
 	WorkloadAddresses: 262144,
+
+	AffinityClients: 65536,
 }
 
 // Options say where the data plane lives.

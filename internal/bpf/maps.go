@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/kmesh-go/kmesh/internal/maglev"
 )
 
 // spec returns the programs and maps with map sizes set from limits.
@@ -30,6 +32,14 @@ func spec(limits Limits) (*ebpf.CollectionSpec, error) {
 		KmeshMapKmAuthzIp:    limits.PolicyIPBlocks,
 		KmeshMapKmAuthzNetns: limits.Workloads,
 		KmeshMapKmAuthzStats: limits.Policies + 1, // index 0: no policy
+		// Locality, affinity, health (bpf/include/lb.h).
+		KmeshMapKmLbPrio:     limits.Services * 4, // per family and generation, one client class
+		KmeshMapKmLbClient:   limits.Workloads,
+		KmeshMapKmLbConf:     limits.Services,
+		KmeshMapKmLbAffinity: limits.AffinityClients,
+		KmeshMapKmLbBackend:  limits.Endpoints,
+		KmeshMapKmLbEject:    limits.Services + 1, // ids start at 1
+		KmeshMapKmMaglev:     (limits.Services + 1) * 2,
 	}
 	for name, m := range s.Maps {
 		n, ok := sizes[name]
@@ -40,6 +50,10 @@ func spec(limits Limits) (*ebpf.CollectionSpec, error) {
 			return nil, fmt.Errorf("map %s: size must be at least 1", name)
 		}
 		m.MaxEntries = n
+	}
+	s.Maps[KmeshMapKmMaglev].InnerMap.MaxEntries = maglev.DefaultSize
+	if err := s.Variables["km_maglev_size"].Set(uint32(maglev.DefaultSize)); err != nil {
+		return nil, fmt.Errorf("set km_maglev_size: %w", err)
 	}
 	return s, nil
 }

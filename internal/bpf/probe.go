@@ -108,8 +108,8 @@ func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logg
 		if opts.Telemetry {
 			log.Warn("kernel lacks sockops netns cookies or ring buffers (5.15): no connection metrics or access logs")
 		}
-	} else if !opts.Telemetry && !accelerate {
-		delete(s.Programs, KmeshProgKmSockops) // nothing left for it to do
 	}
+	// Without telemetry or acceleration sockops still serves outlier
+	// detection (connect outcomes of services that ask for it).
 	return nil
 }

@@ -44,7 +44,7 @@ func TestPrograms_PassTheVerifier(t *testing.T) {
 		t.Skip("loading eBPF programs needs root")
 	}
 	limits := Limits{Services: 8, Frontends: 8, Endpoints: 8, Backends: 8, Workloads: 8, Sockets: 8,
-		Policies: 8, PolicyMatches: 8, PolicyValues: 8, PolicyIPBlocks: 8, PolicyRefs: 8, WorkloadAddresses: 8}
+		Policies: 8, PolicyMatches: 8, PolicyValues: 8, PolicyIPBlocks: 8, PolicyRefs: 8, WorkloadAddresses: 8, AffinityClients: 8}
 	s, err := spec(limits)
 	if err != nil {
 		t.Fatal(err)

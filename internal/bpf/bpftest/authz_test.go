@@ -29,6 +29,7 @@ var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 var testLimits = bpf.Limits{
 	Services: 64, Frontends: 64, Endpoints: 256, Backends: 64, Workloads: 64, Sockets: 64,
 	Policies: 64, PolicyMatches: 1024, PolicyValues: 1024, PolicyIPBlocks: 1024, PolicyRefs: 1024, WorkloadAddresses: 256,
+	AffinityClients: 64,
 }
 
 // TestAuthz_SameAsEvaluator runs every case of internal/authz/authztest

@@ -118,7 +118,7 @@ type authzTestEndpointKey struct {
 	ServiceId uint32
 	Family    uint8
 	Gen       uint8
-	Pad       uint16
+	Group     uint16
 	Slot      uint32
 }
 
@@ -142,6 +142,71 @@ type authzTestFrontendValue struct {
 	Pad        uint16
 }
 
+type authzTestLbAffinity struct {
+	_         structs.HostLayout
+	LastNs    uint64
+	BackendId uint32
+	Pad       uint32
+}
+
+type authzTestLbAffinityKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Family    uint8
+	Pad       [3]uint8
+	Client    [4]uint32
+}
+
+type authzTestLbBackend struct {
+	_              structs.HostLayout
+	EjectedUntilNs uint64
+	Failures       uint32
+	Ejections      uint16
+	Pad            uint16
+}
+
+type authzTestLbBackendKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	BackendId uint32
+}
+
+type authzTestLbClient struct {
+	_           structs.HostLayout
+	Addr        [4]uint32
+	ClientClass uint16
+	Pad         uint16
+}
+
+type authzTestLbConf struct {
+	_                   structs.HostLayout
+	AffinityTimeoutS    uint32
+	BaseEjectionMs      uint32
+	ConsecutiveFailures uint16
+	MaxEjectionPct      uint8
+	Pad                 uint8
+	Backends            uint32
+}
+
+type authzTestLbEject struct {
+	_     structs.HostLayout
+	Until [16]uint64
+	Total uint64
+}
+
+type authzTestLbPrio struct {
+	_     structs.HostLayout
+	Slots [8]uint32
+}
+
+type authzTestLbPrioKey struct {
+	_           structs.HostLayout
+	ServiceId   uint32
+	Family      uint8
+	Gen         uint8
+	ClientClass uint16
+}
+
 type authzTestManageKey struct {
 	_           structs.HostLayout
 	NetnsCookie uint64
@@ -157,7 +222,7 @@ type authzTestServiceValue struct {
 	Slots  [2]uint32
 	LbMode uint8
 	Gen    uint8
-	Pad    uint16
+	Flags  uint16
 }
 
 // Names of all BPF objects in the ELF.
@@ -176,11 +241,19 @@ const (
 	authzTestMapKmBackend          = "km_backend"
 	authzTestMapKmEndpoint         = "km_endpoint"
 	authzTestMapKmFrontend         = "km_frontend"
+	authzTestMapKmLbAffinity       = "km_lb_affinity"
+	authzTestMapKmLbBackend        = "km_lb_backend"
+	authzTestMapKmLbClient         = "km_lb_client"
+	authzTestMapKmLbConf           = "km_lb_conf"
+	authzTestMapKmLbEject          = "km_lb_eject"
+	authzTestMapKmLbPrio           = "km_lb_prio"
+	authzTestMapKmMaglev           = "km_maglev"
 	authzTestMapKmManage           = "km_manage"
 	authzTestMapKmRr               = "km_rr"
 	authzTestMapKmService          = "km_service"
 	authzTestProgAuthzCheck        = "authz_check"
 	authzTestVarKmAuthz            = "km_authz"
+	authzTestVarKmMaglevSize       = "km_maglev_size"
 	authzTestVarUnusedAuthzTestCtx = "unused_authz_test_ctx"
 )
 
@@ -245,6 +318,13 @@ type authzTestMapSpecs struct {
 	KmBackend    *ebpf.MapSpec `ebpf:"km_backend"`
 	KmEndpoint   *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmFrontend   *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmLbAffinity *ebpf.MapSpec `ebpf:"km_lb_affinity"`
+	KmLbBackend  *ebpf.MapSpec `ebpf:"km_lb_backend"`
+	KmLbClient   *ebpf.MapSpec `ebpf:"km_lb_client"`
+	KmLbConf     *ebpf.MapSpec `ebpf:"km_lb_conf"`
+	KmLbEject    *ebpf.MapSpec `ebpf:"km_lb_eject"`
+	KmLbPrio     *ebpf.MapSpec `ebpf:"km_lb_prio"`
+	KmMaglev     *ebpf.MapSpec `ebpf:"km_maglev"`
 	KmManage     *ebpf.MapSpec `ebpf:"km_manage"`
 	KmRr         *ebpf.MapSpec `ebpf:"km_rr"`
 	KmService    *ebpf.MapSpec `ebpf:"km_service"`
@@ -255,6 +335,7 @@ type authzTestMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type authzTestVariableSpecs struct {
 	KmAuthz            *ebpf.VariableSpec `ebpf:"km_authz"`
+	KmMaglevSize       *ebpf.VariableSpec `ebpf:"km_maglev_size"`
 	UnusedAuthzTestCtx *ebpf.VariableSpec `ebpf:"unused_authz_test_ctx"`
 }
 
@@ -290,6 +371,13 @@ type authzTestMaps struct {
 	KmBackend    *ebpf.Map `ebpf:"km_backend"`
 	KmEndpoint   *ebpf.Map `ebpf:"km_endpoint"`
 	KmFrontend   *ebpf.Map `ebpf:"km_frontend"`
+	KmLbAffinity *ebpf.Map `ebpf:"km_lb_affinity"`
+	KmLbBackend  *ebpf.Map `ebpf:"km_lb_backend"`
+	KmLbClient   *ebpf.Map `ebpf:"km_lb_client"`
+	KmLbConf     *ebpf.Map `ebpf:"km_lb_conf"`
+	KmLbEject    *ebpf.Map `ebpf:"km_lb_eject"`
+	KmLbPrio     *ebpf.Map `ebpf:"km_lb_prio"`
+	KmMaglev     *ebpf.Map `ebpf:"km_maglev"`
 	KmManage     *ebpf.Map `ebpf:"km_manage"`
 	KmRr         *ebpf.Map `ebpf:"km_rr"`
 	KmService    *ebpf.Map `ebpf:"km_service"`
@@ -309,6 +397,13 @@ func (m *authzTestMaps) Close() error {
 		m.KmBackend,
 		m.KmEndpoint,
 		m.KmFrontend,
+		m.KmLbAffinity,
+		m.KmLbBackend,
+		m.KmLbClient,
+		m.KmLbConf,
+		m.KmLbEject,
+		m.KmLbPrio,
+		m.KmMaglev,
 		m.KmManage,
 		m.KmRr,
 		m.KmService,
@@ -320,6 +415,7 @@ func (m *authzTestMaps) Close() error {
 // It can be passed to loadAuthzTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type authzTestVariables struct {
 	KmAuthz            *ebpf.Variable `ebpf:"km_authz"`
+	KmMaglevSize       *ebpf.Variable `ebpf:"km_maglev_size"`
 	UnusedAuthzTestCtx *ebpf.Variable `ebpf:"unused_authz_test_ctx"`
 }
 

@@ -2,12 +2,15 @@ package bpftest
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/kmesh-go/kmesh/internal/maglev"
 )
 
 // TestLB runs every test_ program of bpf/tests/lb_test.c on fresh maps.
@@ -41,8 +44,11 @@ func runOne(t *testing.T, spec *ebpf.CollectionSpec, name string) {
 			delete(s.Programs, other)
 		}
 	}
-	for _, m := range s.Maps {
-		if m.Type == ebpf.Hash || m.Type == ebpf.Array {
+	for name, m := range s.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // .rodata, .bss: one entry, the globals
+		}
+		if m.Type == ebpf.Hash || m.Type == ebpf.Array || m.Type == ebpf.ArrayOfMaps {
 			m.MaxEntries = 64
 		}
 	}
@@ -54,12 +60,56 @@ func runOne(t *testing.T, spec *ebpf.CollectionSpec, name string) {
 		t.Fatalf("load %s: %v", name, err)
 	}
 	defer coll.Close()
+	if strings.HasPrefix(name, "test_maglev") {
+		putMaglevTable(t, s, coll)
+	}
 	ret, err := coll.Programs[name].Run(&ebpf.RunOptions{})
 	if err != nil {
 		t.Fatalf("run %s: %v", name, err)
 	}
 	if ret != 0 {
 		t.Fatalf("check failed at bpf/tests/lb_test.c:%d", ret)
+	}
+	if name == "test_hash_of_keys" {
+		checkHashes(t, coll)
+	}
+}
+
+// putMaglevTable gives service 7 (SVC_ID), IPv4, a Maglev table over
+// backends 1..3, as the dataplane builds it.
+func putMaglevTable(t *testing.T, s *ebpf.CollectionSpec, coll *ebpf.Collection) {
+	t.Helper()
+	table, err := maglev.Build([]maglev.Backend{{Name: "b1"}, {Name: "b2"}, {Name: "b3"}}, maglev.DefaultSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, err := ebpf.NewMap(s.Maps["km_maglev"].InnerMap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inner.Close()
+	for i, b := range table {
+		if err := inner.Put(uint32(i), uint32(b+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := coll.Maps["km_maglev"].Put(uint32(7*2), inner); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkHashes compares the kernel's lb_hash of three keys with maglev.Hash.
+func checkHashes(t *testing.T, coll *ebpf.Collection) {
+	t.Helper()
+	var got [3]uint32
+	if err := coll.Variables["hash_out"].Get(&got); err != nil {
+		t.Fatal(err)
+	}
+	keys := []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.2"), netip.MustParseAddr("fd00::ffff:a00:2")}
+	for i, k := range keys {
+		if want := maglev.Hash(k.As16()); got[i] != want {
+			t.Errorf("key %s: kernel hash %#x, Go hash %#x", k, got[i], want)
+		}
 	}
 }
 

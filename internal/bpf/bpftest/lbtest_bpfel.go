@@ -105,7 +105,7 @@ type lbTestEndpointKey struct {
 	ServiceId uint32
 	Family    uint8
 	Gen       uint8
-	Pad       uint16
+	Group     uint16
 	Slot      uint32
 }
 
@@ -129,6 +129,71 @@ type lbTestFrontendValue struct {
 	Pad        uint16
 }
 
+type lbTestLbAffinity struct {
+	_         structs.HostLayout
+	LastNs    uint64
+	BackendId uint32
+	Pad       uint32
+}
+
+type lbTestLbAffinityKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Family    uint8
+	Pad       [3]uint8
+	Client    [4]uint32
+}
+
+type lbTestLbBackend struct {
+	_              structs.HostLayout
+	EjectedUntilNs uint64
+	Failures       uint32
+	Ejections      uint16
+	Pad            uint16
+}
+
+type lbTestLbBackendKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	BackendId uint32
+}
+
+type lbTestLbClient struct {
+	_           structs.HostLayout
+	Addr        [4]uint32
+	ClientClass uint16
+	Pad         uint16
+}
+
+type lbTestLbConf struct {
+	_                   structs.HostLayout
+	AffinityTimeoutS    uint32
+	BaseEjectionMs      uint32
+	ConsecutiveFailures uint16
+	MaxEjectionPct      uint8
+	Pad                 uint8
+	Backends            uint32
+}
+
+type lbTestLbEject struct {
+	_     structs.HostLayout
+	Until [16]uint64
+	Total uint64
+}
+
+type lbTestLbPrio struct {
+	_     structs.HostLayout
+	Slots [8]uint32
+}
+
+type lbTestLbPrioKey struct {
+	_           structs.HostLayout
+	ServiceId   uint32
+	Family      uint8
+	Gen         uint8
+	ClientClass uint16
+}
+
 type lbTestManageKey struct {
 	_           structs.HostLayout
 	NetnsCookie uint64
@@ -144,38 +209,58 @@ type lbTestServiceValue struct {
 	Slots  [2]uint32
 	LbMode uint8
 	Gen    uint8
-	Pad    uint16
+	Flags  uint16
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lbTestMapKmAuthzAddr                            = "km_authz_addr"
-	lbTestMapKmAuthzGlob                            = "km_authz_glob"
-	lbTestMapKmAuthzIp                              = "km_authz_ip"
-	lbTestMapKmAuthzList                            = "km_authz_list"
-	lbTestMapKmAuthzMatch                           = "km_authz_match"
-	lbTestMapKmAuthzNetns                           = "km_authz_netns"
-	lbTestMapKmAuthzPol                             = "km_authz_pol"
-	lbTestMapKmAuthzStats                           = "km_authz_stats"
-	lbTestMapKmAuthzVal                             = "km_authz_val"
-	lbTestMapKmBackend                              = "km_backend"
-	lbTestMapKmEndpoint                             = "km_endpoint"
-	lbTestMapKmFrontend                             = "km_frontend"
-	lbTestMapKmManage                               = "km_manage"
-	lbTestMapKmRr                                   = "km_rr"
-	lbTestMapKmService                              = "km_service"
-	lbTestProgTestBackendWithoutFamilyIsUnreachable = "test_backend_without_family_is_unreachable"
-	lbTestProgTestIpv6PicksIpv6Slots                = "test_ipv6_picks_ipv6_slots"
-	lbTestProgTestLiveGenerationWins                = "test_live_generation_wins"
-	lbTestProgTestNoEndpointsIsUnreachable          = "test_no_endpoints_is_unreachable"
-	lbTestProgTestNotEnrolledPasses                 = "test_not_enrolled_passes"
-	lbTestProgTestOtherAddressOrPortPasses          = "test_other_address_or_port_passes"
-	lbTestProgTestRandomPickRewritesToSlot          = "test_random_pick_rewrites_to_slot"
-	lbTestProgTestRoundRobinCycles                  = "test_round_robin_cycles"
-	lbTestProgTestUdpPasses                         = "test_udp_passes"
-	lbTestProgTestWeightedSlotsShiftShare           = "test_weighted_slots_shift_share"
+	lbTestMapKmAuthzAddr                                  = "km_authz_addr"
+	lbTestMapKmAuthzGlob                                  = "km_authz_glob"
+	lbTestMapKmAuthzIp                                    = "km_authz_ip"
+	lbTestMapKmAuthzList                                  = "km_authz_list"
+	lbTestMapKmAuthzMatch                                 = "km_authz_match"
+	lbTestMapKmAuthzNetns                                 = "km_authz_netns"
+	lbTestMapKmAuthzPol                                   = "km_authz_pol"
+	lbTestMapKmAuthzStats                                 = "km_authz_stats"
+	lbTestMapKmAuthzVal                                   = "km_authz_val"
+	lbTestMapKmBackend                                    = "km_backend"
+	lbTestMapKmEndpoint                                   = "km_endpoint"
+	lbTestMapKmFrontend                                   = "km_frontend"
+	lbTestMapKmLbAffinity                                 = "km_lb_affinity"
+	lbTestMapKmLbBackend                                  = "km_lb_backend"
+	lbTestMapKmLbClient                                   = "km_lb_client"
+	lbTestMapKmLbConf                                     = "km_lb_conf"
+	lbTestMapKmLbEject                                    = "km_lb_eject"
+	lbTestMapKmLbPrio                                     = "km_lb_prio"
+	lbTestMapKmMaglev                                     = "km_maglev"
+	lbTestMapKmManage                                     = "km_manage"
+	lbTestMapKmRr                                         = "km_rr"
+	lbTestMapKmService                                    = "km_service"
+	lbTestProgTestAffinityDropsRemovedBackend             = "test_affinity_drops_removed_backend"
+	lbTestProgTestAffinityKeepsClientUntilTimeout         = "test_affinity_keeps_client_until_timeout"
+	lbTestProgTestAllEjectedStillConnects                 = "test_all_ejected_still_connects"
+	lbTestProgTestBackendWithoutFamilyIsUnreachable       = "test_backend_without_family_is_unreachable"
+	lbTestProgTestEjectionAfterConsecutiveFailures        = "test_ejection_after_consecutive_failures"
+	lbTestProgTestEjectionKeepsFloor                      = "test_ejection_keeps_floor"
+	lbTestProgTestHashOfKeys                              = "test_hash_of_keys"
+	lbTestProgTestIpv6PicksIpv6Slots                      = "test_ipv6_picks_ipv6_slots"
+	lbTestProgTestLiveGenerationWins                      = "test_live_generation_wins"
+	lbTestProgTestLocalityEjectedPriorityFallsOver        = "test_locality_ejected_priority_falls_over"
+	lbTestProgTestLocalityFailsOverWhenPriorityEmpties    = "test_locality_fails_over_when_priority_empties"
+	lbTestProgTestLocalityPicksClosestPriority            = "test_locality_picks_closest_priority"
+	lbTestProgTestLocalityStrictRefusesWhenNothingMatches = "test_locality_strict_refuses_when_nothing_matches"
+	lbTestProgTestMaglevPicksTableEntryOfClientHash       = "test_maglev_picks_table_entry_of_client_hash"
+	lbTestProgTestNoEndpointsIsUnreachable                = "test_no_endpoints_is_unreachable"
+	lbTestProgTestNotEnrolledPasses                       = "test_not_enrolled_passes"
+	lbTestProgTestOtherAddressOrPortPasses                = "test_other_address_or_port_passes"
+	lbTestProgTestRandomPickRewritesToSlot                = "test_random_pick_rewrites_to_slot"
+	lbTestProgTestRoundRobinCycles                        = "test_round_robin_cycles"
+	lbTestProgTestUdpPasses                               = "test_udp_passes"
+	lbTestProgTestWeightedSlotsShiftShare                 = "test_weighted_slots_shift_share"
+	lbTestVarHashOut                                      = "hash_out"
+	lbTestVarKmMaglevSize                                 = "km_maglev_size"
 )
 
 // loadLbTest returns the embedded CollectionSpec for lbTest.
@@ -220,16 +305,27 @@ type lbTestSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbTestProgramSpecs struct {
-	TestBackendWithoutFamilyIsUnreachable *ebpf.ProgramSpec `ebpf:"test_backend_without_family_is_unreachable"`
-	TestIpv6PicksIpv6Slots                *ebpf.ProgramSpec `ebpf:"test_ipv6_picks_ipv6_slots"`
-	TestLiveGenerationWins                *ebpf.ProgramSpec `ebpf:"test_live_generation_wins"`
-	TestNoEndpointsIsUnreachable          *ebpf.ProgramSpec `ebpf:"test_no_endpoints_is_unreachable"`
-	TestNotEnrolledPasses                 *ebpf.ProgramSpec `ebpf:"test_not_enrolled_passes"`
-	TestOtherAddressOrPortPasses          *ebpf.ProgramSpec `ebpf:"test_other_address_or_port_passes"`
-	TestRandomPickRewritesToSlot          *ebpf.ProgramSpec `ebpf:"test_random_pick_rewrites_to_slot"`
-	TestRoundRobinCycles                  *ebpf.ProgramSpec `ebpf:"test_round_robin_cycles"`
-	TestUdpPasses                         *ebpf.ProgramSpec `ebpf:"test_udp_passes"`
-	TestWeightedSlotsShiftShare           *ebpf.ProgramSpec `ebpf:"test_weighted_slots_shift_share"`
+	TestAffinityDropsRemovedBackend             *ebpf.ProgramSpec `ebpf:"test_affinity_drops_removed_backend"`
+	TestAffinityKeepsClientUntilTimeout         *ebpf.ProgramSpec `ebpf:"test_affinity_keeps_client_until_timeout"`
+	TestAllEjectedStillConnects                 *ebpf.ProgramSpec `ebpf:"test_all_ejected_still_connects"`
+	TestBackendWithoutFamilyIsUnreachable       *ebpf.ProgramSpec `ebpf:"test_backend_without_family_is_unreachable"`
+	TestEjectionAfterConsecutiveFailures        *ebpf.ProgramSpec `ebpf:"test_ejection_after_consecutive_failures"`
+	TestEjectionKeepsFloor                      *ebpf.ProgramSpec `ebpf:"test_ejection_keeps_floor"`
+	TestHashOfKeys                              *ebpf.ProgramSpec `ebpf:"test_hash_of_keys"`
+	TestIpv6PicksIpv6Slots                      *ebpf.ProgramSpec `ebpf:"test_ipv6_picks_ipv6_slots"`
+	TestLiveGenerationWins                      *ebpf.ProgramSpec `ebpf:"test_live_generation_wins"`
+	TestLocalityEjectedPriorityFallsOver        *ebpf.ProgramSpec `ebpf:"test_locality_ejected_priority_falls_over"`
+	TestLocalityFailsOverWhenPriorityEmpties    *ebpf.ProgramSpec `ebpf:"test_locality_fails_over_when_priority_empties"`
+	TestLocalityPicksClosestPriority            *ebpf.ProgramSpec `ebpf:"test_locality_picks_closest_priority"`
+	TestLocalityStrictRefusesWhenNothingMatches *ebpf.ProgramSpec `ebpf:"test_locality_strict_refuses_when_nothing_matches"`
+	TestMaglevPicksTableEntryOfClientHash       *ebpf.ProgramSpec `ebpf:"test_maglev_picks_table_entry_of_client_hash"`
+	TestNoEndpointsIsUnreachable                *ebpf.ProgramSpec `ebpf:"test_no_endpoints_is_unreachable"`
+	TestNotEnrolledPasses                       *ebpf.ProgramSpec `ebpf:"test_not_enrolled_passes"`
+	TestOtherAddressOrPortPasses                *ebpf.ProgramSpec `ebpf:"test_other_address_or_port_passes"`
+	TestRandomPickRewritesToSlot                *ebpf.ProgramSpec `ebpf:"test_random_pick_rewrites_to_slot"`
+	TestRoundRobinCycles                        *ebpf.ProgramSpec `ebpf:"test_round_robin_cycles"`
+	TestUdpPasses                               *ebpf.ProgramSpec `ebpf:"test_udp_passes"`
+	TestWeightedSlotsShiftShare                 *ebpf.ProgramSpec `ebpf:"test_weighted_slots_shift_share"`
 }
 
 // lbTestMapSpecs contains maps before they are loaded into the kernel.
@@ -248,6 +344,13 @@ type lbTestMapSpecs struct {
 	KmBackend    *ebpf.MapSpec `ebpf:"km_backend"`
 	KmEndpoint   *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmFrontend   *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmLbAffinity *ebpf.MapSpec `ebpf:"km_lb_affinity"`
+	KmLbBackend  *ebpf.MapSpec `ebpf:"km_lb_backend"`
+	KmLbClient   *ebpf.MapSpec `ebpf:"km_lb_client"`
+	KmLbConf     *ebpf.MapSpec `ebpf:"km_lb_conf"`
+	KmLbEject    *ebpf.MapSpec `ebpf:"km_lb_eject"`
+	KmLbPrio     *ebpf.MapSpec `ebpf:"km_lb_prio"`
+	KmMaglev     *ebpf.MapSpec `ebpf:"km_maglev"`
 	KmManage     *ebpf.MapSpec `ebpf:"km_manage"`
 	KmRr         *ebpf.MapSpec `ebpf:"km_rr"`
 	KmService    *ebpf.MapSpec `ebpf:"km_service"`
@@ -257,6 +360,8 @@ type lbTestMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbTestVariableSpecs struct {
+	HashOut      *ebpf.VariableSpec `ebpf:"hash_out"`
+	KmMaglevSize *ebpf.VariableSpec `ebpf:"km_maglev_size"`
 }
 
 // lbTestObjects contains all objects after they have been loaded into the kernel.
@@ -291,6 +396,13 @@ type lbTestMaps struct {
 	KmBackend    *ebpf.Map `ebpf:"km_backend"`
 	KmEndpoint   *ebpf.Map `ebpf:"km_endpoint"`
 	KmFrontend   *ebpf.Map `ebpf:"km_frontend"`
+	KmLbAffinity *ebpf.Map `ebpf:"km_lb_affinity"`
+	KmLbBackend  *ebpf.Map `ebpf:"km_lb_backend"`
+	KmLbClient   *ebpf.Map `ebpf:"km_lb_client"`
+	KmLbConf     *ebpf.Map `ebpf:"km_lb_conf"`
+	KmLbEject    *ebpf.Map `ebpf:"km_lb_eject"`
+	KmLbPrio     *ebpf.Map `ebpf:"km_lb_prio"`
+	KmMaglev     *ebpf.Map `ebpf:"km_maglev"`
 	KmManage     *ebpf.Map `ebpf:"km_manage"`
 	KmRr         *ebpf.Map `ebpf:"km_rr"`
 	KmService    *ebpf.Map `ebpf:"km_service"`
@@ -310,6 +422,13 @@ func (m *lbTestMaps) Close() error {
 		m.KmBackend,
 		m.KmEndpoint,
 		m.KmFrontend,
+		m.KmLbAffinity,
+		m.KmLbBackend,
+		m.KmLbClient,
+		m.KmLbConf,
+		m.KmLbEject,
+		m.KmLbPrio,
+		m.KmMaglev,
 		m.KmManage,
 		m.KmRr,
 		m.KmService,
@@ -320,29 +439,53 @@ func (m *lbTestMaps) Close() error {
 //
 // It can be passed to loadLbTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbTestVariables struct {
+	HashOut      *ebpf.Variable `ebpf:"hash_out"`
+	KmMaglevSize *ebpf.Variable `ebpf:"km_maglev_size"`
 }
 
 // lbTestPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadLbTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbTestPrograms struct {
-	TestBackendWithoutFamilyIsUnreachable *ebpf.Program `ebpf:"test_backend_without_family_is_unreachable"`
-	TestIpv6PicksIpv6Slots                *ebpf.Program `ebpf:"test_ipv6_picks_ipv6_slots"`
-	TestLiveGenerationWins                *ebpf.Program `ebpf:"test_live_generation_wins"`
-	TestNoEndpointsIsUnreachable          *ebpf.Program `ebpf:"test_no_endpoints_is_unreachable"`
-	TestNotEnrolledPasses                 *ebpf.Program `ebpf:"test_not_enrolled_passes"`
-	TestOtherAddressOrPortPasses          *ebpf.Program `ebpf:"test_other_address_or_port_passes"`
-	TestRandomPickRewritesToSlot          *ebpf.Program `ebpf:"test_random_pick_rewrites_to_slot"`
-	TestRoundRobinCycles                  *ebpf.Program `ebpf:"test_round_robin_cycles"`
-	TestUdpPasses                         *ebpf.Program `ebpf:"test_udp_passes"`
-	TestWeightedSlotsShiftShare           *ebpf.Program `ebpf:"test_weighted_slots_shift_share"`
+	TestAffinityDropsRemovedBackend             *ebpf.Program `ebpf:"test_affinity_drops_removed_backend"`
+	TestAffinityKeepsClientUntilTimeout         *ebpf.Program `ebpf:"test_affinity_keeps_client_until_timeout"`
+	TestAllEjectedStillConnects                 *ebpf.Program `ebpf:"test_all_ejected_still_connects"`
+	TestBackendWithoutFamilyIsUnreachable       *ebpf.Program `ebpf:"test_backend_without_family_is_unreachable"`
+	TestEjectionAfterConsecutiveFailures        *ebpf.Program `ebpf:"test_ejection_after_consecutive_failures"`
+	TestEjectionKeepsFloor                      *ebpf.Program `ebpf:"test_ejection_keeps_floor"`
+	TestHashOfKeys                              *ebpf.Program `ebpf:"test_hash_of_keys"`
+	TestIpv6PicksIpv6Slots                      *ebpf.Program `ebpf:"test_ipv6_picks_ipv6_slots"`
+	TestLiveGenerationWins                      *ebpf.Program `ebpf:"test_live_generation_wins"`
+	TestLocalityEjectedPriorityFallsOver        *ebpf.Program `ebpf:"test_locality_ejected_priority_falls_over"`
+	TestLocalityFailsOverWhenPriorityEmpties    *ebpf.Program `ebpf:"test_locality_fails_over_when_priority_empties"`
+	TestLocalityPicksClosestPriority            *ebpf.Program `ebpf:"test_locality_picks_closest_priority"`
+	TestLocalityStrictRefusesWhenNothingMatches *ebpf.Program `ebpf:"test_locality_strict_refuses_when_nothing_matches"`
+	TestMaglevPicksTableEntryOfClientHash       *ebpf.Program `ebpf:"test_maglev_picks_table_entry_of_client_hash"`
+	TestNoEndpointsIsUnreachable                *ebpf.Program `ebpf:"test_no_endpoints_is_unreachable"`
+	TestNotEnrolledPasses                       *ebpf.Program `ebpf:"test_not_enrolled_passes"`
+	TestOtherAddressOrPortPasses                *ebpf.Program `ebpf:"test_other_address_or_port_passes"`
+	TestRandomPickRewritesToSlot                *ebpf.Program `ebpf:"test_random_pick_rewrites_to_slot"`
+	TestRoundRobinCycles                        *ebpf.Program `ebpf:"test_round_robin_cycles"`
+	TestUdpPasses                               *ebpf.Program `ebpf:"test_udp_passes"`
+	TestWeightedSlotsShiftShare                 *ebpf.Program `ebpf:"test_weighted_slots_shift_share"`
 }
 
 func (p *lbTestPrograms) Close() error {
 	return _LbTestClose(
+		p.TestAffinityDropsRemovedBackend,
+		p.TestAffinityKeepsClientUntilTimeout,
+		p.TestAllEjectedStillConnects,
 		p.TestBackendWithoutFamilyIsUnreachable,
+		p.TestEjectionAfterConsecutiveFailures,
+		p.TestEjectionKeepsFloor,
+		p.TestHashOfKeys,
 		p.TestIpv6PicksIpv6Slots,
 		p.TestLiveGenerationWins,
+		p.TestLocalityEjectedPriorityFallsOver,
+		p.TestLocalityFailsOverWhenPriorityEmpties,
+		p.TestLocalityPicksClosestPriority,
+		p.TestLocalityStrictRefusesWhenNothingMatches,
+		p.TestMaglevPicksTableEntryOfClientHash,
 		p.TestNoEndpointsIsUnreachable,
 		p.TestNotEnrolledPasses,
 		p.TestOtherAddressOrPortPasses,
