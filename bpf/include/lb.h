@@ -398,6 +398,31 @@ __attribute__((noinline)) int lb_connect_succeeded(__u32 service_id, __u32 backe
 	return 0;
 }
 
+/* Counts a service's current ejections and finds a free entry, one
+ * bpf_loop step per entry: a plain loop makes the verifier walk every
+ * (count, free) pair. */
+struct lb_eject_scan {
+	__u64 now;
+	__u32 service_id;
+	__u32 count;
+	__u32 free;
+	__u32 pad;
+};
+
+static long lb_eject_scan(__u32 i, void *ctx)
+{
+	struct lb_eject_scan *scan = ctx;
+	struct lb_eject *ej = bpf_map_lookup_elem(&km_lb_eject, &scan->service_id);
+
+	if (!ej)
+		return 1;
+	if (ej->until[i & (KM_LB_EJECT_SLOTS - 1)] > scan->now)
+		scan->count++;
+	else if (scan->free == KM_LB_EJECT_SLOTS)
+		scan->free = i;
+	return 0;
+}
+
 /*
  * A connect to the backend failed (reset, or closed before established:
  * a timeout). After consecutive_failures in a row the backend is ejected
@@ -412,7 +437,8 @@ __attribute__((noinline)) int lb_connect_failed(__u32 service_id, __u32 backend_
 {
 	struct lb_backend_key k = { .service_id = service_id, .backend_id = backend_id };
 	struct lb_backend *b = bpf_map_lookup_elem(&km_lb_backend, &k);
-	__u32 count = 0, free = KM_LB_EJECT_SLOTS, max, mult;
+	struct lb_eject_scan scan = {};
+	__u32 count, free, max, mult;
 	struct lb_conf *conf;
 	struct lb_eject *ej;
 	__u64 dur;
@@ -429,12 +455,12 @@ __attribute__((noinline)) int lb_connect_failed(__u32 service_id, __u32 backend_
 	ej = bpf_map_lookup_elem(&km_lb_eject, &service_id);
 	if (!ej)
 		return 0;
-	for (__u32 i = 0; i < KM_LB_EJECT_SLOTS; i++) {
-		if (ej->until[i] > now)
-			count++;
-		else if (free == KM_LB_EJECT_SLOTS)
-			free = i;
-	}
+	scan.service_id = service_id;
+	scan.now = now;
+	scan.free = KM_LB_EJECT_SLOTS;
+	bpf_loop(KM_LB_EJECT_SLOTS, lb_eject_scan, &scan, 0);
+	count = scan.count;
+	free = scan.free;
 	max = conf->backends * conf->max_ejection_pct / 100;
 	if (max < 1)
 		max = 1;
