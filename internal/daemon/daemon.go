@@ -121,7 +121,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer dp.Close()
-	writer, err := dataplane.New(&dp.KmeshMaps, cfg.Limits, log.With("component", "dataplane"))
+	writer, err := dataplane.New(dataplane.MapStore(&dp.KmeshMaps), cfg.Limits, log.With("component", "dataplane"))
 	if err != nil {
 		return err
 	}
@@ -369,8 +369,10 @@ func openAccessLog(path string) (*slog.Logger, func() error, error) {
 }
 
 func (d *daemon) mapStats() ([]metrics.MapStat, error) {
-	stats, err := dataplane.MapStats(d.maps)
-	out := make([]metrics.MapStat, 0, len(stats))
+	stats := d.writer.MapStats()
+	out := make([]metrics.MapStat, 0, len(stats)+1)
+	n, capacity, err := d.enroller.Entries()
+	out = append(out, metrics.MapStat{Name: bpf.KmeshMapKmManage, Entries: uint64(n), Capacity: uint64(capacity)})
 	for _, s := range stats {
 		out = append(out, metrics.MapStat{Name: s.Name, Entries: uint64(s.Entries), Capacity: uint64(s.Capacity)})
 	}

@@ -380,14 +380,14 @@ func (d *Dataplane) deleteList(l *listState) error {
 }
 
 // del deletes a key; a missing one is fine.
-func (az *authzState) del(m *ebpf.Map, key any) error {
+func (az *authzState) del(m Map, key any) error {
 	if err := m.Delete(key); err != nil && !isNotExist(err) {
 		return err
 	}
 	return nil
 }
 
-func (az *authzState) delLog(d *Dataplane, m *ebpf.Map, key any) {
+func (az *authzState) delLog(d *Dataplane, m Map, key any) {
 	if err := az.del(m, key); err != nil {
 		d.log.Warn("delete authorization entry", "map", m.String(), "err", err)
 	}

@@ -3,8 +3,6 @@ package dataplane
 import (
 	"fmt"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/kmesh-go/kmesh/internal/bpf"
 )
 
@@ -66,7 +64,7 @@ func (d *Dataplane) scanAuthzStale() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", bpf.KmeshMapKmAuthzNetns, err)
 	}
-	for name, m := range map[string]*ebpf.Map{
+	for name, m := range map[string]Map{
 		bpf.KmeshMapKmAuthzMatch: d.maps.KmAuthzMatch,
 		bpf.KmeshMapKmAuthzVal:   d.maps.KmAuthzVal,
 		bpf.KmeshMapKmAuthzIp:    d.maps.KmAuthzIp,
@@ -133,7 +131,7 @@ func (d *Dataplane) sweepAuthzStale() error {
 
 // sweepKeys deletes the keys of m that stale selects. Keys are collected
 // first: deleting while walking restarts the walk.
-func sweepKeys[K any](m *ebpf.Map, stale func(*K) bool) error {
+func sweepKeys[K any](m Map, stale func(*K) bool) error {
 	var k K
 	var keys []K
 	it := m.Iterate()

@@ -45,7 +45,8 @@ func BenchmarkDataplane_Sync10kServices100kEndpoints(b *testing.B) {
 	m := bigMesh(10_000, 10)
 	for b.Loop() {
 		b.StopTimer()
-		maps := newMaps(b, bpf.DefaultLimits)
+		raw := rawMaps(b, bpf.DefaultLimits)
+		maps := MapStore(raw)
 		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
@@ -63,7 +64,7 @@ func BenchmarkDataplane_Sync10kServices100kEndpoints(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "heap-MiB")
 		runtime.KeepAlive(d)
-		maps.Close()
+		raw.Close()
 		b.StartTimer()
 	}
 }

@@ -24,7 +24,7 @@ import (
 
 // Dataplane holds what it wrote to the maps, to diff the next model against.
 type Dataplane struct {
-	maps   *bpf.KmeshMaps
+	maps   *Store
 	limits bpf.Limits
 	log    *slog.Logger
 
@@ -60,7 +60,7 @@ type backendState struct {
 
 // New returns a dataplane writing to maps. Entries already in the maps (a
 // previous kmeshd's) stay in force until the first Apply replaces them.
-func New(maps *bpf.KmeshMaps, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
+func New(maps *Store, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
 	d := &Dataplane{
 		maps:       maps,
 		limits:     limits,

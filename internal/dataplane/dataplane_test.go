@@ -17,7 +17,16 @@ import (
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func newMaps(t testing.TB, limits bpf.Limits) *bpf.KmeshMaps {
+// newMaps returns a store of real maps (root only), closed at cleanup.
+func newMaps(t testing.TB, limits bpf.Limits) *Store {
+	t.Helper()
+	maps := rawMaps(t, limits)
+	t.Cleanup(func() { maps.Close() })
+	return MapStore(maps)
+}
+
+// rawMaps creates real maps the caller closes.
+func rawMaps(t testing.TB, limits bpf.Limits) *bpf.KmeshMaps {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("KMESH_REQUIRE_PRIVILEGED") == "1" {
@@ -29,13 +38,12 @@ func newMaps(t testing.TB, limits bpf.Limits) *bpf.KmeshMaps {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { maps.Close() })
 	return maps
 }
 
-func dump(t *testing.T, maps *bpf.KmeshMaps) string {
+func dump(t *testing.T, maps *Store) string {
 	t.Helper()
-	lines, err := DumpMaps(maps)
+	lines, err := Dump(maps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +161,7 @@ func TestDataplane_ArrivalOrderDoesNotMatter(t *testing.T) {
 }
 
 // endpointShares counts live v4 slots per backend address.
-func endpointShares(t *testing.T, maps *bpf.KmeshMaps) string {
+func endpointShares(t *testing.T, maps *Store) string {
 	counts := map[string]int{}
 	var ek bpf.KmeshEndpointKey
 	var ev bpf.KmeshEndpointValue

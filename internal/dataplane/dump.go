@@ -17,7 +17,10 @@ import (
 //	service 1 mode=random gen=0 slots_v4=3 slots_v6=3
 //	endpoint service=1 family=v4 gen=0 slot=0 backend=1
 //	backend 1 v4=10.1.1.11 v6=fd00:1:1::11
-func DumpMaps(maps *bpf.KmeshMaps) ([]string, error) {
+func DumpMaps(maps *bpf.KmeshMaps) ([]string, error) { return Dump(MapStore(maps)) }
+
+// Dump is DumpMaps on any store.
+func Dump(maps *Store) ([]string, error) {
 	var lines []string
 
 	var fk bpf.KmeshFrontendKey
@@ -121,7 +124,7 @@ func familyName(f uint8) string {
 //	authz_val policy=3 gen=0 index=1 port=8080 label=1
 //	authz_ip policy=3 gen=0 index=1 src=10.0.0.0/8 label=1
 //	authz_netns 4099 identity=0x5f1e... v4=10.1.1.10 v6=fd00:1:1::10
-func dumpAuthz(maps *bpf.KmeshMaps) ([]string, error) {
+func dumpAuthz(maps *Store) ([]string, error) {
 	var lines []string
 	var ak bpf.KmeshAuthzAddrKey
 	var av bpf.KmeshAuthzPeer

@@ -23,7 +23,7 @@ func (s *staleEntries) empty() bool {
 	return len(s.services)+len(s.backends)+len(s.frontends)+len(s.endpoints) == 0
 }
 
-func scanStale(maps *bpf.KmeshMaps) (*staleEntries, error) {
+func scanStale(maps *Store) (*staleEntries, error) {
 	s := &staleEntries{
 		services:  map[uint32]bpf.KmeshServiceValue{},
 		backends:  map[uint32]bpf.KmeshBackendValue{},

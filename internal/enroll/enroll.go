@@ -171,3 +171,22 @@ func (e *Enroller) Cookies() map[string]uint64 {
 	}
 	return out
 }
+
+// Entries counts km_manage's entries for the map metrics. The enroller is
+// the map's only writer, so after its first sync the count is its own;
+// before, a previous instance's entries are still there and are walked
+// (at most --max-workloads keys).
+func (e *Enroller) Entries() (n int, capacity uint32, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.synced {
+		return len(e.enrolled), e.m.MaxEntries(), nil
+	}
+	var k bpf.KmeshManageKey
+	var v bpf.KmeshManageValue
+	it := e.m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, e.m.MaxEntries(), it.Err()
+}

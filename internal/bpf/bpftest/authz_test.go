@@ -92,7 +92,7 @@ func TestAuthz_SameAsEvaluator(t *testing.T) {
 // restarted kmeshd makes.
 func (h *authzHarness) restart(t *testing.T) {
 	t.Helper()
-	dp, err := dataplane.New(h.maps, testLimits, discard)
+	dp, err := dataplane.New(dataplane.MapStore(h.maps), testLimits, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func newAuthzHarness(t *testing.T, spec *ebpf.CollectionSpec) *authzHarness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { maps.Close() })
-	dp, err := dataplane.New(maps, testLimits, discard)
+	dp, err := dataplane.New(dataplane.MapStore(maps), testLimits, discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +347,7 @@ func BenchmarkAuthz_Decide(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer maps.Close()
-			dp, err := dataplane.New(maps, limits, discard)
+			dp, err := dataplane.New(dataplane.MapStore(maps), limits, discard)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -32,7 +32,7 @@ func BenchmarkWorkloadClient_PushToMaps(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer maps.Close()
-	dp, err := dataplane.New(maps, bpf.DefaultLimits, slog.New(slog.DiscardHandler))
+	dp, err := dataplane.New(dataplane.MapStore(maps), bpf.DefaultLimits, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
