@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -13,11 +14,13 @@ import (
 	"time"
 )
 
-// client calls one kmeshd's admin API.
+// client calls one kmeshd's admin API, over TCP (read-only) or over its
+// control socket (changes too).
 type client struct {
-	addr string // as given, for messages
-	base string // http://host:port
-	hc   *http.Client
+	addr   string // as given, for messages
+	base   string // http://host:port
+	hc     *http.Client
+	socket bool // addr is the control socket's path
 }
 
 func newClient(addr string, timeout time.Duration) *client {
@@ -26,6 +29,34 @@ func newClient(addr string, timeout time.Duration) *client {
 		base = "http://" + base
 	}
 	return &client{addr: addr, base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: timeout}}
+}
+
+// newSocketClient calls the control socket at path.
+func newSocketClient(path string, timeout time.Duration) *client {
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}
+	return &client{addr: path, base: "http://kmeshd", socket: true,
+		hc: &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial}}}
+}
+
+// reachErr explains why kmeshd could not be reached.
+func (c *client) reachErr(err error) error {
+	if !c.socket {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("cannot reach kmeshd at %s: connection refused (is kmeshd running? is --admin-address right?)", c.addr)
+		}
+		return fmt.Errorf("cannot reach kmeshd at %s: %w", c.addr, err)
+	}
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("cannot reach kmeshd's admin socket %s: permission denied (changes to kmeshd need root)", c.addr)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("cannot reach kmeshd's admin socket %s: connection refused (is kmeshd running? is --admin-socket right?)", c.addr)
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("cannot reach kmeshd's admin socket %s: no such socket (is kmeshd running? is --admin-socket right?)", c.addr)
+	}
+	return fmt.Errorf("cannot reach kmeshd's admin socket %s: %w", c.addr, err)
 }
 
 // do sends one request and returns the body of a 2xx answer.
@@ -39,11 +70,8 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values) 
 		return nil, err
 	}
 	resp, err := c.hc.Do(req)
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return nil, fmt.Errorf("cannot reach kmeshd at %s: connection refused (is kmeshd running? is --admin-address right?)", c.addr)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach kmeshd at %s: %w", c.addr, err)
+		return nil, c.reachErr(err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)

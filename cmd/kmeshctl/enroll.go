@@ -16,7 +16,8 @@ func newEnrollCommand(a *app, enroll bool) *cobra.Command {
 kmeshd's config source: its TCP connections to service addresses are balanced
 from now on. This is how a CNI plugin or an operator enrolls workloads on hosts
 without Kubernetes. The enrollment is kept across kmeshd restarts, until
-'kmeshctl unenroll' or 'kmeshd cleanup'.`,
+'kmeshctl unenroll' or 'kmeshd cleanup'. It goes through kmeshd's admin socket
+(--admin-socket), so it needs root.`,
 		`  # Enroll a namespace made with ip netns add
   kmeshctl enroll --netns /var/run/netns/web-1`
 	if !enroll {
@@ -37,7 +38,7 @@ Kubernetes) stays enrolled.`,
 				return fmt.Errorf("--netns is required")
 			}
 			var e api.Enrollment
-			if err := a.client().postJSON(cmd.Context(), "/"+use, url.Values{"netns": {netns}}, &e); err != nil {
+			if err := a.controlClient().postJSON(cmd.Context(), "/"+use, url.Values{"netns": {netns}}, &e); err != nil {
 				return err
 			}
 			state := "enrolled"

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -26,6 +27,9 @@ var now = time.Date(2026, 1, 2, 15, 0, 0, 0, time.UTC)
 // controls kmeshctl changes.
 type fakeAdmin struct {
 	*httptest.Server
+	// socket serves the same API with its changes, as kmeshd's admin
+	// socket does; the TCP server refuses changes, as kmeshd's does.
+	socket    string
 	mu        sync.Mutex
 	level     string
 	accessLog bool
@@ -85,22 +89,46 @@ func newFakeAdmin(t *testing.T) *fakeAdmin {
 		}
 		json.NewEncoder(w).Encode(map[string]bool{"enabled": f.accessLog})
 	})
-	f.Server = httptest.NewServer(mux)
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			http.Error(w, "changes are served on kmeshd's admin socket only", http.StatusForbidden)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
 	t.Cleanup(f.Close)
+	admins[f.addr()] = f
+	t.Cleanup(func() { delete(admins, f.addr()) })
+	f.socket = filepath.Join(t.TempDir(), "admin.sock")
+	ln, err := net.Listen("unix", f.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := &httptest.Server{Listener: ln, Config: &http.Server{Handler: mux}}
+	sock.Start()
+	t.Cleanup(sock.Close)
 	return f
 }
+
+// admins are the fake admins by address, for kmeshctl.
+var admins = map[string]*fakeAdmin{}
 
 func (f *fakeAdmin) addr() string { return strings.TrimPrefix(f.URL, "http://") }
 
 // kmeshctl runs the command line against the admin address and returns
-// what it printed.
+// what it printed. Changes go to fakeAdmin's socket if addr is its
+// address.
 func kmeshctl(t *testing.T, addr string, args ...string) (string, error) {
 	t.Helper()
 	cmd := newRootCommand(options{now: func() time.Time { return now }})
 	var out bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)
-	cmd.SetArgs(append(args, "--admin-address", addr))
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	if f := admins[addr]; f != nil {
+		sock = f.socket
+	}
+	cmd.SetArgs(append(args, "--admin-address", addr, "--admin-socket", sock))
 	err := cmd.Execute()
 	return out.String(), err
 }
@@ -284,5 +312,32 @@ func TestKmeshctl_HelpReadsLikeIstioctl(t *testing.T) {
 	out, err := kmeshctl(t, "127.0.0.1:1", "completion", "bash")
 	if err != nil || !strings.Contains(out, "__start_kmeshctl") {
 		t.Fatalf("completion bash: %v\n%.200s", err, out)
+	}
+}
+
+// TestKmeshctl_ChangesGoToTheSocket: changes reach kmeshd through its
+// admin socket, never the TCP address (which refuses them); a missing
+// socket is named in the error.
+func TestKmeshctl_ChangesGoToTheSocket(t *testing.T) {
+	f := newFakeAdmin(t)
+	if out, err := kmeshctl(t, f.addr(), "log", "--level", "debug"); err != nil || out != "log level: debug\n" {
+		t.Fatalf("log --level debug: %v %q", err, out)
+	}
+	if f.level != "debug" {
+		t.Fatalf("level %q after log --level debug", f.level)
+	}
+	missing := filepath.Join(t.TempDir(), "admin.sock")
+	cmd := newRootCommand(options{})
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs([]string{"accesslog", "on", "--admin-address", f.addr(), "--admin-socket", missing})
+	err := cmd.Execute()
+	want := "cannot reach kmeshd's admin socket " + missing + ": no such socket (is kmeshd running? is --admin-socket right?)"
+	if err == nil || err.Error() != want {
+		t.Fatalf("accesslog on without a socket: %v\nwant %s", err, want)
+	}
+	if f.accessLog {
+		t.Fatal("the access log was switched without the socket")
 	}
 }

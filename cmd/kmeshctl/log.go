@@ -18,7 +18,8 @@ func newLogCommand(a *app) *cobra.Command {
 		Use:   "log",
 		Short: "Show or change kmeshd's log level",
 		Long: `Shows kmeshd's log level, or changes it at run time with --level. The change
-lasts until kmeshd restarts, which starts again at its --log-level.
+lasts until kmeshd restarts, which starts again at its --log-level. A change
+goes through kmeshd's admin socket (--admin-socket), so it needs root.
 
 Levels: debug (per-item detail: each workload enrolled, each config read),
 info (lifecycle), warn (degraded), error (a person must act).`,
@@ -41,7 +42,7 @@ info (lifecycle), warn (degraded), error (a person must act).`,
 			if level == "" {
 				err = a.client().getJSON(cmd.Context(), "/logging", nil, &l)
 			} else {
-				err = a.client().postJSON(cmd.Context(), "/logging", url.Values{"level": {level}}, &l)
+				err = a.controlClient().postJSON(cmd.Context(), "/logging", url.Values{"level": {level}}, &l)
 			}
 			if err != nil {
 				return err
@@ -70,7 +71,8 @@ func newAccessLogCommand(a *app) *cobra.Command {
 		Short: "Show or switch kmeshd's access log",
 		Long: `Shows whether kmeshd writes an access log line for each closed connection of
 its workloads, or switches it on or off at run time. The switch lasts until
-kmeshd restarts.`,
+kmeshd restarts; it goes through kmeshd's admin socket (--admin-socket), so it
+needs root.`,
 		Example: `  # Is the access log on?
   kmeshctl accesslog
 
@@ -85,7 +87,7 @@ kmeshd restarts.`,
 			if len(args) == 0 {
 				err = a.client().getJSON(cmd.Context(), "/accesslog", nil, &s)
 			} else {
-				err = a.client().postJSON(cmd.Context(), "/accesslog", url.Values{"enabled": {strconv.FormatBool(args[0] == "on")}}, &s)
+				err = a.controlClient().postJSON(cmd.Context(), "/accesslog", url.Values{"enabled": {strconv.FormatBool(args[0] == "on")}}, &s)
 			}
 			if err != nil {
 				return err

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -9,6 +11,13 @@ import (
 // defaultAdminAddress is where kmeshd serves its admin API unless told
 // otherwise (kmeshd --admin-address).
 const defaultAdminAddress = "127.0.0.1:15000"
+
+// defaultAdminSocket is where the kmeshd of this host serves its control
+// socket when its --node is the host name, as by default.
+func defaultAdminSocket() string {
+	h, _ := os.Hostname()
+	return filepath.Join("/run/kmesh", h, "admin.sock")
+}
 
 // options are what tests change.
 type options struct {
@@ -19,10 +28,16 @@ type options struct {
 type app struct {
 	opts    options
 	address string
+	socket  string
 	timeout time.Duration
 }
 
+// client reads from kmeshd's admin address.
 func (a *app) client() *client { return newClient(a.address, a.timeout) }
+
+// controlClient changes kmeshd through its control socket: kmeshd refuses
+// changes on its admin address.
+func (a *app) controlClient() *client { return newSocketClient(a.socket, a.timeout) }
 
 func (a *app) now() time.Time {
 	if a.opts.now != nil {
@@ -40,8 +55,10 @@ func newRootCommand(opts options) *cobra.Command {
 workloads, policies and connections it holds, its BPF maps, and why a
 connection goes where it goes.
 
-kmeshctl talks to nothing but kmeshd's admin API, which each kmeshd serves on
-127.0.0.1:15000 of its node; use --admin-address to reach another one.`,
+kmeshctl talks to nothing but kmeshd's admin API. Reads go to 127.0.0.1:15000
+of the node (--admin-address reaches another one); changes (enroll, unenroll,
+log --level, accesslog on|off) go to kmeshd's admin socket,
+/run/kmesh/<node>/admin.sock (--admin-socket), which only root may use.`,
 		Example: `  # Is the local kmeshd ready, and what does it hold?
   kmeshctl status
 
@@ -57,6 +74,7 @@ kmeshctl talks to nothing but kmeshd's admin API, which each kmeshd serves on
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&a.address, "admin-address", defaultAdminAddress, "address of kmeshd's admin API (host:port)")
+	root.PersistentFlags().StringVar(&a.socket, "admin-socket", defaultAdminSocket(), "kmeshd's admin socket, for changes (kmeshd --admin-socket; root only)")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for kmeshd's answer")
 	root.AddCommand(
 		newStatusCommand(a),

@@ -67,7 +67,8 @@ removes it.`,
 	f.StringVar(&cfg.Node, "node", hostname(), "name of this node: workloads with this node are enrolled here")
 	f.StringVar(&cfg.Cgroup, "cgroup", "", "cgroup v2 directory to attach the programs to (default: the root of the cgroup v2 hierarchy)")
 	f.StringVar(&cfg.BPFDir, "bpf-dir", "", "bpffs directory for this instance's pins (default: /sys/fs/bpf/kmesh/<node>)")
-	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "address of the admin API (/healthz/ready, /config_dump, /maps, /logging, ...; see docs/kmeshctl.md)")
+	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "address of the read-only admin API (/healthz/ready, /config_dump, /maps, /logging, ...; see docs/kmeshctl.md); changes are refused here")
+	f.StringVar(&cfg.AdminSocket, "admin-socket", "", "Unix socket of the admin API with its changes (/enroll, /unenroll, POST /logging and /accesslog): mode 0600, root peers only; kmeshctl uses it (default: /run/kmesh/<node>/admin.sock)")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", ":15020", "address of the Prometheus metrics (/metrics)")
 	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "address of the readiness probe (/healthz/ready)")
 	// The default is a zero LevelVar: info.

@@ -125,7 +125,7 @@ func run(keep bool, requests int, verbose bool) error {
 		step("starting kmeshd on " + name)
 		n := nodes[name]
 		p, err := bed.StartRoot(kmeshd, "--node", name, "--config", cfg, "--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir, "--admin-address", "127.0.0.1:0",
-			"--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0")
+			"--admin-socket", filepath.Join(dir, name+"-admin.sock"), "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0")
 		if err != nil {
 			return err
 		}

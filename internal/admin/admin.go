@@ -1,8 +1,14 @@
 // Package admin serves kmeshd's HTTP surfaces, split as ztunnel splits them:
 //
-//   - the admin API on a local address (--admin-address, 127.0.0.1:15000):
-//     readiness, the config dump, the decoded BPF maps, live connections,
-//     the log level and access log switches, and explain;
+//   - the admin API on a local address (--admin-address, 127.0.0.1:15000),
+//     read-only: readiness, the config dump, the decoded BPF maps, live
+//     connections, the log level and access log switches (GET), and
+//     explain. Any local user can reach a TCP port, and a browser can send
+//     it a query-only POST, so nothing here changes the daemon;
+//   - the control socket (--admin-socket, /run/kmesh/<node>/admin.sock):
+//     the same endpoints plus every change (/enroll, /unenroll, POST
+//     /logging and /accesslog), on a Unix socket of mode 0600 whose peers
+//     must be root (SO_PEERCRED), as ztunnel's CNI socket is;
 //   - readiness alone (--readiness-address, :15021), for Kubernetes probes;
 //   - Prometheus metrics (--metrics-address, :15020).
 //
@@ -62,9 +68,21 @@ type Enrollment interface {
 	Unenroll(netns string) error
 }
 
-// Handler returns the admin API's handler.
+// Handler returns the read-only admin API's handler, for TCP: every change
+// is refused with 403 and a pointer to the control socket.
 func Handler(st State, c Controls, log *slog.Logger) http.Handler {
-	h := &handler{st: st, c: c, log: log}
+	return newMux(&handler{st: st, c: c, log: log})
+}
+
+// ControlHandler returns the handler of the control socket: the admin API
+// with its changes. Serve it only where the peer is known to be root
+// (ListenUnix).
+func ControlHandler(st State, c Controls, log *slog.Logger) http.Handler {
+	return newMux(&handler{st: st, c: c, log: log, control: true})
+}
+
+func newMux(h *handler) http.Handler {
+	c := h.c
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", h.ready)
 	mux.HandleFunc("GET /config_dump", h.configDump)
@@ -78,8 +96,8 @@ func Handler(st State, c Controls, log *slog.Logger) http.Handler {
 		mux.HandleFunc("/accesslog", h.accessLog)
 	}
 	if c.Enrollment != nil {
-		mux.HandleFunc("POST /enroll", h.enroll(c.Enrollment.Enroll, true))
-		mux.HandleFunc("POST /unenroll", h.enroll(c.Enrollment.Unenroll, false))
+		mux.HandleFunc("POST /enroll", h.mutating(h.enroll(c.Enrollment.Enroll, true)))
+		mux.HandleFunc("POST /unenroll", h.mutating(h.enroll(c.Enrollment.Unenroll, false)))
 	}
 	mux.HandleFunc("GET /{$}", h.index)
 	return mux
@@ -97,6 +115,25 @@ type handler struct {
 	st  State
 	c   Controls
 	log *slog.Logger
+	// control is set on the control socket, the only place changes are
+	// served.
+	control bool
+}
+
+// mutating serves next on the control socket and refuses it elsewhere.
+func (h *handler) mutating(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !h.control {
+			refuseChange(w)
+			return
+		}
+		next(w, r)
+	}
+}
+
+// refuseChange answers a change asked over TCP.
+func refuseChange(w http.ResponseWriter) {
+	http.Error(w, "changes are served on kmeshd's admin socket only (kmeshd --admin-socket, root only; kmeshctl uses it)", http.StatusForbidden)
 }
 
 // endpoints is the index the admin address serves at /.
@@ -105,10 +142,10 @@ var endpoints = []struct{ path, help string }{
 	{"/config_dump", "the mesh as this kmeshd holds it (JSON)"},
 	{"/maps", "the BPF maps, one line per entry"},
 	{"/connections", "live connections of enrolled workloads (JSON)"},
-	{"/logging", "log level; POST ?level=debug|info|warn|error to change it"},
-	{"/accesslog", "access log switch; POST ?enabled=true|false to change it"},
-	{"/enroll?netns=PATH", "POST: put a network namespace in the mesh (kept across restarts)"},
-	{"/unenroll?netns=PATH", "POST: take a namespace enrolled through /enroll out again"},
+	{"/logging", "log level; POST ?level=debug|info|warn|error on the admin socket changes it"},
+	{"/accesslog", "access log switch; POST ?enabled=true|false on the admin socket changes it"},
+	{"/enroll?netns=PATH", "POST, admin socket only: put a network namespace in the mesh (kept across restarts)"},
+	{"/unenroll?netns=PATH", "POST, admin socket only: take a namespace enrolled through /enroll out again"},
 	{"/explain?source=NS/WORKLOAD&destination=IP:PORT", "what a connect from the workload to the address does, and why (JSON)"},
 }
 
@@ -175,6 +212,10 @@ func (h *handler) logging(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case http.MethodPost, http.MethodPut:
+		if !h.control {
+			refuseChange(w)
+			return
+		}
 		var level slog.Level
 		if err := level.UnmarshalText([]byte(r.URL.Query().Get("level"))); err != nil {
 			http.Error(w, fmt.Sprintf("level %q: want debug, info, warn or error", r.URL.Query().Get("level")), http.StatusBadRequest)
@@ -205,6 +246,10 @@ func (h *handler) accessLog(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case http.MethodPost, http.MethodPut:
+		if !h.control {
+			refuseChange(w)
+			return
+		}
 		on, err := strconv.ParseBool(r.URL.Query().Get("enabled"))
 		if err != nil {
 			http.Error(w, fmt.Sprintf("enabled %q: want true or false", r.URL.Query().Get("enabled")), http.StatusBadRequest)

@@ -82,7 +82,9 @@ type testServer struct {
 func newTestServer(t *testing.T, st State) *testServer {
 	t.Helper()
 	ts := &testServer{level: new(slog.LevelVar), accessLog: new(atomic.Bool)}
-	ts.Server = httptest.NewServer(Handler(st, Controls{LogLevel: ts.level, AccessLog: ts.accessLog}, slog.New(slog.DiscardHandler)))
+	// The control socket's handler: changes are served (socket_test.go
+	// covers who may reach it).
+	ts.Server = httptest.NewServer(ControlHandler(st, Controls{LogLevel: ts.level, AccessLog: ts.accessLog}, slog.New(slog.DiscardHandler)))
 	t.Cleanup(ts.Close)
 	return ts
 }

@@ -39,7 +39,11 @@ type Config struct {
 	Cgroup       string // "" = the root of the cgroup v2 hierarchy
 	BPFDir       string // "" = DefaultBPFDir(Node)
 	AdminAddress string
-	Limits       bpf.Limits
+	// AdminSocket is the control socket: the admin API with its changes
+	// (enroll, log level, access log), root only. "" =
+	// admin.DefaultSocket(Node).
+	AdminSocket string
+	Limits      bpf.Limits
 	// XDS, when its Address is set, is the config source instead of the
 	// file (see xds.go).
 	XDS XDSConfig
@@ -87,6 +91,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	if cfg.BPFDir == "" {
 		cfg.BPFDir = DefaultBPFDir(cfg.Node)
+	}
+	if cfg.AdminSocket == "" {
+		cfg.AdminSocket = admin.DefaultSocket(cfg.Node)
 	}
 	if cfg.Cgroup == "" {
 		root, err := cgroupv2.Root()
@@ -202,7 +209,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := dp.Commit(); err != nil {
 		return err
 	}
-	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", surfaces[0].Addr().String(), "metrics", surfaces[1].Addr().String(), "readiness", surfaces[2].Addr().String(), "source", d.source)
+	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", surfaces[0].Addr().String(), "metrics", surfaces[1].Addr().String(), "readiness", surfaces[2].Addr().String(), "admin_socket", cfg.AdminSocket, "source", d.source)
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -319,21 +326,28 @@ const (
 	sourceXDS  = "xds"
 )
 
-// listen binds the admin, metrics and readiness addresses, in that order:
-// all of them, or none.
+// listen binds the admin, metrics and readiness addresses and the control
+// socket, in that order: all of them, or none.
 func (d *daemon) listen(cfg Config) (admin.Group, error) {
 	ctl := admin.Controls{LogLevel: cfg.LogLevel, AccessLog: &d.accessLog, Enrollment: d}
+	alog := d.log.With("component", "admin")
 	surfaces := []struct {
 		name, addr string
 		h          http.Handler
+		unix       bool
 	}{
-		{"admin", cfg.AdminAddress, admin.Handler(d, ctl, d.log.With("component", "admin"))},
-		{"metrics", cfg.MetricsAddress, d.metrics.Handler()},
-		{"readiness", cfg.ReadinessAddress, admin.ReadinessHandler(d)},
+		{"admin", cfg.AdminAddress, admin.Handler(d, ctl, alog), false},
+		{"metrics", cfg.MetricsAddress, d.metrics.Handler(), false},
+		{"readiness", cfg.ReadinessAddress, admin.ReadinessHandler(d), false},
+		{"admin", cfg.AdminSocket, admin.ControlHandler(d, ctl, alog), true},
 	}
 	var g admin.Group
 	for _, s := range surfaces {
-		srv, err := admin.Listen(s.name, s.addr, s.h)
+		listen := admin.Listen
+		if s.unix {
+			listen = admin.ListenUnix
+		}
+		srv, err := listen(s.name, s.addr, s.h)
 		if err != nil {
 			for _, l := range g {
 				l.Close()

@@ -27,7 +27,7 @@ func TestAdminEnrollment(t *testing.T) {
 		return m.startKmeshdBin(m.kmeshd, "node-a", "", "--xds-address", srv.Addr(), "--xds-mode", "workload")
 	}
 	ctl := func(k *kmeshd, args ...string) (string, error) {
-		out, err := exec.Command(kmeshctl, append([]string{"--admin-address", k.admin}, args...)...).CombinedOutput()
+		out, err := exec.Command(kmeshctl, append([]string{"--admin-address", k.admin, "--admin-socket", k.socket}, args...)...).CombinedOutput()
 		return string(out), err
 	}
 	// reached reports whether all requests went through the service, and

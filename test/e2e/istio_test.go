@@ -223,7 +223,7 @@ func TestIstio(t *testing.T) {
 		<-ka.proc.Done()
 		n := ka.node
 		restarted, err := m.bed.StartRoot(m.kmeshd, "--node", n.Name, "--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir,
-			"--admin-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0",
+			"--admin-address", "127.0.0.1:0", "--admin-socket", m.adminSocket(n.Name), "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0",
 			"--log-level", "debug", "--xds-address", env.XDSAddr, "--kubeconfig", env.kubeconfig)
 		if err != nil {
 			t.Fatal(err)

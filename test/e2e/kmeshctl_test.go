@@ -50,7 +50,7 @@ func TestKmeshctlAgainstKmeshd(t *testing.T) {
 	k := m.startKmeshd("node-a", cfg)
 	kmeshctl := func(args ...string) string {
 		t.Helper()
-		out, err := execOutput(ctl, append(args, "--admin-address", k.admin)...)
+		out, err := execOutput(ctl, append(args, "--admin-address", k.admin, "--admin-socket", k.socket)...)
 		if err != nil {
 			t.Fatalf("kmeshctl %s: %v\n%s", strings.Join(args, " "), err, out)
 		}

@@ -169,6 +169,7 @@ func (m *mesh) writeConfig(path, content string) {
 type kmeshd struct {
 	proc    *testbed.Process
 	admin   string
+	socket  string // the admin socket, for changes
 	metrics string // address of /metrics
 	node    *testbed.Node
 }
@@ -190,7 +191,7 @@ func (m *mesh) startKmeshdBin(bin, node, config string, flags ...string) *kmeshd
 	m.t.Helper()
 	n := m.nodes[node]
 	args := append([]string{"--node", node, "--config", config,
-		"--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir, "--admin-address", "127.0.0.1:0",
+		"--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir, "--admin-address", "127.0.0.1:0", "--admin-socket", m.adminSocket(node),
 		"--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0", "--log-level", "debug"}, flags...)
 	proc, err := m.bed.StartRoot(bin, args...)
 	if err != nil {
@@ -206,7 +207,7 @@ func (m *mesh) startKmeshdBin(bin, node, config string, flags ...string) *kmeshd
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if sm := readyLine.FindStringSubmatch(proc.Stderr()); sm != nil {
-			k := &kmeshd{proc: proc, admin: sm[1], node: n}
+			k := &kmeshd{proc: proc, admin: sm[1], socket: m.adminSocket(node), node: n}
 			if mm := metricsAddr.FindStringSubmatch(proc.Stderr()); mm != nil {
 				k.metrics = mm[1]
 			}
@@ -221,6 +222,10 @@ func (m *mesh) startKmeshdBin(bin, node, config string, flags ...string) *kmeshd
 	m.t.Fatalf("kmeshd %s not ready after 20s:\n%s", node, proc.Stderr())
 	return nil
 }
+
+// adminSocket is where the node's kmeshd serves its admin socket: in the
+// test's directory, so tests running at once never share one.
+func (m *mesh) adminSocket(node string) string { return filepath.Join(m.dir, node+"-admin.sock") }
 
 // configDump fetches /config_dump.
 func (k *kmeshd) configDump(t *testing.T) api.ConfigDump {

@@ -207,7 +207,7 @@ func TestXdsControlPlaneAwayUnderTraffic(t *testing.T) {
 	}
 	<-k.proc.Done()
 	restarted, err := m.bed.StartRoot(m.kmeshd, "--node", "node-a", "--cgroup", k.node.Cgroup, "--bpf-dir", k.node.BPFDir,
-		"--admin-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0",
+		"--admin-address", "127.0.0.1:0", "--admin-socket", m.adminSocket("node-a"), "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0",
 		"--xds-address", srv.Addr(), "--xds-mode", "workload", "--enroll-netns", m.pods["client"].NetnsPath)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,11 @@ func startKmeshd(ctx context.Context, bed *testbed.Bed, tl tools, node *testbed.
 		if tl.kmeshdFlags[f] {
 			args = append(args, f, "127.0.0.1:0")
 		}
+	}
+	if tl.kmeshdFlags["--admin-socket"] {
+		// Its own socket, so it never meets another kmeshd of the same node
+		// name (an e2e test, the demo).
+		args = append(args, "--admin-socket", filepath.Join(os.TempDir(), filepath.Base(node.BPFDir)+"-admin.sock"))
 	}
 	args = append(args, extra...)
 	start := time.Now()
