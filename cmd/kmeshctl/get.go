@@ -19,7 +19,7 @@ import (
 func newGetCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get",
-		Short: "List the services, workloads, policies or connections kmeshd holds",
+		Short: "List the services, workloads, policies, connections or certificates kmeshd holds",
 		Long: `Lists what the kmeshd at --admin-address holds, as tables sorted by namespace
 then name, shaped like 'istioctl ztunnel-config'. -o wide adds columns;
 -o json and -o yaml print the admin API's documents.`,
@@ -33,7 +33,10 @@ then name, shaped like 'istioctl ztunnel-config'. -o wide adds columns;
   kmeshctl get policies -o yaml
 
   # Live connections of this node's workloads
-  kmeshctl get connections`,
+  kmeshctl get connections
+
+  # Workload certificates and the accepted roots
+  kmeshctl get certs`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
@@ -42,6 +45,7 @@ then name, shaped like 'istioctl ztunnel-config'. -o wide adds columns;
 		newGetWorkloadsCommand(a),
 		newGetPoliciesCommand(a),
 		newGetConnectionsCommand(a),
+		newGetCertsCommand(a),
 	)
 	return cmd
 }

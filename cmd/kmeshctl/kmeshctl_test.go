@@ -54,6 +54,7 @@ func newFakeAdmin(t *testing.T) *fakeAdmin {
 	mux.HandleFunc("GET /config_dump", file("config_dump.json"))
 	mux.HandleFunc("GET /connections", file("connections.json"))
 	mux.HandleFunc("GET /maps", file("maps.txt"))
+	mux.HandleFunc("GET /certs", file("certs.json"))
 	mux.HandleFunc("GET /explain", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.queries = append(f.queries, r.URL.RawQuery)
@@ -172,6 +173,9 @@ func TestKmeshctl_OutputMatchesGolden(t *testing.T) {
 		{"connections.table", "get connections"},
 		{"connections.wide", "get connections -o wide"},
 		{"connections.json", "get connections -o json"},
+		{"certs.table", "get certs"},
+		{"certs.wide", "get certs -o wide"},
+		{"certs.json", "get certs -o json"},
 		{"status", "status"},
 		{"maps", "dump maps"},
 		{"explain.table", "explain client [fd00:96::10]:80"},

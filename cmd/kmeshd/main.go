@@ -50,7 +50,16 @@ removes it.`,
     --enroll-netns /var/run/netns/app
 
   # Take the mesh from istiod and enroll this node's pods from Kubernetes
-  kmeshd --node node-a --xds-address 127.0.0.1:15010 --kubeconfig ~/.kube/config`,
+  kmeshd --node node-a --xds-address 127.0.0.1:15010 --kubeconfig ~/.kube/config
+
+  # Workload certificates from a local CA shared by the nodes of the mesh
+  kmeshd --node node-a --config mesh.yaml --ca-cert ca-cert.pem --ca-key ca-key.pem
+
+  # Workload certificates from istiod's CA, impersonating this node's pods
+  kmeshd --node node-a --xds-address istiod.istio-system:15012 \
+    --xds-root-cert /var/run/secrets/istio/root-cert.pem \
+    --xds-token-file /var/run/secrets/tokens/istio-token \
+    --ca-address istiod.istio-system.svc:15012`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -96,6 +105,7 @@ removes it.`,
 	f.BoolVar(&cfg.Accelerate, "accelerate", false, "move data between enrolled sockets of this node socket to socket (sockops + sk_msg), skipping TCP/IP; receivers that read with splice(2) see no data, so off by default")
 	f.BoolVar(&cfg.Telemetry, "telemetry", true, "record every connection of enrolled workloads (istio_tcp_* metrics, access log, /connections)")
 	f.BoolVar(&cfg.AccessLog, "access-log", false, "write one access log line per closed connection (switch at run time: kmeshctl accesslog on|off)")
+	cfg.Identity.RegisterFlags(f)
 	f.StringVar(&cfg.AccessLogFile, "access-log-file", "", "file for the access log, JSON lines (default: standard output)")
 
 	cmd.AddCommand(newCleanupCommand())

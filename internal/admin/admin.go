@@ -59,6 +59,9 @@ type Controls struct {
 	AccessLog *atomic.Bool
 	// Enrollment puts network namespaces in the mesh and takes them out.
 	Enrollment Enrollment
+	// Certs lists the workload certificates and roots; nil when the mesh
+	// has no CA, and /certs answers 404 saying so.
+	Certs func() api.Certs
 }
 
 // Enrollment is how a CNI plugin or an operator enrolls a network
@@ -89,6 +92,7 @@ func newMux(h *handler) http.Handler {
 	mux.HandleFunc("GET /maps", h.maps)
 	mux.HandleFunc("GET /connections", h.connections)
 	mux.HandleFunc("GET /explain", h.explain)
+	mux.HandleFunc("GET /certs", h.certs)
 	if c.LogLevel != nil {
 		mux.HandleFunc("/logging", h.logging)
 	}
@@ -142,6 +146,7 @@ var endpoints = []struct{ path, help string }{
 	{"/config_dump", "the mesh as this kmeshd holds it (JSON)"},
 	{"/maps", "the BPF maps, one line per entry"},
 	{"/connections", "live connections of enrolled workloads (JSON)"},
+	{"/certs", "workload certificates (identity, serial, expiry) and accepted roots (JSON)"},
 	{"/logging", "log level; POST ?level=debug|info|warn|error on the admin socket changes it"},
 	{"/accesslog", "access log switch; POST ?enabled=true|false on the admin socket changes it"},
 	{"/enroll?netns=PATH", "POST, admin socket only: put a network namespace in the mesh (kept across restarts)"},
@@ -201,6 +206,22 @@ func (h *handler) connections(w http.ResponseWriter, r *http.Request) {
 		conns = []api.Connection{}
 	}
 	h.writeJSON(w, conns)
+}
+
+// certs lists the workload certificates and the accepted roots.
+func (h *handler) certs(w http.ResponseWriter, r *http.Request) {
+	if h.c.Certs == nil {
+		http.Error(w, "no CA configured: start kmeshd with --ca-cert and --ca-key, or --ca-address", http.StatusNotFound)
+		return
+	}
+	c := h.c.Certs()
+	if c.Certificates == nil {
+		c.Certificates = []api.Cert{}
+	}
+	if c.Roots == nil {
+		c.Roots = []api.Root{}
+	}
+	h.writeJSON(w, c)
 }
 
 // logging shows the log level (GET) or sets it (POST, PUT: ?level=).

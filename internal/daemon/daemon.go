@@ -24,6 +24,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/cgroupv2"
 	"github.com/kmesh-go/kmesh/internal/dataplane"
 	"github.com/kmesh-go/kmesh/internal/enroll"
+	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/metrics"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
@@ -54,6 +55,9 @@ type Config struct {
 	// Kube, when enabled (a kubeconfig, or running in a pod), enrolls this
 	// node's pods labelled for the mesh (see internal/source/kube).
 	Kube kube.Config
+	// Identity selects the CA of workload certificates: a local CA, istiod,
+	// or none (see internal/identity).
+	Identity identity.Config
 
 	// Accelerate moves data between enrolled sockets of this node socket
 	// to socket (sockops + sk_msg).
@@ -116,6 +120,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	certs, err := newCertSource(cfg, log)
+	if err != nil {
+		return err
+	}
 	var mesh *model.Mesh
 	if xsrc == nil {
 		if mesh, err = src.Load(); err != nil {
@@ -146,6 +154,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		static:        cfg.EnrollNetns,
 		maps:          &dp.KmeshMaps,
 		adminEnrolled: adminEnrolled,
+		certs:         certs,
 	}
 	if d.enrolling.admin, err = adminEnrolled.List(); err != nil {
 		return err
@@ -158,6 +167,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	kctx, stopKube := context.WithCancel(ctx)
 	defer stopKube()
 	d.startKube(kctx, ksrc)
+	d.runCerts(kctx)
 	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir), Authz: d.authzStats}, log.With("component", "metrics"))
 	d.kind = sourceFile
 	if xsrc != nil {
@@ -272,6 +282,8 @@ type daemon struct {
 	// telemetry reads it.
 	accessLog atomic.Bool
 	telemetry *telemetry.Telemetry
+	// certs holds this node's workload certificates; nil without a CA.
+	certs *identity.Cache
 
 	mu      sync.Mutex
 	mesh    *model.Mesh
@@ -289,6 +301,7 @@ func (d *daemon) apply(m *model.Mesh) error {
 	}
 	d.metrics.ConfigUpdate(d.kind, nil)
 	d.telemetry.SetMesh(m)
+	d.trackIdentities(m)
 	enrolled, enrollErr := d.enrollMesh(m)
 	d.mu.Lock()
 	d.mesh = m
@@ -330,6 +343,9 @@ const (
 // socket, in that order: all of them, or none.
 func (d *daemon) listen(cfg Config) (admin.Group, error) {
 	ctl := admin.Controls{LogLevel: cfg.LogLevel, AccessLog: &d.accessLog, Enrollment: d}
+	if d.certs != nil {
+		ctl.Certs = func() api.Certs { return certsDoc(d.certs) }
+	}
 	alog := d.log.With("component", "admin")
 	surfaces := []struct {
 		name, addr string

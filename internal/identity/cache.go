@@ -82,6 +82,15 @@ func (c *Cache) Roots() *x509.CertPool {
 	return c.roots.pool
 }
 
+// IssuerName says where certificates come from ("local CA <subject>",
+// "istiod <address>").
+func (c *Cache) IssuerName() string {
+	if s, ok := c.iss.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return fmt.Sprintf("%T", c.iss)
+}
+
 // RootCerts is the list behind Roots.
 func (c *Cache) RootCerts() []*x509.Certificate { return c.iss.RootCerts() }
 
