@@ -51,6 +51,13 @@ type Service struct {
 	// Endpoints are the workloads behind the service. Sources resolve
 	// selectors (file) or explicit memberships (xDS) into this list.
 	Endpoints []Endpoint
+
+	// Locality, when set, prefers endpoints close to the client (lb.go).
+	Locality *LocalityLB
+	// SessionAffinity, when set, keeps a client on its endpoint.
+	SessionAffinity *SessionAffinity
+	// OutlierDetection, when set, ejects endpoints whose connects fail.
+	OutlierDetection *OutlierDetection
 }
 
 // Key is the service's unique name in the mesh: namespace/name.
@@ -150,9 +157,12 @@ func (m *Mesh) Validate() error {
 		}
 		services[s.Key()] = true
 		switch s.LBMode {
-		case LBRandom, LBRoundRobin:
+		case LBRandom, LBRoundRobin, LBMaglev:
 		default:
 			return fmt.Errorf("service %s: unknown load balancing mode %q", s.Key(), s.LBMode)
+		}
+		if err := s.validateLB(); err != nil {
+			return err
 		}
 		if len(s.Addresses) == 0 {
 			return fmt.Errorf("service %s: no addresses", s.Key())

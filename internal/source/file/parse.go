@@ -184,7 +184,7 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 	s := &service{path: path}
 	s.Namespace = "default"
 	s.LBMode = model.LBRandom
-	f := p.fields(n, path, "name", "namespace", "addresses", "ports", "selector", "loadBalancing")
+	f := p.fields(n, path, "name", "namespace", "addresses", "ports", "selector", "loadBalancing", "sessionAffinity", "outlierDetection")
 	if f == nil {
 		return s
 	}
@@ -214,18 +214,13 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 		s.selector = p.stringMap(v, join(path, "selector"), false)
 	}
 	if v := f["loadBalancing"]; v != nil {
-		lb := p.fields(v, join(path, "loadBalancing"), "mode")
-		if v := lb["mode"]; v != nil {
-			if mode, ok := p.str(v, join(path, "loadBalancing.mode")); ok {
-				switch model.LBMode(mode) {
-				case model.LBRandom, model.LBRoundRobin:
-					s.LBMode = model.LBMode(mode)
-				default:
-					p.errorf(v, join(path, "loadBalancing.mode"), "unknown load balancing mode %q (want %s or %s)",
-						mode, model.LBRandom, model.LBRoundRobin)
-				}
-			}
-		}
+		p.loadBalancing(s, v, join(path, "loadBalancing"))
+	}
+	if v := f["sessionAffinity"]; v != nil {
+		p.sessionAffinity(s, v, join(path, "sessionAffinity"))
+	}
+	if v := f["outlierDetection"]; v != nil {
+		p.outlierDetection(s, v, join(path, "outlierDetection"))
 	}
 	return s
 }
@@ -303,7 +298,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	w.Namespace = "default"
 	w.ServiceAccount = "default"
 	w.Weight = 1
-	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight", "serviceAccount")
+	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight", "serviceAccount", "locality")
 	if f == nil {
 		return w
 	}
@@ -345,6 +340,9 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 		if sa, ok := p.subdomain(v, join(path, "serviceAccount")); ok {
 			w.ServiceAccount = sa
 		}
+	}
+	if v := f["locality"]; v != nil {
+		p.locality(w, v, join(path, "locality"))
 	}
 	return w
 }

@@ -214,7 +214,11 @@ func convertService(ps *workloadapi.Service) (*service, error) {
 		case workloadapi.LoadBalancing_PASSTHROUGH:
 			out.skip = "load balancing mode PASSTHROUGH: connections keep their destination"
 		case workloadapi.LoadBalancing_STRICT, workloadapi.LoadBalancing_FAILOVER:
-			out.note = fmt.Sprintf("service %s: locality load balancing (%s %v) is not supported yet; balancing at random over all endpoints", out.host, lb.GetMode(), lb.GetRoutingPreference())
+			loc, err := localityLB(lb)
+			if err != nil {
+				return nil, err
+			}
+			s.Locality = loc
 		case workloadapi.LoadBalancing_UNSPECIFIED_MODE:
 			if len(lb.GetRoutingPreference()) > 0 {
 				out.note = fmt.Sprintf("service %s: routing preference %v is not supported yet; balancing at random over all endpoints", out.host, lb.GetRoutingPreference())
@@ -232,6 +236,45 @@ func convertService(ps *workloadapi.Service) (*service, error) {
 		out.skip = "no ports"
 	}
 	out.s = s
+	return out, nil
+}
+
+// localityLB is the workload API's load_balancing as the model's: the
+// scopes in order, STRICT or FAILOVER (ztunnel's reading; an unspecified
+// mode balances over all endpoints, and never gets here).
+func localityLB(lb *workloadapi.LoadBalancing) (*model.LocalityLB, error) {
+	out := &model.LocalityLB{Mode: model.LocalityFailover}
+	if lb.GetMode() == workloadapi.LoadBalancing_STRICT {
+		out.Mode = model.LocalityStrict
+	}
+	seen := map[model.LocalityScope]bool{}
+	for _, sc := range lb.GetRoutingPreference() {
+		var m model.LocalityScope
+		switch sc {
+		case workloadapi.LoadBalancing_NETWORK:
+			m = model.ScopeNetwork
+		case workloadapi.LoadBalancing_REGION:
+			m = model.ScopeRegion
+		case workloadapi.LoadBalancing_ZONE:
+			m = model.ScopeZone
+		case workloadapi.LoadBalancing_SUBZONE:
+			m = model.ScopeSubzone
+		case workloadapi.LoadBalancing_NODE:
+			m = model.ScopeNode
+		case workloadapi.LoadBalancing_CLUSTER:
+			m = model.ScopeCluster
+		default:
+			return nil, fmt.Errorf("unknown routing preference scope %d", sc)
+		}
+		if seen[m] {
+			return nil, fmt.Errorf("routing preference scope %s is listed twice", m)
+		}
+		seen[m] = true
+		out.RoutingPreference = append(out.RoutingPreference, m)
+	}
+	if len(out.RoutingPreference) == 0 {
+		return nil, nil // nothing to prefer: every endpoint ranks the same
+	}
 	return out, nil
 }
 
