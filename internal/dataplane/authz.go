@@ -400,6 +400,9 @@ func (az *authzState) delLog(d *Dataplane, m Map, key any) {
 func (d *Dataplane) ApplyNetns(cookies map[uint64]string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.applyClients(cookies); err != nil {
+		return err
+	}
 	az := d.az
 	want := map[uint64]bpf.KmeshAuthzSelf{}
 	if az.workloads != nil {

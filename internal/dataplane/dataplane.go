@@ -36,6 +36,11 @@ type Dataplane struct {
 	backendIDs *idPool
 	stale      *staleEntries // left by a previous kmeshd; swept after the first Apply
 	az         *authzState   // authorization maps (authz.go)
+
+	// Locality and client classes (lb.go).
+	lbWorkloads map[string]*model.Workload // of the last applied mesh
+	lbClasses   map[classKey]uint16
+	lbClients   map[uint64]bpf.KmeshLbClient
 }
 
 type serviceState struct {
@@ -43,13 +48,15 @@ type serviceState struct {
 	value     bpf.KmeshServiceValue
 	endpoints [2][]weightedWorkload // as last applied, per family
 	slots     [2][]uint32           // backend ids of the live generation, per family
+	lb        *lbState              // locality tables, affinity and outlier entries (lb.go)
+	desired   *desiredService       // as last applied, to rewrite for a new client class
 }
 
 // unchanged reports whether ws would write the same slots: backend ids are
 // stable while their workload exists, so equal endpoint lists give equal
 // slot tables.
 func (s *serviceState) unchanged(ws *desiredService) bool {
-	return s != nil && s.value.LbMode == ws.lbMode &&
+	return s != nil && s.value.LbMode == ws.lbMode && lbUnchanged(s.lb, ws.lb) &&
 		slices.Equal(s.endpoints[0], ws.endpoints[0]) && slices.Equal(s.endpoints[1], ws.endpoints[1])
 }
 
@@ -71,6 +78,10 @@ func New(maps *Store, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
 		serviceIDs: newIDPool("service", limits.Services),
 		backendIDs: newIDPool("backend", 0),
 		az:         newAuthzState(limits),
+
+		lbWorkloads: map[string]*model.Workload{},
+		lbClasses:   map[classKey]uint16{},
+		lbClients:   map[uint64]bpf.KmeshLbClient{},
 	}
 	if err := d.scanAuthzStale(); err != nil {
 		return nil, err
@@ -94,7 +105,7 @@ func New(maps *Store, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
 
 // Apply makes the maps hold m. When m does not fit the maps it returns an
 // error naming the map and the flag that sizes it, and writes nothing.
-func (d *Dataplane) Apply(m *model.Mesh) error {
+func (d *Dataplane) Apply(m *model.Mesh) (err error) {
 	want, err := translate(m)
 	if err != nil {
 		return err
@@ -105,6 +116,13 @@ func (d *Dataplane) Apply(m *model.Mesh) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	prevWorkloads := d.lbWorkloads
+	d.lbWorkloads = want.workloads
+	defer func() {
+		if err != nil {
+			d.lbWorkloads = prevWorkloads
+		}
+	}()
 	if d.stale != nil {
 		d.adopt(want)
 	}
@@ -223,7 +241,19 @@ func (d *Dataplane) writeService(key string, cur *serviceState, ws *desiredServi
 			return fmt.Errorf("service %s: %w", key, err)
 		}
 	}
+	flags, lb, err := d.writeLB(cur.id, isNew, cur.lb, ws, next.Gen)
+	if err != nil {
+		for fam := range slots {
+			d.deleteSlots(cur.id, uint8(fam), next.Gen, len(slots[fam]))
+		}
+		if isNew {
+			d.serviceIDs.put(cur.id)
+		}
+		return fmt.Errorf("service %s: %w", key, err)
+	}
+	next.Flags = flags
 	if err := d.maps.KmService.Put(cur.id, next); err != nil {
+		d.deleteLBGen(cur.id, lb)
 		for fam := range slots {
 			d.deleteSlots(cur.id, uint8(fam), next.Gen, len(slots[fam]))
 		}
@@ -237,7 +267,8 @@ func (d *Dataplane) writeService(key string, cur *serviceState, ws *desiredServi
 			d.deleteSlots(cur.id, uint8(fam), cur.value.Gen, len(cur.slots[fam]))
 		}
 	}
-	cur.value, cur.slots, cur.endpoints = next, slots, ws.endpoints
+	d.afterFlipLB(cur.id, cur.lb, lb)
+	cur.value, cur.slots, cur.endpoints, cur.lb, cur.desired = next, slots, ws.endpoints, lb, ws
 	d.services[key] = cur
 	return nil
 }
@@ -297,6 +328,7 @@ func (d *Dataplane) removeServices(want *desired) error {
 		for fam := range cur.slots {
 			d.deleteSlots(cur.id, uint8(fam), cur.value.Gen, len(cur.slots[fam]))
 		}
+		d.removeLB(cur.id, cur.lb)
 		d.serviceIDs.put(cur.id)
 		delete(d.services, key)
 	}

@@ -12,10 +12,12 @@ type desired struct {
 	backends  map[string]bpf.KmeshBackendValue // by workload key
 	services  map[string]*desiredService       // by service key
 	frontends map[bpf.KmeshFrontendKey]desiredFrontend
+	workloads map[string]*model.Workload // by key: localities for the priorities
 }
 
 type desiredService struct {
 	lbMode uint8
+	lb     *lbSpec // locality, affinity, outlier detection (lb.go)
 	// endpoints per family: the workloads that have an address of it.
 	endpoints [2][]weightedWorkload
 }
@@ -33,6 +35,7 @@ type desiredFrontend struct {
 var lbModes = map[model.LBMode]uint8{
 	model.LBRandom:     uint8(bpf.KmeshKmLbModeKM_LB_RANDOM),
 	model.LBRoundRobin: uint8(bpf.KmeshKmLbModeKM_LB_ROUND_ROBIN),
+	model.LBMaglev:     uint8(bpf.KmeshKmLbModeKM_LB_MAGLEV),
 }
 
 func translate(m *model.Mesh) (*desired, error) {
@@ -44,6 +47,7 @@ func translate(m *model.Mesh) (*desired, error) {
 		backends:  map[string]bpf.KmeshBackendValue{},
 		services:  make(map[string]*desiredService, len(m.Services)),
 		frontends: map[bpf.KmeshFrontendKey]desiredFrontend{},
+		workloads: workloads,
 	}
 	for i := range m.Services {
 		s := &m.Services[i]
@@ -70,6 +74,7 @@ func translate(m *model.Mesh) (*desired, error) {
 				ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6] = append(ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6], ww)
 			}
 		}
+		translateLB(s, ds)
 		d.services[s.Key()] = ds
 		for _, a := range s.Addresses {
 			for _, p := range s.Ports {

@@ -50,9 +50,21 @@ func NewFakeStore(limits bpf.Limits) *FakeStore {
 		KmAuthzAddr:  m(bpf.KmeshMapKmAuthzAddr, limits.WorkloadAddresses, false),
 		KmAuthzNetns: m(bpf.KmeshMapKmAuthzNetns, limits.Workloads, false),
 		KmAuthzStats: m(bpf.KmeshMapKmAuthzStats, limits.Policies+1, true),
+		KmLbPrio:     m(bpf.KmeshMapKmLbPrio, limits.Services*4, false),
+		KmLbClient:   m(bpf.KmeshMapKmLbClient, limits.Workloads, false),
+		KmLbConf:     m(bpf.KmeshMapKmLbConf, limits.Services, false),
+		KmLbBackend:  m(bpf.KmeshMapKmLbBackend, limits.Endpoints, false),
+		KmLbEject:    m(bpf.KmeshMapKmLbEject, limits.Services+1, true),
 	}
+	f.Store.KmMaglev = fakeMaglev{m(bpf.KmeshMapKmMaglev, (limits.Services+1)*2, false)}
 	return f
 }
+
+// fakeMaglev keeps each table as one value.
+type fakeMaglev struct{ m *fakeMap }
+
+func (f fakeMaglev) Put(index uint32, table []uint32) error { return f.m.Put(index, table) }
+func (f fakeMaglev) Delete(index uint32) error                { return f.m.Delete(index) }
 
 // Fail makes every Put and Delete call fn first (op is "put" or
 // "delete"); a non-nil error fails the call and writes nothing. nil

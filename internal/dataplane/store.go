@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"fmt"
+
 	"github.com/cilium/ebpf"
 
 	"github.com/kmesh-go/kmesh/internal/bpf"
@@ -34,7 +36,44 @@ type Store struct {
 	KmAuthzList, KmAuthzGlob, KmAuthzAddr, KmAuthzNetns Map
 	// KmAuthzStats is per CPU: values are []bpf.KmeshAuthzStat.
 	KmAuthzStats Map
+
+	// Locality, affinity and health (lb.go).
+	KmLbPrio, KmLbClient, KmLbConf, KmLbBackend, KmLbEject Map
+	// KmMaglev holds whole tables: an inner map per service and family.
+	KmMaglev MaglevTables
 }
+
+// MaglevTables replaces and removes Maglev lookup tables (km_maglev).
+type MaglevTables interface {
+	// Put makes table the one at index, replacing any other whole.
+	Put(index uint32, table []uint32) error
+	Delete(index uint32) error
+}
+
+// maglevMap writes tables as inner maps of the real km_maglev.
+type maglevMap struct{ outer *ebpf.Map }
+
+func (m maglevMap) Put(index uint32, table []uint32) error {
+	inner, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: uint32(len(table))})
+	if err != nil {
+		return fmt.Errorf("create maglev table: %w", err)
+	}
+	defer inner.Close() // the outer map keeps it
+	keys := make([]uint32, len(table))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+		for i, v := range table {
+			if err := inner.Put(uint32(i), v); err != nil {
+				return fmt.Errorf("fill maglev table: %w", err)
+			}
+		}
+	}
+	return m.outer.Put(index, inner)
+}
+
+func (m maglevMap) Delete(index uint32) error { return m.outer.Delete(index) }
 
 type bpfMap struct{ *ebpf.Map }
 
@@ -50,5 +89,8 @@ func MapStore(maps *bpf.KmeshMaps) *Store {
 		KmAuthzList: bpfMap{maps.KmAuthzList}, KmAuthzGlob: bpfMap{maps.KmAuthzGlob},
 		KmAuthzAddr: bpfMap{maps.KmAuthzAddr}, KmAuthzNetns: bpfMap{maps.KmAuthzNetns},
 		KmAuthzStats: bpfMap{maps.KmAuthzStats},
+		KmLbPrio: bpfMap{maps.KmLbPrio}, KmLbClient: bpfMap{maps.KmLbClient}, KmLbConf: bpfMap{maps.KmLbConf},
+		KmLbBackend: bpfMap{maps.KmLbBackend}, KmLbEject: bpfMap{maps.KmLbEject},
+		KmMaglev: maglevMap{maps.KmMaglev},
 	}
 }
