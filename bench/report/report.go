@@ -140,7 +140,9 @@ type Goal struct {
 	Goal     string `json:"goal"`
 	Target   string `json:"target"`
 	Measured string `json:"measured"`
-	// Met is "yes", "no", or "n/a" when the run could not measure it.
+	// Met is "yes", "no", "noise" when the rounds straddle the target or
+	// the effect is below zero (neither met nor missed), or "n/a" when the
+	// run could not measure it.
 	Met  string `json:"met"`
 	Note string `json:"note,omitempty"`
 }

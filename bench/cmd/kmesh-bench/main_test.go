@@ -86,3 +86,61 @@ func TestGoals(t *testing.T) {
 		t.Errorf("accel goal note %q", g.Note)
 	}
 }
+
+// TestGoals_NoiseIsNotMet: rounds on both sides of a target, or kmesh
+// "faster" than direct, are noise, whatever the median says.
+func TestGoals_NoiseIsNotMet(t *testing.T) {
+	lat := func(direct, kmesh, proxy []float64) *report.Results {
+		var samples []report.Sample
+		for i := range direct {
+			for _, m := range []struct {
+				mode string
+				p50  float64
+			}{{modeDirect, direct[i]}, {modeKmesh, kmesh[i]}, {modeHAProxy, proxy[i]}} {
+				samples = append(samples, report.Sample{Round: i + 1, Mode: m.mode, Topology: topoSame, Test: "lat-c16",
+					P50: m.p50, P90: m.p50, P99: m.p50, QPS: 1000})
+			}
+		}
+		return &report.Results{Summary: report.Summarize(samples, modeDirect)}
+	}
+	const (
+		little = "kmesh adds little to direct at p50, 1000 qps, 16 conns, same-node"
+		tenX   = "kmesh adds 10× less than the proxy hop at p50, 1000 qps, 16 conns, same-node"
+	)
+	for _, tc := range []struct {
+		name                 string
+		direct, kmesh, proxy []float64
+		want                 map[string]string
+	}{
+		{"clear", []float64{100, 100, 100}, []float64{102, 102, 102}, []float64{200, 200, 200},
+			map[string]string{little: "yes", tenX: "yes"}},
+		{"clearly missed", []float64{100, 100, 100}, []float64{150, 150, 150}, []float64{200, 200, 200},
+			map[string]string{little: "no", tenX: "no"}},
+		// Median +2%, but one round at +20%: the rounds straddle 5%.
+		// and kmesh's +1…+20 µs against the proxy's +150 µs: 7.5× to 150×.
+		{"straddles", []float64{100, 100, 100}, []float64{102, 101, 120}, []float64{250, 250, 250},
+			map[string]string{little: "noise", tenX: "noise"}},
+		// kmesh below direct in every round: met by the median, but noise.
+		{"negative", []float64{100, 100, 100}, []float64{90, 95, 97}, []float64{300, 300, 300},
+			map[string]string{little: "noise", tenX: "noise"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := map[string]report.Goal{}
+			for _, g := range goals(lat(tc.direct, tc.kmesh, tc.proxy)) {
+				got[g.Goal] = g
+			}
+			for goal, want := range tc.want {
+				g, ok := got[goal]
+				if !ok {
+					t.Fatalf("goal %q missing", goal)
+				}
+				if g.Met != want {
+					t.Errorf("goal %q: met %q (%s; %s), want %q", goal, g.Met, g.Measured, g.Note, want)
+				}
+				if want == "noise" && g.Note == "" {
+					t.Errorf("goal %q is noise without a note saying why", goal)
+				}
+			}
+		})
+	}
+}
