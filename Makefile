@@ -46,7 +46,8 @@ test-e2e:
 	$(GO) test -race -count=1 -tags e2e -timeout 20m -skip '^TestIstio' ./test/e2e/...
 
 ## tools: etcd + kube-apiserver (one binary), istiod's pilot-discovery and Istio's CRDs, into
-## TOOLS_BIN; about 10 minutes cold on 2 cores, seconds when nothing changed (docs/istio.md)
+## TOOLS_BIN; about 10 minutes cold on 2 idle cores (15 on a busy machine), seconds when nothing
+## changed (docs/istio.md)
 tools:
 	@mkdir -p $(TOOLS_BIN)
 	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kube-control-plane istio.io/istio/pilot/cmd/pilot-discovery
@@ -88,7 +89,8 @@ deps-net:
 ## direct vs kmesh vs iptables vs HAProxy with fortio, control plane at 10,000 services /
 ## 100,000 endpoints; writes bench/results/<time>/ and README's Benchmarks section. Installs
 ## iptables and haproxy (apt) and fortio v1.66.5 (newer releases do not build here) into bin/.
-## Then the Go benchmarks of the config-to-maps path.
+## Then the Go benchmarks of the config-to-maps path, and the figures of kmeshd restarts under
+## traffic (rates, each window without a ready kmeshd) from the e2e test that proves none fails.
 bench: deps-net
 	@command -v iptables >/dev/null && command -v haproxy >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables haproxy; }
@@ -96,6 +98,9 @@ bench: deps-net
 	$(GO) build -o $(BIN)/kmesh-bench ./bench/cmd/kmesh-bench
 	$(BIN)/kmesh-bench -fortio $(BIN)/fortio -readme README.md $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/dataplane/
+	KMESH_RESTART_REPORT=$(abspath $(BIN))/restart-under-traffic.txt \
+	$(GO) test -count=1 -tags e2e -run '^TestRestartAndUpgradeUnderTraffic$$' ./test/e2e/
+	@cat $(BIN)/restart-under-traffic.txt
 
 clean:
 	rm -rf $(BIN) bpf/include/vmlinux.h
