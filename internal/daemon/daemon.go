@@ -93,6 +93,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.Node == "" {
 		return errors.New("--node is required")
 	}
+	// One source owns the mesh. A file that would be read and then ignored
+	// (and "reloaded" on SIGHUP to no effect) misleads whoever wrote it.
+	if cfg.ConfigFile != "" && cfg.XDS.Address != "" {
+		return fmt.Errorf("--config %s and --xds-address %s both set: the mesh comes from one source; drop --config to use xDS, or --xds-address to use the file", cfg.ConfigFile, cfg.XDS.Address)
+	}
 	if cfg.BPFDir == "" {
 		cfg.BPFDir = DefaultBPFDir(cfg.Node)
 	}
@@ -230,6 +235,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		for {
 			select {
 			case <-hup:
+				if xsrc != nil {
+					log.Info("SIGHUP ignored: the mesh comes from xDS, which pushes every change", "source", d.source)
+					continue
+				}
 				log.Info("SIGHUP: reloading config")
 				src.Reload()
 			case <-ctx.Done():
