@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		adminEnrolled: adminEnrolled,
 		certs:         certs,
 	}
-	if d.enrolling.admin, err = adminEnrolled.List(); err != nil {
+	if err := d.loadAdminEnrolled(); err != nil {
 		return err
 	}
 	if stats, err := metrics.EnableProgramStats(); err != nil {

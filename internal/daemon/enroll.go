@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"sync"
 
@@ -31,46 +32,105 @@ type enrollment struct {
 	kube      []string
 	kubeOn    bool
 	kubeSet   bool
-	// admin are the namespaces enrolled through the admin API, as kept in
-	// the pinned km_enrolled.
-	admin []string
+	// admin are the namespaces enrolled through the admin API, by cookie
+	// (with the path they were enrolled by), as kept in the pinned
+	// km_enrolled_v2.
+	admin map[uint64]string
 }
 
 // Enroll puts a network namespace in the mesh through the admin API
 // (kmeshctl enroll), whatever the config source; it stays enrolled across
-// kmeshd restarts until Unenroll or kmeshd cleanup.
+// kmeshd restarts until Unenroll or kmeshd cleanup. The namespace is kept
+// by its cookie, so another spelling of the path, or another path to the
+// same namespace, is the same enrollment, and a path that later names
+// another namespace (a reused PID) does not carry the enrollment to it.
+// kmeshd's own namespace is refused: every host process would join.
 func (d *daemon) Enroll(path string) error {
-	if err := checkNetns([]string{path}); err != nil {
-		return err
-	}
-	if _, err := enroll.Cookie(path); err != nil {
+	path = filepath.Clean(path)
+	cookie, err := enroll.Check(path)
+	if err != nil {
 		return err
 	}
 	d.enrolling.mu.Lock()
 	defer d.enrolling.mu.Unlock()
-	if err := d.adminEnrolled.Add(path); err != nil {
+	if err := d.adminEnrolled.Add(cookie, path); err != nil {
 		return err
 	}
-	if !slices.Contains(d.enrolling.admin, path) {
-		d.enrolling.admin = append(d.enrolling.admin, path)
-	}
-	_, err := d.syncEnrollment()
-	d.log.Info("enrolled through the admin API", "netns", path)
+	d.enrolling.admin[cookie] = path
+	_, err = d.syncEnrollment()
+	d.log.Info("enrolled through the admin API", "netns", path, "cookie", cookie)
 	return err
 }
 
 // Unenroll takes a namespace the admin API enrolled out of the mesh (other
-// sources may still enroll it).
+// sources may still enroll it): the namespace path names now, and any
+// enrollment made by that path whose namespace it no longer names.
 func (d *daemon) Unenroll(path string) error {
+	path = filepath.Clean(path)
 	d.enrolling.mu.Lock()
 	defer d.enrolling.mu.Unlock()
-	if err := d.adminEnrolled.Remove(path); err != nil {
+	gone := map[uint64]bool{}
+	if c, err := enroll.Cookie(path); err == nil {
+		gone[c] = true
+	}
+	for c, p := range d.enrolling.admin {
+		if p == path {
+			gone[c] = true
+		}
+	}
+	for c := range gone {
+		if err := d.adminEnrolled.Remove(c); err != nil {
+			return err
+		}
+		delete(d.enrolling.admin, c)
+	}
+	_, err := d.syncEnrollment()
+	d.log.Info("unenrolled through the admin API", "netns", path, "enrollments", len(gone))
+	return err
+}
+
+// loadAdminEnrolled reads the admin API's enrollments a previous instance
+// kept. Each must still be reachable by the path it was enrolled by, as the
+// same namespace: one whose path is gone or names another namespace now
+// (its PID was reused) is dropped, never carried to the newcomer. Entries
+// of the earlier path-keyed km_enrolled are carried over once.
+func (d *daemon) loadAdminEnrolled() error {
+	kept, err := d.adminEnrolled.List()
+	if err != nil {
 		return err
 	}
-	d.enrolling.admin = slices.DeleteFunc(d.enrolling.admin, func(p string) bool { return p == path })
-	_, err := d.syncEnrollment()
-	d.log.Info("unenrolled through the admin API", "netns", path)
-	return err
+	d.enrolling.admin = map[uint64]string{}
+	for c, p := range kept {
+		now, err := enroll.Cookie(p)
+		if err == nil && now == c {
+			d.enrolling.admin[c] = p
+			continue
+		}
+		d.log.Warn("admin enrollment dropped: its path no longer names the namespace enrolled", "netns", p, "cookie", c, "err", err)
+		if err := d.adminEnrolled.Remove(c); err != nil {
+			return err
+		}
+	}
+	legacy, err := d.adminEnrolled.Legacy()
+	if err != nil {
+		return err
+	}
+	for _, p := range legacy {
+		p = filepath.Clean(p)
+		c, err := enroll.Check(p)
+		if err != nil {
+			d.log.Warn("admin enrollment of an earlier kmeshd dropped", "netns", p, "err", err)
+			continue
+		}
+		if err := d.adminEnrolled.Add(c, p); err != nil {
+			return err
+		}
+		d.enrolling.admin[c] = p
+	}
+	if legacy != nil {
+		return d.adminEnrolled.DropLegacy()
+	}
+	return nil
 }
 
 // newKubeSource returns the Kubernetes enrollment source of cfg, or nil
@@ -135,10 +195,10 @@ func (d *daemon) syncEnrollment() (int, error) {
 	if !e.meshSet || (e.kubeOn && !e.kubeSet) {
 		return 0, nil
 	}
-	union := slices.Concat(d.static, e.mesh, e.kube, e.admin)
+	union := slices.Concat(d.static, e.mesh, e.kube)
 	slices.Sort(union)
 	union = slices.Compact(union)
-	err := d.enroller.Sync(union)
+	err := d.enroller.Sync(union, e.admin)
 	// Namespaces enrolled only by --enroll-netns or Kubernetes name no
 	// workload here; the destination side checks their connections.
 	cookies := map[uint64]string{}
@@ -147,5 +207,5 @@ func (d *daemon) syncEnrollment() (int, error) {
 			cookies[c] = w
 		}
 	}
-	return len(union), errors.Join(err, d.writer.ApplyNetns(cookies))
+	return len(d.enroller.Cookies()), errors.Join(err, d.writer.ApplyNetns(cookies))
 }

@@ -4,10 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 
+	"github.com/kmesh-go/kmesh/internal/enroll"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/xds"
 )
@@ -94,10 +93,7 @@ func (x *xdsSource) applied(apply func(*model.Mesh) error, err error) {
 // stops the daemon rather than leaving a workload out of the mesh.
 func checkNetns(paths []string) error {
 	for _, p := range paths {
-		if !filepath.IsAbs(p) {
-			return fmt.Errorf("--enroll-netns %s: not an absolute path", p)
-		}
-		if _, err := os.Stat(p); err != nil {
+		if _, err := enroll.Cookie(p); err != nil {
 			return fmt.Errorf("--enroll-netns: %w", err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sort"
 	"sync"
@@ -21,14 +22,19 @@ import (
 // Cookie returns the kernel's cookie of the network namespace at path (a
 // netns file such as /var/run/netns/NAME or /proc/PID/ns/net): the value
 // bpf_get_netns_cookie() returns for its sockets. A socket opened inside the
-// namespace reads it with SO_NETNS_COOKIE.
+// namespace reads it with SO_NETNS_COOKIE. A path that is not a network
+// namespace fails with ErrNotNetns, without blocking (see openNetns).
 func Cookie(path string) (uint64, error) {
-	target, err := netns.GetFromPath(path)
+	target, err := openNetns(path)
 	if err != nil {
-		return 0, fmt.Errorf("netns %s: %w", path, err)
+		return 0, err
 	}
 	defer target.Close()
+	return cookieOf(path, target)
+}
 
+// cookieOf reads the cookie of the namespace open as target.
+func cookieOf(path string, target *os.File) (uint64, error) {
 	// The namespace switch applies to this OS thread only. If switching
 	// back fails the thread stays locked, and Go discards it on return.
 	runtime.LockOSThread()
@@ -38,7 +44,7 @@ func Cookie(path string) (uint64, error) {
 		return 0, fmt.Errorf("netns of this thread: %w", err)
 	}
 	defer orig.Close()
-	if err := netns.Set(target); err != nil {
+	if err := netns.Set(netns.NsHandle(target.Fd())); err != nil {
 		runtime.UnlockOSThread()
 		return 0, fmt.Errorf("netns %s: enter: %w", path, err)
 	}
@@ -77,14 +83,20 @@ func New(m *ebpf.Map, log *slog.Logger) *Enroller {
 	return &Enroller{m: m, log: log, enrolled: map[uint64]string{}}
 }
 
-// Sync enrolls every namespace in paths and un-enrolls every other one,
-// including those a previous kmeshd left in the map. Cookies are read anew
-// each time, since a path may now name a new namespace. A namespace that
-// cannot be read is reported and skipped; the others still apply.
-func (e *Enroller) Sync(paths []string) error {
+// Sync enrolls every namespace in paths and in pinned, and un-enrolls every
+// other one, including those a previous kmeshd left in the map. Cookies of
+// paths are read anew each time, since a path may now name a new
+// namespace; pinned are namespaces already known by cookie (a cookie is
+// never reused while the kernel runs), with the path they were named by. A
+// namespace that cannot be read is reported and skipped; the others still
+// apply.
+func (e *Enroller) Sync(paths []string, pinned map[uint64]string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	want := map[uint64]string{}
+	want := make(map[uint64]string, len(paths)+len(pinned))
+	for c, p := range pinned {
+		want[c] = p
+	}
 	var errs []error
 	for _, p := range paths {
 		c, err := Cookie(p)
