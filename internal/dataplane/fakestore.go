@@ -64,7 +64,7 @@ func NewFakeStore(limits bpf.Limits) *FakeStore {
 type fakeMaglev struct{ m *fakeMap }
 
 func (f fakeMaglev) Put(index uint32, table []uint32) error { return f.m.Put(index, table) }
-func (f fakeMaglev) Delete(index uint32) error                { return f.m.Delete(index) }
+func (f fakeMaglev) Delete(index uint32) error              { return f.m.Delete(index) }
 
 // Fail makes every Put and Delete call fn first (op is "put" or
 // "delete"); a non-nil error fails the call and writes nothing. nil

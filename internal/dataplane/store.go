@@ -89,7 +89,7 @@ func MapStore(maps *bpf.KmeshMaps) *Store {
 		KmAuthzList: bpfMap{maps.KmAuthzList}, KmAuthzGlob: bpfMap{maps.KmAuthzGlob},
 		KmAuthzAddr: bpfMap{maps.KmAuthzAddr}, KmAuthzNetns: bpfMap{maps.KmAuthzNetns},
 		KmAuthzStats: bpfMap{maps.KmAuthzStats},
-		KmLbPrio: bpfMap{maps.KmLbPrio}, KmLbClient: bpfMap{maps.KmLbClient}, KmLbConf: bpfMap{maps.KmLbConf},
+		KmLbPrio:     bpfMap{maps.KmLbPrio}, KmLbClient: bpfMap{maps.KmLbClient}, KmLbConf: bpfMap{maps.KmLbConf},
 		KmLbBackend: bpfMap{maps.KmLbBackend}, KmLbEject: bpfMap{maps.KmLbEject},
 		KmMaglev: maglevMap{maps.KmMaglev},
 	}
