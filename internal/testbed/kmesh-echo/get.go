@@ -62,6 +62,10 @@ func get(args []string) error {
 		Timeout: *timeout,
 		Transport: &http.Transport{
 			DisableKeepAlives: !*keepalive,
+			// Requests are sequential; without this cap the transport may dial a
+			// second connection when the next request starts before the first
+			// connection is back in the idle pool (seen on a loaded machine).
+			MaxConnsPerHost: 1,
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				dial := dialer.DialContext
 				if *v4Mapped {
