@@ -304,6 +304,9 @@ type daemon struct {
 // apply writes a new mesh into the maps and enrolls this node's workloads.
 // On error the maps keep the previous mesh (see dataplane.Apply).
 func (d *daemon) apply(m *model.Mesh) error {
+	// Services with a waypoint are balanced over its instances; the maps,
+	// the dump and explain all see that mesh.
+	m = model.WithWaypointRedirect(m)
 	if err := d.writer.Apply(m); err != nil {
 		d.metrics.ConfigUpdate(d.kind, err)
 		return fmt.Errorf("apply config: %w", err)

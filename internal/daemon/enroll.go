@@ -177,7 +177,8 @@ func (d *daemon) enrollMesh(m *model.Mesh) (int, error) {
 	var local []string
 	workloads := map[string]string{}
 	for _, w := range m.Workloads {
-		if w.Node == d.node && w.Netns != "" {
+		// A waypoint speaks for itself: kmeshd never captures its traffic.
+		if w.Node == d.node && w.Netns != "" && !w.IsWaypoint() {
 			local = append(local, w.Netns)
 			workloads[w.Netns] = w.Key()
 		}

@@ -39,6 +39,13 @@ type Mesh struct {
 	// enforced by the data plane at connect and on incoming SYNs (see
 	// internal/authz for their meaning).
 	Policies []Policy
+
+	// The L7 objects below are read by kmesh-waypoint (see l7.go);
+	// kmeshd uses Gateways only to find a service's waypoint.
+	Gateways         []Gateway
+	Routes           []Route
+	VirtualServices  []VirtualService
+	WaypointPolicies []L7Policy
 }
 
 // Service is a set of addresses and ports that balance over endpoints.
@@ -48,6 +55,9 @@ type Service struct {
 	Addresses []netip.Addr
 	Ports     []ServicePort
 	LBMode    LBMode
+	// Labels of the service; istio.io/use-waypoint sends its traffic
+	// through a waypoint (see [Service.UsesWaypoint]).
+	Labels map[string]string
 	// Endpoints are the workloads behind the service. Sources resolve
 	// selectors (file) or explicit memberships (xDS) into this list.
 	Endpoints []Endpoint
@@ -68,6 +78,9 @@ type ServicePort struct {
 	Port       uint16
 	TargetPort uint16
 	Protocol   Protocol
+	// AppProtocol is Kubernetes' appProtocol (http, http2, grpc, tcp, ...);
+	// empty lets a waypoint detect the protocol.
+	AppProtocol string
 }
 
 // Endpoint is one workload serving a service.
@@ -196,7 +209,10 @@ func (m *Mesh) Validate() error {
 			}
 		}
 	}
-	return m.validatePolicies()
+	if err := m.validatePolicies(); err != nil {
+		return err
+	}
+	return m.validateL7()
 }
 
 // Workload returns the workload with the given key, or nil.

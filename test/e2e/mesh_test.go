@@ -32,6 +32,10 @@ type result struct {
 	Conn      int    `json:"conn"`
 	Error     string `json:"error"`
 	At        int64  `json:"at"` // Unix nanoseconds
+	Status    int    `json:"status"`
+	Path      string `json:"path"`
+	Millis    int64  `json:"ms"`
+	Body      string `json:"body"`
 }
 
 var (

@@ -29,6 +29,9 @@ type policy struct {
 	path     string
 	nameNode *yaml.Node        // nil if the name is missing or invalid
 	selector map[string]string // matchLabels; empty: namespace or global scope
+	// waypoint is set for a policy with targetRefs: it applies in a
+	// waypoint, not in the kernel.
+	waypoint *model.L7Policy
 }
 
 // authorizationPolicy parses one Istio AuthorizationPolicy object as
@@ -108,10 +111,9 @@ func (p *parser) policySpec(pol *policy, n *yaml.Node, path string) {
 	if f == nil {
 		return
 	}
-	for _, k := range []string{"targetRef", "targetRefs"} {
-		if v := f[k]; v != nil {
-			p.errorf(v, join(path, k), "policies for a waypoint or gateway are not supported: select workloads with spec.selector")
-		}
+	if f["targetRef"] != nil || f["targetRefs"] != nil {
+		p.waypointPolicy(pol, f, path)
+		return
 	}
 	if v := f["provider"]; v != nil {
 		p.errorf(v, join(path, "provider"), "CUSTOM (external authorization) policies are not supported")

@@ -192,12 +192,19 @@ var badPolicyFiles = []struct {
   metadata: {name: a}
   spec: {action: CUSTOM, provider: {name: ext}}
 `, "mesh.yaml:17: authorizationPolicies[0].spec.action: CUSTOM (external authorization) is not supported"},
-	{"target refs", `- apiVersion: security.istio.io/v1
+	{"target refs with a selector", `- apiVersion: security.istio.io/v1
   kind: AuthorizationPolicy
   metadata: {name: a}
   spec:
+    selector: {matchLabels: {app: x}}
     targetRefs: [{kind: Gateway, name: waypoint}]
-`, "mesh.yaml:18: authorizationPolicies[0].spec.targetRefs: policies for a waypoint or gateway are not supported"},
+`, "mesh.yaml:18: authorizationPolicies[0].spec.selector: cannot be set with targetRefs"},
+	{"target ref of another kind", `- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: a}
+  spec:
+    targetRefs: [{kind: Pod, name: waypoint}]
+`, `mesh.yaml:18: authorizationPolicies[0].spec.targetRefs[0].kind: "Pod": only Service and Gateway are supported`},
 	{"unknown source field", `- apiVersion: security.istio.io/v1
   kind: AuthorizationPolicy
   metadata: {name: a}

@@ -127,6 +127,8 @@ type service struct {
 	addrNodes []*yaml.Node // one per Addresses entry
 	addrPaths []string     // one per Addresses entry
 	selector  map[string]string
+	// labelsNode is where the labels are, for the waypoint check.
+	labelsNode *yaml.Node
 }
 
 // workload is a parsed workload with the node that cross-checks point at.
@@ -138,10 +140,28 @@ type workload struct {
 
 // mesh walks the root mapping into m, recording every problem in p.
 func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
-	f := p.fields(root, "", "services", "workloads", "authorizationPolicies")
+	f := p.fields(root, "", "services", "workloads", "authorizationPolicies", "gateways", "httpRoutes", "grpcRoutes",
+		"virtualServices")
 	var services []*service
 	var workloads []*workload
 	var policies []*policy
+	var gateways []*gateway
+	var routes []*route
+	var vss []*virtualService
+	if n := f["gateways"]; n != nil {
+		p.list(n, "gateways", func(item *yaml.Node, path string) { gateways = append(gateways, p.gateway(item, path)) })
+	}
+	for _, k := range []struct {
+		key  string
+		kind model.RouteKind
+	}{{"httpRoutes", model.KindHTTPRoute}, {"grpcRoutes", model.KindGRPCRoute}} {
+		if n := f[k.key]; n != nil {
+			p.list(n, k.key, func(item *yaml.Node, path string) { routes = append(routes, p.route(item, path, k.kind)) })
+		}
+	}
+	if n := f["virtualServices"]; n != nil {
+		p.list(n, "virtualServices", func(item *yaml.Node, path string) { vss = append(vss, p.virtualService(item, path)) })
+	}
 	if n := f["services"]; n != nil {
 		p.list(n, "services", func(item *yaml.Node, path string) {
 			services = append(services, p.service(item, path))
@@ -160,8 +180,18 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 	p.checkWorkloads(workloads)
 	p.checkServices(services)
 	p.checkPolicies(policies)
+	p.checkL7(gateways, routes, vss, services)
 	if len(p.errs) > 0 {
 		return
+	}
+	for _, g := range gateways {
+		m.Gateways = append(m.Gateways, g.Gateway)
+	}
+	for _, r := range routes {
+		m.Routes = append(m.Routes, r.Route)
+	}
+	for _, vs := range vss {
+		m.VirtualServices = append(m.VirtualServices, vs.VirtualService)
 	}
 	for _, w := range workloads {
 		m.Workloads = append(m.Workloads, w.Workload)
@@ -169,6 +199,10 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 	labels := model.NewLabelIndex(m.Workloads)
 	selectPolicies(policies, m.Workloads, labels)
 	for _, pol := range policies {
+		if pol.waypoint != nil {
+			m.WaypointPolicies = append(m.WaypointPolicies, *pol.waypoint)
+			continue
+		}
 		m.Policies = append(m.Policies, pol.Policy)
 	}
 	for _, s := range services {
@@ -184,7 +218,7 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 	s := &service{path: path}
 	s.Namespace = "default"
 	s.LBMode = model.LBRandom
-	f := p.fields(n, path, "name", "namespace", "addresses", "ports", "selector", "loadBalancing", "sessionAffinity", "outlierDetection")
+	f := p.fields(n, path, "name", "namespace", "addresses", "ports", "selector", "loadBalancing", "sessionAffinity", "outlierDetection", "labels")
 	if f == nil {
 		return s
 	}
@@ -212,6 +246,10 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 	}
 	if v := f["selector"]; v != nil {
 		s.selector = p.stringMap(v, join(path, "selector"), false)
+	}
+	if v := f["labels"]; v != nil {
+		s.Labels = p.stringMap(v, join(path, "labels"), true)
+		s.labelsNode = v
 	}
 	if v := f["loadBalancing"]; v != nil {
 		p.loadBalancing(s, v, join(path, "loadBalancing"))
@@ -254,7 +292,7 @@ func (p *parser) ports(s *service, n *yaml.Node, path string) {
 	}
 	lines := map[uint16]int{} // port -> line, to report a port given twice
 	p.list(n, path, func(item *yaml.Node, path string) {
-		f := p.fields(item, path, "port", "targetPort", "protocol")
+		f := p.fields(item, path, "port", "targetPort", "protocol", "appProtocol", "name")
 		if f == nil {
 			return
 		}
@@ -277,6 +315,14 @@ func (p *parser) ports(s *service, n *yaml.Node, path string) {
 				sp.TargetPort = uint16(port)
 			} else {
 				ok = false
+			}
+		}
+		if v := f["name"]; v != nil {
+			p.str(v, join(path, "name"))
+		}
+		if v := f["appProtocol"]; v != nil {
+			if ap, good := p.str(v, join(path, "appProtocol")); good {
+				sp.AppProtocol = ap
 			}
 		}
 		if v := f["protocol"]; v != nil {

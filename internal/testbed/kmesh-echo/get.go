@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,11 +24,15 @@ import (
 // result is one output line of get.
 type result struct {
 	Seq       int    `json:"seq"`
-	Pod       string `json:"pod"`        // X-Pod of the answer
-	Peer      string `json:"peer"`       // getpeername(2) on the client socket
-	Local     string `json:"local"`      // the client socket's own address
-	ServerSaw string `json:"server_saw"` // X-Remote-Addr of the answer
-	Conn      int    `json:"conn"`       // which connection carried the request
+	Pod       string `json:"pod"`            // X-Pod of the answer
+	Peer      string `json:"peer"`           // getpeername(2) on the client socket
+	Local     string `json:"local"`          // the client socket's own address
+	ServerSaw string `json:"server_saw"`     // X-Remote-Addr of the answer
+	Conn      int    `json:"conn"`           // which connection carried the request
+	Status    int    `json:"status"`         // HTTP status, 0 if none came
+	Path      string `json:"path"`           // X-Path: the path the server saw
+	Millis    int64  `json:"ms"`             // duration of the request
+	Body      string `json:"body,omitempty"` // the answer's body, with --print-body
 	Error     string `json:"error"`
 	At        int64  `json:"at"` // start of the request, Unix nanoseconds
 }
@@ -45,6 +50,10 @@ func get(args []string) error {
 	interval := fs.Duration("interval", 0, "pause between requests")
 	keepalive := fs.Bool("keepalive", false, "reuse connections (default: a new connection per request)")
 	timeout := fs.Duration("timeout", 5*time.Second, "timeout of each request, connecting included")
+	var headers listenFlags
+	fs.Var(&headers, "header", "request header NAME:VALUE, repeatable")
+	method := fs.String("method", http.MethodGet, "request method")
+	printBody := fs.Bool("print-body", false, "print each answer's body")
 	v4Mapped := fs.Bool("v4-mapped", false, "connect IPv4 addresses from an AF_INET6 socket, as ::ffff:a.b.c.d (as dual-stack programs do)")
 	fs.Parse(args)
 	if *url == "" {
@@ -90,15 +99,16 @@ func get(args []string) error {
 		if ctx.Err() != nil {
 			break
 		}
-		if err := out.Encode(request(client, *url, seq)); err != nil {
+		if err := out.Encode(request(client, *method, *url, headers, *printBody, seq)); err != nil {
 			return fmt.Errorf("get: %w", err)
 		}
 	}
 	return nil
 }
 
-func request(client *http.Client, url string, seq int) result {
-	res := result{Seq: seq, At: time.Now().UnixNano()}
+func request(client *http.Client, method, url string, headers []string, printBody bool, seq int) (res result) {
+	res = result{Seq: seq, At: time.Now().UnixNano()}
+	defer func() { res.Millis = (time.Now().UnixNano() - res.At) / 1e6 }()
 	trace := &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			c, ok := info.Conn.(*conn)
@@ -114,10 +124,14 @@ func request(client *http.Client, url string, seq int) result {
 			}
 		},
 	}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), method, url, nil)
 	if err != nil {
 		res.Error = err.Error()
 		return res
+	}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, ":")
+		req.Header.Add(k, v)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -125,10 +139,16 @@ func request(client *http.Client, url string, seq int) result {
 		return res
 	}
 	defer resp.Body.Close()
+	res.Status = resp.StatusCode
+	res.Path = resp.Header.Get("X-Path")
 	// Read to the end, so a kept-alive connection can carry the next request.
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
 		res.Error = "read body: " + err.Error()
 		return res
+	}
+	if printBody {
+		res.Body = string(body)
 	}
 	if resp.StatusCode != http.StatusOK {
 		res.Error = resp.Status

@@ -1,9 +1,11 @@
 // Command kmesh-echo is the test and demo application of the Kmesh test bed.
 //
 //	kmesh-echo serve --name NAME [--listen ADDR]...
-//	kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D]
+//	kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D] [--method M] [--header K:V]...
 //	kmesh-echo tcp-serve [--listen ADDR] [--reply N]
 //	kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D]
+//	kmesh-echo grpc-serve [--listen ADDR] [--flip D]
+//	kmesh-echo grpc-check --addr HOST:PORT [--watch N]
 //
 // serve answers every HTTP request with its name, in the body and in X-Pod,
 // and with the connection's two ends as it sees them (X-Local-Addr,
@@ -41,6 +43,10 @@ func main() {
 		err = tcpServe(os.Args[2:])
 	case "tcp-send":
 		err = tcpSend(os.Args[2:])
+	case "grpc-serve":
+		err = grpcServe(os.Args[2:])
+	case "grpc-check":
+		err = grpcCheck(os.Args[2:])
 	default:
 		usage()
 	}
@@ -54,6 +60,8 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "usage: kmesh-echo serve --name NAME [--listen ADDR]...\n"+
 		"       kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D]\n"+
 		"       kmesh-echo tcp-serve [--listen ADDR] [--reply N]\n"+
-		"       kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D]")
+		"       kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D]\n"+
+		"       kmesh-echo grpc-serve [--listen ADDR] [--flip D]\n"+
+		"       kmesh-echo grpc-check --addr HOST:PORT [--watch N]")
 	os.Exit(2)
 }

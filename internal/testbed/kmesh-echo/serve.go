@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -36,6 +38,10 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	srv := &http.Server{Handler: echoHandler(*name), ReadHeaderTimeout: 10 * time.Second}
+	// h2c too, for the waypoint's HTTP/2 tests.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	errc := make(chan error, len(listen))
 	for _, addr := range listen {
 		ln, err := net.Listen("tcp", addr)
@@ -60,16 +66,44 @@ func serve(args []string) error {
 }
 
 // echoHandler answers every request with the server's name and the two ends
-// of the connection as the server sees them.
+// of the connection as the server sees them. Three paths misbehave on
+// purpose, for the waypoint's tests: /status/N answers N, /delay/D answers
+// after D, /fail-once/KEY answers 503 the first time a KEY is asked.
 func echoHandler(name string) http.Handler {
+	var mu sync.Mutex
+	failed := map[string]bool{}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
+		h.Set("X-Path", r.URL.Path)
+		code := http.StatusOK
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/status/"):
+			if n, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/status/")); err == nil && n >= 200 && n <= 599 {
+				code = n
+			}
+		case strings.HasPrefix(r.URL.Path, "/delay/"):
+			if d, err := time.ParseDuration(strings.TrimPrefix(r.URL.Path, "/delay/")); err == nil {
+				select {
+				case <-time.After(d):
+				case <-r.Context().Done():
+				}
+			}
+		case strings.HasPrefix(r.URL.Path, "/fail-once/"):
+			mu.Lock()
+			first := !failed[r.URL.Path]
+			failed[r.URL.Path] = true
+			mu.Unlock()
+			if first {
+				code = http.StatusServiceUnavailable
+			}
+		}
 		h.Set("X-Pod", name)
 		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 			h.Set("X-Local-Addr", local.String())
 		}
 		h.Set("X-Remote-Addr", r.RemoteAddr)
 		h.Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(code)
 		fmt.Fprintf(w, "%s\n", name)
 	})
 }

@@ -1,0 +1,237 @@
+// Command kmesh-waypoint is Kmesh's L7 waypoint: it proxies the HTTP and
+// gRPC requests of the services that use it, by the Gateway API routes, Istio
+// faults and L7 authorization policies of the mesh config. See
+// docs/waypoint.md and `kmesh-waypoint --help`.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/source/file"
+	"github.com/kmesh-go/kmesh/internal/waypoint"
+)
+
+func main() {
+	if err := newCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "kmesh-waypoint:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	configPath     string
+	gateway        string
+	caCert, caKey  string
+	trustDomain    string
+	adminAddress   string
+	metricsAddress string
+	plaintext      bool
+	accessLog      bool
+	logLevel       string
+}
+
+func newCommand() *cobra.Command {
+	var c config
+	cmd := &cobra.Command{
+		Use:   "kmesh-waypoint",
+		Short: "Kmesh L7 waypoint: HTTP and gRPC routing, retries, timeouts, faults and L7 policy",
+		Long: `kmesh-waypoint serves the services labelled istio.io/use-waypoint=<gateway>: their
+HTTP/1.1, h2c and gRPC requests are routed by the HTTPRoutes and GRPCRoutes
+attached to them (GAMMA), with Istio's faults (VirtualService) and L7
+AuthorizationPolicies (targetRefs); TCP ports are forwarded as L4. Run it in the
+network namespace of the workload labelled
+gateway.networking.k8s.io/gateway-name=<gateway name>.`,
+		Example:       `  kmesh-waypoint --config mesh.yaml --gateway default/waypoint`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return run(ctx, c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.configPath, "config", "", "mesh config file (the file kmeshd reads); reloaded when it changes")
+	f.StringVar(&c.gateway, "gateway", "", "the Gateway this waypoint is, NAMESPACE/NAME")
+	f.StringVar(&c.caCert, "ca-cert", "", "PEM file of the mesh CA's certificate (HBONE; as kmeshd's)")
+	f.StringVar(&c.caKey, "ca-key", "", "PEM file of the mesh CA's key (HBONE; as kmeshd's)")
+	f.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+	f.StringVar(&c.adminAddress, "admin-address", "127.0.0.1:15000", "admin API: /config_dump, /explain, /healthz/ready")
+	f.StringVar(&c.metricsAddress, "metrics-address", ":15020", "Prometheus /metrics: istio_requests_total, ...")
+	f.BoolVar(&c.plaintext, "plaintext", true, "accept plaintext connections on the ports of the services this waypoint serves")
+	f.BoolVar(&c.accessLog, "access-log", true, "one JSON line per request on stdout")
+	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.MarkFlagRequired("config")
+	cmd.MarkFlagRequired("gateway")
+	return cmd
+}
+
+func run(ctx context.Context, c config) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if ns, name, ok := strings.Cut(c.gateway, "/"); !ok || ns == "" || name == "" {
+		return fmt.Errorf("--gateway %q: want NAMESPACE/NAME", c.gateway)
+	}
+	if (c.caCert == "") != (c.caKey == "") {
+		return errors.New("--ca-cert and --ca-key go together")
+	}
+	if c.caCert != "" {
+		// HBONE termination comes with internal/hbone (issue 10).
+		return errors.New("--ca-cert: HBONE is not available in this build yet; run without a CA (plaintext)")
+	}
+	src := file.New(c.configPath, "", log.With("component", "file"))
+	mesh, err := src.Load()
+	if err != nil {
+		return err
+	}
+	var alog io.Writer
+	if c.accessLog {
+		alog = os.Stdout
+	}
+	metrics := waypoint.NewMetrics()
+	proxy, err := waypoint.New(mesh, waypoint.Options{Gateway: c.gateway, Logger: log, Metrics: metrics, AccessLog: alog})
+	if err != nil {
+		return err
+	}
+	defer proxy.Close()
+
+	ports := &portListeners{log: log, proxy: proxy, open: map[uint16]bool{}}
+	if c.plaintext {
+		if err := ports.sync(mesh, c.gateway); err != nil {
+			return err
+		}
+	}
+	go func() {
+		err := src.Run(ctx, func(m *model.Mesh) error {
+			if err := proxy.Update(m); err != nil {
+				log.Error("config rejected", "err", err)
+				return err
+			}
+			if c.plaintext {
+				return ports.sync(m, c.gateway)
+			}
+			return nil
+		})
+		if err != nil {
+			log.Error("config watch failed", "err", err)
+		}
+	}()
+
+	admin := http.NewServeMux()
+	admin.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
+	admin.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, proxy.Dump()) })
+	admin.HandleFunc("/explain", func(w http.ResponseWriter, r *http.Request) { explain(w, r, proxy) })
+	servers := []*http.Server{{Addr: c.adminAddress, Handler: admin}}
+	if c.metricsAddress != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", metrics.Handler())
+		servers = append(servers, &http.Server{Addr: c.metricsAddress, Handler: mux})
+	}
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		ln, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			return err
+		}
+		go func() { errc <- s.Serve(ln) }()
+		defer s.Close()
+	}
+	log.Info("waypoint ready", "gateway", c.gateway, "admin", c.adminAddress)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// explain answers /explain?src=IP&method=GET&url=http://VIP:80/path&header=k:v.
+func explain(w http.ResponseWriter, r *http.Request, p *waypoint.Proxy) {
+	q := r.URL.Query()
+	src, err := netip.ParseAddr(q.Get("src"))
+	if err != nil {
+		http.Error(w, "src: want the client's IP address", http.StatusBadRequest)
+		return
+	}
+	method := q.Get("method")
+	if method == "" {
+		method = http.MethodGet
+	}
+	h := http.Header{}
+	for _, kv := range q["header"] {
+		k, v, ok := strings.Cut(kv, ":")
+		if !ok {
+			http.Error(w, fmt.Sprintf("header %q: want name:value", kv), http.StatusBadRequest)
+			return
+		}
+		h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	ex, err := p.Explain(src, method, q.Get("url"), h)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	writeJSON(w, ex)
+}
+
+// portListeners keeps a plaintext listener open on every port of the
+// services this waypoint serves.
+type portListeners struct {
+	mu    sync.Mutex
+	log   *slog.Logger
+	proxy *waypoint.Proxy
+	open  map[uint16]bool
+}
+
+func (l *portListeners) sync(m *model.Mesh, gateway string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range m.Services {
+		if s.UsesWaypoint() != gateway {
+			continue
+		}
+		for _, p := range s.Ports {
+			if l.open[p.Port] {
+				continue
+			}
+			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", p.Port))
+			if err != nil {
+				return fmt.Errorf("service %s port %d: %w", s.Key(), p.Port, err)
+			}
+			l.open[p.Port] = true
+			go func() {
+				if err := l.proxy.ServeListener(ln); err != nil {
+					l.log.Error("listener failed", "port", p.Port, "err", err)
+				}
+			}()
+		}
+	}
+	return nil
+}

@@ -1,0 +1,319 @@
+package waypoint
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// protocol is how a service port's connections are handled.
+type protocol string
+
+const (
+	protoDetect protocol = "detect" // no appProtocol: sniff the first bytes
+	protoHTTP   protocol = "HTTP"   // HTTP/1.1 (h2c prior knowledge is accepted too)
+	protoHTTP2  protocol = "HTTP2"  // h2c, gRPC
+	protoTCP    protocol = "TCP"
+)
+
+// protocolOf maps Kubernetes' appProtocol to how the waypoint handles the
+// port, as Istio reads it.
+func protocolOf(appProtocol string) protocol {
+	switch strings.ToLower(appProtocol) {
+	case "":
+		return protoDetect
+	case "http", "http1", "kubernetes.io/http":
+		return protoHTTP
+	case "http2", "grpc", "grpc-web", "kubernetes.io/h2c":
+		return protoHTTP2
+	default: // tcp, tls, mongo, mysql, redis, ...
+		return protoTCP
+	}
+}
+
+// snapshot is one compiled configuration. It is never changed after
+// compile: Update swaps in a new one.
+type snapshot struct {
+	gateway  *model.Gateway
+	mesh     *model.Mesh
+	byDst    map[netip.AddrPort]*servicePort // VIP:port of services using this waypoint
+	byPort   map[uint16][]*servicePort       // the same, by port (plaintext listener)
+	services map[string]*service             // every service of the mesh (backends), by key
+	byAddr   map[netip.Addr]*model.Workload  // workloads by address (plaintext peer identity)
+	// gatewayPolicies target the Gateway: every request through it.
+	gatewayPolicies []*model.L7Policy
+}
+
+// service is a service of the mesh as a backend, and, when it uses this
+// waypoint, as a destination with its routes.
+type service struct {
+	m         *model.Service
+	key       string
+	ports     map[uint16]*servicePort
+	endpoints []endpoint
+	// The fields below are set only for services using this waypoint.
+	served   bool
+	hosts    []string // names Istio matches in a VirtualService
+	faults   []faultRule
+	policies []*model.L7Policy
+}
+
+// servicePort is one port of a service.
+type servicePort struct {
+	svc        *service
+	port       uint16
+	targetPort uint16
+	proto      protocol
+	// routes are the GAMMA route matches attached to this port, in
+	// Gateway API precedence order; routed is false when no route is
+	// attached and requests go to the service itself.
+	routes []*routeEntry
+	routed bool
+}
+
+// endpoint is one workload behind a service.
+type endpoint struct {
+	workload string
+	addr     netip.Addr
+	weight   int
+	identity string // principal, for logs and metrics
+}
+
+// compile builds a snapshot of mesh for the gateway key (namespace/name).
+func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
+	gw := mesh.Gateway(gatewayKey)
+	if gw == nil {
+		return nil, fmt.Errorf("gateway %s is not in the config", gatewayKey)
+	}
+	s := &snapshot{
+		gateway:  gw,
+		mesh:     mesh,
+		byDst:    map[netip.AddrPort]*servicePort{},
+		byPort:   map[uint16][]*servicePort{},
+		services: map[string]*service{},
+		byAddr:   map[netip.Addr]*model.Workload{},
+	}
+	workloads := map[string]*model.Workload{}
+	for i := range mesh.Workloads {
+		w := &mesh.Workloads[i]
+		workloads[w.Key()] = w
+		for _, a := range w.Addresses {
+			s.byAddr[a] = w
+		}
+	}
+	for i := range mesh.Services {
+		ms := &mesh.Services[i]
+		svc := &service{m: ms, key: ms.Key(), ports: map[uint16]*servicePort{}}
+		for _, p := range ms.Ports {
+			svc.ports[p.Port] = &servicePort{svc: svc, port: p.Port, targetPort: p.TargetPort, proto: protocolOf(p.AppProtocol)}
+		}
+		for _, e := range ms.Endpoints {
+			w := workloads[e.Workload]
+			if w == nil || len(w.Addresses) == 0 {
+				continue
+			}
+			svc.endpoints = append(svc.endpoints, endpoint{
+				workload: w.Key(), addr: pickAddr(w.Addresses, ms.Addresses), weight: int(w.Weight),
+				identity: principal(w),
+			})
+		}
+		s.services[svc.key] = svc
+		if ms.UsesWaypoint() != gatewayKey {
+			continue
+		}
+		svc.served = true
+		svc.hosts = []string{ms.Name, ms.Name + "." + ms.Namespace, ms.Name + "." + ms.Namespace + ".svc",
+			ms.Name + "." + ms.Namespace + ".svc.cluster.local"}
+		for _, a := range ms.Addresses {
+			for _, p := range ms.Ports {
+				sp := svc.ports[p.Port]
+				s.byDst[netip.AddrPortFrom(a, p.Port)] = sp
+				if !slices.Contains(s.byPort[p.Port], sp) {
+					s.byPort[p.Port] = append(s.byPort[p.Port], sp)
+				}
+			}
+		}
+	}
+	for i := range mesh.Routes {
+		if err := s.attachRoute(&mesh.Routes[i]); err != nil {
+			return nil, fmt.Errorf("route %s: %w", mesh.Routes[i].Key(), err)
+		}
+	}
+	for _, svc := range s.services {
+		for _, sp := range svc.ports {
+			sortRoutes(sp.routes)
+		}
+	}
+	for i := range mesh.VirtualServices {
+		if err := s.attachVirtualService(&mesh.VirtualServices[i]); err != nil {
+			return nil, fmt.Errorf("virtual service %s: %w", mesh.VirtualServices[i].Key(), err)
+		}
+	}
+	for i := range mesh.WaypointPolicies {
+		pol := &mesh.WaypointPolicies[i]
+		for _, ref := range pol.TargetRefs {
+			ns := ref.Namespace
+			if ns == "" {
+				ns = pol.Namespace
+			}
+			switch ref.Kind {
+			case "Gateway":
+				if ns+"/"+ref.Name == gatewayKey {
+					s.gatewayPolicies = append(s.gatewayPolicies, pol)
+				}
+			case "Service":
+				if svc := s.services[ns+"/"+ref.Name]; svc != nil && svc.served {
+					svc.policies = append(svc.policies, pol)
+				}
+			}
+		}
+	}
+	return s, nil
+}
+
+// pickAddr returns the workload address of the family of the service's
+// first address, else the workload's first.
+func pickAddr(addrs []netip.Addr, svcAddrs []netip.Addr) netip.Addr {
+	if len(svcAddrs) > 0 {
+		for _, a := range addrs {
+			if a.Is4() == svcAddrs[0].Is4() {
+				return a
+			}
+		}
+	}
+	return addrs[0]
+}
+
+// principal is the workload's identity as policies name it.
+func principal(w *model.Workload) string {
+	sa := w.ServiceAccount
+	if sa == "" {
+		sa = "default"
+	}
+	return "cluster.local/ns/" + w.Namespace + "/sa/" + sa
+}
+
+// attachRoute adds the route's matches to the ports of the services it
+// names as parents.
+func (s *snapshot) attachRoute(r *model.Route) error {
+	var rules []*rule
+	for i := range r.Rules {
+		cr, err := s.compileRule(r, i)
+		if err != nil {
+			return err
+		}
+		rules = append(rules, cr)
+	}
+	for _, ref := range r.ParentRefs {
+		if ref.Kind != "Service" {
+			continue // a Gateway parent is a north-south route, not ours
+		}
+		ns := ref.Namespace
+		if ns == "" {
+			ns = r.Namespace
+		}
+		svc := s.services[ns+"/"+ref.Name]
+		if svc == nil || !svc.served {
+			continue
+		}
+		for _, sp := range svc.ports {
+			if ref.Port != 0 && ref.Port != sp.port {
+				continue
+			}
+			sp.routed = true
+			for _, cr := range rules {
+				for mi := range cr.matches {
+					sp.routes = append(sp.routes, &routeEntry{rule: cr, match: cr.matches[mi]})
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// attachVirtualService adds the faults of a VirtualService to the services
+// its hosts name.
+func (s *snapshot) attachVirtualService(vs *model.VirtualService) error {
+	for _, h := range vs.HTTP {
+		if h.Fault == nil {
+			continue
+		}
+		fr := faultRule{name: vs.Key(), fault: h.Fault}
+		for _, m := range h.Match {
+			cm := vsMatch{headers: nil}
+			var err error
+			if m.URI != nil {
+				if cm.uri, err = newStringMatcher(m.URI.Type, m.URI.Value); err != nil {
+					return err
+				}
+			}
+			if m.Method != nil {
+				if cm.method, err = newStringMatcher(m.Method.Type, m.Method.Value); err != nil {
+					return err
+				}
+			}
+			for _, hm := range m.Headers {
+				vm, err := newValueMatcher(hm)
+				if err != nil {
+					return err
+				}
+				cm.headers = append(cm.headers, vm)
+			}
+			fr.matches = append(fr.matches, cm)
+		}
+		for _, host := range vs.Hosts {
+			for _, svc := range s.services {
+				if svc.served && (svc.m.Namespace == vs.Namespace && host == svc.m.Name || slices.Contains(svc.hosts[1:], host)) {
+					svc.faults = append(svc.faults, fr)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// stringMatcher matches a string exactly, by prefix, or by a regular
+// expression that must match the whole string.
+type stringMatcher struct {
+	kind  string
+	value string
+	re    *regexp.Regexp
+}
+
+func newStringMatcher(kind, value string) (*stringMatcher, error) {
+	m := &stringMatcher{kind: kind, value: value}
+	if kind == model.MatchTypeRegex {
+		re, err := regexp.Compile("^(?:" + value + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("regular expression %q: %w", value, err)
+		}
+		m.re = re
+	}
+	return m, nil
+}
+
+func (m *stringMatcher) match(s string) bool {
+	switch m.kind {
+	case model.MatchTypeRegex:
+		return m.re.MatchString(s)
+	case model.MatchTypePathPrefix:
+		return strings.HasPrefix(s, m.value)
+	default:
+		return s == m.value
+	}
+}
+
+// valueMatcher matches a named header or query parameter.
+type valueMatcher struct {
+	name string
+	*stringMatcher
+}
+
+func newValueMatcher(v model.ValueMatch) (valueMatcher, error) {
+	sm, err := newStringMatcher(v.Type, v.Value)
+	return valueMatcher{name: v.Name, stringMatcher: sm}, err
+}
