@@ -85,6 +85,7 @@ log --level, accesslog on|off) go to kmeshd's admin socket,
 		newExplainCommand(a),
 		newEnrollCommand(a, true),
 		newEnrollCommand(a, false),
+		newVersionCommand(a),
 	)
 	return root
 }
