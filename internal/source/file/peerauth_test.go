@@ -53,9 +53,9 @@ func TestParse_PeerAuthentications(t *testing.T) {
 	}
 	static := "istio-system/istio_converted_static_strict"
 	want := map[string][]string{
-		"default/hello-1": {static},                                         // mesh-wide STRICT
-		"default/hello-2": {"default/converted_peer_authentication_canary"}, // STRICT but 9090
-		"prod/db":         nil,                                              // namespace PERMISSIVE
+		"default/hello-1": {static},                                          // mesh-wide STRICT
+		"default/hello-2": {"default/converted_peer_authentication_canary"},  // STRICT but 9090
+		"prod/db":         nil,                                               // namespace PERMISSIVE
 		"web/web":         {"web/converted_peer_authentication_web-metrics"}, // inherits STRICT, 15020 plaintext
 	}
 	for k, v := range want {
