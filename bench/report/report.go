@@ -163,6 +163,14 @@ type Scale struct {
 	MapMemory     []Map     `json:"maps"`            // pinned maps of the instance
 	MapMemoryMiB  float64   `json:"map_memory_mib"`  // their memlock, summed
 	Startup       []Startup `json:"startup"`
+
+	// The same mesh from a go-control-plane delta server (workload API).
+	XDSFirstSyncMs float64 `json:"xds_first_sync_ms,omitempty"` // kmeshd exec to /healthz/ready
+	XDSChangeMs    Stat    `json:"xds_change_ms"`               // cache update to the change in the maps
+	XDSChangeP99Ms float64 `json:"xds_change_p99_ms,omitempty"`
+	XDSChanges     int     `json:"xds_changes,omitempty"`
+	XDSRSSMiB      float64 `json:"xds_kmeshd_rss_mib,omitempty"`  // after the changes
+	XDSPeakMiB     float64 `json:"xds_kmeshd_peak_mib,omitempty"` // VmHWM
 }
 
 // Map is the memory of one BPF map.

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/kmesh-go/kmesh/internal/admin"
 	"github.com/kmesh-go/kmesh/internal/admin/api"
@@ -145,11 +146,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if certs != nil {
-		// Connections from other nodes prove who they are with a
-		// certificate; an address there proves nothing.
-		writer.SetIdentityNode(cfg.Node)
-	}
 	adminEnrolled, err := bpf.OpenEnrollments(cfg.BPFDir, cfg.Limits.Workloads)
 	if err != nil {
 		return err
@@ -219,7 +215,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		err = d.apply(mesh)
-		xsrc.applied(d.apply, err)
+		xsrc.applied(d.apply, d.update, err)
 	} else {
 		err = d.apply(mesh)
 	}
@@ -299,33 +295,139 @@ type daemon struct {
 	// certs holds this node's workload certificates; nil without a CA.
 	certs *identity.Cache
 
-	mu      sync.Mutex
-	mesh    *model.Mesh
-	version uint64
+	// mu serializes changes; state is the mesh as the maps hold it.
+	mu       sync.Mutex
+	state    *model.State
+	version  uint64
+	retrying bool // a failed write is being retried (retryLocked)
 
 	enrolling enrollment
 }
 
-// apply writes a new mesh into the maps and enrolls this node's workloads.
-// On error the maps keep the previous mesh (see dataplane.Apply).
+// apply hands a whole mesh from a source (a file, the first xDS state)
+// to the dataplane: the first one as a full sync (which adopts a previous
+// instance's entries), later ones as the changes against the state kept.
 func (d *daemon) apply(m *model.Mesh) error {
 	// Services with a waypoint are balanced over its instances; the maps,
 	// the dump and explain all see that mesh.
 	m = model.WithWaypointRedirect(m)
+	d.mu.Lock()
+	st := d.state
+	d.mu.Unlock()
+	if st == nil {
+		return d.applyFull(m)
+	}
+	// L7 objects are whole-mesh data for kmesh-waypoint and the dump;
+	// the dataplane does not read them.
+	st.SetL7(m)
+	return d.update(st.DiffMesh(m))
+}
+
+func (d *daemon) applyFull(m *model.Mesh) error {
 	if err := d.writer.Apply(m); err != nil {
 		d.metrics.ConfigUpdate(d.kind, err)
 		return fmt.Errorf("apply config: %w", err)
 	}
-	d.metrics.ConfigUpdate(d.kind, nil)
-	d.telemetry.SetMesh(m)
-	d.trackIdentities(m)
-	enrolled, enrollErr := d.enrollMesh(m)
+	st := model.NewState()
+	c := st.DiffMesh(m)
+	st.Apply(c)
+	st.SetL7(m)
+	d.telemetry.SetState(st)
 	d.mu.Lock()
-	d.mesh = m
+	d.state = st
+	d.mu.Unlock()
+	return d.applied(c, &model.Changes{}, true)
+}
+
+// update applies one change to the state and the maps. A change that does
+// not fit, or names what does not exist, is refused and nothing changes.
+// A failed map write undoes the state and leaves the maps to be brought
+// back to it: by the source's retry (xDS resyncs), and by a retry here
+// with backoff, so a file source converges without waiting for its next
+// change.
+func (d *daemon) update(c *model.Changes) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state == nil {
+		return errors.New("apply config: no initial state")
+	}
+	if c.Empty() {
+		return nil
+	}
+	if err := d.state.Check(c); err != nil {
+		d.metrics.ConfigUpdate(d.kind, err)
+		return fmt.Errorf("apply config: %w", err)
+	}
+	undo := d.state.Apply(c)
+	if err := d.writer.Update(c, d.state); err != nil {
+		d.state.Apply(undo)
+		d.metrics.ConfigUpdate(d.kind, err)
+		if !errors.Is(err, dataplane.ErrMapFull) {
+			d.retryLocked()
+		}
+		return fmt.Errorf("apply config: %w", err)
+	}
+	d.mu.Unlock()
+	err := d.applied(c, undo, false)
+	d.mu.Lock() // for the deferred unlock
+	return err
+}
+
+// touchesNode reports whether c (undo: what it replaced) changes a
+// workload of node.
+func touchesNode(c, undo *model.Changes, node string) bool {
+	for _, ws := range [][]*model.Workload{c.Workloads, undo.Workloads} {
+		for _, w := range ws {
+			if w.Node == node {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// retryLocked writes the kept state again after a failed write, with
+// backoff, until it applies or a newer change does. d.mu is held.
+func (d *daemon) retryLocked() {
+	if d.retrying {
+		return
+	}
+	d.retrying = true
+	go func() {
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 15*time.Second) {
+			time.Sleep(wait)
+			d.mu.Lock()
+			err := d.writer.Apply(d.state.Mesh())
+			if err == nil {
+				d.retrying = false
+				d.mu.Unlock()
+				d.log.Info("maps brought back to the kept state after a failed write")
+				return
+			}
+			d.mu.Unlock()
+			d.log.Warn("retrying a failed map write", "err", err, "retry_in", 2*wait)
+		}
+	}()
+}
+
+// applied finishes a change the maps hold: metrics, certificates,
+// enrollment, the log.
+func (d *daemon) applied(c, undo *model.Changes, full bool) error {
+	d.metrics.ConfigUpdate(d.kind, nil)
+	if d.certs != nil && (full || touchesNode(c, undo, d.node)) {
+		d.trackIdentities(d.state.Mesh())
+	}
+	enrolled, enrollErr := d.enrollChanged(c, undo, full)
+	d.mu.Lock()
 	d.version++
 	v := d.version
 	d.mu.Unlock()
-	d.log.Info("config applied", "version", v, "services", len(m.Services), "workloads", len(m.Workloads), "policies", len(m.Policies), "enrolled", enrolled)
+	services, workloads, policies := d.state.Counts()
+	if full || c.Len() > 16 {
+		d.log.Info("config applied", "version", v, "services", services, "workloads", workloads, "policies", policies, "enrolled", enrolled, "changes", c.String())
+	} else {
+		d.log.Debug("config applied", "version", v, "changes", c.String())
+	}
 	if enrollErr != nil {
 		d.log.Error("enrollment incomplete", "err", enrollErr)
 	}
@@ -335,13 +437,17 @@ func (d *daemon) apply(m *model.Mesh) error {
 func (d *daemon) Ready() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.mesh != nil
+	return d.state != nil
 }
 
 func (d *daemon) ConfigDump() api.ConfigDump {
 	d.mu.Lock()
-	m, v := d.mesh, d.version
+	st, v := d.state, d.version
 	d.mu.Unlock()
+	var m *model.Mesh
+	if st != nil {
+		m = st.Mesh()
+	}
 	dump := api.ConfigDump{Node: d.node, Version: v, Source: d.source, Enrolled: d.enroller.Enrolled()}
 	if m != nil {
 		dump.Services, dump.Workloads = api.FromModel(m)
@@ -394,8 +500,12 @@ func (d *daemon) listen(cfg Config) (admin.Group, error) {
 
 func (d *daemon) Mesh() *model.Mesh {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.mesh
+	st := d.state
+	d.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	return st.Mesh()
 }
 
 func (d *daemon) DumpMaps() ([]string, error) { return dataplane.DumpMaps(d.maps) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -171,21 +172,46 @@ func (d *daemon) kubeReport(paths []string) {
 	}
 }
 
-// enrollMesh enrolls the workloads of this node in m, with the other
-// sources' namespaces, and returns how many namespaces are enrolled.
-func (d *daemon) enrollMesh(m *model.Mesh) (int, error) {
-	var local []string
-	workloads := map[string]string{}
-	for _, w := range m.Workloads {
-		// A waypoint speaks for itself: kmeshd never captures its traffic.
-		if w.Node == d.node && w.Netns != "" && !w.IsWaypoint() {
-			local = append(local, w.Netns)
-			workloads[w.Netns] = w.Key()
-		}
-	}
+// enrollChanged enrolls the workloads of this node with a netns, with the
+// other sources' namespaces, when c (undo: what it replaced) touches one,
+// or on a full sync; and returns how many namespaces are enrolled.
+// Changes to other workloads (every xDS change) cost nothing here.
+func (d *daemon) enrollChanged(c, undo *model.Changes, full bool) (int, error) {
+	// A waypoint speaks for itself: kmeshd never captures its traffic.
+	local := func(w *model.Workload) bool { return w.Node == d.node && w.Netns != "" && !w.IsWaypoint() }
 	d.enrolling.mu.Lock()
 	defer d.enrolling.mu.Unlock()
-	d.enrolling.mesh, d.enrolling.meshSet, d.enrolling.workloads = local, true, workloads
+	e := &d.enrolling
+	if e.workloads == nil {
+		e.workloads = map[string]string{}
+	}
+	// Policies change who a namespace is to connect() (ApplyNetns).
+	touched := full || len(c.Policies)+len(c.RemovedPolicies) > 0
+	for _, w := range undo.Workloads {
+		if local(w) {
+			delete(e.workloads, w.Netns)
+			touched = true
+		}
+	}
+	for _, k := range c.RemovedWorkloads {
+		for p, wk := range e.workloads {
+			if wk == k {
+				delete(e.workloads, p)
+				touched = true
+			}
+		}
+	}
+	for _, w := range c.Workloads {
+		if local(w) {
+			e.workloads[w.Netns] = w.Key()
+			touched = true
+		}
+	}
+	if !touched {
+		return len(d.enroller.Cookies()), nil
+	}
+	e.mesh = slices.Sorted(maps.Keys(e.workloads))
+	e.meshSet = true
 	return d.syncEnrollment()
 }
 

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -23,8 +24,9 @@ type xdsSource struct {
 	firstErr chan error
 	done     chan error // Run's result
 
-	mu   sync.Mutex
-	live func(*model.Mesh) error // set once the first mesh is applied
+	mu          sync.Mutex
+	live        func(*model.Mesh) error // set once the first mesh is applied
+	liveChanges func(*model.Changes) error
 }
 
 // newXDSSource returns the xDS source of cfg, or nil when cfg names no
@@ -51,7 +53,19 @@ func newXDSSource(cfg Config, log *slog.Logger) (*xdsSource, error) {
 
 // start runs the client until ctx ends.
 func (x *xdsSource) start(ctx context.Context) {
-	go func() { x.done <- x.client.Run(ctx, x.apply) }()
+	go func() { x.done <- x.client.RunChanges(ctx, x.apply, x.changes) }()
+}
+
+// changes comes only after the first mesh is applied (the client hands
+// changes once it has applied a state).
+func (x *xdsSource) changes(c *model.Changes) error {
+	x.mu.Lock()
+	live := x.liveChanges
+	x.mu.Unlock()
+	if live == nil {
+		return errors.New("changes before the first state was applied")
+	}
+	return live(c)
 }
 
 func (x *xdsSource) apply(m *model.Mesh) error {
@@ -80,10 +94,10 @@ func (x *xdsSource) wait(ctx context.Context) (*model.Mesh, error) {
 
 // applied reports the start-up apply of the first mesh; from then on the
 // client applies through apply.
-func (x *xdsSource) applied(apply func(*model.Mesh) error, err error) {
+func (x *xdsSource) applied(apply func(*model.Mesh) error, update func(*model.Changes) error, err error) {
 	if err == nil {
 		x.mu.Lock()
-		x.live = apply
+		x.live, x.liveChanges = apply, update
 		x.mu.Unlock()
 	}
 	x.firstErr <- err

@@ -103,9 +103,7 @@ func specOf(ps []*model.Policy) listSpec {
 	return s
 }
 
-// translateAuthz computes the authorization maps of m. With identityNode
-// set, only the addresses of that node's workloads carry an identity.
-func translateAuthz(m *model.Mesh, identityNode string) (*desiredAuthz, error) {
+func translateAuthz(m *model.Mesh) (*desiredAuthz, error) {
 	want := &desiredAuthz{policies: map[string]*model.Policy{}, addrs: map[bpf.KmeshAuthzAddrKey]addrSpec{}}
 	if len(m.Policies) == 0 {
 		return want, nil
@@ -134,12 +132,9 @@ func translateAuthz(m *model.Mesh, identityNode string) (*desiredAuthz, error) {
 	}
 	want.glob = specOf(ix.Global())
 	for a, w := range ix.Addresses() {
-		var hash uint64
-		if identityNode == "" || w.Node == identityNode {
-			hash = authz.IdentityOf(w).Hash()
-		}
+		id := authz.IdentityOf(w)
 		want.addrs[bpf.KmeshAuthzAddrKey{Addr: bpf.AddrWords(a)}] = addrSpec{
-			identity: hash,
+			identity: id.Hash(),
 			lists:    [2]listSpec{specOf(ix.Namespace(w.Namespace)), specOf(ix.Selected(w))},
 		}
 	}
@@ -319,13 +314,13 @@ func (d *Dataplane) writePolicyEntries(id uint32, gen uint8, c *compiledPolicy) 
 // undoes a failed write.
 func (d *Dataplane) deletePolicyEntries(id uint32, gen uint8, c *compiledPolicy) {
 	for i := range c.matches {
-		d.az.delLog(d, d.maps.KmAuthzMatch, matchKey(id, gen, i))
+		d.deleteOrRemember(d.maps.KmAuthzMatch, bpf.KmeshMapKmAuthzMatch, matchKey(id, gen, i))
 	}
 	for _, v := range c.vals {
-		d.az.delLog(d, d.maps.KmAuthzVal, valKey(id, gen, v))
+		d.deleteOrRemember(d.maps.KmAuthzVal, bpf.KmeshMapKmAuthzVal, valKey(id, gen, v))
 	}
 	for _, e := range c.ips {
-		d.az.delLog(d, d.maps.KmAuthzIp, ipKey(id, gen, e))
+		d.deleteOrRemember(d.maps.KmAuthzIp, bpf.KmeshMapKmAuthzIp, ipKey(id, gen, e))
 	}
 }
 
@@ -390,12 +385,6 @@ func (az *authzState) del(m Map, key any) error {
 		return err
 	}
 	return nil
-}
-
-func (az *authzState) delLog(d *Dataplane, m Map, key any) {
-	if err := az.del(m, key); err != nil {
-		d.log.Warn("delete authorization entry", "map", m.String(), "err", err)
-	}
 }
 
 // ApplyNetns tells the connect programs who each enrolled network

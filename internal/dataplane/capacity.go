@@ -35,10 +35,17 @@ func fullError(m string, need, capacity int) error {
 }
 
 // mapErr names the map and its flag when the kernel says a map is full
-// (E2BIG), which checkCapacity should have caught first.
+// (E2BIG), which checkCapacity should have caught first. ENOMEM comes from
+// maps created with BPF_F_NO_PREALLOC (the km_authz_* tables), which
+// allocate each entry on write and can fail below their capacity when the
+// kernel is short of memory: the write is retried, like any failed one
+// (the caller keeps the previous state and tries again).
 func mapErr(m string, err error) error {
 	if errors.Is(err, unix.E2BIG) {
 		return fmt.Errorf("%w: %s (raise %s): %w", ErrMapFull, m, flags[m], err)
+	}
+	if errors.Is(err, unix.ENOMEM) {
+		return fmt.Errorf("%s: kernel out of memory for a new entry (the map is not preallocated): %w", m, err)
 	}
 	return err
 }
@@ -47,7 +54,8 @@ func mapErr(m string, err error) error {
 // applied (old and new side by side, since new entries are written before
 // old ones go) and refuses a config that would overflow a map, before any
 // write.
-func (d *Dataplane) checkCapacity(want *desired) error {
+func (d *Dataplane) checkCapacity(p *plan) error {
+	want := p.want
 	staleServices, staleBackends, staleFrontends, staleEndpoints := 0, 0, 0, 0
 	if d.stale != nil {
 		staleServices, staleBackends = len(d.stale.services), len(d.stale.backends)
@@ -86,10 +94,7 @@ func (d *Dataplane) checkCapacity(want *desired) error {
 
 	// Live slots stay until their service flips, so count every live slot
 	// plus the new table of every service that changes.
-	endpoints := staleEndpoints
-	for _, s := range d.services {
-		endpoints += len(s.slots[0]) + len(s.slots[1])
-	}
+	endpoints := staleEndpoints + d.liveSlots
 	for key, ws := range want.services {
 		if !d.services[key].unchanged(ws) {
 			endpoints += slotCount(ws.endpoints[0]) + slotCount(ws.endpoints[1])

@@ -28,22 +28,28 @@ type Dataplane struct {
 	limits bpf.Limits
 	log    *slog.Logger
 
-	mu         sync.Mutex
-	services   map[string]*serviceState
-	backends   map[string]*backendState
-	frontends  map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue
+	mu        sync.Mutex
+	services  map[string]*serviceState
+	backends  map[string]*backendState
+	frontends map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue
+	// frontendsOf are the frontends last written for each service, so a
+	// change to one service finds what to remove without a scan.
+	frontendsOf map[string][]bpf.KmeshFrontendKey
+	liveSlots   int // endpoint slots of the live generations: km_endpoint's fill
+	// failed is set when a write failed midway: the next Update writes
+	// the whole state (Apply) instead of its change.
+	failed bool
+	// orphans are entries whose delete failed: retried before each write.
+	orphans    map[orphan]struct{}
 	serviceIDs *idPool
 	backendIDs *idPool
 	stale      *staleEntries // left by a previous kmeshd; swept after the first Apply
 	az         *authzState   // authorization maps (authz.go)
-	// identityNode, when set, is the only node whose workloads' addresses
-	// carry their identity in km_authz_addr (SetIdentityNode).
-	identityNode string
 
 	// Locality and client classes (lb.go).
-	lbWorkloads map[string]*model.Workload // of the last applied mesh
-	lbClasses   map[classKey]uint16
-	lbClients   map[uint64]bpf.KmeshLbClient
+	lbWorkload func(string) *model.Workload // the last applied mesh's, by key
+	lbClasses  map[classKey]uint16
+	lbClients  map[uint64]bpf.KmeshLbClient
 }
 
 type serviceState struct {
@@ -68,37 +74,25 @@ type backendState struct {
 	value bpf.KmeshBackendValue
 }
 
-// SetIdentityNode makes the addresses of node's workloads the only ones
-// that carry an identity in km_authz_addr; every other address is a
-// source with no principal. kmeshd sets it when the mesh has a CA: then a
-// connection from another node proves its identity with a certificate,
-// through the tunnel (which the kernel's check leaves to it), and a
-// plaintext one from another node has none, whatever address it comes
-// from; only this node's addresses, which kmeshd knows from the netns it
-// enrolled, still stand for an identity. Takes effect at the next Apply.
-func (d *Dataplane) SetIdentityNode(node string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.identityNode = node
-}
-
 // New returns a dataplane writing to maps. Entries already in the maps (a
 // previous kmeshd's) stay in force until the first Apply replaces them.
 func New(maps *Store, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
 	d := &Dataplane{
-		maps:       maps,
-		limits:     limits,
-		log:        log,
-		services:   map[string]*serviceState{},
-		backends:   map[string]*backendState{},
-		frontends:  map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue{},
-		serviceIDs: newIDPool("service", limits.Services),
-		backendIDs: newIDPool("backend", 0),
-		az:         newAuthzState(limits),
+		maps:        maps,
+		limits:      limits,
+		log:         log,
+		services:    map[string]*serviceState{},
+		backends:    map[string]*backendState{},
+		frontends:   map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue{},
+		frontendsOf: map[string][]bpf.KmeshFrontendKey{},
+		orphans:     map[orphan]struct{}{},
+		serviceIDs:  newIDPool("service", limits.Services),
+		backendIDs:  newIDPool("backend", 0),
+		az:          newAuthzState(limits),
 
-		lbWorkloads: map[string]*model.Workload{},
-		lbClasses:   map[classKey]uint16{},
-		lbClients:   map[uint64]bpf.KmeshLbClient{},
+		lbWorkload: func(string) *model.Workload { return nil },
+		lbClasses:  map[classKey]uint16{},
+		lbClients:  map[uint64]bpf.KmeshLbClient{},
 	}
 	if err := d.scanAuthzStale(); err != nil {
 		return nil, err
@@ -120,58 +114,114 @@ func New(maps *Store, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
 	return d, nil
 }
 
-// Apply makes the maps hold m. When m does not fit the maps it returns an
-// error naming the map and the flag that sizes it, and writes nothing.
+// Apply makes the maps hold m: the full state, at start-up (it adopts a
+// previous instance's entries, see stale.go) and on resyncs. When m does
+// not fit the maps it returns an error naming the map and the flag that
+// sizes it, and writes nothing. Update does the same for a change.
 func (d *Dataplane) Apply(m *model.Mesh) (err error) {
 	want, err := translate(m)
 	if err != nil {
 		return err
 	}
-	wantAZ, err := translateAuthz(m, d.identityNode)
+	wantAZ, err := translateAuthz(m)
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	prevWorkloads := d.lbWorkloads
-	d.lbWorkloads = want.workloads
+	prevWorkload := d.lbWorkload
+	d.lbWorkload = func(k string) *model.Workload { return want.workloads[k] }
 	defer func() {
 		if err != nil {
-			d.lbWorkloads = prevWorkloads
+			d.lbWorkload = prevWorkload
 		}
 	}()
 	if d.stale != nil {
 		d.adopt(want)
 	}
-	if err := d.checkCapacity(want); err != nil {
+	p := &plan{want: want}
+	for key := range d.services {
+		if want.services[key] == nil {
+			p.goneServices = append(p.goneServices, key)
+		}
+	}
+	for k := range d.frontends {
+		if _, ok := want.frontends[k]; !ok {
+			p.goneFrontends = append(p.goneFrontends, k)
+		}
+	}
+	for key := range d.backends {
+		if _, ok := want.backends[key]; !ok {
+			p.goneBackends = append(p.goneBackends, key)
+		}
+	}
+	return d.write(p, wantAZ)
+}
+
+// plan is the service map writes of one Apply or Update: the entries of
+// want (each skipped when the maps hold it already) and the keys to remove.
+type plan struct {
+	want          *desired
+	goneServices  []string
+	goneFrontends []bpf.KmeshFrontendKey
+	goneBackends  []string
+}
+
+// write checks capacity, then writes p in the safe order: backends, then
+// each service's slots and generation flip, then frontends; then removes
+// frontends, services and backends; then the authorization maps (wantAZ
+// nil: they stay as they are). A failed write leaves the record of what
+// the maps hold exact, so the next Apply or Update converges from there.
+func (d *Dataplane) write(p *plan, wantAZ *desiredAuthz) error {
+	if err := d.checkCapacity(p); err != nil {
 		return err
 	}
-	policies, err := d.compileAuthz(wantAZ)
-	if err != nil {
+	err := d.writePlan(p, wantAZ)
+	if err == nil {
+		// A delete refused on the way is tried once more now; if it
+		// still fails the caller retries the whole write.
+		err = d.deleteOrphans()
+	}
+	d.failed = err != nil
+	return err
+}
+
+func (d *Dataplane) writePlan(p *plan, wantAZ *desiredAuthz) error {
+	if err := d.deleteOrphans(); err != nil {
 		return err
 	}
-	if err := d.checkAuthzCapacity(wantAZ, policies); err != nil {
+	var policies map[string]*compiledPolicy
+	if wantAZ != nil {
+		var err error
+		if policies, err = d.compileAuthz(wantAZ); err != nil {
+			return err
+		}
+		if err := d.checkAuthzCapacity(wantAZ, policies); err != nil {
+			return err
+		}
+	}
+	if err := d.applyBackends(p.want); err != nil {
 		return err
 	}
-	if err := d.applyBackends(want); err != nil {
+	if err := d.applyServices(p.want); err != nil {
 		return err
 	}
-	if err := d.applyServices(want); err != nil {
+	if err := d.applyFrontends(p); err != nil {
 		return err
 	}
-	if err := d.applyFrontends(want); err != nil {
+	if err := d.removeServices(p.goneServices); err != nil {
 		return err
 	}
-	if err := d.removeServices(want); err != nil {
-		return err
-	}
-	if err := d.removeBackends(want); err != nil {
+	if err := d.removeBackends(p.goneBackends); err != nil {
 		return err
 	}
 	if d.stale != nil {
 		if err := d.sweepStale(); err != nil {
 			return err
 		}
+	}
+	if wantAZ == nil {
+		return nil
 	}
 	return d.applyAuthz(wantAZ, policies)
 }
@@ -251,7 +301,10 @@ func (d *Dataplane) writeService(key string, cur *serviceState, ws *desiredServi
 	for fam := range slots {
 		next.Slots[fam] = uint32(len(slots[fam]))
 		if err := d.putSlots(cur.id, uint8(fam), next.Gen, slots[fam]); err != nil {
-			d.deleteSlots(cur.id, uint8(fam), next.Gen, len(slots[fam]))
+			// Undo this family's slots and those written before it.
+			for f := 0; f <= fam; f++ {
+				d.deleteSlots(cur.id, uint8(f), next.Gen, len(slots[f]))
+			}
 			if isNew {
 				d.serviceIDs.put(cur.id)
 			}
@@ -282,8 +335,10 @@ func (d *Dataplane) writeService(key string, cur *serviceState, ws *desiredServi
 	if !isNew {
 		for fam := range cur.slots {
 			d.deleteSlots(cur.id, uint8(fam), cur.value.Gen, len(cur.slots[fam]))
+			d.liveSlots -= len(cur.slots[fam])
 		}
 	}
+	d.liveSlots += len(slots[0]) + len(slots[1])
 	d.afterFlipLB(cur.id, cur.lb, lb)
 	cur.value, cur.slots, cur.endpoints, cur.lb, cur.desired = next, slots, ws.endpoints, lb, ws
 	d.services[key] = cur
@@ -301,18 +356,17 @@ func (d *Dataplane) putSlots(id uint32, fam, gen uint8, backends []uint32) error
 }
 
 // deleteSlots removes slots 0..n-1; missing ones are fine, so a failed
-// write can be undone with it.
+// write can be undone with it. A delete that fails is remembered and
+// retried (orphans.go).
 func (d *Dataplane) deleteSlots(id uint32, fam, gen uint8, n int) {
 	for i := range n {
 		k := bpf.KmeshEndpointKey{ServiceId: id, Family: fam, Gen: gen, Slot: uint32(i)}
-		if err := d.maps.KmEndpoint.Delete(k); err != nil && !isNotExist(err) {
-			d.log.Warn("delete endpoint slot", "service_id", id, "slot", i, "err", err)
-		}
+		d.deleteOrRemember(d.maps.KmEndpoint, bpf.KmeshMapKmEndpoint, k)
 	}
 }
 
-func (d *Dataplane) applyFrontends(want *desired) error {
-	for k, wf := range want.frontends {
+func (d *Dataplane) applyFrontends(p *plan) error {
+	for k, wf := range p.want.frontends {
 		v := bpf.KmeshFrontendValue{ServiceId: d.services[wf.service].id, TargetPort: wf.targetPort}
 		if cur, ok := d.frontends[k]; ok && cur == v {
 			continue
@@ -322,8 +376,8 @@ func (d *Dataplane) applyFrontends(want *desired) error {
 		}
 		d.frontends[k] = v
 	}
-	for k := range d.frontends {
-		if _, ok := want.frontends[k]; ok {
+	for _, k := range p.goneFrontends {
+		if _, ok := d.frontends[k]; !ok {
 			continue
 		}
 		if err := d.maps.KmFrontend.Delete(k); err != nil && !isNotExist(err) {
@@ -331,12 +385,16 @@ func (d *Dataplane) applyFrontends(want *desired) error {
 		}
 		delete(d.frontends, k)
 	}
+	for key, ws := range p.want.services {
+		d.frontendsOf[key] = ws.frontends
+	}
 	return nil
 }
 
-func (d *Dataplane) removeServices(want *desired) error {
-	for key, cur := range d.services {
-		if _, ok := want.services[key]; ok {
+func (d *Dataplane) removeServices(keys []string) error {
+	for _, key := range keys {
+		cur := d.services[key]
+		if cur == nil {
 			continue
 		}
 		if err := d.maps.KmService.Delete(cur.id); err != nil && !isNotExist(err) {
@@ -344,17 +402,20 @@ func (d *Dataplane) removeServices(want *desired) error {
 		}
 		for fam := range cur.slots {
 			d.deleteSlots(cur.id, uint8(fam), cur.value.Gen, len(cur.slots[fam]))
+			d.liveSlots -= len(cur.slots[fam])
 		}
 		d.removeLB(cur.id, cur.lb)
 		d.serviceIDs.put(cur.id)
 		delete(d.services, key)
+		delete(d.frontendsOf, key)
 	}
 	return nil
 }
 
-func (d *Dataplane) removeBackends(want *desired) error {
-	for key, cur := range d.backends {
-		if _, ok := want.backends[key]; ok {
+func (d *Dataplane) removeBackends(keys []string) error {
+	for _, key := range keys {
+		cur := d.backends[key]
+		if cur == nil {
 			continue
 		}
 		if err := d.maps.KmBackend.Delete(cur.id); err != nil && !isNotExist(err) {

@@ -20,6 +20,7 @@ type desiredService struct {
 	lb     *lbSpec // locality, affinity, outlier detection (lb.go)
 	// endpoints per family: the workloads that have an address of it.
 	endpoints [2][]weightedWorkload
+	frontends []bpf.KmeshFrontendKey
 }
 
 type weightedWorkload struct {
@@ -43,53 +44,67 @@ func translate(m *model.Mesh) (*desired, error) {
 	for i := range m.Workloads {
 		workloads[m.Workloads[i].Key()] = &m.Workloads[i]
 	}
-	d := &desired{
-		backends:  map[string]bpf.KmeshBackendValue{},
-		services:  make(map[string]*desiredService, len(m.Services)),
-		frontends: map[bpf.KmeshFrontendKey]desiredFrontend{},
-		workloads: workloads,
-	}
+	d := newDesired(len(m.Services))
+	d.workloads = workloads
 	for i := range m.Services {
-		s := &m.Services[i]
-		mode, ok := lbModes[s.LBMode]
-		if !ok {
-			return nil, fmt.Errorf("service %s: unknown load balancing mode %q", s.Key(), s.LBMode)
-		}
-		ds := &desiredService{lbMode: mode}
-		for _, e := range s.Endpoints {
-			w := workloads[e.Workload]
-			if w == nil {
-				return nil, fmt.Errorf("service %s: endpoint workload %s does not exist", s.Key(), e.Workload)
-			}
-			v, ok := backendValue(w.Addresses)
-			if !ok {
-				continue // no address: nothing to connect to
-			}
-			d.backends[e.Workload] = v
-			ww := weightedWorkload{workload: e.Workload, weight: max(w.Weight, 1)}
-			if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4) != 0 {
-				ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V4] = append(ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V4], ww)
-			}
-			if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6) != 0 {
-				ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6] = append(ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6], ww)
-			}
-		}
-		translateLB(s, ds)
-		d.services[s.Key()] = ds
-		for _, a := range s.Addresses {
-			for _, p := range s.Ports {
-				if p.Protocol != model.ProtocolTCP {
-					continue
-				}
-				k := frontendKey(a, p.Port)
-				if prev, dup := d.frontends[k]; dup {
-					return nil, fmt.Errorf("service %s: address %s port %d is already used by service %s", s.Key(), a, p.Port, prev.service)
-				}
-				d.frontends[k] = desiredFrontend{service: s.Key(), targetPort: bpf.NetPort(p.TargetPort)}
-			}
+		if err := d.addService(&m.Services[i], func(k string) *model.Workload { return workloads[k] }); err != nil {
+			return nil, err
 		}
 	}
 	return d, nil
+}
+
+func newDesired(services int) *desired {
+	return &desired{
+		backends:  map[string]bpf.KmeshBackendValue{},
+		services:  make(map[string]*desiredService, services),
+		frontends: map[bpf.KmeshFrontendKey]desiredFrontend{},
+	}
+}
+
+// addService translates one service, with the backends of its endpoints;
+// workload looks endpoints up by key. This is the one place a service
+// becomes slots and frontends, for Apply and Update alike.
+func (d *desired) addService(s *model.Service, workload func(string) *model.Workload) error {
+	mode, ok := lbModes[s.LBMode]
+	if !ok {
+		return fmt.Errorf("service %s: unknown load balancing mode %q", s.Key(), s.LBMode)
+	}
+	ds := &desiredService{lbMode: mode}
+	for _, e := range s.Endpoints {
+		w := workload(e.Workload)
+		if w == nil {
+			return fmt.Errorf("service %s: endpoint workload %s does not exist", s.Key(), e.Workload)
+		}
+		v, ok := backendValue(w.Addresses)
+		if !ok {
+			continue // no address: nothing to connect to
+		}
+		d.backends[e.Workload] = v
+		ww := weightedWorkload{workload: e.Workload, weight: max(w.Weight, 1)}
+		if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V4) != 0 {
+			ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V4] = append(ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V4], ww)
+		}
+		if v.Flags&uint32(bpf.KmeshKmBackendFlagKM_BACKEND_HAS_V6) != 0 {
+			ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6] = append(ds.endpoints[bpf.KmeshKmFamilyKM_FAMILY_V6], ww)
+		}
+	}
+	translateLB(s, ds)
+	d.services[s.Key()] = ds
+	for _, a := range s.Addresses {
+		for _, p := range s.Ports {
+			if p.Protocol != model.ProtocolTCP {
+				continue
+			}
+			k := frontendKey(a, p.Port)
+			if prev, dup := d.frontends[k]; dup {
+				return fmt.Errorf("service %s: address %s port %d is already used by service %s", s.Key(), a, p.Port, prev.service)
+			}
+			d.frontends[k] = desiredFrontend{service: s.Key(), targetPort: bpf.NetPort(p.TargetPort)}
+			ds.frontends = append(ds.frontends, k)
+		}
+	}
+	return nil
 }
 
 // slotCount is the number of slots expandSlots makes for these endpoints.

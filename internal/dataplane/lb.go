@@ -95,7 +95,7 @@ const maxClasses = (1<<16 - 1) / int(bpf.KmeshKmLbLimitKM_LB_PRIORITIES)
 // distinct ranks present, closest first; ranks past the eighth share the
 // last priority. STRICT leaves out what does not match every scope, and
 // an unknown client matches nothing.
-func priorities(lb *model.LocalityLB, client *model.Workload, eps []weightedWorkload, workloads map[string]*model.Workload) [][]weightedWorkload {
+func priorities(lb *model.LocalityLB, client *model.Workload, eps []weightedWorkload, workloads func(string) *model.Workload) [][]weightedWorkload {
 	if client == nil {
 		if lb.Mode == model.LocalityStrict {
 			return nil
@@ -104,7 +104,7 @@ func priorities(lb *model.LocalityLB, client *model.Workload, eps []weightedWork
 	}
 	byRank := map[int][]weightedWorkload{}
 	for _, e := range eps {
-		w := workloads[e.workload]
+		w := workloads(e.workload)
 		if w == nil {
 			continue
 		}
@@ -151,7 +151,7 @@ func (d *Dataplane) writeLB(id uint32, isNew bool, old *lbState, ws *desiredServ
 		classes := d.lbClientClasses()
 		for fam, eps := range ws.endpoints {
 			for _, c := range classes {
-				prios := priorities(sp.locality, c.client, eps, d.lbWorkloads)
+				prios := priorities(sp.locality, c.client, eps, d.lbWorkload)
 				var pv bpf.KmeshLbPrio
 				for p, group := range prios {
 					in := make([]weighted, len(group))
@@ -299,7 +299,7 @@ func (d *Dataplane) applyClients(cookies map[uint64]string) error {
 	want := map[uint64]bpf.KmeshLbClient{}
 	added := false
 	for c, key := range cookies {
-		w := d.lbWorkloads[key]
+		w := d.lbWorkload(key)
 		if w == nil {
 			continue
 		}

@@ -132,6 +132,7 @@ func (d *Dataplane) adoptService(key string, id uint32, sv bpf.KmeshServiceValue
 			delete(s.endpoints, bpf.KmeshEndpointKey{ServiceId: id, Family: uint8(fam), Gen: sv.Gen, Slot: uint32(i)})
 		}
 	}
+	d.liveSlots += len(cur.slots[0]) + len(cur.slots[1])
 	if ws != nil && sv.LbMode == ws.lbMode {
 		want := d.slotsFor(ws)
 		if slices.Equal(want[0], cur.slots[0]) && slices.Equal(want[1], cur.slots[1]) {

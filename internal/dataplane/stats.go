@@ -20,10 +20,7 @@ type MapStat struct {
 func (d *Dataplane) MapStats() []MapStat {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	services, backends, frontends, endpoints := len(d.services), len(d.backends), len(d.frontends), 0
-	for _, s := range d.services {
-		endpoints += len(s.slots[0]) + len(s.slots[1])
-	}
+	services, backends, frontends, endpoints := len(d.services), len(d.backends), len(d.frontends), d.liveSlots
 	if s := d.stale; s != nil {
 		services += len(s.services)
 		backends += len(s.backends)
@@ -47,8 +44,9 @@ func (d *Dataplane) MapStats() []MapStat {
 		ips += s.entries[bpf.KmeshMapKmAuthzIp]
 		refs += s.entries[bpf.KmeshMapKmAuthzList]
 	}
+	orphans := d.orphanCounts()
 	stat := func(name string, n int, m Map) MapStat {
-		return MapStat{Name: name, Entries: uint32(n), Capacity: m.MaxEntries()}
+		return MapStat{Name: name, Entries: uint32(n + orphans[name]), Capacity: m.MaxEntries()}
 	}
 	return []MapStat{
 		stat(bpf.KmeshMapKmBackend, backends, d.maps.KmBackend),

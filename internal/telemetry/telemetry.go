@@ -99,6 +99,10 @@ func Start(o Options) (*Telemetry, error) {
 // SetMesh names the workloads and services of the records from now on.
 func (t *Telemetry) SetMesh(m *model.Mesh) { t.index.Store(newIndex(m)) }
 
+// SetState names the workloads and services of the records from st, which
+// the caller keeps up to date (its lookups lock).
+func (t *Telemetry) SetState(st *model.State) { t.index.Store(&index{st: st}) }
+
 // Close stops reading.
 func (t *Telemetry) Close() error {
 	err := t.reader.Close()

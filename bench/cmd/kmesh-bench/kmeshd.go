@@ -37,8 +37,11 @@ func startKmeshd(ctx context.Context, bed *testbed.Bed, tl tools, node *testbed.
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"--node", node.Name, "--config", config, "--cgroup", node.Cgroup,
+	args := []string{"--node", node.Name, "--cgroup", node.Cgroup,
 		"--bpf-dir", node.BPFDir, "--admin-address", admin, "--log-level", "info"}
+	if config != "" { // "": the config comes from --xds-address in extra
+		args = append(args, "--config", config)
+	}
 	for _, f := range []string{"--metrics-address", "--readiness-address"} {
 		if tl.kmeshdFlags[f] {
 			args = append(args, f, "127.0.0.1:0")

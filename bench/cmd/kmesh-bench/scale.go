@@ -83,11 +83,11 @@ func runScale(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*rep
 		return out, err
 	}
 	out.FileMiB = float64(size) / (1 << 20)
-	k, err := startKmeshd(ctx, s.bed, tl, s.node, s.path)
+	k, err := startKmeshd(ctx, s.bed, tl, s.node, s.path, s.limitFlags()...)
 	if err != nil {
 		return out, err
 	}
-	defer k.Stop()
+	defer func() { k.Stop() }()
 	out.FirstSyncMs = ms(k.Ready)
 	logf("control plane: first full sync %.0f ms", out.FirstSyncMs)
 	if out.ParseMs, err = parseTime(s.path); err != nil {
@@ -108,6 +108,16 @@ func runScale(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*rep
 	}
 	for _, m := range out.MapMemory {
 		out.MapMemoryMiB += m.MemlockMiB
+	}
+
+	if err := k.Stop(); err != nil {
+		return out, err
+	}
+	if err := s.xdsScale(ctx, out); err != nil {
+		return out, fmt.Errorf("control plane over xDS: %w", err)
+	}
+	if k, err = startKmeshd(ctx, s.bed, tl, s.node, s.path, s.limitFlags()...); err != nil {
+		return out, err
 	}
 
 	logf("control plane: start-up of new workloads on the %d-service mesh", cfg.services)

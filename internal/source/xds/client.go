@@ -23,6 +23,8 @@ type Client struct {
 	log  *slog.Logger
 	run  func(context.Context, func(*model.Mesh) error) error
 	mode string
+	// delta is the workload API client (nil in ADS mode).
+	delta *deltaClient
 }
 
 // NewWorkloadClient returns a client of Istio ambient's workload API: it
@@ -39,6 +41,7 @@ func NewWorkloadClient(cfg Config, log *slog.Logger) *Client {
 		build:    buildWorkloadMesh,
 	}
 	c.run = d.run
+	c.delta = d
 	return c
 }
 
@@ -76,6 +79,18 @@ func newClient(mode string, cfg Config, log *slog.Logger) *Client {
 // an error only for a config it cannot use (no address, a token without
 // TLS); connection failures are retried for ever.
 func (c *Client) Run(ctx context.Context, apply func(*model.Mesh) error) error {
+	return c.RunChanges(ctx, apply, nil)
+}
+
+// RunChanges is Run that, in workload mode, hands each response after the
+// first state to changes as the model changes it makes (O(what it
+// touches)); apply still gets the first state, and whole meshes for the
+// rare response the incremental path leaves to the full build (resources
+// that contest a name or address). nil changes, or ADS mode: as Run.
+func (c *Client) RunChanges(ctx context.Context, apply func(*model.Mesh) error, changes func(*model.Changes) error) error {
+	if c.delta != nil {
+		c.delta.changes = changes
+	}
 	if err := c.cfg.setDefaults(); err != nil {
 		return err
 	}

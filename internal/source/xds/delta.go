@@ -43,9 +43,15 @@ type deltaClient struct {
 	handlers []handler // in subscription order
 	build    func(*store) *built
 
-	eng    *engine
-	synced map[string]bool // types whose first response arrived
-	resync bool            // apply failed: restart the stream to be sent the change again
+	eng *engine
+	// changes, when set, takes each response's changes once the first
+	// state is applied (workload API: workloadIndex); apply then gets
+	// only whole meshes (the first state, and responses the index leaves
+	// to the full build).
+	changes func(*model.Changes) error
+	index   *workloadIndex
+	synced  map[string]bool // types whose first response arrived
+	resync  bool            // apply failed: restart the stream to be sent the change again
 }
 
 func (c *deltaClient) run(ctx context.Context, apply func(*model.Mesh) error) error {
@@ -146,6 +152,9 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 	if h == nil {
 		return nack(log, reply, []string{"type " + t + " was not subscribed"})
 	}
+	if c.changes != nil && c.eng.applied && c.index != nil {
+		return c.handleChanges(resp, h, log, reply)
+	}
 
 	staged := c.eng.store.clone()
 	fresh := map[resourceKey]bool{}
@@ -187,8 +196,91 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 			c.resync = true
 		}
 	}
+	if c.changes != nil && c.eng.applied && c.eng.built != nil {
+		c.index = newWorkloadIndex(c.eng.store, c.eng.built)
+		c.eng.built = nil
+	}
 	if first && ready && c.eng.applied {
 		log.Info("initial config applied", "resources", c.countResources())
+	}
+	if len(rejects) > 0 {
+		return nack(log, reply, rejects)
+	}
+	return reply
+}
+
+// handleChanges applies one response in place (no store copy) and hands
+// the dataplane its changes (workloadIndex.delta), or, when the response
+// touches a contested key, the whole mesh as the full build makes it. A
+// failed apply puts the store and the index back and resyncs, as handle.
+func (c *deltaClient) handleChanges(resp *discovery.DeltaDiscoveryResponse, h handler, log *slog.Logger, reply *discovery.DeltaDiscoveryRequest) *discovery.DeltaDiscoveryRequest {
+	t := resp.GetTypeUrl()
+	st := c.eng.store
+	old := map[string]*entry{}
+	save := func(name string) {
+		if _, ok := old[name]; !ok {
+			old[name] = st.get(t, name)
+		}
+	}
+	fresh := map[resourceKey]bool{}
+	var rejects []string
+	for _, r := range resp.GetResources() {
+		fresh[resourceKey{t, r.GetName()}] = true
+		v, err := convertResource(h, r.GetResource())
+		if err != nil {
+			rejects = append(rejects, fmt.Sprintf("resource %s: %v", r.GetName(), err))
+			continue
+		}
+		save(r.GetName())
+		st.put(t, r.GetName(), r.GetVersion(), v)
+	}
+	removed := resp.GetRemovedResources()
+	for _, rn := range resp.GetRemovedResourceNames() {
+		removed = append(removed, rn.GetName())
+	}
+	for _, name := range removed {
+		if st.get(t, name) != nil {
+			save(name)
+			st.remove(t, name)
+		}
+	}
+	log.Debug("response received", "resources", len(resp.GetResources()), "removed", len(removed))
+	if len(old) == 0 {
+		if len(rejects) > 0 {
+			return nack(log, reply, rejects)
+		}
+		return reply
+	}
+	rollback := func() {
+		for name, e := range old {
+			if e == nil {
+				st.remove(t, name)
+			} else {
+				st.byType[t][name] = e
+			}
+		}
+	}
+	ch, notes, full := c.index.delta(st, t, old)
+	var err error
+	if full {
+		b := c.eng.build(st)
+		for k, reason := range b.conflicts {
+			if fresh[k] {
+				rejects = append(rejects, fmt.Sprintf("resource %s: %s", k.name, reason))
+			}
+		}
+		if err = c.eng.apply(b.mesh); err == nil {
+			c.index = newWorkloadIndex(st, b.mesh)
+			c.eng.logNotes(b.notes)
+		}
+	} else if err = c.changes(ch); err == nil {
+		c.eng.addNotes(notes)
+	}
+	if err != nil {
+		rollback()
+		c.index = newWorkloadIndex(st, c.eng.build(st).mesh)
+		rejects = append(rejects, "apply: "+err.Error())
+		c.resync = true
 	}
 	if len(rejects) > 0 {
 		return nack(log, reply, rejects)

@@ -121,6 +121,7 @@ type engine struct {
 
 	store   *store
 	applied bool            // a mesh has been applied: the data plane is ready
+	built   *model.Mesh     // the mesh the last commit applied, for the workload index
 	notes   map[string]bool // notes already logged
 }
 
@@ -152,10 +153,22 @@ func (e *engine) commit(staged *store, fresh map[resourceKey]bool, apply bool) (
 			return rejects, err
 		}
 		e.applied = true
+		e.built = b.mesh
 		e.logNotes(b.notes)
 	}
 	e.store = staged
 	return rejects, nil
+}
+
+// addNotes logs the notes not logged yet (an incremental change knows
+// only the notes of what it touched, so none is forgotten here).
+func (e *engine) addNotes(notes []string) {
+	for _, n := range notes {
+		if !e.notes[n] {
+			e.notes[n] = true
+			e.log.Warn("config not fully supported", "detail", n)
+		}
+	}
 }
 
 // logNotes logs each note once while it holds; one that goes away and

@@ -31,10 +31,6 @@ func buildWorkloadMesh(st *store) *built {
 	}
 
 	// Workloads: one per key; members[host] are the endpoints of a service.
-	type member struct {
-		w     *workload
-		ports map[uint16]uint16
-	}
 	members := map[string][]member{}
 	keys := map[string]bool{}
 	for _, e := range st.sorted(AddressType) {
@@ -47,10 +43,7 @@ func buildWorkloadMesh(st *store) *built {
 			continue
 		}
 		keys[w.w.Key()] = true
-		mw := w.w
-		// Policies that have not arrived yet are left out until they do.
-		mw.Policies = slices.DeleteFunc(slices.Clone(mw.Policies), func(p string) bool { return !policies[p] })
-		m.Workloads = append(m.Workloads, mw)
+		m.Workloads = append(m.Workloads, modelWorkload(w, func(p string) bool { return policies[p] }))
 		for host, ports := range w.services {
 			members[host] = append(members[host], member{w, ports})
 		}
@@ -71,24 +64,9 @@ func buildWorkloadMesh(st *store) *built {
 			b.conflict(AddressType, e.name, "address %s is already used by service %s", clash, frontends[clash])
 			continue
 		}
-		// Endpoints: the members that take traffic; each must agree with
-		// the service on every target port, as the data plane keeps one
-		// target port per service port.
-		var cands []candidate
-		for _, mb := range members[s.host] {
-			if !mb.w.endpoint || (!mb.w.healthy && !s.allowUnhealthy) {
-				continue
-			}
-			cands = append(cands, candidate{key: mb.w.w.Key(), ports: mb.ports})
-		}
-		ms := s.s
-		ms.Ports, ms.Endpoints = resolvePorts(s, cands, &b.notes)
-		if len(ms.Ports) == 0 {
-			b.notes = append(b.notes, fmt.Sprintf("service %s: no target port known for any port; left out until an endpoint names one", s.host))
+		ms, ok := buildService(s, members[s.host], &b.notes)
+		if !ok {
 			continue
-		}
-		if s.note != "" {
-			b.notes = append(b.notes, s.note)
 		}
 		services[ms.Key()] = true
 		for _, a := range ms.Addresses {
@@ -100,6 +78,46 @@ func buildWorkloadMesh(st *store) *built {
 	}
 	m.Sort()
 	return b
+}
+
+// member is a workload that names a service, with its own port mapping.
+type member struct {
+	w     *workload
+	ports map[uint16]uint16
+}
+
+// modelWorkload is w as the model has it: policies that have not arrived
+// yet are left out until they do.
+func modelWorkload(w *workload, present func(string) bool) model.Workload {
+	mw := w.w
+	mw.Policies = slices.DeleteFunc(slices.Clone(mw.Policies), func(p string) bool { return !present(p) })
+	return mw
+}
+
+// buildService is one service with its endpoints: the members that take
+// traffic, each agreeing with the service on every target port (the data
+// plane keeps one target port per service port). ok is false when no
+// port has a known target: the service is left out until an endpoint
+// names one. The full build and the incremental one (workload_delta.go)
+// both use it.
+func buildService(s *service, members []member, notes *[]string) (model.Service, bool) {
+	var cands []candidate
+	for _, mb := range members {
+		if !mb.w.endpoint || (!mb.w.healthy && !s.allowUnhealthy) {
+			continue
+		}
+		cands = append(cands, candidate{key: mb.w.w.Key(), ports: mb.ports})
+	}
+	ms := s.s
+	ms.Ports, ms.Endpoints = resolvePorts(s, cands, notes)
+	if len(ms.Ports) == 0 {
+		*notes = append(*notes, fmt.Sprintf("service %s: no target port known for any port; left out until an endpoint names one", s.host))
+		return ms, false
+	}
+	if s.note != "" {
+		*notes = append(*notes, s.note)
+	}
+	return ms, true
 }
 
 // firstClash returns the first address and port of the service that

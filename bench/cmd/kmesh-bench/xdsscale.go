@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/cilium/ebpf"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+
+	"github.com/kmesh-go/kmesh/bench/meshfile"
+	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/internal/bpf"
+	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
+)
+
+// xdsServer is a go-control-plane delta server of Istio's workload API
+// (a LinearCache per type), in the bench process, as an independent
+// control plane for kmeshd.
+type xdsServer struct {
+	addresses *cache.LinearCache
+	grpc      *grpc.Server
+	addr      string
+}
+
+func startXDSServer() (*xdsServer, error) {
+	s := &xdsServer{addresses: cache.NewLinearCache(xdstest.AddressType)}
+	mux := &cache.MuxCache{
+		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches: map[string]cache.Cache{
+			xdstest.AddressType:       s.addresses,
+			xdstest.AuthorizationType: cache.NewLinearCache(xdstest.AuthorizationType),
+		},
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s.addr = lis.Addr().String()
+	s.grpc = grpc.NewServer(grpc.MaxSendMsgSize(1 << 30))
+	discovery.RegisterAggregatedDiscoveryServiceServer(s.grpc, server.NewServer(context.Background(), mux, nil))
+	go s.grpc.Serve(lis)
+	return s, nil
+}
+
+// xdsWorkload is endpoint n of service svc (addresses 10.128.0.0/9, away
+// from the test bed's).
+func xdsWorkload(svc, n int) xdstest.Workload {
+	host := "default/" + xdstest.Hostname("default", meshfile.SyntheticService(svc))
+	return xdstest.Workload{Namespace: "default", Name: "ep-" + strconv.Itoa(n), Node: "remote",
+		IPs:      []string{netip.AddrFrom4([4]byte{10, byte(128 + n>>16), byte(n >> 8), byte(n)}).String()},
+		Services: map[string][]xdstest.Port{host: {{Service: 80, Target: 8080}}}}
+}
+
+// limitFlags size the maps for the mesh (the defaults hold 10,000
+// services / 100,000 endpoints; past them only the --max-* flags change).
+func (s *scaleRun) limitFlags() []string {
+	return []string{
+		"--max-services", strconv.Itoa(max(s.cfg.services+64, int(bpf.DefaultLimits.Services))),
+		"--max-frontends", strconv.Itoa(max(s.cfg.services+64, int(bpf.DefaultLimits.Frontends))),
+		"--max-backends", strconv.Itoa(max(s.cfg.endpoints+64, int(bpf.DefaultLimits.Backends))),
+		"--max-endpoints", strconv.Itoa(max(s.cfg.endpoints+s.cfg.endpoints/4+4096, int(bpf.DefaultLimits.Endpoints))),
+	}
+}
+
+// xdsScale runs kmeshd against the delta server holding cfg.services
+// services and cfg.endpoints endpoints: first full sync (exec to ready),
+// then endpoint changes (one pod joins or leaves a service) timed from the
+// server's cache update to the service's slot count in the pinned maps,
+// then kmeshd's memory.
+func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
+	srv, err := startXDSServer()
+	if err != nil {
+		return err
+	}
+	defer srv.grpc.Stop()
+	res := make(map[string]types.Resource, s.cfg.services+s.cfg.endpoints)
+	for i := range s.cfg.services {
+		name, a := xdstest.Service("default", meshfile.SyntheticService(i), []string{meshfile.SyntheticAddress(i).String()}, xdstest.Port{Service: 80, Target: 8080})
+		res[name] = a
+	}
+	for n := range s.cfg.endpoints {
+		name, a := xdsWorkload(n%s.cfg.services, n).Address()
+		res[name] = a
+	}
+	srv.addresses.SetResources(res)
+	res = nil
+	k, err := startKmeshd(ctx, s.bed, s.tools, s.node, "", append([]string{"--xds-address", srv.addr}, s.limitFlags()...)...)
+	if err != nil {
+		return err
+	}
+	defer k.Stop()
+	out.XDSFirstSyncMs = ms(k.Ready)
+	logf("control plane over xDS: first full sync %.0f ms (%d services, %d endpoints)", out.XDSFirstSyncMs, s.cfg.services, s.cfg.endpoints)
+
+	frontends, err := ebpf.LoadPinnedMap(filepath.Join(s.node.BPFDir, bpf.KmeshMapKmFrontend), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer frontends.Close()
+	services, err := ebpf.LoadPinnedMap(filepath.Join(s.node.BPFDir, bpf.KmeshMapKmService), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer services.Close()
+	slots := func(vip netip.Addr) (uint32, error) {
+		var fv bpf.KmeshFrontendValue
+		if err := frontends.Lookup(frontendKey(vip, 80), &fv); err != nil {
+			return 0, fmt.Errorf("frontend %s:80: %w", vip, err)
+		}
+		var sv bpf.KmeshServiceValue
+		if err := services.Lookup(fv.ServiceId, &sv); err != nil {
+			return 0, fmt.Errorf("service %d: %w", fv.ServiceId, err)
+		}
+		return sv.Slots[0], nil
+	}
+	var changes []float64
+	start := time.Now()
+	for i := range s.cfg.changes {
+		if i >= 3 && time.Since(start) > s.cfg.changeTime {
+			break
+		}
+		svc := (i/2*997 + 13) % s.cfg.services
+		vip := meshfile.SyntheticAddress(svc)
+		base := uint32(s.cfg.endpoints / s.cfg.services)
+		if svc < s.cfg.endpoints%s.cfg.services {
+			base++
+		}
+		before, want := base, base+1
+		extra := xdsWorkload(svc, s.cfg.endpoints+1)
+		name, a := extra.Address()
+		if i%2 == 1 {
+			before, want = want, before
+		}
+		if got, err := slots(vip); err != nil || got != before {
+			return fmt.Errorf("xds change %d: service %s has %d slots (%v), want %d before the change", i, vip, got, err, before)
+		}
+		t0 := time.Now()
+		if i%2 == 0 {
+			err = srv.addresses.UpdateResource(name, a)
+		} else {
+			err = srv.addresses.DeleteResource(name)
+		}
+		if err != nil {
+			return err
+		}
+		for {
+			got, err := slots(vip)
+			if err != nil {
+				return err
+			}
+			if got == want {
+				break
+			}
+			if time.Since(t0) > time.Minute {
+				return fmt.Errorf("xds change %d: service %s still has %d slots after a minute, want %d", i, vip, got, want)
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		changes = append(changes, ms(time.Since(t0)))
+		time.Sleep(20 * time.Millisecond)
+	}
+	out.XDSChangeMs, out.XDSChangeP99Ms, out.XDSChanges = report.Over(changes), report.Percentile(changes, 99), len(changes)
+	logf("control plane over xDS: %d endpoint changes, p50 %.2f ms, p99 %.2f ms", len(changes), out.XDSChangeMs.Median, out.XDSChangeP99Ms)
+	if out.XDSRSSMiB, out.XDSPeakMiB, err = k.Memory(); err != nil {
+		return err
+	}
+	logf("control plane over xDS: kmeshd RSS %.0f MiB, peak %.0f MiB", out.XDSRSSMiB, out.XDSPeakMiB)
+	return nil
+}

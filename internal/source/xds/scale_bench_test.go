@@ -1,0 +1,161 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	"github.com/kmesh-go/kmesh/internal/bpf"
+	"github.com/kmesh-go/kmesh/internal/dataplane"
+	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
+)
+
+// deltaSink is what kmeshd does with the client's output (daemon.apply
+// and daemon.update): the first mesh as a full sync, then changes checked
+// against and applied to a model.State, then written by Update.
+type deltaSink struct {
+	dp      *dataplane.Dataplane
+	mu      sync.Mutex
+	st      *model.State
+	written chan time.Time
+}
+
+func (s *deltaSink) apply(m *model.Mesh) error {
+	s.mu.Lock()
+	st := s.st
+	s.mu.Unlock()
+	if st != nil {
+		return s.update(st.DiffMesh(m))
+	}
+	if err := s.dp.Apply(m); err != nil {
+		return err
+	}
+	st = model.NewState()
+	st.Apply(st.DiffMesh(m))
+	s.mu.Lock()
+	s.st = st
+	s.mu.Unlock()
+	s.written <- time.Now()
+	return nil
+}
+
+func (s *deltaSink) update(c *model.Changes) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.st.Check(c); err != nil {
+		return err
+	}
+	undo := s.st.Apply(c)
+	if err := s.dp.Update(c, s.st); err != nil {
+		s.st.Apply(undo)
+		return err
+	}
+	s.written <- time.Now()
+	return nil
+}
+
+// scaleWorkloads are the pods of service i: 10 per service, each in one.
+func scaleWorkload(svc, i int) xdstest.Workload {
+	host := "default/" + xdstest.Hostname("default", fmt.Sprintf("svc-%d", svc))
+	return xdstest.Workload{Namespace: "default", Name: fmt.Sprintf("pod-%d-%d", svc, i), Node: "node-a",
+		IPs:      []string{fmt.Sprintf("10.%d.%d.%d", 64+svc/4096, (svc/16)%256, (svc%16)*16+i)},
+		Services: map[string][]xdstest.Port{host: {{Service: 80, Target: 8080}}}}
+}
+
+// BenchmarkWorkloadClient_OneEndpointChangeAtScale serves services x 10
+// pods from a go-control-plane delta server (xdstest, LinearCache), lets
+// the workload client sync them into real BPF maps through the delta path
+// kmeshd uses (model.State + dataplane.Update), then moves one pod to a
+// new address per iteration and times push → the maps written (Update
+// returned). Reported: p50/p99 of that, the first full sync (client start
+// → maps written) and the Go heap the client side keeps (heap after GC
+// with the mesh synced, minus before the client started; the server's
+// cache is in both). Needs root:
+//
+//	go test -run '^$' -bench OneEndpointChangeAtScale -benchtime 200x -timeout 30m ./internal/source/xds/
+func BenchmarkWorkloadClient_OneEndpointChangeAtScale(b *testing.B) {
+	for _, n := range []int{10_000, 50_000} {
+		b.Run(fmt.Sprintf("services=%d/endpoints=%d", n, 10*n), func(b *testing.B) { benchScale(b, n) })
+	}
+}
+
+func benchScale(b *testing.B, services int) {
+	if os.Geteuid() != 0 {
+		b.Skip("creating BPF maps needs root")
+	}
+	limits := bpf.DefaultLimits
+	limits.Services, limits.Frontends = uint32(services+16), uint32(services+16)
+	limits.Backends, limits.Endpoints = uint32(10*services+64), uint32(10*services+4096)
+	maps, err := bpf.NewMaps(limits)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer maps.Close()
+	dp, err := dataplane.New(dataplane.MapStore(maps), limits, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := xdstest.Start(b, "")
+	res := make(map[string]types.Resource, 11*services)
+	for s := range services {
+		name, svc := xdstest.Service("default", fmt.Sprintf("svc-%d", s), []string{fmt.Sprintf("10.%d.%d.%d", 96+s/65536, (s/256)%256, s%256)}, xdstest.Port{Service: 80, Target: 8080})
+		res[name] = svc
+		for i := range 10 {
+			name, a := scaleWorkload(s, i).Address()
+			res[name] = a
+		}
+	}
+	srv.Addresses.SetResources(res)
+	res = nil
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+
+	sink := &deltaSink{dp: dp, written: make(chan time.Time, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	cfg := testConfig(srv.Addr())
+	go NewWorkloadClient(cfg, nil).RunChanges(ctx, sink.apply, sink.update)
+	select {
+	case t := <-sink.written:
+		b.ReportMetric(t.Sub(start).Seconds(), "first-sync-s")
+	case <-time.After(5 * time.Minute):
+		b.Fatal("no first sync in 5 minutes")
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/(1<<20), "client-heap-MiB")
+
+	var delays []time.Duration
+	for i := 0; b.Loop(); i++ {
+		w := scaleWorkload(i%services, 3)
+		w.IPs = []string{fmt.Sprintf("10.200.%d.%d", (i/250)%256, 1+i%250)}
+		name, a := w.Address()
+		t0 := time.Now()
+		if err := srv.Addresses.UpdateResource(name, a); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case t := <-sink.written:
+			delays = append(delays, t.Sub(t0))
+		case <-time.After(eventTimeout):
+			b.Fatalf("change %d not written after %v", i, eventTimeout)
+		}
+	}
+	slices.Sort(delays)
+	pct := func(p float64) time.Duration { return delays[min(len(delays)-1, int(p*float64(len(delays))))] }
+	b.ReportMetric(float64(pct(0.50).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(pct(0.99).Microseconds()), "p99-µs")
+	b.Logf("%d changes: p50 %v, p99 %v, max %v", len(delays), pct(0.50), pct(0.99), delays[len(delays)-1])
+}

@@ -1,0 +1,261 @@
+package xds
+
+import (
+	"net/netip"
+	"reflect"
+	"slices"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// workloadIndex turns one response of the workload API into the model
+// changes it makes, without rebuilding the mesh: it keeps who claims each
+// key (workload and service keys, hosts, service addresses, policy keys),
+// the members of each host, and what it last handed over. A response that
+// touches a key two resources claim (where "older wins" decides) is left
+// to the full build (buildWorkloadMesh), whose result is diffed instead.
+type workloadIndex struct {
+	// Claim sets are slices: nearly all hold one name, and a slice costs a
+	// fraction of a map at 500,000 workloads.
+	wlKeys, svcKeys, polKeys, hosts map[string][]string // key -> resource names
+	fronts                          map[netip.AddrPort][]string
+	members                         map[string][]string // host -> workload resource names
+	byPolicy                        map[string][]string // policy key -> workload resource names naming it
+
+	services  map[string]*model.Service // by service key, as handed over
+	keyOf     map[string]string         // host -> key of its service, as handed over
+	workloads map[string]*model.Workload
+	policies  map[string]*model.Policy
+}
+
+func newWorkloadIndex(st *store, m *model.Mesh) *workloadIndex {
+	ix := &workloadIndex{
+		wlKeys: map[string][]string{}, svcKeys: map[string][]string{}, polKeys: map[string][]string{},
+		hosts: map[string][]string{}, fronts: map[netip.AddrPort][]string{},
+		members: map[string][]string{}, byPolicy: map[string][]string{},
+		services: make(map[string]*model.Service, len(m.Services)), keyOf: map[string]string{},
+		workloads: make(map[string]*model.Workload, len(m.Workloads)), policies: make(map[string]*model.Policy, len(m.Policies)),
+	}
+	for _, t := range []string{AddressType, AuthorizationType} {
+		for name, e := range st.byType[t] {
+			ix.claim(name, e.value, true)
+		}
+	}
+	for i := range m.Services {
+		ix.services[m.Services[i].Key()] = &m.Services[i]
+	}
+	for _, e := range st.byType[AddressType] {
+		if s, ok := e.value.(*service); ok && ix.services[s.s.Key()] != nil {
+			ix.keyOf[s.host] = s.s.Key()
+		}
+	}
+	for i := range m.Workloads {
+		ix.workloads[m.Workloads[i].Key()] = &m.Workloads[i]
+	}
+	for i := range m.Policies {
+		ix.policies[m.Policies[i].Key()] = &m.Policies[i]
+	}
+	return ix
+}
+
+func mark[K comparable](m map[K][]string, key K, name string, on bool) {
+	names := m[key]
+	i := slices.Index(names, name)
+	switch {
+	case on && i < 0:
+		m[key] = append(names, name)
+	case !on && i >= 0:
+		names = slices.Delete(names, i, i+1)
+		if len(names) == 0 {
+			delete(m, key)
+		} else {
+			m[key] = names
+		}
+	}
+}
+
+// claim records (on) or forgets resource name's claims.
+func (ix *workloadIndex) claim(name string, v any, on bool) {
+	switch v := v.(type) {
+	case *workload:
+		mark(ix.wlKeys, v.w.Key(), name, on)
+		for host := range v.services {
+			mark(ix.members, host, name, on)
+		}
+		for _, p := range v.w.Policies {
+			mark(ix.byPolicy, p, name, on)
+		}
+	case *service:
+		if v.skip != "" {
+			return
+		}
+		mark(ix.svcKeys, v.s.Key(), name, on)
+		mark(ix.hosts, v.host, name, on)
+		for _, a := range v.s.Addresses {
+			for p := range v.targets {
+				mark(ix.fronts, netip.AddrPortFrom(a, p), name, on)
+			}
+		}
+	case *model.Policy:
+		mark(ix.polKeys, v.Key(), name, on)
+	}
+}
+
+// contested reports whether any key v claims has another claimant.
+func (ix *workloadIndex) contested(v any) bool {
+	switch v := v.(type) {
+	case *workload:
+		return len(ix.wlKeys[v.w.Key()]) > 1
+	case *service:
+		if v.skip != "" {
+			return false
+		}
+		if len(ix.svcKeys[v.s.Key()]) > 1 || len(ix.hosts[v.host]) > 1 {
+			return true
+		}
+		for _, a := range v.s.Addresses {
+			for p := range v.targets {
+				if len(ix.fronts[netip.AddrPortFrom(a, p)]) > 1 {
+					return true
+				}
+			}
+		}
+	case *model.Policy:
+		return len(ix.polKeys[v.Key()]) > 1
+	}
+	return false
+}
+
+// only returns the one resource name of a claim set.
+func only(s []string) string { return s[0] }
+
+// delta updates the index for the resources of typeURL named in old (their
+// previous entries, nil for new ones; st already holds the new ones) and
+// returns the model changes. full means the response touches a contested
+// key: the caller builds the whole mesh instead (and a new index).
+func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry) (c *model.Changes, notes []string, full bool) {
+	dirtyHosts := map[string]bool{}
+	dirtyWl := map[string]bool{}  // workload keys
+	dirtyPol := map[string]bool{} // policy keys
+	touch := func(v any) {
+		switch v := v.(type) {
+		case *workload:
+			dirtyWl[v.w.Key()] = true
+			for host := range v.services {
+				dirtyHosts[host] = true
+			}
+		case *service:
+			dirtyHosts[v.host] = true
+		case *model.Policy:
+			dirtyPol[v.Key()] = true
+		}
+	}
+	for name, o := range old {
+		if o != nil {
+			if ix.contested(o.value) {
+				return nil, nil, true
+			}
+			ix.claim(name, o.value, false)
+			touch(o.value)
+		}
+		if e := st.get(typeURL, name); e != nil {
+			ix.claim(name, e.value, true)
+			if ix.contested(e.value) {
+				return nil, nil, true
+			}
+			touch(e.value)
+		}
+	}
+	c = &model.Changes{}
+	present := func(key string) bool { return len(ix.polKeys[key]) == 1 }
+	for key := range dirtyPol {
+		was := ix.policies[key] != nil
+		if n := ix.polKeys[key]; len(n) == 1 {
+			p := st.get(AuthorizationType, only(n)).value.(*model.Policy)
+			if cur := ix.policies[key]; cur == nil || !reflect.DeepEqual(cur, p) {
+				c.Policies = append(c.Policies, p)
+				ix.policies[key] = p
+			}
+		} else if was {
+			c.RemovedPolicies = append(c.RemovedPolicies, key)
+			delete(ix.policies, key)
+		}
+		if was != (ix.policies[key] != nil) {
+			// The workloads naming it list it now, or no more.
+			for _, name := range ix.byPolicy[key] {
+				if e := st.get(AddressType, name); e != nil {
+					dirtyWl[e.value.(*workload).w.Key()] = true
+				}
+			}
+		}
+	}
+	for key := range dirtyWl {
+		n := ix.wlKeys[key]
+		if len(n) > 1 {
+			return nil, nil, true
+		}
+		if len(n) == 0 {
+			if ix.workloads[key] != nil {
+				c.RemovedWorkloads = append(c.RemovedWorkloads, key)
+				delete(ix.workloads, key)
+			}
+			continue
+		}
+		w := st.get(AddressType, only(n)).value.(*workload)
+		mw := modelWorkload(w, present)
+		if cur := ix.workloads[key]; cur == nil || !reflect.DeepEqual(cur, &mw) {
+			c.Workloads = append(c.Workloads, &mw)
+			ix.workloads[key] = &mw
+		}
+	}
+	built := map[string]*model.Service{} // by host; nil: the host has no service now
+	for host := range dirtyHosts {
+		built[host] = nil
+		n := ix.hosts[host]
+		if len(n) != 1 {
+			continue
+		}
+		s := st.get(AddressType, only(n)).value.(*service)
+		if ix.contested(s) {
+			return nil, nil, true
+		}
+		var members []member
+		for _, name := range ix.members[host] {
+			w := st.get(AddressType, name).value.(*workload)
+			if len(ix.wlKeys[w.w.Key()]) > 1 {
+				return nil, nil, true
+			}
+			members = append(members, member{w, w.services[host]})
+		}
+		if ms, ok := buildService(s, members, &notes); ok {
+			built[host] = &ms
+		}
+	}
+	// Removals first: a key may move from one host to another.
+	setKeys := map[string]bool{}
+	for _, ms := range built {
+		if ms != nil {
+			setKeys[ms.Key()] = true
+		}
+	}
+	for host, ms := range built {
+		if key, ok := ix.keyOf[host]; ok && (ms == nil || key != ms.Key()) {
+			delete(ix.keyOf, host)
+			if !setKeys[key] {
+				c.RemovedServices = append(c.RemovedServices, key)
+				delete(ix.services, key)
+			}
+		}
+	}
+	for host, ms := range built {
+		if ms == nil {
+			continue
+		}
+		if cur := ix.services[ms.Key()]; cur == nil || !reflect.DeepEqual(cur, ms) {
+			c.Services = append(c.Services, ms)
+			ix.services[ms.Key()] = ms
+		}
+		ix.keyOf[host] = ms.Key()
+	}
+	return c, notes, false
+}
