@@ -90,6 +90,8 @@ type Datapath struct {
 	// Reused is true when Open found this instance's maps pinned: a
 	// previous kmeshd's data plane is in force.
 	Reused bool
+	// lock is the instance lock of opts.Dir (lockDir), released by Close.
+	lock *os.File
 }
 
 // Open loads the programs with this instance's maps: a map pinned in
@@ -107,6 +109,16 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bpf dir %s: %w", opts.Dir, err)
 	}
+	lock, err := lockDir(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	s, err := spec(opts.Limits)
 	if err != nil {
 		return nil, err
@@ -115,7 +127,7 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 		return nil, err
 	}
 
-	d := &Datapath{features: feats, opts: opts, log: log, fresh: map[string]*ebpf.Map{}}
+	d := &Datapath{features: feats, opts: opts, log: log, fresh: map[string]*ebpf.Map{}, lock: lock}
 	replacements, err := openMaps(opts.Dir, s, log)
 	if err != nil {
 		return nil, err
@@ -151,6 +163,7 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	d.programs = coll.Programs
 	coll.Programs = nil // now ours to close
 	coll.Close()
+	ok = true // the lock is d's now
 	return d, nil
 }
 
@@ -310,17 +323,31 @@ func (d *Datapath) Close() error {
 		errs = append(errs, p.Close())
 	}
 	errs = append(errs, d.KmeshMaps.Close())
+	errs = append(errs, d.lock.Close())
 	return errors.Join(errs...)
 }
 
 // Remove detaches every pinned link in dir and deletes every pin and the
 // directory itself. Removing a directory that does not exist is not an
-// error, so cleanup can run twice.
+// error, so cleanup can run twice. A directory that is not on bpffs is
+// left alone (a mistyped --bpf-dir must not delete a tree of files), and so
+// is one a running kmeshd holds.
 func Remove(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	if !onBPFFS(dir) {
+		return fmt.Errorf("bpf dir %s: %w; removed nothing", dir, errNotBPFFS)
+	}
+	lock, err := lockDir(dir)
+	if errors.Is(err, ErrInUse) {
+		return fmt.Errorf("bpf dir %s: a running kmeshd holds it (stop it first); removed nothing", dir)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("bpf dir %s: %w", dir, err)
 	}

@@ -3,9 +3,12 @@
 package e2e
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestTwoNodesDoNotInterfere runs two kmeshd on one kernel with different
@@ -94,5 +97,34 @@ func TestStartupRejectsBadFile(t *testing.T) {
 	}
 	if _, err := os.Stat(n.BPFDir); !os.IsNotExist(err) {
 		t.Fatalf("kmeshd left %s behind after refusing its config", n.BPFDir)
+	}
+}
+
+// TestOneKmeshdPerBPFDir: a second kmeshd on the --bpf-dir of a running
+// one exits at once with the reason, and `kmeshd cleanup` of it removes
+// nothing while the first runs; the first keeps serving.
+func TestOneKmeshdPerBPFDir(t *testing.T) {
+	m := newMesh(t)
+	cfg := configPath(m, "mesh.yaml")
+	m.writeConfig(cfg, m.config("random", helloWorkloads))
+	k := m.startKmeshd("node-a", cfg)
+	n := m.nodes["node-a"]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	twin, err := exec.CommandContext(ctx, m.kmeshd, "--node", "node-a-twin", "--config", cfg, "--cgroup", n.Cgroup, "--bpf-dir", n.BPFDir,
+		"--admin-address", "127.0.0.1:0", "--admin-socket", m.adminSocket("node-a-twin"),
+		"--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0").CombinedOutput()
+	out := string(twin)
+	if err == nil || !strings.Contains(out, "in use by another kmeshd") {
+		t.Fatalf("second kmeshd on %s: %v\n%s", n.BPFDir, err, out)
+	}
+	if out, err := runCleanup(m.kmeshd, n.BPFDir); err == nil || !strings.Contains(out, "a running kmeshd holds it") {
+		t.Fatalf("cleanup of a running kmeshd's dir: %v\n%s", err, out)
+	}
+	if rs := m.get("client", "--url", "http://10.96.0.10/", "--count", "3", "--timeout", "2s"); len(counts(rs)) == 0 || rs[0].Error != "" {
+		t.Fatalf("after the refused twin, the mesh answers %v", counts(rs))
+	}
+	if code, _ := httpGet(t, "http://"+k.admin+"/healthz/ready"); code != 200 {
+		t.Fatalf("first kmeshd ready: %d", code)
 	}
 }
