@@ -47,6 +47,33 @@ defaults
 	return b.String()
 }
 
+// ConfigHTTP is Config in HTTP mode: HAProxy parses every request and keeps
+// its server connections for reuse, as an L7 proxy (a waypoint) does.
+func ConfigHTTP(frontends []Frontend, threads int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `global
+    nbthread %d
+    maxconn 4000
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-keep-alive 120s
+`, threads)
+	for _, f := range frontends {
+		fmt.Fprintf(&b, "\nfrontend fe-%s\n    bind 127.0.0.1:%d\n    default_backend be-%s\n", f.Name, f.Listen, f.Name)
+		fmt.Fprintf(&b, "\nbackend be-%s\n    balance roundrobin\n", f.Name)
+		for i, be := range f.Backends {
+			fmt.Fprintf(&b, "    server s%d %s\n", i, be)
+		}
+	}
+	return b.String()
+}
+
 // RedirectRules returns the nat table for `iptables-restore --noflush` that
 // redirects the pod's connections to each frontend's service address and
 // port to its listener. iptables REDIRECT of locally generated packets

@@ -23,6 +23,8 @@ type Service struct {
 	Address   netip.Addr
 	Ports     [][2]uint16 // port, targetPort
 	App       string
+	// Waypoint, when set, labels the service istio.io/use-waypoint.
+	Waypoint string
 }
 
 // Workload is a workload labelled app=App. Netns is empty for workloads of
@@ -30,12 +32,16 @@ type Service struct {
 type Workload struct {
 	Name, Namespace, App, Node, Netns string
 	Address                           netip.Addr
+	// Gateway, when set, makes the workload an instance of that waypoint.
+	Gateway string
 }
 
 // Mesh is the content of one config file.
 type Mesh struct {
 	Services  []Service
 	Workloads []Workload
+	// Waypoints are Gateways of class kmesh-waypoint, in namespace default.
+	Waypoints []string
 }
 
 // Write writes m in kmeshd's config format.
@@ -47,8 +53,12 @@ func Write(w io.Writer, m Mesh) error {
 		for i, p := range s.Ports {
 			ports[i] = fmt.Sprintf("{port: %d, targetPort: %d}", p[0], p[1])
 		}
-		fmt.Fprintf(bw, "- {name: %s%s, addresses: [%s], ports: [%s], selector: {app: %s}}\n",
-			s.Name, namespace(s.Namespace), s.Address, strings.Join(ports, ", "), s.App)
+		labels := ""
+		if s.Waypoint != "" {
+			labels = ", labels: {istio.io/use-waypoint: " + s.Waypoint + "}"
+		}
+		fmt.Fprintf(bw, "- {name: %s%s, addresses: [%s], ports: [%s], selector: {app: %s}%s}\n",
+			s.Name, namespace(s.Namespace), s.Address, strings.Join(ports, ", "), s.App, labels)
 	}
 	bw.WriteString("workloads:\n")
 	for _, wl := range m.Workloads {
@@ -56,8 +66,19 @@ func Write(w io.Writer, m Mesh) error {
 		if wl.Netns != "" {
 			netns = ", netns: " + wl.Netns
 		}
-		fmt.Fprintf(bw, "- {name: %s%s, labels: {app: %s}, addresses: [%s], node: %s%s}\n",
-			wl.Name, namespace(wl.Namespace), wl.App, wl.Address, wl.Node, netns)
+		gw := ""
+		if wl.Gateway != "" {
+			gw = ", gateway.networking.k8s.io/gateway-name: " + wl.Gateway
+		}
+		fmt.Fprintf(bw, "- {name: %s%s, labels: {app: %s%s}, addresses: [%s], node: %s%s}\n",
+			wl.Name, namespace(wl.Namespace), wl.App, gw, wl.Address, wl.Node, netns)
+	}
+	if len(m.Waypoints) > 0 {
+		bw.WriteString("gateways:\n")
+	}
+	for _, name := range m.Waypoints {
+		fmt.Fprintf(bw, "- {apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, metadata: {name: %s}, "+
+			"spec: {gatewayClassName: kmesh-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}}\n", name)
 	}
 	return bw.Flush()
 }

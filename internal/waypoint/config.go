@@ -44,6 +44,7 @@ type snapshot struct {
 	byPort   map[uint16][]*servicePort       // the same, by port (plaintext listener)
 	services map[string]*service             // every service of the mesh (backends), by key
 	byAddr   map[netip.Addr]*model.Workload  // workloads by address (plaintext peer identity)
+	byKey    map[string]*model.Workload      // workloads by key (metrics labels)
 	// gatewayPolicies target the Gateway: every request through it.
 	gatewayPolicies []*model.L7Policy
 }
@@ -98,6 +99,7 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 		byAddr:   map[netip.Addr]*model.Workload{},
 	}
 	workloads := map[string]*model.Workload{}
+	s.byKey = workloads
 	for i := range mesh.Workloads {
 		w := &mesh.Workloads[i]
 		workloads[w.Key()] = w

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kmesh-go/kmesh/internal/model"
@@ -391,7 +392,9 @@ func (p *Proxy) writeResponse(w *countingWriter, resp *http.Response, rq *reques
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
 	stream := resp.ContentLength < 0 || resp.ProtoMajor == 2
-	buf := make([]byte, 32<<10)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
@@ -421,6 +424,9 @@ func (p *Proxy) writeResponse(w *countingWriter, resp *http.Response, rq *reques
 		rq.grpc = resp.Header.Get("Grpc-Status")
 	}
 }
+
+// bufPool holds the copy buffers of responses, so a request allocates none.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // mirror sends a copy of the request to the mirror backend and forgets it.
 // Only requests without a body are mirrored with it whole; others are

@@ -93,7 +93,7 @@ func (p *Proxy) labels(s *snapshot, r *http.Request, rq *request) []string {
 		svcHost = svcName + "." + svcNS + ".svc.cluster.local"
 	}
 	if rq.ep != nil {
-		if w := s.mesh.Workload(rq.ep.workload); w != nil {
+		if w := s.byKey[rq.ep.workload]; w != nil {
 			dstName, dstNS, dstApp, dstVer = w.Name, w.Namespace, w.Labels["app"], w.Labels["version"]
 		}
 		dstPrincipal = "spiffe://" + rq.ep.identity

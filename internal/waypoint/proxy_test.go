@@ -21,7 +21,7 @@ import (
 // workload is a server on its own 127.0.1.x address, and the client's
 // connections are handed to the proxy as addressed to the service VIP.
 type bed struct {
-	t     *testing.T
+	t     testing.TB
 	mesh  *model.Mesh
 	proxy *Proxy
 	ln    net.Listener
@@ -32,7 +32,7 @@ type bed struct {
 
 const gwKey = "default/waypoint"
 
-func newBed(t *testing.T) *bed {
+func newBed(t testing.TB) *bed {
 	b := &bed{t: t, mesh: &model.Mesh{Gateways: []model.Gateway{{Name: "waypoint", Namespace: "default", ClassName: model.WaypointClass,
 		Listeners: []model.GatewayListener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}}}}}
 	b.mesh.Workloads = append(b.mesh.Workloads, model.Workload{Name: "client", Namespace: "default", ServiceAccount: "client",

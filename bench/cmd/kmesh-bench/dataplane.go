@@ -26,6 +26,10 @@ const (
 	modeAccel    = "kmesh-accel"
 	modeIPTables = "iptables"
 	modeHAProxy  = "haproxy"
+	// The L7 hops: HAProxy in HTTP mode in the client pod, and
+	// kmesh-waypoint in a pod of its own that kmeshd redirects to.
+	modeHAProxyHTTP = "haproxy-http"
+	modeWaypoint    = "kmesh-waypoint"
 )
 
 // Topologies.
@@ -45,6 +49,10 @@ var (
 	remoteAddr   = netip.MustParseAddr("10.1.2.11")
 	localVIP     = netip.MustParseAddr("10.96.0.10")
 	remoteVIP    = netip.MustParseAddr("10.96.0.11")
+	waypointAddr = netip.MustParseAddr("10.1.1.20")
+	// The same servers as services that use the waypoint.
+	localWaypointVIP  = netip.MustParseAddr("10.96.0.20")
+	remoteWaypointVIP = netip.MustParseAddr("10.96.0.21")
 	servicePorts = [][2]uint16{{80, fortio.HTTPPort}, {fortio.TCPPort, fortio.TCPPort}} // service port, target port
 )
 
@@ -54,6 +62,7 @@ type topology struct {
 	server     *testbed.Pod
 	service    string
 	vip        netip.Addr
+	wpVIP      netip.Addr // the service through the waypoint
 }
 
 // mode is one way of reaching the server, set up and torn down around its
@@ -61,6 +70,7 @@ type topology struct {
 type mode struct {
 	report.Mode
 	sameNodeOnly bool
+	httpOnly     bool // the hop speaks HTTP: TCP tests are left out
 	setup        func(context.Context) error
 	teardown     func() error
 }
@@ -79,6 +89,8 @@ type dataplane struct {
 	cgroups  []string // every process of the bed runs in one of these
 	daemons  string   // the cgroup kmeshd runs in (the bed's own)
 	haproxy  *testbed.Process
+	haproxyH *testbed.Process // HTTP mode
+	waypoint *testbed.Process
 	running  []*kmeshd
 	rss      []float64 // kmeshd (node-a) resident memory, MiB, per kmesh round
 }
@@ -166,6 +178,9 @@ func runDataplane(ctx context.Context, bed *testbed.Bed, tl tools, cfg config, r
 					continue
 				}
 				for _, test := range tests {
+					if m.httpOnly && test.Kind == fortio.TCP {
+						continue
+					}
 					s, err := d.measure(ctx, test, d.target(m.Name, t, test))
 					if err != nil {
 						m.teardown()
@@ -208,8 +223,8 @@ func (d *dataplane) build(ctx context.Context) error {
 		return err
 	}
 	d.topos = []topology{
-		{topoSame, "client and server pods on one node (veth, bridge, veth)", local, "svc-local", localVIP},
-		{topoCross, "client and server pods on two nodes (veth, bridge, veth to the underlay bridge and back)", remote, "svc-remote", remoteVIP},
+		{topoSame, "client and server pods on one node (veth, bridge, veth)", local, "svc-local", localVIP, localWaypointVIP},
+		{topoCross, "client and server pods on two nodes (veth, bridge, veth to the underlay bridge and back)", remote, "svc-remote", remoteVIP, remoteWaypointVIP},
 	}
 	d.daemons = filepath.Join(filepath.Dir(d.nodeA.Cgroup), d.bed.RunID())
 	d.cgroups = []string{d.nodeA.Cgroup, d.nodeB.Cgroup, d.daemons}
@@ -226,18 +241,51 @@ func (d *dataplane) build(ctx context.Context) error {
 	if err := d.startHAProxy(ctx); err != nil {
 		return err
 	}
+	wp, err := d.nodeA.AddPod("waypoint", waypointAddr)
+	if err != nil {
+		return err
+	}
 
 	m := meshfile.Mesh{Workloads: []meshfile.Workload{
 		{Name: "client", App: "client", Node: d.nodeA.Name, Netns: d.client.NetnsPath, Address: clientAddr},
-	}}
+		// kmeshd never enrolls a waypoint, netns or not.
+		{Name: "waypoint", App: "waypoint", Node: d.nodeA.Name, Netns: wp.NetnsPath, Address: waypointAddr, Gateway: "waypoint"},
+	}, Waypoints: []string{"waypoint"}}
 	for _, t := range d.topos {
 		m.Services = append(m.Services, meshfile.Service{Name: t.service, Address: t.vip, Ports: servicePorts, App: t.service})
+		m.Services = append(m.Services, meshfile.Service{Name: t.service + "-wp", Address: t.wpVIP, Ports: servicePorts,
+			App: t.service, Waypoint: "waypoint"})
 		m.Workloads = append(m.Workloads, meshfile.Workload{Name: t.server.Name, App: t.service,
 			Node: t.server.Node.Name, Netns: t.server.NetnsPath, Address: t.server.Addrs[0]})
 	}
 	d.meshFile = filepath.Join(d.tmp, "mesh.yaml")
-	_, err = meshfile.WriteFile(d.meshFile, m)
-	return err
+	if _, err = meshfile.WriteFile(d.meshFile, m); err != nil {
+		return err
+	}
+	return d.startWaypoint(wp)
+}
+
+// startWaypoint runs kmesh-waypoint in its pod for the whole run; it idles
+// while other modes run (no kmeshd redirects to it).
+func (d *dataplane) startWaypoint(pod *testbed.Pod) error {
+	bin, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmesh-waypoint")
+	if err != nil {
+		return fmt.Errorf("build kmesh-waypoint: %w", err)
+	}
+	// No metrics server and no access log: Istio's waypoints keep access
+	// logs off by default, and nobody scrapes here.
+	proc, err := pod.Start(bin, "--config", d.meshFile, "--gateway", "default/waypoint", "--metrics-address", "",
+		"--access-log=false", "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	d.waypoint = proc
+	// A connection is enough: GET / without a service's name as Host is 404.
+	addr := netip.AddrPortFrom(waypointAddr, 80).String()
+	if _, err := runProbe(context.Background(), pod, d.tools.self, addr, false, 20*time.Second); err != nil {
+		return fmt.Errorf("kmesh-waypoint not serving: %w: %s", err, lastLines(proc.Stderr(), 3))
+	}
+	return nil
 }
 
 // modes lists every mode, marking those this run cannot or was asked not
@@ -268,6 +316,16 @@ func (d *dataplane) modes(only string) []mode {
 				return iptablesRestore(ctx, d.client.NetnsPath, haproxy.RedirectRules(d.frontends()))
 			},
 			teardown: func() error { return iptablesFlush(d.client.NetnsPath) }},
+		{Mode: report.Mode{Name: modeHAProxyHTTP, Description: "an L7 userspace hop: HAProxy in HTTP mode (2 threads, server connections reused) in the client pod, iptables REDIRECT of the service's HTTP port to it; HTTP tests only"},
+			httpOnly: true,
+			setup: func(ctx context.Context) error {
+				return iptablesRestore(ctx, d.client.NetnsPath, haproxy.RedirectRules(d.httpFrontends()))
+			},
+			teardown: func() error { return iptablesFlush(d.client.NetnsPath) }},
+		{Mode: report.Mode{Name: modeWaypoint, Description: "the L7 waypoint: the client connects to a service labelled istio.io/use-waypoint; kmeshd redirects it to kmesh-waypoint in a pod of its own on node-a (plaintext), which routes each request to the server; HTTP tests only"},
+			httpOnly: true,
+			setup:    func(ctx context.Context) error { return d.startKmeshds(ctx, kmeshFlags...) },
+			teardown: d.stopKmeshds},
 	}
 	wanted := strings.Split(only, ",")
 	for i := range modes {
@@ -293,11 +351,15 @@ func (d *dataplane) target(mode string, t topology, test fortio.Test) string {
 	if mode == modeDirect {
 		return netip.AddrPortFrom(t.server.Addrs[0], port).String()
 	}
+	vip := t.vip
+	if mode == modeWaypoint {
+		vip = t.wpVIP
+	}
 	svcPort := uint16(80)
 	if test.Kind == fortio.TCP {
 		svcPort = fortio.TCPPort
 	}
-	return netip.AddrPortFrom(t.vip, svcPort).String()
+	return netip.AddrPortFrom(vip, svcPort).String()
 }
 
 // cpu returns the CPU time of everything in the bed, and of the mesh's
@@ -310,8 +372,18 @@ func (d *dataplane) cpu() (all, mesh time.Duration, err error) {
 	if mesh, err = cpuUsage([]string{d.daemons}); err != nil {
 		return 0, 0, err
 	}
-	proxy, err := threadsCPU(d.haproxy.PID())
-	return all, mesh + proxy, err
+	var proxies time.Duration
+	for _, p := range []*testbed.Process{d.haproxy, d.haproxyH, d.waypoint} {
+		if p == nil {
+			continue
+		}
+		c, err := threadsCPU(p.PID())
+		if err != nil {
+			return 0, 0, err
+		}
+		proxies += c
+	}
+	return all, mesh + proxies, nil
 }
 
 // measure runs one fortio test in the client pod.
@@ -421,9 +493,27 @@ func (d *dataplane) frontends() []haproxy.Frontend {
 	return out
 }
 
-// startHAProxy runs HAProxy in the client pod for the whole run; it idles
-// while other modes run, and only the haproxy mode redirects traffic to it.
+// httpFrontends are the HTTP-mode HAProxy's listeners: the HTTP port of
+// each service.
+func (d *dataplane) httpFrontends() []haproxy.Frontend {
+	var out []haproxy.Frontend
+	for _, f := range d.frontends() {
+		if f.Service.Port() == 80 {
+			f.Name += "-http"
+			f.Listen += 100
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// startHAProxy runs HAProxy (TCP mode, and a second one in HTTP mode) in the
+// client pod for the whole run; they idle while other modes run, and only
+// the haproxy modes redirect traffic to them.
 func (d *dataplane) startHAProxy(ctx context.Context) error {
+	if err := d.startHAProxyHTTP(ctx); err != nil {
+		return err
+	}
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
 		return fmt.Errorf("haproxy: %w (make bench installs it)", err)
@@ -441,6 +531,28 @@ func (d *dataplane) startHAProxy(ctx context.Context) error {
 	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fes[0].Listen).String()
 	if _, err := runProbe(ctx, d.client, d.tools.self, addr, true, 20*time.Second); err != nil {
 		return fmt.Errorf("haproxy not serving: %w: %s", err, lastLines(proc.Stderr(), 3))
+	}
+	return nil
+}
+
+func (d *dataplane) startHAProxyHTTP(ctx context.Context) error {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		return fmt.Errorf("haproxy: %w (make bench installs it)", err)
+	}
+	fes := d.httpFrontends()
+	cfg := filepath.Join(d.tmp, "haproxy-http.cfg")
+	if err := os.WriteFile(cfg, []byte(haproxy.ConfigHTTP(fes, 2)), 0o644); err != nil {
+		return err
+	}
+	proc, err := d.client.Start(bin, "-db", "-f", cfg)
+	if err != nil {
+		return err
+	}
+	d.haproxyH = proc
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fes[0].Listen).String()
+	if _, err := runProbe(ctx, d.client, d.tools.self, addr, true, 20*time.Second); err != nil {
+		return fmt.Errorf("haproxy (HTTP mode) not serving: %w: %s", err, lastLines(proc.Stderr(), 3))
 	}
 	return nil
 }
