@@ -22,6 +22,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
 	"github.com/kmesh-go/kmesh/internal/waypoint"
@@ -37,8 +38,7 @@ func main() {
 type config struct {
 	configPath     string
 	gateway        string
-	caCert, caKey  string
-	trustDomain    string
+	ca             identity.Config
 	adminAddress   string
 	metricsAddress string
 	plaintext      bool
@@ -70,9 +70,8 @@ gateway.networking.k8s.io/gateway-name=<gateway name>.`,
 	f := cmd.Flags()
 	f.StringVar(&c.configPath, "config", "", "mesh config file (the file kmeshd reads); reloaded when it changes")
 	f.StringVar(&c.gateway, "gateway", "", "the Gateway this waypoint is, NAMESPACE/NAME")
-	f.StringVar(&c.caCert, "ca-cert", "", "PEM file of the mesh CA's certificate (HBONE; as kmeshd's)")
-	f.StringVar(&c.caKey, "ca-key", "", "PEM file of the mesh CA's key (HBONE; as kmeshd's)")
-	f.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+	// The same CA flags as kmeshd (--ca-cert, --ca-key, --trust-domain, ...).
+	c.ca.RegisterFlags(f)
 	f.StringVar(&c.adminAddress, "admin-address", "127.0.0.1:15000", "admin API: /config_dump, /explain, /healthz/ready")
 	f.StringVar(&c.metricsAddress, "metrics-address", ":15020", "Prometheus /metrics: istio_requests_total, ...")
 	f.BoolVar(&c.plaintext, "plaintext", true, "accept plaintext connections on the ports of the services this waypoint serves")
@@ -92,12 +91,9 @@ func run(ctx context.Context, c config) error {
 	if ns, name, ok := strings.Cut(c.gateway, "/"); !ok || ns == "" || name == "" {
 		return fmt.Errorf("--gateway %q: want NAMESPACE/NAME", c.gateway)
 	}
-	if (c.caCert == "") != (c.caKey == "") {
-		return errors.New("--ca-cert and --ca-key go together")
-	}
-	if c.caCert != "" {
+	if c.ca.Enabled() {
 		// HBONE termination comes with internal/hbone (issue 10).
-		return errors.New("--ca-cert: HBONE is not available in this build yet; run without a CA (plaintext)")
+		return errors.New("a CA is configured, but HBONE is not available in this build yet; run without a CA (plaintext)")
 	}
 	src := file.New(c.configPath, "", log.With("component", "file"))
 	mesh, err := src.Load()

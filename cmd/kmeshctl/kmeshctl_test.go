@@ -55,6 +55,9 @@ func newFakeAdmin(t *testing.T) *fakeAdmin {
 	mux.HandleFunc("GET /connections", file("connections.json"))
 	mux.HandleFunc("GET /maps", file("maps.txt"))
 	mux.HandleFunc("GET /certs", file("certs.json"))
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, `{"version":"v9.9.9","commit":"0123abc","goVersion":"go1.26.8","platform":"linux/amd64"}`)
+	})
 	mux.HandleFunc("GET /explain", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.queries = append(f.queries, r.URL.RawQuery)
@@ -343,5 +346,28 @@ func TestKmeshctl_ChangesGoToTheSocket(t *testing.T) {
 	}
 	if f.accessLog {
 		t.Fatal("the access log was switched without the socket")
+	}
+}
+
+func TestKmeshctl_VersionShowsClientAndDaemon(t *testing.T) {
+	f := newFakeAdmin(t)
+	got, err := kmeshctl(t, f.addr(), "version")
+	if err != nil {
+		t.Fatalf("kmeshctl version: %v\n%s", err, got)
+	}
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "client: ") {
+		t.Fatalf("kmeshctl version printed %q, want a client and a daemon line", got)
+	}
+	if want := "daemon: v9.9.9 (commit 0123abc, go1.26.8, linux/amd64)"; lines[1] != want {
+		t.Errorf("daemon line %q, want %q", lines[1], want)
+	}
+	// Without a daemon the client's line is printed and the command fails.
+	got, err = kmeshctl(t, "127.0.0.1:1", "version")
+	if err == nil || !strings.HasPrefix(got, "client: ") || !strings.Contains(err.Error(), "cannot reach kmeshd") {
+		t.Errorf("no daemon: printed %q, err %v; want the client line and a reach error", got, err)
+	}
+	if got, err := kmeshctl(t, "127.0.0.1:1", "version", "--client"); err != nil || strings.Count(got, "\n") != 1 {
+		t.Errorf("version --client: %q, %v", got, err)
 	}
 }

@@ -83,8 +83,10 @@ log --level, accesslog on|off) go to kmeshd's admin socket,
 		newLogCommand(a),
 		newAccessLogCommand(a),
 		newExplainCommand(a),
+		newWaypointCommand(a),
 		newEnrollCommand(a, true),
 		newEnrollCommand(a, false),
+		newVersionCommand(a),
 	)
 	return root
 }

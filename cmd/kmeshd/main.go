@@ -13,6 +13,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/bpf"
 	"github.com/kmesh-go/kmesh/internal/daemon"
+	"github.com/kmesh-go/kmesh/internal/version"
 )
 
 func main() {
@@ -60,6 +61,7 @@ removes it.`,
     --xds-root-cert /var/run/secrets/istio/root-cert.pem \
     --xds-token-file /var/run/secrets/tokens/istio-token \
     --ca-address istiod.istio-system.svc:15012`,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -108,6 +110,7 @@ removes it.`,
 	cfg.Identity.RegisterFlags(f)
 	f.StringVar(&cfg.AccessLogFile, "access-log-file", "", "file for the access log, JSON lines (default: standard output)")
 
+	cmd.SetVersionTemplate("kmeshd {{.Version}}\n")
 	cmd.AddCommand(newCleanupCommand())
 	return cmd
 }

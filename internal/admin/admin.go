@@ -33,6 +33,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
 	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/version"
 )
 
 // State is what the daemon shows through the admin API.
@@ -93,6 +94,7 @@ func newMux(h *handler) http.Handler {
 	mux.HandleFunc("GET /connections", h.connections)
 	mux.HandleFunc("GET /explain", h.explain)
 	mux.HandleFunc("GET /certs", h.certs)
+	mux.HandleFunc("GET /version", h.version)
 	if c.LogLevel != nil {
 		mux.HandleFunc("/logging", h.logging)
 	}
@@ -152,6 +154,7 @@ var endpoints = []struct{ path, help string }{
 	{"/enroll?netns=PATH", "POST, admin socket only: put a network namespace in the mesh (kept across restarts)"},
 	{"/unenroll?netns=PATH", "POST, admin socket only: take a namespace enrolled through /enroll out again"},
 	{"/explain?source=NS/WORKLOAD&destination=IP:PORT", "what a connect from the workload to the address does, and why (JSON)"},
+	{"/version", "this kmeshd's version and commit (JSON)"},
 }
 
 func (h *handler) index(w http.ResponseWriter, r *http.Request) {
@@ -186,6 +189,10 @@ func (h *handler) configDump(w http.ResponseWriter, r *http.Request) {
 		d.Enrolled = []string{}
 	}
 	h.writeJSON(w, d)
+}
+
+func (h *handler) version(w http.ResponseWriter, r *http.Request) {
+	h.writeJSON(w, api.Version(version.Get()))
 }
 
 func (h *handler) maps(w http.ResponseWriter, r *http.Request) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
 	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/version"
 )
 
 // fakeState is a daemon with the hello mesh applied on node-a.
@@ -303,5 +304,16 @@ func TestGroup_StopsWithContextAndOnFailure(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("group still serving 5s after its context ended")
+	}
+}
+
+func TestAdmin_VersionIsTheBinarys(t *testing.T) {
+	defer func(v, c string) { version.Version, version.Commit = v, c }(version.Version, version.Commit)
+	version.Version, version.Commit = "v1.2.3", "feedbeef"
+	ts := newTestServer(t, &fakeState{})
+	code, body := ts.do(t, "GET", "/version")
+	v := decode[api.Version](t, body)
+	if code != 200 || v.Version != "v1.2.3" || v.Commit != "feedbeef" || v.GoVersion == "" || v.Platform == "" {
+		t.Fatalf("/version: %d %+v", code, v)
 	}
 }

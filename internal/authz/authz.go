@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
@@ -27,6 +28,16 @@ func IdentityOf(w *model.Workload) Identity {
 		sa = "default"
 	}
 	return Identity{Namespace: w.Namespace, ServiceAccount: sa}
+}
+
+// FromSPIFFE is the identity a certificate proved (a tunnelled
+// connection's peer), for Conn.Identity; nil, so no principal, for a trust
+// domain other than the one policies name.
+func FromSPIFFE(id identity.Identity) *Identity {
+	if id.TrustDomain != TrustDomain {
+		return nil
+	}
+	return &Identity{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount}
 }
 
 // Principal is the identity as policies name it: the SPIFFE id without

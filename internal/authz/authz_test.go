@@ -7,6 +7,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/authz"
 	"github.com/kmesh-go/kmesh/internal/authz/authztest"
+	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
@@ -72,5 +73,16 @@ func TestIndex_SharedAddressGoesToFirstWorkload(t *testing.T) {
 	}}
 	if w := authz.NewIndex(m).WorkloadAt(netip.MustParseAddr("::ffff:10.0.0.1")); w == nil || w.Name != "a" {
 		t.Fatalf("workload at a shared, v4-mapped address: %v", w)
+	}
+}
+
+func TestFromSPIFFE(t *testing.T) {
+	id := identity.Identity{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "client"}
+	if got := authz.FromSPIFFE(id); got == nil || got.Principal() != "cluster.local/ns/default/sa/client" {
+		t.Fatalf("FromSPIFFE(%s) = %v", id, got)
+	}
+	id.TrustDomain = "example.org"
+	if got := authz.FromSPIFFE(id); got != nil {
+		t.Fatalf("another trust domain gave principal %s", got.Principal())
 	}
 }

@@ -38,10 +38,22 @@
 // cluster.local/ns/<namespace>/sa/<service account>, taken from the
 // workload the mesh knows at the source address (see [Identity]). A source
 // the mesh does not know has no identity: principals, namespaces and
-// service accounts never match it, and their not_ forms always do. Until
-// mutual TLS exists, the destination side knows the source only by its
-// address: any process that can send from a workload's address passes as
-// that workload.
+// service accounts never match it, and their not_ forms always do.
+//
+// Where the identity comes from:
+//
+//   - A connection through the HBONE tunnel: the peer's certificate
+//     (its SPIFFE URI SAN, verified against the mesh's roots); the tunnel
+//     calls Evaluate with it ([FromSPIFFE]) before it dials the
+//     application. The kernel's destination check leaves these to it.
+//   - Any other connection, when the mesh has a CA: the address, but only
+//     for the workloads of the destination's own node, whose network
+//     namespaces that node's kmeshd enrolled; from another node a plaintext
+//     connection has no identity, whatever its address. This is how STRICT
+//     PeerAuthentication works: it becomes a DENY policy on "no principal".
+//   - Without a CA: the address, for every workload of the mesh; any
+//     process that can send from a workload's address passes as that
+//     workload.
 //
 // # L7 attributes
 //

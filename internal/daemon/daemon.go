@@ -146,6 +146,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if certs != nil {
+		// Connections from other nodes prove who they are with a
+		// certificate; an address there proves nothing.
+		writer.SetIdentityNode(cfg.Node)
+	}
 	adminEnrolled, err := bpf.OpenEnrollments(cfg.BPFDir, cfg.Limits.Workloads)
 	if err != nil {
 		return err

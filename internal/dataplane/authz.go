@@ -103,7 +103,9 @@ func specOf(ps []*model.Policy) listSpec {
 	return s
 }
 
-func translateAuthz(m *model.Mesh) (*desiredAuthz, error) {
+// translateAuthz computes the authorization maps of m. With identityNode
+// set, only the addresses of that node's workloads carry an identity.
+func translateAuthz(m *model.Mesh, identityNode string) (*desiredAuthz, error) {
 	want := &desiredAuthz{policies: map[string]*model.Policy{}, addrs: map[bpf.KmeshAuthzAddrKey]addrSpec{}}
 	if len(m.Policies) == 0 {
 		return want, nil
@@ -132,9 +134,12 @@ func translateAuthz(m *model.Mesh) (*desiredAuthz, error) {
 	}
 	want.glob = specOf(ix.Global())
 	for a, w := range ix.Addresses() {
-		id := authz.IdentityOf(w)
+		var hash uint64
+		if identityNode == "" || w.Node == identityNode {
+			hash = authz.IdentityOf(w).Hash()
+		}
 		want.addrs[bpf.KmeshAuthzAddrKey{Addr: bpf.AddrWords(a)}] = addrSpec{
-			identity: id.Hash(),
+			identity: hash,
 			lists:    [2]listSpec{specOf(ix.Namespace(w.Namespace)), specOf(ix.Selected(w))},
 		}
 	}

@@ -88,3 +88,42 @@ func TestDataplane_AuthzFullMapNamesFlag(t *testing.T) {
 		})
 	}
 }
+
+// TestDataplane_AuthzIdentityNode: with a CA, only this node's workload
+// addresses stand for an identity; another node's are sources without one
+// (its plaintext connections have no principal).
+func TestDataplane_AuthzIdentityNode(t *testing.T) {
+	maps := newMaps(t, bpf.DefaultLimits)
+	d, err := New(maps, bpf.DefaultLimits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := policyMesh(1)
+	for i := range m.Workloads {
+		if m.Workloads[i].Name == "hello-2" {
+			m.Workloads[i].Node = "node-b"
+		}
+	}
+	if err := d.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	zero := "identity=0x0000000000000000"
+	got := dump(t, maps)
+	if strings.Contains(got, "authz_addr 10.1.2.12 "+zero) {
+		t.Fatalf("without a CA, another node's address lost its identity:\n%s", got)
+	}
+	d.SetIdentityNode("node-a")
+	if err := d.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	got = dump(t, maps)
+	for _, line := range strings.Split(got, "\n") {
+		if !strings.HasPrefix(line, "authz_addr ") {
+			continue
+		}
+		remote := strings.HasPrefix(line, "authz_addr 10.1.2.12 ") || strings.HasPrefix(line, "authz_addr fd00:1:2::12 ")
+		if remote != strings.Contains(line, zero) {
+			t.Errorf("node-a's view: %s (remote %v)", line, remote)
+		}
+	}
+}

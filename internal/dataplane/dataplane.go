@@ -45,6 +45,9 @@ type Dataplane struct {
 	backendIDs *idPool
 	stale      *staleEntries // left by a previous kmeshd; swept after the first Apply
 	az         *authzState   // authorization maps (authz.go)
+	// identityNode, when set, is the only node whose workloads' addresses
+	// carry their identity in km_authz_addr (SetIdentityNode).
+	identityNode string
 
 	// Locality and client classes (lb.go).
 	lbWorkload func(string) *model.Workload // the last applied mesh's, by key
@@ -72,6 +75,20 @@ func (s *serviceState) unchanged(ws *desiredService) bool {
 type backendState struct {
 	id    uint32
 	value bpf.KmeshBackendValue
+}
+
+// SetIdentityNode makes the addresses of node's workloads the only ones
+// that carry an identity in km_authz_addr; every other address is a
+// source with no principal. kmeshd sets it when the mesh has a CA: then a
+// connection from another node proves its identity with a certificate,
+// through the tunnel (which the kernel's check leaves to it), and a
+// plaintext one from another node has none, whatever address it comes
+// from; only this node's addresses, which kmeshd knows from the netns it
+// enrolled, still stand for an identity. Takes effect at the next Apply.
+func (d *Dataplane) SetIdentityNode(node string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.identityNode = node
 }
 
 // New returns a dataplane writing to maps. Entries already in the maps (a
@@ -123,7 +140,7 @@ func (d *Dataplane) Apply(m *model.Mesh) (err error) {
 	if err != nil {
 		return err
 	}
-	wantAZ, err := translateAuthz(m)
+	wantAZ, err := translateAuthz(m, d.identityNode)
 	if err != nil {
 		return err
 	}

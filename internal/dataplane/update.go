@@ -100,7 +100,7 @@ func (d *Dataplane) Update(c *model.Changes, st *model.State) error {
 	var wantAZ *desiredAuthz
 	if len(c.Policies)+len(c.RemovedPolicies) > 0 || (st.HasPolicies() && len(c.Workloads)+len(c.RemovedWorkloads) > 0) || (!st.HasPolicies() && len(d.az.policies) > 0) {
 		var err error
-		if wantAZ, err = translateAuthz(st.Mesh()); err != nil {
+		if wantAZ, err = translateAuthz(st.Mesh(), d.identityNode); err != nil {
 			return err
 		}
 	}

@@ -104,6 +104,9 @@ func NewIstiodCA(cfg IstiodConfig) (*IstiodCA, error) {
 func (c *IstiodCA) TrustDomain() string { return c.cfg.TrustDomain }
 func (c *IstiodCA) String() string      { return "istiod " + c.cfg.Address }
 
+// Roots is RootCerts as a pool.
+func (c *IstiodCA) Roots() *x509.CertPool { return pool(c.RootCerts()) }
+
 // RootCerts is the root file's roots plus those istiod's answers ended
 // with.
 func (c *IstiodCA) RootCerts() []*x509.Certificate {

@@ -5,6 +5,8 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +33,7 @@ func (m *mesh) lbConfig(extra string, gone ...string) string {
 	fmt.Fprintf(&b, `services:
 - name: hello
   namespace: default
-  addresses: ["10.96.0.10"]
+  addresses: ["10.96.0.10", "fd00:96::10"]
   ports: [{port: 80, targetPort: 8080}]
   selector: {app: hello}
 %sworkloads:
@@ -45,21 +47,22 @@ func (m *mesh) lbConfig(extra string, gone ...string) string {
 		}
 		fmt.Fprintf(&b, `- name: %s
   labels: {app: %s}
-  addresses: ["%s"]
+  addresses: ["%s", "%s"]
   node: %s
   netns: %s
   locality: region-1/%s
-`, w.name, app, m.pods[w.name].Addrs[0], w.node, m.pods[w.name].NetnsPath, w.zone)
+`, w.name, app, m.pods[w.name].Addrs[0], m.pods[w.name].Addrs[1], w.node, m.pods[w.name].NetnsPath, w.zone)
 	}
 	return b.String()
 }
 
-func TestLB_LocalityAffinityOutlier(t *testing.T) {
+// newLBMesh is newMesh with a third node, node-c (zone-c), serving hello-4.
+// It returns hello-4's server and a function that starts one in a pod.
+func newLBMesh(t *testing.T) (*mesh, *testbed.Process, func(pod string) *testbed.Process) {
 	m := newMesh(t)
 	m.addNode("node-c", netip.MustParsePrefix("10.1.3.0/24"), netip.MustParsePrefix("fd00:1:3::/64"))
 	m.addPod("node-c", "hello-4", "10.1.3.14", "fd00:1:3::14")
-	servers := map[string]*testbed.Process{}
-	serve := func(pod string) {
+	serve := func(pod string) *testbed.Process {
 		t.Helper()
 		proc, err := m.pods[pod].Start(m.echo, "serve", "--name", pod)
 		if err != nil {
@@ -70,9 +73,13 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s not listening", pod)
 		}
-		servers[pod] = proc
+		return proc
 	}
-	serve("hello-4")
+	return m, serve("hello-4"), serve
+}
+
+func TestLB_LocalityAffinityOutlier(t *testing.T) {
+	m, hello4, serve := newLBMesh(t)
 
 	cfg := configPath(m, "mesh.yaml")
 	failover := "  loadBalancing: {routingPreference: [region, zone], localityMode: failover}\n"
@@ -138,7 +145,7 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 	t.Run("reset_endpoint_ejected_and_returns", func(t *testing.T) {
 		apply(m.lbConfig("  outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 4s, maxEjectionPercent: 50}\n"))
 		// hello-4's server goes: its connects are reset (nothing listens).
-		if err := servers["hello-4"].Stop(); err != nil {
+		if err := hello4.Stop(); err != nil {
 			t.Fatal(err)
 		}
 		// Until hello-4 has failed 3 times, some connects fail.
@@ -156,7 +163,7 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 		rs = m.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "2s")
 		checkOnly(t, rs, "hello-1", "hello-2", "hello-3")
 		// It returns after the ejection time.
-		serve("hello-4")
+		hello4 = serve("hello-4")
 		time.Sleep(4 * time.Second)
 		rs = m.get("client", "--url", "http://10.96.0.10/", "--count", "60")
 		checkOnly(t, rs, allHello[0], allHello[1], allHello[2], "hello-4")
@@ -164,4 +171,126 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 			t.Fatalf("hello-4 did not return after its ejection: %v", counts(rs))
 		}
 	})
+
+	t.Run("black_holed_endpoint_ejected_and_returns", func(t *testing.T) {
+		// hello-4's answers to the client vanish: its connects time out.
+		blackhole := m.ipBatch(t, "hello-4", "route add blackhole 10.1.1.10/32\n")
+		rs := m.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "1s")
+		fails := 0
+		for _, r := range rs {
+			if r.Error != "" {
+				fails++
+			}
+		}
+		if fails > 3 {
+			t.Fatalf("%d connects failed, want at most 3 before the ejection", fails)
+		}
+		rs = m.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "1s")
+		checkOnly(t, rs, "hello-1", "hello-2", "hello-3")
+		blackhole.undo("route del blackhole 10.1.1.10/32\n")
+		// Its second ejection in a row lasts twice the base (8 s).
+		time.Sleep(8 * time.Second)
+		rs = m.get("client", "--url", "http://10.96.0.10/", "--count", "60")
+		if counts(rs)["hello-4"] == 0 {
+			t.Fatalf("hello-4 did not return after its ejection: %v", counts(rs))
+		}
+	})
+}
+
+// ipBatch runs `ip -batch` with the commands in a pod and returns a handle
+// that runs more; cleanup is the test's (the pod goes with the bed).
+func (m *mesh) ipBatch(t *testing.T, pod, cmds string) ipPod {
+	t.Helper()
+	p := ipPod{t: t, m: m, pod: pod}
+	p.undo(cmds)
+	return p
+}
+
+type ipPod struct {
+	t   *testing.T
+	m   *mesh
+	pod string
+}
+
+func (p ipPod) undo(cmds string) {
+	p.t.Helper()
+	f := filepath.Join(p.t.TempDir(), "ip.batch")
+	if err := os.WriteFile(f, []byte(cmds), 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	proc, err := p.m.pods[p.pod].Start("ip", "-batch", f)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := proc.Wait(); err != nil {
+		p.t.Fatalf("ip -batch in %s: %v: %s", p.pod, err, proc.Stderr())
+	}
+}
+
+// TestLB_MaglevMovesOnlyItsShare: 1,000 clients (source addresses of one
+// pod) keep their backends across runs, and when one of four backends goes
+// only about a quarter of them move.
+func TestLB_MaglevMovesOnlyItsShare(t *testing.T) {
+	m, _, _ := newLBMesh(t)
+	var batch strings.Builder
+	for i := range 1000 {
+		fmt.Fprintf(&batch, "addr add fd00:1:1::1:%x/128 dev lo\n", i)
+	}
+	m.ipBatch(t, "client", batch.String())
+	// One route for them all on node-a's bridge: a neighbour entry per
+	// client would overflow the kernel's neighbour table (1,024 entries).
+	route := "route add fd00:1:1::1:0/112 via fd00:1:1::10\n"
+	m.ipBatch(t, "hello-1", route)
+	proc, err := m.nodes["node-a"].StartHost("ip", "-6", "route", "add", "fd00:1:1::1:0/112", "via", "fd00:1:1::10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.Wait(); err != nil {
+		t.Fatalf("route on node-a: %v: %s", err, proc.Stderr())
+	}
+	cfg := configPath(m, "mesh.yaml")
+	maglev := "  loadBalancing: {mode: maglev}\n"
+	m.writeConfig(cfg, m.lbConfig(maglev))
+	ka := m.startKmeshd("node-a", cfg)
+	run := func() map[int]string {
+		t.Helper()
+		rs := m.get("client", "--url", "http://[fd00:96::10]/", "--count", "1000", "--bind-from", "fd00:1:1::1:0")
+		out := map[int]string{}
+		for _, r := range rs {
+			if r.Error != "" {
+				t.Fatalf("client %d (%s): %s; answers before: %v", r.Seq, r.Local, r.Error, counts(rs))
+			}
+			out[r.Seq] = r.Pod
+		}
+		return out
+	}
+	first := run()
+	if c := len(first); c != 1000 {
+		t.Fatalf("%d answers, want 1000", c)
+	}
+	again := run()
+	for seq, pod := range first {
+		if again[seq] != pod {
+			t.Fatalf("client %d went to %s, then to %s: not consistent", seq, pod, again[seq])
+		}
+	}
+	m.writeConfig(cfg, m.lbConfig(maglev, "hello-2"))
+	ka.waitVersion(t, 2)
+	after := run()
+	lost, moved := 0, 0
+	for seq, pod := range first {
+		switch {
+		case pod == "hello-2":
+			lost++
+		case after[seq] != pod:
+			moved++
+		}
+	}
+	t.Logf("1000 clients: %d had hello-2, %d others moved", lost, moved)
+	if lost+moved > 1000/4+30 {
+		t.Fatalf("%d of 1000 clients moved when one of 4 backends went, want <= %d", lost+moved, 1000/4+30)
+	}
+	if moved > 30 {
+		t.Fatalf("%d clients of the remaining backends moved, want <= 30", moved)
+	}
 }

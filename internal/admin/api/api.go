@@ -20,6 +20,14 @@ type ConfigDump struct {
 	Enrolled  []string   `json:"enrolled"` // network namespaces this node balances
 }
 
+// Version is what /version serves: the daemon's release and commit.
+type Version struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit"`
+	GoVersion string `json:"goVersion"`
+	Platform  string `json:"platform"`
+}
+
 // Service is a service of the mesh.
 type Service struct {
 	Name          string        `json:"name"`

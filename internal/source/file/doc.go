@@ -44,6 +44,14 @@
 //	    rules:
 //	    - from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]
 //	      to: [{operation: {ports: ["8080"]}}]
+//	peerAuthentications:       # Istio PeerAuthentication objects, as for kubectl
+//	- apiVersion: security.istio.io/v1
+//	  kind: PeerAuthentication
+//	  metadata: {name: strict, namespace: istio-system}  # root: mesh-wide
+//	  spec:
+//	    selector: {matchLabels: {app: hello}}  # none: the whole namespace
+//	    mtls: {mode: STRICT}   # UNSET, DISABLE, PERMISSIVE (default) or STRICT
+//	    portLevelMtls: {9090: {mode: PERMISSIVE}}  # needs a selector
 //
 // Policies are translated as istiod translates them for ztunnel (see
 // internal/authz for their meaning): attributes only an L7 proxy can check

@@ -141,13 +141,14 @@ type workload struct {
 // mesh walks the root mapping into m, recording every problem in p.
 func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 	f := p.fields(root, "", "services", "workloads", "authorizationPolicies", "gateways", "httpRoutes", "grpcRoutes",
-		"virtualServices")
+		"virtualServices", "peerAuthentications")
 	var services []*service
 	var workloads []*workload
 	var policies []*policy
 	var gateways []*gateway
 	var routes []*route
 	var vss []*virtualService
+	var peerAuths []*peerAuth
 	if n := f["gateways"]; n != nil {
 		p.list(n, "gateways", func(item *yaml.Node, path string) { gateways = append(gateways, p.gateway(item, path)) })
 	}
@@ -177,10 +178,16 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 			policies = append(policies, p.authorizationPolicy(item, path))
 		})
 	}
+	if n := f["peerAuthentications"]; n != nil {
+		p.list(n, "peerAuthentications", func(item *yaml.Node, path string) {
+			peerAuths = append(peerAuths, p.peerAuthentication(item, path))
+		})
+	}
 	p.checkWorkloads(workloads)
 	p.checkServices(services)
 	p.checkPolicies(policies)
 	p.checkL7(gateways, routes, vss, services)
+	p.checkPeerAuths(peerAuths)
 	if len(p.errs) > 0 {
 		return
 	}
@@ -205,6 +212,7 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 		}
 		m.Policies = append(m.Policies, pol.Policy)
 	}
+	m.Policies = append(m.Policies, convertPeerAuths(peerAuths, m.Workloads)...)
 	for _, s := range services {
 		for _, i := range labels.Select(s.Namespace, s.selector) {
 			s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: m.Workloads[i].Key()})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -55,9 +56,17 @@ func get(args []string) error {
 	method := fs.String("method", http.MethodGet, "request method")
 	printBody := fs.Bool("print-body", false, "print each answer's body")
 	v4Mapped := fs.Bool("v4-mapped", false, "connect IPv4 addresses from an AF_INET6 socket, as ::ffff:a.b.c.d (as dual-stack programs do)")
+	bindFrom := fs.String("bind-from", "", "bind connection n to this address plus n-1: many clients from one pod (the addresses must be the pod's)")
 	fs.Parse(args)
 	if *url == "" {
 		return errors.New("get: --url is required")
+	}
+	var base netip.Addr
+	if *bindFrom != "" {
+		var err error
+		if base, err = netip.ParseAddr(*bindFrom); err != nil {
+			return fmt.Errorf("get: --bind-from: %w", err)
+		}
 	}
 
 	// Not passed to requests: a signal ends the loop but lets the request in
@@ -79,6 +88,11 @@ func get(args []string) error {
 				dial := dialer.DialContext
 				if *v4Mapped {
 					dial = dialV4Mapped
+				}
+				if base.IsValid() {
+					src := addrPlus(base, uint32(dialed.Load()))
+					d := &net.Dialer{Timeout: *timeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+					dial = d.DialContext
 				}
 				c, err := dial(ctx, network, addr)
 				if err != nil {
@@ -104,6 +118,18 @@ func get(args []string) error {
 		}
 	}
 	return nil
+}
+
+// addrPlus is a plus n, carried in the last four bytes.
+func addrPlus(a netip.Addr, n uint32) netip.Addr {
+	b := a.As16()
+	v := binary.BigEndian.Uint32(b[12:]) + n
+	binary.BigEndian.PutUint32(b[12:], v)
+	out := netip.AddrFrom16(b)
+	if a.Is4() {
+		out = out.Unmap()
+	}
+	return out
 }
 
 func request(client *http.Client, method, url string, headers []string, printBody bool, seq int) (res result) {
