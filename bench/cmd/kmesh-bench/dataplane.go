@@ -53,7 +53,7 @@ var (
 	// The same servers as services that use the waypoint.
 	localWaypointVIP  = netip.MustParseAddr("10.96.0.20")
 	remoteWaypointVIP = netip.MustParseAddr("10.96.0.21")
-	servicePorts = [][2]uint16{{80, fortio.HTTPPort}, {fortio.TCPPort, fortio.TCPPort}} // service port, target port
+	servicePorts      = [][2]uint16{{80, fortio.HTTPPort}, {fortio.TCPPort, fortio.TCPPort}} // service port, target port
 )
 
 // topology is one client-to-server path.
