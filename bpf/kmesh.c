@@ -27,6 +27,7 @@ const enum km_lb_how *unused_lb_how __attribute__((unused));
 const enum km_conn_event_type *unused_conn_event_type __attribute__((unused));
 const enum km_conn_direction *unused_conn_direction __attribute__((unused));
 const struct conn_event *unused_conn_event __attribute__((unused));
+const struct conn_row *unused_conn_row __attribute__((unused));
 const enum km_authz_action *unused_authz_action __attribute__((unused));
 const enum km_authz_verdict *unused_authz_verdict __attribute__((unused));
 const enum km_authz_side *unused_authz_side __attribute__((unused));

@@ -1,15 +1,45 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Connection telemetry. For every TCP connection of an enrolled workload,
- * one record when it is established and one when it closes, with bytes
- * each way, retransmits, smoothed RTT and the state it closed from, sent to
- * userspace through the km_events ring buffer. A record the ring buffer has
- * no room for is counted in km_events_lost, never dropped silently.
- * Compiled as part of kmesh.c.
+ * Connection telemetry. Istio's TCP counters (connections opened and
+ * closed, bytes each way) are kept here, per CPU, in km_tcp_stats, keyed by
+ * what decides their labels; userspace reads them when it is scraped.
+ * km_conn_iter walks the live connections' socket storage: it adds the bytes
+ * of long-lived connections to the counters as they flow, and lists the
+ * connections with their bytes and state (/connections). Only while the
+ * access log is on does a record per closed connection (bytes, retransmits,
+ * smoothed RTT, the state it closed from) go to userspace through the
+ * km_events ring buffer. A record the ring buffer has no room for is counted
+ * in km_events_lost, a connection km_tcp_stats has no room for in
+ * km_tcp_full: never dropped silently. Compiled as part of kmesh.c.
  */
 
+/* Istio's TCP counters: 65,536 keys (pairs of workloads, services); a
+ * connection with no room is counted in km_tcp_full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct tcp_stats_key);
+	__type(value, struct tcp_stats_value);
+	__uint(max_entries, 65536);
+} km_tcp_stats SEC(".maps");
 
-/* Connection records for userspace; the loader sets the size. */
+/* Connections not counted because km_tcp_stats was full, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} km_tcp_full SEC(".maps");
+
+/* Set by userspace at run time: 1 while it wants a record per closed
+ * connection (the access log is on). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} km_records SEC(".maps");
+
+/* Connection records for userspace (1 MiB). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
@@ -68,7 +98,7 @@ static __always_inline struct conn_event *sockops_record(struct bpf_sock_ops *sk
 		return NULL;
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->type = type;
-	ev->direction = conn->direction;
+	ev->direction = conn->stats.direction;
 	ev->socket_cookie = bpf_get_socket_cookie(skops);
 	ev->netns_cookie = bpf_get_netns_cookie(skops);
 	ev->start_ns = conn->start_ns;
@@ -98,28 +128,102 @@ static __always_inline struct conn_event *sockops_record(struct bpf_sock_ops *sk
 	return ev;
 }
 
+/* The counters of key, created at the first connection; NULL (and counted
+ * in km_tcp_full) when the map has no room. */
+static __always_inline struct tcp_stats_value *sockops_stats(const struct tcp_stats_key *key, int create)
+{
+	struct tcp_stats_value *v = bpf_map_lookup_elem(&km_tcp_stats, key);
+	struct tcp_stats_value zero = {};
+	__u32 idx = 0;
+	__u64 *full;
+
+	if (v || !create)
+		return v;
+	bpf_map_update_elem(&km_tcp_stats, key, &zero, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(&km_tcp_stats, key);
+	if (!v) {
+		full = bpf_map_lookup_elem(&km_tcp_full, &idx);
+		if (full)
+			*full += 1; /* per CPU: no other writer */
+	}
+	return v;
+}
+
+/* Adds to v the bytes of a connection beyond what was already added, and
+ * remembers the new totals: the close and km_conn_iter both report, and an
+ * exchange keeps either from adding the same bytes twice. */
+static __always_inline void sockops_add_bytes(struct tcp_stats_value *v, struct sock_conn *conn, __u64 sent,
+					      __u64 received)
+{
+	__u64 old;
+
+	old = __sync_lock_test_and_set(&conn->reported_sent, sent);
+	if (sent > old)
+		__sync_fetch_and_add(&v->bytes_sent, sent - old);
+	old = __sync_lock_test_and_set(&conn->reported_received, received);
+	if (received > old)
+		__sync_fetch_and_add(&v->bytes_received, received - old);
+}
+
+/* Fills the counters' key of a connection from its socket. Read straight
+ * from the context, as sockops_record does. */
+static __always_inline void sockops_stats_key(struct bpf_sock_ops *skops, struct bpf_sock *sk, __u8 direction,
+					      struct tcp_stats_key *key)
+{
+	struct sock_orig *orig;
+
+	__builtin_memset(key, 0, sizeof(*key));
+	key->direction = direction;
+	if (skops->family == 2 /* AF_INET */) {
+		lb_v4_mapped(key->local_addr, skops->local_ip4);
+		lb_v4_mapped(key->remote_addr, skops->remote_ip4);
+	} else {
+		key->local_addr[0] = skops->local_ip6[0];
+		key->local_addr[1] = skops->local_ip6[1];
+		key->local_addr[2] = skops->local_ip6[2];
+		key->local_addr[3] = skops->local_ip6[3];
+		key->remote_addr[0] = skops->remote_ip6[0];
+		key->remote_addr[1] = skops->remote_ip6[1];
+		key->remote_addr[2] = skops->remote_ip6[2];
+		key->remote_addr[3] = skops->remote_ip6[3];
+	}
+	if (direction == KM_CONN_OUTBOUND)
+		key->server_port = (__u16)bpf_ntohl(skops->remote_port);
+	else
+		key->server_port = (__u16)skops->local_port;
+	orig = bpf_sk_storage_get(&km_sock_orig, sk, 0, 0);
+	if (orig) {
+		__builtin_memcpy(key->service_addr, orig->addr, sizeof(key->service_addr));
+		key->service_port = bpf_ntohs(orig->port);
+	}
+}
+
 static __always_inline void sockops_established(struct bpf_sock_ops *skops, __u8 direction)
 {
 	struct manage_key mkey = { .netns_cookie = bpf_get_netns_cookie(skops) };
+	struct tcp_stats_value *stats;
 	struct sock_conn *conn;
-	struct conn_event *ev;
 	struct bpf_sock *sk = skops->sk;
 
 	if (!sk || !bpf_map_lookup_elem(&km_manage, &mkey))
 		return;
-	conn = bpf_sk_storage_get(&km_sock_conn, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	conn = bpf_sk_storage_get(&km_sock_conn2, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!conn)
 		return;
 	conn->start_ns = bpf_ktime_get_ns();
-	conn->direction = direction;
+	conn->reported_sent = 0;
+	conn->reported_received = 0;
+	sockops_stats_key(skops, sk, direction, &conn->stats);
 	/* Only state changes from now on: the close is what we wait for. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 
 	skmsg_add(skops);
 
-	ev = sockops_record(skops, sk, conn, KM_CONN_OPEN);
-	if (ev)
-		sockops_submit(ev);
+	if (!km_telemetry)
+		return;
+	stats = sockops_stats(&conn->stats, 1);
+	if (stats)
+		__sync_fetch_and_add(&stats->opened, 1);
 }
 
 /*
@@ -156,26 +260,94 @@ static __always_inline void sockops_payload(struct bpf_sock_ops *skops, __u8 dir
 
 static __always_inline void sockops_closed(struct bpf_sock_ops *skops)
 {
+	struct tcp_stats_value *stats;
 	struct bpf_sock *sk = skops->sk;
 	struct sock_conn *conn;
 	struct conn_event *ev;
+	__u64 sent = 0, received = 0;
+	__u32 zero = 0, *records;
 
 	if (!sk)
 		return;
-	conn = bpf_sk_storage_get(&km_sock_conn, sk, 0, 0);
+	conn = bpf_sk_storage_get(&km_sock_conn2, sk, 0, 0);
 	if (!conn)
 		return;
-	ev = sockops_record(skops, sk, conn, KM_CONN_CLOSE);
-	if (ev) {
-		ev->end_ns = bpf_ktime_get_ns();
-		sockops_payload(skops, conn->direction, &ev->bytes_sent, &ev->bytes_received);
-		skmsg_redirected(skops, &ev->bytes_sent, &ev->bytes_received);
-		ev->total_retrans = skops->total_retrans;
-		ev->srtt_us = skops->srtt_us >> 3; /* the kernel keeps 8x the RTT */
-		ev->old_state = skops->args[0];
-		sockops_submit(ev);
+	sockops_payload(skops, conn->stats.direction, &sent, &received);
+	skmsg_redirected(skops, &sent, &received);
+	stats = km_telemetry ? sockops_stats(&conn->stats, 1) : NULL;
+	if (stats) {
+		__sync_fetch_and_add(&stats->closed, 1);
+		sockops_add_bytes(stats, conn, sent, received);
 	}
-	bpf_sk_storage_delete(&km_sock_conn, sk);
+	records = bpf_map_lookup_elem(&km_records, &zero);
+	if (records && *records) {
+		ev = sockops_record(skops, sk, conn, KM_CONN_CLOSE);
+		if (ev) {
+			ev->end_ns = bpf_ktime_get_ns();
+			ev->bytes_sent = sent;
+			ev->bytes_received = received;
+			ev->total_retrans = skops->total_retrans;
+			ev->srtt_us = skops->srtt_us >> 3; /* the kernel keeps 8x the RTT */
+			ev->old_state = skops->args[0];
+			sockops_submit(ev);
+		}
+	}
+	bpf_sk_storage_delete(&km_sock_conn2, sk);
+}
+
+/*
+ * Run by userspace (a bpf_iter over the TCP sockets of one network
+ * namespace, the one the reader is in when it opens the iterator): for each
+ * live connection of an enrolled workload (a socket with km_sock_conn2
+ * storage), adds the bytes it moved since the last run to km_tcp_stats
+ * (long-lived connections show traffic before they close, as Istio reports
+ * them) and writes a conn_row. Payload as sockops_payload counts it, from
+ * the state the socket is in; bytes moved socket to socket by acceleration
+ * are added at the close.
+ */
+SEC("iter/tcp")
+int km_conn_iter(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_stats_value *stats;
+	struct conn_row row = {};
+	struct sock_conn *conn;
+	struct tcp_sock *tp;
+	__u64 acked, in;
+	__u8 state;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	conn = bpf_sk_storage_get(&km_sock_conn2, tp, 0, 0);
+	if (!conn)
+		return 0;
+	state = skc->skc_state;
+	acked = tp->bytes_acked;
+	in = tp->bytes_received;
+	if (conn->stats.direction == KM_CONN_OUTBOUND && acked > 0)
+		acked -= 1; /* our SYN */
+	if (state == BPF_TCP_FIN_WAIT2 && acked > 0)
+		acked -= 1; /* our FIN, acknowledged */
+	if ((state == BPF_TCP_CLOSE_WAIT || state == BPF_TCP_LAST_ACK || state == BPF_TCP_CLOSING) && in > 0)
+		in -= 1; /* the peer's FIN */
+	if (km_telemetry) {
+		stats = sockops_stats(&conn->stats, 0);
+		if (stats)
+			sockops_add_bytes(stats, conn, acked, in);
+	}
+	row.socket_cookie = bpf_get_socket_cookie(tp);
+	row.start_ns = conn->start_ns;
+	row.bytes_sent = acked;
+	row.bytes_received = in;
+	__builtin_memcpy(&row.key, &conn->stats, sizeof(row.key));
+	row.local_port = skc->skc_num;
+	row.remote_port = bpf_ntohs(skc->skc_dport);
+	row.state = state;
+	bpf_seq_write(ctx->meta->seq, &row, sizeof(row));
+	return 0;
 }
 
 /*

@@ -31,7 +31,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct sock_conn);
-} km_sock_conn SEC(".maps");
+} km_sock_conn2 SEC(".maps"); /* 2: sock_conn grew its counters' key */
 
 /* Enrolled sockets of this node by 4-tuple, for same-node acceleration
  * (skmsg.c); the loader sets the size. */

@@ -212,13 +212,59 @@ enum km_conn_direction {
 };
 
 /*
- * Socket storage km_sock_conn: what the telemetry keeps per connection of
- * an enrolled workload from establishment to close.
+ * Key of km_tcp_stats, Istio's TCP counters kept in the kernel: what decides
+ * a connection's labels, from one end's side, without what differs between
+ * connections of the same two workloads (the client's port). Userspace
+ * names the workloads and the service at scrape time. Addresses as in
+ * frontend_key (network order, IPv4-mapped); ports in host order.
+ */
+struct tcp_stats_key {
+	__u32 local_addr[4];
+	__u32 remote_addr[4];
+	__u32 service_addr[4]; /* the service address dialed (client side); zero if none */
+	__u16 service_port;
+	__u16 server_port; /* the destination's port: remote when outbound, local when inbound */
+	__u8 direction;    /* enum km_conn_direction */
+	__u8 pad[3];
+};
+
+/* Value of km_tcp_stats (per CPU): connections and payload bytes, in the
+ * socket's own sense (sent: acknowledged by the peer). */
+struct tcp_stats_value {
+	__u64 opened;
+	__u64 closed;
+	__u64 bytes_sent;
+	__u64 bytes_received;
+};
+
+/*
+ * Socket storage km_sock_conn2: what the telemetry keeps per connection of
+ * an enrolled workload from establishment to close. The bytes already added
+ * to km_tcp_stats (by km_conn_iter, while the connection lives) are
+ * remembered so the close adds only the rest.
  */
 struct sock_conn {
 	__u64 start_ns; /* bpf_ktime_get_ns() at establishment */
-	__u8 direction; /* enum km_conn_direction */
-	__u8 pad[7];
+	__u64 reported_sent;
+	__u64 reported_received;
+	struct tcp_stats_key stats; /* its counters in km_tcp_stats */
+};
+
+/*
+ * One live connection as km_conn_iter writes it for userspace (/connections),
+ * read from the kernel's socket storage: no per-connection record crosses to
+ * userspace unless someone asks.
+ */
+struct conn_row {
+	__u64 socket_cookie;
+	__u64 start_ns;
+	__u64 bytes_sent;     /* payload acknowledged by the peer so far */
+	__u64 bytes_received; /* payload from the peer so far */
+	struct tcp_stats_key key;
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 state; /* TCP state (BPF_TCP_*) */
+	__u8 pad[3];
 };
 
 /*
@@ -424,7 +470,10 @@ _Static_assert(sizeof(struct authz_val_key) == 16, "authz_val_key size");
 _Static_assert(sizeof(struct authz_ip_key) == 28, "authz_ip_key size");
 _Static_assert(sizeof(struct authz_self) == 32, "authz_self size");
 _Static_assert(sizeof(struct authz_stat) == 48, "authz_stat size");
-_Static_assert(sizeof(struct sock_conn) == 16, "sock_conn size");
+_Static_assert(sizeof(struct tcp_stats_key) == 56, "tcp_stats_key size");
+_Static_assert(sizeof(struct tcp_stats_value) == 32, "tcp_stats_value size");
+_Static_assert(sizeof(struct sock_conn) == 80, "sock_conn size");
+_Static_assert(sizeof(struct conn_row) == 96, "conn_row size");
 _Static_assert(sizeof(struct sock_key) == 36, "sock_key size");
 _Static_assert(sizeof(struct conn_event) == 120, "conn_event size");
 _Static_assert(sizeof(struct manage_key) == 8, "manage_key size");

@@ -122,6 +122,19 @@ type KmeshConnEvent struct {
 	Pad           uint32
 }
 
+type KmeshConnRow struct {
+	_             structs.HostLayout
+	SocketCookie  uint64
+	StartNs       uint64
+	BytesSent     uint64
+	BytesReceived uint64
+	Key           KmeshTcpStatsKey
+	LocalPort     uint16
+	RemotePort    uint16
+	State         uint8
+	Pad           [3]uint8
+}
+
 type KmeshEndpointKey struct {
 	_         structs.HostLayout
 	ServiceId uint32
@@ -347,10 +360,11 @@ type KmeshServiceValue struct {
 }
 
 type KmeshSockConn struct {
-	_         structs.HostLayout
-	StartNs   uint64
-	Direction uint8
-	Pad       [7]uint8
+	_                structs.HostLayout
+	StartNs          uint64
+	ReportedSent     uint64
+	ReportedReceived uint64
+	Stats            KmeshTcpStatsKey
 }
 
 type KmeshSockKey struct {
@@ -373,6 +387,25 @@ type KmeshSockOrig struct {
 	Port   uint16
 	Family uint8
 	Pad    uint8
+}
+
+type KmeshTcpStatsKey struct {
+	_           structs.HostLayout
+	LocalAddr   [4]uint32
+	RemoteAddr  [4]uint32
+	ServiceAddr [4]uint32
+	ServicePort uint16
+	ServerPort  uint16
+	Direction   uint8
+	Pad         [3]uint8
+}
+
+type KmeshTcpStatsValue struct {
+	_             structs.HostLayout
+	Opened        uint64
+	Closed        uint64
+	BytesSent     uint64
+	BytesReceived uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -401,13 +434,17 @@ const (
 	KmeshMapKmLbPrio             = "km_lb_prio"
 	KmeshMapKmMaglev             = "km_maglev"
 	KmeshMapKmManage             = "km_manage"
+	KmeshMapKmRecords            = "km_records"
 	KmeshMapKmRedirBytes         = "km_redir_bytes"
 	KmeshMapKmRr                 = "km_rr"
 	KmeshMapKmService            = "km_service"
-	KmeshMapKmSockConn           = "km_sock_conn"
+	KmeshMapKmSockConn2          = "km_sock_conn2"
 	KmeshMapKmSockLb             = "km_sock_lb"
 	KmeshMapKmSockOrig           = "km_sock_orig"
 	KmeshMapKmSocks              = "km_socks"
+	KmeshMapKmTcpFull            = "km_tcp_full"
+	KmeshMapKmTcpStats           = "km_tcp_stats"
+	KmeshProgKmConnIter          = "km_conn_iter"
 	KmeshProgKmConnect4          = "km_connect4"
 	KmeshProgKmConnect6          = "km_connect6"
 	KmeshProgKmGetpeername4      = "km_getpeername4"
@@ -429,6 +466,7 @@ const (
 	KmeshVarUnusedConnDirection  = "unused_conn_direction"
 	KmeshVarUnusedConnEvent      = "unused_conn_event"
 	KmeshVarUnusedConnEventType  = "unused_conn_event_type"
+	KmeshVarUnusedConnRow        = "unused_conn_row"
 	KmeshVarUnusedFamily         = "unused_family"
 	KmeshVarUnusedLbFlag         = "unused_lb_flag"
 	KmeshVarUnusedLbHow          = "unused_lb_how"
@@ -478,6 +516,7 @@ type KmeshSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KmeshProgramSpecs struct {
+	KmConnIter     *ebpf.ProgramSpec `ebpf:"km_conn_iter"`
 	KmConnect4     *ebpf.ProgramSpec `ebpf:"km_connect4"`
 	KmConnect6     *ebpf.ProgramSpec `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.ProgramSpec `ebpf:"km_getpeername4"`
@@ -513,13 +552,16 @@ type KmeshMapSpecs struct {
 	KmLbPrio     *ebpf.MapSpec `ebpf:"km_lb_prio"`
 	KmMaglev     *ebpf.MapSpec `ebpf:"km_maglev"`
 	KmManage     *ebpf.MapSpec `ebpf:"km_manage"`
+	KmRecords    *ebpf.MapSpec `ebpf:"km_records"`
 	KmRedirBytes *ebpf.MapSpec `ebpf:"km_redir_bytes"`
 	KmRr         *ebpf.MapSpec `ebpf:"km_rr"`
 	KmService    *ebpf.MapSpec `ebpf:"km_service"`
-	KmSockConn   *ebpf.MapSpec `ebpf:"km_sock_conn"`
+	KmSockConn2  *ebpf.MapSpec `ebpf:"km_sock_conn2"`
 	KmSockLb     *ebpf.MapSpec `ebpf:"km_sock_lb"`
 	KmSockOrig   *ebpf.MapSpec `ebpf:"km_sock_orig"`
 	KmSocks      *ebpf.MapSpec `ebpf:"km_socks"`
+	KmTcpFull    *ebpf.MapSpec `ebpf:"km_tcp_full"`
+	KmTcpStats   *ebpf.MapSpec `ebpf:"km_tcp_stats"`
 }
 
 // KmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -540,6 +582,7 @@ type KmeshVariableSpecs struct {
 	UnusedConnDirection  *ebpf.VariableSpec `ebpf:"unused_conn_direction"`
 	UnusedConnEvent      *ebpf.VariableSpec `ebpf:"unused_conn_event"`
 	UnusedConnEventType  *ebpf.VariableSpec `ebpf:"unused_conn_event_type"`
+	UnusedConnRow        *ebpf.VariableSpec `ebpf:"unused_conn_row"`
 	UnusedFamily         *ebpf.VariableSpec `ebpf:"unused_family"`
 	UnusedLbFlag         *ebpf.VariableSpec `ebpf:"unused_lb_flag"`
 	UnusedLbHow          *ebpf.VariableSpec `ebpf:"unused_lb_how"`
@@ -589,13 +632,16 @@ type KmeshMaps struct {
 	KmLbPrio     *ebpf.Map `ebpf:"km_lb_prio"`
 	KmMaglev     *ebpf.Map `ebpf:"km_maglev"`
 	KmManage     *ebpf.Map `ebpf:"km_manage"`
+	KmRecords    *ebpf.Map `ebpf:"km_records"`
 	KmRedirBytes *ebpf.Map `ebpf:"km_redir_bytes"`
 	KmRr         *ebpf.Map `ebpf:"km_rr"`
 	KmService    *ebpf.Map `ebpf:"km_service"`
-	KmSockConn   *ebpf.Map `ebpf:"km_sock_conn"`
+	KmSockConn2  *ebpf.Map `ebpf:"km_sock_conn2"`
 	KmSockLb     *ebpf.Map `ebpf:"km_sock_lb"`
 	KmSockOrig   *ebpf.Map `ebpf:"km_sock_orig"`
 	KmSocks      *ebpf.Map `ebpf:"km_socks"`
+	KmTcpFull    *ebpf.Map `ebpf:"km_tcp_full"`
+	KmTcpStats   *ebpf.Map `ebpf:"km_tcp_stats"`
 }
 
 func (m *KmeshMaps) Close() error {
@@ -622,13 +668,16 @@ func (m *KmeshMaps) Close() error {
 		m.KmLbPrio,
 		m.KmMaglev,
 		m.KmManage,
+		m.KmRecords,
 		m.KmRedirBytes,
 		m.KmRr,
 		m.KmService,
-		m.KmSockConn,
+		m.KmSockConn2,
 		m.KmSockLb,
 		m.KmSockOrig,
 		m.KmSocks,
+		m.KmTcpFull,
+		m.KmTcpStats,
 	)
 }
 
@@ -650,6 +699,7 @@ type KmeshVariables struct {
 	UnusedConnDirection  *ebpf.Variable `ebpf:"unused_conn_direction"`
 	UnusedConnEvent      *ebpf.Variable `ebpf:"unused_conn_event"`
 	UnusedConnEventType  *ebpf.Variable `ebpf:"unused_conn_event_type"`
+	UnusedConnRow        *ebpf.Variable `ebpf:"unused_conn_row"`
 	UnusedFamily         *ebpf.Variable `ebpf:"unused_family"`
 	UnusedLbFlag         *ebpf.Variable `ebpf:"unused_lb_flag"`
 	UnusedLbHow          *ebpf.Variable `ebpf:"unused_lb_how"`
@@ -661,6 +711,7 @@ type KmeshVariables struct {
 //
 // It can be passed to LoadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KmeshPrograms struct {
+	KmConnIter     *ebpf.Program `ebpf:"km_conn_iter"`
 	KmConnect4     *ebpf.Program `ebpf:"km_connect4"`
 	KmConnect6     *ebpf.Program `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.Program `ebpf:"km_getpeername4"`
@@ -672,6 +723,7 @@ type KmeshPrograms struct {
 
 func (p *KmeshPrograms) Close() error {
 	return _KmeshClose(
+		p.KmConnIter,
 		p.KmConnect4,
 		p.KmConnect6,
 		p.KmGetpeername4,

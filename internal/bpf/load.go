@@ -312,6 +312,11 @@ func (d *Datapath) attach(name string, prog *ebpf.Program, at ebpf.AttachType) (
 
 // Close releases this process's handles. The pins keep the data plane in
 // force; only Remove takes it down. Maps Open created but Commit never
+
+// Program returns one of the loaded programs by name (KmeshProg*), for
+// programs a component runs itself, such as an iterator.
+func (d *Datapath) Program(name string) *ebpf.Program { return d.programs[name] }
+
 // pinned go with it.
 func (d *Datapath) Close() error {
 	var errs []error

@@ -195,12 +195,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	d.accessLog.Store(cfg.AccessLog)
 	d.telemetry, err = telemetry.Start(telemetry.Options{
 		Maps: &dp.KmeshMaps, Metrics: d.metrics, AccessLog: &d.accessLog, AccessLogger: accessLog,
+		Iter: dp.Program(bpf.KmeshProgKmConnIter), Namespaces: d.enroller.Enrolled,
 		Log: log.With("component", "telemetry"),
 	})
 	if err != nil {
 		return err
 	}
 	defer d.telemetry.Close()
+	d.metrics.BeforeScrape(d.telemetry.Flush)
 
 	surfaces, err := d.listen(cfg)
 	if err != nil {

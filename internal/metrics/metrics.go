@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -77,6 +78,7 @@ type Metrics struct {
 	tcp            map[TCPLabels]*TCPCounters // resolved counters, by label set
 	configUpdates  *prometheus.CounterVec
 	ringbufLost    prometheus.Counter
+	beforeScrape   atomic.Pointer[func()]
 }
 
 // New returns a registry with every kmeshd metric, plus the Go runtime's and
@@ -131,8 +133,18 @@ func New(src Sources, log *slog.Logger) *Metrics {
 
 // Handler serves the registry in Prometheus' exposition formats.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	h := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := m.beforeScrape.Load(); f != nil {
+			(*f)()
+		}
+		h.ServeHTTP(w, r)
+	})
 }
+
+// BeforeScrape runs f before every scrape through Handler: counters kept in
+// the kernel are brought up to date then, not per event.
+func (m *Metrics) BeforeScrape(f func()) { m.beforeScrape.Store(&f) }
 
 // Registry is the underlying registry, for tests and for collectors a
 // component brings itself.

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -177,5 +178,27 @@ func TestMetrics_FailingSourceLoggedOnceAndScrapeGoesOn(t *testing.T) {
 	scrape(t, m)
 	if !strings.Contains(logs.String(), "metrics source recovered") {
 		t.Fatalf("no recovery logged:\n%s", logs.String())
+	}
+}
+
+// Counters kept in the kernel are added by a BeforeScrape function: what it
+// adds shows in the same scrape.
+func TestMetrics_BeforeScrapeCountsInTheSameScrape(t *testing.T) {
+	m := New(Sources{}, nil)
+	c := m.TCP(TCPLabels{Reporter: ReporterSource, SourceWorkload: "client", SourceWorkloadNamespace: "default"})
+	m.BeforeScrape(func() { c.Add(2, 1, 300, 40) })
+	for n := 1; n <= 2; n++ {
+		out := scrape(t, m)
+		for name, per := range map[string]int{TCPConnectionsOpened: 2, TCPConnectionsClosed: 1, TCPSentBytes: 300, TCPReceivedBytes: 40} {
+			var line string
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasPrefix(l, name+"{") {
+					line = l
+				}
+			}
+			if want := " " + strconv.Itoa(n*per); !strings.HasSuffix(line, want) {
+				t.Errorf("scrape %d: %q, want %s", n, line, want)
+			}
+		}
 	}
 }

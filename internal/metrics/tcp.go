@@ -110,6 +110,18 @@ func (c *TCPCounters) Closed(sent, received uint64) {
 	c.Bytes(sent, received)
 }
 
+// Add adds counts the kernel kept (connections opened and closed, bytes in
+// Istio's sense, as Bytes) since they were last added.
+func (c *TCPCounters) Add(opened, closed, sent, received uint64) {
+	if opened > 0 {
+		c.opened.Add(float64(opened))
+	}
+	if closed > 0 {
+		c.closed.Add(float64(closed))
+	}
+	c.Bytes(sent, received)
+}
+
 // ConnectionOpened is TCP(l).Opened().
 func (m *Metrics) ConnectionOpened(l TCPLabels) { m.TCP(l).Opened() }
 

@@ -171,26 +171,52 @@ func TestTelemetryCountsExactly(t *testing.T) {
 		}
 	}
 
-	// A connection held open shows in the live connections, then leaves.
-	held, err := m.pods["client"].Start(m.echo, "tcp-send", "--addr", "10.96.0.10:9000", "--bytes", "10", "--hold", "2s")
+	// A connection that moved data and stays open shows in the live
+	// connections with its bytes and state, and its bytes reach the
+	// counters before it closes (as Istio reports long-lived connections).
+	const heldBytes = 1234
+	receivedBefore := metricSum(t, ka.metrics, "istio_tcp_received_bytes_total", source)
+	closedBefore := metricSum(t, ka.metrics, "istio_tcp_connections_closed_total", source)
+	held, err := m.pods["client"].Start(m.echo, "tcp-send", "--addr", "10.96.0.10:9000", "--bytes", strconv.Itoa(heldBytes), "--hold", "3s", "--write-first")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if line := <-held.Lines(); !strings.Contains(line, `"holding":true`) {
 		t.Fatalf("tcp-send --hold: %q", line)
 	}
-	found := false
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !found; time.Sleep(50 * time.Millisecond) {
+	var live *api.Connection
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && live == nil; time.Sleep(50 * time.Millisecond) {
 		for _, c := range connections(t, ka.admin) {
-			if c.Source.Workload == "default/client" && c.Service == "default/hello" && strings.HasPrefix(c.Destination.Workload, "default/hello-") {
-				found = true
+			if c.Source.Workload == "default/client" && c.Service == "default/hello" && strings.HasPrefix(c.Destination.Workload, "default/hello-") &&
+				c.BytesSent == heldBytes {
+				live = &c
+				break
 			}
 		}
 	}
-	if !found {
-		t.Fatalf("held connection not in /connections: %+v", connections(t, ka.admin))
+	if live == nil {
+		t.Fatalf("held connection with %d bytes sent not in /connections: %+v", heldBytes, connections(t, ka.admin))
+	}
+	if live.BytesReceived != 0 || live.State != "established" {
+		t.Fatalf("held connection %+v: want 0 bytes received (the server answers at EOF) and state established", *live)
+	}
+	if got := metricSum(t, ka.metrics, "istio_tcp_received_bytes_total", source); got != receivedBefore+heldBytes {
+		t.Fatalf("istio_tcp_received_bytes_total{reporter=source} %v while the connection is open, want %v", got, receivedBefore+heldBytes)
+	}
+	if got := metricSum(t, ka.metrics, "istio_tcp_connections_closed_total", source); got != closedBefore {
+		t.Fatalf("closed connections %v while one is held, want %v", got, closedBefore)
 	}
 	held.Wait()
+	// Closed: counted once, its bytes not twice, and gone from the list.
+	waitMetric(t, ka.metrics, "istio_tcp_connections_closed_total", source, closedBefore+1)
+	if got := metricSum(t, ka.metrics, "istio_tcp_received_bytes_total", source); got != receivedBefore+heldBytes {
+		t.Fatalf("istio_tcp_received_bytes_total{reporter=source} %v after the close, want %v", got, receivedBefore+heldBytes)
+	}
+	for _, c := range connections(t, ka.admin) {
+		if c.Source.Address == live.Source.Address {
+			t.Fatalf("closed connection still in /connections: %+v", c)
+		}
+	}
 
 	// --telemetry=false records nothing, and traffic still flows.
 	ka.proc.Stop()

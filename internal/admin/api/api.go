@@ -121,7 +121,7 @@ type Connection struct {
 	BytesSent     uint64    `json:"bytesSent"`
 	BytesReceived uint64    `json:"bytesReceived"`
 	Start         time.Time `json:"start"`
-	State         string    `json:"state"` // established, closing, ...
+	State         string    `json:"state"` // the kernel's TCP state, lower case: established, fin_wait1, close_wait, ...
 }
 
 // Peer is one end of a connection.

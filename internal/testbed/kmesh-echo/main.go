@@ -3,7 +3,7 @@
 //	kmesh-echo serve --name NAME [--listen ADDR]...
 //	kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D] [--method M] [--header K:V]...
 //	kmesh-echo tcp-serve [--listen ADDR] [--reply N]
-//	kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D]
+//	kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D [--write-first]]
 //	kmesh-echo grpc-serve [--listen ADDR] [--flip D]
 //	kmesh-echo grpc-check --addr HOST:PORT [--watch N]
 //

@@ -76,6 +76,7 @@ func tcpSend(args []string) error {
 	n := fs.Int("bytes", 1000, "bytes to send on each connection")
 	count := fs.Int("count", 1, "connections, one after the other")
 	hold := fs.Duration("hold", 0, "time to keep each connection open before sending")
+	writeFirst := fs.Bool("write-first", false, "with --hold: send the bytes first, then hold before shutting the write side (a connection that moved data and stays open)")
 	random := fs.Bool("random", false, "send random bytes, and report the SHA-256 of what was sent and received")
 	fs.Parse(args)
 	if *addr == "" {
@@ -88,7 +89,7 @@ func tcpSend(args []string) error {
 	}
 	for seq := 1; seq <= *count; seq++ {
 		r := sendResult{Seq: seq}
-		if err := sendOne(*addr, payload, *hold, *random, &r); err != nil {
+		if err := sendOne(*addr, payload, *hold, *writeFirst, *random, &r); err != nil {
 			r.Error = err.Error()
 		}
 		if err := out.Encode(r); err != nil {
@@ -98,7 +99,7 @@ func tcpSend(args []string) error {
 	return nil
 }
 
-func sendOne(addr string, payload []byte, hold time.Duration, hash bool, r *sendResult) error {
+func sendOne(addr string, payload []byte, hold time.Duration, writeFirst, hash bool, r *sendResult) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return err
@@ -106,7 +107,7 @@ func sendOne(addr string, payload []byte, hold time.Duration, hash bool, r *send
 	defer c.Close()
 	r.Local = c.LocalAddr().String()
 	// Say so before holding, so a test can look at the open connection.
-	if hold > 0 {
+	if hold > 0 && !writeFirst {
 		fmt.Printf("{\"seq\":%d,\"local\":%q,\"holding\":true}\n", r.Seq, r.Local)
 		time.Sleep(hold)
 	}
@@ -121,6 +122,10 @@ func sendOne(addr string, payload []byte, hold time.Duration, hash bool, r *send
 	}()
 	w, err := c.Write(payload)
 	r.Sent = int64(w)
+	if err == nil && hold > 0 && writeFirst {
+		fmt.Printf("{\"seq\":%d,\"local\":%q,\"holding\":true}\n", r.Seq, r.Local)
+		time.Sleep(hold)
+	}
 	if err == nil {
 		err = c.(*net.TCPConn).CloseWrite()
 	}
