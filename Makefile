@@ -50,7 +50,7 @@ test-e2e:
 ## changed (docs/istio.md)
 tools:
 	@mkdir -p $(TOOLS_BIN)
-	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kube-control-plane istio.io/istio/pilot/cmd/pilot-discovery
+	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kube-control-plane ./cmd/hbone-peer istio.io/istio/pilot/cmd/pilot-discovery
 	install -m 0644 "$$(cd tools && $(GO) list -m -f '{{.Dir}}' istio.io/istio)/manifests/charts/base/files/crd-all.gen.yaml" $(TOOLS_BIN)/istio-crds.yaml
 	cd tools && $(GO) vet ./...
 
