@@ -259,7 +259,11 @@ func printPolicies(w io.Writer, format string, policies []api.Policy) error {
 	}
 	t := newTable(w, header...)
 	for _, p := range policies {
-		row := []string{p.Namespace, p.Name, p.Action, p.Scope}
+		action := p.Action
+		if p.NotEnforced != "" {
+			action += " (not enforced)"
+		}
+		row := []string{p.Namespace, p.Name, action, p.Scope}
 		if format == formatWide {
 			row = append(row, strconv.Itoa(p.Rules), strconv.FormatBool(p.DryRun))
 		}

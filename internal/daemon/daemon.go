@@ -421,6 +421,12 @@ func (d *daemon) retryLocked() {
 // enrollment, the log.
 func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 	d.metrics.ConfigUpdate(d.kind, nil)
+	notEnforced := map[string]int{}
+	for _, p := range d.state.Mesh().UnenforcedPolicies {
+		notEnforced[p.Action]++
+		d.log.Warn("policy accepted but not enforced on this node", "policy", p.Key(), "reason", p.Reason)
+	}
+	d.metrics.SetPoliciesNotEnforced(notEnforced)
 	if d.certs != nil && (full || touchesNode(c, undo, d.node)) {
 		d.trackIdentities(d.state.Mesh())
 	}

@@ -37,6 +37,9 @@ const (
 	ProgramRunSeconds  = "kmesh_bpf_program_run_seconds_total"
 	ProgramRuns        = "kmesh_bpf_program_runs_total"
 	RingbufLostRecords = "kmesh_ringbuf_lost_records_total"
+	// PoliciesNotEnforced counts valid policies of the mesh the node does
+	// not enforce (CUSTOM), by action.
+	PoliciesNotEnforced = "kmesh_authz_policies_not_enforced"
 )
 
 // Values of the result label of kmesh_config_updates_total.
@@ -79,6 +82,7 @@ type Metrics struct {
 	configUpdates  *prometheus.CounterVec
 	ringbufLost    prometheus.Counter
 	beforeScrape   atomic.Pointer[func()]
+	notEnforced    *prometheus.GaugeVec
 }
 
 // New returns a registry with every kmeshd metric, plus the Go runtime's and
@@ -111,12 +115,17 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			Name: ConfigUpdates,
 			Help: "Mesh configs a source delivered, by source and result: applied to the maps, or rejected (invalid, or the maps refused it).",
 		}, []string{"source", "result"}),
+		notEnforced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: PoliciesNotEnforced,
+			Help: "Valid authorization policies of the mesh this node does not enforce (CUSTOM: an external authorizer in a waypoint or gateway applies them), by action.",
+		}, []string{"action"}),
 		ringbufLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: RingbufLostRecords,
 			Help: "Connection records the kernel could not hand over because the ring buffer was full.",
 		}),
 	}
-	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.configUpdates, m.ringbufLost,
+	m.notEnforced.WithLabelValues("custom")
+	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.configUpdates, m.ringbufLost, m.notEnforced,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.Maps != nil {
@@ -238,5 +247,15 @@ func (o *onceLogger) report(err error) {
 	case err == nil && o.failed:
 		o.failed = false
 		o.log.Info("metrics source recovered", "source", o.what)
+	}
+}
+
+// SetPoliciesNotEnforced sets how many policies of each action the mesh
+// has that the node does not enforce.
+func (m *Metrics) SetPoliciesNotEnforced(byAction map[string]int) {
+	m.notEnforced.Reset()
+	m.notEnforced.WithLabelValues("custom")
+	for a, n := range byAction {
+		m.notEnforced.WithLabelValues(a).Set(float64(n))
 	}
 }

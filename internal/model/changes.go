@@ -87,7 +87,7 @@ type State struct {
 	frontends map[netip.AddrPort]string // service address:port -> service key
 	addrs     map[netip.Addr]string     // workload address -> workload key
 	// l7 holds the L7 objects of the last whole mesh (Gateways, Routes,
-	// VirtualServices, WaypointPolicies): read by kmesh-waypoint and the
+	// VirtualServices, WaypointPolicies) and its UnenforcedPolicies: read by kmesh-waypoint and the
 	// dump, not by the dataplane, and not part of Changes.
 	l7 Mesh
 }
@@ -96,7 +96,8 @@ type State struct {
 func (s *State) SetL7(m *Mesh) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.l7 = Mesh{Gateways: m.Gateways, Routes: m.Routes, VirtualServices: m.VirtualServices, WaypointPolicies: m.WaypointPolicies}
+	s.l7 = Mesh{Gateways: m.Gateways, Routes: m.Routes, VirtualServices: m.VirtualServices, WaypointPolicies: m.WaypointPolicies,
+		UnenforcedPolicies: m.UnenforcedPolicies}
 }
 
 // NewState returns an empty state.
@@ -169,6 +170,7 @@ func (s *State) Mesh() *Mesh {
 		Services:  make([]Service, 0, len(s.services)),
 		Workloads: make([]Workload, 0, len(s.workloads)),
 		Gateways:  s.l7.Gateways, Routes: s.l7.Routes, VirtualServices: s.l7.VirtualServices, WaypointPolicies: s.l7.WaypointPolicies,
+		UnenforcedPolicies: s.l7.UnenforcedPolicies,
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.services)) {
 		m.Services = append(m.Services, *s.services[k])

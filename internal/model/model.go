@@ -39,6 +39,11 @@ type Mesh struct {
 	// enforced by the data plane at connect and on incoming SYNs (see
 	// internal/authz for their meaning).
 	Policies []Policy
+	// UnenforcedPolicies are valid policies the node does not enforce, as
+	// Istio's node proxy does not (CUSTOM actions, which an external
+	// authorizer in a waypoint or gateway applies): listed, never in the
+	// maps.
+	UnenforcedPolicies []UnenforcedPolicy
 
 	// The L7 objects below are read by kmesh-waypoint (see l7.go);
 	// kmeshd uses Gateways only to find a service's waypoint.
@@ -245,3 +250,14 @@ func SelectorMatches(selector, labels map[string]string) bool {
 	}
 	return true
 }
+
+// UnenforcedPolicy is a policy accepted but not enforced by the node, and
+// why.
+type UnenforcedPolicy struct {
+	Name, Namespace string
+	Action          string // as Istio spells it, lower case: custom
+	Reason          string
+}
+
+// Key is the policy's name in the mesh: namespace/name.
+func (p *UnenforcedPolicy) Key() string { return p.Namespace + "/" + p.Name }

@@ -106,6 +106,10 @@ type Policy struct {
 	// L7 names the attributes of its rules that only an L7 proxy can
 	// check, which the L4 enforcement leaves out (see internal/authz).
 	L7 []string `json:"l7,omitempty"`
+	// NotEnforced says why the node does not enforce this valid policy
+	// (CUSTOM: an external authorizer in a waypoint or gateway applies
+	// it); empty for policies in force.
+	NotEnforced string `json:"notEnforced,omitempty"`
 }
 
 // Connection is one live connection of an enrolled workload, as
@@ -206,6 +210,9 @@ func PoliciesFromModel(m *model.Mesh) []Policy {
 			l7 = append(l7, r.L7...)
 		}
 		out = append(out, Policy{Name: p.Name, Namespace: p.Namespace, Scope: string(p.Scope), Action: string(p.Action), DryRun: p.DryRun, Rules: len(p.Rules), L7: l7})
+	}
+	for _, p := range m.UnenforcedPolicies {
+		out = append(out, Policy{Name: p.Name, Namespace: p.Namespace, Scope: "-", Action: p.Action, NotEnforced: p.Reason})
 	}
 	return out
 }

@@ -32,6 +32,8 @@ type policy struct {
 	// waypoint is set for a policy with targetRefs: it applies in a
 	// waypoint, not in the kernel.
 	waypoint *model.L7Policy
+	// notEnforced says why a valid policy is not enforced here (CUSTOM).
+	notEnforced string
 }
 
 // authorizationPolicy parses one Istio AuthorizationPolicy object as
@@ -115,8 +117,14 @@ func (p *parser) policySpec(pol *policy, n *yaml.Node, path string) {
 		p.waypointPolicy(pol, f, path)
 		return
 	}
+	provider := ""
 	if v := f["provider"]; v != nil {
-		p.errorf(v, join(path, "provider"), "CUSTOM (external authorization) policies are not supported")
+		pf := p.fields(v, join(path, "provider"), "name")
+		if nv := pf["name"]; nv == nil {
+			p.errorf(v, join(path, "provider.name"), "missing")
+		} else if name, ok := p.str(nv, join(path, "provider.name")); ok {
+			provider = name
+		}
 	}
 	if v := f["selector"]; v != nil {
 		sel := p.fields(v, join(path, "selector"), "matchLabels")
@@ -134,11 +142,22 @@ func (p *parser) policySpec(pol *policy, n *yaml.Node, path string) {
 			case "AUDIT":
 				pol.Action = model.ActionAudit
 			case "CUSTOM":
-				p.errorf(v, join(path, "action"), "CUSTOM (external authorization) is not supported")
+				// Istio's node proxy (ztunnel) never sees CUSTOM policies:
+				// an external authorizer runs in a waypoint or gateway. The
+				// policy is accepted, listed as not enforced, and leaves
+				// the other policies' enforcement as it is.
+				if f["provider"] == nil {
+					p.errorf(v, join(path, "provider"), "missing: a CUSTOM policy names its provider")
+				}
+				pol.notEnforced = "CUSTOM action (external authorization provider " + strconv.Quote(provider) +
+					"): enforced by a waypoint or gateway, not at L4 on the node (ztunnel ignores it too)"
 			default:
-				p.errorf(v, join(path, "action"), "unknown action %q (want ALLOW, DENY or AUDIT)", a)
+				p.errorf(v, join(path, "action"), "unknown action %q (want ALLOW, DENY, AUDIT or CUSTOM)", a)
 			}
 		}
+	}
+	if f["provider"] != nil && pol.notEnforced == "" {
+		p.errorf(f["provider"], join(path, "provider"), "only a CUSTOM action takes a provider")
 	}
 	if v := f["rules"]; v != nil {
 		p.list(v, join(path, "rules"), func(item *yaml.Node, path string) {
@@ -210,7 +229,7 @@ func (p *parser) policyRule(pol *policy, n *yaml.Node, path string) model.Policy
 	}
 	if v := f["when"]; v != nil {
 		p.list(v, join(path, "when"), func(item *yaml.Node, path string) {
-			m, l7, ok := p.condition(item, path)
+			m, l7, ok := p.condition(pol, item, path)
 			if !ok {
 				return
 			}
@@ -297,14 +316,14 @@ func (p *parser) l7(f map[string]*yaml.Node, path string, keys []string) []strin
 // whenKeys are the condition keys Istio knows; l4WhenKeys those ztunnel
 // can check.
 var (
-	l4WhenKeys  = []string{"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"}
+	l4WhenKeys  = []string{"source.ip", "source.namespace", "source.principal", "source.serviceAccount", "destination.ip", "destination.port"}
 	l7WhenKeys  = []string{"remote.ip", "request.auth.principal", "request.auth.audiences", "request.auth.presenter", "connection.sni"}
 	l7WhenPrefs = []string{"request.headers[", "request.auth.claims[", "experimental.envoy.filters."}
 )
 
 // condition parses one when[] entry into a match of one field, or names it
 // when only an L7 proxy can check it.
-func (p *parser) condition(n *yaml.Node, path string) (m model.PolicyMatch, l7 string, ok bool) {
+func (p *parser) condition(pol *policy, n *yaml.Node, path string) (m model.PolicyMatch, l7 string, ok bool) {
 	f := p.fields(n, path, "key", "values", "notValues")
 	if f == nil {
 		return m, "", false
@@ -345,6 +364,10 @@ func (p *parser) condition(n *yaml.Node, path string) (m model.PolicyMatch, l7 s
 		m.Namespaces, m.NotNamespaces = p.stringMatches(values, vp), p.stringMatches(notValues, np)
 	case "source.principal":
 		m.Principals, m.NotPrincipals = p.stringMatches(values, vp), p.stringMatches(notValues, np)
+	case "source.serviceAccount":
+		// As from.source.serviceAccounts: NAME (in the policy's
+		// namespace) or NAMESPACE/NAME.
+		m.ServiceAccounts, m.NotServiceAccounts = p.serviceAccounts(pol, values, vp), p.serviceAccounts(pol, notValues, np)
 	case "destination.port":
 		m.DestinationPorts, m.NotDestinationPorts = p.policyPorts(values, vp), p.policyPorts(notValues, np)
 	}

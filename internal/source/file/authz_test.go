@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -187,11 +188,16 @@ var badPolicyFiles = []struct {
   kind: AuthorizationPolicy
   metadata: {name: a}
 `, `mesh.yaml:14: authorizationPolicies[0].apiVersion: "security.istio.io/v2" is not an AuthorizationPolicy version`},
-	{"custom action", `- apiVersion: security.istio.io/v1
+	{"custom action without a provider", `- apiVersion: security.istio.io/v1
   kind: AuthorizationPolicy
   metadata: {name: a}
-  spec: {action: CUSTOM, provider: {name: ext}}
-`, "mesh.yaml:17: authorizationPolicies[0].spec.action: CUSTOM (external authorization) is not supported"},
+  spec: {action: CUSTOM}
+`, "authorizationPolicies[0].spec.provider: missing: a CUSTOM policy names its provider"},
+	{"provider without custom", `- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: a}
+  spec: {action: ALLOW, provider: {name: ext}}
+`, "authorizationPolicies[0].spec.provider: only a CUSTOM action takes a provider"},
 	{"target refs with a selector", `- apiVersion: security.istio.io/v1
   kind: AuthorizationPolicy
   metadata: {name: a}
@@ -328,5 +334,55 @@ func TestParse_DocsExample(t *testing.T) {
 	}
 	if len(m.Policies) != 1 || len(m.Workloads[0].Policies) != 1 {
 		t.Fatalf("example: policies %+v, selected by %s: %v", m.Policies, m.Workloads[0].Key(), m.Workloads[0].Policies)
+	}
+}
+
+// TestParse_AcceptsWhatIstioAccepts: a CUSTOM policy (which Istio's node
+// proxy ignores) is accepted and listed as not enforced, without refusing
+// the file or touching the other policies; source.serviceAccount is a
+// condition key like from.source.serviceAccounts.
+func TestParse_AcceptsWhatIstioAccepts(t *testing.T) {
+	m, err := Parse("mesh.yaml", []byte(policyWorkloads+`- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: ext-authz, namespace: default}
+  spec:
+    selector: {matchLabels: {app: hello}}
+    action: CUSTOM
+    provider: {name: my-ext-authz}
+    rules:
+    - to:
+      - operation: {paths: ["/admin"]}
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: by-sa, namespace: default}
+  spec:
+    rules:
+    - when:
+      - key: source.serviceAccount
+        values: ["client", "other/sa"]
+        notValues: ["default/blocked"]
+`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.UnenforcedPolicies) != 1 || m.UnenforcedPolicies[0].Key() != "default/ext-authz" || m.UnenforcedPolicies[0].Action != "custom" ||
+		!strings.Contains(m.UnenforcedPolicies[0].Reason, `"my-ext-authz"`) {
+		t.Fatalf("unenforced %+v, want default/ext-authz (custom, naming its provider)", m.UnenforcedPolicies)
+	}
+	if len(m.Policies) != 1 || m.Policies[0].Key() != "default/by-sa" {
+		t.Fatalf("policies %+v, want default/by-sa alone in force", m.Policies)
+	}
+	for _, w := range m.Workloads {
+		if slices.Contains(w.Policies, "default/ext-authz") {
+			t.Fatalf("workload %s lists the CUSTOM policy for enforcement", w.Key())
+		}
+	}
+	match := m.Policies[0].Rules[0].Clauses[0].Matches[0]
+	want := []model.ServiceAccountMatch{{Namespace: "default", Name: "client"}, {Namespace: "other", Name: "sa"}}
+	if !slices.Equal(match.ServiceAccounts, want) || !slices.Equal(match.NotServiceAccounts, []model.ServiceAccountMatch{{Namespace: "default", Name: "blocked"}}) {
+		t.Fatalf("source.serviceAccount: %+v / %+v, want %+v / default/blocked", match.ServiceAccounts, match.NotServiceAccounts, want)
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -204,6 +204,14 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 		m.Workloads = append(m.Workloads, w.Workload)
 	}
 	labels := model.NewLabelIndex(m.Workloads)
+	policies = slices.DeleteFunc(policies, func(pol *policy) bool {
+		if pol.notEnforced == "" {
+			return false
+		}
+		m.UnenforcedPolicies = append(m.UnenforcedPolicies, model.UnenforcedPolicy{
+			Name: pol.Name, Namespace: pol.Namespace, Action: "custom", Reason: pol.notEnforced})
+		return true
+	})
 	selectPolicies(policies, m.Workloads, labels)
 	for _, pol := range policies {
 		if pol.waypoint != nil {
