@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
+	"github.com/kmesh-go/kmesh/internal/dataplane"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/version"
 )
@@ -49,6 +50,14 @@ type State interface {
 	DumpMaps() ([]string, error)
 	// Connections lists the live connections of enrolled workloads.
 	Connections() []api.Connection
+}
+
+// LBState is what the kernel's balancer decided on its own (outlier
+// ejections, session affinity entries); a State that implements it adds
+// them to /explain.
+type LBState interface {
+	Outliers() ([]dataplane.OutlierStat, error)
+	Affinity(service string, client netip.Addr) (workload string, left time.Duration, ok bool, err error)
 }
 
 // Controls are the daemon's run-time switches the admin API may change.
@@ -321,6 +330,11 @@ func (h *handler) explain(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if lb, ok := h.st.(LBState); ok && e.Service != nil {
+		if err := explainLBState(lb, m, &e, dst.Addr().Unmap().Is4()); err != nil {
+			h.log.Warn("explain: balancer state", "err", err)
+		}
+	}
 	h.writeJSON(w, e)
 }
 
@@ -331,6 +345,43 @@ func (h *handler) writeJSON(w http.ResponseWriter, v any) {
 	if err := enc.Encode(v); err != nil {
 		h.log.Debug("write response", "err", err)
 	}
+}
+
+// explainLBState adds the kernel's ejections and the source's affinity
+// entry to an explanation of a connect to a service.
+func explainLBState(lb LBState, m *model.Mesh, e *api.Explanation, v4 bool) error {
+	key := e.Service.Namespace + "/" + e.Service.Name
+	stats, err := lb.Outliers()
+	if err != nil {
+		return err
+	}
+	for _, s := range stats {
+		if s.Service != key {
+			continue
+		}
+		for _, ej := range s.Ejected {
+			for i := range e.Endpoints {
+				ep := &e.Endpoints[i]
+				if ep.Workload == ej.Workload {
+					ep.Ejected = fmt.Sprintf("ejected by outlier detection (%d in a row), back in %s", ej.Times, ej.Left.Round(100*time.Millisecond))
+				}
+			}
+		}
+	}
+	src := m.Workload(e.Source.Workload)
+	if src == nil {
+		return nil
+	}
+	addr, ok := addressOf(src, v4)
+	if !ok {
+		return nil
+	}
+	w, left, ok, err := lb.Affinity(key, addr)
+	if err != nil || !ok {
+		return err
+	}
+	e.Affinity = &api.ExplainAffinity{Workload: w, ExpiresIn: left.Round(100 * time.Millisecond).String()}
+	return nil
 }
 
 // Server is one HTTP listener of the daemon.

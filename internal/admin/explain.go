@@ -65,6 +65,7 @@ func Explain(m *model.Mesh, node string, enrolled []string, source string, dst n
 	default:
 		e.Service = &api.ExplainService{Name: svc.Name, Namespace: svc.Namespace, Port: port.Port, TargetPort: port.TargetPort, Mode: string(svc.LBMode)}
 		e.Endpoints = explainEndpoints(m, svc, port.TargetPort, addr.Is4())
+		e.Service.Priority = explainLocality(m, svc, src, e.Endpoints)
 		eligible, denied := 0, 0
 		for i := range e.Endpoints {
 			ep := &e.Endpoints[i]
@@ -79,6 +80,8 @@ func Explain(m *model.Mesh, node string, enrolled []string, source string, dst n
 			}
 		}
 		switch {
+		case eligible == 0 && svc.Locality != nil && svc.Locality.Mode == model.LocalityStrict:
+			e.Result = fmt.Sprintf("refused: locality mode strict and no %s endpoint of service %s matches the source in every scope, so connect() fails with ECONNREFUSED", family, svc.Key())
 		case eligible == 0:
 			e.Result = fmt.Sprintf("refused: service %s has no eligible %s endpoint, so connect() fails with ECONNREFUSED", svc.Key(), family)
 		case denied == eligible:
@@ -188,6 +191,64 @@ func explainEndpoints(m *model.Mesh, s *model.Service, targetPort uint16, v4 boo
 		}
 	}
 	return out
+}
+
+// explainLocality marks the endpoints a routing preference leaves out for
+// src, and says which priority the connect picks from: the endpoints of the
+// closest rank there is (as the kernel's priority tables, built by the
+// dataplane from model.LocalityLB.Rank).
+func explainLocality(m *model.Mesh, svc *model.Service, src *model.Workload, eps []api.ExplainEndpoint) string {
+	lb := svc.Locality
+	if lb == nil {
+		return ""
+	}
+	ranks := make([]int, len(eps))
+	best := -1
+	for i := range eps {
+		ep := &eps[i]
+		w := m.Workload(ep.Workload)
+		if w == nil {
+			continue
+		}
+		ep.Locality = w.Locality.String()
+		r, ok := lb.Rank(src, w)
+		if !ok {
+			ranks[i] = -1
+			if ep.Eligible {
+				ep.Eligible = false
+				ep.Reasons = append(ep.Reasons, fmt.Sprintf("locality mode strict: does not match the source in every scope of %v", lb.RoutingPreference))
+			}
+			continue
+		}
+		ranks[i] = r
+		if ep.Eligible && r > best {
+			best = r
+		}
+	}
+	n := 0
+	var total uint32
+	for i := range eps {
+		ep := &eps[i]
+		if ep.Eligible && ranks[i] < best {
+			ep.Eligible = false
+			ep.Reasons = append(ep.Reasons, fmt.Sprintf("farther from the source (rank %d) than the closest priority (rank %d)", ranks[i], best))
+		}
+		if ep.Eligible {
+			n++
+			total += ep.Weight
+		}
+	}
+	for i := range eps {
+		eps[i].Share = 0
+		if eps[i].Eligible && total > 0 {
+			eps[i].Share = float64(eps[i].Weight) / float64(total)
+		}
+	}
+	if best < 0 {
+		return fmt.Sprintf("none: no endpoint matches the source (%s, node %s) under %s %v", src.Locality, src.Node, lb.Mode, lb.RoutingPreference)
+	}
+	return fmt.Sprintf("rank %d of %s %v from the source (%s, node %s): %d endpoint(s); if they all go (or are ejected), the next rank takes over within the same connect",
+		best, lb.Mode, lb.RoutingPreference, src.Locality, src.Node, n)
 }
 
 // addressOf returns the workload's address of the family.

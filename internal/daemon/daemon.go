@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -179,7 +180,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer stopKube()
 	d.startKube(kctx, ksrc)
 	d.runCerts(kctx)
-	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir), Authz: d.authzStats}, log.With("component", "metrics"))
+	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir), Authz: d.authzStats, Outliers: d.outlierStats}, log.With("component", "metrics"))
 	d.kind = sourceFile
 	if xsrc != nil {
 		d.kind = sourceXDS
@@ -526,6 +527,14 @@ func (d *daemon) DumpMaps() ([]string, error) { return dataplane.DumpMaps(d.maps
 // Connections lists the live connections the telemetry saw open.
 func (d *daemon) Connections() []api.Connection { return d.telemetry.Connections() }
 
+// Outliers and Affinity give /explain what the kernel's balancer decided
+// on its own (admin.LBState).
+func (d *daemon) Outliers() ([]dataplane.OutlierStat, error) { return d.writer.Outliers() }
+
+func (d *daemon) Affinity(service string, client netip.Addr) (string, time.Duration, bool, error) {
+	return d.writer.Affinity(service, client)
+}
+
 // openAccessLog opens where access log records go: one JSON object per line.
 func openAccessLog(path string) (*slog.Logger, func() error, error) {
 	if path == "" {
@@ -550,6 +559,15 @@ func (d *daemon) mapStats() ([]metrics.MapStat, error) {
 }
 
 // authzStats reads the authorization decision counters for /metrics.
+func (d *daemon) outlierStats() ([]metrics.OutlierStat, error) {
+	stats, err := d.writer.Outliers()
+	out := make([]metrics.OutlierStat, 0, len(stats))
+	for _, s := range stats {
+		out = append(out, metrics.OutlierStat{Service: s.Service, Total: s.Total, Ejected: len(s.Ejected)})
+	}
+	return out, err
+}
+
 func (d *daemon) authzStats() ([]metrics.AuthzStat, error) {
 	stats, err := d.writer.AuthzStats()
 	out := make([]metrics.AuthzStat, 0, len(stats))

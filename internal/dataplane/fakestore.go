@@ -55,6 +55,7 @@ func NewFakeStore(limits bpf.Limits) *FakeStore {
 		KmLbConf:     m(bpf.KmeshMapKmLbConf, limits.Services, false),
 		KmLbBackend:  m(bpf.KmeshMapKmLbBackend, limits.Endpoints, false),
 		KmLbEject:    m(bpf.KmeshMapKmLbEject, limits.Services+1, true),
+		KmLbAffinity: m(bpf.KmeshMapKmLbAffinity, limits.AffinityClients, false),
 	}
 	f.Store.KmMaglev = fakeMaglev{m(bpf.KmeshMapKmMaglev, (limits.Services+1)*2, false)}
 	return f

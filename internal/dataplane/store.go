@@ -38,7 +38,7 @@ type Store struct {
 	KmAuthzStats Map
 
 	// Locality, affinity and health (lb.go).
-	KmLbPrio, KmLbClient, KmLbConf, KmLbBackend, KmLbEject Map
+	KmLbPrio, KmLbClient, KmLbConf, KmLbBackend, KmLbEject, KmLbAffinity Map
 	// KmMaglev holds whole tables: an inner map per service and family.
 	KmMaglev MaglevTables
 }
@@ -90,7 +90,7 @@ func MapStore(maps *bpf.KmeshMaps) *Store {
 		KmAuthzAddr: bpfMap{maps.KmAuthzAddr}, KmAuthzNetns: bpfMap{maps.KmAuthzNetns},
 		KmAuthzStats: bpfMap{maps.KmAuthzStats},
 		KmLbPrio:     bpfMap{maps.KmLbPrio}, KmLbClient: bpfMap{maps.KmLbClient}, KmLbConf: bpfMap{maps.KmLbConf},
-		KmLbBackend: bpfMap{maps.KmLbBackend}, KmLbEject: bpfMap{maps.KmLbEject},
+		KmLbBackend: bpfMap{maps.KmLbBackend}, KmLbEject: bpfMap{maps.KmLbEject}, KmLbAffinity: bpfMap{maps.KmLbAffinity},
 		KmMaglev: maglevMap{maps.KmMaglev},
 	}
 }

@@ -69,6 +69,7 @@ type Sources struct {
 	Maps     func() ([]MapStat, error)
 	Programs func() ([]ProgramStat, error)
 	Authz    func() ([]AuthzStat, error)
+	Outliers func() ([]OutlierStat, error)
 }
 
 // Metrics is the registry of one daemon and the counters it reports.
@@ -136,6 +137,9 @@ func New(src Sources, log *slog.Logger) *Metrics {
 	}
 	if src.Authz != nil {
 		m.reg.MustRegister(&authzCollector{read: src.Authz, errs: onceLogger{log: log, what: "authorization counters"}})
+	}
+	if src.Outliers != nil {
+		m.reg.MustRegister(&outlierCollector{read: src.Outliers, errs: onceLogger{log: log, what: "outlier detection"}})
 	}
 	return m
 }

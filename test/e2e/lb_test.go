@@ -3,14 +3,17 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kmesh-go/kmesh/internal/admin/api"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
@@ -96,6 +99,15 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 	t.Run("prefer_close_keeps_connections_in_zone", func(t *testing.T) {
 		rs := m.get("client", "--url", "http://10.96.0.10/", "--count", "50")
 		checkOnly(t, rs, "hello-1")
+		e := explain(t, ka)
+		if !strings.HasPrefix(e.Service.Priority, "rank 2 of failover [region zone]") {
+			t.Fatalf("/explain priority %q", e.Service.Priority)
+		}
+		for _, ep := range e.Endpoints {
+			if ep.Eligible != (ep.Workload == "default/hello-1") {
+				t.Fatalf("/explain endpoint %s eligible=%v %v", ep.Workload, ep.Eligible, ep.Reasons)
+			}
+		}
 	})
 
 	t.Run("failover_to_next_zone_within_one_connect", func(t *testing.T) {
@@ -128,6 +140,9 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 		rs := m.get("client", "--url", "http://10.96.0.10/", "--count", "100")
 		if c := counts(rs); len(c) != 1 {
 			t.Fatalf("100 new connections of one client went to %v, want one backend", c)
+		}
+		if e := explain(t, ka); e.Affinity == nil || e.Affinity.Workload != "default/"+rs[0].Pod {
+			t.Fatalf("/explain affinity %+v, want default/%s", e.Affinity, rs[0].Pod)
 		}
 		// After the timeout the client is balanced afresh: over 8 expiries
 		// it lands on more than one backend (all the same: (1/4)^7).
@@ -162,6 +177,15 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 		// Ejected: every new connection succeeds.
 		rs = m.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "2s")
 		checkOnly(t, rs, "hello-1", "hello-2", "hello-3")
+		e := explain(t, ka)
+		for _, ep := range e.Endpoints {
+			if (ep.Workload == "default/hello-4") != strings.HasPrefix(ep.Ejected, "ejected by outlier detection") {
+				t.Fatalf("/explain endpoint %s: ejected %q", ep.Workload, ep.Ejected)
+			}
+		}
+		if n := metricSum(t, ka.metrics, "kmesh_outlier_ejections_total", map[string]string{"service": "default/hello"}); n != 1 {
+			t.Fatalf("kmesh_outlier_ejections_total = %v, want 1", n)
+		}
 		// It returns after the ejection time.
 		hello4 = serve("hello-4")
 		time.Sleep(4 * time.Second)
@@ -195,6 +219,20 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 			t.Fatalf("hello-4 did not return after its ejection: %v", counts(rs))
 		}
 	})
+}
+
+// explain asks node-a's kmeshd what a connect of client to the service does.
+func explain(t *testing.T, k *kmeshd) api.Explanation {
+	t.Helper()
+	code, body := httpGet(t, "http://"+k.admin+"/explain?source=client&destination="+url.QueryEscape("10.96.0.10:80"))
+	if code != 200 {
+		t.Fatalf("/explain: %d %s", code, body)
+	}
+	var e api.Explanation
+	if err := json.Unmarshal([]byte(body), &e); err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
 
 // ipBatch runs `ip -batch` with the commands in a pod and returns a handle

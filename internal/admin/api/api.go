@@ -156,8 +156,17 @@ type Explanation struct {
 	// nil when none is, and the connect passes untouched.
 	Service   *ExplainService   `json:"service,omitempty"`
 	Endpoints []ExplainEndpoint `json:"endpoints"`
+	// Affinity is the source's session affinity entry for the service,
+	// when it has a live one.
+	Affinity *ExplainAffinity `json:"affinity,omitempty"`
 	// Result says in one sentence what the connect does.
 	Result string `json:"result"`
+}
+
+// ExplainAffinity is where ClientIP session affinity keeps a client.
+type ExplainAffinity struct {
+	Workload  string `json:"workload"`
+	ExpiresIn string `json:"expiresIn"` // unless the client connects again before
 }
 
 // ExplainSource is the connecting workload and whether its connects are
@@ -179,6 +188,9 @@ type ExplainService struct {
 	Port       uint16 `json:"port"`
 	TargetPort uint16 `json:"targetPort"`
 	Mode       string `json:"mode"` // load balancing mode
+	// Priority says which locality priority the connect picks from and
+	// why; empty without a routing preference.
+	Priority string `json:"priority,omitempty"`
 }
 
 // ExplainEndpoint is one endpoint of the matched service and whether a
@@ -199,6 +211,8 @@ type ExplainEndpoint struct {
 	Health   string   `json:"health"`
 	Locality string   `json:"locality"`
 	Policy   string   `json:"policy"`
+	// Ejected says how long outlier detection keeps the endpoint out.
+	Ejected string `json:"ejected,omitempty"`
 }
 
 // PoliciesFromModel converts the mesh's policies into the dump's.
