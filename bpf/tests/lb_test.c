@@ -618,4 +618,64 @@ int test_hash_of_keys(void *ctx)
 	return 0;
 }
 
+/*
+ * Connect cost per mode (internal/bpf/bpftest BenchmarkConnect): the
+ * decision of bench_rounds connects, each on a fresh random number, for
+ * the service set up as bench_mode says. Syscall programs cannot repeat
+ * under BPF_PROG_TEST_RUN, so the loop is here (bpf_loop).
+ */
+enum bench_mode {
+	BENCH_PLAIN = 0,    /* random, no flags: the path every service took before */
+	BENCH_LOCALITY = 1, /* FAILOVER, closest priority of the client's class */
+	BENCH_AFFINITY = 2, /* ClientIP affinity: every connect after the first hits */
+	BENCH_OUTLIER = 3,  /* outlier detection on, nothing ejected */
+	BENCH_MAGLEV = 4,   /* Maglev table (put from Go) */
+};
+volatile const __u32 bench_mode = BENCH_PLAIN;
+volatile const __u32 bench_rounds = 10000;
+__u32 bench_failed;
+
+static long bench_one(__u32 i, void *ctx)
+{
+	struct lb_request req = {};
+	struct lb_result res = {};
+
+	request4(&req, VIP4, PORT, bpf_get_prandom_u32());
+	req.now = bpf_ktime_get_ns();
+	if (lb_xlate(&req, &res) != 0)
+		bench_failed++;
+	return 0;
+}
+
+SEC("syscall")
+int bench_connect(void *ctx)
+{
+	switch (bench_mode) {
+	case BENCH_LOCALITY:
+		locality_service(0);
+		break;
+	case BENCH_AFFINITY:
+		three_backends(KM_LB_RANDOM);
+		service_flags(SVC_ID, KM_LB_RANDOM, 3, KM_LB_AFFINITY);
+		for (__u32 i = 1; i <= 3; i++)
+			member(i);
+		conf(3600, 0, 0, 0, 3);
+		break;
+	case BENCH_OUTLIER:
+		outlier_service(10);
+		break;
+	case BENCH_MAGLEV:
+		enroll(NETNS);
+		frontend4(VIP4, PORT, SVC_ID);
+		service_flags(SVC_ID, KM_LB_MAGLEV, 0, 0);
+		for (__u32 i = 1; i <= 3; i++)
+			backend(i, KM_BACKEND_HAS_V4);
+		break;
+	default:
+		three_backends(KM_LB_RANDOM);
+	}
+	bpf_loop(bench_rounds, bench_one, NULL, 0);
+	return bench_failed;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -77,7 +77,7 @@ func runOne(t *testing.T, spec *ebpf.CollectionSpec, name string) {
 
 // putMaglevTable gives service 7 (SVC_ID), IPv4, a Maglev table over
 // backends 1..3, as the dataplane builds it.
-func putMaglevTable(t *testing.T, s *ebpf.CollectionSpec, coll *ebpf.Collection) {
+func putMaglevTable(t testing.TB, s *ebpf.CollectionSpec, coll *ebpf.Collection) {
 	t.Helper()
 	table, err := maglev.Build([]maglev.Backend{{Name: "b1"}, {Name: "b2"}, {Name: "b3"}}, maglev.DefaultSize)
 	if err != nil {

@@ -238,6 +238,7 @@ const (
 	lbTestMapKmManage                                     = "km_manage"
 	lbTestMapKmRr                                         = "km_rr"
 	lbTestMapKmService                                    = "km_service"
+	lbTestProgBenchConnect                                = "bench_connect"
 	lbTestProgTestAffinityDropsRemovedBackend             = "test_affinity_drops_removed_backend"
 	lbTestProgTestAffinityKeepsClientUntilTimeout         = "test_affinity_keeps_client_until_timeout"
 	lbTestProgTestAllEjectedStillConnects                 = "test_all_ejected_still_connects"
@@ -259,6 +260,9 @@ const (
 	lbTestProgTestRoundRobinCycles                        = "test_round_robin_cycles"
 	lbTestProgTestUdpPasses                               = "test_udp_passes"
 	lbTestProgTestWeightedSlotsShiftShare                 = "test_weighted_slots_shift_share"
+	lbTestVarBenchFailed                                  = "bench_failed"
+	lbTestVarBenchMode                                    = "bench_mode"
+	lbTestVarBenchRounds                                  = "bench_rounds"
 	lbTestVarHashOut                                      = "hash_out"
 	lbTestVarKmMaglevSize                                 = "km_maglev_size"
 )
@@ -305,6 +309,7 @@ type lbTestSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbTestProgramSpecs struct {
+	BenchConnect                                *ebpf.ProgramSpec `ebpf:"bench_connect"`
 	TestAffinityDropsRemovedBackend             *ebpf.ProgramSpec `ebpf:"test_affinity_drops_removed_backend"`
 	TestAffinityKeepsClientUntilTimeout         *ebpf.ProgramSpec `ebpf:"test_affinity_keeps_client_until_timeout"`
 	TestAllEjectedStillConnects                 *ebpf.ProgramSpec `ebpf:"test_all_ejected_still_connects"`
@@ -360,6 +365,9 @@ type lbTestMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbTestVariableSpecs struct {
+	BenchFailed  *ebpf.VariableSpec `ebpf:"bench_failed"`
+	BenchMode    *ebpf.VariableSpec `ebpf:"bench_mode"`
+	BenchRounds  *ebpf.VariableSpec `ebpf:"bench_rounds"`
 	HashOut      *ebpf.VariableSpec `ebpf:"hash_out"`
 	KmMaglevSize *ebpf.VariableSpec `ebpf:"km_maglev_size"`
 }
@@ -439,6 +447,9 @@ func (m *lbTestMaps) Close() error {
 //
 // It can be passed to loadLbTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbTestVariables struct {
+	BenchFailed  *ebpf.Variable `ebpf:"bench_failed"`
+	BenchMode    *ebpf.Variable `ebpf:"bench_mode"`
+	BenchRounds  *ebpf.Variable `ebpf:"bench_rounds"`
 	HashOut      *ebpf.Variable `ebpf:"hash_out"`
 	KmMaglevSize *ebpf.Variable `ebpf:"km_maglev_size"`
 }
@@ -447,6 +458,7 @@ type lbTestVariables struct {
 //
 // It can be passed to loadLbTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbTestPrograms struct {
+	BenchConnect                                *ebpf.Program `ebpf:"bench_connect"`
 	TestAffinityDropsRemovedBackend             *ebpf.Program `ebpf:"test_affinity_drops_removed_backend"`
 	TestAffinityKeepsClientUntilTimeout         *ebpf.Program `ebpf:"test_affinity_keeps_client_until_timeout"`
 	TestAllEjectedStillConnects                 *ebpf.Program `ebpf:"test_all_ejected_still_connects"`
@@ -472,6 +484,7 @@ type lbTestPrograms struct {
 
 func (p *lbTestPrograms) Close() error {
 	return _LbTestClose(
+		p.BenchConnect,
 		p.TestAffinityDropsRemovedBackend,
 		p.TestAffinityKeepsClientUntilTimeout,
 		p.TestAllEjectedStillConnects,
