@@ -11,13 +11,43 @@ NET_DEPS := iproute2 util-linux
 # The Istio tier's tools, built from the tools/ module and kept across
 # clones: go build relinks only what changed.
 TOOLS_BIN ?= $(HOME)/.cache/kmesh-tools/bin
+# Version and commit linked into the binaries (kmeshd --version, kmeshctl version).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/kmesh-go/kmesh/internal/version.Version=$(VERSION) \
+           -X github.com/kmesh-go/kmesh/internal/version.Commit=$(COMMIT)
+# Images: one per daemon under cmd/ that kmesh-image knows (kmeshctl goes
+# into kmeshd's image); pushed by push-images to $(REGISTRY).
+REGISTRY ?= localhost/kmesh
+TAG      ?= $(VERSION)
+IMAGES   := $(filter kmeshd kmesh-waypoint,$(notdir $(wildcard cmd/*)))
 
-.PHONY: all build demo test test-unit test-e2e test-istio tools lint fuzz generate check-generated deps-bpf deps-net bench clean
+.PHONY: all build demo test test-unit test-e2e test-istio test-install tools images push-images print-tag lint fuzz generate check-generated deps-bpf deps-net bench clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+## images: OCI image archives under bin/images/ (kmeshd.tar with kmeshctl, kmesh-waypoint.tar once
+## cmd/kmesh-waypoint exists), static binaries FROM scratch, no Docker daemon (docs/install.md)
+images:
+	@[ -d cmd/kmesh-waypoint ] || echo "images: no cmd/kmesh-waypoint yet, so no kmesh-waypoint image"
+	@mkdir -p $(BIN)/static $(BIN)/images $(TOOLS_BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(BIN)/static/ $(addprefix ./cmd/,$(IMAGES) kmeshctl)
+	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kmesh-image
+	$(TOOLS_BIN)/kmesh-image -bin $(BIN)/static -out $(BIN)/images -repo $(REGISTRY) -tag $(TAG) \
+		-version $(VERSION) -commit $(COMMIT) -arch $$($(GO) env GOARCH) \
+		-created $$(git log -1 --format=%ct 2>/dev/null || echo 0) $(PUSH) $(IMAGES)
+
+## push-images: make images, and push them to REGISTRY=host/path (credentials: ~/.docker/config.json)
+push-images:
+	@[ "$(REGISTRY)" != localhost/kmesh ] || { echo "push-images: set REGISTRY=host/path"; exit 1; }
+	$(MAKE) images PUSH=-push
+
+## print-tag: the tag make images gives the images
+print-tag:
+	@echo $(TAG)
 
 ## demo: two nodes, a client and three hello pods; requests to the service address
 demo: deps-net
@@ -25,7 +55,7 @@ demo: deps-net
 
 ## test: everything CI runs: formatting, vet, generated code, unit, BPF, e2e (file, go-control-plane
 ## and the real istiod + kube-apiserver) and fuzz tests
-test: deps-net lint check-generated test-unit test-e2e test-istio fuzz
+test: deps-net lint check-generated test-unit test-e2e test-install test-istio fuzz
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -45,14 +75,19 @@ test-unit:
 test-e2e:
 	$(GO) test -race -count=1 -tags e2e -timeout 20m -skip '^TestIstio' ./test/e2e/...
 
-## tools: etcd + kube-apiserver (one binary), istiod's pilot-discovery and Istio's CRDs, into
-## TOOLS_BIN; about 10 minutes cold on 2 idle cores (15 on a busy machine), seconds when nothing
-## changed (docs/istio.md)
+## tools: etcd + kube-apiserver (one binary), istiod's pilot-discovery, kmesh-chart (helm lint and
+## template) and Istio's CRDs, into TOOLS_BIN; about 10 minutes cold on 2 idle cores (15 on a busy
+## machine), seconds when nothing changed (docs/istio.md)
 tools:
 	@mkdir -p $(TOOLS_BIN)
-	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kube-control-plane ./cmd/hbone-peer istio.io/istio/pilot/cmd/pilot-discovery
+	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kube-control-plane ./cmd/hbone-peer ./cmd/kmesh-chart istio.io/istio/pilot/cmd/pilot-discovery
 	install -m 0644 "$$(cd tools && $(GO) list -m -f '{{.Dir}}' istio.io/istio)/manifests/charts/base/files/crd-all.gen.yaml" $(TOOLS_BIN)/istio-crds.yaml
 	cd tools && $(GO) vet ./...
+
+## test-install: the image builder (archives load, binaries run) and the Helm chart (lint, template,
+## schema, Istio's values), in the tools module
+test-install:
+	cd tools && $(GO) test -count=1 ./cmd/kmesh-image/ ./cmd/kmesh-chart/
 
 ## test-istio: the e2e tier on the stock istiod and a real kube-apiserver; prints the push-to-map latency
 test-istio: deps-net tools
