@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -27,6 +28,9 @@ func newCommand() *cobra.Command {
 	var (
 		cfg      daemon.Config
 		logLevel = new(slog.LevelVar) // changed at run time through /logging
+		// cleanupOnExit removes the data plane once Run has returned and
+		// released the instance lock (kmeshd cleanup refuses a held dir).
+		cleanupOnExit bool
 	)
 	cmd := &cobra.Command{
 		Use:   "kmeshd",
@@ -70,7 +74,18 @@ removes it.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			cfg.LogLevel = logLevel
-			return daemon.Run(ctx, cfg, log)
+			err := daemon.Run(ctx, cfg, log)
+			if cleanupOnExit {
+				dir := cfg.BPFDir
+				if dir == "" {
+					dir = daemon.DefaultBPFDir(cfg.Node)
+				}
+				if cerr := daemon.Cleanup(dir); cerr != nil {
+					return errors.Join(err, fmt.Errorf("cleanup on exit: %w", cerr))
+				}
+				log.Info("data plane removed on exit", "bpf_dir", dir)
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -110,6 +125,7 @@ removes it.`,
 	cfg.Identity.RegisterFlags(f)
 	f.StringVar(&cfg.AccessLogFile, "access-log-file", "", "file for the access log, JSON lines (default: standard output)")
 
+	f.BoolVar(&cleanupOnExit, "cleanup-on-exit", false, "on SIGTERM or SIGINT, remove this instance's programs, maps and pins (as kmeshd cleanup) before exiting, so connections are no longer balanced; for uninstalling (the Helm chart's cleanupOnStop), never for restarts or upgrades")
 	cmd.SetVersionTemplate("kmeshd {{.Version}}\n")
 	cmd.AddCommand(newCleanupCommand())
 	return cmd

@@ -128,3 +128,28 @@ func TestOneKmeshdPerBPFDir(t *testing.T) {
 		t.Fatalf("first kmeshd ready: %d", code)
 	}
 }
+
+// TestCleanupOnExitRemovesDataPlane: with --cleanup-on-exit (the Helm
+// chart's cleanupOnStop, for uninstalling) a kmeshd stopped by SIGTERM
+// removes its pins and programs, so the service is no longer balanced.
+func TestCleanupOnExitRemovesDataPlane(t *testing.T) {
+	m := newMesh(t)
+	cfg := configPath(m, "mesh.yaml")
+	m.writeConfig(cfg, m.config("random", helloWorkloads))
+	ka := m.startKmeshdBin(m.kmeshd, "node-a", cfg, "--cleanup-on-exit")
+	checkOnly(t, m.get("client", "--url", "http://10.96.0.10/", "--count", "10"), allHello...)
+	if err := ka.proc.Stop(); err != nil {
+		t.Fatalf("kmeshd --cleanup-on-exit: %v\n%s", err, ka.proc.Stderr())
+	}
+	if !strings.Contains(ka.proc.Stderr(), "data plane removed on exit") {
+		t.Errorf("kmeshd did not log the cleanup:\n%s", tail(ka.proc.Stderr(), 2000))
+	}
+	if _, err := os.Stat(ka.node.BPFDir); !os.IsNotExist(err) {
+		t.Fatalf("bpf dir after kmeshd --cleanup-on-exit stopped: %v, want it gone", err)
+	}
+	for _, r := range m.get("client", "--url", "http://10.96.0.10/", "--count", "2", "--timeout", "2s") {
+		if r.Error == "" {
+			t.Fatalf("client reached %s through the service after cleanup on exit; want no rewrite", r.Pod)
+		}
+	}
+}

@@ -156,8 +156,8 @@ func TestTemplate_DaemonSetPrivilegesAndProbes(t *testing.T) {
 			t.Errorf("args %q lack %s", args, want)
 		}
 	}
-	if strings.Contains(args, "--max-") || strings.Contains(args, "--ca-address") || c.Lifecycle != nil {
-		t.Errorf("default values: args %q, lifecycle %+v; want no --max-*, no --ca-address and no preStop", args, c.Lifecycle)
+	if strings.Contains(args, "--max-") || strings.Contains(args, "--ca-address") || strings.Contains(args, "--cleanup-on-exit") {
+		t.Errorf("default values: args %q; want no --max-*, no --ca-address, no --cleanup-on-exit", args)
 	}
 	if len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists {
 		t.Errorf("tolerations %+v, want every taint", spec.Tolerations)
@@ -173,8 +173,8 @@ func TestTemplate_ExamplesChangeWhatTheySay(t *testing.T) {
 		}
 	}
 	c := daemonSet(t, "-f", ex("uninstall.yaml")).Spec.Template.Spec.Containers[0]
-	if c.Lifecycle == nil || !slices.Equal(c.Lifecycle.PreStop.Exec.Command, []string{"/usr/local/bin/kmeshd", "cleanup", "--bpf-dir=/sys/fs/bpf/kmesh/kmeshd"}) {
-		t.Errorf("uninstall: lifecycle %+v, want kmeshd cleanup in preStop", c.Lifecycle)
+	if !slices.Contains(c.Args, "--cleanup-on-exit") {
+		t.Errorf("uninstall: args %q, want --cleanup-on-exit", c.Args)
 	}
 	c = daemonSet(t, "-f", ex("no-bpffs-on-host.yaml")).Spec.Template.Spec.Containers[0]
 	if !*c.SecurityContext.Privileged || *c.VolumeMounts[0].MountPropagation != corev1.MountPropagationBidirectional {
