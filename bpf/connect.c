@@ -79,8 +79,11 @@ int km_connect4(struct bpf_sock_addr *ctx)
 {
 	struct lb_request req = {};
 	struct lb_result res = {};
+	struct tunnel_dst tun = {};
 	int ret;
 
+	if (tunnel_own(ctx->sk))
+		return 1;
 	req.netns_cookie = bpf_get_netns_cookie(ctx);
 	lb_v4_mapped(req.addr, ctx->user_ip4);
 	req.port = (__u16)ctx->user_port;
@@ -92,14 +95,21 @@ int km_connect4(struct bpf_sock_addr *ctx)
 		lb_v4_mapped(req.src, ctx->sk->src_ip4);
 
 	ret = lb_xlate(&req, &res);
-	if (ret == -KM_ENOENT)
-		return connect_denied(req.netns_cookie, req.proto, req.addr, req.port) ? connect_deny() : 1;
+	if (ret == -KM_ENOENT) {
+		if (connect_denied(req.netns_cookie, req.proto, req.addr, req.port))
+			return connect_deny();
+		if (req.proto == IPPROTO_TCP && tunnel_lookup(req.netns_cookie, req.addr, req.port, req.family, &tun))
+			return tunnel_redirect4(ctx, &tun) ? connect_refuse() : 1;
+		return 1;
+	}
 	if (ret < 0)
 		return connect_refuse();
 	if (connect_denied(req.netns_cookie, req.proto, res.addr, res.port))
 		return connect_deny();
 	connect_remember(ctx, &req);
 	connect_remember_lb(ctx, &res);
+	if (tunnel_lookup(req.netns_cookie, res.addr, res.port, req.family, &tun))
+		return tunnel_redirect4(ctx, &tun) ? connect_refuse() : 1;
 #ifdef KM_TEST_VARIANT
 	/* Test builds of an "upgraded" daemon: programs whose instructions
 	 * differ, to test swapping them behind live links. */
@@ -115,8 +125,11 @@ int km_connect6(struct bpf_sock_addr *ctx)
 {
 	struct lb_request req = {};
 	struct lb_result res = {};
+	struct tunnel_dst tun = {};
 	int ret;
 
+	if (tunnel_own(ctx->sk))
+		return 1;
 	req.netns_cookie = bpf_get_netns_cookie(ctx);
 	req.addr[0] = ctx->user_ip6[0];
 	req.addr[1] = ctx->user_ip6[1];
@@ -137,14 +150,21 @@ int km_connect6(struct bpf_sock_addr *ctx)
 	}
 
 	ret = lb_xlate(&req, &res);
-	if (ret == -KM_ENOENT)
-		return connect_denied(req.netns_cookie, req.proto, req.addr, req.port) ? connect_deny() : 1;
+	if (ret == -KM_ENOENT) {
+		if (connect_denied(req.netns_cookie, req.proto, req.addr, req.port))
+			return connect_deny();
+		if (req.proto == IPPROTO_TCP && tunnel_lookup(req.netns_cookie, req.addr, req.port, req.family, &tun))
+			return tunnel_redirect6(ctx, &tun) ? connect_refuse() : 1;
+		return 1;
+	}
 	if (ret < 0)
 		return connect_refuse();
 	if (connect_denied(req.netns_cookie, req.proto, res.addr, res.port))
 		return connect_deny();
 	connect_remember(ctx, &req);
 	connect_remember_lb(ctx, &res);
+	if (tunnel_lookup(req.netns_cookie, res.addr, res.port, req.family, &tun))
+		return tunnel_redirect6(ctx, &tun) ? connect_refuse() : 1;
 	ctx->user_ip6[0] = res.addr[0];
 	ctx->user_ip6[1] = res.addr[1];
 	ctx->user_ip6[2] = res.addr[2];
@@ -159,7 +179,16 @@ int km_getpeername4(struct bpf_sock_addr *ctx)
 	struct sock_orig *orig;
 
 	orig = bpf_sk_storage_get(&km_sock_orig, ctx->sk, 0, 0);
-	if (!orig || orig->family != KM_FAMILY_V4)
+	if (!orig) {
+		struct tunnel_dst tun;
+
+		if (tunnel_peer(ctx->sk, &tun) && tun.family == KM_FAMILY_V4) {
+			ctx->user_ip4 = tun.addr[3];
+			ctx->user_port = (__u32)tun.port;
+		}
+		return 1;
+	}
+	if (orig->family != KM_FAMILY_V4)
 		return 1;
 	ctx->user_ip4 = orig->addr[3];
 	ctx->user_port = (__u32)orig->port;
@@ -172,8 +201,18 @@ int km_getpeername6(struct bpf_sock_addr *ctx)
 	struct sock_orig *orig;
 
 	orig = bpf_sk_storage_get(&km_sock_orig, ctx->sk, 0, 0);
-	if (!orig)
+	if (!orig) {
+		struct tunnel_dst tun;
+
+		if (tunnel_peer(ctx->sk, &tun)) {
+			ctx->user_ip6[0] = tun.addr[0];
+			ctx->user_ip6[1] = tun.addr[1];
+			ctx->user_ip6[2] = tun.addr[2];
+			ctx->user_ip6[3] = tun.addr[3];
+			ctx->user_port = (__u32)tun.port;
+		}
 		return 1;
+	}
 	ctx->user_ip6[0] = orig->addr[0];
 	ctx->user_ip6[1] = orig->addr[1];
 	ctx->user_ip6[2] = orig->addr[2];

@@ -116,6 +116,10 @@ int km_ingress(struct __sk_buff *skb)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->state != BPF_TCP_LISTEN || sk->protocol != IPPROTO_TCP)
 		return 1;
+	/* HBONE is authorized by the tunnel on the peer's certificate: its
+	 * listener, and its connections to the application it authorized. */
+	if (tunnel_own(sk) || skb->mark == KM_TUNNEL_MARK)
+		return 1;
 	ret = ingress_parse(skb, src, dst, &port);
 	if (ret == KM_PARSE_OTHER)
 		return 1;

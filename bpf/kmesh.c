@@ -10,6 +10,7 @@
 #include "lb.h"
 #include "authz.h"
 #include "sock.h"
+#include "tunnel.h"
 
 #include "connect.c"
 #include "ingress.c"
@@ -33,5 +34,7 @@ const enum km_authz_verdict *unused_authz_verdict __attribute__((unused));
 const enum km_authz_side *unused_authz_side __attribute__((unused));
 const enum km_authz_match_flag *unused_authz_match_flag __attribute__((unused));
 const enum km_authz_kind *unused_authz_kind __attribute__((unused));
+const enum km_tunnel_const *unused_tunnel_const __attribute__((unused));
+const enum km_tunnel_proto *unused_tunnel_proto __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

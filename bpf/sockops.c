@@ -386,9 +386,12 @@ static __always_inline void sockops_lb_connect(struct bpf_sock_ops *skops)
 SEC("sockops")
 int km_sockops(struct bpf_sock_ops *skops)
 {
+	if (tunnel_own(skops->sk))
+		return 1; /* the tunnel's own legs: the client's socket tells the story */
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		sockops_lb_connect(skops);
+		tunnel_connecting(skops);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		sockops_lb_outcome(skops, 1);

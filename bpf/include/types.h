@@ -449,6 +449,52 @@ struct authz_stat {
 	__u64 matched[KM_AUTHZ_SIDES]; /* a counted (AUDIT, dry-run) policy matched */
 };
 
+/*
+ * HBONE tunnel (include/tunnel.h). A connection of an enrolled workload to
+ * a workload on another node that speaks HBONE is redirected to the tunnel
+ * listener in the client's own network namespace (loopback, port
+ * KM_TUNNEL_OUTBOUND_PORT); the tunnel process finds where it was going by
+ * the client socket's address and port, and carries it over mutual TLS.
+ */
+enum km_tunnel_const {
+	KM_TUNNEL_OUTBOUND_PORT = 15001, /* the tunnel's loopback listener in each pod */
+	KM_TUNNEL_HBONE_PORT = 15008,    /* HBONE on the destination pod */
+	KM_TUNNEL_MARK = 0x539,          /* SO_MARK of the tunnel's sockets, as ztunnel's */
+};
+
+/* How connections to a workload address are carried (km_tunnel). */
+enum km_tunnel_proto {
+	KM_TUNNEL_NONE = 0,
+	KM_TUNNEL_HBONE = 1,
+};
+
+/* Value of km_tunnel, keyed by authz_addr_key: a workload address of
+ * another node that takes HBONE. */
+struct tunnel_value {
+	__u32 proto; /* enum km_tunnel_proto */
+};
+
+/* Key of km_tunnel_dst: a redirected client socket as the tunnel's
+ * accepted socket sees its peer. Address as in frontend_key. */
+struct tunnel_key {
+	__u64 netns_cookie;
+	__u32 addr[4];
+	__u16 port; /* host order */
+	__u16 pad[3];
+};
+
+/* Where a redirected connection was going: the chosen endpoint (socket
+ * storage km_tunnel_sk, then km_tunnel_dst). */
+struct tunnel_dst {
+	__u32 addr[4]; /* as in frontend_key */
+	__u16 port;    /* network order */
+	__u8 family;   /* enum km_family the socket spoke */
+	__u8 pad;
+};
+
+_Static_assert(sizeof(struct tunnel_value) == 4, "tunnel_value size");
+_Static_assert(sizeof(struct tunnel_key) == 32, "tunnel_key size");
+_Static_assert(sizeof(struct tunnel_dst) == 20, "tunnel_dst size");
 _Static_assert(sizeof(struct lb_prio_key) == 8, "lb_prio_key size");
 _Static_assert(sizeof(struct lb_prio) == 32, "lb_prio size");
 _Static_assert(sizeof(struct lb_client) == 20, "lb_client size");

@@ -123,11 +123,13 @@ removes it.`,
 	f.BoolVar(&cfg.Telemetry, "telemetry", true, "record every connection of enrolled workloads (istio_tcp_* metrics, access log, /connections)")
 	f.BoolVar(&cfg.AccessLog, "access-log", false, "write one access log line per closed connection (switch at run time: kmeshctl accesslog on|off)")
 	cfg.Identity.RegisterFlags(f)
+	f.StringVar(&cfg.TunnelStateDir, "state-dir", "", "directory where kmeshd writes the HBONE tunnel's state for 'kmeshd tunnel' (default: /run/kmesh/<node>); used when the mesh has a CA")
 	f.StringVar(&cfg.AccessLogFile, "access-log-file", "", "file for the access log, JSON lines (default: standard output)")
 
 	f.BoolVar(&cleanupOnExit, "cleanup-on-exit", false, "on SIGTERM or SIGINT, remove this instance's programs, maps and pins (as kmeshd cleanup) before exiting, so connections are no longer balanced; for uninstalling (the Helm chart's cleanupOnStop), never for restarts or upgrades")
 	cmd.SetVersionTemplate("kmeshd {{.Version}}\n")
 	cmd.AddCommand(newCleanupCommand())
+	cmd.AddCommand(newTunnelCommand())
 	return cmd
 }
 

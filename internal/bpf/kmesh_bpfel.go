@@ -276,6 +276,21 @@ const (
 	KmeshKmLbModeKM_LB_MAGLEV      KmeshKmLbMode = 2
 )
 
+type KmeshKmTunnelConst uint32
+
+const (
+	KmeshKmTunnelConstKM_TUNNEL_OUTBOUND_PORT KmeshKmTunnelConst = 15001
+	KmeshKmTunnelConstKM_TUNNEL_HBONE_PORT    KmeshKmTunnelConst = 15008
+	KmeshKmTunnelConstKM_TUNNEL_MARK          KmeshKmTunnelConst = 1337
+)
+
+type KmeshKmTunnelProto uint32
+
+const (
+	KmeshKmTunnelProtoKM_TUNNEL_NONE  KmeshKmTunnelProto = 0
+	KmeshKmTunnelProtoKM_TUNNEL_HBONE KmeshKmTunnelProto = 1
+)
+
 type KmeshLbAffinity struct {
 	_         structs.HostLayout
 	LastNs    uint64
@@ -408,6 +423,27 @@ type KmeshTcpStatsValue struct {
 	BytesReceived uint64
 }
 
+type KmeshTunnelDst struct {
+	_      structs.HostLayout
+	Addr   [4]uint32
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
+type KmeshTunnelKey struct {
+	_           structs.HostLayout
+	NetnsCookie uint64
+	Addr        [4]uint32
+	Port        uint16
+	Pad         [3]uint16
+}
+
+type KmeshTunnelValue struct {
+	_     structs.HostLayout
+	Proto uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -444,6 +480,9 @@ const (
 	KmeshMapKmSocks              = "km_socks"
 	KmeshMapKmTcpFull            = "km_tcp_full"
 	KmeshMapKmTcpStats           = "km_tcp_stats"
+	KmeshMapKmTunnel             = "km_tunnel"
+	KmeshMapKmTunnelDst          = "km_tunnel_dst"
+	KmeshMapKmTunnelSk           = "km_tunnel_sk"
 	KmeshProgKmConnIter          = "km_conn_iter"
 	KmeshProgKmConnect4          = "km_connect4"
 	KmeshProgKmConnect6          = "km_connect6"
@@ -472,6 +511,8 @@ const (
 	KmeshVarUnusedLbHow          = "unused_lb_how"
 	KmeshVarUnusedLbLimit        = "unused_lb_limit"
 	KmeshVarUnusedLbMode         = "unused_lb_mode"
+	KmeshVarUnusedTunnelConst    = "unused_tunnel_const"
+	KmeshVarUnusedTunnelProto    = "unused_tunnel_proto"
 )
 
 // LoadKmesh returns the embedded CollectionSpec for Kmesh.
@@ -562,6 +603,9 @@ type KmeshMapSpecs struct {
 	KmSocks      *ebpf.MapSpec `ebpf:"km_socks"`
 	KmTcpFull    *ebpf.MapSpec `ebpf:"km_tcp_full"`
 	KmTcpStats   *ebpf.MapSpec `ebpf:"km_tcp_stats"`
+	KmTunnel     *ebpf.MapSpec `ebpf:"km_tunnel"`
+	KmTunnelDst  *ebpf.MapSpec `ebpf:"km_tunnel_dst"`
+	KmTunnelSk   *ebpf.MapSpec `ebpf:"km_tunnel_sk"`
 }
 
 // KmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -588,6 +632,8 @@ type KmeshVariableSpecs struct {
 	UnusedLbHow          *ebpf.VariableSpec `ebpf:"unused_lb_how"`
 	UnusedLbLimit        *ebpf.VariableSpec `ebpf:"unused_lb_limit"`
 	UnusedLbMode         *ebpf.VariableSpec `ebpf:"unused_lb_mode"`
+	UnusedTunnelConst    *ebpf.VariableSpec `ebpf:"unused_tunnel_const"`
+	UnusedTunnelProto    *ebpf.VariableSpec `ebpf:"unused_tunnel_proto"`
 }
 
 // KmeshObjects contains all objects after they have been loaded into the kernel.
@@ -642,6 +688,9 @@ type KmeshMaps struct {
 	KmSocks      *ebpf.Map `ebpf:"km_socks"`
 	KmTcpFull    *ebpf.Map `ebpf:"km_tcp_full"`
 	KmTcpStats   *ebpf.Map `ebpf:"km_tcp_stats"`
+	KmTunnel     *ebpf.Map `ebpf:"km_tunnel"`
+	KmTunnelDst  *ebpf.Map `ebpf:"km_tunnel_dst"`
+	KmTunnelSk   *ebpf.Map `ebpf:"km_tunnel_sk"`
 }
 
 func (m *KmeshMaps) Close() error {
@@ -678,6 +727,9 @@ func (m *KmeshMaps) Close() error {
 		m.KmSocks,
 		m.KmTcpFull,
 		m.KmTcpStats,
+		m.KmTunnel,
+		m.KmTunnelDst,
+		m.KmTunnelSk,
 	)
 }
 
@@ -705,6 +757,8 @@ type KmeshVariables struct {
 	UnusedLbHow          *ebpf.Variable `ebpf:"unused_lb_how"`
 	UnusedLbLimit        *ebpf.Variable `ebpf:"unused_lb_limit"`
 	UnusedLbMode         *ebpf.Variable `ebpf:"unused_lb_mode"`
+	UnusedTunnelConst    *ebpf.Variable `ebpf:"unused_tunnel_const"`
+	UnusedTunnelProto    *ebpf.Variable `ebpf:"unused_tunnel_proto"`
 }
 
 // KmeshPrograms contains all programs after they have been loaded into the kernel.

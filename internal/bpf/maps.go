@@ -40,6 +40,8 @@ func spec(limits Limits) (*ebpf.CollectionSpec, error) {
 		KmeshMapKmLbBackend:  limits.Endpoints,
 		KmeshMapKmLbEject:    limits.Services + 1, // ids start at 1
 		KmeshMapKmMaglev:     (limits.Services + 1) * 2,
+		KmeshMapKmTunnel:     limits.WorkloadAddresses,
+		KmeshMapKmTunnelDst:  limits.Sockets,
 	}
 	for name, m := range s.Maps {
 		n, ok := sizes[name]

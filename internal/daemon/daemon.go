@@ -33,6 +33,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/source/kube"
 	"github.com/kmesh-go/kmesh/internal/source/xds"
 	"github.com/kmesh-go/kmesh/internal/telemetry"
+	"github.com/kmesh-go/kmesh/internal/tunnel"
 )
 
 // Config is kmeshd's command line.
@@ -72,6 +73,9 @@ type Config struct {
 	// AccessLogFile receives the access log, one JSON line per closed
 	// connection; "" is standard output.
 	AccessLogFile string
+	// TunnelStateDir is where kmeshd writes the HBONE tunnel's state
+	// (kmeshd tunnel reads it); "" = tunnel.DefaultStateDir(Node).
+	TunnelStateDir string
 
 	MetricsAddress   string         // Prometheus /metrics
 	ReadinessAddress string         // /healthz/ready alone, for probes
@@ -167,6 +171,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		maps:          &dp.KmeshMaps,
 		adminEnrolled: adminEnrolled,
 		certs:         certs,
+	}
+	if certs != nil {
+		if cfg.TunnelStateDir == "" {
+			cfg.TunnelStateDir = tunnel.DefaultStateDir(cfg.Node)
+		}
+		d.tunnel = newTunnelHandoff(cfg.TunnelStateDir, cfg.Node, d.currentState, log.With("component", "tunnel"))
+		tctx, stopTunnel := context.WithCancel(ctx)
+		defer stopTunnel()
+		go d.tunnel.run(tctx)
 	}
 	if err := d.loadAdminEnrolled(); err != nil {
 		return err
@@ -302,6 +315,8 @@ type daemon struct {
 	telemetry *telemetry.Telemetry
 	// certs holds this node's workload certificates; nil without a CA.
 	certs *identity.Cache
+	// tunnel hands the HBONE tunnel process its state (tunnel.go).
+	tunnel *tunnelHandoff
 
 	// mu serializes changes; state is the mesh as the maps hold it.
 	mu       sync.Mutex
@@ -332,6 +347,10 @@ func (d *daemon) apply(m *model.Mesh) error {
 }
 
 func (d *daemon) applyFull(m *model.Mesh) error {
+	if err := d.applyTunnels(m); err != nil {
+		d.metrics.ConfigUpdate(d.kind, err)
+		return fmt.Errorf("apply config: %w", err)
+	}
 	if err := d.writer.Apply(m); err != nil {
 		d.metrics.ConfigUpdate(d.kind, err)
 		return fmt.Errorf("apply config: %w", err)
@@ -367,8 +386,17 @@ func (d *daemon) update(c *model.Changes) error {
 		return fmt.Errorf("apply config: %w", err)
 	}
 	undo := d.state.Apply(c)
+	// Tunnels first: a new HBONE destination is tunnelled from its first
+	// connect, never sent in plaintext meanwhile.
+	if err := d.updateTunnels(c, undo); err != nil {
+		d.state.Apply(undo)
+		d.updateTunnels(c, undo)
+		d.metrics.ConfigUpdate(d.kind, err)
+		return fmt.Errorf("apply config: %w", err)
+	}
 	if err := d.writer.Update(c, d.state); err != nil {
 		d.state.Apply(undo)
+		d.updateTunnels(c, undo)
 		d.metrics.ConfigUpdate(d.kind, err)
 		if !errors.Is(err, dataplane.ErrMapFull) {
 			d.retryLocked()
@@ -436,6 +464,7 @@ func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 	d.version++
 	v := d.version
 	d.mu.Unlock()
+	d.publishTunnelState(v)
 	services, workloads, policies := d.state.Counts()
 	if full || c.Len() > 16 {
 		d.log.Info("config applied", "version", v, "services", services, "workloads", workloads, "policies", policies, "enrolled", enrolled, "changes", c.String())
@@ -582,4 +611,11 @@ func (d *daemon) authzStats() ([]metrics.AuthzStat, error) {
 		})
 	}
 	return out, err
+}
+
+// currentState is the state the daemon holds, nil before the first apply.
+func (d *daemon) currentState() *model.State {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state
 }

@@ -53,6 +53,7 @@ type Dataplane struct {
 	lbWorkload func(string) *model.Workload // the last applied mesh's, by key
 	lbClasses  map[classKey]uint16
 	lbClients  map[uint64]bpf.KmeshLbClient
+	tunnels    map[bpf.KmeshAuthzAddrKey]struct{} // km_tunnel as written (tunnel.go); nil until read
 }
 
 type serviceState struct {

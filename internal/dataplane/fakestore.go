@@ -56,6 +56,7 @@ func NewFakeStore(limits bpf.Limits) *FakeStore {
 		KmLbBackend:  m(bpf.KmeshMapKmLbBackend, limits.Endpoints, false),
 		KmLbEject:    m(bpf.KmeshMapKmLbEject, limits.Services+1, true),
 		KmLbAffinity: m(bpf.KmeshMapKmLbAffinity, limits.AffinityClients, false),
+		KmTunnel:     m(bpf.KmeshMapKmTunnel, limits.WorkloadAddresses, false),
 	}
 	f.Store.KmMaglev = fakeMaglev{m(bpf.KmeshMapKmMaglev, (limits.Services+1)*2, false)}
 	return f

@@ -41,6 +41,9 @@ type Store struct {
 	KmLbPrio, KmLbClient, KmLbConf, KmLbBackend, KmLbEject, KmLbAffinity Map
 	// KmMaglev holds whole tables: an inner map per service and family.
 	KmMaglev MaglevTables
+	// KmTunnel: workload addresses whose connections go through the
+	// HBONE tunnel (tunnel.go).
+	KmTunnel Map
 }
 
 // MaglevTables replaces and removes Maglev lookup tables (km_maglev).
@@ -92,5 +95,6 @@ func MapStore(maps *bpf.KmeshMaps) *Store {
 		KmLbPrio:     bpfMap{maps.KmLbPrio}, KmLbClient: bpfMap{maps.KmLbClient}, KmLbConf: bpfMap{maps.KmLbConf},
 		KmLbBackend: bpfMap{maps.KmLbBackend}, KmLbEject: bpfMap{maps.KmLbEject}, KmLbAffinity: bpfMap{maps.KmLbAffinity},
 		KmMaglev: maglevMap{maps.KmMaglev},
+		KmTunnel: bpfMap{maps.KmTunnel},
 	}
 }

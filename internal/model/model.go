@@ -112,6 +112,10 @@ type Workload struct {
 	// spiffe://cluster.local/ns/<namespace>/sa/<service account>); empty
 	// means "default", as for a Kubernetes pod.
 	ServiceAccount string
+	// TunnelProtocol is how other nodes must carry connections to the
+	// workload: HBONE (mutual TLS to its port 15008) or NONE (plaintext,
+	// one hop). Empty means the default, which TunnelFor resolves.
+	TunnelProtocol TunnelProtocol
 	// Policies are the keys (namespace/name) of the workload-selector
 	// policies that apply to it; namespace and global policies apply by
 	// their scope and are not listed. The file source resolves selectors
@@ -129,6 +133,30 @@ type Workload struct {
 	Network string
 	// Locality is where the workload runs, for locality-aware balancing.
 	Locality Locality
+}
+
+// TunnelProtocol is how connections from other nodes reach a workload.
+type TunnelProtocol string
+
+const (
+	// TunnelNone is plaintext, one hop.
+	TunnelNone TunnelProtocol = "NONE"
+	// TunnelHBONE is Istio ambient's HBONE: HTTP/2 CONNECT over mutual
+	// TLS to the workload's port 15008.
+	TunnelHBONE TunnelProtocol = "HBONE"
+)
+
+// TunnelFor is the workload's tunnel protocol, resolving the default: a
+// workload some kmeshd enrolls (it names a netns) takes HBONE when the mesh
+// has a CA, and every other workload NONE.
+func (w *Workload) TunnelFor(meshHasCA bool) TunnelProtocol {
+	if w.TunnelProtocol != "" {
+		return w.TunnelProtocol
+	}
+	if meshHasCA && w.Netns != "" {
+		return TunnelHBONE
+	}
+	return TunnelNone
 }
 
 // Locality is a workload's place in the region/zone/subzone hierarchy.
@@ -161,6 +189,11 @@ func (m *Mesh) Validate() error {
 			if !a.IsValid() || a.Zone() != "" {
 				return fmt.Errorf("workload %s: invalid address %q", w.Key(), a)
 			}
+		}
+		switch w.TunnelProtocol {
+		case "", TunnelNone, TunnelHBONE:
+		default:
+			return fmt.Errorf("workload %s: unknown tunnel protocol %q (want HBONE or NONE)", w.Key(), w.TunnelProtocol)
 		}
 	}
 	owner := map[netip.AddrPort]string{}

@@ -128,6 +128,10 @@ func (b *Bed) setup() error {
 	return nil
 }
 
+// UnderlayNetns returns the path of the underlay's network namespace, whose
+// bridge joins the nodes: where a capture sees all traffic between nodes.
+func (b *Bed) UnderlayNetns() string { return b.underlay }
+
 // RunID returns the id that starts every name this Bed creates, such as
 // "kmtb-1a2b3c": the prefix, then the creating PID in base 36 and a random
 // suffix.

@@ -360,7 +360,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	w.Namespace = "default"
 	w.ServiceAccount = "default"
 	w.Weight = 1
-	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight", "serviceAccount", "locality")
+	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight", "serviceAccount", "locality", "tunnelProtocol")
 	if f == nil {
 		return w
 	}
@@ -405,6 +405,16 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	}
 	if v := f["locality"]; v != nil {
 		p.locality(w, v, join(path, "locality"))
+	}
+	if v := f["tunnelProtocol"]; v != nil {
+		if tp, ok := p.str(v, join(path, "tunnelProtocol")); ok {
+			switch model.TunnelProtocol(tp) {
+			case model.TunnelHBONE, model.TunnelNone:
+				w.TunnelProtocol = model.TunnelProtocol(tp)
+			default:
+				p.errorf(v, join(path, "tunnelProtocol"), "unknown tunnel protocol %q (want HBONE or NONE)", tp)
+			}
+		}
 	}
 	return w
 }

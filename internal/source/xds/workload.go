@@ -113,8 +113,14 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		Network:        pw.GetNetwork(),
 		ServiceAccount: pw.GetServiceAccount(),
 		Weight:         1,
+		// LEGACY_ISTIO_MTLS (sidecar mTLS) is not spoken, as ztunnel
+		// does not: such a workload is reached in plaintext.
+		TunnelProtocol: model.TunnelNone,
 		// Netns stays empty: xDS says nothing about this node's network
 		// namespaces; enrollment comes from Kubernetes or the command line.
+	}
+	if pw.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE {
+		w.TunnelProtocol = model.TunnelHBONE
 	}
 	if w.UID == "" {
 		return nil, errors.New("uid is empty")

@@ -59,7 +59,7 @@ func TestWorkloadClient_AppliesServicesAndWorkloads(t *testing.T) {
 	wl := func(w xdstest.Workload, ips ...string) model.Workload {
 		return model.Workload{
 			Name: w.Name, Namespace: w.Namespace, Node: w.Node, Addresses: addrs(ips...), Weight: 1,
-			UID: w.UID(), ServiceAccount: "default", Policies: w.Policies,
+			UID: w.UID(), ServiceAccount: "default", Policies: w.Policies, TunnelProtocol: model.TunnelNone,
 		}
 	}
 	want := &model.Mesh{

@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Selective HBONE: which connections go through the tunnel process, and how
+ * it finds their destination. Only a connection of an enrolled workload to
+ * an address in km_tunnel (a workload of another node that takes HBONE) is
+ * redirected, to the tunnel's loopback listener in the client's own network
+ * namespace; everything else keeps the one-hop path. The tunnel's own
+ * sockets carry SO_MARK KM_TUNNEL_MARK and pass every hook untouched.
+ *
+ * The destination travels in two steps, because connect() has no source
+ * port yet: the connect hook keeps it in the socket's storage, and sockops
+ * (TCP_CONNECT_CB, before the SYN) copies it into km_tunnel_dst under the
+ * socket's address and port, where the tunnel looks it up on accept.
+ */
+#ifndef KMESH_TUNNEL_H
+#define KMESH_TUNNEL_H
+
+#include "lb.h"
+
+/* Workload addresses of other nodes that take HBONE; written by
+ * internal/dataplane. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct authz_addr_key);
+	__type(value, struct tunnel_value);
+	__uint(max_entries, 1);
+} km_tunnel SEC(".maps");
+
+/* Destination of each redirected socket until it has a port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tunnel_dst);
+} km_tunnel_sk SEC(".maps");
+
+/* Destination of each redirected connection by its client address and
+ * port; the tunnel deletes an entry when it takes the connection. An LRU,
+ * so entries of connections the tunnel never took age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct tunnel_key);
+	__type(value, struct tunnel_dst);
+	__uint(max_entries, 1);
+} km_tunnel_dst SEC(".maps");
+
+/* Whether a socket is the tunnel's own. */
+static __always_inline int tunnel_own(struct bpf_sock *sk)
+{
+	return sk && sk->mark == KM_TUNNEL_MARK;
+}
+
+/*
+ * Decides whether a connect() to addr:port (the chosen endpoint, or the
+ * address dialed) goes through the tunnel. Returns 1 when it does and dst
+ * is filled, 0 when it keeps the direct path.
+ */
+static __always_inline int tunnel_lookup(__u64 netns_cookie, const __u32 addr[4], __u16 port, __u8 family,
+					 struct tunnel_dst *dst)
+{
+	struct manage_key mkey = { .netns_cookie = netns_cookie };
+	struct authz_addr_key key = {};
+	struct tunnel_value *tv;
+
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	tv = bpf_map_lookup_elem(&km_tunnel, &key);
+	if (!tv || tv->proto != KM_TUNNEL_HBONE)
+		return 0;
+	if (!bpf_map_lookup_elem(&km_manage, &mkey))
+		return 0;
+	__builtin_memcpy(dst->addr, addr, sizeof(dst->addr));
+	dst->port = port;
+	dst->family = family;
+	return 1;
+}
+
+/* Keeps dst in the socket's storage; 0 on success. */
+static __always_inline int tunnel_remember(struct bpf_sock *sk, const struct tunnel_dst *dst)
+{
+	struct tunnel_dst *d = bpf_sk_storage_get(&km_tunnel_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!d)
+		return -1;
+	*d = *dst;
+	return 0;
+}
+
+/* sockops TCP_CONNECT_CB: a redirected socket now has its port. */
+static __always_inline void tunnel_connecting(struct bpf_sock_ops *skops)
+{
+	struct tunnel_key key = {};
+	struct tunnel_dst *d;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	d = bpf_sk_storage_get(&km_tunnel_sk, sk, 0, 0);
+	if (!d)
+		return;
+	key.netns_cookie = bpf_get_netns_cookie(skops);
+	if (skops->family == 2 /* AF_INET */) {
+		lb_v4_mapped(key.addr, skops->local_ip4);
+	} else {
+		key.addr[0] = skops->local_ip6[0];
+		key.addr[1] = skops->local_ip6[1];
+		key.addr[2] = skops->local_ip6[2];
+		key.addr[3] = skops->local_ip6[3];
+	}
+	key.port = (__u16)skops->local_port;
+	bpf_map_update_elem(&km_tunnel_dst, &key, d, BPF_ANY);
+}
+
+/* Sends an IPv4 connect() to the tunnel: 127.0.0.1:KM_TUNNEL_OUTBOUND_PORT.
+ * Returns 0 when the connect proceeds there, -1 when the destination could
+ * not be kept (the connect must fail: never plaintext). */
+static __always_inline int tunnel_redirect4(struct bpf_sock_addr *ctx, const struct tunnel_dst *dst)
+{
+	if (tunnel_remember(ctx->sk, dst))
+		return -1;
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = (__u32)bpf_htons(KM_TUNNEL_OUTBOUND_PORT);
+	return 0;
+}
+
+/* The same for IPv6 sockets: [::1], or ::ffff:127.0.0.1 for an IPv4
+ * destination of a dual-stack socket. */
+static __always_inline int tunnel_redirect6(struct bpf_sock_addr *ctx, const struct tunnel_dst *dst)
+{
+	if (tunnel_remember(ctx->sk, dst))
+		return -1;
+	if (dst->family == KM_FAMILY_V4) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = (__u32)bpf_htons(KM_TUNNEL_OUTBOUND_PORT);
+	return 0;
+}
+
+/* getpeername() of a redirected socket shows where it was going, unless a
+ * service address is kept (km_sock_orig), which wins. Returns 1 when dst
+ * is filled. */
+static __always_inline int tunnel_peer(struct bpf_sock *sk, struct tunnel_dst *dst)
+{
+	struct tunnel_dst *d = bpf_sk_storage_get(&km_tunnel_sk, sk, 0, 0);
+
+	if (!d)
+		return 0;
+	*dst = *d;
+	return 1;
+}
+
+#endif

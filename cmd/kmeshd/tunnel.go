@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kmesh-go/kmesh/internal/daemon"
+	"github.com/kmesh-go/kmesh/internal/identity"
+	"github.com/kmesh-go/kmesh/internal/tunnel"
+)
+
+func newTunnelCommand() *cobra.Command {
+	var (
+		cfg      tunnel.Config
+		ids      identity.Config
+		logLevel = new(slog.LevelVar)
+	)
+	cmd := &cobra.Command{
+		Use:   "tunnel",
+		Short: "Run the HBONE tunnel of this node: mutual TLS between nodes, apart from kmeshd",
+		Long: `kmeshd tunnel carries the connections kmeshd's connect hook redirects to it
+(those to a workload of another node that takes HBONE) over HTTP/2 CONNECT and
+mutual TLS 1.3 to the destination pod's port 15008, and terminates HBONE for
+this node's enrolled workloads. It listens inside each enrolled pod's network
+namespace: 127.0.0.1:15001 (and [::1]:15001) for redirected connections,
+[::]:15008 for HBONE from other nodes.
+
+It is a process of its own so that restarting or killing kmeshd cuts no
+tunnelled connection. It follows the state kmeshd writes to --state-dir and
+keeps the last copy it read while kmeshd is away; it needs kmeshd's data plane
+loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
+		Example:       `  kmeshd tunnel --node node-a --ca-cert ca.pem --ca-key ca-key.pem`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel})).With("node", cfg.Node, "component", "tunnel")
+			if cfg.BPFDir == "" {
+				cfg.BPFDir = daemon.DefaultBPFDir(cfg.Node)
+			}
+			if cfg.StateDir == "" {
+				cfg.StateDir = tunnel.DefaultStateDir(cfg.Node)
+			}
+			certs, err := ids.NewSource()
+			if err != nil {
+				return err
+			}
+			if certs == nil {
+				return fmt.Errorf("no CA: give --ca-cert and --ca-key (or --ca-address)")
+			}
+			certs.SetLogger(log)
+			cfg.Certs = certs
+			cfg.Log = log
+			t, err := tunnel.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			go certs.Run(ctx)
+			log.Info("tunnel starting", "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
+			return t.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Node, "node", hostname(), "name of this node, as kmeshd's --node")
+	f.StringVar(&cfg.StateDir, "state-dir", "", "directory where kmeshd writes the tunnel's state (default: /run/kmesh/<node>)")
+	f.StringVar(&cfg.BPFDir, "bpf-dir", "", "kmeshd's bpffs directory (default: /sys/fs/bpf/kmesh/<node>)")
+	f.TextVar(logLevel, "log-level", new(slog.LevelVar), "log level: debug, info, warn, error")
+	ids.RegisterFlags(f)
+	return cmd
+}

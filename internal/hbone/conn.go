@@ -1,0 +1,65 @@
+package hbone
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+)
+
+// Conn is one tunnelled connection on the client side: reads are the
+// server's bytes, writes go to the server. It does not support deadlines.
+type Conn struct {
+	body    io.ReadCloser
+	w       *io.PipeWriter
+	local   net.Addr
+	remote  net.Addr
+	once    sync.Once
+	release func()
+}
+
+func newConn(body io.ReadCloser, w *io.PipeWriter, t *Target, release func()) *Conn {
+	return &Conn{
+		body:    body,
+		w:       w,
+		local:   net.TCPAddrFromAddrPort(netip.AddrPortFrom(t.SourceAddr, 0)),
+		remote:  net.TCPAddrFromAddrPort(t.Addr),
+		release: release,
+	}
+}
+
+func (c *Conn) Read(p []byte) (int, error)  { return c.body.Read(p) }
+func (c *Conn) Write(p []byte) (int, error) { return c.w.Write(p) }
+
+// CloseWrite ends the request side of the stream (END_STREAM): the server
+// reads EOF, as after a TCP half-close.
+func (c *Conn) CloseWrite() error { return c.w.Close() }
+
+// Close ends the stream both ways; a stream not finished is reset.
+func (c *Conn) Close() error {
+	c.once.Do(func() {
+		c.w.CloseWithError(net.ErrClosed)
+		c.body.Close()
+		c.release()
+	})
+	return nil
+}
+
+func (c *Conn) LocalAddr() net.Addr  { return c.local }
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+
+var errNoDeadline = errors.New("hbone stream: deadlines not supported")
+
+func (c *Conn) SetDeadline(time.Time) error      { return errNoDeadline }
+func (c *Conn) SetReadDeadline(time.Time) error  { return errNoDeadline }
+func (c *Conn) SetWriteDeadline(time.Time) error { return errNoDeadline }
+
+var _ net.Conn = (*Conn)(nil)
+
+// isClosed reports errors that only say a connection was closed.
+func isClosed(err error) bool {
+	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.ErrClosedPipe)
+}

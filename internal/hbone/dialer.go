@@ -1,0 +1,387 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/kmesh-go/kmesh/internal/identity"
+)
+
+// Pool defaults, as ztunnel's (POOL_MAX_STREAMS_PER_CONNECTION, pool idle
+// timeout) and its HTTP/2 windows.
+const (
+	DefaultMaxStreams  = 100
+	DefaultIdleTimeout = 5 * time.Minute
+
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
+	maxFrame     = 1 << 20
+)
+
+// Target is one tunnelled connection to open.
+type Target struct {
+	// Source is the identity whose certificate the client presents: the
+	// workload that opened the connection.
+	Source identity.Identity
+	// SourceAddr is the workload's address the tunnel leaves from; part
+	// of the pool key, as in ztunnel, and handed to DialTCP.
+	SourceAddr netip.Addr
+	// Destination lists the identities the server may prove: the
+	// destination workload's, plus its services' SANs.
+	Destination []identity.Identity
+	// Addr is where the tunnel goes: the destination pod's address and
+	// port 15008 (or a waypoint's).
+	Addr netip.AddrPort
+	// Authority is the CONNECT target: podIP:targetPort, or VIP:port for
+	// a waypoint.
+	Authority string
+	// Header is sent with the CONNECT request (baggage, forwarded).
+	Header http.Header
+}
+
+// DialFunc makes the TCP connection under a tunnel.
+type DialFunc func(ctx context.Context, t *Target) (net.Conn, error)
+
+// Dialer opens HBONE streams. Its zero value is not usable: set Certs.
+type Dialer struct {
+	// Certs supplies the source workloads' certificates and the roots.
+	Certs identity.Source
+	// DialTCP makes the TCP connection to t.Addr; nil dials from this
+	// network namespace. The tunnel opens it in the source pod's netns.
+	DialTCP DialFunc
+	// MaxStreams per HTTP/2 connection; a new connection opens past it.
+	MaxStreams int
+	// IdleTimeout closes a pooled connection without streams.
+	IdleTimeout time.Duration
+	// HandshakeTimeout bounds the TCP connect and TLS handshake.
+	HandshakeTimeout time.Duration
+	Log              *slog.Logger
+
+	once  sync.Once
+	h2    *http2.Transport
+	mu    sync.Mutex
+	pools map[poolKey]*pool
+}
+
+// poolKey is ztunnel's WorkloadKey: connections are never shared across
+// identities or addresses.
+type poolKey struct {
+	src     identity.Identity
+	dst     string // the expected identities, sorted, joined
+	addr    netip.AddrPort
+	srcAddr netip.Addr
+}
+
+type pool struct {
+	dialing sync.Mutex // one new connection at a time per key
+	conns   []*pooledConn
+}
+
+type pooledConn struct {
+	cc      *http2.ClientConn
+	streams int // open and reserved streams; guarded by Dialer.mu
+}
+
+func (d *Dialer) init() {
+	d.once.Do(func() {
+		t1 := &http.Transport{HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: connWindow,
+			MaxReceiveBufferPerStream:     streamWindow,
+			MaxReadFrameSize:              maxFrame,
+		}}
+		h2, err := http2.ConfigureTransports(t1)
+		if err != nil {
+			// Only fails when t1 already speaks HTTP/2; it is new.
+			panic(fmt.Sprintf("hbone: configure http2: %v", err))
+		}
+		h2.IdleConnTimeout = d.idleTimeout()
+		h2.ReadIdleTimeout = 10 * time.Second // Envoy's HBONE keepalive
+		h2.PingTimeout = 20 * time.Second
+		h2.StrictMaxConcurrentStreams = true
+		h2.MaxHeaderListSize = 16 << 10
+		d.h2 = h2
+		d.pools = map[poolKey]*pool{}
+		if d.Log == nil {
+			d.Log = slog.New(slog.DiscardHandler)
+		}
+	})
+}
+
+func (d *Dialer) maxStreams() int {
+	if d.MaxStreams > 0 {
+		return d.MaxStreams
+	}
+	return DefaultMaxStreams
+}
+
+func (d *Dialer) idleTimeout() time.Duration {
+	if d.IdleTimeout > 0 {
+		return d.IdleTimeout
+	}
+	return DefaultIdleTimeout
+}
+
+func keyOf(t *Target) poolKey {
+	ids := make([]string, len(t.Destination))
+	for i, id := range t.Destination {
+		ids[i] = id.String()
+	}
+	slices.Sort(ids)
+	return poolKey{src: t.Source, dst: strings.Join(ids, ","), addr: t.Addr, srcAddr: t.SourceAddr}
+}
+
+// Dial opens a stream to t and returns it once the server answered 200.
+// The stream is a net.Conn whose CloseWrite ends the request side.
+func (d *Dialer) Dial(ctx context.Context, t *Target) (*Conn, error) {
+	d.init()
+	if len(t.Destination) == 0 {
+		return nil, fmt.Errorf("hbone dial %s: no expected destination identity", t.Addr)
+	}
+	key := keyOf(t)
+	pc, reused, err := d.acquire(ctx, key, t)
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.connect(ctx, pc, t)
+	if err != nil && reused && !isStatus(err) {
+		// The pooled connection went bad under us (GOAWAY, reset): the
+		// request never reached an upstream, so a fresh one may retry.
+		d.Log.Debug("hbone stream failed on a pooled connection; retrying on a new one", "addr", t.Addr, "err", err)
+		pc, _, err = d.acquireNew(ctx, key, t)
+		if err != nil {
+			return nil, err
+		}
+		c, err = d.connect(ctx, pc, t)
+	}
+	return c, err
+}
+
+// acquire reserves a stream on a pooled connection with room, or on a new
+// one; reused says which.
+func (d *Dialer) acquire(ctx context.Context, key poolKey, t *Target) (*pooledConn, bool, error) {
+	if pc := d.reserve(key); pc != nil {
+		return pc, true, nil
+	}
+	return d.acquireNew(ctx, key, t)
+}
+
+func (d *Dialer) reserve(key poolKey) *pooledConn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.pools[key]
+	if p == nil {
+		return nil
+	}
+	live := p.conns[:0]
+	var found *pooledConn
+	for _, pc := range p.conns {
+		if !pc.cc.CanTakeNewRequest() {
+			if pc.streams == 0 {
+				pc.cc.Close()
+				continue // closed, idle-timed-out or GOAWAY: drop it
+			}
+		} else if found == nil && pc.streams < d.maxStreams() {
+			found = pc
+		}
+		live = append(live, pc)
+	}
+	clear(p.conns[len(live):])
+	p.conns = live
+	if found != nil {
+		found.streams++
+	}
+	return found
+}
+
+func (d *Dialer) acquireNew(ctx context.Context, key poolKey, t *Target) (*pooledConn, bool, error) {
+	d.mu.Lock()
+	p := d.pools[key]
+	if p == nil {
+		p = &pool{}
+		d.pools[key] = p
+	}
+	d.mu.Unlock()
+	p.dialing.Lock()
+	defer p.dialing.Unlock()
+	// Another caller may have opened one meanwhile.
+	if pc := d.reserve(key); pc != nil {
+		return pc, true, nil
+	}
+	cc, err := d.open(ctx, t)
+	if err != nil {
+		return nil, false, err
+	}
+	pc := &pooledConn{cc: cc, streams: 1}
+	d.mu.Lock()
+	p.conns = append(p.conns, pc)
+	d.mu.Unlock()
+	return pc, false, nil
+}
+
+func (d *Dialer) release(pc *pooledConn) {
+	d.mu.Lock()
+	pc.streams--
+	d.mu.Unlock()
+}
+
+// open makes a new TLS + HTTP/2 connection for t.
+func (d *Dialer) open(ctx context.Context, t *Target) (*http2.ClientConn, error) {
+	timeout := d.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var raw net.Conn
+	var err error
+	if d.DialTCP != nil {
+		raw, err = d.DialTCP(hctx, t)
+	} else {
+		var nd net.Dialer
+		raw, err = nd.DialContext(hctx, "tcp", t.Addr.String())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hbone dial %s: %w", t.Addr, err)
+	}
+	// The certificate is fetched under the caller's context, not the
+	// handshake's: a slow CA shows as the handshake timing out.
+	tc := tls.Client(raw, clientTLS(hctx, d.Certs, t.Source, t.Destination))
+	if err := tc.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("hbone dial %s: tls: %w", t.Addr, err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != alpnH2 {
+		tc.Close()
+		return nil, fmt.Errorf("hbone dial %s: server chose ALPN %q, want h2", t.Addr, p)
+	}
+	cc, err := d.h2.NewClientConn(tc)
+	if err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("hbone dial %s: http2: %w", t.Addr, err)
+	}
+	d.Log.Debug("hbone connection opened", "addr", t.Addr, "src", t.Source, "dst", t.Destination)
+	return cc, nil
+}
+
+// connect sends the CONNECT on pc, whose stream is reserved.
+func (d *Dialer) connect(ctx context.Context, pc *pooledConn, t *Target) (*Conn, error) {
+	pr, pw := io.Pipe()
+	req := &http.Request{
+		Method: http.MethodConnect,
+		URL:    &url.URL{Host: t.Authority},
+		Host:   t.Authority,
+		Header: t.Header.Clone(),
+		Body:   pr,
+		// The request body is the connection's client-to-server bytes:
+		// unknown length, streamed.
+		ContentLength: -1,
+	}
+	if req.Header == nil {
+		req.Header = http.Header{}
+	}
+	req = req.WithContext(context.WithoutCancel(ctx))
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := pc.cc.RoundTrip(req)
+		done <- result{resp, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		pw.CloseWithError(ctx.Err())
+		go func() {
+			if r := <-done; r.resp != nil {
+				r.resp.Body.Close()
+			}
+			d.release(pc)
+		}()
+		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, ctx.Err())
+	}
+	if r.err != nil {
+		pw.CloseWithError(r.err)
+		d.release(pc)
+		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, r.err)
+	}
+	if r.resp.StatusCode != http.StatusOK {
+		r.resp.Body.Close()
+		pw.Close()
+		d.release(pc)
+		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, &StatusError{Code: r.resp.StatusCode})
+	}
+	return newConn(r.resp.Body, pw, t, func() { d.release(pc) }), nil
+}
+
+// Close closes every pooled connection; streams on them are cut.
+func (d *Dialer) Close() error {
+	d.init()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, p := range d.pools {
+		for _, pc := range p.conns {
+			pc.cc.Close()
+		}
+		delete(d.pools, k)
+	}
+	return nil
+}
+
+// Stats counts the pooled HTTP/2 connections and their streams.
+type Stats struct {
+	Connections, Streams int
+}
+
+// Stats returns the pool's current size.
+func (d *Dialer) Stats() Stats {
+	d.init()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var s Stats
+	for _, p := range d.pools {
+		for _, pc := range p.conns {
+			if pc.cc.CanTakeNewRequest() || pc.streams > 0 {
+				s.Connections++
+				s.Streams += pc.streams
+			}
+		}
+	}
+	return s
+}
+
+// StatusError is a CONNECT answered with something else than 200.
+type StatusError struct {
+	Code int
+	Err  error // the server side's reason; nil on the client
+}
+
+func (e *StatusError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("status %d: %v", e.Code, e.Err)
+	}
+	return fmt.Sprintf("status %d %s", e.Code, http.StatusText(e.Code))
+}
+
+func (e *StatusError) Unwrap() error { return e.Err }
+
+func isStatus(err error) bool {
+	var s *StatusError
+	return errors.As(err, &s)
+}

@@ -1,0 +1,22 @@
+// Package hbone carries TCP connections over HBONE, Istio ambient's tunnel
+// protocol: one HTTP/2 CONNECT stream per connection, over mutual TLS 1.3
+// (ALPN h2, no SNI) to port 15008 of the destination pod.
+//
+// A [Dialer] opens streams on pooled HTTP/2 connections, one pool per
+// (source identity, destination identities, destination address, source
+// address) as ztunnel pools them, never shared across identities. It
+// presents the source workload's certificate and accepts the server only if
+// one of its SPIFFE URI SANs is an expected identity. Any answer but 200 is
+// an error ([StatusError]); the caller resets the application's socket.
+//
+// A [Server] terminates HBONE for one identity: it requires a client
+// certificate that chains to the roots and belongs to the trust domain,
+// hands the verified peer principal and the authority to its Connect hook
+// (authorization and the upstream dial), and answers 200 only after the
+// hook returned an upstream connection; otherwise 400, 401 or 503.
+//
+// The wire format follows ztunnel (src/proxy/outbound.rs, inbound.rs,
+// pool.rs): stream windows 4 MiB, connection windows 16 MiB, frames up to
+// 1 MiB, at most 100 streams per client connection (the server allows 200),
+// idle client connections closed after 5 minutes.
+package hbone

@@ -1,0 +1,289 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/kmesh-go/kmesh/internal/authz"
+	"github.com/kmesh-go/kmesh/internal/hbone"
+	"github.com/kmesh-go/kmesh/internal/identity"
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// pod is the tunnel's presence in one enrolled pod: its listeners and who
+// the pod is.
+type pod struct {
+	netns    string
+	cookie   uint64
+	workload atomic.Pointer[model.Workload]
+	id       atomic.Pointer[identity.Identity]
+
+	listeners []net.Listener
+	cancel    context.CancelFunc
+	done      sync.WaitGroup
+}
+
+// syncPods opens listeners in every pod of s that has none and closes
+// those of pods gone from s. Connections in flight are not cut.
+func (t *Tunnel) syncPods(s *State) {
+	v := t.view.Load()
+	want := map[string]*model.Workload{}
+	for _, p := range s.Pods {
+		if w := s.Mesh.Workload(p.Workload); w != nil {
+			want[p.Netns] = w
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for path, p := range t.pods {
+		if _, ok := want[path]; !ok {
+			p.close()
+			delete(t.pods, path)
+			t.log.Info("pod left the tunnel", "netns", path)
+		}
+	}
+	for path, w := range want {
+		id := t.identityOf(w)
+		if p := t.pods[path]; p != nil {
+			p.workload.Store(w)
+			p.id.Store(&id)
+			continue
+		}
+		p, err := t.openPod(path, w, id, v)
+		if err != nil {
+			t.log.Error("cannot listen in pod; its tunnelled connections fail until it can", "netns", path, "workload", w.Key(), "err", err)
+			continue
+		}
+		t.pods[path] = p
+		t.log.Info("pod joined the tunnel", "netns", path, "workload", w.Key(), "identity", id.String())
+	}
+}
+
+func (t *Tunnel) closePods() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for path, p := range t.pods {
+		p.close()
+		delete(t.pods, path)
+	}
+}
+
+func (p *pod) close() {
+	p.cancel()
+	for _, l := range p.listeners {
+		l.Close()
+	}
+	p.done.Wait()
+}
+
+// openPod listens in the pod's namespace: loopback:15001 per address
+// family the pod has (redirected outbound connections) and [::]:15008
+// (HBONE from peers).
+func (t *Tunnel) openPod(path string, w *model.Workload, id identity.Identity, v *view) (*pod, error) {
+	cookie, err := cookieOf(path)
+	if err != nil {
+		return nil, err
+	}
+	p := &pod{netns: path, cookie: cookie}
+	p.workload.Store(w)
+	p.id.Store(&id)
+	ctx, cancel := context.WithCancel(t.ctx)
+	p.cancel = cancel
+	var v4, v6 bool
+	for _, a := range w.Addresses {
+		if a.Unmap().Is4() {
+			v4 = true
+		} else {
+			v6 = true
+		}
+	}
+	var specs []struct{ network, addr string }
+	if v4 || !v6 {
+		specs = append(specs, struct{ network, addr string }{"tcp4", "127.0.0.1:" + strconv.Itoa(int(OutboundPort))})
+	}
+	if v6 {
+		specs = append(specs, struct{ network, addr string }{"tcp6", "[::1]:" + strconv.Itoa(int(OutboundPort))})
+	}
+	for _, s := range specs {
+		l, err := listenIn(path, s.network, s.addr)
+		if err != nil {
+			p.close()
+			return nil, err
+		}
+		p.listeners = append(p.listeners, l)
+		p.done.Add(1)
+		go func() {
+			defer p.done.Done()
+			t.acceptOutbound(ctx, p, l)
+		}()
+	}
+	l, err := listenIn(path, "tcp", ":"+strconv.Itoa(hbone.Port))
+	if err != nil {
+		p.close()
+		return nil, err
+	}
+	p.listeners = append(p.listeners, l)
+	srv := &hbone.Server{
+		Certs:    t.cfg.Certs,
+		Identity: func() identity.Identity { return *p.id.Load() },
+		Connect:  func(ctx context.Context, r *hbone.Request) (net.Conn, error) { return t.inbound(ctx, p, r) },
+		Done:     func(r *hbone.Request, sent, received int64) { t.inboundDone(p, r, sent, received) },
+		Log:      t.log.With("component", "hbone", "netns", path),
+	}
+	p.done.Add(1)
+	go func() {
+		defer p.done.Done()
+		if err := srv.Serve(ctx, l); err != nil {
+			t.log.Error("hbone listener failed", "netns", path, "err", err)
+		}
+	}()
+	return p, nil
+}
+
+func (t *Tunnel) acceptOutbound(ctx context.Context, p *pod, l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				t.log.Error("outbound listener failed", "netns", p.netns, "err", err)
+			}
+			return
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			t.outbound(ctx, p, c.(*net.TCPConn))
+		}()
+	}
+}
+
+// outbound carries one redirected connection of the pod to its
+// destination over HBONE. Anything that keeps it from going encrypted
+// resets the application's connection: it is never sent in plaintext.
+func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
+	peer := addrPortOf(c.RemoteAddr())
+	dst, err := t.origDst(p.cookie, peer)
+	if err != nil {
+		t.log.Warn("redirected connection without a destination; reset", "netns", p.netns, "peer", peer.String(), "err", err)
+		reset(c)
+		return
+	}
+	v := t.view.Load()
+	dw := v.byAddr[dst.Addr()]
+	if dw == nil {
+		// The kernel may know a new destination before the state file's
+		// change reached us: read it now.
+		t.reload()
+		v = t.view.Load()
+		dw = v.byAddr[dst.Addr()]
+	}
+	if dw == nil || dw.TunnelFor(v.state.MeshHasCA) != model.TunnelHBONE {
+		t.log.Warn("destination is no HBONE workload the tunnel knows; reset", "dst", dst.String())
+		reset(c)
+		return
+	}
+	src := *p.id.Load()
+	dstID := t.identityOf(dw)
+	target := &hbone.Target{
+		Source:      src,
+		SourceAddr:  sourceAddr(p.workload.Load(), dst.Addr()),
+		Destination: []identity.Identity{dstID},
+		Addr:        netip.AddrPortFrom(dst.Addr(), hbone.Port),
+		Authority:   dst.String(),
+		Header:      http.Header{},
+	}
+	ev := Event{Direction: Outbound, Source: src, Destination: dstID, Client: peer, Target: dst, Peer: target.Addr}
+	hc, err := t.dialer.Dial(ctx, target)
+	if err != nil {
+		t.log.Warn("tunnel refused; connection reset", "src", src.String(), "dst", dst.String(), "peer_identity", dstID.String(), "err", err)
+		reset(c)
+		ev.Err = err
+		t.emit(ev)
+		return
+	}
+	t.log.Debug("tunnelled", "src", src.String(), "dst", dst.String(), "peer_identity", dstID.String())
+	ev.Sent, ev.Received = splice(c, hc)
+	c.Close()
+	hc.Close()
+	t.emit(ev)
+}
+
+// sourceAddr is the pod's address of dst's family: the tunnel's source.
+func sourceAddr(w *model.Workload, dst netip.Addr) netip.Addr {
+	for _, a := range w.Addresses {
+		if a.Unmap().Is4() == dst.Is4() {
+			return a.Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+// dialHBONE makes the TCP connection of a tunnel from the source pod's
+// network namespace, so it leaves from the pod's own address.
+func (t *Tunnel) dialHBONE(ctx context.Context, target *hbone.Target) (net.Conn, error) {
+	p := t.podAt(target.SourceAddr)
+	if p == nil {
+		return nil, fmt.Errorf("no enrolled pod at %s", target.SourceAddr)
+	}
+	return dialIn(ctx, p.netns, target.Addr.String())
+}
+
+func (t *Tunnel) podAt(a netip.Addr) *pod {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range t.pods {
+		for _, pa := range p.workload.Load().Addresses {
+			if pa.Unmap() == a {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
+// inbound is the HBONE server's hook for a pod: the authority must be
+// this pod's address, the policies must allow the peer's certificate
+// identity, and the application must accept, before the client gets 200.
+func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Conn, error) {
+	target, err := r.DirectTarget()
+	if err != nil {
+		return nil, err
+	}
+	if target.Port() == OutboundPort {
+		return nil, hbone.Reject(http.StatusBadRequest, fmt.Errorf("authority %s: the tunnel's own port", target))
+	}
+	v := t.view.Load()
+	w := p.workload.Load()
+	id := authz.Identity{Namespace: r.Peer.Namespace, ServiceAccount: r.Peer.ServiceAccount}
+	conn := authz.Conn{Src: r.PeerAddr.Addr(), Dst: target, Identity: &id}
+	if d := authz.Evaluate(v.authz.Applicable(w), conn); !d.Allowed {
+		t.emit(Event{Direction: Inbound, Source: r.Peer, Destination: *p.id.Load(), Client: r.PeerAddr, Target: target,
+			Err: fmt.Errorf("denied: %s", d.Reason)})
+		return nil, hbone.Reject(http.StatusUnauthorized, fmt.Errorf("policy %s: %s", d.Policy, d.Reason))
+	}
+	up, err := dialIn(ctx, p.netns, target.String())
+	if err != nil {
+		return nil, hbone.Reject(http.StatusServiceUnavailable, err)
+	}
+	t.wg.Add(1) // until inboundDone
+	return up, nil
+}
+
+func (t *Tunnel) inboundDone(p *pod, r *hbone.Request, sent, received int64) {
+	defer t.wg.Done()
+	target, _ := r.Target()
+	t.emit(Event{Direction: Inbound, Source: r.Peer, Destination: *p.id.Load(), Client: r.PeerAddr, Target: target,
+		Sent: sent, Received: received})
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	ta := a.(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(ta.Addr().Unmap(), ta.Port())
+}

@@ -1,0 +1,164 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/internal/testbed"
+)
+
+// hboneMesh is the hello mesh with a local CA: kmeshd and its tunnel on
+// both nodes, every workload enrolled and so HBONE by default.
+type hboneMesh struct {
+	*mesh
+	cfg       string
+	caFlags   []string
+	kmeshd    map[string]*kmeshd
+	tunnels   map[string]*testbed.Process
+	stateDirs map[string]string
+}
+
+func newHBONEMesh(t *testing.T, workloads []workloadSpec, extraConfig string) *hboneMesh {
+	t.Helper()
+	m := newMesh(t)
+	certPath, keyPath, _ := m.writeCA("ca")
+	h := &hboneMesh{mesh: m, cfg: configPath(m, "mesh.yaml"), caFlags: []string{"--ca-cert", certPath, "--ca-key", keyPath},
+		kmeshd: map[string]*kmeshd{}, tunnels: map[string]*testbed.Process{}, stateDirs: map[string]string{}}
+	m.writeConfig(h.cfg, m.config("random", workloads)+extraConfig)
+	for _, node := range []string{"node-a", "node-b"} {
+		h.stateDirs[node] = configPath(m, node+"-state")
+		h.kmeshd[node] = m.startKmeshdBin(m.kmeshd, node, h.cfg, append([]string{"--state-dir", h.stateDirs[node]}, h.caFlags...)...)
+	}
+	for _, node := range []string{"node-a", "node-b"} {
+		h.tunnels[node] = h.startTunnel(node)
+	}
+	return h
+}
+
+var tunnelApplied = regexp.MustCompile(`msg="tunnel state applied".* pods=(\d+)`)
+
+// startTunnel runs `kmeshd tunnel` on a node as a DaemonSet would: in the
+// node's network namespace and in its cgroup, under kmeshd's programs (its
+// sockets pass them by their mark). It waits until the tunnel listens in
+// the node's pods.
+func (h *hboneMesh) startTunnel(node string) *testbed.Process {
+	h.t.Helper()
+	n := h.nodes[node]
+	args := append([]string{"tunnel", "--node", node, "--bpf-dir", n.BPFDir, "--state-dir", h.stateDirs[node], "--log-level", "debug"}, h.caFlags...)
+	proc, err := n.StartHost(h.mesh.kmeshd, args...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { proc.Stop() })
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if sm := tunnelApplied.FindStringSubmatch(proc.Stderr()); sm != nil && sm[1] != "0" {
+			return proc
+		}
+		select {
+		case <-proc.Done():
+			h.t.Fatalf("tunnel %s exited: %v\n%s", node, proc.Wait(), proc.Stderr())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	h.t.Fatalf("tunnel %s not ready after 20s:\n%s", node, proc.Stderr())
+	return nil
+}
+
+func requireAll(t *testing.T, what string, rs []result, pod string) {
+	t.Helper()
+	if len(rs) == 0 {
+		t.Fatalf("%s: no results", what)
+	}
+	for _, r := range rs {
+		if r.Error != "" || (pod != "" && r.Pod != pod) {
+			t.Fatalf("%s: %v", what, counts(rs))
+		}
+	}
+}
+
+// TestHBONE_CrossNodeOverMutualTLS: requests from node-a's client to
+// node-b's pods (by pod address, IPv4 and IPv6, and through the service
+// address) succeed, and on the underlay between the nodes every pod-to-pod
+// segment is to or from port 15008, the handshake is TLS 1.3, and the
+// application's bytes never appear.
+func TestHBONE_CrossNodeOverMutualTLS(t *testing.T) {
+	h := newHBONEMesh(t, helloWorkloads, "")
+	cpt := startCapture(t, h.bed.UnderlayNetns())
+
+	rs := h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "5")
+	requireAll(t, "client -> hello-2 by IPv4", rs, "hello-2")
+	if rs[0].Peer != "10.1.2.12:8080" {
+		t.Errorf("getpeername in the client: %s, want the destination 10.1.2.12:8080", rs[0].Peer)
+	}
+	requireAll(t, "client -> hello-2 by IPv6", h.get("client", "--url", "http://[fd00:1:2::12]:8080/", "--count", "3"), "hello-2")
+	requireAll(t, "client -> hello service", h.get("client", "--url", "http://10.96.0.10/", "--count", "20"), "")
+
+	pkts := cpt.stop()
+	var tunnelSYNs int
+	var serverFirst []byte
+	for _, p := range pkts {
+		if !podAddr(p.src.Addr()) || !podAddr(p.dst.Addr()) {
+			continue
+		}
+		if p.src.Port() != 15008 && p.dst.Port() != 15008 {
+			t.Fatalf("pod-to-pod segment on the underlay outside the tunnel: %s -> %s", p.src, p.dst)
+		}
+		if p.dst.Port() == 15008 && p.flags&0x12 == 0x02 {
+			tunnelSYNs++
+		}
+		for _, plain := range []string{"GET /", "hello-2", "hello-3", "X-Pod"} {
+			if bytes.Contains(p.payload, []byte(plain)) {
+				t.Fatalf("application bytes %q on the underlay: %s -> %s: %q", plain, p.src, p.dst, p.payload)
+			}
+		}
+		if serverFirst == nil && p.src.Port() == 15008 && len(p.payload) > 0 {
+			serverFirst = p.payload
+		}
+	}
+	if tunnelSYNs == 0 {
+		t.Fatal("no connection to port 15008 seen on the underlay")
+	}
+	if v := tlsServerVersion(serverFirst); v != 0x0304 {
+		t.Fatalf("server's first bytes on 15008 chose TLS version %#04x, want 0x0304 (TLS 1.3): %x", v, serverFirst[:min(len(serverFirst), 64)])
+	}
+	t.Logf("%d segments on the underlay, %d tunnel connections", len(pkts), tunnelSYNs)
+}
+
+// TestHBONE_SameNodeNotTunnelled: client and hello-1 share node-a; their
+// connection stays one hop, never touching port 15008.
+func TestHBONE_SameNodeNotTunnelled(t *testing.T) {
+	h := newHBONEMesh(t, helloWorkloads, "")
+	cpt := startCapture(t, h.nodes["node-a"].NetnsPath)
+	requireAll(t, "client -> hello-1", h.get("client", "--url", "http://10.1.1.11:8080/", "--count", "5"), "hello-1")
+	var direct int
+	for _, p := range cpt.stop() {
+		if p.src.Port() == 15008 || p.dst.Port() == 15008 {
+			t.Fatalf("same-node request used the tunnel: %s -> %s", p.src, p.dst)
+		}
+		if p.dst == netip.MustParseAddrPort("10.1.1.11:8080") && p.flags&0x12 == 0x02 {
+			direct++
+		}
+	}
+	if direct != 5 {
+		t.Fatalf("saw %d direct connections to hello-1, want 5", direct)
+	}
+	if strings.Contains(h.tunnels["node-a"].Stderr(), `msg=tunnelled`) {
+		t.Fatalf("the tunnel carried a same-node connection:\n%s", h.tunnels["node-a"].Stderr())
+	}
+}
+
+func podAddr(a netip.Addr) bool {
+	for _, c := range []netip.Prefix{cidrA4, cidrA6, cidrB4, cidrB6} {
+		if c.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
