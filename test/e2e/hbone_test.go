@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,7 +18,6 @@ import (
 // both nodes, every workload enrolled and so HBONE by default.
 type hboneMesh struct {
 	*mesh
-	cfg       string
 	caFlags   []string
 	kmeshd    map[string]*kmeshd
 	tunnels   map[string]*testbed.Process
@@ -27,18 +27,31 @@ type hboneMesh struct {
 func newHBONEMesh(t *testing.T, workloads []workloadSpec, extraConfig string) *hboneMesh {
 	t.Helper()
 	m := newMesh(t)
+	cfg := m.config("random", workloads) + extraConfig
+	return startHBONE(m, map[string]string{"node-a": cfg, "node-b": cfg})
+}
+
+// startHBONE starts kmeshd and its tunnel on both nodes of m, each node
+// with its own config file content.
+func startHBONE(m *mesh, configs map[string]string) *hboneMesh {
+	m.t.Helper()
 	certPath, keyPath, _ := m.writeCA("ca")
-	h := &hboneMesh{mesh: m, cfg: configPath(m, "mesh.yaml"), caFlags: []string{"--ca-cert", certPath, "--ca-key", keyPath},
+	h := &hboneMesh{mesh: m, caFlags: []string{"--ca-cert", certPath, "--ca-key", keyPath},
 		kmeshd: map[string]*kmeshd{}, tunnels: map[string]*testbed.Process{}, stateDirs: map[string]string{}}
-	m.writeConfig(h.cfg, m.config("random", workloads)+extraConfig)
 	for _, node := range []string{"node-a", "node-b"} {
+		cfg := configPath(m, node+".yaml")
+		m.writeConfig(cfg, configs[node])
 		h.stateDirs[node] = configPath(m, node+"-state")
-		h.kmeshd[node] = m.startKmeshdBin(m.kmeshd, node, h.cfg, append([]string{"--state-dir", h.stateDirs[node]}, h.caFlags...)...)
+		h.kmeshd[node] = m.startKmeshdBin(m.kmeshd, node, cfg, h.kmeshdFlags(node)...)
 	}
 	for _, node := range []string{"node-a", "node-b"} {
 		h.tunnels[node] = h.startTunnel(node)
 	}
 	return h
+}
+
+func (h *hboneMesh) kmeshdFlags(node string) []string {
+	return append([]string{"--state-dir", h.stateDirs[node]}, h.caFlags...)
 }
 
 var tunnelApplied = regexp.MustCompile(`msg="tunnel state applied".* pods=(\d+)`)
@@ -161,4 +174,98 @@ func podAddr(a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// TestHBONE_DenyOnPrincipal: a DENY on the client's principal at hello-2.
+// When the client's node knows the policy, connect() fails at once. When
+// it does not (its config lacks the policy, as a node that does not
+// enforce), the destination's tunnel refuses the stream on the client's
+// certificate: the client's connection is reset and hello-2's application
+// never sees a SYN. hello-1, another principal, passes.
+func TestHBONE_DenyOnPrincipal(t *testing.T) {
+	m := newMesh(t)
+	h := startHBONE(m, map[string]string{"node-a": authzConfig(m, ""), "node-b": authzConfig(m, denyClient)})
+	app := startCapture(t, h.pods["hello-2"].NetnsPath)
+
+	rs := h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "3", "--timeout", "3s")
+	for _, r := range rs {
+		if r.Error == "" {
+			t.Fatalf("denied client got an answer from %s", r.Pod)
+		}
+	}
+	for _, p := range app.packets() {
+		if p.dst.Port() == 8080 && p.flags&0x12 == 0x02 {
+			t.Fatalf("hello-2's application saw a SYN from %s for a denied client", p.src)
+		}
+	}
+	if !strings.Contains(h.tunnels["node-b"].Stderr(), "code=401") {
+		t.Fatalf("node-b's tunnel did not answer 401:\n%s", h.tunnels["node-b"].Stderr())
+	}
+	requireAll(t, "hello-1 (principal hello) -> hello-2", h.get("hello-1", "--url", "http://10.1.2.12:8080/", "--count", "3"), "hello-2")
+	var allowed int
+	for _, p := range app.stop() {
+		if p.dst.Port() == 8080 && p.flags&0x12 == 0x02 {
+			allowed++
+		}
+	}
+	if allowed != 3 {
+		t.Fatalf("hello-2's application saw %d SYNs, want 3 (hello-1's)", allowed)
+	}
+
+	// The client's own node enforces the policy too once it knows it:
+	// connect() fails at once, nothing is tunnelled.
+	m.writeConfig(configPath(m, "node-a.yaml"), authzConfig(m, denyClient))
+	h.kmeshd["node-a"].waitVersion(t, 2)
+	for _, r := range h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "2") {
+		if !strings.Contains(r.Error, "permission denied") {
+			t.Fatalf("client of a node that knows the DENY: %+v, want permission denied at connect", r)
+		}
+	}
+}
+
+// TestHBONE_KmeshdRestartsCutNothing: under continuous tunnelled traffic
+// from node-a's client to node-b's hello-2 (a new connection per request,
+// and one kept-alive connection), both nodes' kmeshd are SIGKILLed and
+// restarted three times. The tunnels are other processes: not one request
+// fails and the kept-alive connection is never replaced.
+func TestHBONE_KmeshdRestartsCutNothing(t *testing.T) {
+	h := newHBONEMesh(t, helloWorkloads, "")
+	url := []string{"--url", "http://10.1.2.12:8080/"}
+	perConn := h.startTraffic("new-connection", url...)
+	keepalive := h.startTraffic("keep-alive", append(url, "--keepalive")...)
+	for range 3 {
+		for _, node := range []string{"node-a", "node-b"} {
+			k := h.kmeshd[node]
+			if err := k.proc.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			<-k.proc.Done()
+		}
+		time.Sleep(300 * time.Millisecond) // new connections while no kmeshd runs
+		for _, node := range []string{"node-a", "node-b"} {
+			h.kmeshd[node] = h.startKmeshdBin(h.mesh.kmeshd, node, configPath(h.mesh, node+".yaml"), h.kmeshdFlags(node)...)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, tr := range []*traffic{perConn, keepalive} {
+		rs, rate := tr.stop(t)
+		if len(rs) < 20 {
+			t.Fatalf("%s: only %d requests", tr.name, len(rs))
+		}
+		conns := map[int]bool{}
+		for _, r := range rs {
+			if r.Error != "" || r.Pod != "hello-2" {
+				t.Fatalf("%s: request %d: %+v (%v)", tr.name, r.Seq, r, counts(rs))
+			}
+			conns[r.Conn] = true
+		}
+		if tr.name == "keep-alive" && len(conns) != 1 {
+			t.Fatalf("kept-alive client used %d connections, want 1 (it was reset)", len(conns))
+		}
+		t.Logf("%s: %d requests, %.0f/s, %d connections", tr.name, len(rs), rate, len(conns))
+	}
+	if n := strings.Count(h.tunnels["node-a"].Stderr(), "msg=tunnelled"); n < 20 {
+		t.Fatalf("node-a's tunnel carried %d connections, want all of them", n)
+	}
 }
