@@ -195,4 +195,3 @@ func client(args []string) error {
 	os.Stdout.Write(out)
 	return nil
 }
-
