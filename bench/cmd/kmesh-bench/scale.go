@@ -219,27 +219,11 @@ func (s *scaleRun) newPod(name string, unreachable bool) (*testbed.Pod, error) {
 // added to (or removed again from) a service, and waits until that
 // service's slot count in the pinned maps says so.
 func (s *scaleRun) changes(ctx context.Context, m *meshfile.Mesh) ([]float64, error) {
-	frontends, err := ebpf.LoadPinnedMap(filepath.Join(s.node.BPFDir, bpf.KmeshMapKmFrontend), &ebpf.LoadPinOptions{ReadOnly: true})
+	slots, closeSlots, err := slotReader(s.node.BPFDir)
 	if err != nil {
 		return nil, err
 	}
-	defer frontends.Close()
-	services, err := ebpf.LoadPinnedMap(filepath.Join(s.node.BPFDir, bpf.KmeshMapKmService), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		return nil, err
-	}
-	defer services.Close()
-	slots := func(vip netip.Addr) (uint32, error) {
-		var fv bpf.KmeshFrontendValue
-		if err := frontends.Lookup(frontendKey(vip, 80), &fv); err != nil {
-			return 0, fmt.Errorf("frontend %s:80: %w", vip, err)
-		}
-		var sv bpf.KmeshServiceValue
-		if err := services.Lookup(fv.ServiceId, &sv); err != nil {
-			return 0, fmt.Errorf("service %d: %w", fv.ServiceId, err)
-		}
-		return sv.Slots[0], nil
-	}
+	defer closeSlots()
 
 	var out []float64
 	start := time.Now()
@@ -390,3 +374,29 @@ func frontendKey(addr netip.Addr, port uint16) bpf.KmeshFrontendKey {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// slotReader opens a node's pinned frontend and service maps read-only and
+// returns how many IPv4 slots the service at vip:80 has now.
+func slotReader(bpfDir string) (func(vip netip.Addr) (uint32, error), func(), error) {
+	frontends, err := ebpf.LoadPinnedMap(filepath.Join(bpfDir, bpf.KmeshMapKmFrontend), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return nil, nil, err
+	}
+	services, err := ebpf.LoadPinnedMap(filepath.Join(bpfDir, bpf.KmeshMapKmService), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		frontends.Close()
+		return nil, nil, err
+	}
+	slots := func(vip netip.Addr) (uint32, error) {
+		var fv bpf.KmeshFrontendValue
+		if err := frontends.Lookup(frontendKey(vip, 80), &fv); err != nil {
+			return 0, fmt.Errorf("frontend %s:80: %w", vip, err)
+		}
+		var sv bpf.KmeshServiceValue
+		if err := services.Lookup(fv.ServiceId, &sv); err != nil {
+			return 0, fmt.Errorf("service %d: %w", fv.ServiceId, err)
+		}
+		return sv.Slots[0], nil
+	}
+	return slots, func() { frontends.Close(); services.Close() }, nil
+}

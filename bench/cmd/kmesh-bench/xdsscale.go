@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"strconv"
 	"time"
 
-	"github.com/cilium/ebpf"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -102,27 +100,11 @@ func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
 	out.XDSFirstSyncMs = ms(k.Ready)
 	logf("control plane over xDS: first full sync %.0f ms (%d services, %d endpoints)", out.XDSFirstSyncMs, s.cfg.services, s.cfg.endpoints)
 
-	frontends, err := ebpf.LoadPinnedMap(filepath.Join(s.node.BPFDir, bpf.KmeshMapKmFrontend), &ebpf.LoadPinOptions{ReadOnly: true})
+	slots, closeSlots, err := slotReader(s.node.BPFDir)
 	if err != nil {
 		return err
 	}
-	defer frontends.Close()
-	services, err := ebpf.LoadPinnedMap(filepath.Join(s.node.BPFDir, bpf.KmeshMapKmService), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		return err
-	}
-	defer services.Close()
-	slots := func(vip netip.Addr) (uint32, error) {
-		var fv bpf.KmeshFrontendValue
-		if err := frontends.Lookup(frontendKey(vip, 80), &fv); err != nil {
-			return 0, fmt.Errorf("frontend %s:80: %w", vip, err)
-		}
-		var sv bpf.KmeshServiceValue
-		if err := services.Lookup(fv.ServiceId, &sv); err != nil {
-			return 0, fmt.Errorf("service %d: %w", fv.ServiceId, err)
-		}
-		return sv.Slots[0], nil
-	}
+	defer closeSlots()
 	var changes []float64
 	start := time.Now()
 	for i := range s.cfg.changes {
