@@ -153,6 +153,9 @@ func (e *istioEnv) StartIstiod() {
 	args := []string{
 		// istiod reads these from its pod's environment.
 		"PILOT_ENABLE_AMBIENT=true", "POD_NAMESPACE=istio-system", "POD_NAME=istiod-0",
+		// kmeshd's service account may ask for the certificates of its
+		// node's pods, as ztunnel's may (docs/istio.md).
+		"CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel," + kmeshAccount,
 		e.tools.pilot, "discovery",
 		"--kubeconfig", e.kubeconfig,
 		"--meshConfig", filepath.Join(e.dir, "mesh.yaml"),
@@ -239,14 +242,32 @@ func (e *istioEnv) node(n *testbed.Node) {
 	}
 }
 
+// kmeshAccount is the namespace/name of kmeshd's service account.
+const kmeshAccount = "kmesh-system/kmesh"
+
 // pod registers a test-bed pod as a running, ready Pod in namespace ns.
 func (e *istioEnv) pod(p *testbed.Pod, ns string, lbls map[string]string) {
+	e.t.Helper()
+	e.podAs(p, ns, "default", lbls)
+}
+
+// serviceAccount creates a service account.
+func (e *istioEnv) serviceAccount(ns, name string) {
+	e.t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+	if _, err := e.kube.CoreV1().ServiceAccounts(ns).Create(e.ctx(), sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		e.t.Fatal(err)
+	}
+}
+
+// podAs is pod with service account sa.
+func (e *istioEnv) podAs(p *testbed.Pod, ns, sa string, lbls map[string]string) {
 	e.t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: ns, Labels: lbls},
 		Spec: corev1.PodSpec{
 			NodeName:           p.Node.Name,
-			ServiceAccountName: "default",
+			ServiceAccountName: sa,
 			Containers: []corev1.Container{{
 				Name: "app", Image: "kmesh-echo",
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}},
