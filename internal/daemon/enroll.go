@@ -142,6 +142,8 @@ func newKubeSource(cfg Config, log *slog.Logger) (*kube.Source, error) {
 	}
 	kc := cfg.Kube
 	kc.Node = cfg.Node
+	// With a CA this node serves HBONE for its pods: istiod must know.
+	kc.HBONE = cfg.Identity.Enabled()
 	return kube.New(kc, log.With("component", "kube"))
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
 	"github.com/kmesh-go/kmesh/internal/identity"
+	"github.com/kmesh-go/kmesh/internal/source/kube"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
@@ -145,6 +146,15 @@ func TestIstioCerts(t *testing.T) {
 	}
 	if !rootSerials[roots[0].SerialNumber.Text(16)] {
 		t.Errorf("roots %+v lack istiod's root %s", c.Roots, roots[0].SerialNumber.Text(16))
+	}
+
+	// With a CA, an enrolled pod is marked for istiod as taking HBONE.
+	deadline := time.Now().Add(30 * time.Second)
+	for env.annotation(istioAppsNs, "client-a", kube.AmbientRedirectionAnnotation) != kube.RedirectionEnabled {
+		if time.Now().After(deadline) {
+			t.Fatalf("client-a lacks %s=enabled after 30s", kube.AmbientRedirectionAnnotation)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	// The same client kmeshd uses, asking directly: istiod's node

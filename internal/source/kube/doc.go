@@ -47,9 +47,10 @@
 //
 // An enrolled pod is annotated kmesh.net/redirection=enabled once its
 // namespace has been reported; the annotation is removed when the pod
-// leaves the mesh (label changed, namespace unlabelled). This is not
-// Istio's ambient.istio.io/redirection, which would tell istiod that the
-// pod takes HBONE on port 15008.
+// leaves the mesh (label changed, namespace unlabelled). With Config.HBONE
+// (the mesh has a CA) it also gets Istio's ambient.istio.io/redirection,
+// which tells istiod that the pod takes HBONE on port 15008; it is removed
+// only from pods that carry kmeshd's annotation too.
 //
 // # Combining with other sources
 //

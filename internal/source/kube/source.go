@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,10 @@ type Config struct {
 	Kubeconfig string
 	// Node is this node's name: the spec.nodeName of the pods to enroll.
 	Node string
+	// HBONE marks enrolled pods for istiod as taking HBONE on port 15008
+	// (ambient.istio.io/redirection=enabled): set when this node serves
+	// mutual TLS for them (the mesh has a CA).
+	HBONE bool
 }
 
 // Enabled reports whether kmeshd should watch Kubernetes: with a
@@ -47,6 +52,7 @@ type Source struct {
 	log      *slog.Logger
 	retryMin time.Duration
 	retryMax time.Duration
+	hbone    bool // see Config.HBONE
 
 	enrolled map[types.UID]enrolledPod // as last reported
 	failing  map[types.UID]string      // pod -> last resolve error, logged once
@@ -74,7 +80,9 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 		return nil, fmt.Errorf("kube: %w", err)
 	}
 	r := NewResolver()
-	return NewWithClient(client, cfg.Node, r.Resolve, r.Forget, log), nil
+	src := NewWithClient(client, cfg.Node, r.Resolve, r.Forget, log)
+	src.hbone = cfg.HBONE
+	return src, nil
 }
 
 // NewWithClient returns a Source on a given client and namespace resolver
@@ -235,9 +243,9 @@ func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths 
 	return paths, pending
 }
 
-// annotate sets the redirection annotation on enrolled pods and removes it
-// from the others, after their namespaces were reported. A failed patch is
-// logged and tried again at the next event.
+// annotate sets the redirection annotations on enrolled pods and removes
+// them from the others, after their namespaces were reported. A failed
+// patch is logged and tried again at the next event.
 func (s *Source) annotate(ctx context.Context, list listPods) {
 	all, _ := list(labels.Everything())
 	for _, pod := range all {
@@ -245,21 +253,42 @@ func (s *Source) annotate(ctx context.Context, list listPods) {
 			continue
 		}
 		_, want := s.enrolled[pod.UID]
-		has := pod.Annotations[RedirectionAnnotation] == RedirectionEnabled
-		var patch string
-		switch {
-		case want && !has:
-			patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, RedirectionAnnotation, RedirectionEnabled)
-		case !want && pod.Annotations[RedirectionAnnotation] != "":
-			patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, RedirectionAnnotation)
-		default:
-			continue
-		}
-		_, err := s.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("pod annotation not updated", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+		if patch := annotationPatch(pod.Annotations, want, s.hbone); patch != "" {
+			_, err := s.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("pod annotation not updated", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+			}
 		}
 	}
+}
+
+// annotationPatch is the merge patch that makes a pod's annotations say
+// whether kmeshd enrolled it (kmesh.net/redirection) and, with HBONE,
+// tells istiod the pod takes HBONE (ambient.istio.io/redirection), or ""
+// when nothing changes. Istio's annotation is removed only from pods that
+// carry kmeshd's too: on another pod someone else set it.
+func annotationPatch(ann map[string]string, enrolled, hbone bool) string {
+	ours := ann[RedirectionAnnotation] != ""
+	set := map[string]*string{}
+	enabled := RedirectionEnabled
+	switch {
+	case enrolled && ann[RedirectionAnnotation] != RedirectionEnabled:
+		set[RedirectionAnnotation] = &enabled
+	case !enrolled && ours:
+		set[RedirectionAnnotation] = nil
+	}
+	wantIstio := enrolled && hbone
+	switch {
+	case wantIstio && ann[AmbientRedirectionAnnotation] != RedirectionEnabled:
+		set[AmbientRedirectionAnnotation] = &enabled
+	case !wantIstio && ours && ann[AmbientRedirectionAnnotation] != "":
+		set[AmbientRedirectionAnnotation] = nil
+	}
+	if len(set) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": set}})
+	return string(b)
 }
 
 func parseIPs(ss []string) []netip.Addr {

@@ -10,6 +10,10 @@ const (
 	DataplaneModeLabel = "istio.io/dataplane-mode"
 	// RedirectionAnnotation marks a pod kmeshd has enrolled.
 	RedirectionAnnotation = "kmesh.net/redirection"
+	// AmbientRedirectionAnnotation is Istio's: istiod gives a pod with it
+	// set to "enabled" tunnel_protocol HBONE in the workload API, so
+	// ztunnels, sidecars and waypoints send it HBONE on port 15008.
+	AmbientRedirectionAnnotation = "ambient.istio.io/redirection"
 	// SidecarStatusAnnotation is set by Istio's injector on pods with a
 	// sidecar.
 	SidecarStatusAnnotation = "sidecar.istio.io/status"
