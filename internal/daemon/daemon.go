@@ -451,7 +451,9 @@ func (d *daemon) retryLocked() {
 func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 	d.metrics.ConfigUpdate(d.kind, nil)
 	notEnforced := map[string]int{}
-	for _, p := range d.state.Mesh().UnenforcedPolicies {
+	// Not d.state.Mesh(): a snapshot of the whole mesh per change is the
+	// O(mesh) cost changes exist to avoid.
+	for _, p := range d.state.UnenforcedPolicies() {
 		notEnforced[p.Action]++
 		d.log.Warn("policy accepted but not enforced on this node", "policy", p.Key(), "reason", p.Reason)
 	}

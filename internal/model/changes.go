@@ -100,6 +100,14 @@ func (s *State) SetL7(m *Mesh) {
 		UnenforcedPolicies: m.UnenforcedPolicies}
 }
 
+// UnenforcedPolicies returns the policies of the last whole mesh that are
+// accepted but not enforced, without a snapshot of the mesh.
+func (s *State) UnenforcedPolicies() []UnenforcedPolicy {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.l7.UnenforcedPolicies
+}
+
 // NewState returns an empty state.
 func NewState() *State {
 	return &State{

@@ -56,3 +56,24 @@ func TestState_CheckNamesWhatIsWrong(t *testing.T) {
 		t.Fatalf("undo left %s", d)
 	}
 }
+
+// Sort compares namespace and name without building keys; the order must
+// be the keys' order, also where one namespace is a prefix of another.
+func TestMesh_SortOrdersByKey(t *testing.T) {
+	m := &Mesh{}
+	for _, ns := range []string{"a", "ab", "a-b", "b", "a.b", "aa"} {
+		for _, name := range []string{"x", "a", "x-1", "0"} {
+			m.Services = append(m.Services, Service{Namespace: ns, Name: name})
+			m.Workloads = append(m.Workloads, Workload{Namespace: ns, Name: name})
+		}
+	}
+	m.Sort()
+	for i := 1; i < len(m.Services); i++ {
+		if m.Services[i-1].Key() >= m.Services[i].Key() {
+			t.Errorf("service %s before %s", m.Services[i-1].Key(), m.Services[i].Key())
+		}
+		if m.Workloads[i-1].Key() >= m.Workloads[i].Key() {
+			t.Errorf("workload %s before %s", m.Workloads[i-1].Key(), m.Workloads[i].Key())
+		}
+	}
+}

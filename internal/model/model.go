@@ -4,9 +4,11 @@
 package model
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
+	"strings"
 )
 
 // LBMode is how a service picks an endpoint for a new connection.
@@ -264,9 +266,30 @@ func (m *Mesh) Workload(key string) *Workload {
 }
 
 // Sort orders services and workloads by key, so dumps and diffs are stable.
+// It compares namespace then name, which orders as the key "namespace/name"
+// does (a name has no "/"), without building a key string per comparison.
 func (m *Mesh) Sort() {
-	sort.Slice(m.Services, func(i, j int) bool { return m.Services[i].Key() < m.Services[j].Key() })
-	sort.Slice(m.Workloads, func(i, j int) bool { return m.Workloads[i].Key() < m.Workloads[j].Key() })
+	slices.SortFunc(m.Services, func(a, b Service) int { return compareKey(a.Namespace, a.Name, b.Namespace, b.Name) })
+	slices.SortFunc(m.Workloads, func(a, b Workload) int { return compareKey(a.Namespace, a.Name, b.Namespace, b.Name) })
+}
+
+// compareKey compares the keys ns1/name1 and ns2/name2 as strings.
+func compareKey(ns1, name1, ns2, name2 string) int {
+	if ns1 == ns2 {
+		return strings.Compare(name1, name2)
+	}
+	// They differ at i, or one ends there, where its key has the '/'.
+	i := 0
+	for i < len(ns1) && i < len(ns2) && ns1[i] == ns2[i] {
+		i++
+	}
+	at := func(ns string) byte {
+		if i == len(ns) {
+			return '/'
+		}
+		return ns[i]
+	}
+	return cmp.Compare(at(ns1), at(ns2))
 }
 
 // SelectorMatches reports whether every selector label is set on labels.

@@ -10,7 +10,6 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 
@@ -21,24 +20,19 @@ import (
 )
 
 // xdsServer is a go-control-plane delta server of Istio's workload API
-// (a LinearCache per type), in the bench process, as an independent
-// control plane for kmeshd.
+// (xdstest.PushCache per type: it pushes only what changed, as istiod
+// does; go-control-plane's LinearCache compares every resource per push),
+// in the bench process, as an independent control plane for kmeshd.
 type xdsServer struct {
-	addresses *cache.LinearCache
+	addresses *xdstest.PushCache
 	grpc      *grpc.Server
 	addr      string
 }
 
 func startXDSServer() (*xdsServer, error) {
-	s := &xdsServer{addresses: cache.NewLinearCache(xdstest.AddressType)}
-	mux := &cache.MuxCache{
-		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
-		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
-		Caches: map[string]cache.Cache{
-			xdstest.AddressType:       s.addresses,
-			xdstest.AuthorizationType: cache.NewLinearCache(xdstest.AuthorizationType),
-		},
-	}
+	push := &xdstest.PushServer{Addresses: xdstest.NewPushCache(xdstest.AddressType), Authorizations: xdstest.NewPushCache(xdstest.AuthorizationType)}
+	s := &xdsServer{addresses: push.Addresses}
+	mux := push.Mux()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -90,7 +84,9 @@ func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
 		name, a := xdsWorkload(n%s.cfg.services, n).Address()
 		res[name] = a
 	}
-	srv.addresses.SetResources(res)
+	if err := srv.addresses.SetResources(res); err != nil {
+		return err
+	}
 	res = nil
 	k, err := startKmeshd(ctx, s.bed, s.tools, s.node, "", append([]string{"--xds-address", srv.addr}, s.limitFlags()...)...)
 	if err != nil {
@@ -130,7 +126,7 @@ func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
 		if i%2 == 0 {
 			err = srv.addresses.UpdateResource(name, a)
 		} else {
-			err = srv.addresses.DeleteResource(name)
+			srv.addresses.DeleteResource(name)
 		}
 		if err != nil {
 			return err

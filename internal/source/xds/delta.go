@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -50,8 +53,9 @@ type deltaClient struct {
 	// to the full build).
 	changes func(*model.Changes) error
 	index   *workloadIndex
-	synced  map[string]bool // types whose first response arrived
-	resync  bool            // apply failed: restart the stream to be sent the change again
+	synced  map[string]bool      // types whose first response arrived
+	pending map[resourceKey]bool // resources staged before the first state, not yet built
+	resync  bool                 // apply failed: restart the stream to be sent the change again
 }
 
 func (c *deltaClient) run(ctx context.Context, apply func(*model.Mesh) error) error {
@@ -160,14 +164,14 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 	fresh := map[resourceKey]bool{}
 	var rejects []string
 	changed := false
-	for _, r := range resp.GetResources() {
+	values, errs := convertAll(h, resp.GetResources())
+	for i, r := range resp.GetResources() {
 		fresh[resourceKey{t, r.GetName()}] = true
-		v, err := convertResource(h, r.GetResource())
-		if err != nil {
-			rejects = append(rejects, fmt.Sprintf("resource %s: %v", r.GetName(), err))
+		if errs[i] != nil {
+			rejects = append(rejects, fmt.Sprintf("resource %s: %v", r.GetName(), errs[i]))
 			continue
 		}
-		staged.put(t, r.GetName(), r.GetVersion(), v)
+		staged.put(t, r.GetName(), r.GetVersion(), values[i])
 		changed = true
 	}
 	removed := resp.GetRemovedResources()
@@ -185,6 +189,27 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 	first := !c.synced[t]
 	c.synced[t] = true
 	ready := c.allSynced()
+	if !ready && !c.eng.applied {
+		// Until every type has had its first response, stage without
+		// building: the first mesh applied is the control plane's whole
+		// state, not a part of it, and a build here (O(mesh), 100,000
+		// workloads at scale) would be thrown away. Clashes among these
+		// resources are named in the reply to the response that
+		// completes the state.
+		c.eng.store = staged
+		if c.pending == nil {
+			c.pending = map[resourceKey]bool{}
+		}
+		maps.Copy(c.pending, fresh)
+		if len(rejects) > 0 {
+			return nack(log, reply, rejects)
+		}
+		return reply
+	}
+	if c.pending != nil {
+		maps.Copy(fresh, c.pending)
+		c.pending = nil
+	}
 	if changed || (ready && !c.eng.applied) {
 		// Until every type has had its first response, stage without
 		// applying: the first mesh applied is the control plane's whole
@@ -286,6 +311,26 @@ func (c *deltaClient) handleChanges(resp *discovery.DeltaDiscoveryResponse, h ha
 		return nack(log, reply, rejects)
 	}
 	return reply
+}
+
+// convertAll converts a response's resources, on every CPU when there
+// are many: a first state of 100,000 workloads is mostly protobuf
+// decoding, and each resource decodes alone.
+func convertAll(h handler, rs []*discovery.Resource) ([]any, []error) {
+	values, errs := make([]any, len(rs)), make([]error, len(rs))
+	workers := min(runtime.GOMAXPROCS(0), len(rs)/1024+1)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(rs); i += workers {
+				values[i], errs[i] = convertResource(h, rs[i].GetResource())
+			}
+		}()
+	}
+	wg.Wait()
+	return values, errs
 }
 
 func (c *deltaClient) handler(typeURL string) handler {

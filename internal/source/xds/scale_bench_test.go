@@ -6,8 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,16 +75,22 @@ func scaleWorkload(svc, i int) xdstest.Workload {
 }
 
 // BenchmarkWorkloadClient_OneEndpointChangeAtScale serves services x 10
-// pods from a go-control-plane delta server (xdstest, LinearCache), lets
+// pods from a go-control-plane delta server (xdstest.StartPush: a cache
+// that pushes only what changed, as istiod does; go-control-plane's
+// LinearCache walks every resource per push and per ACK), lets
 // the workload client sync them into real BPF maps through the delta path
 // kmeshd uses (model.State + dataplane.Update), then moves one pod to a
 // new address per iteration and times push → the maps written (Update
 // returned). Reported: p50/p99 of that, the first full sync (client start
-// → maps written) and the Go heap the client side keeps (heap after GC
+// → maps written), the Go heap the client side keeps (heap after GC
 // with the mesh synced, minus before the client started; the server's
-// cache is in both). Needs root:
+// cache is in both), the process's CPU time over the first sync, and its RSS after the first sync and its
+// peak (VmRSS, VmHWM: client and server together). Needs root:
 //
 //	go test -run '^$' -bench OneEndpointChangeAtScale -benchtime 200x -timeout 30m ./internal/source/xds/
+//
+// KMESH_BENCH_HEAPPROFILE=file writes a heap profile with the mesh synced
+// (go tool pprof -sample_index=inuse_space).
 func BenchmarkWorkloadClient_OneEndpointChangeAtScale(b *testing.B) {
 	for _, n := range []int{10_000, 50_000} {
 		b.Run(fmt.Sprintf("services=%d/endpoints=%d", n, 10*n), func(b *testing.B) { benchScale(b, n) })
@@ -104,7 +113,7 @@ func benchScale(b *testing.B, services int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := xdstest.Start(b, "")
+	srv := xdstest.StartPush(b)
 	res := make(map[string]types.Resource, 11*services)
 	for s := range services {
 		name, svc := xdstest.Service("default", fmt.Sprintf("svc-%d", s), []string{fmt.Sprintf("10.%d.%d.%d", 96+s/65536, (s/256)%256, s%256)}, xdstest.Port{Service: 80, Target: 8080})
@@ -114,7 +123,9 @@ func benchScale(b *testing.B, services int) {
 			res[name] = a
 		}
 	}
-	srv.Addresses.SetResources(res)
+	if err := srv.Addresses.SetResources(res); err != nil {
+		b.Fatal(err)
+	}
 	res = nil
 	runtime.GC()
 	var before runtime.MemStats
@@ -123,6 +134,7 @@ func benchScale(b *testing.B, services int) {
 	sink := &deltaSink{dp: dp, written: make(chan time.Time, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	cpu0 := cpuTime(b)
 	start := time.Now()
 	var firstSync time.Duration
 	cfg := testConfig(srv.Addr())
@@ -133,10 +145,25 @@ func benchScale(b *testing.B, services int) {
 	case <-time.After(5 * time.Minute):
 		b.Fatal("no first sync in 5 minutes")
 	}
+	// CPU the process spent on the first sync (client, and the server
+	// sending what it marshalled before start): on a loaded machine the
+	// wall time above is mostly waiting for a core.
+	syncCPU := cpuTime(b) - cpu0
 	runtime.GC()
+	if path := os.Getenv("KMESH_BENCH_HEAPPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	heapMiB := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / (1 << 20)
+	rssMiB, hwmMiB := procMemory(b)
 
 	var delays []time.Duration
 	for i := 0; b.Loop(); i++ {
@@ -160,6 +187,37 @@ func benchScale(b *testing.B, services int) {
 	b.ReportMetric(float64(pct(0.99).Microseconds()), "p99-µs")
 	// Reported after the loop: b.Loop's start deletes earlier metrics.
 	b.ReportMetric(firstSync.Seconds(), "first-sync-s")
+	b.ReportMetric(syncCPU.Seconds(), "first-sync-cpu-s")
 	b.ReportMetric(heapMiB, "client-heap-MiB")
-	b.Logf("%d changes: p50 %v, p99 %v, max %v; first sync %v; client heap %.0f MiB", len(delays), pct(0.50), pct(0.99), delays[len(delays)-1], firstSync, heapMiB)
+	b.ReportMetric(rssMiB, "proc-rss-MiB")
+	b.ReportMetric(hwmMiB, "proc-peak-MiB")
+	b.Logf("%d changes: p50 %v, p99 %v, max %v; first sync %v (%v CPU); client heap %.0f MiB; process RSS %.0f MiB, peak %.0f MiB (client and server)",
+		len(delays), pct(0.50), pct(0.99), delays[len(delays)-1], firstSync, syncCPU.Round(time.Millisecond), heapMiB, rssMiB, hwmMiB)
+}
+
+// cpuTime is the CPU this process has used, user and system.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procMemory reads this process's resident set and its peak, in MiB.
+func procMemory(b *testing.B) (rss, hwm float64) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		var kb float64
+		if _, err := fmt.Sscanf(line, "VmRSS: %f kB", &kb); err == nil {
+			rss = kb / 1024
+		}
+		if _, err := fmt.Sscanf(line, "VmHWM: %f kB", &kb); err == nil {
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
 }

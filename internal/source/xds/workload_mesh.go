@@ -30,10 +30,23 @@ func buildWorkloadMesh(st *store) *built {
 		m.Policies = append(m.Policies, p)
 	}
 
+	// One sorted pass over the addresses, split by kind; the slices are
+	// sized up front, since at 100,000 workloads growing them by appends
+	// copies the mesh several times over.
+	addrs := st.sorted(AddressType)
+	var nw int
+	for _, e := range addrs {
+		if _, ok := e.value.(*workload); ok {
+			nw++
+		}
+	}
+	m.Workloads = make([]model.Workload, 0, nw)
+	m.Services = make([]model.Service, 0, len(addrs)-nw)
+
 	// Workloads: one per key; members[host] are the endpoints of a service.
-	members := map[string][]member{}
-	keys := map[string]bool{}
-	for _, e := range st.sorted(AddressType) {
+	members := make(map[string][]member, len(addrs)-nw)
+	keys := make(map[string]bool, nw)
+	for _, e := range addrs {
 		w, ok := e.value.(*workload)
 		if !ok {
 			continue
@@ -49,9 +62,9 @@ func buildWorkloadMesh(st *store) *built {
 		}
 	}
 
-	services := map[string]bool{}
-	frontends := map[netip.AddrPort]string{}
-	for _, e := range st.sorted(AddressType) {
+	services := make(map[string]bool, len(addrs)-nw)
+	frontends := make(map[netip.AddrPort]string, len(addrs)-nw)
+	for _, e := range addrs {
 		s, ok := e.value.(*service)
 		if !ok || s.skip != "" {
 			continue
