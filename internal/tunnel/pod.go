@@ -272,6 +272,7 @@ func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Con
 	if err != nil {
 		return nil, hbone.Reject(http.StatusServiceUnavailable, err)
 	}
+	t.log.Debug("hbone inbound", "src", r.Peer.String(), "dst", target.String(), "peer", r.PeerAddr.String())
 	t.wg.Add(1) // until inboundDone
 	return up, nil
 }

@@ -68,7 +68,8 @@ func peerFiles(t *testing.T, src identity.Source, id identity.Identity) (cert, k
 // TestIstioHBONEPeer checks the independent peer the interop tests use:
 // Istio's pkg/hbone client reaches an application through Istio's pkg/hbone
 // server with certificates of our local CA, and the server refuses a
-// client certificate from another CA or another trust domain.
+// client certificate from another CA or another trust domain. The interop
+// tests through kmeshd and its tunnel are in istio_hbone_interop_test.go.
 func TestIstioHBONEPeer(t *testing.T) {
 	bin := hbonePeer(t)
 	caCert, caKey, err := identity.GenerateCA("cluster.local", time.Hour)
