@@ -6,7 +6,9 @@
  * queue instead of through TCP/IP and loopback or veth. Connections to
  * other nodes, or to sockets not enrolled here, find no peer and pass
  * through TCP as usual. Handshake, FIN and RST still go through TCP, so
- * half-closes and resets behave as on plain TCP.
+ * half-closes and resets behave as on plain TCP. A connection inside one
+ * pod (loopback) is keyed by its network namespace too: the same loopback
+ * 4-tuple in two pods names two connections (sock_key_scope).
  * Compiled as part of kmesh.c.
  */
 
@@ -25,6 +27,7 @@ static __always_inline void skmsg_reverse(const struct sock_key *key, struct soc
 	__builtin_memcpy(rev->remote_addr, key->local_addr, sizeof(rev->remote_addr));
 	rev->local_port = key->remote_port;
 	rev->remote_port = key->local_port;
+	rev->netns_cookie = key->netns_cookie; /* see sock_key_scope */
 }
 
 /* Called when an enrolled socket is established. */
@@ -36,6 +39,7 @@ static __always_inline void skmsg_add(struct bpf_sock_ops *skops)
 	if (!km_accelerate)
 		return;
 	sock_key_ops(skops, &key);
+	sock_key_scope(&key, bpf_get_netns_cookie(skops));
 	bpf_map_update_elem(&km_redir_bytes, &key, &zero, BPF_ANY);
 	/* A full map only costs the speed-up. */
 	bpf_sock_hash_update(skops, &km_socks, &key, BPF_NOEXIST);
@@ -50,6 +54,7 @@ static __always_inline void skmsg_redirected(struct bpf_sock_ops *skops, __u64 *
 	if (!km_accelerate)
 		return;
 	sock_key_ops(skops, &key);
+	sock_key_scope(&key, bpf_get_netns_cookie(skops));
 	skmsg_reverse(&key, &peer);
 	n = bpf_map_lookup_elem(&km_redir_bytes, &key);
 	if (n)
@@ -80,6 +85,7 @@ int km_skmsg(struct sk_msg_md *msg)
 	}
 	self.local_port = (__u16)msg->local_port;
 	self.remote_port = (__u16)bpf_ntohl(msg->remote_port);
+	sock_key_scope(&self, bpf_get_netns_cookie(msg));
 	skmsg_reverse(&self, &peer);
 
 	/* No peer here (another node, not enrolled): the message goes through

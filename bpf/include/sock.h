@@ -33,8 +33,9 @@ struct {
 	__type(value, struct sock_conn);
 } km_sock_conn2 SEC(".maps"); /* 2: sock_conn grew its counters' key */
 
-/* Enrolled sockets of this node by 4-tuple, for same-node acceleration
- * (skmsg.c); the loader sets the size. */
+/* Enrolled sockets of this node by 4-tuple (and network namespace, see
+ * sock_key_scope), for same-node acceleration (skmsg.c); the loader sets
+ * the size. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__type(key, struct sock_key);
@@ -75,6 +76,38 @@ static __always_inline void sock_key_ops(struct bpf_sock_ops *skops, struct sock
 	}
 	key->local_port = (__u16)skops->local_port;
 	key->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+}
+
+static __always_inline int sock_addr_loopback(const __u32 addr[4])
+{
+	if (addr[0] != 0 || addr[1] != 0)
+		return 0;
+	if (addr[2] == bpf_htonl(0x0000ffff)) /* 127.0.0.0/8 */
+		return (addr[3] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	return addr[2] == 0 && addr[3] == bpf_htonl(1); /* ::1 */
+}
+
+/*
+ * Sets the network namespace of a sock_key. A connection between two
+ * namespaces (pods of one node over their veths) has addresses that are
+ * the node's only ones, so its 4-tuple names it alone; it must stay so, for
+ * a socket looking for its peer (sk_msg) knows only its own namespace, not
+ * the peer's, and the peer's entry must be found under the reversed key.
+ * A connection that never leaves its namespace (over loopback, or to the
+ * pod's own address) can have the very same 4-tuple in every pod, and
+ * without the namespace in its key one pod's bytes would be redirected into
+ * another pod's socket. Both its ends are in one namespace, so the sender's
+ * cookie is also the peer's, and the reversed key still finds the peer. The
+ * test is symmetric (either address loopback, or both equal), so both ends
+ * of a connection key it the same way.
+ */
+static __always_inline void sock_key_scope(struct sock_key *key, __u64 netns_cookie)
+{
+	int own = sock_addr_loopback(key->local_addr) || sock_addr_loopback(key->remote_addr) ||
+		  (key->local_addr[0] == key->remote_addr[0] && key->local_addr[1] == key->remote_addr[1] &&
+		   key->local_addr[2] == key->remote_addr[2] && key->local_addr[3] == key->remote_addr[3]);
+
+	key->netns_cookie = own ? netns_cookie : 0;
 }
 
 #endif

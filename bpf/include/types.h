@@ -270,14 +270,17 @@ struct conn_row {
 /*
  * Key of km_socks, the sockhash of enrolled sockets for same-node
  * acceleration, and of km_redir_bytes: a connection's 4-tuple from the
- * socket's side. Addresses as in frontend_key (IPv4-mapped), ports in host
- * order.
+ * socket's side, and the network namespace when the 4-tuple alone does not
+ * name one connection on the node (sock_key_scope in sock.h says when).
+ * Addresses as in frontend_key (IPv4-mapped), ports in host order.
  */
 struct sock_key {
+	__u64 netns_cookie; /* 0: the 4-tuple is the node's only one */
 	__u32 local_addr[4];
 	__u32 remote_addr[4];
 	__u16 local_port;
 	__u16 remote_port;
+	__u32 pad;
 };
 
 /*
@@ -520,7 +523,7 @@ _Static_assert(sizeof(struct tcp_stats_key) == 56, "tcp_stats_key size");
 _Static_assert(sizeof(struct tcp_stats_value) == 32, "tcp_stats_value size");
 _Static_assert(sizeof(struct sock_conn) == 80, "sock_conn size");
 _Static_assert(sizeof(struct conn_row) == 96, "conn_row size");
-_Static_assert(sizeof(struct sock_key) == 36, "sock_key size");
+_Static_assert(sizeof(struct sock_key) == 48, "sock_key size");
 _Static_assert(sizeof(struct conn_event) == 120, "conn_event size");
 _Static_assert(sizeof(struct manage_key) == 8, "manage_key size");
 _Static_assert(sizeof(struct manage_value) == 4, "manage_value size");

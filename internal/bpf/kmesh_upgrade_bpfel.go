@@ -383,11 +383,13 @@ type KmeshSockConn struct {
 }
 
 type KmeshSockKey struct {
-	_          structs.HostLayout
-	LocalAddr  [4]uint32
-	RemoteAddr [4]uint32
-	LocalPort  uint16
-	RemotePort uint16
+	_           structs.HostLayout
+	NetnsCookie uint64
+	LocalAddr   [4]uint32
+	RemoteAddr  [4]uint32
+	LocalPort   uint16
+	RemotePort  uint16
+	Pad         uint32
 }
 
 type KmeshSockLb struct {

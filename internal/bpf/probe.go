@@ -24,7 +24,9 @@ type Features struct {
 	// (bpf_get_netns_cookie in sockops, 5.15).
 	Telemetry bool
 	// SkMsg redirects messages between local sockets (sockhash, sk_msg
-	// links and socket storage in sk_msg, 5.10).
+	// links and socket storage in sk_msg, 5.10; the socket's network
+	// namespace cookie in sk_msg, 5.15, keeps loopback connections of two
+	// pods apart).
 	SkMsg bool
 	// Authz enforces authorization policies: bpf_loop (5.17) walks them,
 	// cgroup_skb programs check SYNs, LPM tries hold address blocks.
@@ -59,7 +61,8 @@ func probe() (Features, error) {
 		features.HaveMapType(ebpf.RingBuf) == nil
 	f.SkMsg = features.HaveMapType(ebpf.SockHash) == nil &&
 		features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash) == nil &&
-		features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkStorageGet) == nil
+		features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkStorageGet) == nil &&
+		features.HaveProgramHelper(ebpf.SkMsg, asm.FnGetNetnsCookie) == nil
 	f.Authz = features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnLoop) == nil &&
 		features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnLoop) == nil &&
 		features.HaveMapType(ebpf.LPMTrie) == nil
@@ -98,7 +101,7 @@ func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logg
 		delete(s.Programs, KmeshProgKmSkmsg)
 	}
 	if opts.Accelerate && !accelerate {
-		log.Warn("kernel lacks sk_msg redirects or their socket storage (5.10): same-node acceleration is off")
+		log.Warn("kernel lacks sk_msg redirects, their socket storage (5.10) or netns cookies (5.15): same-node acceleration is off")
 	}
 	if err := s.Variables["km_telemetry"].Set(opts.Telemetry && f.Telemetry); err != nil {
 		return fmt.Errorf("set km_telemetry: %w", err)

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -11,13 +12,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
 // txBytes is what a pod's eth0 has sent so far.
 func txBytes(t *testing.T, m *mesh, pod string) int64 {
 	t.Helper()
+	return devTxBytes(t, m, pod, "eth0")
+}
+
+// devTxBytes is what a pod's device has sent so far.
+func devTxBytes(t *testing.T, m *mesh, pod, dev string) int64 {
+	t.Helper()
 	ns := filepath.Base(m.pods[pod].NetnsPath)
-	out, err := exec.Command("ip", "-n", ns, "-s", "-j", "link", "show", "dev", "eth0").Output()
+	out, err := exec.Command("ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev).Output()
 	if err != nil {
 		t.Fatalf("ip -n %s link: %v", ns, err)
 	}
@@ -190,4 +199,109 @@ func classify(r sendLine) string {
 		return "peer gone"
 	}
 	return "error: " + r.Error
+}
+
+// TestAccelerationStaysInItsPod runs the same loopback connections in two
+// enrolled pods of one node (kmeshd --accelerate): each pod's client
+// 127.0.0.1:45000-45019 to its own server on 127.0.0.1:9000, all held open
+// at once. The 4-tuples are equal in both pods; only the network namespace
+// tells the connections apart. Each client must get its own pod's answer,
+// never the other's (with sockets keyed by 4-tuple alone, one pod got 13 of
+// its 20 answers from the other pod's server). Loopback is still
+// accelerated.
+//
+// The servers defer accept (TCP_DEFER_ACCEPT), so a connection's server
+// side is established at its first data, not at the handshake: both pods'
+// clients connect, then one pod's clients send, then the other's. Sockets
+// join the sockhash when established, so with the 4-tuple alone as key the
+// first pod's clients and the second pod's servers would hold the keys, and
+// the clash would happen on every connection, not only when two handshakes
+// happen to interleave.
+func TestAccelerationStaysInItsPod(t *testing.T) {
+	m := newMesh(t)
+	cfg := configPath(m, "mesh.yaml")
+	m.writeConfig(cfg, m.config("random", helloWorkloads))
+	m.startKmeshdBin(m.kmeshd, "node-a", cfg, "--accelerate")
+
+	const conns = 20
+	pods := []string{"client", "hello-1"} // in the order they connect
+	// The servers answer with different sizes, so a client can tell whose
+	// answer it got: both would add up to 3333.
+	answer := map[string]int64{"client": 1111, "hello-1": 2222}
+	clients := map[string]*testbed.Process{}
+	lines := func(pod string, want int, what string) []string {
+		var out []string
+		timeout := time.After(30 * time.Second)
+		for len(out) < want {
+			select {
+			case l, ok := <-clients[pod].Lines():
+				if !ok {
+					t.Fatalf("%s: tcp-send ended after %d of %d %s lines: %s", pod, len(out), want, what, clients[pod].Stderr())
+				}
+				out = append(out, l)
+			case <-timeout:
+				t.Fatalf("%s: %d of %d %s lines after 30s: %s", pod, len(out), want, what, clients[pod].Stderr())
+			}
+		}
+		return out
+	}
+	for _, pod := range pods {
+		m.tcpServe(t, pod, "--listen", "127.0.0.1:9000", "--mode", "reply", "--defer-accept",
+			"--reply", strconv.FormatInt(answer[pod], 10))
+	}
+	for _, pod := range pods {
+		p, err := m.pods[pod].Start(m.echo, "tcp-send", "--addr", "127.0.0.1:9000", "--bytes", "100",
+			"--count", strconv.Itoa(conns), "--parallel", "--local-port", "45000",
+			"--wait-for", filepath.Join(m.dir, "send-"+pod))
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[pod] = p
+		for _, l := range lines(pod, conns, "holding") {
+			if !strings.Contains(l, `"holding"`) {
+				t.Fatalf("%s: %q, want every connection established before any is used", pod, l)
+			}
+		}
+	}
+	// All 40 connections are open. The pod that connected last sends
+	// first: each connection 100 bytes, then it reads the answer.
+	for i := len(pods) - 1; i >= 0; i-- {
+		pod := pods[i]
+		if err := os.WriteFile(filepath.Join(m.dir, "send-"+pod), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got := map[int64]int{}
+		for _, l := range lines(pod, conns, "result") {
+			var r sendLine
+			if err := json.Unmarshal([]byte(l), &r); err != nil {
+				t.Fatalf("%s: %q: %v", pod, l, err)
+			}
+			if r.Error != "" {
+				t.Errorf("%s: %q", pod, l)
+			}
+			got[r.Received]++
+		}
+		if got[answer[pod]] != conns {
+			t.Errorf("%s: answers by size %v, want all %d of %d bytes (its own server's); %d is the other pod's, %d both",
+				pod, got, conns, answer[pod], 3333-answer[pod], 3333)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+
+	// Loopback inside a pod is still accelerated: 32 MiB echoed over lo
+	// with few bytes through the device.
+	const size = 32 << 20
+	m.tcpServe(t, "client", "--listen", "127.0.0.1:9001", "--mode", "echo")
+	before := devTxBytes(t, m, "client", "lo")
+	r := m.tcpSend(t, "--addr", "127.0.0.1:9001", "--bytes", strconv.Itoa(size), "--random")
+	tx := devTxBytes(t, m, "client", "lo") - before
+	if r.Error != "" || r.Sent != size || r.Received != size || r.SentHash != r.ReceivedHash {
+		t.Fatalf("32 MiB echo over loopback: %+v, want it back intact", r)
+	}
+	if tx > size/8 {
+		t.Fatalf("lo sent %d bytes for a %d-byte echo: loopback in a pod is no longer accelerated", tx, size)
+	}
+	t.Logf("32 MiB each way over loopback intact; lo sent %d bytes", tx)
 }

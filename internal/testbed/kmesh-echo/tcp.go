@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
+	"syscall"
 	"time"
 )
 
@@ -23,8 +26,19 @@ func tcpServe(args []string) error {
 	listen := fs.String("listen", "[::]:9000", "address to listen on")
 	reply := fs.Int("reply", 1000, "bytes to answer each connection with (mode reply)")
 	mode := fs.String("mode", "reply", "reply, echo, echo-splice or reset")
+	deferAccept := fs.Bool("defer-accept", false, "TCP_DEFER_ACCEPT: a connection is accepted (and established on this side) when its first data or FIN arrives, not at the handshake")
 	fs.Parse(args)
-	ln, err := net.Listen("tcp", *listen)
+	var lc net.ListenConfig
+	if *deferAccept {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, 60)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("tcp-serve: %w", err)
 	}
@@ -78,38 +92,92 @@ func tcpSend(args []string) error {
 	hold := fs.Duration("hold", 0, "time to keep each connection open before sending")
 	writeFirst := fs.Bool("write-first", false, "with --hold: send the bytes first, then hold before shutting the write side (a connection that moved data and stays open)")
 	random := fs.Bool("random", false, "send random bytes, and report the SHA-256 of what was sent and received")
+	parallel := fs.Bool("parallel", false, "open the --count connections at once, not one after the other")
+	localPort := fs.Int("local-port", 0, "bind connection N (from 1) to this local port + N - 1 (default: any)")
+	waitFor := fs.String("wait-for", "", "once connected, say \"holding\" and send only when this file exists")
 	fs.Parse(args)
 	if *addr == "" {
 		return errors.New("tcp-send: --addr is required")
 	}
-	out := json.NewEncoder(os.Stdout)
 	payload := make([]byte, *n)
 	if *random {
 		rand.Read(payload)
 	}
-	for seq := 1; seq <= *count; seq++ {
+	var mu sync.Mutex
+	out := json.NewEncoder(os.Stdout)
+	one := func(seq int) error {
 		r := sendResult{Seq: seq}
-		if err := sendOne(*addr, payload, *hold, *writeFirst, *random, &r); err != nil {
+		o := sendOpts{hold: *hold, writeFirst: *writeFirst, hash: *random, waitFor: *waitFor, mu: &mu}
+		if *localPort != 0 {
+			o.localPort = *localPort + seq - 1
+		}
+		if err := sendOne(*addr, payload, o, &r); err != nil {
 			r.Error = err.Error()
 		}
-		if err := out.Encode(r); err != nil {
-			return err
-		}
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Encode(r)
 	}
-	return nil
+	if !*parallel {
+		for seq := 1; seq <= *count; seq++ {
+			if err := one(seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	errs := make(chan error, *count)
+	for seq := 1; seq <= *count; seq++ {
+		go func() { errs <- one(seq) }()
+	}
+	var err error
+	for range *count {
+		err = errors.Join(err, <-errs)
+	}
+	return err
 }
 
-func sendOne(addr string, payload []byte, hold time.Duration, writeFirst, hash bool, r *sendResult) error {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+// sendOpts are tcp-send's options for one connection.
+type sendOpts struct {
+	hold       time.Duration
+	writeFirst bool
+	hash       bool
+	localPort  int
+	waitFor    string
+	mu         *sync.Mutex // stdout
+}
+
+func (o sendOpts) holding(r *sendResult) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	fmt.Printf("{\"seq\":%d,\"local\":%q,\"holding\":true}\n", r.Seq, r.Local)
+}
+
+func sendOne(addr string, payload []byte, o sendOpts, r *sendResult) error {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if o.localPort != 0 {
+		d.LocalAddr = &net.TCPAddr{Port: o.localPort}
+	}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	r.Local = c.LocalAddr().String()
+	hold, writeFirst := o.hold, o.writeFirst
 	// Say so before holding, so a test can look at the open connection.
 	if hold > 0 && !writeFirst {
-		fmt.Printf("{\"seq\":%d,\"local\":%q,\"holding\":true}\n", r.Seq, r.Local)
+		o.holding(r)
 		time.Sleep(hold)
+	}
+	if o.waitFor != "" {
+		o.holding(r)
+		for {
+			if _, err := os.Stat(o.waitFor); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	// Read while writing: an echoing peer would otherwise fill both
 	// directions' buffers and stall.
@@ -123,7 +191,7 @@ func sendOne(addr string, payload []byte, hold time.Duration, writeFirst, hash b
 	w, err := c.Write(payload)
 	r.Sent = int64(w)
 	if err == nil && hold > 0 && writeFirst {
-		fmt.Printf("{\"seq\":%d,\"local\":%q,\"holding\":true}\n", r.Seq, r.Local)
+		o.holding(r)
 		time.Sleep(hold)
 	}
 	if err == nil {
@@ -135,7 +203,7 @@ func sendOne(addr string, payload []byte, hold time.Duration, writeFirst, hash b
 		return err
 	}
 	err = <-done
-	if hash {
+	if o.hash {
 		sent := sha256.Sum256(payload[:w])
 		r.SentHash = hex.EncodeToString(sent[:])
 		r.ReceivedHash = hex.EncodeToString(received.Sum(nil))
