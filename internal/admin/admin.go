@@ -321,7 +321,7 @@ func (h *handler) explain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := h.st.ConfigDump()
-	e, err := Explain(m, d.Node, d.Enrolled, source, dst)
+	e, err := Explain(m, d.Node, d.Enrolled, d.EnrolledWorkloads, source, dst)
 	if errors.Is(err, ErrUnknownWorkload) {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return

@@ -29,8 +29,11 @@ const (
 // a name in namespace default) to dst does under mesh m, as the kmeshd of
 // node, which enrolled the network namespaces in enrolled, would do it: the
 // service matched, and for each of its endpoints whether the connect may
-// pick it, and why not. It reads the model, not the maps.
-func Explain(m *model.Mesh, node string, enrolled []string, source string, dst netip.AddrPort) (api.Explanation, error) {
+// pick it, and why not. who names the workload of each enrolled namespace
+// the daemon matched to one (workload key -> netns path): a workload of an
+// xDS mesh has no netns of its own, and is in the mesh when it is there.
+// It reads the model, not the maps.
+func Explain(m *model.Mesh, node string, enrolled []string, who map[string]string, source string, dst netip.AddrPort) (api.Explanation, error) {
 	key := source
 	if !strings.Contains(key, "/") {
 		key = defaultNS + "/" + key
@@ -39,8 +42,12 @@ func Explain(m *model.Mesh, node string, enrolled []string, source string, dst n
 	if src == nil {
 		return api.Explanation{}, fmt.Errorf("source %s: %w", key, ErrUnknownWorkload)
 	}
+	netns := src.Netns
+	if p, ok := who[src.Key()]; ok && src.Node == node {
+		netns = p
+	}
 	e := api.Explanation{
-		Source:      explainSource(src, node, enrolled),
+		Source:      explainSource(src, netns, node, enrolled),
 		Destination: dst.String(),
 		Endpoints:   []api.ExplainEndpoint{},
 	}
@@ -94,7 +101,11 @@ func Explain(m *model.Mesh, node string, enrolled []string, source string, dst n
 		}
 	}
 	switch {
-	case src.Netns == "":
+	case src.Node != node && src.Netns == "" && src.UID != "":
+		// xDS names no netns: only that node's kmeshd knows whether it
+		// enrolled the source.
+		e.Result = fmt.Sprintf("on node %s, by its kmeshd once it enrolls the source: %s", src.Node, e.Result)
+	case netns == "":
 		e.Result = "passes untouched: the source is not in the mesh (an enrolled source: " + e.Result + ")"
 	case src.Node != node:
 		e.Result = fmt.Sprintf("on node %s, by its kmeshd: %s", src.Node, e.Result)
@@ -104,15 +115,19 @@ func Explain(m *model.Mesh, node string, enrolled []string, source string, dst n
 	return e, nil
 }
 
-func explainSource(w *model.Workload, node string, enrolled []string) api.ExplainSource {
-	s := api.ExplainSource{Workload: w.Key(), Node: w.Node, Netns: w.Netns}
+func explainSource(w *model.Workload, netns, node string, enrolled []string) api.ExplainSource {
+	s := api.ExplainSource{Workload: w.Key(), Node: w.Node, Netns: netns}
 	switch {
-	case w.Netns == "":
+	case w.Node != node && w.Netns == "" && w.UID != "":
+		s.Reason = fmt.Sprintf("runs on node %s, not %s: that node's kmeshd balances it once it enrolls it", w.Node, node)
+	case netns == "" && w.Node == node && w.UID != "":
+		s.Reason = "no enrolled netns on this node holds the workload (not labelled for the mesh, or not enrolled yet): its connects are not balanced"
+	case netns == "":
 		s.Reason = "no netns: not in the mesh, its connects are not balanced"
 	case w.Node != node:
 		s.Reason = fmt.Sprintf("runs on node %s, not %s: that node's kmeshd balances it", w.Node, node)
-	case !slices.Contains(enrolled, w.Netns):
-		s.Reason = fmt.Sprintf("netns %s is not enrolled (yet): see kmeshd's log", w.Netns)
+	case !slices.Contains(enrolled, netns):
+		s.Reason = fmt.Sprintf("netns %s is not enrolled (yet): see kmeshd's log", netns)
 	default:
 		s.Enrolled = true
 	}

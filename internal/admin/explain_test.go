@@ -63,7 +63,7 @@ default/hello-3 10.1.2.13:8080 true 0.25 []`,
 			if tt.enrolled != nil {
 				enrolled = tt.enrolled
 			}
-			e, err := Explain(helloMesh(), "node-a", enrolled, tt.source, netip.MustParseAddrPort(tt.dst))
+			e, err := Explain(helloMesh(), "node-a", enrolled, nil, tt.source, netip.MustParseAddrPort(tt.dst))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,7 +87,7 @@ default/hello-3 10.1.2.13:8080 true 0.25 []`,
 func TestExplain_NoEligibleEndpointIsRefused(t *testing.T) {
 	m := helloMesh()
 	m.Services[0].Endpoints = []model.Endpoint{{Workload: "default/hello-3"}}
-	e, err := Explain(m, "node-a", enrolledA, "client", netip.MustParseAddrPort("[fd00:96::10]:80"))
+	e, err := Explain(m, "node-a", enrolledA, nil, "client", netip.MustParseAddrPort("[fd00:96::10]:80"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestExplain_SourceStates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.source, func(t *testing.T) {
-			e, err := Explain(m, "node-a", enrolledA, tt.source, netip.MustParseAddrPort("10.96.0.10:80"))
+			e, err := Explain(m, "node-a", enrolledA, nil, tt.source, netip.MustParseAddrPort("10.96.0.10:80"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +118,7 @@ func TestExplain_SourceStates(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Explain(m, "node-a", enrolledA, "other/client", netip.MustParseAddrPort("10.96.0.10:80")); !errors.Is(err, ErrUnknownWorkload) {
+	if _, err := Explain(m, "node-a", enrolledA, nil, "other/client", netip.MustParseAddrPort("10.96.0.10:80")); !errors.Is(err, ErrUnknownWorkload) {
 		t.Fatalf("unknown source: %v, want ErrUnknownWorkload", err)
 	}
 }
@@ -138,7 +138,7 @@ func TestExplain_EvaluatesPolicies(t *testing.T) {
 			m.Workloads[i].Policies = []string{"default/hello-1-only-from-outside"}
 		}
 	}
-	e, err := Explain(m, "node-a", enrolledA, "client", netip.MustParseAddrPort("10.96.0.10:80"))
+	e, err := Explain(m, "node-a", enrolledA, nil, "client", netip.MustParseAddrPort("10.96.0.10:80"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,12 +160,48 @@ func TestExplain_EvaluatesPolicies(t *testing.T) {
 	}
 
 	// A workload address, not a service: checked all the same.
-	e, err = Explain(m, "node-a", enrolledA, "client", netip.MustParseAddrPort("10.1.1.11:8080"))
+	e, err = Explain(m, "node-a", enrolledA, nil, "client", netip.MustParseAddrPort("10.1.1.11:8080"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = "not balanced (no service has address 10.1.1.11); to workload default/hello-1: denied: none of the 1 ALLOW policies that apply matches; counted by istio-system/audit-all"
 	if e.Result != want {
 		t.Errorf("result %q\nwant   %q", e.Result, want)
+	}
+}
+
+// TestExplain_XDSSourceEnrolledByAnotherSource: an xDS workload names no
+// netns; the daemon's match of an enrolled namespace to it puts it in the
+// mesh (on main before this, every xDS source was "not in the mesh").
+func TestExplain_XDSSourceEnrolledByAnotherSource(t *testing.T) {
+	m := helloMesh()
+	for i := range m.Workloads {
+		m.Workloads[i].Netns = ""
+		m.Workloads[i].UID = "Kubernetes//Pod/" + m.Workloads[i].Key()
+	}
+	who := map[string]string{"default/client": "/var/run/netns/client"}
+	dst := netip.MustParseAddrPort("10.96.0.10:80")
+	e, err := Explain(m, "node-a", enrolledA, who, "client", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "balanced (random) over 3 of 3 endpoints, to port 8080"; e.Result != want || !e.Source.Enrolled || e.Source.Netns != who["default/client"] {
+		t.Fatalf("enrolled xDS source: result %q, source %+v; want %q from an enrolled source in %s", e.Result, e.Source, want, who["default/client"])
+	}
+	// Without the match, the same workload is outside the mesh.
+	e, err = Explain(m, "node-a", enrolledA, nil, "client", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(e.Result, "passes untouched: the source is not in the mesh") || e.Source.Enrolled {
+		t.Fatalf("unmatched xDS source: result %q, source %+v", e.Result, e.Source)
+	}
+	// Another node's xDS workload: that node's kmeshd decides.
+	e, err = Explain(m, "node-a", enrolledA, who, "hello-2", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(e.Result, "on node node-b, by its kmeshd once it enrolls the source: balanced") {
+		t.Fatalf("xDS source on node-b: result %q", e.Result)
 	}
 }

@@ -493,7 +493,7 @@ func (d *daemon) ConfigDump() api.ConfigDump {
 	if st != nil {
 		m = st.Mesh()
 	}
-	dump := api.ConfigDump{Node: d.node, Version: v, Source: d.source, Enrolled: d.enroller.Enrolled()}
+	dump := api.ConfigDump{Node: d.node, Version: v, Source: d.source, Enrolled: d.enroller.Enrolled(), EnrolledWorkloads: d.enrolledWorkloads()}
 	if m != nil {
 		dump.Services, dump.Workloads = api.FromModel(m)
 		dump.Policies = api.PoliciesFromModel(m)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -19,6 +20,10 @@ import (
 // names their netns; xDS never does) and this node's pods from Kubernetes.
 // One enroller keeps km_manage equal to the union.
 //
+// Every enrolled namespace is also matched to its workload in the mesh, so
+// connect() checks policies as that workload (EACCES at once), whatever
+// enrolled it (see workloadOf).
+//
 // Nothing is synced until every source has spoken once (the first mesh is
 // applied; the kube source, when on, has listed the node's pods): the first
 // sync removes entries nobody wants, and a restarted kmeshd must not drop
@@ -27,16 +32,24 @@ type enrollment struct {
 	mu      sync.Mutex
 	mesh    []string
 	meshSet bool
-	// workloads names the workload of each mesh netns, so connect() can
-	// check policies as that workload (dataplane.ApplyNetns).
+	// workloads names the workload of each mesh netns (the file's).
 	workloads map[string]string
-	kube      []string
-	kubeOn    bool
-	kubeSet   bool
+	// local are the mesh's workloads of this node (waypoints left out), by
+	// key: the candidates for namespaces enrolled by other sources.
+	local   map[string]*model.Workload
+	kube    []kube.Pod
+	kubeOn  bool
+	kubeSet bool
 	// admin are the namespaces enrolled through the admin API, by cookie
 	// (with the path they were enrolled by), as kept in the pinned
 	// km_enrolled_v2.
 	admin map[uint64]string
+	// addrs caches the addresses read from namespaces that only a path
+	// names (--enroll-netns, the admin API), by cookie.
+	addrs map[uint64][]netip.Addr
+	// who is the workload of each enrolled namespace as last synced:
+	// workload key -> netns path (for /config_dump and explain).
+	who map[string]string
 }
 
 // Enroll puts a network namespace in the mesh through the admin API
@@ -163,39 +176,48 @@ func (d *daemon) startKube(ctx context.Context, ks *kube.Source) {
 	}()
 }
 
-func (d *daemon) kubeReport(paths []string) {
+func (d *daemon) kubeReport(pods []kube.Pod) {
 	d.enrolling.mu.Lock()
 	defer d.enrolling.mu.Unlock()
-	d.enrolling.kube, d.enrolling.kubeSet = paths, true
+	d.enrolling.kube, d.enrolling.kubeSet = pods, true
 	n, err := d.syncEnrollment()
-	d.log.Info("kubernetes pods enrolled", "pods", len(paths), "enrolled", n)
+	d.log.Info("kubernetes pods enrolled", "pods", len(pods), "enrolled", n)
 	if err != nil {
 		d.log.Error("enrollment incomplete", "err", err)
 	}
 }
 
 // enrollChanged enrolls the workloads of this node with a netns, with the
-// other sources' namespaces, when c (undo: what it replaced) touches one,
-// or on a full sync; and returns how many namespaces are enrolled.
-// Changes to other workloads (every xDS change) cost nothing here.
+// other sources' namespaces, when c (undo: what it replaced) touches a
+// workload of this node, or on a full sync; and returns how many
+// namespaces are enrolled. Changes to other nodes' workloads (most xDS
+// changes) cost nothing here.
 func (d *daemon) enrollChanged(c, undo *model.Changes, full bool) (int, error) {
 	// A waypoint speaks for itself: kmeshd never captures its traffic.
-	local := func(w *model.Workload) bool { return w.Node == d.node && w.Netns != "" && !w.IsWaypoint() }
+	local := func(w *model.Workload) bool { return w.Node == d.node && !w.IsWaypoint() }
 	d.enrolling.mu.Lock()
 	defer d.enrolling.mu.Unlock()
 	e := &d.enrolling
 	if e.workloads == nil {
 		e.workloads = map[string]string{}
+		e.local = map[string]*model.Workload{}
 	}
 	// Policies change who a namespace is to connect() (ApplyNetns).
 	touched := full || len(c.Policies)+len(c.RemovedPolicies) > 0
 	for _, w := range undo.Workloads {
 		if local(w) {
-			delete(e.workloads, w.Netns)
+			delete(e.local, w.Key())
+			if w.Netns != "" {
+				delete(e.workloads, w.Netns)
+			}
 			touched = true
 		}
 	}
 	for _, k := range c.RemovedWorkloads {
+		if _, ok := e.local[k]; ok {
+			delete(e.local, k)
+			touched = true
+		}
 		for p, wk := range e.workloads {
 			if wk == k {
 				delete(e.workloads, p)
@@ -205,7 +227,10 @@ func (d *daemon) enrollChanged(c, undo *model.Changes, full bool) (int, error) {
 	}
 	for _, w := range c.Workloads {
 		if local(w) {
-			e.workloads[w.Netns] = w.Key()
+			e.local[w.Key()] = w
+			if w.Netns != "" {
+				e.workloads[w.Netns] = w.Key()
+			}
 			touched = true
 		}
 	}
@@ -218,23 +243,120 @@ func (d *daemon) enrollChanged(c, undo *model.Changes, full bool) (int, error) {
 }
 
 // syncEnrollment makes km_manage the union of the sources, once each has
-// spoken. The caller holds enrolling.mu.
+// spoken, and tells connect() the workload of each enrolled namespace. The
+// caller holds enrolling.mu.
 func (d *daemon) syncEnrollment() (int, error) {
 	e := &d.enrolling
 	if !e.meshSet || (e.kubeOn && !e.kubeSet) {
 		return 0, nil
 	}
-	union := slices.Concat(d.static, e.mesh, e.kube)
+	union := slices.Concat(d.static, e.mesh, kube.Paths(e.kube))
 	slices.Sort(union)
 	union = slices.Compact(union)
 	err := d.enroller.Sync(union, e.admin)
-	// Namespaces enrolled only by --enroll-netns or Kubernetes name no
-	// workload here; the destination side checks their connections.
-	cookies := map[uint64]string{}
-	for path, c := range d.enroller.Cookies() {
-		if w, ok := e.workloads[path]; ok {
-			cookies[c] = w
+	enrolled := d.enroller.Cookies()
+	cookies, who := e.workloadOf(d.enroller.Paths(), enrolled, d.log)
+	e.who = who
+	return len(enrolled), errors.Join(err, d.writer.ApplyNetns(cookies))
+}
+
+// workloadOf finds the workload of each enrolled namespace (enrolled: path
+// -> cookie, one path per namespace; paths: every path read) among the
+// mesh's workloads of this node, and returns them by cookie, and by
+// workload key (-> netns path). In order:
+//
+//   - the file names the namespace as a workload's netns;
+//   - Kubernetes enrolled it for a pod: the workload named as the pod
+//     (namespace/name, as istiod names it), else the one with the pod's IPs;
+//   - --enroll-netns or the admin API enrolled it: the workload with the
+//     namespace's own addresses (read once per namespace, again while none
+//     matches).
+//
+// An address match must name one workload; a namespace whose addresses
+// belong to several (or none) stays unnamed, and only the destination side
+// checks its connections. The caller holds enrolling.mu.
+func (e *enrollment) workloadOf(paths, enrolled map[string]uint64, log *slog.Logger) (map[uint64]string, map[string]string) {
+	out := map[uint64]string{}
+	who := map[string]string{}
+	set := func(c uint64, key, path string) {
+		if _, ok := out[c]; !ok && key != "" {
+			out[c] = key
+			who[key] = path
 		}
 	}
-	return len(d.enroller.Cookies()), errors.Join(err, d.writer.ApplyNetns(cookies))
+	for path, key := range e.workloads {
+		if c, ok := paths[path]; ok {
+			set(c, key, path)
+		}
+	}
+	byAddr := map[netip.Addr][]string{}
+	for key, w := range e.local {
+		for _, a := range w.Addresses {
+			byAddr[a.Unmap()] = append(byAddr[a.Unmap()], key)
+		}
+	}
+	match := func(addrs []netip.Addr) string {
+		found := ""
+		for _, a := range addrs {
+			for _, key := range byAddr[a.Unmap()] {
+				if found != "" && found != key {
+					return "" // ambiguous
+				}
+				found = key
+			}
+		}
+		return found
+	}
+	for _, p := range e.kube {
+		c, ok := paths[p.Netns]
+		if !ok {
+			continue
+		}
+		if _, ok := e.local[p.Key()]; ok {
+			set(c, p.Key(), p.Netns)
+		} else {
+			set(c, match(p.IPs), p.Netns)
+		}
+	}
+	if e.addrs == nil {
+		e.addrs = map[uint64][]netip.Addr{}
+	}
+	for path, c := range enrolled {
+		if _, ok := out[c]; ok {
+			continue
+		}
+		addrs, cached := e.addrs[c]
+		key := ""
+		if cached {
+			key = match(addrs)
+		}
+		if key == "" {
+			var err error
+			if addrs, err = enroll.Addresses(path); err != nil {
+				log.Debug("addresses of an enrolled namespace unread", "netns", path, "err", err)
+				continue
+			}
+			e.addrs[c] = addrs
+			key = match(addrs)
+		}
+		set(c, key, path)
+	}
+	live := map[uint64]bool{}
+	for _, c := range enrolled {
+		live[c] = true
+	}
+	for c := range e.addrs {
+		if !live[c] {
+			delete(e.addrs, c)
+		}
+	}
+	return out, who
+}
+
+// enrolledWorkloads returns the workload of each enrolled namespace this
+// kmeshd matched: workload key -> netns path.
+func (d *daemon) enrolledWorkloads() map[string]string {
+	d.enrolling.mu.Lock()
+	defer d.enrolling.mu.Unlock()
+	return maps.Clone(d.enrolling.who)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"runtime"
 	"sort"
@@ -74,6 +75,7 @@ type Enroller struct {
 
 	mu       sync.Mutex
 	enrolled map[uint64]string // cookie -> netns path
+	byPath   map[string]uint64 // every path of the last Sync -> its cookie
 	synced   bool
 }
 
@@ -98,6 +100,10 @@ func (e *Enroller) Sync(paths []string, pinned map[uint64]string) error {
 		want[c] = p
 	}
 	var errs []error
+	byPath := make(map[string]uint64, len(paths)+len(pinned))
+	for c, p := range pinned {
+		byPath[p] = c
+	}
 	for _, p := range paths {
 		c, err := Cookie(p)
 		if err != nil {
@@ -105,7 +111,9 @@ func (e *Enroller) Sync(paths []string, pinned map[uint64]string) error {
 			continue
 		}
 		want[c] = p
+		byPath[p] = c
 	}
+	e.byPath = byPath
 	for c, p := range want {
 		if _, ok := e.enrolled[c]; ok {
 			continue
@@ -182,6 +190,14 @@ func (e *Enroller) Cookies() map[string]uint64 {
 		out[p] = c
 	}
 	return out
+}
+
+// Paths returns the cookie of every path the last Sync read, including
+// other paths to a namespace that Cookies names by one of them.
+func (e *Enroller) Paths() map[string]uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.byPath)
 }
 
 // Entries counts km_manage's entries for the map metrics. The enroller is

@@ -18,6 +18,10 @@ type ConfigDump struct {
 	Workloads []Workload `json:"workloads"`
 	Policies  []Policy   `json:"policies"`
 	Enrolled  []string   `json:"enrolled"` // network namespaces this node balances
+	// EnrolledWorkloads names the workload of each enrolled namespace that
+	// this node matched to one (workload namespace/name -> netns path):
+	// connect() checks policies as that workload.
+	EnrolledWorkloads map[string]string `json:"enrolledWorkloads,omitempty"`
 }
 
 // Version is what /version serves: the daemon's release and commit.

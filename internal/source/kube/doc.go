@@ -54,8 +54,11 @@
 //
 // # Combining with other sources
 //
-// Run calls its report function with the whole set of namespace paths
-// after the first full list and after every change; the daemon unions it
-// with the namespaces of other sources (the mesh file, --enroll-netns) and
-// keeps one enroller equal to the union.
+// Run calls its report function with the whole set of enrolled pods (each
+// with its namespace path, name and IPs) after the first full list and
+// after every change; the daemon unions their namespaces with those of
+// other sources (the mesh file, --enroll-netns) and keeps one enroller
+// equal to the union. It also tells connect() which workload each pod is:
+// the workload named as the pod (namespace/name, istiod's naming), else the
+// one with the pod's IPs, so policies are checked at the client too.
 package kube

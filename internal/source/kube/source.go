@@ -98,12 +98,30 @@ func NewWithClient(client kubernetes.Interface, node string, resolve func(key st
 	}
 }
 
+// Pod is an enrolled pod: the network namespace found for it and who it
+// is, so the daemon can tell the connect programs which workload the
+// namespace is (its Kubernetes name, or its address).
+type Pod struct {
+	Netns     string
+	Namespace string
+	Name      string
+	IPs       []netip.Addr
+}
+
+// Key is the pod's namespace/name, the key of its workload under istiod.
+func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+func podEqual(a, b Pod) bool {
+	return a.Netns == b.Netns && a.Namespace == b.Namespace && a.Name == b.Name && slices.Equal(a.IPs, b.IPs)
+}
+
 // Run watches this node's pods and their namespaces until ctx ends. It
-// calls report with the set of namespace paths to enroll (sorted) once the
-// first full list is in, and again after every change to that set. A pod
-// whose namespace cannot be found yet is retried with backoff. Run returns
-// an error only if the first list fails before ctx ends.
-func (s *Source) Run(ctx context.Context, report func(paths []string)) error {
+// calls report with the pods to enroll (sorted by namespace path, then
+// pod) once the first full list is in, and again after every change to
+// that set. A pod whose namespace cannot be found yet is retried with
+// backoff. Run returns an error only if the first list fails before ctx
+// ends.
+func (s *Source) Run(ctx context.Context, report func(pods []Pod)) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", s.node).String()
@@ -146,16 +164,16 @@ func (s *Source) Run(ctx context.Context, report func(paths []string)) error {
 	}
 	s.log.Info("watching pods", "node", s.node)
 
-	var last []string
+	var last []Pod
 	first := true
 	retry := s.retryMin
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		paths, pending := s.reconcile(ctx, pods.Lister().List, nss.Lister().Get)
-		if first || !slices.Equal(paths, last) {
-			report(paths)
-			last, first = paths, false
+		enrolled, pending := s.reconcile(ctx, pods.Lister().List, nss.Lister().Get)
+		if first || !slices.EqualFunc(enrolled, last, podEqual) {
+			report(enrolled)
+			last, first = enrolled, false
 		}
 		s.annotate(ctx, pods.Lister().List)
 		if pending {
@@ -179,16 +197,20 @@ func (s *Source) Run(ctx context.Context, report func(paths []string)) error {
 	}
 }
 
-type enrolledPod struct{ name, netns string }
+type enrolledPod struct {
+	name, netns string
+	pod         Pod
+}
 
 type (
 	listPods func(labels.Selector) ([]*corev1.Pod, error)
 	getNs    func(string) (*corev1.Namespace, error)
 )
 
-// reconcile works out the set of namespaces to enroll from the informers'
-// caches. pending is true when a wanted pod's namespace was not found.
-func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths []string, pending bool) {
+// reconcile works out the pods to enroll, with their namespaces, from the
+// informers' caches. pending is true when a wanted pod's namespace was not
+// found.
+func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (out []Pod, pending bool) {
 	all, _ := list(labels.Everything()) // a cache lister does not fail
 	enrolled := map[types.UID]enrolledPod{}
 	keep := map[string]bool{}
@@ -205,7 +227,8 @@ func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths 
 			}
 			continue
 		}
-		path, err := s.resolve(string(pod.UID), parseIPs(podIPs(pod)))
+		ips := parseIPs(podIPs(pod))
+		path, err := s.resolve(string(pod.UID), ips)
 		if err != nil {
 			pending = true
 			if s.failing[pod.UID] != err.Error() {
@@ -215,7 +238,8 @@ func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths 
 			continue
 		}
 		delete(s.failing, pod.UID)
-		enrolled[pod.UID] = enrolledPod{name: pod.Namespace + "/" + pod.Name, netns: path}
+		enrolled[pod.UID] = enrolledPod{name: pod.Namespace + "/" + pod.Name, netns: path,
+			pod: Pod{Netns: path, Namespace: pod.Namespace, Name: pod.Name, IPs: ips}}
 		if s.enrolled[pod.UID].netns != path {
 			s.log.Info("pod enrolled", "pod", pod.Namespace+"/"+pod.Name, "netns", path, "reason", why)
 		}
@@ -232,15 +256,26 @@ func (s *Source) reconcile(ctx context.Context, list listPods, ns getNs) (paths 
 	}
 	s.forget(keep)
 	s.enrolled = enrolled
-	set := map[string]bool{}
 	for _, p := range enrolled {
-		set[p.netns] = true
+		out = append(out, p.pod)
 	}
-	for p := range set {
-		paths = append(paths, p)
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Netns != out[j].Netns {
+			return out[i].Netns < out[j].Netns
+		}
+		return out[i].Key() < out[j].Key()
+	})
+	return out, pending
+}
+
+// Paths returns the distinct namespace paths of pods, sorted.
+func Paths(pods []Pod) []string {
+	var out []string
+	for _, p := range pods {
+		out = append(out, p.Netns)
 	}
-	sort.Strings(paths)
-	return paths, pending
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // annotate sets the redirection annotations on enrolled pods and removes

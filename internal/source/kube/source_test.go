@@ -23,10 +23,10 @@ type reports struct {
 	n    int
 }
 
-func (r *reports) report(paths []string) {
+func (r *reports) report(pods []Pod) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.last, r.n = paths, r.n+1
+	r.last, r.n = Paths(pods), r.n+1
 }
 
 func (r *reports) wait(t *testing.T, want ...string) {
