@@ -25,6 +25,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
+	"github.com/kmesh-go/kmesh/internal/version"
 	"github.com/kmesh-go/kmesh/internal/waypoint"
 )
 
@@ -58,6 +59,7 @@ AuthorizationPolicies (targetRefs); TCP ports are forwarded as L4. Run it in the
 network namespace of the workload labelled
 gateway.networking.k8s.io/gateway-name=<gateway name>.`,
 		Example:       `  kmesh-waypoint --config mesh.yaml --gateway default/waypoint`,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -77,6 +79,7 @@ gateway.networking.k8s.io/gateway-name=<gateway name>.`,
 	f.BoolVar(&c.plaintext, "plaintext", true, "accept plaintext connections on the ports of the services this waypoint serves")
 	f.BoolVar(&c.accessLog, "access-log", true, "one JSON line per request on stdout")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.SetVersionTemplate("kmesh-waypoint {{.Version}}\n")
 	cmd.MarkFlagRequired("config")
 	cmd.MarkFlagRequired("gateway")
 	return cmd

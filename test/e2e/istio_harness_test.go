@@ -95,6 +95,25 @@ var controlPlaneReady = regexp.MustCompile(`^ready kubeconfig=(\S+) server=(\S+)
 // it.
 func newIstioEnv(t testing.TB, bed *testbed.Bed) *istioEnv {
 	t.Helper()
+	e := newKubeEnv(t, bed)
+	e.namespace("istio-system", nil)
+	e.ports = map[string]int{}
+	for _, flag := range []string{"grpcAddr", "httpAddr", "httpsAddr", "secureGRPCAddr", "monitoringAddr"} {
+		e.ports[flag] = freePort(t)
+	}
+	e.XDSAddr = fmt.Sprintf("127.0.0.1:%d", e.ports["grpcAddr"])
+	mesh := filepath.Join(e.dir, "mesh.yaml")
+	if err := os.WriteFile(mesh, []byte("trustDomain: cluster.local\nrootNamespace: istio-system\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.StartIstiod()
+	return e
+}
+
+// newKubeEnv starts etcd and kube-apiserver (with Istio's CRDs) on
+// loopback, as processes of the bed; istiod is left to newIstioEnv.
+func newKubeEnv(t testing.TB, bed *testbed.Bed) *istioEnv {
+	t.Helper()
 	e := &istioEnv{t: t, bed: bed, tools: findIstioTools(t), dir: t.TempDir()}
 	start := time.Now()
 	cp, err := bed.StartRoot(e.tools.controlPlane, "--dir", e.dir, "--crds", e.tools.crds)
@@ -120,18 +139,6 @@ func newIstioEnv(t testing.TB, bed *testbed.Bed) *istioEnv {
 		t.Fatal(err)
 	}
 	t.Logf("kube-apiserver ready in %v", time.Since(start).Round(time.Millisecond))
-
-	e.namespace("istio-system", nil)
-	e.ports = map[string]int{}
-	for _, flag := range []string{"grpcAddr", "httpAddr", "httpsAddr", "secureGRPCAddr", "monitoringAddr"} {
-		e.ports[flag] = freePort(t)
-	}
-	e.XDSAddr = fmt.Sprintf("127.0.0.1:%d", e.ports["grpcAddr"])
-	mesh := filepath.Join(e.dir, "mesh.yaml")
-	if err := os.WriteFile(mesh, []byte("trustDomain: cluster.local\nrootNamespace: istio-system\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.StartIstiod()
 	return e
 }
 

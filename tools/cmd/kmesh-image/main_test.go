@@ -30,21 +30,21 @@ const (
 	testCommit  = "0123456789abcdef0123456789abcdef01234567"
 )
 
-// static holds kmeshd and kmeshctl built once for all tests, as make images
-// builds them.
+// static holds kmeshd, kmeshctl and kmesh-waypoint built once for all
+// tests, as make images builds them.
 var static struct {
 	once sync.Once
 	dir  string
 	err  error
 }
 
-// buildStatic returns the directory of the static kmeshd and kmeshctl.
+// buildStatic returns the directory of the static binaries.
 func buildStatic(t *testing.T) string {
 	t.Helper()
 	static.once.Do(func() {
 		static.dir, static.err = os.MkdirTemp("", "kmesh-image-test-")
 		if static.err == nil {
-			static.err = goBuild(static.dir, "kmeshd", "kmeshctl")
+			static.err = goBuild(static.dir, "kmeshd", "kmeshctl", "kmesh-waypoint")
 		}
 	})
 	if static.err != nil {
@@ -135,14 +135,68 @@ func rootfs(t *testing.T, img v1.Image) (map[string]*tar.Header, map[string][]by
 	}
 }
 
+// imageWant is what an image's archive must hold.
+type imageWant struct {
+	name, entrypoint, user string
+	// files is the exact file list: the binaries and what a process
+	// expects; no shell, no package manager, nothing else.
+	files []string
+	// runs are the binaries' version commands, each with the prefix of
+	// what it must print.
+	runs []struct {
+		args []string
+		want string
+	}
+}
+
+var (
+	baseFiles = []string{"/etc", "/etc/group", "/etc/passwd", "/home", "/home/nonroot", "/root", "/tmp", "/usr", "/usr/local",
+		"/usr/local/bin"}
+	versionLine = testVersion + " (commit " + testCommit
+)
+
 func TestImage_KmeshdArchive(t *testing.T) {
+	checkImage(t, imageWant{
+		name: "kmeshd", entrypoint: "/usr/local/bin/kmeshd", user: "0:0",
+		files: append(slices.Clone(baseFiles), "/usr/local/bin/kmeshctl", "/usr/local/bin/kmeshd"),
+		runs: []struct {
+			args []string
+			want string
+		}{
+			{[]string{"kmeshd", "--version"}, "kmeshd " + versionLine},
+			{[]string{"kmeshctl", "version", "--client"}, "client: " + versionLine},
+		},
+	})
+}
+
+// The waypoint's image runs as the unprivileged user and holds only the
+// waypoint.
+func TestImage_WaypointArchive(t *testing.T) {
+	checkImage(t, imageWant{
+		name: "kmesh-waypoint", entrypoint: "/usr/local/bin/kmesh-waypoint", user: "65532:65532",
+		files: append(slices.Clone(baseFiles), "/usr/local/bin/kmesh-waypoint"),
+		runs: []struct {
+			args []string
+			want string
+		}{
+			{[]string{"kmesh-waypoint", "--version"}, "kmesh-waypoint " + versionLine},
+		},
+	})
+}
+
+// checkImage builds one image as make images does and checks its archive:
+// readable as docker-archive and as OCI layout, entrypoint, user,
+// platform, labels, the exact file list, the extracted binaries run, and a
+// rebuild gives the same digest.
+func checkImage(t *testing.T, w imageWant) {
 	bin := buildStatic(t)
 	o := testOptions(t, bin)
-	ref, digest, err := o.build("kmeshd")
+	ref, digest, err := o.build(w.name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	archive := o.archivePath("kmeshd")
+	archive := o.archivePath(w.name)
+	tagged := "localhost/kmesh/" + w.name + ":test"
 
 	// docker load's format: manifest.json naming config and layers.
 	img, err := tarball.ImageFromPath(archive, nil)
@@ -172,7 +226,7 @@ func TestImage_KmeshdArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(im.Manifests) != 1 || im.Manifests[0].Digest != digest ||
-		im.Manifests[0].Annotations["io.containerd.image.name"] != "localhost/kmesh/kmeshd:test" {
+		im.Manifests[0].Annotations["io.containerd.image.name"] != tagged {
 		t.Fatalf("index.json %+v, want the image %s named %s", im.Manifests, digest, ref)
 	}
 	ociImg, err := idx.Image(digest)
@@ -183,7 +237,7 @@ func TestImage_KmeshdArchive(t *testing.T) {
 		t.Fatalf("OCI layout image invalid: %v", err)
 	}
 	var dockerManifest []struct{ RepoTags []string }
-	if err := json.Unmarshal(files["manifest.json"], &dockerManifest); err != nil || !slices.Equal(dockerManifest[0].RepoTags, []string{"localhost/kmesh/kmeshd:test"}) {
+	if err := json.Unmarshal(files["manifest.json"], &dockerManifest); err != nil || !slices.Equal(dockerManifest[0].RepoTags, []string{tagged}) {
 		t.Fatalf("manifest.json RepoTags %+v (%v)", dockerManifest, err)
 	}
 
@@ -191,54 +245,53 @@ func TestImage_KmeshdArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(cf.Config.Entrypoint, []string{"/usr/local/bin/kmeshd"}) || cf.Config.User != "0:0" ||
+	if !slices.Equal(cf.Config.Entrypoint, []string{w.entrypoint}) || cf.Config.User != w.user ||
 		cf.OS != "linux" || cf.Architecture != "amd64" {
-		t.Errorf("config: entrypoint %v user %q platform %s/%s; want /usr/local/bin/kmeshd as 0:0 on linux/amd64",
-			cf.Config.Entrypoint, cf.Config.User, cf.OS, cf.Architecture)
+		t.Errorf("config: entrypoint %v user %q platform %s/%s; want %s as %s on linux/amd64",
+			cf.Config.Entrypoint, cf.Config.User, cf.OS, cf.Architecture, w.entrypoint, w.user)
 	}
 	if cf.Config.Labels["org.opencontainers.image.revision"] != testCommit || cf.Config.Labels["org.opencontainers.image.version"] != testVersion {
 		t.Errorf("labels %v", cf.Config.Labels)
 	}
 
-	// Exactly these files: the two binaries and what a process expects;
-	// no shell, no package manager, nothing else.
 	hdrs, data := rootfs(t, img)
 	var paths []string
 	for p := range hdrs {
 		paths = append(paths, p)
 	}
 	slices.Sort(paths)
-	want := []string{"/etc", "/etc/group", "/etc/passwd", "/home", "/home/nonroot", "/root", "/tmp", "/usr", "/usr/local",
-		"/usr/local/bin", "/usr/local/bin/kmeshctl", "/usr/local/bin/kmeshd"}
-	if !slices.Equal(paths, want) {
-		t.Errorf("image files %v, want %v", paths, want)
+	slices.Sort(w.files)
+	if !slices.Equal(paths, w.files) {
+		t.Errorf("image files %v, want %v", paths, w.files)
 	}
-	if !strings.Contains(string(data["/etc/passwd"]), "root:x:0:0:") {
-		t.Errorf("/etc/passwd names no root: %q", data["/etc/passwd"])
+	if !strings.Contains(string(data["/etc/passwd"]), "root:x:0:0:") || !strings.Contains(string(data["/etc/passwd"]), "nonroot:x:65532:65532:") {
+		t.Errorf("/etc/passwd names no root or nonroot: %q", data["/etc/passwd"])
 	}
 
 	// The binaries, extracted, run and say what they are.
 	dir := t.TempDir()
-	for _, b := range []string{"kmeshd", "kmeshctl"} {
-		if hdrs["/usr/local/bin/"+b].Mode&0o111 == 0 {
+	for _, p := range w.files {
+		b, ok := strings.CutPrefix(p, "/usr/local/bin/")
+		if !ok || b == "" {
+			continue
+		}
+		if hdrs[p].Mode&0o111 == 0 {
 			t.Errorf("%s is not executable", b)
 		}
-		if err := os.WriteFile(filepath.Join(dir, b), data["/usr/local/bin/"+b], 0o755); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, b), data[p], 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	out, err := exec.Command(filepath.Join(dir, "kmeshd"), "--version").CombinedOutput()
-	if err != nil || !strings.HasPrefix(string(out), "kmeshd "+testVersion+" (commit "+testCommit) {
-		t.Errorf("kmeshd --version from the image: %q, %v", out, err)
-	}
-	out, err = exec.Command(filepath.Join(dir, "kmeshctl"), "version", "--client").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "client: "+testVersion+" (commit "+testCommit) {
-		t.Errorf("kmeshctl version --client from the image: %q, %v", out, err)
+	for _, r := range w.runs {
+		out, err := exec.Command(filepath.Join(dir, r.args[0]), r.args[1:]...).CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), r.want) {
+			t.Errorf("%v from the image: %q, %v; want %q", r.args, out, err, r.want)
+		}
 	}
 
 	// The same inputs give the same image.
 	o2 := testOptions(t, bin)
-	if _, d2, err := o2.build("kmeshd"); err != nil || d2 != digest {
+	if _, d2, err := o2.build(w.name); err != nil || d2 != digest {
 		t.Errorf("second build: %s, %v; want the same digest %s", d2, err, digest)
 	}
 }
