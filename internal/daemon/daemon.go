@@ -325,6 +325,9 @@ type daemon struct {
 	retrying bool // a failed write is being retried (retryLocked)
 
 	enrolling enrollment
+	// unresolvedWaypoints are the services whose control-plane waypoint
+	// is unknown (service key -> why): their connects are refused.
+	unresolvedWaypoints map[string]string
 }
 
 // apply hands a whole mesh from a source (a file, the first xDS state)
@@ -458,6 +461,7 @@ func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 		d.log.Warn("policy accepted but not enforced on this node", "policy", p.Key(), "reason", p.Reason)
 	}
 	d.metrics.SetPoliciesNotEnforced(notEnforced)
+	d.trackWaypoints(c, full)
 	if d.certs != nil && (full || touchesNode(c, undo, d.node)) {
 		d.trackIdentities(d.state.Mesh())
 	}
@@ -477,6 +481,34 @@ func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 		d.log.Error("enrollment incomplete", "err", enrollErr)
 	}
 	return nil
+}
+
+// trackWaypoints keeps the services whose waypoint is unknown, logs each
+// one that becomes so, and sets kmesh_waypoint_unresolved_services. It
+// looks only at what c changes.
+func (d *daemon) trackWaypoints(c *model.Changes, full bool) {
+	if full || d.unresolvedWaypoints == nil {
+		d.unresolvedWaypoints = map[string]string{}
+	}
+	for _, s := range c.Services {
+		key := s.Key()
+		if s.Waypoint == nil || s.Waypoint.Unresolved == "" {
+			if _, was := d.unresolvedWaypoints[key]; was {
+				d.log.Info("waypoint resolved", "service", key, "waypoint", s.Waypoint)
+			}
+			delete(d.unresolvedWaypoints, key)
+			continue
+		}
+		if d.unresolvedWaypoints[key] != s.Waypoint.Unresolved {
+			d.log.Warn("service waypoint unknown: connections refused", "service", key,
+				"waypoint", s.Waypoint.Address, "reason", s.Waypoint.Unresolved)
+		}
+		d.unresolvedWaypoints[key] = s.Waypoint.Unresolved
+	}
+	for _, key := range c.RemovedServices {
+		delete(d.unresolvedWaypoints, key)
+	}
+	d.metrics.SetWaypointUnresolved(len(d.unresolvedWaypoints))
 }
 
 func (d *daemon) Ready() bool {

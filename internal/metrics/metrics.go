@@ -40,6 +40,9 @@ const (
 	// PoliciesNotEnforced counts valid policies of the mesh the node does
 	// not enforce (CUSTOM), by action.
 	PoliciesNotEnforced = "kmesh_authz_policies_not_enforced"
+	// WaypointUnresolved counts services whose control plane named a
+	// waypoint this node does not know: connects to them are refused.
+	WaypointUnresolved = "kmesh_waypoint_unresolved_services"
 )
 
 // Values of the result label of kmesh_config_updates_total.
@@ -84,6 +87,9 @@ type Metrics struct {
 	ringbufLost    prometheus.Counter
 	beforeScrape   atomic.Pointer[func()]
 	notEnforced    *prometheus.GaugeVec
+	// waypointUnresolved is the number of services refused for an
+	// unknown waypoint.
+	waypointUnresolved prometheus.Gauge
 }
 
 // New returns a registry with every kmeshd metric, plus the Go runtime's and
@@ -120,13 +126,17 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			Name: PoliciesNotEnforced,
 			Help: "Valid authorization policies of the mesh this node does not enforce (CUSTOM: an external authorizer in a waypoint or gateway applies them), by action.",
 		}, []string{"action"}),
+		waypointUnresolved: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: WaypointUnresolved,
+			Help: "Services whose control plane assigned a waypoint this node cannot resolve: connections to them are refused, never sent around the waypoint.",
+		}),
 		ringbufLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: RingbufLostRecords,
 			Help: "Connection records the kernel could not hand over because the ring buffer was full.",
 		}),
 	}
 	m.notEnforced.WithLabelValues("custom")
-	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.configUpdates, m.ringbufLost, m.notEnforced,
+	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.configUpdates, m.ringbufLost, m.notEnforced, m.waypointUnresolved,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.Maps != nil {
@@ -253,6 +263,10 @@ func (o *onceLogger) report(err error) {
 		o.log.Info("metrics source recovered", "source", o.what)
 	}
 }
+
+// SetWaypointUnresolved sets how many services have a waypoint the node
+// cannot resolve.
+func (m *Metrics) SetWaypointUnresolved(n int) { m.waypointUnresolved.Set(float64(n)) }
 
 // SetPoliciesNotEnforced sets how many policies of each action the mesh
 // has that the node does not enforce.

@@ -75,6 +75,23 @@ type Service struct {
 	SessionAffinity *SessionAffinity
 	// OutlierDetection, when set, ejects endpoints whose connects fail.
 	OutlierDetection *OutlierDetection
+	// Waypoint, when set, is the waypoint a control plane (xDS) assigned
+	// to the service: the source has already pointed Endpoints at it.
+	Waypoint *ServiceWaypoint
+}
+
+// ServiceWaypoint is a waypoint assigned by the control plane (the
+// workload API's waypoint field). The service's Endpoints are the
+// waypoint's instances, on the service's own ports (the plaintext
+// redirect, as [WithWaypointRedirect] does for the file); when the
+// waypoint cannot be resolved, Endpoints is empty so every connect to the
+// service is refused, never sent around the waypoint.
+type ServiceWaypoint struct {
+	// Address is the waypoint as the control plane named it: an IP
+	// address or namespace/hostname.
+	Address string
+	// Unresolved says why the waypoint is not known ("" when it is).
+	Unresolved string
 }
 
 // Key is the service's unique name in the mesh: namespace/name.

@@ -21,7 +21,7 @@ import (
 )
 
 // metricsLine is one sample of the Prometheus text format.
-var metricsLine = regexp.MustCompile(`^(\w+)\{(.*)\} (\S+)$`)
+var metricsLine = regexp.MustCompile(`^(\w+)(?:\{(.*)\})? (\S+)$`)
 
 // metricSum adds up the samples of name whose labels include want.
 func metricSum(t *testing.T, addr, name string, want map[string]string) float64 {

@@ -40,6 +40,16 @@ type Service struct {
 	Ports         []Port        `json:"ports"`
 	LoadBalancing LoadBalancing `json:"loadBalancing"`
 	Endpoints     []string      `json:"endpoints"` // workload keys, namespace/name
+	// Waypoint is the waypoint the control plane assigned; Endpoints are
+	// then its instances.
+	Waypoint *Waypoint `json:"waypoint,omitempty"`
+}
+
+// Waypoint is a service's waypoint as the control plane named it, and why
+// it is not resolved ("" when it is: connects go to its instances).
+type Waypoint struct {
+	Address    string `json:"address"`
+	Unresolved string `json:"unresolved,omitempty"`
 }
 
 // Port maps a service port to the endpoints' port.
@@ -75,6 +85,9 @@ func FromModel(m *model.Mesh) ([]Service, []Workload) {
 			Addresses:     make([]string, 0, len(s.Addresses)),
 			LoadBalancing: LoadBalancing{Mode: string(s.LBMode)},
 			Endpoints:     make([]string, 0, len(s.Endpoints)),
+		}
+		if s.Waypoint != nil {
+			out.Waypoint = &Waypoint{Address: s.Waypoint.Address, Unresolved: s.Waypoint.Unresolved}
 		}
 		for _, a := range s.Addresses {
 			out.Addresses = append(out.Addresses, a.String())

@@ -17,7 +17,14 @@
 //     frontends. Load balancing is random: locality preferences (STRICT,
 //     FAILOVER) are not supported yet and are logged; PASSTHROUGH
 //     services, headless services (no address) and services without
-//     ports are not balanced. Waypoints are not used yet.
+//     ports are not balanced. A service with a waypoint (by address: a
+//     service VIP or a workload address; or by namespace/hostname) is
+//     balanced over the waypoint's instances on its own ports, never over
+//     its own endpoints; while the waypoint is unknown or has no instance
+//     taking traffic the service has no endpoint, so connects are refused
+//     (model.ServiceWaypoint says why). Responses that touch such a
+//     service, a waypoint or their workloads take the full build.
+//     A workload's own waypoint field is not used yet.
 //   - istio.workload.Workload: uid, name, namespace, addresses, node,
 //     network, service account, locality, capacity (as weight, capped at
 //     model.MaxWeight) and selector policies become a model workload. Its

@@ -31,6 +31,9 @@ type workload struct {
 	// services are the workload's memberships: namespace/hostname -> the
 	// workload's own service port -> target port mapping.
 	services map[string]map[uint16]uint16
+	// waypoint is the workload's own waypoint (waypoint-for workload):
+	// not used yet, logged.
+	waypoint *waypointRef
 }
 
 // service is a converted istio.workload.Service.
@@ -45,6 +48,45 @@ type service struct {
 	// skip says why the service is not in the mesh ("" if it is).
 	skip string
 	note string
+	// waypoint is the waypoint istiod assigned (nil: none).
+	waypoint *waypointRef
+}
+
+// waypointRef is the workload API's GatewayAddress: a waypoint named by
+// address (a service VIP or a workload address) or by namespace/hostname.
+type waypointRef struct {
+	addr netip.Addr
+	host string // namespace/hostname
+}
+
+// String is the waypoint as the model and the logs name it.
+func (r *waypointRef) String() string {
+	if r.host != "" {
+		return r.host
+	}
+	return r.addr.String()
+}
+
+func convertWaypoint(g *workloadapi.GatewayAddress) (*waypointRef, error) {
+	if g == nil {
+		return nil, nil
+	}
+	switch d := g.GetDestination().(type) {
+	case *workloadapi.GatewayAddress_Address:
+		a, err := parseIP(d.Address.GetAddress())
+		if err != nil {
+			return nil, fmt.Errorf("waypoint address: %w", err)
+		}
+		return &waypointRef{addr: a}, nil
+	case *workloadapi.GatewayAddress_Hostname:
+		ns, h := d.Hostname.GetNamespace(), d.Hostname.GetHostname()
+		if ns == "" || h == "" {
+			return nil, errors.New("waypoint hostname: want namespace and hostname")
+		}
+		return &waypointRef{host: ns + "/" + h}, nil
+	default:
+		return nil, errors.New("waypoint has neither an address nor a hostname")
+	}
 }
 
 type addressHandler struct{}
@@ -147,9 +189,15 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		}
 		w.Policies = append(w.Policies, p)
 	}
-	// Waypoint, network gateway and tunnel protocol are not used yet: the
-	// data plane connects straight to the workload's address.
+	// The network gateway is not used: the data plane connects straight
+	// to the workload's address. So is the workload's own waypoint (for
+	// traffic to its address), which the build logs.
 	out := &workload{w: w, healthy: pw.GetStatus() == workloadapi.WorkloadStatus_HEALTHY, endpoint: true}
+	wp, err := convertWaypoint(pw.GetWaypoint())
+	if err != nil {
+		return nil, err
+	}
+	out.waypoint = wp
 	if c := pw.GetCapacity(); c != nil {
 		if c.GetValue() == 0 {
 			out.endpoint = false
@@ -214,7 +262,13 @@ func convertService(ps *workloadapi.Service) (*service, error) {
 		out.targets[sp] = uint16(p.GetTargetPort())
 		s.Ports = append(s.Ports, model.ServicePort{Port: sp, Protocol: model.ProtocolTCP})
 	}
-	// The waypoint is not used yet: traffic goes straight to endpoints.
+	// A service with a waypoint is reached only through it
+	// (workload_waypoint.go).
+	wp, err := convertWaypoint(ps.GetWaypoint())
+	if err != nil {
+		return nil, err
+	}
+	out.waypoint = wp
 	if lb := ps.GetLoadBalancing(); lb != nil {
 		switch lb.GetMode() {
 		case workloadapi.LoadBalancing_PASSTHROUGH:

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -21,6 +22,11 @@ type workloadIndex struct {
 	fronts                          map[netip.AddrPort][]string
 	members                         map[string][]string // host -> workload resource names
 	byPolicy                        map[string][]string // policy key -> workload resource names naming it
+	// wpRefs are the waypoints services name (address or host, as
+	// waypointRef.String) and wpHosts the hosts of those services: a
+	// response touching either is left to the full build, which resolves
+	// waypoints (workload_waypoint.go).
+	wpRefs, wpHosts map[string][]string
 
 	services  map[string]*model.Service // by service key, as handed over
 	keyOf     map[string]string         // host -> key of its service, as handed over
@@ -33,6 +39,7 @@ func newWorkloadIndex(st *store, m *model.Mesh) *workloadIndex {
 		wlKeys: map[string][]string{}, svcKeys: map[string][]string{}, polKeys: map[string][]string{},
 		hosts: map[string][]string{}, fronts: map[netip.AddrPort][]string{},
 		members: map[string][]string{}, byPolicy: map[string][]string{},
+		wpRefs: map[string][]string{}, wpHosts: map[string][]string{},
 		services: make(map[string]*model.Service, len(m.Services)), keyOf: map[string]string{},
 		workloads: make(map[string]*model.Workload, len(m.Workloads)), policies: make(map[string]*model.Policy, len(m.Policies)),
 	}
@@ -90,6 +97,10 @@ func (ix *workloadIndex) claim(name string, v any, on bool) {
 			return
 		}
 		mark(ix.svcKeys, v.s.Key(), name, on)
+		if v.waypoint != nil {
+			mark(ix.wpRefs, v.waypoint.String(), name, on)
+			mark(ix.wpHosts, v.host, name, on)
+		}
 		mark(ix.hosts, v.host, name, on)
 		for _, a := range v.s.Addresses {
 			for p := range v.targets {
@@ -126,6 +137,46 @@ func (ix *workloadIndex) contested(v any) bool {
 	return false
 }
 
+// waypointBound reports whether v takes part in a waypoint redirect: a
+// service with a waypoint, a waypoint itself, or a workload of either.
+func (ix *workloadIndex) waypointBound(st *store, v any) bool {
+	if s, ok := v.(*service); ok && s.waypoint != nil {
+		return true
+	}
+	if len(ix.wpRefs) == 0 {
+		return false
+	}
+	switch v := v.(type) {
+	case *workload:
+		for _, a := range v.w.Addresses {
+			if len(ix.wpRefs[a.String()]) > 0 {
+				return true
+			}
+		}
+		for host := range v.services {
+			if len(ix.wpHosts[host]) > 0 || len(ix.wpRefs[host]) > 0 {
+				return true
+			}
+			// A member of a waypoint named by its address.
+			for _, name := range ix.hosts[host] {
+				if e := st.get(AddressType, name); e != nil && ix.waypointBound(st, e.value) {
+					return true
+				}
+			}
+		}
+	case *service:
+		if len(ix.wpRefs[v.host]) > 0 {
+			return true
+		}
+		for _, a := range v.s.Addresses {
+			if len(ix.wpRefs[a.String()]) > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // only returns the one resource name of a claim set.
 func only(s []string) string { return s[0] }
 
@@ -151,6 +202,9 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 		}
 	}
 	for name, o := range old {
+		if (o != nil && ix.waypointBound(st, o.value)) || (st.get(typeURL, name) != nil && ix.waypointBound(st, st.get(typeURL, name).value)) {
+			return nil, nil, true
+		}
 		if o != nil {
 			if ix.contested(o.value) {
 				return nil, nil, true
@@ -202,6 +256,9 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 			continue
 		}
 		w := st.get(AddressType, only(n)).value.(*workload)
+		if w.waypoint != nil {
+			notes = append(notes, fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not used yet; such connections go straight to it", w.w.Key(), w.waypoint))
+		}
 		mw := modelWorkload(w, present)
 		if cur := ix.workloads[key]; cur == nil || !reflect.DeepEqual(cur, &mw) {
 			c.Workloads = append(c.Workloads, &mw)

@@ -56,9 +56,34 @@ func buildWorkloadMesh(st *store) *built {
 			continue
 		}
 		keys[w.w.Key()] = true
+		if w.waypoint != nil {
+			b.notes = append(b.notes, fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not used yet; such connections go straight to it", w.w.Key(), w.waypoint))
+		}
 		m.Workloads = append(m.Workloads, modelWorkload(w, func(p string) bool { return policies[p] }))
 		for host, ports := range w.services {
 			members[host] = append(members[host], member{w, ports})
+		}
+	}
+
+	// Waypoints are resolved only when some service has one: at scale the
+	// address index costs more than the rest of the build.
+	var wp *waypoints
+	for _, e := range addrs {
+		if s, ok := e.value.(*service); ok && s.waypoint != nil {
+			wp = newWaypoints(members)
+			break
+		}
+	}
+	if wp != nil {
+		for _, e := range addrs {
+			switch v := e.value.(type) {
+			case *service:
+				if v.skip == "" {
+					wp.addService(v)
+				}
+			case *workload:
+				wp.addWorkload(v)
+			}
 		}
 	}
 
@@ -77,8 +102,11 @@ func buildWorkloadMesh(st *store) *built {
 			b.conflict(AddressType, e.name, "address %s is already used by service %s", clash, frontends[clash])
 			continue
 		}
-		ms, ok := buildService(s, members[s.host], &b.notes)
-		if !ok {
+		var ms model.Service
+		if s.waypoint != nil {
+			ms = s.s
+			wp.redirect(s, &ms, &b.notes)
+		} else if ms, ok = buildService(s, members[s.host], &b.notes); !ok {
 			continue
 		}
 		services[ms.Key()] = true

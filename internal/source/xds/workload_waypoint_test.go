@@ -1,0 +1,129 @@
+package xds
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
+)
+
+// waypointStep is one response of TestWorkloadMesh_ServiceWaypoint: a
+// resource put (or removed, when value is nil), then what service
+// default/hello must be.
+type waypointStep struct {
+	name       string
+	res        string
+	value      *workloadapi.Address
+	endpoints  []string
+	unresolved bool
+}
+
+func convertAddress(t *testing.T, a *workloadapi.Address) any {
+	t.Helper()
+	var v any
+	var err error
+	switch x := a.GetType().(type) {
+	case *workloadapi.Address_Service:
+		v, err = convertService(x.Service)
+	case *workloadapi.Address_Workload:
+		v, err = convertWorkload(x.Workload)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestWorkloadMesh_ServiceWaypoint drives a service whose waypoint is
+// named by address, then by hostname, through arrivals and departures of
+// the waypoint and its instances: the service balances over the
+// waypoint's instances on its own ports, or has no endpoint (connects are
+// refused) and says why; never its own endpoints. The incremental path
+// must agree with the full build after every response.
+func TestWorkloadMesh_ServiceWaypoint(t *testing.T) {
+	withWaypoint := func(g *workloadapi.GatewayAddress) *workloadapi.Address {
+		_, a := xdstest.Service("default", "hello", []string{"10.96.0.10"}, xdstest.Port{Service: 80, Target: 8080})
+		a.GetService().Waypoint = g
+		return a
+	}
+	byAddr := &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Address{
+		Address: &workloadapi.NetworkAddress{Address: netip.MustParseAddr("10.96.0.99").AsSlice()}}}
+	byHost := &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Hostname{
+		Hostname: &workloadapi.NamespacedHostname{Namespace: "default", Hostname: xdstest.Hostname("default", "waypoint")}}}
+	byPod := &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Address{
+		Address: &workloadapi.NetworkAddress{Address: netip.MustParseAddr("10.1.2.21").AsSlice()}}}
+	helloName, _ := xdstest.Service("default", "hello", nil)
+	wpName, wpSvc := xdstest.Service("default", "waypoint", []string{"10.96.0.99"}, xdstest.Port{Service: 15008, Target: 15008})
+	pod := func(name, ip, svc string) (string, *workloadapi.Address) {
+		return xdstest.Workload{Namespace: "default", Name: name, Node: "node-b", IPs: []string{ip},
+			Services: map[string][]xdstest.Port{svc: {{Service: 80, Target: 8080}}}}.Address()
+	}
+	h1, h1a := pod("hello-1", "10.1.1.11", "default/hello")
+	w1, w1a := pod("wp-1", "10.1.2.21", "default/waypoint")
+	w2, w2a := pod("wp-2", "10.1.2.22", "default/waypoint")
+
+	steps := []waypointStep{
+		{name: "service and endpoint, waypoint unknown", res: helloName, value: withWaypoint(byAddr), unresolved: true},
+		{name: "its own endpoint is never used", res: h1, value: h1a, unresolved: true},
+		{name: "waypoint service without instance", res: wpName, value: wpSvc, unresolved: true},
+		{name: "an instance", res: w1, value: w1a, endpoints: []string{"default/wp-1"}},
+		{name: "a second instance", res: w2, value: w2a, endpoints: []string{"default/wp-1", "default/wp-2"}},
+		{name: "by hostname", res: helloName, value: withWaypoint(byHost), endpoints: []string{"default/wp-1", "default/wp-2"}},
+		{name: "instance gone", res: w1, endpoints: []string{"default/wp-2"}},
+		{name: "waypoint service gone", res: wpName, unresolved: true},
+		{name: "a workload as waypoint, not there", res: helloName, value: withWaypoint(byPod), unresolved: true},
+		{name: "the workload arrives", res: w1, value: w1a, endpoints: []string{"default/wp-1"}},
+		{name: "no waypoint any more", res: helloName, value: withWaypoint(nil), endpoints: []string{"default/hello-1"}},
+	}
+	st := newStore()
+	state := model.NewState()
+	b := buildWorkloadMesh(st)
+	ix := newWorkloadIndex(st, b.mesh)
+	for _, s := range steps {
+		old := map[string]*entry{s.res: st.get(AddressType, s.res)}
+		if s.value == nil {
+			st.remove(AddressType, s.res)
+		} else {
+			st.put(AddressType, s.res, "v", convertAddress(t, s.value))
+		}
+		c, _, full := ix.delta(st, AddressType, old)
+		want := buildWorkloadMesh(st).mesh
+		if full {
+			c = state.DiffMesh(want)
+			ix = newWorkloadIndex(st, want)
+		}
+		if err := state.Check(c); err != nil {
+			t.Fatalf("%s: changes %s do not apply: %v", s.name, c, err)
+		}
+		state.Apply(c)
+		if d := state.DiffMesh(want); !d.Empty() {
+			t.Fatalf("%s: the changes differ from the full build by %s", s.name, d)
+		}
+		hello := state.Service("default/hello")
+		if hello == nil {
+			t.Fatalf("%s: service default/hello is not in the mesh", s.name)
+		}
+		var eps []string
+		for _, e := range hello.Endpoints {
+			eps = append(eps, e.Workload)
+		}
+		if !slices.Equal(eps, s.endpoints) {
+			t.Fatalf("%s: endpoints %v, want %v", s.name, eps, s.endpoints)
+		}
+		gotUnresolved := hello.Waypoint != nil && hello.Waypoint.Unresolved != ""
+		if gotUnresolved != s.unresolved {
+			t.Fatalf("%s: waypoint %+v, want unresolved %v", s.name, hello.Waypoint, s.unresolved)
+		}
+		wantTarget := uint16(80) // the waypoint listens on the service's own port
+		if hello.Waypoint == nil {
+			wantTarget = 8080
+		}
+		if p := hello.Ports; len(p) != 1 || p[0].TargetPort != wantTarget {
+			t.Fatalf("%s: ports %+v, want 80 -> %d", s.name, p, wantTarget)
+		}
+	}
+}
