@@ -6,7 +6,11 @@ import (
 	"strings"
 	"testing"
 
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/kmesh-go/kmesh/bench/meshfile"
 	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
 )
 
 func TestUpdateReadme(t *testing.T) {
@@ -142,5 +146,20 @@ func TestGoals_NoiseIsNotMet(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The xDS phase's endpoints must serve the services it creates: a workload
+// naming another service leaves every service with no endpoint, and the
+// phase fails before its first change ("has 0 slots, want 10").
+func TestXDSWorkload_ServesItsService(t *testing.T) {
+	for _, svc := range []int{0, 13, 9999} {
+		name, _ := xdstest.Service("default", meshfile.SyntheticService(svc), []string{meshfile.SyntheticAddress(svc).String()},
+			xdstest.Port{Service: 80, Target: 8080})
+		_, a := xdsWorkload(svc, 7).Address()
+		w := a.GetType().(*workloadapi.Address_Workload).Workload
+		if _, ok := w.Services[name]; !ok || len(w.Services) != 1 {
+			t.Errorf("endpoint of service %d serves %v, want only %q", svc, w.Services, name)
+		}
 	}
 }

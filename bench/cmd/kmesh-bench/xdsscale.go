@@ -45,12 +45,13 @@ func startXDSServer() (*xdsServer, error) {
 }
 
 // xdsWorkload is endpoint n of service svc (addresses 10.128.0.0/9, away
-// from the test bed's).
+// from the test bed's). Its services are named namespace/name: xdstest
+// makes the hostname (a hostname here would name a service that does not
+// exist, and every service would have no endpoint).
 func xdsWorkload(svc, n int) xdstest.Workload {
-	host := "default/" + xdstest.Hostname("default", meshfile.SyntheticService(svc))
 	return xdstest.Workload{Namespace: "default", Name: "ep-" + strconv.Itoa(n), Node: "remote",
 		IPs:      []string{netip.AddrFrom4([4]byte{10, byte(128 + n>>16), byte(n >> 8), byte(n)}).String()},
-		Services: map[string][]xdstest.Port{host: {{Service: 80, Target: 8080}}}}
+		Services: map[string][]xdstest.Port{"default/" + meshfile.SyntheticService(svc): {{Service: 80, Target: 8080}}}}
 }
 
 // limitFlags size the maps for the mesh (the defaults hold 10,000

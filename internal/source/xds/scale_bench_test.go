@@ -67,11 +67,11 @@ func (s *deltaSink) update(c *model.Changes) error {
 }
 
 // scaleWorkloads are the pods of service i: 10 per service, each in one.
+// Services are named namespace/name (xdstest makes the hostname).
 func scaleWorkload(svc, i int) xdstest.Workload {
-	host := "default/" + xdstest.Hostname("default", fmt.Sprintf("svc-%d", svc))
 	return xdstest.Workload{Namespace: "default", Name: fmt.Sprintf("pod-%d-%d", svc, i), Node: "node-a",
 		IPs:      []string{fmt.Sprintf("10.%d.%d.%d", 64+svc/4096, (svc/16)%256, (svc%16)*16+i)},
-		Services: map[string][]xdstest.Port{host: {{Service: 80, Target: 8080}}}}
+		Services: map[string][]xdstest.Port{fmt.Sprintf("default/svc-%d", svc): {{Service: 80, Target: 8080}}}}
 }
 
 // BenchmarkWorkloadClient_OneEndpointChangeAtScale serves services x 10

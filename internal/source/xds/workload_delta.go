@@ -269,7 +269,13 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 	for host := range dirtyHosts {
 		built[host] = nil
 		n := ix.hosts[host]
-		if len(n) != 1 {
+		if len(n) > 1 {
+			// Two resources claim the host (a workload's membership made
+			// it dirty): the older one's service stays, which only the
+			// full build decides.
+			return nil, nil, true
+		}
+		if len(n) == 0 {
 			continue
 		}
 		s := st.get(AddressType, only(n)).value.(*service)

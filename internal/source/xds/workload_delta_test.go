@@ -34,7 +34,7 @@ func randomAddress(r *rand.Rand, contest bool) (string, any) {
 	w := xdstest.Workload{Namespace: "default", Name: fmt.Sprintf("pod-%d", r.IntN(12)), Node: "node-a",
 		IPs: []string{fmt.Sprintf("10.1.0.%d", r.IntN(200)+1)}, Services: map[string][]xdstest.Port{}, Unhealthy: r.IntN(5) == 0}
 	for range r.IntN(3) {
-		w.Services[fmt.Sprintf("default/%s", xdstest.Hostname("default", fmt.Sprintf("svc-%d", r.IntN(5))))] = []xdstest.Port{{Service: 80, Target: uint32(8080 + r.IntN(2))}}
+		w.Services[fmt.Sprintf("default/svc-%d", r.IntN(5))] = []xdstest.Port{{Service: 80, Target: uint32(8080 + r.IntN(2))}}
 	}
 	if r.IntN(3) == 0 {
 		w.Policies = []string{fmt.Sprintf("default/pol-%d", r.IntN(3))}
@@ -118,4 +118,49 @@ func keys(ss []*model.Service) []string {
 		out = append(out, s.Key())
 	}
 	return out
+}
+
+// TestWorkloadIndex_ContestedHostKeepsItsService: two resources claim one
+// service host (the older one's service is in force). A workload that
+// joins the service makes the host dirty; the change must keep the
+// service, as the full build does, not remove it.
+func TestWorkloadIndex_ContestedHostKeepsItsService(t *testing.T) {
+	st := newStore()
+	svc := func(name string, vip string) any {
+		_, a := xdstest.Service("default", "svc-4", []string{vip}, xdstest.Port{Service: 80, Target: 8080})
+		v, err := convertService(a.GetType().(*workloadapi.Address_Service).Service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	name, _ := xdstest.Service("default", "svc-4", nil)
+	st.put(AddressType, name, "v", svc(name, "10.96.0.4"))
+	st.put(AddressType, name+"-dup", "v", svc(name+"-dup", "10.96.0.5"))
+	state := model.NewState()
+	b := buildWorkloadMesh(st)
+	state.Apply(state.DiffMesh(b.mesh))
+	ix := newWorkloadIndex(st, b.mesh)
+	if len(b.mesh.Services) != 1 {
+		t.Fatalf("full build: services %v, want svc-4 once", b.mesh.Services)
+	}
+
+	wname, a := xdstest.Workload{Namespace: "default", Name: "pod-1", IPs: []string{"10.1.0.1"},
+		Services: map[string][]xdstest.Port{"default/svc-4": {{Service: 80, Target: 8080}}}}.Address()
+	w, err := convertWorkload(a.GetType().(*workloadapi.Address_Workload).Workload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.put(AddressType, wname, "v", w)
+	c, _, full := ix.delta(st, AddressType, map[string]*entry{wname: nil})
+	if full {
+		c = state.DiffMesh(buildWorkloadMesh(st).mesh)
+	}
+	if len(c.RemovedServices) > 0 {
+		t.Fatalf("a workload joining svc-4 removed %v (full build: %v)", c.RemovedServices, full)
+	}
+	state.Apply(c)
+	if d := state.DiffMesh(buildWorkloadMesh(st).mesh); !d.Empty() {
+		t.Fatalf("after the change the state differs from the full build by %s", d)
+	}
 }

@@ -1,7 +1,9 @@
 package xdstest
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -37,8 +39,9 @@ func Hostname(ns, name string) string { return name + "." + ns + ".svc.cluster.l
 type Workload struct {
 	Namespace, Name, Node string
 	IPs                   []string
-	// Services are the services the pod serves, by namespace/name, with
-	// the pod's port mappings.
+	// Services are the services the pod serves, by namespace/name (not
+	// hostname: Address makes the hostname, and panics on a name with a
+	// dot), with the pod's port mappings.
 	Services  map[string][]Port
 	Unhealthy bool
 	// Policies are the selector policies that apply (namespace/name).
@@ -65,6 +68,11 @@ func (w Workload) Address() (string, *workloadapi.Address) {
 	}
 	for svc, ports := range w.Services {
 		ns, name := splitKey(svc)
+		if strings.Contains(name, ".") {
+			// A Kubernetes service name has no dot: this is a hostname,
+			// which would become a second hostname and name no service.
+			panic(fmt.Sprintf("xdstest: workload %s/%s: service %q: want namespace/name, not a hostname", w.Namespace, w.Name, svc))
+		}
 		pl := &workloadapi.PortList{}
 		for _, p := range ports {
 			pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: p.Service, TargetPort: p.Target})
