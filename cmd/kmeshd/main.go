@@ -89,7 +89,7 @@ removes it.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.ConfigFile, "config", "", "mesh config file (YAML); reloaded when it changes and on SIGHUP (default: the embedded example)")
+	f.StringVar(&cfg.ConfigFile, "config", "", "mesh config file (YAML), or a directory of them (every *.yaml, *.yml); reloaded when it changes and on SIGHUP (default: the embedded example)")
 	f.StringVar(&cfg.Node, "node", hostname(), "name of this node: workloads with this node are enrolled here")
 	f.StringVar(&cfg.Cgroup, "cgroup", "", "cgroup v2 directory to attach the programs to (default: the root of the cgroup v2 hierarchy)")
 	f.StringVar(&cfg.BPFDir, "bpf-dir", "", "bpffs directory for this instance's pins (default: /sys/fs/bpf/kmesh/<node>)")

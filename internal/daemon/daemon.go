@@ -276,7 +276,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			errc <- <-xsrc.done
 			return
 		}
-		errc <- src.Run(ctx, d.apply)
+		errc <- src.RunChanges(ctx, d.apply, d.update)
 	}()
 	err = <-errc
 	stop()

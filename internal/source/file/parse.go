@@ -140,6 +140,30 @@ type workload struct {
 
 // mesh walks the root mapping into m, recording every problem in p.
 func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
+	pt := p.items(root, nil)
+	if len(p.errs) > 0 {
+		return
+	}
+	pt.build(m)
+}
+
+// part is the items of one file, each checked alone and against the
+// others of the file (and, for routes, against the services of other
+// files); build joins parts into a mesh.
+type part struct {
+	services  []*service
+	workloads []*workload
+	policies  []*policy
+	gateways  []*gateway
+	routes    []*route
+	vss       []*virtualService
+	peerAuths []*peerAuth
+}
+
+// items walks the root mapping into a part, recording every problem in p.
+// external, when set, returns the services of other files, which routes
+// may name.
+func (p *parser) items(root *yaml.Node, external func() []*service) *part {
 	f := p.fields(root, "", "services", "workloads", "authorizationPolicies", "gateways", "httpRoutes", "grpcRoutes",
 		"virtualServices", "peerAuthentications")
 	var services []*service
@@ -186,11 +210,19 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 	p.checkWorkloads(workloads)
 	p.checkServices(services)
 	p.checkPolicies(policies)
-	p.checkL7(gateways, routes, vss, services)
-	p.checkPeerAuths(peerAuths)
-	if len(p.errs) > 0 {
-		return
+	var ext []*service
+	if len(routes) > 0 && external != nil {
+		ext = external()
 	}
+	p.checkL7(gateways, routes, vss, append(ext, services...))
+	p.checkPeerAuths(peerAuths)
+	return &part{services, workloads, policies, gateways, routes, vss, peerAuths}
+}
+
+// build joins the items into m: endpoints and policies by selector.
+func (pt *part) build(m *model.Mesh) {
+	services, workloads, policies := pt.services, pt.workloads, pt.policies
+	gateways, routes, vss, peerAuths := pt.gateways, pt.routes, pt.vss, pt.peerAuths
 	for _, g := range gateways {
 		m.Gateways = append(m.Gateways, g.Gateway)
 	}
@@ -204,7 +236,8 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 		m.Workloads = append(m.Workloads, w.Workload)
 	}
 	labels := model.NewLabelIndex(m.Workloads)
-	policies = slices.DeleteFunc(policies, func(pol *policy) bool {
+	// The part stays as parsed (a directory's parts are built again).
+	policies = slices.DeleteFunc(slices.Clone(policies), func(pol *policy) bool {
 		if pol.notEnforced == "" {
 			return false
 		}
@@ -222,11 +255,13 @@ func (p *parser) mesh(root *yaml.Node, m *model.Mesh) {
 	}
 	m.Policies = append(m.Policies, convertPeerAuths(peerAuths, m.Workloads)...)
 	for _, s := range services {
+		ms := s.Service
+		ms.Endpoints = slices.Clone(ms.Endpoints)
 		for _, i := range labels.Select(s.Namespace, s.selector) {
-			s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: m.Workloads[i].Key()})
+			ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: m.Workloads[i].Key()})
 		}
-		slices.SortFunc(s.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })
-		m.Services = append(m.Services, s.Service)
+		slices.SortFunc(ms.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })
+		m.Services = append(m.Services, ms)
 	}
 }
 

@@ -1,0 +1,480 @@
+package file
+
+import (
+	"maps"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/kmesh-go/kmesh/internal/model"
+)
+
+// dir is a mesh made of many files: the part of each file as last
+// accepted, and the indexes that turn one file's new part into the
+// changes it makes without re-reading or re-joining the other files.
+//
+// A change to services and workloads alone (an endpoint added, moved,
+// relabelled) costs the changed file's parse plus O(what it touches):
+// the services whose selectors match the old or new labels of a changed
+// workload get their endpoints from the label index. A change that
+// touches policies, peer authentications or L7 objects, or a mesh with
+// waypoints or peer authentications (whose translation reads every
+// workload), is joined whole from the kept parts (no file is read again)
+// and handed over as a whole mesh.
+type dir struct {
+	node  string
+	parts map[string]*part // by file name
+
+	owner     map[string]string         // kind/key -> file that defines it
+	fronts    map[netip.AddrPort]string // service address:port -> service key
+	workloads map[string]*workload      // by key, as parsed
+	services  map[string]*service       // by key, as parsed (no endpoints)
+	labels    map[string]map[string]map[string]struct{}
+	// selectors: namespace -> one label of a selector -> keys of the
+	// services whose selector has it; a workload's labels find the
+	// services that may select it without a look at the others.
+	selectors map[string]map[string]map[string]struct{}
+	policies  []*policy // kernel workload-selector policies of all files
+	waypoints int       // services using a waypoint
+	peerAuths int
+
+	// What the mesh handed over holds, for the incremental diff.
+	outSvc map[string]*model.Service
+	outWl  map[string]*model.Workload
+}
+
+func newDir(node string) *dir {
+	return &dir{
+		node: node, parts: map[string]*part{}, owner: map[string]string{}, fronts: map[netip.AddrPort]string{},
+		workloads: map[string]*workload{}, services: map[string]*service{},
+		labels: map[string]map[string]map[string]struct{}{}, selectors: map[string]map[string]map[string]struct{}{},
+		outSvc: map[string]*model.Service{}, outWl: map[string]*model.Workload{},
+	}
+}
+
+// parsePart parses one file of a directory. Routes may name services of
+// the other files.
+func (d *dir) parsePart(name string, data []byte) (*part, error) {
+	root, err := decode(data)
+	if err != nil {
+		return nil, syntaxError(name, data, err)
+	}
+	p := newParser(name, d.node, len(data))
+	pt := &part{}
+	if root != nil {
+		pt = p.items(root, d.external(name))
+	}
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return pt, nil
+}
+
+// external returns the services of the files other than name.
+func (d *dir) external(name string) func() []*service {
+	return func() []*service {
+		var out []*service
+		for f, pt := range d.parts {
+			if f != name {
+				out = append(out, pt.services...)
+			}
+		}
+		return out
+	}
+}
+
+// owned is one key a part defines, with where, for messages.
+type owned struct {
+	key  string // kind/key
+	node *yaml.Node
+	path string
+	what string
+}
+
+func (pt *part) owned() []owned {
+	var out []owned
+	add := func(kind, key string, n *yaml.Node, path, field string) {
+		if n != nil {
+			out = append(out, owned{kind + "/" + key, n, path + "." + field, kind + " " + key})
+		}
+	}
+	for _, w := range pt.workloads {
+		add("workload", w.Key(), w.nameNode, w.path, "name")
+	}
+	for _, s := range pt.services {
+		add("service", s.Key(), s.nameNode, s.path, "name")
+	}
+	for _, p := range pt.policies {
+		add("policy", p.Key(), p.nameNode, p.path, "metadata.name")
+	}
+	for _, pa := range pt.peerAuths {
+		add("peer authentication", pa.key(), pa.nameNode, pa.path, "metadata.name")
+	}
+	for _, g := range pt.gateways {
+		add("gateway", g.Key(), g.nameNode, g.path, "metadata.name")
+	}
+	for _, r := range pt.routes {
+		add(string(r.Kind), r.Namespace+"/"+r.Name, r.nameNode, r.path, "metadata.name")
+	}
+	for _, vs := range pt.vss {
+		add("virtual service", vs.Key(), vs.nameNode, vs.path, "metadata.name")
+	}
+	return out
+}
+
+// check reports what file name's new part claims that another file
+// holds: a name, or a service address and port. The errors name
+// path:line.
+func (d *dir) check(name, path string, data []byte, pt *part) error {
+	p := newParser(path, d.node, len(data))
+	for _, o := range pt.owned() {
+		if f, ok := d.owner[o.key]; ok && f != name {
+			p.errorf(o.node, o.path, "%s is already defined in %s", o.what, f)
+		}
+	}
+	for _, s := range pt.services {
+		for i, a := range s.Addresses {
+			for _, sp := range s.Ports {
+				ap := netip.AddrPortFrom(a, sp.Port)
+				if k, ok := d.fronts[ap]; ok && k != s.Key() && d.owner["service/"+k] != name {
+					p.errorf(s.addrNodes[i], s.addrPaths[i], "%s is already used by service %s (%s)", ap, k, d.owner["service/"+k])
+				}
+			}
+		}
+	}
+	return p.err()
+}
+
+// swap replaces file name's part old (nil: none) with new (nil: the file
+// is gone) in the indexes, and returns the workload and service keys
+// whose parsed form changed. Swapping back undoes it.
+func (d *dir) swap(name string, old, new *part) (workloads, services map[string]bool) {
+	workloads, services = map[string]bool{}, map[string]bool{}
+	if old == nil {
+		old = &part{}
+	}
+	if new == nil {
+		new = &part{}
+	}
+	for _, o := range old.owned() {
+		delete(d.owner, o.key)
+	}
+	for _, o := range new.owned() {
+		d.owner[o.key] = name
+	}
+	newW := map[string]*workload{}
+	for _, w := range new.workloads {
+		newW[w.Key()] = w
+	}
+	for _, w := range old.workloads {
+		if n := newW[w.Key()]; n == nil || !reflect.DeepEqual(n.Workload, w.Workload) {
+			workloads[w.Key()] = true
+			d.unindexWorkload(w)
+		}
+	}
+	oldW := map[string]*workload{}
+	for _, w := range old.workloads {
+		oldW[w.Key()] = w
+	}
+	for _, w := range new.workloads {
+		if o := oldW[w.Key()]; o == nil || !reflect.DeepEqual(o.Workload, w.Workload) {
+			workloads[w.Key()] = true
+			d.indexWorkload(w)
+		}
+	}
+	newS := map[string]*service{}
+	for _, s := range new.services {
+		newS[s.Key()] = s
+	}
+	for _, s := range old.services {
+		if n := newS[s.Key()]; n == nil || !sameService(n, s) {
+			services[s.Key()] = true
+			d.unindexService(s)
+		}
+	}
+	oldS := map[string]*service{}
+	for _, s := range old.services {
+		oldS[s.Key()] = s
+	}
+	for _, s := range new.services {
+		if o := oldS[s.Key()]; o == nil || !sameService(o, s) {
+			services[s.Key()] = true
+			d.indexService(s)
+		}
+	}
+	d.peerAuths += len(new.peerAuths) - len(old.peerAuths)
+	d.parts[name] = new
+	return workloads, services
+}
+
+func sameService(a, b *service) bool {
+	return reflect.DeepEqual(a.Service, b.Service) && maps.Equal(a.selector, b.selector)
+}
+
+func labelKey(k, v string) string { return k + "\x00" + v }
+
+func (d *dir) indexWorkload(w *workload) {
+	d.workloads[w.Key()] = w
+	ns := d.labels[w.Namespace]
+	if ns == nil {
+		ns = map[string]map[string]struct{}{}
+		d.labels[w.Namespace] = ns
+	}
+	for k, v := range w.Labels {
+		set := ns[labelKey(k, v)]
+		if set == nil {
+			set = map[string]struct{}{}
+			ns[labelKey(k, v)] = set
+		}
+		set[w.Key()] = struct{}{}
+	}
+}
+
+func (d *dir) unindexWorkload(w *workload) {
+	// By key: an unchanged workload keeps the pointer of an older part.
+	// Keys are unique across files (check).
+	delete(d.workloads, w.Key())
+	ns := d.labels[w.Namespace]
+	for k, v := range w.Labels {
+		if set := ns[labelKey(k, v)]; set != nil {
+			delete(set, w.Key())
+			if len(set) == 0 {
+				delete(ns, labelKey(k, v))
+			}
+		}
+	}
+}
+
+func (d *dir) indexService(s *service) {
+	d.services[s.Key()] = s
+	if s.UsesWaypoint() != "" {
+		d.waypoints++
+	}
+	for _, a := range s.Addresses {
+		for _, sp := range s.Ports {
+			d.fronts[netip.AddrPortFrom(a, sp.Port)] = s.Key()
+		}
+	}
+	ns := d.selectors[s.Namespace]
+	if ns == nil {
+		ns = map[string]map[string]struct{}{}
+		d.selectors[s.Namespace] = ns
+	}
+	for k, v := range s.selector {
+		set := ns[labelKey(k, v)]
+		if set == nil {
+			set = map[string]struct{}{}
+			ns[labelKey(k, v)] = set
+		}
+		set[s.Key()] = struct{}{}
+	}
+}
+
+func (d *dir) unindexService(s *service) {
+	delete(d.services, s.Key())
+	if s.UsesWaypoint() != "" {
+		d.waypoints--
+	}
+	for _, a := range s.Addresses {
+		for _, sp := range s.Ports {
+			if ap := netip.AddrPortFrom(a, sp.Port); d.fronts[ap] == s.Key() {
+				delete(d.fronts, ap)
+			}
+		}
+	}
+	ns := d.selectors[s.Namespace]
+	for k, v := range s.selector {
+		if set := ns[labelKey(k, v)]; set != nil {
+			delete(set, s.Key())
+			if len(set) == 0 {
+				delete(ns, labelKey(k, v))
+			}
+		}
+	}
+}
+
+// selectWorkloads returns the keys of the workloads of namespace whose
+// labels include selector, sorted; none for an empty selector.
+func (d *dir) selectWorkloads(namespace string, selector map[string]string) []string {
+	if len(selector) == 0 {
+		return nil
+	}
+	ns := d.labels[namespace]
+	var shortest map[string]struct{}
+	for k, v := range selector {
+		set := ns[labelKey(k, v)]
+		if len(set) == 0 {
+			return nil
+		}
+		if shortest == nil || len(set) < len(shortest) {
+			shortest = set
+		}
+	}
+	var out []string
+	for key := range shortest {
+		if model.SelectorMatches(selector, d.workloads[key].Labels) {
+			out = append(out, key)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// incremental reports whether a change from old to new can take the
+// incremental path (see dir).
+func (d *dir) incremental(old, new *part) bool {
+	if d.waypoints > 0 || d.peerAuths > 0 {
+		return false
+	}
+	if old == nil {
+		old = &part{}
+	}
+	if new == nil {
+		new = &part{}
+	}
+	return samePolicies(old.policies, new.policies) && len(old.peerAuths)+len(new.peerAuths) == 0 &&
+		len(old.gateways)+len(new.gateways)+len(old.routes)+len(new.routes)+len(old.vss)+len(new.vss) == 0
+}
+
+func samePolicies(a, b []*policy) bool {
+	return slices.EqualFunc(a, b, func(x, y *policy) bool {
+		return reflect.DeepEqual(x.Policy, y.Policy) && maps.Equal(x.selector, y.selector) &&
+			x.notEnforced == y.notEnforced && reflect.DeepEqual(x.waypoint, y.waypoint)
+	})
+}
+
+// changes returns what the swap that changed workloads and services
+// (their keys) makes of the mesh handed over, and records it as handed
+// over; undo puts the record back.
+func (d *dir) changes(workloads, services map[string]bool) (c *model.Changes, undo func()) {
+	c = &model.Changes{}
+	oldSvc, oldWl := map[string]*model.Service{}, map[string]*model.Workload{}
+	// Services whose selector matches a changed workload, before or after.
+	for key := range workloads {
+		var ls []map[string]string
+		if w := d.workloads[key]; w != nil {
+			ls = append(ls, w.Labels)
+		}
+		if w := d.outWl[key]; w != nil {
+			ls = append(ls, w.Labels)
+		}
+		ns := d.selectors[key[:strings.IndexByte(key, '/')]]
+		for _, l := range ls {
+			for k, v := range l {
+				for sk := range ns[labelKey(k, v)] {
+					if s := d.services[sk]; s != nil && model.SelectorMatches(s.selector, l) {
+						services[sk] = true
+					}
+				}
+			}
+		}
+	}
+	for key := range workloads {
+		old, had := d.outWl[key]
+		w := d.workloads[key]
+		if w == nil {
+			if had {
+				oldWl[key] = old
+				delete(d.outWl, key)
+				c.RemovedWorkloads = append(c.RemovedWorkloads, key)
+			}
+			continue
+		}
+		mw := w.Workload
+		mw.Policies = d.policiesOf(&mw)
+		if had && reflect.DeepEqual(old, &mw) {
+			continue
+		}
+		oldWl[key] = old
+		d.outWl[key] = &mw
+		c.Workloads = append(c.Workloads, &mw)
+	}
+	for key := range services {
+		old, had := d.outSvc[key]
+		s := d.services[key]
+		if s == nil {
+			if had {
+				oldSvc[key] = old
+				delete(d.outSvc, key)
+				c.RemovedServices = append(c.RemovedServices, key)
+			}
+			continue
+		}
+		ms := s.Service
+		ms.Endpoints = slices.Clone(ms.Endpoints)
+		for _, wk := range d.selectWorkloads(s.Namespace, s.selector) {
+			ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: wk})
+		}
+		slices.SortFunc(ms.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })
+		if had && reflect.DeepEqual(old, &ms) {
+			continue
+		}
+		oldSvc[key] = old
+		d.outSvc[key] = &ms
+		c.Services = append(c.Services, &ms)
+	}
+	return c, func() {
+		for k, s := range oldSvc {
+			if s == nil {
+				delete(d.outSvc, k)
+			} else {
+				d.outSvc[k] = s
+			}
+		}
+		for k, w := range oldWl {
+			if w == nil {
+				delete(d.outWl, k)
+			} else {
+				d.outWl[k] = w
+			}
+		}
+	}
+}
+
+// policiesOf lists the kernel workload-selector policies that select w,
+// as selectPolicies does for a whole mesh.
+func (d *dir) policiesOf(w *model.Workload) []string {
+	var out []string
+	for _, pol := range d.policies {
+		if pol.Scope != model.ScopeWorkloadSelector || (pol.Namespace != w.Namespace && pol.Namespace != RootNamespace) {
+			continue
+		}
+		if model.SelectorMatches(pol.selector, w.Labels) {
+			out = append(out, pol.Key())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// whole joins every kept part into one mesh and records it as handed
+// over; undo puts the record back.
+func (d *dir) whole() (m *model.Mesh, undo func()) {
+	all := &part{}
+	for _, name := range slices.Sorted(maps.Keys(d.parts)) {
+		pt := d.parts[name]
+		all.services = append(all.services, pt.services...)
+		all.workloads = append(all.workloads, pt.workloads...)
+		all.policies = append(all.policies, pt.policies...)
+		all.gateways = append(all.gateways, pt.gateways...)
+		all.routes = append(all.routes, pt.routes...)
+		all.vss = append(all.vss, pt.vss...)
+		all.peerAuths = append(all.peerAuths, pt.peerAuths...)
+	}
+	m = &model.Mesh{}
+	all.build(m)
+	oldSvc, oldWl, oldPol := d.outSvc, d.outWl, d.policies
+	d.outSvc = make(map[string]*model.Service, len(m.Services))
+	for i := range m.Services {
+		d.outSvc[m.Services[i].Key()] = &m.Services[i]
+	}
+	d.outWl = make(map[string]*model.Workload, len(m.Workloads))
+	for i := range m.Workloads {
+		d.outWl[m.Workloads[i].Key()] = &m.Workloads[i]
+	}
+	d.policies = slices.DeleteFunc(all.policies, func(p *policy) bool { return p.notEnforced != "" })
+	return m, func() { d.outSvc, d.outWl, d.policies = oldSvc, oldWl, oldPol }
+}
