@@ -119,6 +119,16 @@ func ScaleTable(s *Scale, maps bool) string {
 	b.WriteString("|--:|--:|--:|--:|--:|--:|--:|\n")
 	fmt.Fprintf(&b, "| %.0f ms | %.0f ms | %s ms | %.0f ms | %d | %.0f MiB (%.0f) | %.1f MiB |\n\n",
 		s.FirstSyncMs, s.ParseMs, cell(s.ChangeMs, 0), s.ChangeP99Ms, s.Changes, s.KmeshdRSSMiB, s.KmeshdPeakMiB, s.MapMemoryMiB)
+	if s.XDSFirstSyncMs > 0 {
+		b.WriteString("## Control plane: xDS (Istio's workload API, delta)\n\n")
+		b.WriteString("The same services and endpoints from a go-control-plane delta server in the bench process, kmeshd with --xds-address. " +
+			"First full sync: kmeshd exec to /healthz/ready. A change: one endpoint added to (or removed from) a service in the server's cache " +
+			"to the service's new slot count in the pinned BPF maps.\n\n")
+		b.WriteString("| first full sync | one endpoint change in the maps: p50 (min–max) | p99 | changes | kmeshd RSS (peak) |\n")
+		b.WriteString("|--:|--:|--:|--:|--:|\n")
+		fmt.Fprintf(&b, "| %.0f ms | %s ms | %.2f ms | %d | %.0f MiB (%.0f) |\n\n",
+			s.XDSFirstSyncMs, cell(s.XDSChangeMs, 2), s.XDSChangeP99Ms, s.XDSChanges, s.XDSRSSMiB, s.XDSPeakMiB)
+	}
 	if maps && len(s.MapMemory) > 0 {
 		b.WriteString("| map | max entries | memlock MiB |\n|---|--:|--:|\n")
 		for _, m := range s.MapMemory {

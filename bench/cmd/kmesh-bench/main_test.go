@@ -163,3 +163,33 @@ func TestXDSWorkload_ServesItsService(t *testing.T) {
 		}
 	}
 }
+
+// The xDS phase's figures reach the goals table, against issue 6's goals,
+// and the file source's change goal points at them.
+func TestGoals_XDS(t *testing.T) {
+	scale := &report.Scale{Services: 10000, Endpoints: 100000, FirstSyncMs: 9000, ParseMs: 5000,
+		ChangeMs: report.Over([]float64{2000}), ChangeP99Ms: 2900, Changes: 50,
+		XDSFirstSyncMs: 1500, XDSChangeMs: report.Over([]float64{1.2, 2.5}), XDSChangeP99Ms: 12.5, XDSChanges: 50}
+	got := map[string]report.Goal{}
+	for _, g := range goals(&report.Results{Scale: scale}) {
+		got[g.Goal] = g
+	}
+	for goal, met := range map[string]string{
+		"first full sync of 10000 services / 100000 endpoints (xDS delta: exec to ready)":  "yes",
+		"one endpoint change in the maps (xDS delta: server's cache update to map update)": "no", // p99 12.5 ms
+		"one endpoint change in the maps (file source: rename to map update)":              "no",
+	} {
+		if g, ok := got[goal]; !ok || g.Met != met {
+			t.Errorf("goal %q: %+v, want met %s", goal, g, met)
+		}
+	}
+	if g := got["one endpoint change in the maps (file source: rename to map update)"]; strings.Contains(g.Note, "not measured") {
+		t.Errorf("file change note %q says xDS was not measured", g.Note)
+	}
+	scale.Endpoints = 10000 // -quick
+	for _, g := range goals(&report.Results{Scale: scale}) {
+		if strings.HasPrefix(g.Goal, "first full sync") && g.Met != "no" {
+			t.Errorf("%q at 10,000 endpoints: met %s, want no (the goal is at 100,000)", g.Goal, g.Met)
+		}
+	}
+}
