@@ -254,9 +254,11 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		out.Header.Set("X-Request-Id", newRequestID())
 	}
 	r.Header.Set("X-Request-Id", out.Header.Get("X-Request-Id"))
-	tr := p.h1
+	var tr http.RoundTripper = p.h1
 	if r.ProtoMajor == 2 {
 		tr = p.h2
+	} else if p.h1c.fits(r) {
+		tr = p.h1c
 	}
 	var rp *replay
 	empty := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0

@@ -59,6 +59,8 @@ type Proxy struct {
 	server *http.Server
 	conns  *chanListener
 	h1, h2 *http.Transport
+	// h1c carries the HTTP/1.1 requests it fits (h1client.go); h1 the rest.
+	h1c *h1Client
 	health health
 	alog   *accessLog
 
@@ -99,6 +101,7 @@ func New(mesh *model.Mesh, opts Options) (*Proxy, error) {
 		DisableCompression: true}
 	p.h1.Protocols = new(http.Protocols)
 	p.h1.Protocols.SetHTTP1(true)
+	p.h1c = &h1Client{dial: wrapped}
 	p.h2 = &http.Transport{DialContext: wrapped, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second,
 		DisableCompression: true}
 	p.h2.Protocols = new(http.Protocols)
@@ -142,6 +145,7 @@ func (p *Proxy) Close() error {
 		close(p.done)
 		p.server.Close()
 		p.h1.CloseIdleConnections()
+		p.h1c.closeIdle(true)
 		p.h2.CloseIdleConnections()
 	})
 	return nil

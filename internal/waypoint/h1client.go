@@ -1,0 +1,241 @@
+package waypoint
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// h1Client sends HTTP/1.1 requests upstream on pooled connections from the
+// handler's own goroutine: it writes the request, flushes once and reads
+// the response on the same goroutine. http.Transport instead hands every
+// request to a write goroutine and a read goroutine per connection; under
+// load those hand-offs (channel operations and scheduler wake-ups) were the
+// largest cost of the waypoint after the syscalls themselves. It serves
+// requests whose body is empty or small enough to hold (maxReplay), so a
+// connection the backend closed while idle is retried on a new one with
+// the same bytes; everything else (streaming bodies, HTTP/2) goes through
+// http.Transport.
+type h1Client struct {
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	mu     sync.Mutex
+	idle   map[string][]*h1Conn // by host:port, most recently used last
+	closed bool
+}
+
+// h1MaxIdle is how many idle connections are kept per endpoint, and
+// h1IdleTimeout how long one is kept.
+const (
+	h1MaxIdle     = 256
+	h1IdleTimeout = 90 * time.Second
+)
+
+type h1Conn struct {
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	host   string
+	idleAt time.Time
+}
+
+// fits reports whether r can go through the h1Client.
+func (h *h1Client) fits(r *http.Request) bool {
+	return r.ProtoMajor == 1 && r.ContentLength >= 0 && r.ContentLength <= maxReplay &&
+		r.Header.Get("Upgrade") == ""
+}
+
+func (h *h1Client) get(host string, now time.Time) *h1Conn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	conns := h.idle[host]
+	for len(conns) > 0 {
+		c := conns[len(conns)-1]
+		conns = conns[:len(conns)-1]
+		if now.Sub(c.idleAt) < h1IdleTimeout {
+			h.idle[host] = conns
+			return c
+		}
+		c.c.Close()
+	}
+	delete(h.idle, host)
+	return nil
+}
+
+func (h *h1Client) put(c *h1Conn) {
+	c.idleAt = time.Now()
+	h.mu.Lock()
+	if !h.closed && len(h.idle[c.host]) < h1MaxIdle {
+		if h.idle == nil {
+			h.idle = map[string][]*h1Conn{}
+		}
+		h.idle[c.host] = append(h.idle[c.host], c)
+		h.mu.Unlock()
+		return
+	}
+	h.mu.Unlock()
+	c.c.Close()
+}
+
+// closeIdle closes the idle connections; with final, none is kept after.
+func (h *h1Client) closeIdle(final bool) {
+	h.mu.Lock()
+	idle := h.idle
+	h.idle = nil
+	h.closed = h.closed || final
+	h.mu.Unlock()
+	for _, conns := range idle {
+		for _, c := range conns {
+			c.c.Close()
+		}
+	}
+}
+
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// RoundTrip sends req (URL.Host is the endpoint) and returns its response;
+// the response body hands the connection back when read to its end and
+// closed. req.Context bounds the whole exchange, body included.
+func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	var body *bytes.Buffer
+	if req.Body != nil && req.Body != http.NoBody && req.ContentLength > 0 {
+		body = bodyPool.Get().(*bytes.Buffer)
+		body.Reset()
+		_, err := io.CopyN(body, req.Body, req.ContentLength)
+		req.Body.Close()
+		if err != nil {
+			bodyPool.Put(body)
+			return nil, err
+		}
+		defer bodyPool.Put(body)
+	}
+	host := req.URL.Host
+	for try := 0; ; try++ {
+		c := h.get(host, time.Now())
+		reused := c != nil
+		if c == nil {
+			nc, err := h.dial(ctx, "tcp", host)
+			if err != nil {
+				return nil, err
+			}
+			c = &h1Conn{c: nc, br: bufio.NewReaderSize(nc, 8<<10), bw: bufio.NewWriterSize(nc, 8<<10), host: host}
+		}
+		resp, stale, err := h.exchange(ctx, c, req, body)
+		if err == nil {
+			return resp, nil
+		}
+		c.c.Close()
+		if !(reused && stale && try == 0) || ctx.Err() != nil {
+			return nil, err
+		}
+		// The backend closed the idle connection before it saw the
+		// request: send it again on a new one.
+	}
+}
+
+// exchange writes req on c and reads the response head. stale says the
+// connection failed before any byte of a response came back.
+func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, body *bytes.Buffer) (*http.Response, bool, error) {
+	// Only the context ends the exchange (a deadline of the connection
+	// itself could fire before ctx.Err says why).
+	stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })
+	out := *req
+	if body != nil {
+		out.Body = io.NopCloser(bytes.NewReader(body.Bytes()))
+	} else {
+		out.Body = nil
+		out.ContentLength = 0
+	}
+	if err := out.Write(c.bw); err != nil {
+		stop()
+		return nil, isStale(err), err
+	}
+	if err := c.bw.Flush(); err != nil {
+		stop()
+		return nil, isStale(err), err
+	}
+	// A connection the backend closed while idle ends before the first
+	// byte of an answer (ReadResponse would call that ErrUnexpectedEOF).
+	if _, err := c.br.Peek(1); err != nil {
+		stop()
+		return nil, isStale(err), err
+	}
+	for {
+		resp, err := http.ReadResponse(c.br, req)
+		if err != nil {
+			stop()
+			return nil, false, err
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue // 100 Continue, 103 Early Hints: the answer follows
+		}
+		if resp.Body == http.NoBody || resp.Body == nil {
+			h.release(c, stop, resp.Close)
+			return resp, false, nil
+		}
+		resp.Body = &h1Body{rc: resp.Body, c: c, h: h, stop: stop, close: resp.Close}
+		return resp, false, nil
+	}
+}
+
+// release hands c back to the pool, unless the exchange's context fired
+// (its deadline is then set in the past) or the backend asked to close.
+func (h *h1Client) release(c *h1Conn, stop func() bool, closeConn bool) {
+	if !stop() || closeConn {
+		c.c.Close()
+		return
+	}
+	h.put(c)
+}
+
+// isStale reports whether err means the peer had closed the connection
+// before the request reached it.
+func isStale(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// h1Body is a response body that returns its connection to the pool once
+// read to the end and closed.
+type h1Body struct {
+	rc    io.ReadCloser
+	c     *h1Conn
+	h     *h1Client
+	stop  func() bool
+	close bool
+	eof   bool
+	done  bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	if !b.eof {
+		// Unread bytes stay on the connection: it cannot carry another
+		// request. Close it first, so the body's Close does not read on.
+		b.stop()
+		b.c.c.Close()
+		b.rc.Close()
+		return nil
+	}
+	b.rc.Close()
+	b.h.release(b.c, b.stop, b.close)
+	return nil
+}

@@ -1,0 +1,113 @@
+package waypoint
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestH1Client_ReusesAndRecoversStale sends requests through the upstream
+// HTTP/1.1 client to a real server: sequential requests share one
+// connection; "Connection: close" from the server is honoured; a pooled
+// connection the server closed while idle is replaced without the caller
+// seeing an error (the body is sent again); a request whose context ends
+// fails with the context's error and its connection is not reused.
+func TestH1Client_ReusesAndRecoversStale(t *testing.T) {
+	var newConns atomic.Int64
+	var mu sync.Mutex
+	var closeIdle bool
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			if r.URL.Path == "/bye" {
+				w.Header().Set("Connection", "close")
+			}
+			if r.URL.Path == "/slow" {
+				select {
+				case <-time.After(5 * time.Second):
+				case <-r.Context().Done():
+				}
+			}
+			io.WriteString(w, r.URL.Path+":"+string(b))
+		}),
+		ConnState: func(c net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				newConns.Add(1)
+			case http.StateIdle:
+				mu.Lock()
+				if closeIdle {
+					c.Close()
+				}
+				mu.Unlock()
+			}
+		},
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	var d net.Dialer
+	h := &h1Client{dial: d.DialContext}
+	t.Cleanup(func() { h.closeIdle(true) })
+	do := func(ctx context.Context, path, body string) (string, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+ln.Addr().String()+path, strings.NewReader(body))
+		if !h.fits(req) {
+			t.Fatalf("a %d-byte POST does not fit", len(body))
+		}
+		resp, err := h.RoundTrip(req)
+		if err != nil {
+			return "", err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return string(b), err
+	}
+	for i := range 20 {
+		got, err := do(context.Background(), "/a", "x")
+		if err != nil || got != "/a:x" {
+			t.Fatalf("request %d: %q, %v", i, got, err)
+		}
+	}
+	if n := newConns.Load(); n != 1 {
+		t.Fatalf("20 sequential requests opened %d connections, want 1", n)
+	}
+	if got, err := do(context.Background(), "/bye", "y"); err != nil || got != "/bye:y" {
+		t.Fatalf("/bye: %q, %v", got, err)
+	}
+	if got, err := do(context.Background(), "/a", "z"); err != nil || got != "/a:z" || newConns.Load() != 2 {
+		t.Fatalf("after Connection: close: %q, %v, %d connections, want a second one", got, err, newConns.Load())
+	}
+
+	mu.Lock()
+	closeIdle = true
+	mu.Unlock()
+	if got, err := do(context.Background(), "/a", "1"); err != nil || got != "/a:1" {
+		t.Fatalf("%q, %v", got, err)
+	}
+	time.Sleep(50 * time.Millisecond) // the server closes the idle connection
+	mu.Lock()
+	closeIdle = false
+	mu.Unlock()
+	if got, err := do(context.Background(), "/a", "stale"); err != nil || got != "/a:stale" {
+		t.Fatalf("on a connection the server closed: %q, %v, want the request sent again", got, err)
+	}
+
+	before := newConns.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := do(ctx, "/slow", "t"); err == nil || ctx.Err() == nil {
+		t.Fatalf("slow request: err %v, ctx %v; want a failure when the context ends", err, ctx.Err())
+	}
+	if got, err := do(context.Background(), "/a", "after"); err != nil || got != "/a:after" || newConns.Load() != before+1 {
+		t.Fatalf("after a timed-out request: %q, %v, connections %d -> %d, want a new one", got, err, before, newConns.Load())
+	}
+}
