@@ -60,7 +60,7 @@ type Proxy struct {
 	conns  *chanListener
 	h1, h2 *http.Transport
 	// h1c carries the HTTP/1.1 requests it fits (h1client.go); h1 the rest.
-	h1c *h1Client
+	h1c    *h1Client
 	health health
 	alog   *accessLog
 
