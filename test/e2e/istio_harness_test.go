@@ -233,11 +233,19 @@ func (e *istioEnv) namespace(name string, lbls map[string]string) {
 // node registers a test-bed node as a Node, with its underlay address.
 func (e *istioEnv) node(n *testbed.Node) {
 	e.t.Helper()
+	e.nodeIn(n, "local", "local-"+n.Name)
+}
+
+// nodeIn registers a test-bed node as a Node labelled with a region and
+// zone (topology.kubernetes.io/*), which istiod gives its pods' workloads
+// as their locality.
+func (e *istioEnv) nodeIn(n *testbed.Node, region, zone string) {
+	e.t.Helper()
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
 			"kubernetes.io/hostname":        n.Name,
-			"topology.kubernetes.io/region": "local",
-			"topology.kubernetes.io/zone":   "local-" + n.Name,
+			"topology.kubernetes.io/region": region,
+			"topology.kubernetes.io/zone":   zone,
 		}},
 		Status: corev1.NodeStatus{
 			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.UnderlayAddr4.String()}},
@@ -374,8 +382,9 @@ func (e *istioEnv) deletePod(ns, name, service string) {
 }
 
 // service creates a ClusterIP Service port -> targetPort over the pods
-// matching selector, and its EndpointSlice.
-func (e *istioEnv) service(ns, name, clusterIP string, selector map[string]string, port, targetPort int32) {
+// matching selector, and its EndpointSlice; each edit changes the Service
+// before it is created.
+func (e *istioEnv) service(ns, name, clusterIP string, selector map[string]string, port, targetPort int32, edits ...func(*corev1.ServiceSpec)) {
 	e.t.Helper()
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -386,6 +395,9 @@ func (e *istioEnv) service(ns, name, clusterIP string, selector map[string]strin
 			Ports: []corev1.ServicePort{{Name: "http", Port: port, TargetPort: intstr.FromInt32(targetPort),
 				Protocol: corev1.ProtocolTCP}},
 		},
+	}
+	for _, edit := range edits {
+		edit(&svc.Spec)
 	}
 	if _, err := e.kube.CoreV1().Services(ns).Create(e.ctx(), svc, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)

@@ -211,6 +211,16 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 		}
 		rs = m.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "1s")
 		checkOnly(t, rs, "hello-1", "hello-2", "hello-3")
+		// The timeouts ejected it, as the resets did before.
+		e := explain(t, ka)
+		for _, ep := range e.Endpoints {
+			if (ep.Workload == "default/hello-4") != strings.HasPrefix(ep.Ejected, "ejected by outlier detection") {
+				t.Fatalf("/explain endpoint %s: ejected %q", ep.Workload, ep.Ejected)
+			}
+		}
+		if n := metricSum(t, ka.metrics, "kmesh_outlier_ejections_total", map[string]string{"service": "default/hello"}); n != 2 {
+			t.Fatalf("kmesh_outlier_ejections_total = %v, want 2 (the reset, then the black hole)", n)
+		}
 		blackhole.undo("route del blackhole 10.1.1.10/32\n")
 		// Its second ejection in a row lasts twice the base (8 s).
 		time.Sleep(8 * time.Second)
