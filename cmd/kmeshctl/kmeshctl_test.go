@@ -29,12 +29,13 @@ type fakeAdmin struct {
 	*httptest.Server
 	// socket serves the same API with its changes, as kmeshd's admin
 	// socket does; the TCP server refuses changes, as kmeshd's does.
-	socket    string
-	mu        sync.Mutex
-	level     string
-	accessLog bool
-	notReady  bool
-	queries   []string // queries of /explain
+	socket      string
+	mu          sync.Mutex
+	level       string
+	accessLog   bool
+	notReady    bool
+	notReadyWhy string
+	queries     []string // queries of /explain
 }
 
 func newFakeAdmin(t *testing.T) *fakeAdmin {
@@ -72,7 +73,11 @@ func newFakeAdmin(t *testing.T) *fakeAdmin {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if f.notReady {
-			http.Error(w, "not ready: config not applied yet", http.StatusServiceUnavailable)
+			why := f.notReadyWhy
+			if why == "" {
+				why = "config not applied yet"
+			}
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
@@ -260,6 +265,21 @@ func TestKmeshctl_StatusNotReady(t *testing.T) {
 	}
 	if !strings.Contains(got, "READY:     no: config not applied yet") {
 		t.Fatalf("status of a kmeshd not ready:\n%s", got)
+	}
+}
+
+// kmeshctl status prints kmeshd's own reason for not being ready (on main
+// before this, always "config not applied yet").
+func TestKmeshctl_StatusSaysWhyNotReady(t *testing.T) {
+	f := newFakeAdmin(t)
+	f.notReady = true
+	f.notReadyWhy = "2 authorization policies are not enforced: the kernel lacks bpf_loop in cgroup programs (5.17)"
+	got, err := kmeshctl(t, f.addr(), "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(got, "READY:     no: "+f.notReadyWhy+"\n") {
+		t.Fatalf("status of a kmeshd that cannot enforce its policies:\n%s", got)
 	}
 }
 

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -14,7 +16,8 @@ func newStatusCommand(a *app) *cobra.Command {
 		Use:   "status",
 		Short: "Show whether kmeshd is ready and what it holds",
 		Long: `Shows the kmeshd at --admin-address: its node, whether it is ready (its first
-config is in the BPF maps), where its config comes from and how many configs it
+config is in the BPF maps and every policy of the mesh is enforced; if not, why
+not), where its config comes from and how many configs it
 applied, how many services, workloads and policies it holds, and how many
 network namespaces of its node it enrolled in the mesh.`,
 		Example: `  # Status of the kmeshd of this node
@@ -26,8 +29,11 @@ network namespaces of its node it enrolled in the mesh.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := a.client()
 			ready := "yes"
-			if _, err := c.do(cmd.Context(), http.MethodGet, "/healthz/ready", nil); hasStatus(err, http.StatusServiceUnavailable) {
-				ready = "no: config not applied yet"
+			var ae *apiError
+			if _, err := c.do(cmd.Context(), http.MethodGet, "/healthz/ready", nil); errors.As(err, &ae) && ae.status == http.StatusServiceUnavailable {
+				// kmeshd's own reason: config not applied yet, or
+				// policies it does not enforce.
+				ready = "no: " + strings.TrimPrefix(ae.msg, "not ready: ")
 			} else if err != nil {
 				return err
 			}

@@ -39,8 +39,10 @@ import (
 
 // State is what the daemon shows through the admin API.
 type State interface {
-	// Ready reports whether the first config is in the maps.
-	Ready() bool
+	// NotReady says why the daemon is not ready ("" when it is): its first
+	// config is not in the maps yet, or the mesh has policies the node
+	// cannot enforce (policy never fails open).
+	NotReady() string
 	ConfigDump() api.ConfigDump
 	// Mesh is the mesh last applied, nil before the first; callers must not
 	// modify it.
@@ -153,7 +155,7 @@ func refuseChange(w http.ResponseWriter) {
 
 // endpoints is the index the admin address serves at /.
 var endpoints = []struct{ path, help string }{
-	{"/healthz/ready", "200 once the first config is in the maps, 503 before"},
+	{"/healthz/ready", "200 once the first config is in the maps and every policy is enforced; 503 with the reason otherwise"},
 	{"/config_dump", "the mesh as this kmeshd holds it (JSON)"},
 	{"/maps", "the BPF maps, one line per entry"},
 	{"/connections", "live connections of enrolled workloads (JSON)"},
@@ -175,8 +177,8 @@ func (h *handler) index(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) ready(w http.ResponseWriter, r *http.Request) {
-	if !h.st.Ready() {
-		http.Error(w, "not ready: config not applied yet", http.StatusServiceUnavailable)
+	if why := h.st.NotReady(); why != "" {
+		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 		return
 	}
 	fmt.Fprintln(w, "ready")

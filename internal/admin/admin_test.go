@@ -24,7 +24,12 @@ type fakeState struct {
 	conns []api.Connection
 }
 
-func (f *fakeState) Ready() bool       { return f.mesh != nil }
+func (f *fakeState) NotReady() string {
+	if f.mesh == nil {
+		return "config not applied yet"
+	}
+	return ""
+}
 func (f *fakeState) Mesh() *model.Mesh { return f.mesh }
 func (f *fakeState) ConfigDump() api.ConfigDump {
 	d := api.ConfigDump{Node: "node-a", Version: 1, Source: "mesh.yaml"}

@@ -75,6 +75,10 @@ type Options struct {
 	Accelerate bool
 	// Telemetry records every connection of an enrolled workload.
 	Telemetry bool
+	// Features, when set, edits what the kernel probe found before the
+	// programs are configured: tests simulate an older kernel with it
+	// (say, without bpf_loop). Nil in kmeshd; no flag sets it.
+	Features func(Features) Features
 }
 
 // Datapath is the loaded data plane: its maps, and (after Commit) the links
@@ -94,6 +98,15 @@ type Datapath struct {
 	lock *os.File
 }
 
+// AuthzEnforced reports whether the programs enforce authorization
+// policies: false on a kernel without bpf_loop in cgroup programs (5.17),
+// where kmeshd must not report ready while the mesh has policies.
+func (d *Datapath) AuthzEnforced() bool { return d.features.Authz }
+
+// NoAuthzReason says why policies are not enforced when AuthzEnforced is
+// false.
+const NoAuthzReason = "the kernel lacks bpf_loop in cgroup programs (5.17)"
+
 // Open loads the programs with this instance's maps: a map pinned in
 // opts.Dir is reused when this build's layout and size match it, and created
 // afresh otherwise (a warning says which). Nothing is attached and nothing
@@ -102,6 +115,9 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	feats, err := probe()
 	if err != nil {
 		return nil, err
+	}
+	if opts.Features != nil {
+		feats = opts.Features(feats)
 	}
 	if err := ensureFS(opts.Dir); err != nil {
 		return nil, err

@@ -91,7 +91,7 @@ func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logg
 	}
 	if !f.Authz {
 		delete(s.Programs, KmeshProgKmIngress)
-		log.Error("kernel lacks bpf_loop in cgroup programs (5.17): authorization policies are NOT enforced")
+		log.Error("kernel lacks bpf_loop in cgroup programs (5.17): authorization policies are NOT enforced; kmeshd is not ready while the mesh has any")
 	}
 	accelerate := opts.Accelerate && f.SkMsg && f.Telemetry
 	if err := s.Variables["km_accelerate"].Set(accelerate); err != nil {

@@ -77,6 +77,10 @@ type Config struct {
 	// (kmeshd tunnel reads it); "" = tunnel.DefaultStateDir(Node).
 	TunnelStateDir string
 
+	// features, when set, edits the kernel probe's result (bpf.Options);
+	// tests in this package simulate a kernel without bpf_loop with it.
+	features func(bpf.Features) bpf.Features
+
 	MetricsAddress   string         // Prometheus /metrics
 	ReadinessAddress string         // /healthz/ready alone, for probes
 	LogLevel         *slog.LevelVar // the log handler's level, changed through /logging; nil: fixed
@@ -142,7 +146,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate, Telemetry: cfg.Telemetry}, log.With("component", "bpf"))
+	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate, Telemetry: cfg.Telemetry, Features: cfg.features}, log.With("component", "bpf"))
 	if err != nil {
 		return err
 	}
@@ -171,6 +175,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		maps:          &dp.KmeshMaps,
 		adminEnrolled: adminEnrolled,
 		certs:         certs,
+		authzOff:      !dp.AuthzEnforced(),
 	}
 	if certs != nil {
 		if cfg.TunnelStateDir == "" {
@@ -317,6 +322,9 @@ type daemon struct {
 	certs *identity.Cache
 	// tunnel hands the HBONE tunnel process its state (tunnel.go).
 	tunnel *tunnelHandoff
+	// authzOff is set when the kernel cannot enforce policies (no
+	// bpf_loop): kmeshd is then not ready while the mesh has any.
+	authzOff bool
 
 	// mu serializes changes; state is the mesh as the maps hold it.
 	mu       sync.Mutex
@@ -460,6 +468,18 @@ func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 		notEnforced[p.Action]++
 		d.log.Warn("policy accepted but not enforced on this node", "policy", p.Key(), "reason", p.Reason)
 	}
+	if d.authzOff {
+		// The kernel enforces none of them: policy never fails open, so
+		// they are counted and kmeshd is not ready (NotReady).
+		n := 0
+		for a, k := range d.state.PolicyActions() {
+			notEnforced[string(a)] += k
+			n += k
+		}
+		if n > 0 && (full || len(c.Policies)+len(c.RemovedPolicies) > 0) {
+			d.log.Error("authorization policies not enforced: kmeshd is not ready", "policies", n, "reason", bpf.NoAuthzReason)
+		}
+	}
 	d.metrics.SetPoliciesNotEnforced(notEnforced)
 	d.trackWaypoints(c, full)
 	if d.certs != nil && (full || touchesNode(c, undo, d.node)) {
@@ -511,10 +531,23 @@ func (d *daemon) trackWaypoints(c *model.Changes, full bool) {
 	d.metrics.SetWaypointUnresolved(len(d.unresolvedWaypoints))
 }
 
-func (d *daemon) Ready() bool {
+// NotReady says why kmeshd is not ready, "" when it is (admin.State):
+// before the first config is in the maps; and while the mesh has policies
+// the kernel cannot enforce, so that a node without bpf_loop never takes
+// traffic as if they were (policy never fails open).
+func (d *daemon) NotReady() string {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.state != nil
+	st := d.state
+	d.mu.Unlock()
+	if st == nil {
+		return "config not applied yet"
+	}
+	if d.authzOff {
+		if _, _, n := st.Counts(); n > 0 {
+			return fmt.Sprintf("%d authorization policies are not enforced: %s", n, bpf.NoAuthzReason)
+		}
+	}
+	return ""
 }
 
 func (d *daemon) ConfigDump() api.ConfigDump {
@@ -529,6 +562,14 @@ func (d *daemon) ConfigDump() api.ConfigDump {
 	if m != nil {
 		dump.Services, dump.Workloads = api.FromModel(m)
 		dump.Policies = api.PoliciesFromModel(m)
+		if d.authzOff {
+			// get policies must not list them as if in force.
+			for i := range dump.Policies {
+				if dump.Policies[i].NotEnforced == "" {
+					dump.Policies[i].NotEnforced = bpf.NoAuthzReason
+				}
+			}
+		}
 	}
 	return dump
 }

@@ -124,7 +124,7 @@ func New(src Sources, log *slog.Logger) *Metrics {
 		}, []string{"source", "result"}),
 		notEnforced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: PoliciesNotEnforced,
-			Help: "Valid authorization policies of the mesh this node does not enforce (CUSTOM: an external authorizer in a waypoint or gateway applies them), by action.",
+			Help: "Valid authorization policies of the mesh this node does not enforce, by action: CUSTOM ones (an external authorizer in a waypoint or gateway applies them), and every policy on a kernel without bpf_loop (kmeshd is then not ready).",
 		}, []string{"action"}),
 		waypointUnresolved: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: WaypointUnresolved,

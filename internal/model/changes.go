@@ -169,6 +169,17 @@ func (s *State) HasPolicies() bool {
 	return len(s.policies) > 0
 }
 
+// PolicyActions counts s's policies by action.
+func (s *State) PolicyActions() map[PolicyAction]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[PolicyAction]int{}
+	for _, p := range s.policies {
+		out[p.Action]++
+	}
+	return out
+}
+
 // Mesh returns a snapshot of s, sorted by key: for the admin API and for
 // whole-mesh consumers. It copies the slices, not the items.
 func (s *State) Mesh() *Mesh {
