@@ -22,6 +22,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kmesh-go/kmesh/internal/hbone"
 	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
@@ -43,6 +44,8 @@ type config struct {
 	adminAddress   string
 	metricsAddress string
 	plaintext      bool
+	hboneAddress   string
+	serviceAccount string
 	accessLog      bool
 	logLevel       string
 }
@@ -77,6 +80,8 @@ gateway.networking.k8s.io/gateway-name=<gateway name>.`,
 	f.StringVar(&c.adminAddress, "admin-address", "127.0.0.1:15000", "admin API: /config_dump, /explain, /healthz/ready")
 	f.StringVar(&c.metricsAddress, "metrics-address", ":15020", "Prometheus /metrics: istio_requests_total, ...")
 	f.BoolVar(&c.plaintext, "plaintext", true, "accept plaintext connections on the ports of the services this waypoint serves")
+	f.StringVar(&c.hboneAddress, "hbone-address", ":15008", "where HBONE (HTTP/2 CONNECT over mutual TLS) is terminated when a CA is configured")
+	f.StringVar(&c.serviceAccount, "service-account", "", "service account of the waypoint's own identity (spiffe://<trust domain>/ns/<gateway namespace>/sa/<this>); default: the Gateway's name, as Istio names a waypoint's account")
 	f.BoolVar(&c.accessLog, "access-log", true, "one JSON line per request on stdout")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.SetVersionTemplate("kmesh-waypoint {{.Version}}\n")
@@ -91,12 +96,16 @@ func run(ctx context.Context, c config) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if ns, name, ok := strings.Cut(c.gateway, "/"); !ok || ns == "" || name == "" {
+	gwNamespace, gwName, ok := strings.Cut(c.gateway, "/")
+	if !ok || gwNamespace == "" || gwName == "" {
 		return fmt.Errorf("--gateway %q: want NAMESPACE/NAME", c.gateway)
 	}
-	if c.ca.Enabled() {
-		// HBONE termination comes with internal/hbone (issue 10).
-		return errors.New("a CA is configured, but HBONE is not available in this build yet; run without a CA (plaintext)")
+	certs, err := c.ca.NewSource()
+	if err != nil {
+		return err
+	}
+	if certs == nil && !c.plaintext {
+		return errors.New("--plaintext=false without a CA: the waypoint would take no connection")
 	}
 	src := file.New(c.configPath, "", log.With("component", "file"))
 	mesh, err := src.Load()
@@ -146,7 +155,7 @@ func run(ctx context.Context, c config) error {
 		mux.Handle("/metrics", metrics.Handler())
 		servers = append(servers, &http.Server{Addr: c.metricsAddress, Handler: mux})
 	}
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+1)
 	for _, s := range servers {
 		ln, err := net.Listen("tcp", s.Addr)
 		if err != nil {
@@ -154,6 +163,27 @@ func run(ctx context.Context, c config) error {
 		}
 		go func() { errc <- s.Serve(ln) }()
 		defer s.Close()
+	}
+	if certs != nil {
+		sa := c.serviceAccount
+		if sa == "" {
+			sa = gwName
+		}
+		id := identity.Identity{TrustDomain: certs.TrustDomain(), Namespace: gwNamespace, ServiceAccount: sa}
+		if err := id.Validate(); err != nil {
+			return fmt.Errorf("--service-account: %w", err)
+		}
+		certs.SetLogger(log)
+		certs.Track(id)
+		go certs.Run(ctx)
+		ln, err := net.Listen("tcp", c.hboneAddress)
+		if err != nil {
+			return fmt.Errorf("--hbone-address: %w", err)
+		}
+		srv := &hbone.Server{Certs: certs, Identity: func() identity.Identity { return id },
+			Connect: proxy.HBONEConnect, Log: log.With("component", "hbone")}
+		go func() { errc <- srv.Serve(ctx, ln) }()
+		log.Info("hbone listening", "address", ln.Addr().String(), "identity", id.String())
 	}
 	log.Info("waypoint ready", "gateway", c.gateway, "admin", c.adminAddress)
 	select {
