@@ -19,6 +19,7 @@ func newTunnelCommand() *cobra.Command {
 		cfg      tunnel.Config
 		ids      identity.Config
 		logLevel = new(slog.LevelVar)
+		pprofAddr string
 	)
 	cmd := &cobra.Command{
 		Use:   "tunnel",
@@ -63,6 +64,13 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			go certs.Run(ctx)
+			if pprofAddr != "" {
+				addr, err := servePprof(ctx, pprofAddr)
+				if err != nil {
+					return err
+				}
+				log.Info("profiles served", "pprof", addr)
+			}
 			log.Info("tunnel starting", "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
 			return t.Run(ctx)
 		},
@@ -72,6 +80,7 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory where kmeshd writes the tunnel's state (default: /run/kmesh/<node>)")
 	f.StringVar(&cfg.BPFDir, "bpf-dir", "", "kmeshd's bpffs directory (default: /sys/fs/bpf/kmesh/<node>)")
 	f.TextVar(logLevel, "log-level", new(slog.LevelVar), "log level: debug, info, warn, error")
+	f.StringVar(&pprofAddr, "pprof-address", "", "serve Go's profiles (/debug/pprof/) on this address, for profiling the data path; empty: off")
 	ids.RegisterFlags(f)
 	return cmd
 }

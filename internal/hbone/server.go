@@ -218,12 +218,14 @@ func (s *Server) reject(w http.ResponseWriter, r *Request, err error) {
 func relay(up net.Conn, body io.Reader, w io.Writer, rc *http.ResponseController) (sent, received int64) {
 	var toUp atomic.Int64
 	go func() {
-		io.Copy(countingWriter{up, &toUp}, body)
+		Copy(countingWriter{up, &toUp}, body)
 		if cw, ok := up.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 	}()
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := up.Read(buf)
 		if n > 0 {

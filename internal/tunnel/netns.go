@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netns"
@@ -19,29 +20,38 @@ import (
 const Mark = int(bpf.KmeshKmTunnelConstKM_TUNNEL_MARK)
 
 // inNetns runs f on an OS thread that is in the network namespace at
-// path; the sockets f makes belong to that namespace for good. If the
-// thread cannot go back to its own namespace it stays locked, and Go
-// discards it when f's goroutine ends.
+// path; the sockets f makes belong to that namespace for good.
 func inNetns(path string, f func() error) error {
 	target, err := netns.GetFromPath(path)
 	if err != nil {
 		return fmt.Errorf("netns %s: %w", path, err)
 	}
 	defer target.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
+	return inNetnsHandle(target, f)
+}
+
+// ownNetns is the process's network namespace, opened once: a thread that
+// entered a pod's goes back to it. (Every thread but those inNetns holds
+// is in it.)
+var ownNetns = sync.OnceValues(func() (netns.NsHandle, error) { return netns.GetFromPath("/proc/self/ns/net") })
+
+// inNetnsHandle is inNetns with the namespace already open: a dial per
+// tunnelled connection costs two setns(2) and no open(2). If the thread
+// cannot go back to the process's namespace it stays locked, and Go
+// discards it when f's goroutine ends.
+func inNetnsHandle(target netns.NsHandle, f func() error) error {
+	orig, err := ownNetns()
 	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netns of this thread: %w", err)
+		return fmt.Errorf("netns of this process: %w", err)
 	}
-	defer orig.Close()
+	runtime.LockOSThread()
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
-		return fmt.Errorf("netns %s: enter: %w", path, err)
+		return fmt.Errorf("netns %s: enter: %w", target, err)
 	}
 	ferr := f()
 	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("netns %s: return to own netns: %w", path, err)
+		return fmt.Errorf("netns %s: return to own netns: %w", target, err)
 	}
 	runtime.UnlockOSThread()
 	return ferr
@@ -75,10 +85,10 @@ func listenIn(path, network, addr string) (net.Listener, error) {
 	return l, nil
 }
 
-// dialIn makes a marked TCP connection from the namespace at path.
-func dialIn(ctx context.Context, path, addr string) (net.Conn, error) {
+// dialIn makes a marked TCP connection from the namespace ns.
+func dialIn(ctx context.Context, ns netns.NsHandle, addr string) (net.Conn, error) {
 	var c net.Conn
-	err := inNetns(path, func() error {
+	err := inNetnsHandle(ns, func() error {
 		d := net.Dialer{Control: markControl}
 		var err error
 		c, err = d.DialContext(ctx, "tcp", addr)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/kmesh-go/kmesh/internal/authz"
 	"github.com/kmesh-go/kmesh/internal/hbone"
 	"github.com/kmesh-go/kmesh/internal/identity"
@@ -22,6 +24,8 @@ import (
 type pod struct {
 	netns    string
 	cookie   uint64
+	nsMu     sync.RWMutex
+	ns       netns.NsHandle // open while the pod is; -1 once closed
 	workload atomic.Pointer[model.Workload]
 	id       atomic.Pointer[identity.Identity]
 
@@ -81,6 +85,22 @@ func (p *pod) close() {
 		l.Close()
 	}
 	p.done.Wait()
+	p.nsMu.Lock()
+	p.ns.Close()
+	p.ns = -1
+	p.nsMu.Unlock()
+}
+
+// dial makes a marked TCP connection from the pod's namespace. Streams
+// still open on a pod that left may ask after close: they get an error,
+// never another namespace's socket.
+func (p *pod) dial(ctx context.Context, addr string) (net.Conn, error) {
+	p.nsMu.RLock()
+	defer p.nsMu.RUnlock()
+	if !p.ns.IsOpen() {
+		return nil, fmt.Errorf("pod %s left the tunnel", p.netns)
+	}
+	return dialIn(ctx, p.ns, addr)
 }
 
 // openPod listens in the pod's namespace: loopback:15001 per address
@@ -91,7 +111,11 @@ func (t *Tunnel) openPod(path string, w *model.Workload, id identity.Identity, v
 	if err != nil {
 		return nil, err
 	}
-	p := &pod{netns: path, cookie: cookie}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", path, err)
+	}
+	p := &pod{netns: path, cookie: cookie, ns: ns}
 	p.workload.Store(w)
 	p.id.Store(&id)
 	ctx, cancel := context.WithCancel(t.ctx)
@@ -232,7 +256,7 @@ func (t *Tunnel) dialHBONE(ctx context.Context, target *hbone.Target) (net.Conn,
 	if p == nil {
 		return nil, fmt.Errorf("no enrolled pod at %s", target.SourceAddr)
 	}
-	return dialIn(ctx, p.netns, target.Addr.String())
+	return p.dial(ctx, target.Addr.String())
 }
 
 func (t *Tunnel) podAt(a netip.Addr) *pod {
@@ -268,7 +292,7 @@ func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Con
 			Err: fmt.Errorf("denied: %s", d.Reason)})
 		return nil, hbone.Reject(http.StatusUnauthorized, fmt.Errorf("policy %s: %s", d.Policy, d.Reason))
 	}
-	up, err := dialIn(ctx, p.netns, target.String())
+	up, err := p.dial(ctx, target.String())
 	if err != nil {
 		return nil, hbone.Reject(http.StatusServiceUnavailable, err)
 	}

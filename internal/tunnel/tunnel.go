@@ -292,7 +292,7 @@ func splice(a, b net.Conn) (ab, ba int64) {
 // copyHalf copies src to dst until src ends, then half-closes dst; on an
 // error it closes both, so the other direction ends too.
 func copyHalf(dst, src net.Conn) int64 {
-	n, err := io.Copy(dst, src)
+	n, err := hbone.Copy(dst, src)
 	if err != nil && !isClosedErr(err) {
 		reset(dst)
 		reset(src)

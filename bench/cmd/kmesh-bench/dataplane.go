@@ -30,6 +30,7 @@ const (
 	// kmesh-waypoint in a pod of its own that kmeshd redirects to.
 	modeHAProxyHTTP = "haproxy-http"
 	modeWaypoint    = "kmesh-waypoint"
+	// modeMTLS (mtls.go): kmesh with HBONE between the nodes.
 )
 
 // Topologies.
@@ -69,10 +70,11 @@ type topology struct {
 // turn in each round.
 type mode struct {
 	report.Mode
-	sameNodeOnly bool
-	httpOnly     bool // the hop speaks HTTP: TCP tests are left out
-	setup        func(context.Context) error
-	teardown     func() error
+	sameNodeOnly  bool
+	crossNodeOnly bool
+	httpOnly      bool // the hop speaks HTTP: TCP tests are left out
+	setup         func(context.Context) error
+	teardown      func() error
 }
 
 // dataplane is the data-plane test bed and what runs on it.
@@ -91,6 +93,7 @@ type dataplane struct {
 	haproxy  *testbed.Process
 	haproxyH *testbed.Process // HTTP mode
 	waypoint *testbed.Process
+	mtls     mtls
 	running  []*kmeshd
 	rss      []float64 // kmeshd (node-a) resident memory, MiB, per kmesh round
 }
@@ -174,7 +177,7 @@ func runDataplane(ctx context.Context, bed *testbed.Bed, tl tools, cfg config, r
 				return fmt.Errorf("round %d: set up %s: %w", round, m.Name, err)
 			}
 			for _, t := range d.topos {
-				if m.sameNodeOnly && t.name != topoSame {
+				if m.sameNodeOnly && t.name != topoSame || m.crossNodeOnly && t.name != topoCross {
 					continue
 				}
 				for _, test := range tests {
@@ -326,6 +329,10 @@ func (d *dataplane) modes(only string) []mode {
 			httpOnly: true,
 			setup:    func(ctx context.Context) error { return d.startKmeshds(ctx, kmeshFlags...) },
 			teardown: d.stopKmeshds},
+		{Mode: report.Mode{Name: modeMTLS, Description: "kmesh with a local CA (zero trust): the client connects to the service address; node-a's connect hook redirects the connection to node-a's `kmeshd tunnel`, which carries it as HBONE (HTTP/2 CONNECT over mutual TLS 1.3) to the server pod's port 15008, where node-b's tunnel dials the server: two userspace hops, as Istio ambient's two ztunnels; cross-node only"},
+			crossNodeOnly: true,
+			setup:         func(ctx context.Context) error { return d.startMTLS(ctx, kmeshFlags...) },
+			teardown:      d.stopMTLS},
 	}
 	wanted := strings.Split(only, ",")
 	for i := range modes {
@@ -484,7 +491,9 @@ func (d *dataplane) loadIPTables(ctx context.Context) error {
 // frontends are HAProxy's listeners: one per service address and port.
 func (d *dataplane) frontends() []haproxy.Frontend {
 	var out []haproxy.Frontend
-	listen := uint16(15001)
+	// Not 15001: that is where kmeshd's tunnel listens in the client pod
+	// (kmesh-mtls), and HAProxy runs there for the whole run.
+	listen := uint16(16001)
 	for _, s := range d.kubeServices() {
 		out = append(out, haproxy.Frontend{Name: fmt.Sprintf("%s-%d", s.Name, s.Port),
 			Service: netip.AddrPortFrom(s.Address, s.Port), Listen: listen, Backends: s.Endpoints})

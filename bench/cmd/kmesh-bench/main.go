@@ -61,6 +61,8 @@ type config struct {
 	startups   int
 	verbose    bool
 	render     string
+	// tunnelPprof: kmesh-mtls's tunnels serve Go's profiles from here.
+	tunnelPprof string
 }
 
 func main() {
@@ -97,6 +99,7 @@ func parseFlags() config {
 	flag.DurationVar(&c.changeTime, "change-time", 2*time.Minute, "stop timing endpoint changes after this long (at least 3 are timed)")
 	flag.IntVar(&c.startups, "startups", 5, "workload start-ups timed per way (at most 3 on the big mesh, where each costs a full re-read)")
 	flag.BoolVar(&c.verbose, "verbose", false, "copy the processes' logs to stderr (they always go to bench.log)")
+	flag.StringVar(&c.tunnelPprof, "tunnel-pprof", "", "kmesh-mtls: node-a's kmeshd tunnel serves /debug/pprof/ on this address, node-b's on the next port (to profile the tunnels under load)")
 	flag.StringVar(&c.render, "render", "", "measure nothing: re-read DIR/results.json and rewrite its tables, plot and goals (and -readme)")
 	flag.Parse()
 	if c.quick {
