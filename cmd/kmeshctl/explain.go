@@ -27,7 +27,12 @@ service whether a new connection may go there (and its share of them), or why
 not: no address of the destination's family, weight 0. POLICY says what the
 authorization policies decide for a connection from the source to that
 endpoint, and which policy decided (a denied connect() fails with EACCES).
-Health and locality are shown as "n/a" until kmeshd checks them.
+For a service with a routing preference, PRIORITY says which locality rank
+the connect picks from and why, and LOCALITY is each endpoint's
+region/zone/subzone ("n/a" otherwise). AFFINITY is the source's session
+affinity entry, with its time left. HEALTH shows an endpoint ejected by
+outlier detection with its time left, else "n/a" (unhealthy workloads are no
+endpoints at all).
 
 explain reads kmeshd's model of the mesh; 'kmeshctl dump maps' shows what the
 kernel holds.`,
@@ -96,6 +101,12 @@ func printExplanation(w io.Writer, e api.Explanation) error {
 	t.row("SOURCE:", src)
 	t.row("DESTINATION:", e.Destination)
 	t.row("SERVICE:", svc)
+	if s := e.Service; s != nil && s.Priority != "" {
+		t.row("PRIORITY:", s.Priority)
+	}
+	if a := e.Affinity; a != nil {
+		t.row("AFFINITY:", a.Workload+", for "+a.ExpiresIn+" more unless the source connects again")
+	}
 	t.row("RESULT:", e.Result)
 	if err := t.flush(); err != nil {
 		return err
@@ -110,7 +121,12 @@ func printExplanation(w io.Writer, e api.Explanation) error {
 		if !ep.Eligible {
 			eligible, share = "no: "+strings.Join(ep.Reasons, ", "), "0%"
 		}
-		t.row(ep.Workload, ep.Node, ep.Address, strconv.FormatUint(uint64(ep.Weight), 10), share, eligible, ep.Health, ep.Locality, ep.Policy)
+		// Outlier detection is the passive half of health checking.
+		health := ep.Health
+		if ep.Ejected != "" {
+			health = ep.Ejected
+		}
+		t.row(ep.Workload, ep.Node, ep.Address, strconv.FormatUint(uint64(ep.Weight), 10), share, eligible, health, ep.Locality, ep.Policy)
 	}
 	return t.flush()
 }
