@@ -84,6 +84,29 @@ func (h *h1Client) put(c *h1Conn) {
 	c.c.Close()
 }
 
+// dropIdleSince closes host's idle connections idle since t or longer.
+func (h *h1Client) dropIdleSince(host string, t time.Time) {
+	h.mu.Lock()
+	var drop []*h1Conn
+	keep := h.idle[host][:0]
+	for _, c := range h.idle[host] {
+		if !c.idleAt.After(t) {
+			drop = append(drop, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	if len(keep) == 0 {
+		delete(h.idle, host)
+	} else {
+		h.idle[host] = keep
+	}
+	h.mu.Unlock()
+	for _, c := range drop {
+		c.c.Close()
+	}
+}
+
 // closeIdle closes the idle connections; with final, none is kept after.
 func (h *h1Client) closeIdle(final bool) {
 	h.mu.Lock()
@@ -119,7 +142,10 @@ func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	host := req.URL.Host
 	for try := 0; ; try++ {
-		c := h.get(host, time.Now())
+		var c *h1Conn
+		if try == 0 {
+			c = h.get(host, time.Now())
+		}
 		reused := c != nil
 		if c == nil {
 			nc, err := h.dial(ctx, "tcp", host)
@@ -137,7 +163,9 @@ func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		// The backend closed the idle connection before it saw the
-		// request: send it again on a new one.
+		// request: send it again on a new one (never another pooled one,
+		// which may be as stale), and drop the connections idle longer.
+		h.dropIdleSince(host, c.idleAt)
 	}
 }
 

@@ -32,6 +32,9 @@ func TestH1Client_ReusesAndRecoversStale(t *testing.T) {
 			if r.URL.Path == "/bye" {
 				w.Header().Set("Connection", "close")
 			}
+			if r.URL.Path == "/hold" {
+				time.Sleep(50 * time.Millisecond) // so concurrent requests take a connection each
+			}
 			if r.URL.Path == "/slow" {
 				select {
 				case <-time.After(5 * time.Second):
@@ -87,18 +90,33 @@ func TestH1Client_ReusesAndRecoversStale(t *testing.T) {
 		t.Fatalf("after Connection: close: %q, %v, %d connections, want a second one", got, err, newConns.Load())
 	}
 
+	// Three pooled connections, all of which the server closes once idle.
 	mu.Lock()
 	closeIdle = true
 	mu.Unlock()
-	if got, err := do(context.Background(), "/a", "1"); err != nil || got != "/a:1" {
-		t.Fatalf("%q, %v", got, err)
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got, err := do(context.Background(), "/hold", "1"); err != nil || got != "/hold:1" {
+				t.Errorf("concurrent request %d: %q, %v", i, got, err)
+			}
+		}()
 	}
-	time.Sleep(50 * time.Millisecond) // the server closes the idle connection
+	wg.Wait()
+	time.Sleep(50 * time.Millisecond) // the server closes the idle connections
 	mu.Lock()
 	closeIdle = false
 	mu.Unlock()
 	if got, err := do(context.Background(), "/a", "stale"); err != nil || got != "/a:stale" {
 		t.Fatalf("on a connection the server closed: %q, %v, want the request sent again", got, err)
+	}
+	h.mu.Lock()
+	idle := len(h.idle[ln.Addr().String()])
+	h.mu.Unlock()
+	if idle != 1 {
+		t.Fatalf("%d idle connections after the stale ones were found, want 1 (the new one)", idle)
 	}
 
 	before := newConns.Load()
