@@ -16,9 +16,9 @@ import (
 
 func newTunnelCommand() *cobra.Command {
 	var (
-		cfg      tunnel.Config
-		ids      identity.Config
-		logLevel = new(slog.LevelVar)
+		cfg       tunnel.Config
+		ids       identity.Config
+		logLevel  = new(slog.LevelVar)
 		pprofAddr string
 	)
 	cmd := &cobra.Command{
