@@ -26,9 +26,12 @@
 //
 // The API server knows a pod's IPs, not its namespace on the host, and no
 // CNI plugin tells kmeshd. So [Resolver] looks for the IP: it lists the
-// named namespaces under /var/run/netns (where CNI plugins and `ip netns`
-// keep them) and then the namespaces of every process (/proc/PID/ns/net),
-// skips kmeshd's own (the host's) and those already seen (same inode),
+// runtimes' named namespaces ([NamedNetnsDirs]: /var/run/netns, where CNI
+// plugins, containerd, CRI-O and `ip netns` keep them, and Docker's) and
+// then the namespaces of every process (/proc/PID/ns/net) that the host's
+// user namespace owns (any user can make one inside a user namespace of
+// their own and put a pod's IP in it: it is no evidence), skips kmeshd's
+// own (the host's) and those already seen (same inode),
 // opens a netlink socket inside each and lists its addresses. A scan
 // indexes every namespace it reads; the other pods of a burst are looked
 // up in that index and checked in their one namespace, with no new scan.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -26,8 +27,12 @@ var (
 // Resolver finds the network namespace that holds a pod's IPs; see the
 // package doc. It is safe for concurrent use.
 type Resolver struct {
-	namedDir string // named namespaces: /var/run/netns
-	procDir  string // the proc file system: /proc
+	namedDirs []string // the runtimes' named namespaces (NamedNetnsDirs)
+	procDir   string   // the proc file system: /proc
+	// owned reports whether a namespace belongs to the initial user
+	// namespace: one created inside another user namespace (which any
+	// user may make) is never evidence of a pod.
+	owned func(path string) (bool, error)
 
 	// list and addrs are the host: replaced in tests.
 	list  func() ([]nsEntry, error)
@@ -46,9 +51,18 @@ type nsEntry struct {
 	inode uint64
 }
 
+// NamedNetnsDirs are where container runtimes and CNI plugins keep the
+// network namespaces of pods by name (a bind mount per namespace): ip
+// netns, containerd's CRI plugin (cni-<id>) and CRI-O in /var/run/netns
+// (usually the same directory as /run/netns), Docker in
+// /var/run/docker/netns. Only root can create files there. The first path
+// of a namespace is the one reported.
+var NamedNetnsDirs = []string{"/var/run/netns", "/run/netns", "/var/run/docker/netns", "/run/docker/netns"}
+
 // NewResolver returns a Resolver of this host's namespaces.
 func NewResolver() *Resolver {
-	r := &Resolver{namedDir: "/var/run/netns", procDir: "/proc", cache: map[string]nsEntry{}}
+	r := &Resolver{namedDirs: NamedNetnsDirs, procDir: "/proc", cache: map[string]nsEntry{}}
+	r.owned = r.initialUserns
 	r.list = r.listHost
 	r.addrs = linkAddrs
 	r.inode = nsInode
@@ -177,28 +191,39 @@ func (r *Resolver) scan() (map[netip.Addr][]nsEntry, error) {
 	return index, nil
 }
 
-// listHost lists the named namespaces, then those of processes, once per
-// inode, without the one kmeshd runs in.
+// listHost lists the runtimes' named namespaces, then those of processes
+// not named there, once per inode, without the one kmeshd runs in. A named
+// namespace is trusted (only root names one); a process's is left out when
+// a user namespace other than kmeshd's owns it, since any user can make
+// one (a pod with hostUsers: false has such a namespace, and its runtime
+// names it).
 func (r *Resolver) listHost() ([]nsEntry, error) {
 	seen := map[uint64]bool{}
 	if own, err := nsInode(filepath.Join(r.procDir, "self/ns/net")); err == nil {
 		seen[own] = true
 	}
 	var out []nsEntry
-	add := func(path string) {
+	add := func(path string, named bool) {
 		ino, err := nsInode(path)
 		if err != nil || seen[ino] {
 			return
 		}
 		seen[ino] = true
+		if !named {
+			if ok, err := r.owned(path); err != nil || !ok {
+				return // another user namespace's, or unreadable: no evidence
+			}
+		}
 		out = append(out, nsEntry{path: path, inode: ino})
 	}
-	named, err := os.ReadDir(r.namedDir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("list %s: %w", r.namedDir, err)
-	}
-	for _, d := range named {
-		add(filepath.Join(r.namedDir, d.Name()))
+	for _, dir := range r.namedDirs {
+		named, err := os.ReadDir(dir)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("list %s: %w", dir, err)
+		}
+		for _, d := range named {
+			add(filepath.Join(dir, d.Name()), true)
+		}
 	}
 	procs, err := os.ReadDir(r.procDir)
 	if err != nil {
@@ -208,9 +233,37 @@ func (r *Resolver) listHost() ([]nsEntry, error) {
 		if d.Name()[0] < '0' || d.Name()[0] > '9' {
 			continue
 		}
-		add(filepath.Join(r.procDir, d.Name(), "ns/net"))
+		add(filepath.Join(r.procDir, d.Name(), "ns/net"), false)
 	}
 	return out, nil
+}
+
+// initialUserns reports whether the network namespace at path is owned by
+// the user namespace kmeshd runs in, the host's initial one (kmeshd needs
+// it for its BPF programs; /proc/1/ns/user may be closed to it): the
+// kernel names a namespace's owner (ioctl NS_GET_USERNS), and a namespace
+// made by `unshare -U -n`, which needs no privilege, is owned by the new
+// user namespace.
+func (r *Resolver) initialUserns(path string) (bool, error) {
+	var initial unix.Stat_t
+	if err := unix.Stat(filepath.Join(r.procDir, "self/ns/user"), &initial); err != nil {
+		return false, fmt.Errorf("initial user namespace: %w", err)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	owner, err := unix.IoctlRetInt(fd, unix.NS_GET_USERNS)
+	if err != nil {
+		return false, fmt.Errorf("netns %s: owner: %w", path, err)
+	}
+	defer unix.Close(owner)
+	var st unix.Stat_t
+	if err := unix.Fstat(owner, &st); err != nil {
+		return false, err
+	}
+	return st.Dev == initial.Dev && st.Ino == initial.Ino, nil
 }
 
 // nsInode is the inode of the namespace a path names; two paths name the
