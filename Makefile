@@ -124,7 +124,8 @@ deps-net:
 ## direct vs kmesh vs iptables vs HAProxy with fortio, control plane at 10,000 services /
 ## 100,000 endpoints; writes bench/results/<time>/ and README's Benchmarks section. Installs
 ## iptables and haproxy (apt) and fortio v1.66.5 (newer releases do not build here) into bin/.
-## Then the Go benchmarks of the config-to-maps path, and the figures of kmeshd restarts under
+## Then the Go benchmarks of the config-to-maps path (dataplane; one endpoint change from xDS and
+## from a directory config at 10,000 services / 100,000 endpoints), and the figures of kmeshd restarts under
 ## traffic (rates, each window without a ready kmeshd) from the e2e test that proves none fails.
 bench: deps-net
 	@command -v iptables >/dev/null && command -v haproxy >/dev/null || \
@@ -133,6 +134,8 @@ bench: deps-net
 	$(GO) build -o $(BIN)/kmesh-bench ./bench/cmd/kmesh-bench
 	$(BIN)/kmesh-bench -fortio $(BIN)/fortio -readme README.md $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/dataplane/
+	$(GO) test -run '^$$' -bench 'OneEndpointChangeAtScale/services=10000' -benchtime 200x -timeout 20m ./internal/source/xds/
+	$(GO) test -run '^$$' -bench 'DirSource_OneEndpointChange/services=10000' -benchtime 200x -timeout 20m ./internal/source/file/
 	KMESH_RESTART_REPORT=$(abspath $(BIN))/restart-under-traffic.txt \
 	$(GO) test -count=1 -tags e2e -run '^TestRestartAndUpgradeUnderTraffic$$' ./test/e2e/
 	@cat $(BIN)/restart-under-traffic.txt

@@ -159,3 +159,34 @@ func SyntheticAddress(i int) netip.Addr {
 	n := i + 1
 	return netip.AddrFrom4([4]byte{10, 96, byte(n >> 8), byte(n)})
 }
+
+// Split divides m into the files of a directory config (docs/config.md):
+// each service goes to fileOf(its app) with the workloads of that app, and
+// everything else to rest. Waypoints go to rest.
+func Split(m Mesh, fileOf func(app string) string, rest string) map[string]*Mesh {
+	out := map[string]*Mesh{}
+	get := func(name string) *Mesh {
+		if out[name] == nil {
+			out[name] = &Mesh{}
+		}
+		return out[name]
+	}
+	owner := map[string]string{}
+	for _, s := range m.Services {
+		f := fileOf(s.App)
+		if f == "" {
+			f = rest
+		}
+		owner[s.App] = f
+		get(f).Services = append(get(f).Services, s)
+	}
+	for _, w := range m.Workloads {
+		f, ok := owner[w.App]
+		if !ok {
+			f = rest
+		}
+		get(f).Workloads = append(get(f).Workloads, w)
+	}
+	get(rest).Waypoints = m.Waypoints
+	return out
+}

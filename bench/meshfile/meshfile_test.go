@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/kmesh-go/kmesh/internal/source/file"
@@ -73,5 +74,43 @@ func TestWriteFile_ReplacesAtomically(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("directory holds %d files, want only mesh.yaml", len(entries))
+	}
+}
+
+// Split puts each service with the workloads of its app, the rest in one
+// file, and loses nothing.
+func TestSplit_ServicesWithTheirWorkloads(t *testing.T) {
+	m := Synthetic(20, 60, 3, "remote")
+	m.Workloads = append(m.Workloads, Workload{Name: "loner", App: "nobody", Node: "remote"})
+	fileOf := func(app string) string {
+		if app == SyntheticService(0) || app == SyntheticService(1) {
+			return "first.yaml"
+		}
+		if strings.HasPrefix(app, "svc-") {
+			return "others.yaml"
+		}
+		return ""
+	}
+	parts := Split(m, fileOf, "rest.yaml")
+	if len(parts) != 3 {
+		t.Fatalf("files %v, want first, others, rest", len(parts))
+	}
+	if n := len(parts["first.yaml"].Services); n != 2 {
+		t.Errorf("first.yaml has %d services, want 2", n)
+	}
+	for _, w := range parts["first.yaml"].Workloads {
+		if w.App != SyntheticService(0) && w.App != SyntheticService(1) {
+			t.Errorf("first.yaml has workload %s of app %s", w.Name, w.App)
+		}
+	}
+	if r := parts["rest.yaml"]; len(r.Services) != 0 || len(r.Workloads) != 1 || r.Workloads[0].Name != "loner" {
+		t.Errorf("rest.yaml: %+v", r)
+	}
+	total := 0
+	for _, p := range parts {
+		total += len(p.Workloads)
+	}
+	if total != len(m.Workloads) {
+		t.Errorf("%d workloads in the files, want %d", total, len(m.Workloads))
 	}
 }

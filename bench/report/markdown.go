@@ -112,10 +112,11 @@ func ThroughputTable(r *Results) string {
 func ScaleTable(s *Scale, maps bool) string {
 	var b strings.Builder
 	b.WriteString("## Control plane: file source\n\n")
-	fmt.Fprintf(&b, "%d services and %d endpoints (10 per service, weight 1) in %d namespaces, in a %.1f MiB file. "+
-		"First full sync: kmeshd exec to /healthz/ready. A change: the file renamed over to the service's new slot count in the pinned BPF maps.\n\n",
+	fmt.Fprintf(&b, "%d services and %d endpoints (10 per service, weight 1) in %d namespaces, in a %.1f MiB directory config "+
+		"(`--config DIR`, 10 services and their endpoints per file). "+
+		"First full sync: kmeshd exec to /healthz/ready. A change: one file renamed over to the service's new slot count in the pinned BPF maps.\n\n",
 		s.Services, s.Endpoints, s.Namespaces, s.FileMiB)
-	b.WriteString("| first full sync | parsing the file alone | one endpoint change in the maps: p50 (min–max) | p99 | changes | kmeshd RSS (peak) | BPF map memory |\n")
+	b.WriteString("| first full sync | parsing the files alone | one endpoint change in the maps: p50 (min–max) | p99 | changes | kmeshd RSS (peak) | BPF map memory |\n")
 	b.WriteString("|--:|--:|--:|--:|--:|--:|--:|\n")
 	fmt.Fprintf(&b, "| %.0f ms | %.0f ms | %s ms | %.0f ms | %d | %.0f MiB (%.0f) | %.1f MiB |\n\n",
 		s.FirstSyncMs, s.ParseMs, cell(s.ChangeMs, 0), s.ChangeP99Ms, s.Changes, s.KmeshdRSSMiB, s.KmeshdPeakMiB, s.MapMemoryMiB)

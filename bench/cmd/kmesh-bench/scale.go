@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,7 +44,9 @@ type scaleRun struct {
 	cfg     config
 	node    *testbed.Node
 	target  *testbed.Pod
-	path    string // the mesh file
+	path    string            // the mesh's directory config (--config DIR)
+	written map[string][]byte // file name in path -> content written
+	wrote   time.Time         // when writeMesh began writing files
 	tmp     string
 	nextPod int
 }
@@ -53,7 +57,10 @@ func runScale(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*rep
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	s := &scaleRun{bed: bed, tools: tl, cfg: cfg, tmp: tmp, path: filepath.Join(tmp, "mesh.yaml"), nextPod: 100}
+	s := &scaleRun{bed: bed, tools: tl, cfg: cfg, tmp: tmp, path: filepath.Join(tmp, "mesh.d"), nextPod: 100}
+	if err := os.Mkdir(s.path, 0o755); err != nil {
+		return nil, err
+	}
 	if s.node, err = bed.AddNode("node-s", cidrS); err != nil {
 		return nil, err
 	}
@@ -78,7 +85,7 @@ func runScale(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*rep
 
 	logf("control plane: %d services, %d endpoints", cfg.services, cfg.endpoints)
 	big := s.mesh(true)
-	size, err := meshfile.WriteFile(s.path, big)
+	size, err := s.writeMesh(big)
 	if err != nil {
 		return out, err
 	}
@@ -157,7 +164,7 @@ func (s *scaleRun) mesh(big bool) meshfile.Mesh {
 
 // kmeshJoins starts kmeshd on m and times joins.
 func (s *scaleRun) kmeshJoins(ctx context.Context, m *meshfile.Mesh, tag string, n int) ([]float64, error) {
-	if _, err := meshfile.WriteFile(s.path, *m); err != nil {
+	if _, err := s.writeMesh(*m); err != nil {
 		return nil, err
 	}
 	k, err := startKmeshd(ctx, s.bed, s.tools, s.node, s.path)
@@ -184,10 +191,10 @@ func (s *scaleRun) joinsWith(ctx context.Context, m *meshfile.Mesh, tag string, 
 		}
 		m.Workloads = append(m.Workloads, meshfile.Workload{Name: pod.Name, App: "joiner", Node: s.node.Name,
 			Netns: pod.NetnsPath, Address: pod.Addrs[0]})
-		if _, err := meshfile.WriteFile(s.path, *m); err != nil {
+		if _, err := s.writeMesh(*m); err != nil {
 			return out, err
 		}
-		t0 := time.Now()
+		t0 := s.wrote
 		r, err := waitProbe(ctx, probe, time.Minute)
 		if err != nil {
 			return out, fmt.Errorf("%s: %w", pod.Name, err)
@@ -249,10 +256,10 @@ func (s *scaleRun) changes(ctx context.Context, m *meshfile.Mesh) ([]float64, er
 		if got, err := slots(vip); err != nil || got != before {
 			return out, fmt.Errorf("change %d: service %s has %d slots (%v), want %d before the change", i, vip, got, err, before)
 		}
-		if _, err := meshfile.WriteFile(s.path, *m); err != nil {
+		if _, err := s.writeMesh(*m); err != nil {
 			return out, err
 		}
-		t0 := time.Now()
+		t0 := s.wrote
 		for {
 			got, err := slots(vip)
 			if err != nil {
@@ -318,16 +325,86 @@ func (s *scaleRun) haproxyStarts(ctx context.Context) ([]float64, error) {
 
 // parseTime times kmeshd's own file parser on the file, in this process:
 // the part of a sync and of a change that reading the file costs.
-func parseTime(path string) (float64, error) {
-	data, err := os.ReadFile(path)
+func parseTime(dir string) (float64, error) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return 0, err
 	}
-	start := time.Now()
-	if _, err := file.Parse(path, data, ""); err != nil {
-		return 0, err
+	var total time.Duration
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".yaml") {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		if _, err := file.Parse(path, data, ""); err != nil {
+			return 0, err
+		}
+		total += time.Since(start)
 	}
-	return ms(time.Since(start)), nil
+	return ms(total), nil
+}
+
+// filesPerGroup services of the synthetic mesh share a file of the
+// directory config, with their endpoints (about 10 KB at 10 endpoints
+// per service): a change re-reads one such file.
+const filesPerGroup = 10
+
+// fileOf is the file of a synthetic service's app, "" for other apps.
+func fileOf(app string) string {
+	n, ok := strings.CutPrefix(app, "svc-")
+	if !ok {
+		return ""
+	}
+	i, err := strconv.Atoi(n)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("svc-%05d.yaml", i/filesPerGroup*filesPerGroup)
+}
+
+// writeMesh writes m as the directory config at s.path: only the files
+// whose content changed (each atomically), and removes files m no longer
+// has. It returns the directory's size; s.wrote is when the first file
+// changed (after every file's content is made, so a change is timed from
+// its write).
+func (s *scaleRun) writeMesh(m meshfile.Mesh) (int64, error) {
+	if s.written == nil {
+		s.written = map[string][]byte{}
+	}
+	parts := meshfile.Split(m, fileOf, "base.yaml")
+	var size int64
+	var changed []string
+	for name, part := range parts {
+		var b bytes.Buffer
+		if err := meshfile.Write(&b, *part); err != nil {
+			return 0, err
+		}
+		size += int64(b.Len())
+		if !bytes.Equal(s.written[name], b.Bytes()) {
+			changed = append(changed, name)
+			s.written[name] = b.Bytes()
+		}
+	}
+	s.wrote = time.Now()
+	for _, name := range changed {
+		if _, err := meshfile.WriteFile(filepath.Join(s.path, name), *parts[name]); err != nil {
+			return 0, err
+		}
+	}
+	for name := range s.written {
+		if parts[name] == nil {
+			if err := os.Remove(filepath.Join(s.path, name)); err != nil {
+				return 0, err
+			}
+			delete(s.written, name)
+		}
+	}
+	return size, nil
 }
 
 // mapMemory reads the memory the kernel charges for each map pinned in dir.

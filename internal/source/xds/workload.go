@@ -28,15 +28,49 @@ type workload struct {
 	// with capacity 0.
 	endpoint bool
 	healthy  bool
-	// services are the workload's memberships: namespace/hostname -> the
-	// workload's own service port -> target port mapping.
-	services map[string]map[uint16]uint16
+	// services are the workload's memberships: namespace/hostname and the
+	// workload's own service port -> target port mapping. Slices, not
+	// maps: two small maps per workload cost ~300 bytes, 150 MB at
+	// 500,000 workloads.
+	services []membership
 	// waypoint is the workload's own waypoint (waypoint-for workload):
 	// not used yet, logged.
 	waypoint *waypointRef
 }
 
 // service is a converted istio.workload.Service.
+// membership is a workload's membership of the service host.
+type membership struct {
+	host  string
+	ports portMap
+}
+
+// portMap maps service ports to target ports; a workload names one or a
+// few, so a scan beats a map.
+type portMap []portPair
+
+type portPair struct{ service, target uint16 }
+
+// target is the target port of service port sp, 0 if none.
+func (m portMap) target(sp uint16) uint16 {
+	for _, p := range m {
+		if p.service == sp {
+			return p.target
+		}
+	}
+	return 0
+}
+
+// portsFor returns w's port mapping for host, nil if it is no member.
+func (w *workload) portsFor(host string) portMap {
+	for _, m := range w.services {
+		if m.host == host {
+			return m.ports
+		}
+	}
+	return nil
+}
+
 type service struct {
 	s model.Service // without endpoints
 	// host is namespace/hostname, the key workloads name it by.
@@ -208,7 +242,7 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		if _, _, ok := splitHost(key); !ok {
 			return nil, fmt.Errorf("service %q: want namespace/hostname", key)
 		}
-		ports := map[uint16]uint16{}
+		var ports portMap
 		for _, p := range pl.GetPorts() {
 			sp, err := port(p.GetServicePort(), "service port")
 			if err != nil {
@@ -217,12 +251,11 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 			if p.GetTargetPort() > 65535 {
 				return nil, fmt.Errorf("service %s: port %d: target port %d is out of range 0..65535", key, sp, p.GetTargetPort())
 			}
-			ports[sp] = uint16(p.GetTargetPort())
+			// A port named twice: the last wins, as in a map.
+			ports = slices.DeleteFunc(ports, func(pp portPair) bool { return pp.service == sp })
+			ports = append(ports, portPair{sp, uint16(p.GetTargetPort())})
 		}
-		if out.services == nil {
-			out.services = map[string]map[uint16]uint16{}
-		}
-		out.services[key] = ports
+		out.services = append(out.services, membership{key, ports})
 	}
 	return out, nil
 }

@@ -86,7 +86,8 @@ func (ix *workloadIndex) claim(name string, v any, on bool) {
 	switch v := v.(type) {
 	case *workload:
 		mark(ix.wlKeys, v.w.Key(), name, on)
-		for host := range v.services {
+		for _, ms := range v.services {
+			host := ms.host
 			mark(ix.members, host, name, on)
 		}
 		for _, p := range v.w.Policies {
@@ -153,7 +154,8 @@ func (ix *workloadIndex) waypointBound(st *store, v any) bool {
 				return true
 			}
 		}
-		for host := range v.services {
+		for _, ms := range v.services {
+			host := ms.host
 			if len(ix.wpHosts[host]) > 0 || len(ix.wpRefs[host]) > 0 {
 				return true
 			}
@@ -192,7 +194,8 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 		switch v := v.(type) {
 		case *workload:
 			dirtyWl[v.w.Key()] = true
-			for host := range v.services {
+			for _, ms := range v.services {
+				host := ms.host
 				dirtyHosts[host] = true
 			}
 		case *service:
@@ -288,7 +291,7 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 			if len(ix.wlKeys[w.w.Key()]) > 1 {
 				return nil, nil, true
 			}
-			members = append(members, member{w, w.services[host]})
+			members = append(members, member{w, w.portsFor(host)})
 		}
 		if ms, ok := buildService(s, members, &notes); ok {
 			built[host] = &ms

@@ -60,8 +60,8 @@ func buildWorkloadMesh(st *store) *built {
 			b.notes = append(b.notes, fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not used yet; such connections go straight to it", w.w.Key(), w.waypoint))
 		}
 		m.Workloads = append(m.Workloads, modelWorkload(w, func(p string) bool { return policies[p] }))
-		for host, ports := range w.services {
-			members[host] = append(members[host], member{w, ports})
+		for _, ms := range w.services {
+			members[ms.host] = append(members[ms.host], member{w, ms.ports})
 		}
 	}
 
@@ -124,7 +124,7 @@ func buildWorkloadMesh(st *store) *built {
 // member is a workload that names a service, with its own port mapping.
 type member struct {
 	w     *workload
-	ports map[uint16]uint16
+	ports portMap
 }
 
 // modelWorkload is w as the model has it: policies that have not arrived
@@ -176,7 +176,7 @@ func firstClash(addrs []netip.Addr, ports map[uint16]uint16, used map[netip.Addr
 
 type candidate struct {
 	key   string
-	ports map[uint16]uint16 // the workload's own service port -> target port
+	ports portMap // the workload's own service port -> target port
 }
 
 // resolvePorts picks each service port's target port and the endpoints
@@ -187,7 +187,7 @@ type candidate struct {
 // service port. Ports nobody gives a target for are dropped.
 func resolvePorts(s *service, cands []candidate, notes *[]string) ([]model.ServicePort, []model.Endpoint) {
 	target := func(c candidate, sp uint16) uint16 {
-		if t := c.ports[sp]; t != 0 {
+		if t := c.ports.target(sp); t != 0 {
 			return t
 		}
 		return s.targets[sp]
