@@ -82,5 +82,7 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 	f.TextVar(logLevel, "log-level", new(slog.LevelVar), "log level: debug, info, warn, error")
 	f.StringVar(&pprofAddr, "pprof-address", "", "serve Go's profiles (/debug/pprof/) on this address, for profiling the data path; empty: off")
 	ids.RegisterFlags(f)
+	// istiod's CA reads the cluster from a header, as kmeshd sends it.
+	f.StringVar(&ids.ClusterID, "cluster-id", "Kubernetes", "cluster of this node, sent to istiod's CA (--ca-address), as kmeshd's --cluster-id")
 	return cmd
 }

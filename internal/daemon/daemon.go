@@ -181,7 +181,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if cfg.TunnelStateDir == "" {
 			cfg.TunnelStateDir = tunnel.DefaultStateDir(cfg.Node)
 		}
-		d.tunnel = newTunnelHandoff(cfg.TunnelStateDir, cfg.Node, d.currentState, log.With("component", "tunnel"))
+		d.tunnel = newTunnelHandoff(cfg.TunnelStateDir, cfg.Node, d.currentState, d.enrolledWorkloads, log.With("component", "tunnel"))
 		tctx, stopTunnel := context.WithCancel(ctx)
 		defer stopTunnel()
 		go d.tunnel.run(tctx)

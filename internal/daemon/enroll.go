@@ -256,6 +256,10 @@ func (d *daemon) syncEnrollment() (int, error) {
 	err := d.enroller.Sync(union, e.admin)
 	enrolled := d.enroller.Cookies()
 	cookies, who := e.workloadOf(d.enroller.Paths(), enrolled, d.log)
+	if !maps.Equal(who, e.who) {
+		// The tunnel listens in each of them (internal/tunnel).
+		d.tunnelEnrollmentChanged()
+	}
 	e.who = who
 	return len(enrolled), errors.Join(err, d.writer.ApplyNetns(cookies))
 }

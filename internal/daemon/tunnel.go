@@ -3,7 +3,9 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/kmesh-go/kmesh/internal/dataplane"
@@ -21,14 +23,18 @@ type tunnelHandoff struct {
 
 	node  string
 	state func() *model.State // the daemon's, read when a write is due
+	// enrolled is the workload of each enrolled namespace (workload key ->
+	// netns path), whatever enrolled it: the tunnel's pods. Read then too.
+	enrolled func() map[string]string
 
 	mu      sync.Mutex
-	version uint64 // applied config version not yet written; 0: none
+	version uint64 // the last applied config version; 0: none yet
+	pending bool   // a write is due
 	wake    chan struct{}
 }
 
-func newTunnelHandoff(dir, node string, state func() *model.State, log *slog.Logger) *tunnelHandoff {
-	return &tunnelHandoff{dir: dir, node: node, state: state, log: log, wake: make(chan struct{}, 1)}
+func newTunnelHandoff(dir, node string, state func() *model.State, enrolled func() map[string]string, log *slog.Logger) *tunnelHandoff {
+	return &tunnelHandoff{dir: dir, node: node, state: state, enrolled: enrolled, log: log, wake: make(chan struct{}, 1)}
 }
 
 // applyTunnels writes km_tunnel for m. It runs before the service maps
@@ -62,8 +68,23 @@ func (d *daemon) publishTunnelState(v uint64) {
 	d.tunnel.mu.Lock()
 	d.tunnel.version = v
 	d.tunnel.mu.Unlock()
+	d.tunnel.due()
+}
+
+// enrollmentChanged has the state written again: a namespace that joined
+// or left the mesh gains or loses the tunnel's listeners.
+func (d *daemon) tunnelEnrollmentChanged() {
+	if d.tunnel != nil {
+		d.tunnel.due()
+	}
+}
+
+func (h *tunnelHandoff) due() {
+	h.mu.Lock()
+	h.pending = true
+	h.mu.Unlock()
 	select {
-	case d.tunnel.wake <- struct{}{}:
+	case h.wake <- struct{}{}:
 	default:
 	}
 }
@@ -79,19 +100,34 @@ func (h *tunnelHandoff) run(ctx context.Context) {
 		case <-h.wake:
 		}
 		h.mu.Lock()
-		v := h.version
-		h.version = 0
+		v, pending := h.version, h.pending
+		h.pending = false
 		h.mu.Unlock()
 		st := h.state()
-		if v == 0 || st == nil {
-			continue
+		if v == 0 || !pending || st == nil {
+			continue // no config applied yet: its first apply writes
 		}
 		m := st.Mesh()
-		s := &tunnel.State{Version: v, Node: h.node, MeshHasCA: true, Mesh: m, Pods: tunnel.PodsOf(m, h.node, true)}
+		s := &tunnel.State{Version: v, Node: h.node, MeshHasCA: true, Mesh: m, Pods: podsOf(m, h.enrolled())}
 		if err := tunnel.WriteState(h.dir, s); err != nil {
 			h.log.Error("tunnel state not written; the tunnel keeps its last copy", "err", err)
 			continue
 		}
 		h.log.Debug("tunnel state written", "version", s.Version, "pods", len(s.Pods))
 	}
+}
+
+// podsOf is the tunnel's pods: every enrolled namespace kmeshd matched to a
+// workload of the mesh (workload key -> netns path), whatever enrolled it
+// (a mesh file's netns, Kubernetes, --enroll-netns, the admin API; see
+// enrollment.workloadOf). A namespace matched to no workload gets no
+// listener: its connections to HBONE destinations are refused.
+func podsOf(m *model.Mesh, who map[string]string) []tunnel.Pod {
+	out := make([]tunnel.Pod, 0, len(who))
+	for _, key := range slices.Sorted(maps.Keys(who)) {
+		if m.Workload(key) != nil {
+			out = append(out, tunnel.Pod{Workload: key, Netns: who[key]})
+		}
+	}
+	return out
 }

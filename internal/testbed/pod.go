@@ -147,6 +147,14 @@ func (n *Node) StartHost(name string, args ...string) (*Process, error) {
 	return n.bed.start(n.Name+"/"+filepath.Base(name), n.NetnsPath, n.Cgroup, name, args)
 }
 
+// StartHostNetwork runs a command in the node's cgroup but in the root
+// network namespace: a host-network process of the node that must reach a
+// server on the machine's loopback, such as kmeshd's tunnel asking the
+// Istio tier's istiod for certificates.
+func (n *Node) StartHostNetwork(name string, args ...string) (*Process, error) {
+	return n.bed.start(n.Name+"/"+filepath.Base(name), "", n.Cgroup, name, args)
+}
+
 // StartRoot runs a command in the root network namespace, outside every
 // node's cgroup, as kmeshd runs. It runs in the Bed's own cgroup,
 // <cgroup root>/<run>, so Sweep can still find it after a crash.

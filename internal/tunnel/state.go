@@ -30,8 +30,9 @@ type State struct {
 	// tunnel protocol of workloads (model.Workload.TunnelFor).
 	MeshHasCA bool        `json:"meshHasCA"`
 	Mesh      *model.Mesh `json:"mesh"`
-	// Pods are this node's enrolled workloads that take HBONE: the tunnel
-	// listens in each one's network namespace.
+	// Pods are this node's enrolled workloads, whatever enrolled them (a
+	// mesh file's netns, --enroll-netns, Kubernetes, the admin API): the
+	// tunnel listens in each one's network namespace.
 	Pods []Pod `json:"pods"`
 }
 
@@ -39,19 +40,6 @@ type State struct {
 type Pod struct {
 	Workload string `json:"workload"` // namespace/name in Mesh
 	Netns    string `json:"netns"`
-}
-
-// PodsOf returns the workloads of node in m that name a network namespace
-// and take HBONE.
-func PodsOf(m *model.Mesh, node string, meshHasCA bool) []Pod {
-	var out []Pod
-	for i := range m.Workloads {
-		w := &m.Workloads[i]
-		if w.Node == node && w.Netns != "" && w.TunnelFor(meshHasCA) == model.TunnelHBONE {
-			out = append(out, Pod{Workload: w.Key(), Netns: w.Netns})
-		}
-	}
-	return out
 }
 
 // WriteState replaces the state file in dir atomically: a reader sees the

@@ -18,7 +18,12 @@ import (
 // both nodes, every workload enrolled and so HBONE by default.
 type hboneMesh struct {
 	*mesh
-	caFlags   []string
+	caFlags []string
+	caCert  string // the local CA's files
+	caKey   string
+	// rootNetns starts the tunnels in the root network namespace (still
+	// in the node's cgroup), where the Istio tier's istiod listens.
+	rootNetns bool
 	kmeshd    map[string]*kmeshd
 	tunnels   map[string]*testbed.Process
 	stateDirs map[string]string
@@ -32,11 +37,13 @@ func newHBONEMesh(t *testing.T, workloads []workloadSpec, extraConfig string) *h
 }
 
 // startHBONE starts kmeshd and its tunnel on both nodes of m, each node
-// with its own config file content.
-func startHBONE(m *mesh, configs map[string]string) *hboneMesh {
+// with its own config file content; extra flags go to both (such as
+// --cert-ttl).
+func startHBONE(m *mesh, configs map[string]string, extra ...string) *hboneMesh {
 	m.t.Helper()
 	certPath, keyPath, _ := m.writeCA("ca")
-	h := &hboneMesh{mesh: m, caFlags: []string{"--ca-cert", certPath, "--ca-key", keyPath},
+	h := &hboneMesh{mesh: m, caFlags: append([]string{"--ca-cert", certPath, "--ca-key", keyPath}, extra...),
+		caCert: certPath, caKey: keyPath,
 		kmeshd: map[string]*kmeshd{}, tunnels: map[string]*testbed.Process{}, stateDirs: map[string]string{}}
 	for _, node := range []string{"node-a", "node-b"} {
 		cfg := configPath(m, node+".yaml")
@@ -64,7 +71,11 @@ func (h *hboneMesh) startTunnel(node string) *testbed.Process {
 	h.t.Helper()
 	n := h.nodes[node]
 	args := append([]string{"tunnel", "--node", node, "--bpf-dir", n.BPFDir, "--state-dir", h.stateDirs[node], "--log-level", "debug"}, h.caFlags...)
-	proc, err := n.StartHost(h.mesh.kmeshd, args...)
+	start := n.StartHost
+	if h.rootNetns {
+		start = n.StartHostNetwork
+	}
+	proc, err := start(h.mesh.kmeshd, args...)
 	if err != nil {
 		h.t.Fatal(err)
 	}
