@@ -94,6 +94,16 @@ type pool struct {
 type pooledConn struct {
 	cc      *http2.ClientConn
 	streams int // open and reserved streams; guarded by Dialer.mu
+	// expires is when the first of the two certificates of its handshake
+	// (ours, the peer's) expires: from then on it takes no new stream, so
+	// a rotated certificate is what new connections are carried with.
+	// Streams open on it go on to their end.
+	expires time.Time
+}
+
+// usable reports whether pc may take a new stream at now.
+func (pc *pooledConn) usable(now time.Time) bool {
+	return pc.cc.CanTakeNewRequest() && (pc.expires.IsZero() || now.Before(pc.expires))
 }
 
 func (d *Dialer) init() {
@@ -188,11 +198,12 @@ func (d *Dialer) reserve(key poolKey) *pooledConn {
 	}
 	live := p.conns[:0]
 	var found *pooledConn
+	now := time.Now()
 	for _, pc := range p.conns {
-		if !pc.cc.CanTakeNewRequest() {
+		if !pc.usable(now) {
 			if pc.streams == 0 {
 				pc.cc.Close()
-				continue // closed, idle-timed-out or GOAWAY: drop it
+				continue // closed, idle-timed-out, GOAWAY or expired: drop it
 			}
 		} else if found == nil && pc.streams < d.maxStreams() {
 			found = pc
@@ -221,11 +232,11 @@ func (d *Dialer) acquireNew(ctx context.Context, key poolKey, t *Target) (*poole
 	if pc := d.reserve(key); pc != nil {
 		return pc, true, nil
 	}
-	cc, err := d.open(ctx, t)
+	cc, expires, err := d.open(ctx, t)
 	if err != nil {
 		return nil, false, err
 	}
-	pc := &pooledConn{cc: cc, streams: 1}
+	pc := &pooledConn{cc: cc, streams: 1, expires: expires}
 	d.mu.Lock()
 	p.conns = append(p.conns, pc)
 	d.mu.Unlock()
@@ -238,8 +249,9 @@ func (d *Dialer) release(pc *pooledConn) {
 	d.mu.Unlock()
 }
 
-// open makes a new TLS + HTTP/2 connection for t.
-func (d *Dialer) open(ctx context.Context, t *Target) (*http2.ClientConn, error) {
+// open makes a new TLS + HTTP/2 connection for t; expires is when the
+// first certificate of its handshake expires.
+func (d *Dialer) open(ctx context.Context, t *Target) (cc *http2.ClientConn, expires time.Time, err error) {
 	timeout := d.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
@@ -247,7 +259,6 @@ func (d *Dialer) open(ctx context.Context, t *Target) (*http2.ClientConn, error)
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var raw net.Conn
-	var err error
 	if d.DialTCP != nil {
 		raw, err = d.DialTCP(hctx, t)
 	} else {
@@ -255,26 +266,40 @@ func (d *Dialer) open(ctx context.Context, t *Target) (*http2.ClientConn, error)
 		raw, err = nd.DialContext(hctx, "tcp", t.Addr.String())
 	}
 	if err != nil {
-		return nil, fmt.Errorf("hbone dial %s: %w", t.Addr, err)
+		return nil, time.Time{}, fmt.Errorf("hbone dial %s: %w", t.Addr, err)
 	}
 	// The certificate is fetched under the caller's context, not the
 	// handshake's: a slow CA shows as the handshake timing out.
-	tc := tls.Client(raw, clientTLS(hctx, d.Certs, t.Source, t.Destination))
+	cfg := clientTLS(hctx, d.Certs, t.Source, t.Destination)
+	var ours *tls.Certificate
+	getCert := cfg.GetClientCertificate
+	cfg.GetClientCertificate = func(i *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		c, err := getCert(i)
+		ours = c
+		return c, err
+	}
+	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
-		return nil, fmt.Errorf("hbone dial %s: tls: %w", t.Addr, err)
+		return nil, time.Time{}, fmt.Errorf("hbone dial %s: tls: %w", t.Addr, err)
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != alpnH2 {
 		tc.Close()
-		return nil, fmt.Errorf("hbone dial %s: server chose ALPN %q, want h2", t.Addr, p)
+		return nil, time.Time{}, fmt.Errorf("hbone dial %s: server chose ALPN %q, want h2", t.Addr, p)
 	}
-	cc, err := d.h2.NewClientConn(tc)
+	if ours != nil && ours.Leaf != nil {
+		expires = ours.Leaf.NotAfter
+	}
+	if peer := tc.ConnectionState().PeerCertificates; len(peer) > 0 && (expires.IsZero() || peer[0].NotAfter.Before(expires)) {
+		expires = peer[0].NotAfter
+	}
+	cc, err = d.h2.NewClientConn(tc)
 	if err != nil {
 		tc.Close()
-		return nil, fmt.Errorf("hbone dial %s: http2: %w", t.Addr, err)
+		return nil, time.Time{}, fmt.Errorf("hbone dial %s: http2: %w", t.Addr, err)
 	}
 	d.Log.Debug("hbone connection opened", "addr", t.Addr, "src", t.Source, "dst", t.Destination)
-	return cc, nil
+	return cc, expires, nil
 }
 
 // connect sends the CONNECT on pc, whose stream is reserved.
@@ -357,7 +382,7 @@ func (d *Dialer) Stats() Stats {
 	var s Stats
 	for _, p := range d.pools {
 		for _, pc := range p.conns {
-			if pc.cc.CanTakeNewRequest() || pc.streams > 0 {
+			if pc.usable(time.Now()) || pc.streams > 0 {
 				s.Connections++
 				s.Streams += pc.streams
 			}

@@ -44,6 +44,7 @@ func (t *Tunnel) syncPods(s *State) {
 			want[p.Netns] = w
 		}
 	}
+	t.track(want)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for path, p := range t.pods {
@@ -68,6 +69,27 @@ func (t *Tunnel) syncPods(s *State) {
 		t.pods[path] = p
 		t.log.Info("pod joined the tunnel", "netns", path, "workload", w.Key(), "identity", id.String())
 	}
+}
+
+// tracker is a Source that renews the certificates of identities it is
+// told are in use ahead of time (identity.Cache).
+type tracker interface {
+	SetTracked(map[identity.Identity]int)
+}
+
+// track has the certificates of the pods' identities fetched now and
+// renewed at half-life, so no handshake waits for the CA and a
+// certificate never expires under a pod that serves.
+func (t *Tunnel) track(pods map[string]*model.Workload) {
+	tr, ok := t.cfg.Certs.(tracker)
+	if !ok {
+		return
+	}
+	counts := map[identity.Identity]int{}
+	for _, w := range pods {
+		counts[t.identityOf(w)]++
+	}
+	tr.SetTracked(counts)
 }
 
 func (t *Tunnel) closePods() {
