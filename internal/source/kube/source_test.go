@@ -20,13 +20,14 @@ import (
 type reports struct {
 	mu   sync.Mutex
 	last []string
+	pods []Pod
 	n    int
 }
 
 func (r *reports) report(pods []Pod) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.last, r.n = Paths(pods), r.n+1
+	r.last, r.pods, r.n = Paths(pods), pods, r.n+1
 }
 
 func (r *reports) wait(t *testing.T, want ...string) {
@@ -114,6 +115,14 @@ func TestSource_EnrollsLabelledPodsOfItsNode(t *testing.T) {
 
 	// a4's namespace is not there yet (its CNI plugin is late).
 	r.wait(t, "/netns/10.1.1.10")
+	// Each namespace comes with its pod, for the daemon to name its
+	// workload (source-side policy checks).
+	r.mu.Lock()
+	pods := r.pods
+	r.mu.Unlock()
+	if want := (Pod{Netns: "/netns/10.1.1.10", Namespace: "mesh", Name: "a1", IPs: []netip.Addr{netip.MustParseAddr("10.1.1.10")}}); len(pods) != 1 || !podEqual(pods[0], want) {
+		t.Fatalf("reported pods %+v, want [%+v]", pods, want)
+	}
 	waitAnnotation(t, client, "mesh", "a1", true)
 	netns.add("10.1.1.13")
 	r.wait(t, "/netns/10.1.1.10", "/netns/10.1.1.13")
