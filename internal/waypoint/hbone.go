@@ -21,7 +21,8 @@ func (p *Proxy) Serves(dst netip.AddrPort) bool {
 }
 
 // HBONEConnect is an hbone.Server's Connect hook: a CONNECT to a service's
-// VIP:port becomes a connection of the engine, from the client's verified
+// VIP:port (or to this waypoint's own address and a service's port, what
+// kmeshd's tunnel sends) becomes a connection of the engine, from the client's verified
 // identity (the principal its L7 authorization policies see, as Istio's
 // waypoint reads %DOWNSTREAM_PEER_URI_SAN%). A target this waypoint does
 // not serve is refused with 400 before the stream opens.
@@ -30,14 +31,24 @@ func (p *Proxy) HBONEConnect(_ context.Context, r *hbone.Request) (net.Conn, err
 	if err != nil {
 		return nil, err
 	}
-	if !p.Serves(dst) {
+	peer := Peer{Addr: r.PeerAddr, Principal: strings.TrimPrefix(r.Peer.String(), "spiffe://"), MutualTLS: true}
+	// kmeshd's tunnel names the endpoint it balanced to: this waypoint's
+	// own address and the service's port, as the plaintext redirect does.
+	own := dst.Addr() == r.LocalAddr.Addr().Unmap()
+	if !p.Serves(dst) && !(own && len(p.snap.Load().byPort[dst.Port()]) > 0) {
 		return nil, hbone.Reject(http.StatusBadRequest, fmt.Errorf("%s is no service port of this waypoint", dst))
 	}
 	up, down, err := socketPair()
 	if err != nil {
 		return nil, err
 	}
-	p.ServeConn(down, dst, Peer{Addr: r.PeerAddr, Principal: strings.TrimPrefix(r.Peer.String(), "spiffe://"), MutualTLS: true})
+	if p.Serves(dst) {
+		p.ServeConn(down, dst, peer)
+	} else if !p.servePort(down, dst.Port(), peer) {
+		up.Close()
+		down.Close()
+		return nil, hbone.Reject(http.StatusBadRequest, fmt.Errorf("%s: no single service on port %d", dst, dst.Port()))
+	}
 	return up, nil
 }
 

@@ -229,23 +229,31 @@ func (p *Proxy) ServeListener(l net.Listener) error {
 		}
 		local, _ := netip.ParseAddrPort(c.LocalAddr().String())
 		remote, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-		s := p.snap.Load()
-		sps := s.byPort[local.Port()]
-		if len(sps) == 0 {
+		if !p.servePort(c, local.Port(), Peer{Addr: remote}) {
 			c.Close()
-			continue
 		}
-		info := &connInfo{peer: Peer{Addr: remote}, port: local.Port()}
-		proto := sps[0].proto
-		if len(sps) == 1 {
-			info.sp = sps[0]
-			info.dst = netip.AddrPortFrom(sps[0].svc.m.Addresses[0], local.Port())
-		} else if proto == protoTCP {
-			c.Close() // TCP gives no Host to choose by
-			continue
-		}
-		go p.serve(c, info, proto)
 	}
+}
+
+// servePort serves c, which arrived on port, as a connection to the
+// service of this waypoint with that port (or, for HTTP, the one the Host
+// header names). It reports false when no service fits.
+func (p *Proxy) servePort(c net.Conn, port uint16, peer Peer) bool {
+	s := p.snap.Load()
+	sps := s.byPort[port]
+	if len(sps) == 0 {
+		return false
+	}
+	info := &connInfo{peer: peer, port: port}
+	proto := sps[0].proto
+	if len(sps) == 1 {
+		info.sp = sps[0]
+		info.dst = netip.AddrPortFrom(sps[0].svc.m.Addresses[0], port)
+	} else if proto == protoTCP {
+		return false // TCP gives no Host to choose by
+	}
+	go p.serve(c, info, proto)
+	return true
 }
 
 // forwardTCP is L4: one upstream connection per downstream connection, to

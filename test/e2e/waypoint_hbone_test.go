@@ -1,0 +1,127 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/internal/testbed"
+)
+
+const waypointHBONEConfig = `
+services:
+- name: reviews
+  addresses: ["10.96.0.20"]
+  ports: [{port: 80, targetPort: 8080, appProtocol: http}]
+  selector: {app: reviews}
+  labels: {istio.io/use-waypoint: waypoint}
+workloads:
+- {name: client, labels: {app: client}, addresses: ["10.1.1.10"], node: node-a, netns: %[1]s, serviceAccount: client}
+- {name: other, labels: {app: other}, addresses: ["10.1.1.12"], node: node-a, netns: %[2]s, serviceAccount: other}
+- {name: reviews, labels: {app: reviews}, addresses: ["10.1.2.12"], node: node-b, netns: %[3]s}
+- name: waypoint
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
+  addresses: ["10.1.2.20"]
+  node: node-b
+  netns: %[4]s
+  serviceAccount: waypoint
+  tunnelProtocol: HBONE
+gateways:
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: Gateway
+  metadata: {name: waypoint, labels: {istio.io/waypoint-for: service}}
+  spec:
+    gatewayClassName: kmesh-waypoint
+    listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+authorizationPolicies:
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: only-client}
+  spec:
+    targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+    action: ALLOW
+    rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/client"]}}]}]
+`
+
+// TestWaypoint_HBONE: with a CA, a client on node-a reaches a service that
+// uses a waypoint on node-b through kmeshd's redirect and its tunnel: the
+// connection travels as HBONE (mutual TLS, the client pod's certificate)
+// to kmesh-waypoint's own 15008, which routes it, and the waypoint's L7
+// policy and request metrics see the client's SPIFFE identity from the
+// certificate (connection_security_policy mutual_tls). A client the policy
+// does not name gets 403.
+func TestWaypoint_HBONE(t *testing.T) {
+	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
+	var err error
+	if m.echo, err = testbed.Build("github.com/kmesh-go/kmesh/internal/testbed/kmesh-echo"); err != nil {
+		t.Fatal(err)
+	}
+	if m.kmeshd, err = testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshd"); err != nil {
+		t.Fatal(err)
+	}
+	wpBin, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmesh-waypoint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.addNode("node-a", cidrA4, cidrA6)
+	m.addNode("node-b", cidrB4, cidrB6)
+	m.addPod("node-a", "client", "10.1.1.10")
+	m.addPod("node-a", "other", "10.1.1.12")
+	m.addPod("node-a", "outsider", "10.1.1.20") // not in the mesh: reads the waypoint's metrics
+	m.addPod("node-b", "reviews", "10.1.2.12")
+	m.addPod("node-b", "waypoint", "10.1.2.20")
+	m.serve("reviews")
+	cfg := fmt.Sprintf(waypointHBONEConfig, m.pods["client"].NetnsPath, m.pods["other"].NetnsPath,
+		m.pods["reviews"].NetnsPath, m.pods["waypoint"].NetnsPath)
+	h := startHBONE(m, map[string]string{"node-a": cfg, "node-b": cfg})
+	wpArgs := append([]string{"--config", configPath(m, "node-b.yaml"), "--gateway", "default/waypoint",
+		"--admin-address", "10.1.2.20:15000", "--metrics-address", "10.1.2.20:15020", "--log-level", "debug"}, h.caFlags...)
+	wp, err := m.pods["waypoint"].Start(wpBin, wpArgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(wp.Stderr(), "waypoint ready") || !strings.Contains(wp.Stderr(), "hbone listening") {
+		if time.Now().After(deadline) {
+			t.Fatalf("waypoint not ready: %s", wp.Stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	const n = 20
+	rs := m.get("client", "--url", "http://10.96.0.20/page", "--count", fmt.Sprint(n))
+	requireAll(t, "client through the waypoint over HBONE", rs, "reviews")
+	if !strings.HasPrefix(rs[0].ServerSaw, "10.1.2.20:") {
+		t.Errorf("backend saw %s, want the waypoint 10.1.2.20", rs[0].ServerSaw)
+	}
+	if !strings.Contains(h.tunnels["node-a"].Stderr(), "10.1.2.20:80") {
+		t.Errorf("node-a's tunnel log names no connection to the waypoint 10.1.2.20:80:\n%s", tail(h.tunnels["node-a"].Stderr(), 3000))
+	}
+	for _, r := range m.get("other", "--url", "http://10.96.0.20/page", "--count", "3") {
+		if r.Status != 403 {
+			t.Fatalf("sa/other through the waypoint: status %d (%s), want 403", r.Status, r.Error)
+		}
+	}
+
+	body := m.get("outsider", "--url", "http://10.1.2.20:15020/metrics", "--print-body")[0].Body
+	var mtls, other int
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, "istio_requests_total{") {
+			continue
+		}
+		switch {
+		case strings.Contains(line, `connection_security_policy="mutual_tls"`) &&
+			strings.Contains(line, `source_principal="spiffe://cluster.local/ns/default/sa/client"`) &&
+			strings.Contains(line, `response_code="200"`):
+			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%d", &mtls)
+		case strings.Contains(line, `connection_security_policy="none"`):
+			other++
+		}
+	}
+	if mtls != n || other != 0 {
+		t.Fatalf("waypoint metrics: %d requests of sa/client over mutual TLS (want %d), %d series without it (want 0):\n%s", mtls, n, other, body)
+	}
+}
