@@ -117,7 +117,7 @@ removes it.`,
 	f.StringVar(&cfg.XDS.RootCertFile, "xds-root-cert", "", "PEM CA certificates of the control plane; TLS when set, plaintext otherwise")
 	f.StringVar(&cfg.XDS.TokenFile, "xds-token-file", "", "file holding a bearer token for the control plane, re-read at each connect (needs --xds-root-cert)")
 	f.StringVar(&cfg.XDS.ClusterID, "cluster-id", "Kubernetes", "cluster of this node, sent to the control plane as CLUSTER_ID")
-	f.StringVar(&cfg.Kube.Kubeconfig, "kubeconfig", "", "kubeconfig file: enroll this node's pods labelled istio.io/dataplane-mode=ambient (on the pod or its namespace); in a pod, the in-cluster config is used without it")
+	f.StringVar(&cfg.Kube.Kubeconfig, "kubeconfig", "", "kubeconfig file: enroll this node's pods labelled istio.io/dataplane-mode=ambient (on the pod or its namespace); with --xds-address, also read Services' sessionAffinity (istiod does not send it); in a pod, the in-cluster config is used without it")
 	f.StringArrayVar(&cfg.EnrollNetns, "enroll-netns", nil, "network namespace path to enroll in the mesh whatever the config says (repeatable); for hosts without Kubernetes, as xDS enrolls nothing")
 	f.BoolVar(&cfg.Accelerate, "accelerate", false, "move data between enrolled sockets of this node socket to socket (sockops + sk_msg), skipping TCP/IP; receivers that read with splice(2) see no data, so off by default")
 	f.BoolVar(&cfg.Telemetry, "telemetry", true, "record every connection of enrolled workloads (istio_tcp_* metrics, access log, /connections)")

@@ -197,6 +197,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	kctx, stopKube := context.WithCancel(ctx)
 	defer stopKube()
 	d.startKube(kctx, ksrc)
+	if ksrc != nil && xsrc != nil {
+		// istiod's workload API has no sessionAffinity: read it from
+		// the Services.
+		xsrc.affinity = newAffinityOverlay(d.update, log.With("component", "kube"))
+		xsrc.affinity.run(kctx, ksrc)
+	}
 	d.runCerts(kctx)
 	d.metrics = metrics.New(metrics.Sources{Maps: d.mapStats, Programs: metrics.PinnedPrograms(cfg.BPFDir), Authz: d.authzStats, Outliers: d.outlierStats}, log.With("component", "metrics"))
 	d.kind = sourceFile

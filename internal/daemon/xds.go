@@ -27,6 +27,10 @@ type xdsSource struct {
 	mu          sync.Mutex
 	live        func(*model.Mesh) error // set once the first mesh is applied
 	liveChanges func(*model.Changes) error
+
+	// affinity, when kmeshd watches Kubernetes, adds the Services'
+	// sessionAffinity to what the client hands over (affinity.go).
+	affinity *affinityOverlay
 }
 
 // newXDSSource returns the xDS source of cfg, or nil when cfg names no
@@ -53,7 +57,12 @@ func newXDSSource(cfg Config, log *slog.Logger) (*xdsSource, error) {
 
 // start runs the client until ctx ends.
 func (x *xdsSource) start(ctx context.Context) {
-	go func() { x.done <- x.client.RunChanges(ctx, x.apply, x.changes) }()
+	apply, changes := x.apply, x.changes
+	if o := x.affinity; o != nil {
+		apply = func(m *model.Mesh) error { return o.mesh(m, x.apply) }
+		changes = func(c *model.Changes) error { return o.changes(c, x.changes) }
+	}
+	go func() { x.done <- x.client.RunChanges(ctx, apply, changes) }()
 }
 
 // changes comes only after the first mesh is applied (the client hands

@@ -221,7 +221,7 @@ func TestIstioChart_RBACEnoughAndNoMore(t *testing.T) {
 		}
 		// What kmeshd does: allowed (the review itself works).
 		for _, a := range [][5]string{{"list", "", "pods", "", ""}, {"watch", "", "pods", "", ""}, {"patch", "", "pods", "", "apps"},
-			{"watch", "", "namespaces", "", ""}} {
+			{"watch", "", "namespaces", "", ""}, {"list", "", "services", "", ""}, {"watch", "", "services", "", ""}} {
 			if !can(a[0], a[1], a[2], a[3], a[4]) {
 				t.Errorf("kmesh may not %s %s: it needs to", a[0], a[2])
 			}
@@ -233,6 +233,7 @@ func TestIstioChart_RBACEnoughAndNoMore(t *testing.T) {
 			{"create", "", "pods", "exec", "apps"}, {"patch", "", "pods", "status", "apps"},
 			{"create", "", "serviceaccounts", "token", ns}, {"list", "", "configmaps", "", ""},
 			{"patch", "", "nodes", "", ""}, {"patch", "", "namespaces", "", ""},
+			{"patch", "", "services", "", "apps"}, {"update", "", "services", "", "apps"}, {"create", "", "services", "", "apps"},
 			{"patch", "apps", "daemonsets", "", ns}, {"update", "rbac.authorization.k8s.io", "clusterroles", "", ""},
 			{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", ""},
 		} {

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
 	"github.com/kmesh-go/kmesh/internal/source/kube"
@@ -28,10 +30,14 @@ import (
 // Service apps/hello (10.96.74.10) has trafficDistribution: PreferClose,
 // which istiod sends as load_balancing FAILOVER over [network region zone];
 // apps/hello-local (10.96.74.11) has internalTrafficPolicy: Local, sent as
-// STRICT over [node]. Both: port 80 -> 8080 on app=hello.
+// STRICT over [node]; apps/hello-sticky (10.96.74.12) has neither and
+// gets sessionAffinity: ClientIP during the test, which istiod does not
+// send: kmeshd reads it from the Service. All: port 80 -> 8080 on
+// app=hello.
 const (
-	lbHelloIP = "10.96.74.10"
-	lbLocalIP = "10.96.74.11"
+	lbHelloIP  = "10.96.74.10"
+	lbLocalIP  = "10.96.74.11"
+	lbStickyIP = "10.96.74.12"
 )
 
 var istioLBNodes = []struct {
@@ -103,6 +109,7 @@ func TestIstioLB_PreferCloseFailoverStrict(t *testing.T) {
 	local := corev1.ServiceInternalTrafficPolicyLocal
 	env.service(istioAppsNs, "hello-local", lbLocalIP, map[string]string{"app": "hello"}, 80, 8080,
 		func(s *corev1.ServiceSpec) { s.InternalTrafficPolicy = &local })
+	env.service(istioAppsNs, "hello-sticky", lbStickyIP, map[string]string{"app": "hello"}, 80, 8080)
 	ka := m.startIstioKmeshd(env, "node-a")
 
 	// setReady flips a hello pod's readiness, as its probe would, and
@@ -225,6 +232,83 @@ func TestIstioLB_PreferCloseFailoverStrict(t *testing.T) {
 		if c := counts(m.get("client-a", "--url", helloLocal, "--count", "10")); c["hello-1"] != 10 {
 			t.Fatalf("10 connections to hello-local went to %v, want all to hello-1", c)
 		}
+	})
+
+	// sessionAffinity is not in istiod's workload API: kmeshd watches the
+	// Service and re-emits that one service when it changes.
+	sticky := "http://" + lbStickyIP + "/"
+	setAffinity := func(timeout int32) {
+		t.Helper()
+		svc, err := env.kube.CoreV1().Services(istioAppsNs).Get(env.ctx(), "hello-sticky", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.Spec.SessionAffinity, svc.Spec.SessionAffinityConfig = corev1.ServiceAffinityNone, nil
+		if timeout > 0 {
+			svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+			svc.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &timeout}}
+		}
+		if _, err := env.kube.CoreV1().Services(istioAppsNs).Update(env.ctx(), svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// kmeshd logs each Service's affinity it applies.
+		want := fmt.Sprintf("service=%s/hello-sticky timeout=%s", istioAppsNs, time.Duration(timeout)*time.Second)
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(ka.proc.Stderr(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("kmeshd did not apply %q in 30s\n%s", want, tail(ka.proc.Stderr(), 4000))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	spreads := func(what string) {
+		t.Helper()
+		if c := counts(m.get("client-a", "--url", sticky, "--count", "60")); len(c) < 2 || c[""] != 0 {
+			t.Fatalf("%s: 60 new connections went to %v, want more than one backend", what, c)
+		}
+	}
+
+	t.Run("without_session_affinity_connections_spread", func(t *testing.T) {
+		spreads("no sessionAffinity")
+		if e := explainFrom(t, ka, "apps/client-a", lbStickyIP+":80"); e.Affinity != nil {
+			t.Fatalf("/explain affinity %+v, want none", e.Affinity)
+		}
+	})
+
+	t.Run("client_ip_affinity_from_the_service_holds_then_expires", func(t *testing.T) {
+		setAffinity(3)
+		rs := m.get("client-a", "--url", sticky, "--count", "100")
+		c := counts(rs)
+		if len(c) != 1 || c[""] != 0 {
+			t.Fatalf("100 new connections of client-a went to %v, want one backend", c)
+		}
+		e := explainFrom(t, ka, "apps/client-a", lbStickyIP+":80")
+		if e.Affinity == nil || e.Affinity.Workload != "apps/"+rs[0].Pod {
+			t.Fatalf("/explain affinity %+v, want apps/%s", e.Affinity, rs[0].Pod)
+		}
+		// Idle past the timeout, the entry is gone and the client is
+		// balanced afresh: over 8 expiries it reaches more than one
+		// backend (all the same: (1/3)^7).
+		seen := map[string]bool{rs[0].Pod: true}
+		for i := range 8 {
+			time.Sleep(3300 * time.Millisecond)
+			if e := explainFrom(t, ka, "apps/client-a", lbStickyIP+":80"); e.Affinity != nil {
+				t.Fatalf("expiry %d: /explain affinity %+v after 3.3 s idle, want expired", i, e.Affinity)
+			}
+			r := m.get("client-a", "--url", sticky, "--count", "1")
+			if r[0].Error != "" {
+				t.Fatalf("expiry %d: %s", i, r[0].Error)
+			}
+			seen[r[0].Pod] = true
+		}
+		if len(seen) < 2 {
+			t.Fatalf("after 8 expiries client-a only reached %v", seen)
+		}
+	})
+
+	t.Run("affinity_removed_from_the_service_spreads_again", func(t *testing.T) {
+		setAffinity(0)
+		spreads("sessionAffinity removed")
 	})
 }
 

@@ -3,7 +3,9 @@
 // spec.nodeName is this node and the namespaces (client-go informers), and
 // reports the network namespaces of the pods that belong in the mesh. It
 // only enrolls: the mesh itself (services, endpoints) comes from istiod or
-// another config source.
+// another config source, except one setting istiod's workload API does
+// not carry: [Source.WatchServiceAffinity] reports each Service's
+// sessionAffinity, which the daemon puts on the xDS service of that name.
 //
 // # Which pods
 //

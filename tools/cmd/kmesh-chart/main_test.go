@@ -198,6 +198,7 @@ func TestTemplate_RBACIsWhatKmeshdUses(t *testing.T) {
 	want := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
 		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
 	}
 	if len(role.Rules) != len(want) {
 		t.Fatalf("rules %+v, want %+v", role.Rules, want)
