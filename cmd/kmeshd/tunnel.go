@@ -11,15 +11,18 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/daemon"
 	"github.com/kmesh-go/kmesh/internal/identity"
+	"github.com/kmesh-go/kmesh/internal/metrics"
 	"github.com/kmesh-go/kmesh/internal/tunnel"
 )
 
 func newTunnelCommand() *cobra.Command {
 	var (
-		cfg       tunnel.Config
-		ids       identity.Config
-		logLevel  = new(slog.LevelVar)
-		pprofAddr string
+		cfg         tunnel.Config
+		ids         identity.Config
+		logLevel    = new(slog.LevelVar)
+		pprofAddr   string
+		metricsAddr string
+		accessLog   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "tunnel",
@@ -57,6 +60,12 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 			certs.SetLogger(log)
 			cfg.Certs = certs
 			cfg.Log = log
+			if metricsAddr != "" {
+				cfg.Metrics = metrics.New(metrics.Sources{}, log)
+			}
+			if accessLog {
+				cfg.AccessLog = slog.New(slog.NewJSONHandler(os.Stdout, nil))
+			}
 			t, err := tunnel.New(cfg)
 			if err != nil {
 				return err
@@ -64,6 +73,13 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			go certs.Run(ctx)
+			if metricsAddr != "" {
+				addr, err := serveMetrics(ctx, metricsAddr, cfg.Metrics)
+				if err != nil {
+					return err
+				}
+				log.Info("metrics served", "metrics", addr)
+			}
 			if pprofAddr != "" {
 				addr, err := servePprof(ctx, pprofAddr)
 				if err != nil {
@@ -80,6 +96,8 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory where kmeshd writes the tunnel's state (default: /run/kmesh/<node>)")
 	f.StringVar(&cfg.BPFDir, "bpf-dir", "", "kmeshd's bpffs directory (default: /sys/fs/bpf/kmesh/<node>)")
 	f.TextVar(logLevel, "log-level", new(slog.LevelVar), "log level: debug, info, warn, error")
+	f.StringVar(&metricsAddr, "metrics-address", "", "serve Istio's istio_tcp_* metrics of the tunnelled connections (with source_principal, destination_principal, connection_security_policy=mutual_tls) at /metrics on this address; empty: off")
+	f.BoolVar(&accessLog, "access-log", false, "write one JSON line per tunnelled connection that ended to standard output, with both identities")
 	f.StringVar(&pprofAddr, "pprof-address", "", "serve Go's profiles (/debug/pprof/) on this address, for profiling the data path; empty: off")
 	ids.RegisterFlags(f)
 	// istiod's CA reads the cluster from a header, as kmeshd sends it.

@@ -34,6 +34,8 @@ type Request struct {
 	Authority string
 	// Header holds the request's headers (baggage, forwarded, ...).
 	Header http.Header
+	// Start is when the CONNECT arrived.
+	Start time.Time
 }
 
 // Target parses the authority as ip:port. A hostname authority (a service
@@ -178,6 +180,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, hr *http.Request) {
 	r := *base
 	r.Authority = hr.Host
 	r.Header = hr.Header
+	r.Start = time.Now()
 	if hr.Method != http.MethodConnect {
 		s.reject(w, &r, Reject(http.StatusBadRequest, fmt.Errorf("method %s, want CONNECT", hr.Method)))
 		return

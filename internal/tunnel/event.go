@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/kmesh-go/kmesh/internal/identity"
 )
@@ -16,9 +17,18 @@ const (
 	Inbound Direction = "inbound"
 )
 
-// Event is one tunnelled connection, reported when it ends or fails.
+// Event is one tunnelled connection, reported when it is carried (Open)
+// and again when it ends or fails.
 type Event struct {
 	Direction Direction
+	// Open marks the report of a connection just established; its end
+	// comes as another Event with Open false.
+	Open bool
+	// Start is when the tunnel took the connection.
+	Start time.Time
+	// Pod is this node's workload the connection belongs to
+	// (namespace/name): the client (outbound) or the server (inbound).
+	Pod string
 	// Source and Destination are the identities proven by the handshake:
 	// on the outbound side the server's certificate named Destination, on
 	// the inbound side the client's named Source.
@@ -36,6 +46,7 @@ type Event struct {
 }
 
 func (t *Tunnel) emit(ev Event) {
+	t.report(ev)
 	if t.cfg.Events != nil {
 		t.cfg.Events(ev)
 	}

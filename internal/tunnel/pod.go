@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -245,7 +246,7 @@ func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		Authority:   dst.String(),
 		Header:      http.Header{},
 	}
-	ev := Event{Direction: Outbound, Source: src, Destination: dstID, Client: peer, Target: dst, Peer: target.Addr}
+	ev := Event{Direction: Outbound, Start: time.Now(), Pod: p.workload.Load().Key(), Source: src, Destination: dstID, Client: peer, Target: dst, Peer: target.Addr}
 	hc, err := t.dialer.Dial(ctx, target)
 	if err != nil {
 		t.log.Warn("tunnel refused; connection reset", "src", src.String(), "dst", dst.String(), "peer_identity", dstID.String(), "err", err)
@@ -255,6 +256,9 @@ func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		return
 	}
 	t.log.Debug("tunnelled", "src", src.String(), "dst", dst.String(), "peer_identity", dstID.String())
+	open := ev
+	open.Open = true
+	t.emit(open)
 	ev.Sent, ev.Received = splice(c, hc)
 	c.Close()
 	hc.Close()
@@ -319,6 +323,8 @@ func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Con
 		return nil, hbone.Reject(http.StatusServiceUnavailable, err)
 	}
 	t.log.Debug("hbone inbound", "src", r.Peer.String(), "dst", target.String(), "peer", r.PeerAddr.String())
+	t.emit(Event{Direction: Inbound, Open: true, Start: r.Start, Pod: p.workload.Load().Key(), Source: r.Peer, Destination: *p.id.Load(),
+		Client: r.PeerAddr, Target: target})
 	t.wg.Add(1) // until inboundDone
 	return up, nil
 }
@@ -326,7 +332,7 @@ func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Con
 func (t *Tunnel) inboundDone(p *pod, r *hbone.Request, sent, received int64) {
 	defer t.wg.Done()
 	target, _ := r.Target()
-	t.emit(Event{Direction: Inbound, Source: r.Peer, Destination: *p.id.Load(), Client: r.PeerAddr, Target: target,
+	t.emit(Event{Direction: Inbound, Start: r.Start, Pod: p.workload.Load().Key(), Source: r.Peer, Destination: *p.id.Load(), Client: r.PeerAddr, Target: target,
 		Sent: sent, Received: received})
 }
 

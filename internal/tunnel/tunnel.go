@@ -35,6 +35,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/enroll"
 	"github.com/kmesh-go/kmesh/internal/hbone"
 	"github.com/kmesh-go/kmesh/internal/identity"
+	"github.com/kmesh-go/kmesh/internal/metrics"
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
@@ -48,8 +49,14 @@ type Config struct {
 	BPFDir   string // kmeshd's pins: km_tunnel_dst
 	Certs    identity.Source
 	Log      *slog.Logger
-	// Events, if set, receives every tunnelled connection when it ends.
+	// Events, if set, receives every tunnelled connection when it is
+	// carried and when it ends.
 	Events func(Event)
+	// Metrics, if set, counts the carried connections in Istio's
+	// istio_tcp_* metrics, with both proven identities (telemetry.go).
+	Metrics *metrics.Metrics
+	// AccessLog, if set, gets one line per carried connection that ended.
+	AccessLog *slog.Logger
 }
 
 // Tunnel is the running tunnel.

@@ -4,7 +4,9 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
+	"os/exec"
 	"regexp"
 	"strings"
 	"syscall"
@@ -61,7 +63,10 @@ func (h *hboneMesh) kmeshdFlags(node string) []string {
 	return append([]string{"--state-dir", h.stateDirs[node]}, h.caFlags...)
 }
 
-var tunnelApplied = regexp.MustCompile(`msg="tunnel state applied".* pods=(\d+)`)
+var (
+	tunnelApplied = regexp.MustCompile(`msg="tunnel state applied".* pods=(\d+)`)
+	tunnelMetrics = regexp.MustCompile(`msg="metrics served".* metrics=(\S+)`)
+)
 
 // startTunnel runs `kmeshd tunnel` on a node as a DaemonSet would: in the
 // node's network namespace and in its cgroup, under kmeshd's programs (its
@@ -70,7 +75,8 @@ var tunnelApplied = regexp.MustCompile(`msg="tunnel state applied".* pods=(\d+)`
 func (h *hboneMesh) startTunnel(node string) *testbed.Process {
 	h.t.Helper()
 	n := h.nodes[node]
-	args := append([]string{"tunnel", "--node", node, "--bpf-dir", n.BPFDir, "--state-dir", h.stateDirs[node], "--log-level", "debug"}, h.caFlags...)
+	args := append([]string{"tunnel", "--node", node, "--bpf-dir", n.BPFDir, "--state-dir", h.stateDirs[node], "--log-level", "debug",
+		"--metrics-address", "127.0.0.1:0", "--access-log"}, h.caFlags...)
 	start := n.StartHost
 	if h.rootNetns {
 		start = n.StartHostNetwork
@@ -279,4 +285,95 @@ func TestHBONE_KmeshdRestartsCutNothing(t *testing.T) {
 	if n := strings.Count(h.tunnels["node-a"].Stderr(), "msg=tunnelled"); n < 20 {
 		t.Fatalf("node-a's tunnel carried %d connections, want all of them", n)
 	}
+}
+
+// TestHBONE_TelemetryPrincipals: a tunnelled connection from client (sa
+// client) to hello-2 (sa hello) is counted in Istio's TCP metrics by both
+// tunnels, reporter source on node-a and destination on node-b, with both
+// principals the handshake proved and connection_security_policy
+// mutual_tls, and each tunnel writes an access log line naming both.
+func TestHBONE_TelemetryPrincipals(t *testing.T) {
+	m := newMesh(t)
+	cfg := authzConfig(m, "")
+	h := startHBONE(m, map[string]string{"node-a": cfg, "node-b": cfg})
+	requireAll(t, "client -> hello-2", h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "3"), "hello-2")
+
+	const (
+		client = `source_principal="spiffe://cluster.local/ns/default/sa/client"`
+		hello  = `destination_principal="spiffe://cluster.local/ns/default/sa/hello"`
+	)
+	for node, reporter := range map[string]string{"node-a": "source", "node-b": "destination"} {
+		sm := tunnelMetrics.FindStringSubmatch(h.tunnels[node].Stderr())
+		if sm == nil {
+			t.Fatalf("tunnel %s: no metrics address in its log", node)
+		}
+		want := []string{`reporter="` + reporter + `"`, client, hello, `connection_security_policy="mutual_tls"`,
+			`source_workload="client"`, `destination_workload="hello-2"`}
+		var closed, received float64
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) && (closed < 3 || received == 0) {
+			body := h.tunnelScrape(t, node, sm[1])
+			closed = seriesValue(body, "istio_tcp_connections_closed_total", want)
+			received = seriesValue(body, "istio_tcp_received_bytes_total", want)
+			time.Sleep(100 * time.Millisecond)
+		}
+		if closed != 3 || received == 0 {
+			body := h.tunnelScrape(t, node, sm[1])
+			t.Fatalf("tunnel %s: closed %v received %v for %v:\n%s", node, closed, received, want, grepLines(body, "istio_tcp_"))
+		}
+	}
+	for node, reporter := range map[string]string{"node-a": "source", "node-b": "destination"} {
+		var lines int
+	drain:
+		for {
+			select {
+			case line := <-h.tunnels[node].Lines():
+				if strings.Contains(line, `"msg":"connection"`) && strings.Contains(line, `"reporter":"`+reporter+`"`) &&
+					strings.Contains(line, `"src_principal":"spiffe://cluster.local/ns/default/sa/client"`) &&
+					strings.Contains(line, `"dst_principal":"spiffe://cluster.local/ns/default/sa/hello"`) &&
+					strings.Contains(line, `"security":"mutual_tls"`) {
+					lines++
+				}
+			case <-time.After(2 * time.Second):
+				break drain
+			}
+		}
+		if lines != 3 {
+			t.Fatalf("tunnel %s: %d access log lines with both principals, want 3", node, lines)
+		}
+	}
+}
+
+// seriesValue sums the samples of metric whose labels include every one of
+// want, in a Prometheus text exposition.
+func seriesValue(body, metric string, want []string) float64 {
+	var sum float64
+	for line := range strings.Lines(body) {
+		if !strings.HasPrefix(line, metric+"{") {
+			continue
+		}
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(line, w)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		var v float64
+		fmt.Sscan(f[len(f)-1], &v)
+		sum += v
+	}
+	return sum
+}
+
+// tunnelScrape reads a tunnel's /metrics: it listens on loopback in its
+// node's network namespace, as a DaemonSet's container would.
+func (h *hboneMesh) tunnelScrape(t *testing.T, node, addr string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--net="+h.nodes[node].NetnsPath, "curl", "-sf", "http://"+addr+"/metrics").Output()
+	if err != nil {
+		t.Fatalf("scrape tunnel %s: %v", node, err)
+	}
+	return string(out)
 }
