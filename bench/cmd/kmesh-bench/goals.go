@@ -115,7 +115,7 @@ func goals(res *report.Results) []report.Goal {
 			continue
 		}
 		g := report.Goal{
-			Goal:   fmt.Sprintf("kmesh-mtls (two HBONE hops) adds no more than one plaintext HAProxy hop at p90, 1000 qps, %s, %s", strings.TrimPrefix(test, "lat-c")+" conns", topoCross),
+			Goal:   fmt.Sprintf("kmesh-mtls (two HBONE hops) adds no more than one plaintext HAProxy hop at p90, 1000 qps, %s, %s", conns(strings.TrimPrefix(test, "lat-c")), topoCross),
 			Target: "≤ haproxy",
 			Measured: fmt.Sprintf("kmesh-mtls %+.0f µs, haproxy %+.0f µs (p50 %+.0f vs %+.0f, p99 %+.0f vs %+.0f µs)", m.AddedP90.Median, h.AddedP90.Median,
 				m.AddedP50.Median, h.AddedP50.Median, m.AddedP99.Median, h.AddedP99.Median),
@@ -225,4 +225,11 @@ func join(notes ...string) string {
 		}
 	}
 	return strings.Join(out, "; ")
+}
+
+func conns(n string) string {
+	if n == "1" {
+		return "1 conn"
+	}
+	return n + " conns"
 }
