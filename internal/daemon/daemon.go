@@ -342,6 +342,9 @@ type daemon struct {
 	// unresolvedWaypoints are the services whose control-plane waypoint
 	// is unknown (service key -> why): their connects are refused.
 	unresolvedWaypoints map[string]string
+	// unservedWorkloads are the workloads with a waypoint of their own
+	// (workload key -> waypoint), whose connections are refused.
+	unservedWorkloads map[string]string
 }
 
 // apply hands a whole mesh from a source (a file, the first xDS state)
@@ -510,8 +513,9 @@ func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 }
 
 // trackWaypoints keeps the services whose waypoint is unknown, logs each
-// one that becomes so, and sets kmesh_waypoint_unresolved_services. It
-// looks only at what c changes.
+// one that becomes so, and sets kmesh_waypoint_unresolved_services; and
+// the same for workloads with a waypoint of their own (refused) and
+// kmesh_waypoint_unserved_workloads. It looks only at what c changes.
 func (d *daemon) trackWaypoints(c *model.Changes, full bool) {
 	if full || d.unresolvedWaypoints == nil {
 		d.unresolvedWaypoints = map[string]string{}
@@ -535,6 +539,28 @@ func (d *daemon) trackWaypoints(c *model.Changes, full bool) {
 		delete(d.unresolvedWaypoints, key)
 	}
 	d.metrics.SetWaypointUnresolved(len(d.unresolvedWaypoints))
+
+	if full || d.unservedWorkloads == nil {
+		d.unservedWorkloads = map[string]string{}
+	}
+	for _, w := range c.Workloads {
+		key := w.Key()
+		if w.Waypoint == "" {
+			if _, was := d.unservedWorkloads[key]; was {
+				d.log.Info("workload waypoint removed: connections allowed by policy again", "workload", key)
+			}
+			delete(d.unservedWorkloads, key)
+			continue
+		}
+		if d.unservedWorkloads[key] != w.Waypoint {
+			d.log.Warn("workload waypoint not served: connections to it refused", "workload", key, "waypoint", w.Waypoint)
+		}
+		d.unservedWorkloads[key] = w.Waypoint
+	}
+	for _, key := range c.RemovedWorkloads {
+		delete(d.unservedWorkloads, key)
+	}
+	d.metrics.SetWaypointUnserved(len(d.unservedWorkloads))
 }
 
 // NotReady says why kmeshd is not ready, "" when it is (admin.State):

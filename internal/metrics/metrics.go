@@ -43,6 +43,9 @@ const (
 	// WaypointUnresolved counts services whose control plane named a
 	// waypoint this node does not know: connects to them are refused.
 	WaypointUnresolved = "kmesh_waypoint_unresolved_services"
+	// WaypointUnserved counts workloads whose control plane gave them a
+	// waypoint of their own: connections to their addresses are refused.
+	WaypointUnserved = "kmesh_waypoint_unserved_workloads"
 )
 
 // Values of the result label of kmesh_config_updates_total.
@@ -90,6 +93,9 @@ type Metrics struct {
 	// waypointUnresolved is the number of services refused for an
 	// unknown waypoint.
 	waypointUnresolved prometheus.Gauge
+	// waypointUnserved is the number of workloads refused for a
+	// waypoint of their own.
+	waypointUnserved prometheus.Gauge
 }
 
 // New returns a registry with every kmeshd metric, plus the Go runtime's and
@@ -130,13 +136,17 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			Name: WaypointUnresolved,
 			Help: "Services whose control plane assigned a waypoint this node cannot resolve: connections to them are refused, never sent around the waypoint.",
 		}),
+		waypointUnserved: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: WaypointUnserved,
+			Help: "Workloads whose control plane assigned a waypoint for traffic to their own address, which this node does not carry through a waypoint: connections to them are refused (except from the waypoint's instances), never sent around it.",
+		}),
 		ringbufLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: RingbufLostRecords,
 			Help: "Connection records the kernel could not hand over because the ring buffer was full.",
 		}),
 	}
 	m.notEnforced.WithLabelValues("custom")
-	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.configUpdates, m.ringbufLost, m.notEnforced, m.waypointUnresolved,
+	m.reg.MustRegister(m.opened, m.closed, m.sent, m.received, m.configUpdates, m.ringbufLost, m.notEnforced, m.waypointUnresolved, m.waypointUnserved,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src.Maps != nil {
@@ -267,6 +277,10 @@ func (o *onceLogger) report(err error) {
 // SetWaypointUnresolved sets how many services have a waypoint the node
 // cannot resolve.
 func (m *Metrics) SetWaypointUnresolved(n int) { m.waypointUnresolved.Set(float64(n)) }
+
+// SetWaypointUnserved sets how many workloads have a waypoint of their
+// own, whose connections are refused.
+func (m *Metrics) SetWaypointUnserved(n int) { m.waypointUnserved.Set(float64(n)) }
 
 // SetPoliciesNotEnforced sets how many policies of each action the mesh
 // has that the node does not enforce.

@@ -152,6 +152,13 @@ type Workload struct {
 	Network string
 	// Locality is where the workload runs, for locality-aware balancing.
 	Locality Locality
+	// Waypoint is the waypoint the control plane gave the workload for
+	// traffic to its own address (waypoint-for workload or all). Nothing
+	// here carries workload-addressed traffic through a waypoint
+	// (kmesh-waypoint serves services), so the xDS source gives such a
+	// workload a deny policy (kmesh-system/waypoint-not-served-...) that
+	// refuses every mesh client but the waypoint's instances.
+	Waypoint string
 }
 
 // TunnelProtocol is how connections from other nodes reach a workload.

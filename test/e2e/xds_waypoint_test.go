@@ -96,3 +96,84 @@ func TestXds_ServiceWaypoint(t *testing.T) {
 		unresolved(t, 1)
 	})
 }
+
+// TestXds_WorkloadWaypoint gives pod hello-2 a waypoint of its own in the
+// workload API, as istiod does for a pod labelled istio.io/use-waypoint
+// with a waypoint-for workload waypoint. Nothing carries traffic to a pod
+// address through a waypoint yet, so the mesh client's connect() to
+// hello-2's address fails at once with EACCES (never sent around the
+// waypoint), logged, counted and shown in /config_dump; hello-3, without
+// a waypoint, still answers; when the waypoint is taken away, hello-2
+// answers again.
+func TestXds_WorkloadWaypoint(t *testing.T) {
+	m := newMesh(t)
+	srv := xdstest.Start(t, "")
+	wpOf := &workloadapi.GatewayAddress{
+		Destination: &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{
+			Namespace: "default", Hostname: xdstest.Hostname("default", "waypoint")}},
+		HboneMtlsPort: 15008,
+	}
+	var hello2 *workloadapi.Address
+	var hello2Name string
+	for _, w := range helloWorkloads {
+		n, a := xdstest.Workload{Namespace: "default", Name: w.name, Node: w.node, IPs: w.addrs}.Address()
+		if w.name == "hello-2" {
+			a.GetWorkload().Waypoint = wpOf
+			hello2, hello2Name = a, n
+		}
+		mustUpdate(t, srv.Addresses, n, a)
+	}
+	k := m.startXdsKmeshd(srv, "workload")
+	unserved := func(t *testing.T, want float64) {
+		t.Helper()
+		if got := metricSum(t, k.metrics, metrics.WaypointUnserved, nil); got != want {
+			t.Fatalf("%s = %v, want %v", metrics.WaypointUnserved, got, want)
+		}
+	}
+	answers := func(t *testing.T, url, pod string) {
+		t.Helper()
+		rs := m.get("client", "--url", url, "--count", "3")
+		checkOnly(t, rs, pod)
+		if c := counts(rs); c[pod] != 3 {
+			t.Fatalf("%s: answers %v, want 3 from %s", url, c, pod)
+		}
+	}
+
+	t.Run("pod_with_waypoint_refused_with_eacces", func(t *testing.T) {
+		for _, u := range []string{"http://10.1.2.12:8080/", "http://[fd00:1:2::12]:8080/"} {
+			rs := m.get("client", "--url", u, "--count", "1", "--timeout", "5s")
+			if len(rs) != 1 || !strings.Contains(rs[0].Error, "connect: permission denied") {
+				t.Fatalf("%s: %+v, want connect: permission denied (EACCES)", u, rs)
+			}
+		}
+		unserved(t, 1)
+		k.waitLog(t, "workload waypoint not served: connections to it refused", 1)
+		var found bool
+		for _, w := range k.configDump(t).Workloads {
+			if w.Name == "hello-2" {
+				found = true
+				if w.Waypoint != "default/"+xdstest.Hostname("default", "waypoint") {
+					t.Fatalf("config dump: hello-2's waypoint %q, want default/waypoint's hostname", w.Waypoint)
+				}
+			} else if w.Waypoint != "" {
+				t.Fatalf("config dump: %s has waypoint %q, want none", w.Name, w.Waypoint)
+			}
+		}
+		if !found {
+			t.Fatal("config dump: no workload hello-2")
+		}
+	})
+
+	t.Run("pod_without_waypoint_answers", func(t *testing.T) {
+		answers(t, "http://10.1.2.13:8080/", "hello-3")
+	})
+
+	t.Run("waypoint_removed_pod_answers", func(t *testing.T) {
+		v := k.configDump(t).Version
+		hello2.GetWorkload().Waypoint = nil
+		mustUpdate(t, srv.Addresses, hello2Name, hello2)
+		k.waitVersion(t, v+1)
+		answers(t, "http://10.1.2.12:8080/", "hello-2")
+		unserved(t, 0)
+	})
+}

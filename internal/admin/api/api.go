@@ -73,6 +73,10 @@ type Workload struct {
 	Node      string            `json:"node"`
 	Netns     string            `json:"netns,omitempty"`
 	Weight    uint32            `json:"weight"`
+	// Waypoint is the waypoint the control plane gave the workload for
+	// traffic to its own address: connections to it are refused by the
+	// deny policy kmesh-system/waypoint-not-served-<namespace>.<name>.
+	Waypoint string `json:"waypoint,omitempty"`
 }
 
 // FromModel converts the mesh into the dump's services and workloads.
@@ -102,7 +106,7 @@ func FromModel(m *model.Mesh) ([]Service, []Workload) {
 	}
 	workloads := make([]Workload, 0, len(m.Workloads))
 	for _, w := range m.Workloads {
-		out := Workload{Name: w.Name, Namespace: w.Namespace, Labels: w.Labels, Node: w.Node, Netns: w.Netns, Weight: w.Weight, Addresses: make([]string, 0, len(w.Addresses))}
+		out := Workload{Name: w.Name, Namespace: w.Namespace, Labels: w.Labels, Node: w.Node, Netns: w.Netns, Weight: w.Weight, Waypoint: w.Waypoint, Addresses: make([]string, 0, len(w.Addresses))}
 		for _, a := range w.Addresses {
 			out.Addresses = append(out.Addresses, a.String())
 		}

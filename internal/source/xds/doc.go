@@ -24,7 +24,11 @@
 //     taking traffic the service has no endpoint, so connects are refused
 //     (model.ServiceWaypoint says why). Responses that touch such a
 //     service, a waypoint or their workloads take the full build.
-//     A workload's own waypoint field is not used yet.
+//     A workload's own waypoint field is not served (nothing carries
+//     traffic to a pod address through a waypoint): the full build gives
+//     the workload a deny policy, kmesh-system/waypoint-not-served-<ns>.<name>,
+//     that spares only the waypoint's instances, and sets model.Workload's
+//     Waypoint (workload_waypoint.go).
 //   - istio.workload.Workload: uid, name, namespace, addresses, node,
 //     network, service account, locality, capacity (as weight, capped at
 //     model.MaxWeight) and selector policies become a model workload. Its

@@ -34,7 +34,7 @@ type workload struct {
 	// 500,000 workloads.
 	services []membership
 	// waypoint is the workload's own waypoint (waypoint-for workload):
-	// not used yet, logged.
+	// connections to its address are refused (workload_waypoint.go).
 	waypoint *waypointRef
 }
 
@@ -224,8 +224,8 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		w.Policies = append(w.Policies, p)
 	}
 	// The network gateway is not used: the data plane connects straight
-	// to the workload's address. So is the workload's own waypoint (for
-	// traffic to its address), which the build logs.
+	// to the workload's address. The workload's own waypoint (for traffic
+	// to its address) is not served: the build refuses such connections.
 	out := &workload{w: w, healthy: pw.GetStatus() == workloadapi.WorkloadStatus_HEALTHY, endpoint: true}
 	wp, err := convertWaypoint(pw.GetWaypoint())
 	if err != nil {

@@ -1,10 +1,10 @@
 package xds
 
 import (
-	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 
 	"github.com/kmesh-go/kmesh/internal/model"
 )
@@ -22,8 +22,8 @@ type workloadIndex struct {
 	fronts                          map[netip.AddrPort][]string
 	members                         map[string][]string // host -> workload resource names
 	byPolicy                        map[string][]string // policy key -> workload resource names naming it
-	// wpRefs are the waypoints services name (address or host, as
-	// waypointRef.String) and wpHosts the hosts of those services: a
+	// wpRefs are the waypoints services and workloads name (address or
+	// host, as waypointRef.String) and wpHosts the hosts of those services: a
 	// response touching either is left to the full build, which resolves
 	// waypoints (workload_waypoint.go).
 	wpRefs, wpHosts map[string][]string
@@ -93,6 +93,9 @@ func (ix *workloadIndex) claim(name string, v any, on bool) {
 		for _, p := range v.w.Policies {
 			mark(ix.byPolicy, p, name, on)
 		}
+		if v.waypoint != nil {
+			mark(ix.wpRefs, v.waypoint.String(), name, on)
+		}
 	case *service:
 		if v.skip != "" {
 			return
@@ -143,6 +146,12 @@ func (ix *workloadIndex) contested(v any) bool {
 func (ix *workloadIndex) waypointBound(st *store, v any) bool {
 	if s, ok := v.(*service); ok && s.waypoint != nil {
 		return true
+	}
+	if w, ok := v.(*workload); ok && w.waypoint != nil {
+		return true
+	}
+	if p, ok := v.(*model.Policy); ok && p.Namespace == WaypointNotServedNamespace && strings.HasPrefix(p.Name, "waypoint-not-served-") {
+		return true // it may clash with a workload's deny policy: the full build names them
 	}
 	if len(ix.wpRefs) == 0 {
 		return false
@@ -260,7 +269,9 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 		}
 		w := st.get(AddressType, only(n)).value.(*workload)
 		if w.waypoint != nil {
-			notes = append(notes, fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not used yet; such connections go straight to it", w.w.Key(), w.waypoint))
+			// Its deny policy and the waypoint's instances it spares
+			// are the full build's (workload_waypoint.go).
+			return nil, nil, true
 		}
 		mw := modelWorkload(w, present)
 		if cur := ix.workloads[key]; cur == nil || !reflect.DeepEqual(cur, &mw) {

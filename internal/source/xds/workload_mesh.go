@@ -46,6 +46,7 @@ func buildWorkloadMesh(st *store) *built {
 	// Workloads: one per key; members[host] are the endpoints of a service.
 	members := make(map[string][]member, len(addrs)-nw)
 	keys := make(map[string]bool, nw)
+	var unserved []unservedAt // workloads with a waypoint of their own
 	for _, e := range addrs {
 		w, ok := e.value.(*workload)
 		if !ok {
@@ -57,7 +58,7 @@ func buildWorkloadMesh(st *store) *built {
 		}
 		keys[w.w.Key()] = true
 		if w.waypoint != nil {
-			b.notes = append(b.notes, fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not used yet; such connections go straight to it", w.w.Key(), w.waypoint))
+			unserved = append(unserved, unservedAt{len(m.Workloads), w.waypoint})
 		}
 		m.Workloads = append(m.Workloads, modelWorkload(w, func(p string) bool { return policies[p] }))
 		for _, ms := range w.services {
@@ -65,13 +66,18 @@ func buildWorkloadMesh(st *store) *built {
 		}
 	}
 
-	// Waypoints are resolved only when some service has one: at scale the
-	// address index costs more than the rest of the build.
+	// Waypoints are resolved only when some service or workload has one:
+	// at scale the address index costs more than the rest of the build.
 	var wp *waypoints
+	if len(unserved) > 0 {
+		wp = newWaypoints(members)
+	}
 	for _, e := range addrs {
+		if wp != nil {
+			break
+		}
 		if s, ok := e.value.(*service); ok && s.waypoint != nil {
 			wp = newWaypoints(members)
-			break
 		}
 	}
 	if wp != nil {
@@ -85,6 +91,10 @@ func buildWorkloadMesh(st *store) *built {
 				wp.addWorkload(v)
 			}
 		}
+	}
+
+	for _, u := range unserved {
+		wp.refuse(&m.Workloads[u.i], u.ref, policies, b)
 	}
 
 	services := make(map[string]bool, len(addrs)-nw)

@@ -23,12 +23,13 @@ type waypoints struct {
 	byHost   map[string]*service // host -> the service that holds it
 	byAddr   map[netip.Addr]*service
 	workload map[netip.Addr]*workload
+	byKey    map[string]*workload
 	members  map[string][]member
 }
 
 func newWaypoints(members map[string][]member) *waypoints {
 	return &waypoints{byHost: map[string]*service{}, byAddr: map[netip.Addr]*service{},
-		workload: map[netip.Addr]*workload{}, members: members}
+		workload: map[netip.Addr]*workload{}, byKey: map[string]*workload{}, members: members}
 }
 
 // addService records a service of the build (the older one wins, as in
@@ -45,6 +46,9 @@ func (wp *waypoints) addService(s *service) {
 }
 
 func (wp *waypoints) addWorkload(w *workload) {
+	if _, ok := wp.byKey[w.w.Key()]; !ok {
+		wp.byKey[w.w.Key()] = w
+	}
 	for _, a := range w.w.Addresses {
 		if _, ok := wp.workload[a]; !ok {
 			wp.workload[a] = w
@@ -106,4 +110,69 @@ func (wp *waypoints) redirect(s *service, ms *model.Service, notes *[]string) {
 	if why != "" {
 		*notes = append(*notes, fmt.Sprintf("service %s: %s; connections to it are refused until it is", s.host, why))
 	}
+}
+
+// A workload that istiod gives a waypoint of its own (waypoint-for
+// workload or all) should be reached, at its own address, only through
+// that waypoint. kmesh-waypoint serves service-addressed traffic only, so
+// nothing here can carry such a connection through it: the build gives
+// the workload a deny policy that refuses every mesh client except the
+// waypoint's instances (at the client's connect() with EACCES, and with a
+// SYN drop at the workload), rather than let clients go around the
+// waypoint. The policy's name says why; the workload's Waypoint field
+// names the waypoint.
+
+// WaypointNotServedNamespace is the namespace of the deny policies the
+// xDS source makes for workloads with a waypoint of their own; their
+// names are waypoint-not-served-<namespace>.<name> (namespaces have no
+// dots, so the name is unique; a control-plane policy that already has it
+// pushes ours to a numbered name).
+const WaypointNotServedNamespace = "kmesh-system"
+
+// WaypointNotServedName is the name of the deny policy for the workload
+// namespace/name.
+func WaypointNotServedName(namespace, name string) string {
+	return "waypoint-not-served-" + namespace + "." + name
+}
+
+// unservedAt is a workload of the build (its index in the mesh's
+// workloads) with a waypoint of its own.
+type unservedAt struct {
+	i   int
+	ref *waypointRef
+}
+
+// refuse gives mw, whose waypoint is r, the deny policy that refuses
+// connections to it from everyone but the waypoint's instances.
+func (wp *waypoints) refuse(mw *model.Workload, r *waypointRef, policies map[string]bool, b *built) {
+	p := model.Policy{Name: WaypointNotServedName(mw.Namespace, mw.Name), Namespace: WaypointNotServedNamespace,
+		Scope: model.ScopeWorkloadSelector, Action: model.ActionDeny}
+	// A control-plane policy of that name would be a strange clash; the
+	// workload is refused all the same, under a numbered name.
+	for n := 2; policies[p.Key()]; n++ {
+		p.Name = fmt.Sprintf("%s-%d", WaypointNotServedName(mw.Namespace, mw.Name), n)
+	}
+	eps, why := wp.instances(r)
+	var spared []netip.Prefix
+	for _, ep := range eps {
+		if iw := wp.byKey[ep.Workload]; iw != nil {
+			for _, a := range iw.w.Addresses {
+				spared = append(spared, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+	}
+	rule := model.PolicyRule{} // no clauses: every connection
+	if len(spared) > 0 {
+		rule.Clauses = []model.PolicyClause{{Matches: []model.PolicyMatch{{NotSourceIPs: spared}}}}
+	}
+	p.Rules = []model.PolicyRule{rule}
+	policies[p.Key()] = true
+	b.mesh.Policies = append(b.mesh.Policies, p)
+	mw.Policies = append(mw.Policies, p.Key())
+	mw.Waypoint = r.String()
+	note := fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not served here; connections to it are refused (policy %s)", mw.Key(), r, p.Key())
+	if why != "" {
+		note += "; " + why
+	}
+	b.notes = append(b.notes, note)
 }

@@ -127,3 +127,137 @@ func TestWorkloadMesh_ServiceWaypoint(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkloadMesh_WorkloadWaypoint drives a workload that istiod gives a
+// waypoint of its own, before and after the waypoint and its instance
+// arrive: the workload always carries the deny policy that refuses
+// connections to its address, sparing only the waypoint's instances,
+// until it has no waypoint any more. The incremental path must agree with
+// the full build after every response.
+func TestWorkloadMesh_WorkloadWaypoint(t *testing.T) {
+	byHost := &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Hostname{
+		Hostname: &workloadapi.NamespacedHostname{Namespace: "default", Hostname: xdstest.Hostname("default", "waypoint")}}}
+	dbName, plain := xdstest.Workload{Namespace: "default", Name: "db-1", Node: "node-b", IPs: []string{"10.1.1.31"},
+		Services: map[string][]xdstest.Port{"default/db": {{Service: 5432, Target: 5432}}}}.Address()
+	withWaypoint := func() *workloadapi.Address {
+		_, a := xdstest.Workload{Namespace: "default", Name: "db-1", Node: "node-b", IPs: []string{"10.1.1.31"},
+			Services: map[string][]xdstest.Port{"default/db": {{Service: 5432, Target: 5432}}}}.Address()
+		a.GetWorkload().Waypoint = byHost
+		return a
+	}
+	dbSvcName, dbSvc := xdstest.Service("default", "db", []string{"10.96.0.31"}, xdstest.Port{Service: 5432, Target: 5432})
+	wpName, wpSvc := xdstest.Service("default", "waypoint", []string{"10.96.0.99"}, xdstest.Port{Service: 15008, Target: 15008})
+	w1, w1a := xdstest.Workload{Namespace: "default", Name: "wp-1", Node: "node-b", IPs: []string{"10.1.2.21"},
+		Services: map[string][]xdstest.Port{"default/waypoint": {{Service: 15008, Target: 15008}}}}.Address()
+	policy := "kmesh-system/waypoint-not-served-default.db-1"
+
+	steps := []struct {
+		name, res string
+		value     *workloadapi.Address
+		refused   bool     // the workload carries the deny policy
+		spared    []string // source addresses the policy spares
+	}{
+		{name: "service", res: dbSvcName, value: dbSvc},
+		{name: "workload without waypoint", res: dbName, value: plain},
+		{name: "waypoint assigned, unknown", res: dbName, value: withWaypoint(), refused: true},
+		{name: "waypoint service without instance", res: wpName, value: wpSvc, refused: true},
+		{name: "an instance", res: w1, value: w1a, refused: true, spared: []string{"10.1.2.21/32"}},
+		{name: "instance gone", res: w1, refused: true},
+		{name: "no waypoint any more", res: dbName, value: plain},
+	}
+	st := newStore()
+	state := model.NewState()
+	b := buildWorkloadMesh(st)
+	ix := newWorkloadIndex(st, b.mesh)
+	for _, s := range steps {
+		old := map[string]*entry{s.res: st.get(AddressType, s.res)}
+		if s.value == nil {
+			st.remove(AddressType, s.res)
+		} else {
+			st.put(AddressType, s.res, "v", convertAddress(t, s.value))
+		}
+		c, _, full := ix.delta(st, AddressType, old)
+		want := buildWorkloadMesh(st).mesh
+		if err := want.Validate(); err != nil {
+			t.Fatalf("%s: the build is not a valid mesh: %v", s.name, err)
+		}
+		if full {
+			c = state.DiffMesh(want)
+			ix = newWorkloadIndex(st, want)
+		}
+		if err := state.Check(c); err != nil {
+			t.Fatalf("%s: changes %s do not apply: %v", s.name, c, err)
+		}
+		state.Apply(c)
+		if d := state.DiffMesh(want); !d.Empty() {
+			t.Fatalf("%s: the changes differ from the full build by %s", s.name, d)
+		}
+		db := state.Workload("default/db-1")
+		if db == nil {
+			continue
+		}
+		if got := slices.Contains(db.Policies, policy); got != s.refused {
+			t.Fatalf("%s: workload policies %v, want %s: %v", s.name, db.Policies, policy, s.refused)
+		}
+		if wantWp := map[bool]string{true: "default/" + xdstest.Hostname("default", "waypoint")}[s.refused]; db.Waypoint != wantWp {
+			t.Fatalf("%s: workload waypoint %q, want %q", s.name, db.Waypoint, wantWp)
+		}
+		var p *model.Policy
+		for _, mp := range state.Mesh().Policies {
+			if mp.Key() == policy {
+				p = &mp
+			}
+		}
+		if (p != nil) != s.refused {
+			t.Fatalf("%s: policy %s in the mesh: %v, want %v", s.name, policy, p != nil, s.refused)
+		}
+		if p == nil {
+			continue
+		}
+		if p.Action != model.ActionDeny || p.Scope != model.ScopeWorkloadSelector || len(p.Rules) != 1 {
+			t.Fatalf("%s: policy %+v, want one deny rule for the workload", s.name, p)
+		}
+		var spared []string
+		for _, c := range p.Rules[0].Clauses {
+			for _, m := range c.Matches {
+				if len(m.NotSourceIPs) == 0 || len(m.Principals)+len(m.SourceIPs)+len(m.DestinationPorts) > 0 {
+					t.Fatalf("%s: match %+v, want only not-source addresses", s.name, m)
+				}
+				for _, a := range m.NotSourceIPs {
+					spared = append(spared, a.String())
+				}
+			}
+		}
+		if !slices.Equal(spared, s.spared) {
+			t.Fatalf("%s: policy spares %v, want %v", s.name, spared, s.spared)
+		}
+	}
+}
+
+// TestWorkloadMesh_WorkloadWaypointNameClash: a control-plane policy that
+// already has the deny policy's name does not let the workload through:
+// it is refused under a numbered name.
+func TestWorkloadMesh_WorkloadWaypointNameClash(t *testing.T) {
+	st := newStore()
+	clash := &model.Policy{Name: WaypointNotServedName("default", "db-1"), Namespace: WaypointNotServedNamespace,
+		Scope: model.ScopeGlobal, Action: model.ActionAllow, Rules: []model.PolicyRule{{}}}
+	st.put(AuthorizationType, "clash", "v", clash)
+	name, a := xdstest.Workload{Namespace: "default", Name: "db-1", Node: "node-b", IPs: []string{"10.1.1.31"}}.Address()
+	a.GetWorkload().Waypoint = &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Address{
+		Address: &workloadapi.NetworkAddress{Address: netip.MustParseAddr("10.96.0.99").AsSlice()}}}
+	st.put(AddressType, name, "v", convertAddress(t, a))
+	m := buildWorkloadMesh(st).mesh
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := clash.Key() + "-2"
+	if len(m.Workloads) != 1 || !slices.Equal(m.Workloads[0].Policies, []string{want}) {
+		t.Fatalf("workloads %+v, want db-1 with policy %s", m.Workloads, want)
+	}
+	for _, p := range m.Policies {
+		if p.Key() == want && p.Action == model.ActionDeny && len(p.Rules) == 1 && len(p.Rules[0].Clauses) == 0 {
+			return
+		}
+	}
+	t.Fatalf("policies %+v, want %s denying every connection", m.Policies, want)
+}
