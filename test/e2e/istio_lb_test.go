@@ -172,6 +172,11 @@ func TestIstioLB_PreferCloseFailoverStrict(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		setReady("hello-1", false)
 		applied := waitPriority("hello-1 unready", "hello-2")
+		// A connection balanced to hello-1 just before the change may still
+		// sit in its listener's backlog; stopping the server now would reset
+		// it. Kubernetes users give a terminating pod a preStop delay for the
+		// same reason: wait as one would.
+		time.Sleep(500 * time.Millisecond)
 		if err := servers["hello-1"].Stop(); err != nil {
 			t.Fatal(err)
 		}
