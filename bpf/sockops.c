@@ -174,19 +174,7 @@ static __always_inline void sockops_stats_key(struct bpf_sock_ops *skops, struct
 
 	__builtin_memset(key, 0, sizeof(*key));
 	key->direction = direction;
-	if (skops->family == 2 /* AF_INET */) {
-		lb_v4_mapped(key->local_addr, skops->local_ip4);
-		lb_v4_mapped(key->remote_addr, skops->remote_ip4);
-	} else {
-		key->local_addr[0] = skops->local_ip6[0];
-		key->local_addr[1] = skops->local_ip6[1];
-		key->local_addr[2] = skops->local_ip6[2];
-		key->local_addr[3] = skops->local_ip6[3];
-		key->remote_addr[0] = skops->remote_ip6[0];
-		key->remote_addr[1] = skops->remote_ip6[1];
-		key->remote_addr[2] = skops->remote_ip6[2];
-		key->remote_addr[3] = skops->remote_ip6[3];
-	}
+	sock_addrs_ops(skops, key->local_addr, key->remote_addr);
 	if (direction == KM_CONN_OUTBOUND)
 		key->server_port = (__u16)bpf_ntohl(skops->remote_port);
 	else

@@ -57,23 +57,30 @@ struct {
 	__uint(max_entries, 1);
 } km_redir_bytes SEC(".maps");
 
+/* The socket's two addresses, v4 as v4-mapped v6, as every key built in
+ * sockops holds them. */
+static __always_inline void sock_addrs_ops(struct bpf_sock_ops *skops, __u32 local[4], __u32 remote[4])
+{
+	if (skops->family == 2 /* AF_INET */) {
+		lb_v4_mapped(local, skops->local_ip4);
+		lb_v4_mapped(remote, skops->remote_ip4);
+	} else {
+		local[0] = skops->local_ip6[0];
+		local[1] = skops->local_ip6[1];
+		local[2] = skops->local_ip6[2];
+		local[3] = skops->local_ip6[3];
+		remote[0] = skops->remote_ip6[0];
+		remote[1] = skops->remote_ip6[1];
+		remote[2] = skops->remote_ip6[2];
+		remote[3] = skops->remote_ip6[3];
+	}
+}
+
 /* The connection's 4-tuple from this socket's side, as sock_key holds it:
  * telemetry records and the acceleration sockhash both use it. */
 static __always_inline void sock_key_ops(struct bpf_sock_ops *skops, struct sock_key *key)
 {
-	if (skops->family == 2 /* AF_INET */) {
-		lb_v4_mapped(key->local_addr, skops->local_ip4);
-		lb_v4_mapped(key->remote_addr, skops->remote_ip4);
-	} else {
-		key->local_addr[0] = skops->local_ip6[0];
-		key->local_addr[1] = skops->local_ip6[1];
-		key->local_addr[2] = skops->local_ip6[2];
-		key->local_addr[3] = skops->local_ip6[3];
-		key->remote_addr[0] = skops->remote_ip6[0];
-		key->remote_addr[1] = skops->remote_ip6[1];
-		key->remote_addr[2] = skops->remote_ip6[2];
-		key->remote_addr[3] = skops->remote_ip6[3];
-	}
+	sock_addrs_ops(skops, key->local_addr, key->remote_addr);
 	key->local_port = (__u16)skops->local_port;
 	key->remote_port = (__u16)bpf_ntohl(skops->remote_port);
 }
