@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"runtime"
@@ -181,4 +182,40 @@ func tlsServerVersion(stream []byte) uint16 {
 		b = b[4+l:]
 	}
 	return legacy
+}
+
+// requireOnlyTunnel fails t unless every captured segment between two pod
+// addresses (pod) goes to or from port 15008, none carries any of plain,
+// at least one connection to 15008 was opened, and its server chose
+// TLS 1.3. It returns how many tunnel connections were opened.
+func requireOnlyTunnel(t *testing.T, pkts []packet, pod func(netip.Addr) bool, plain ...string) int {
+	t.Helper()
+	var tunnelSYNs int
+	var serverFirst []byte
+	for _, p := range pkts {
+		if !pod(p.src.Addr()) || !pod(p.dst.Addr()) {
+			continue
+		}
+		if p.src.Port() != 15008 && p.dst.Port() != 15008 {
+			t.Fatalf("pod-to-pod segment on the underlay outside the tunnel: %s -> %s", p.src, p.dst)
+		}
+		if p.dst.Port() == 15008 && p.flags&0x12 == 0x02 {
+			tunnelSYNs++
+		}
+		for _, s := range plain {
+			if bytes.Contains(p.payload, []byte(s)) {
+				t.Fatalf("application bytes %q on the underlay: %s -> %s: %q", s, p.src, p.dst, p.payload)
+			}
+		}
+		if serverFirst == nil && p.src.Port() == 15008 && len(p.payload) > 0 {
+			serverFirst = p.payload
+		}
+	}
+	if tunnelSYNs == 0 {
+		t.Fatal("no connection to port 15008 seen on the underlay")
+	}
+	if v := tlsServerVersion(serverFirst); v != 0x0304 {
+		t.Fatalf("server's first bytes on 15008 chose TLS version %#04x, want 0x0304 (TLS 1.3): %x", v, serverFirst[:min(len(serverFirst), 64)])
+	}
+	return tunnelSYNs
 }

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -131,33 +130,7 @@ func TestHBONE_CrossNodeOverMutualTLS(t *testing.T) {
 	requireAll(t, "client -> hello service", h.get("client", "--url", "http://10.96.0.10/", "--count", "20"), "")
 
 	pkts := cpt.stop()
-	var tunnelSYNs int
-	var serverFirst []byte
-	for _, p := range pkts {
-		if !podAddr(p.src.Addr()) || !podAddr(p.dst.Addr()) {
-			continue
-		}
-		if p.src.Port() != 15008 && p.dst.Port() != 15008 {
-			t.Fatalf("pod-to-pod segment on the underlay outside the tunnel: %s -> %s", p.src, p.dst)
-		}
-		if p.dst.Port() == 15008 && p.flags&0x12 == 0x02 {
-			tunnelSYNs++
-		}
-		for _, plain := range []string{"GET /", "hello-2", "hello-3", "X-Pod"} {
-			if bytes.Contains(p.payload, []byte(plain)) {
-				t.Fatalf("application bytes %q on the underlay: %s -> %s: %q", plain, p.src, p.dst, p.payload)
-			}
-		}
-		if serverFirst == nil && p.src.Port() == 15008 && len(p.payload) > 0 {
-			serverFirst = p.payload
-		}
-	}
-	if tunnelSYNs == 0 {
-		t.Fatal("no connection to port 15008 seen on the underlay")
-	}
-	if v := tlsServerVersion(serverFirst); v != 0x0304 {
-		t.Fatalf("server's first bytes on 15008 chose TLS version %#04x, want 0x0304 (TLS 1.3): %x", v, serverFirst[:min(len(serverFirst), 64)])
-	}
+	tunnelSYNs := requireOnlyTunnel(t, pkts, podAddr, "GET /", "hello-2", "hello-3", "X-Pod")
 	t.Logf("%d segments on the underlay, %d tunnel connections", len(pkts), tunnelSYNs)
 }
 

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -100,33 +99,7 @@ func TestIstioMutualTLS(t *testing.T) {
 	}
 	pkts := cpt.stop()
 	inTier := func(a netip.Addr) bool { return istioCIDRA.Contains(a) || istioCIDRB.Contains(a) }
-	var tunnelSYNs int
-	var serverFirst []byte
-	for _, p := range pkts {
-		if !inTier(p.src.Addr()) || !inTier(p.dst.Addr()) {
-			continue
-		}
-		if p.src.Port() != 15008 && p.dst.Port() != 15008 {
-			t.Fatalf("pod-to-pod segment on the underlay outside the tunnel: %s -> %s", p.src, p.dst)
-		}
-		if p.dst.Port() == 15008 && p.flags&0x12 == 0x02 {
-			tunnelSYNs++
-		}
-		for _, plain := range []string{"GET /", "hello-2", "X-Pod"} {
-			if bytes.Contains(p.payload, []byte(plain)) {
-				t.Fatalf("application bytes %q on the underlay: %s -> %s: %q", plain, p.src, p.dst, p.payload)
-			}
-		}
-		if serverFirst == nil && p.src.Port() == 15008 && len(p.payload) > 0 {
-			serverFirst = p.payload
-		}
-	}
-	if tunnelSYNs == 0 {
-		t.Fatal("no connection to port 15008 seen on the underlay")
-	}
-	if v := tlsServerVersion(serverFirst); v != 0x0304 {
-		t.Fatalf("server's first bytes on 15008 chose TLS version %#04x, want 0x0304 (TLS 1.3): %x", v, serverFirst[:min(len(serverFirst), 64)])
-	}
+	tunnelSYNs := requireOnlyTunnel(t, pkts, inTier, "GET /", "hello-2", "X-Pod")
 	// The certificates are istiod's: the client's tunnel presented
 	// apps/default and verified hello-2's.
 	if !regexp.MustCompile(`msg=tunnelled .*src=spiffe://cluster.local/ns/apps/sa/default dst=10.71.2.12:8080 peer_identity=spiffe://cluster.local/ns/apps/sa/default`).MatchString(h.tunnels["node-a"].Stderr()) {
