@@ -1,35 +1,31 @@
 package main
 
 import (
-	"os"
-	"strings"
 	"testing"
 
-	"github.com/spf13/pflag"
+	"github.com/kmesh-go/kmesh/internal/flagdoc"
 )
 
 // TestREADME_FlagTableNamesEveryFlag: the README's kmeshd flag table is
 // where a user looks a flag up; every flag of kmeshd is in it.
 func TestREADME_FlagTableNamesEveryFlag(t *testing.T) {
-	b, err := os.ReadFile("../../README.md")
+	missing, err := flagdoc.Undocumented("../../README.md", "## kmeshd", newCommand().Flags())
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rest, ok := strings.Cut(string(b), "\n## kmeshd\n")
-	if !ok {
-		t.Fatal("README has no kmeshd section")
+	for _, f := range missing {
+		t.Errorf("flag %s is not in the README's kmeshd flag table", f)
 	}
-	section, _, _ := strings.Cut(rest, "\n## ")
-	var table strings.Builder
-	for _, line := range strings.Split(section, "\n") {
-		if strings.HasPrefix(line, "| `--") {
-			first, _, _ := strings.Cut(strings.TrimPrefix(line, "|"), "|")
-			table.WriteString(first)
-		}
+}
+
+// TestHBONEDoc_FlagTableNamesEveryTunnelFlag: docs/hbone.md's table is the
+// reference for `kmeshd tunnel`; every flag it takes is there.
+func TestHBONEDoc_FlagTableNamesEveryTunnelFlag(t *testing.T) {
+	missing, err := flagdoc.Undocumented("../../docs/hbone.md", "| flag (`kmeshd tunnel`)", newTunnelCommand().Flags())
+	if err != nil {
+		t.Fatal(err)
 	}
-	newCommand().Flags().VisitAll(func(f *pflag.Flag) {
-		if !strings.Contains(table.String(), "`--"+f.Name+"`") && !strings.Contains(table.String(), "`--"+f.Name+" ") {
-			t.Errorf("flag --%s is not in the README's kmeshd flag table", f.Name)
-		}
-	})
+	for _, f := range missing {
+		t.Errorf("flag %s of kmeshd tunnel is not in docs/hbone.md's flag table", f)
+	}
 }
