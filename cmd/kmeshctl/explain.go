@@ -30,9 +30,13 @@ endpoint, and which policy decided (a denied connect() fails with EACCES).
 For a service with a routing preference, PRIORITY says which locality rank
 the connect picks from and why, and LOCALITY is each endpoint's
 region/zone/subzone ("n/a" otherwise). AFFINITY is the source's session
-affinity entry, with its time left. HEALTH shows an endpoint ejected by
-outlier detection with its time left, else "n/a" (unhealthy workloads are no
-endpoints at all).
+affinity entry, with its time left. TUNNEL says how a connection to the
+endpoint is carried: "direct", or (when the mesh has a CA and the endpoint is
+a workload of another node that takes HBONE) "HBONE to <peer>:15008, <source
+identity> -> <destination identity>": kmeshd tunnel opens mutual TLS to the
+peer presenting the source's certificate and accepts only the destination's.
+HEALTH shows an endpoint ejected by outlier detection with its time left, else
+"n/a" (unhealthy workloads are no endpoints at all).
 
 explain reads kmeshd's model of the mesh; 'kmeshctl dump maps' shows what the
 kernel holds.`,
@@ -107,6 +111,9 @@ func printExplanation(w io.Writer, e api.Explanation) error {
 	if a := e.Affinity; a != nil {
 		t.row("AFFINITY:", a.Workload+", for "+a.ExpiresIn+" more unless the source connects again")
 	}
+	if tn := e.Tunnel; tn != nil {
+		t.row("TUNNEL:", tunnelText(tn))
+	}
 	t.row("RESULT:", e.Result)
 	if err := t.flush(); err != nil {
 		return err
@@ -115,7 +122,7 @@ func printExplanation(w io.Writer, e api.Explanation) error {
 		return nil
 	}
 	fmt.Fprintln(w)
-	t = newTable(w, "ENDPOINT", "NODE", "ADDRESS", "WEIGHT", "SHARE", "ELIGIBLE", "HEALTH", "LOCALITY", "POLICY")
+	t = newTable(w, "ENDPOINT", "NODE", "ADDRESS", "WEIGHT", "SHARE", "ELIGIBLE", "HEALTH", "LOCALITY", "POLICY", "TUNNEL")
 	for _, ep := range e.Endpoints {
 		eligible, share := "yes", fmt.Sprintf("%.0f%%", ep.Share*100)
 		if !ep.Eligible {
@@ -126,7 +133,17 @@ func printExplanation(w io.Writer, e api.Explanation) error {
 		if ep.Ejected != "" {
 			health = ep.Ejected
 		}
-		t.row(ep.Workload, ep.Node, ep.Address, strconv.FormatUint(uint64(ep.Weight), 10), share, eligible, health, ep.Locality, ep.Policy)
+		tunnel := "direct"
+		if ep.Tunnel != nil {
+			tunnel = tunnelText(ep.Tunnel)
+		}
+		t.row(ep.Workload, ep.Node, ep.Address, strconv.FormatUint(uint64(ep.Weight), 10), share, eligible, health, ep.Locality, ep.Policy, tunnel)
 	}
 	return t.flush()
+}
+
+// tunnelText is one tunnel in a line: the HBONE peer, and the identities
+// presented and required.
+func tunnelText(tn *api.ExplainTunnel) string {
+	return fmt.Sprintf("HBONE to %s, %s -> %s", tn.Peer, tn.SourceIdentity, tn.DestinationIdentity)
 }

@@ -74,6 +74,9 @@ type Controls struct {
 	// Certs lists the workload certificates and roots; nil when the mesh
 	// has no CA, and /certs answers 404 saying so.
 	Certs func() api.Certs
+	// TrustDomain is the CA's trust domain, "" when the mesh has none:
+	// /explain says which connections the tunnel carries, and as whom.
+	TrustDomain string
 }
 
 // Enrollment is how a CNI plugin or an operator enrolls a network
@@ -323,7 +326,7 @@ func (h *handler) explain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := h.st.ConfigDump()
-	e, err := Explain(m, d.Node, d.Enrolled, d.EnrolledWorkloads, source, dst)
+	e, err := Explain(m, d.Node, d.Enrolled, d.EnrolledWorkloads, h.c.TrustDomain, source, dst)
 	if errors.Is(err, ErrUnknownWorkload) {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return

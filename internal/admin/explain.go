@@ -9,6 +9,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/admin/api"
 	"github.com/kmesh-go/kmesh/internal/authz"
+	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
@@ -33,7 +34,12 @@ const (
 // the daemon matched to one (workload key -> netns path): a workload of an
 // xDS mesh has no netns of its own, and is in the mesh when it is there.
 // It reads the model, not the maps.
-func Explain(m *model.Mesh, node string, enrolled []string, who map[string]string, source string, dst netip.AddrPort) (api.Explanation, error) {
+//
+// trustDomain is the CA's trust domain, "" when the mesh has none: with
+// one, a connection to a workload of another node that takes HBONE goes
+// through the tunnel, and the explanation names the peer and both
+// identities (dataplane.TunnelAddrs decides the same for km_tunnel).
+func Explain(m *model.Mesh, node string, enrolled []string, who map[string]string, trustDomain string, source string, dst netip.AddrPort) (api.Explanation, error) {
 	key := source
 	if !strings.Contains(key, "/") {
 		key = defaultNS + "/" + key
@@ -63,9 +69,19 @@ func Explain(m *model.Mesh, node string, enrolled []string, who map[string]strin
 	switch {
 	case svc == nil:
 		e.Result = fmt.Sprintf("passes untouched: no service has address %s", addr)
-		if w := ix.WorkloadAt(addr); w != nil && ix.Policies() {
-			d := explainPolicy(ix, src, w, netip.AddrPortFrom(addr, dst.Port()))
-			e.Result = fmt.Sprintf("not balanced (no service has address %s); to workload %s: %s", addr, w.Key(), d)
+		w := ix.WorkloadAt(addr)
+		if w != nil {
+			e.Tunnel = explainTunnel(src, w, trustDomain, addr)
+		}
+		var what []string
+		if w != nil && ix.Policies() {
+			what = append(what, explainPolicy(ix, src, w, netip.AddrPortFrom(addr, dst.Port())))
+		}
+		if e.Tunnel != nil {
+			what = append(what, tunnelSentence(e.Tunnel))
+		}
+		if len(what) > 0 {
+			e.Result = fmt.Sprintf("not balanced (no service has address %s); to workload %s: %s", addr, w.Key(), strings.Join(what, "; "))
 		}
 	case port == nil:
 		e.Result = fmt.Sprintf("passes untouched: service %s has address %s but no port %d", svc.Key(), addr, dst.Port())
@@ -77,7 +93,9 @@ func Explain(m *model.Mesh, node string, enrolled []string, who map[string]strin
 		for i := range e.Endpoints {
 			ep := &e.Endpoints[i]
 			if w := m.Workload(ep.Workload); w != nil && ep.Address != "" {
-				ep.Policy = explainPolicy(ix, src, w, netip.MustParseAddrPort(ep.Address))
+				to := netip.MustParseAddrPort(ep.Address)
+				ep.Policy = explainPolicy(ix, src, w, to)
+				ep.Tunnel = explainTunnel(src, w, trustDomain, to.Addr())
 			}
 			if ep.Eligible {
 				eligible++
@@ -97,6 +115,9 @@ func Explain(m *model.Mesh, node string, enrolled []string, who map[string]strin
 			e.Result = fmt.Sprintf("balanced (%s) over %d of %d endpoints, to port %d", svc.LBMode, eligible, len(e.Endpoints), port.TargetPort)
 			if denied > 0 {
 				e.Result += fmt.Sprintf("; policies deny %d of them: a connect() that picks one fails with EACCES", denied)
+			}
+			if n := tunnelled(e.Endpoints); n > 0 {
+				e.Result += fmt.Sprintf("; %d of them through the HBONE tunnel (mutual TLS, see TUNNEL)", n)
 			}
 		}
 	}
@@ -274,4 +295,35 @@ func addressOf(w *model.Workload, v4 bool) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// explainTunnel says how a connection from src to w at addr is tunnelled,
+// or nil when it goes direct: as dataplane.TunnelAddrs fills km_tunnel on
+// the source's node, a workload of another node that takes HBONE is
+// reached through the tunnel when the mesh has a CA. The tunnel opens
+// mutual TLS to addr:15008 from the source pod, under the source's
+// identity, and accepts only the destination's.
+func explainTunnel(src, w *model.Workload, trustDomain string, addr netip.Addr) *api.ExplainTunnel {
+	if trustDomain == "" || w.Node == src.Node || w.TunnelFor(true) != model.TunnelHBONE {
+		return nil
+	}
+	return &api.ExplainTunnel{
+		Peer:                netip.AddrPortFrom(addr, model.HBONEPort).String(),
+		SourceIdentity:      identity.OfWorkload(trustDomain, src.Namespace, src.ServiceAccount).String(),
+		DestinationIdentity: identity.OfWorkload(trustDomain, w.Namespace, w.ServiceAccount).String(),
+	}
+}
+
+func tunnelSentence(t *api.ExplainTunnel) string {
+	return fmt.Sprintf("tunnelled (HBONE, mutual TLS) to %s as %s, accepting only %s", t.Peer, t.SourceIdentity, t.DestinationIdentity)
+}
+
+func tunnelled(eps []api.ExplainEndpoint) int {
+	n := 0
+	for _, ep := range eps {
+		if ep.Eligible && ep.Tunnel != nil {
+			n++
+		}
+	}
+	return n
 }

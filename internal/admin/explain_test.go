@@ -63,7 +63,7 @@ default/hello-3 10.1.2.13:8080 true 0.25 []`,
 			if tt.enrolled != nil {
 				enrolled = tt.enrolled
 			}
-			e, err := Explain(helloMesh(), "node-a", enrolled, nil, tt.source, netip.MustParseAddrPort(tt.dst))
+			e, err := Explain(helloMesh(), "node-a", enrolled, nil, "", tt.source, netip.MustParseAddrPort(tt.dst))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,7 +87,7 @@ default/hello-3 10.1.2.13:8080 true 0.25 []`,
 func TestExplain_NoEligibleEndpointIsRefused(t *testing.T) {
 	m := helloMesh()
 	m.Services[0].Endpoints = []model.Endpoint{{Workload: "default/hello-3"}}
-	e, err := Explain(m, "node-a", enrolledA, nil, "client", netip.MustParseAddrPort("[fd00:96::10]:80"))
+	e, err := Explain(m, "node-a", enrolledA, nil, "", "client", netip.MustParseAddrPort("[fd00:96::10]:80"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestExplain_SourceStates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.source, func(t *testing.T) {
-			e, err := Explain(m, "node-a", enrolledA, nil, tt.source, netip.MustParseAddrPort("10.96.0.10:80"))
+			e, err := Explain(m, "node-a", enrolledA, nil, "", tt.source, netip.MustParseAddrPort("10.96.0.10:80"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +118,7 @@ func TestExplain_SourceStates(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Explain(m, "node-a", enrolledA, nil, "other/client", netip.MustParseAddrPort("10.96.0.10:80")); !errors.Is(err, ErrUnknownWorkload) {
+	if _, err := Explain(m, "node-a", enrolledA, nil, "", "other/client", netip.MustParseAddrPort("10.96.0.10:80")); !errors.Is(err, ErrUnknownWorkload) {
 		t.Fatalf("unknown source: %v, want ErrUnknownWorkload", err)
 	}
 }
@@ -138,7 +138,7 @@ func TestExplain_EvaluatesPolicies(t *testing.T) {
 			m.Workloads[i].Policies = []string{"default/hello-1-only-from-outside"}
 		}
 	}
-	e, err := Explain(m, "node-a", enrolledA, nil, "client", netip.MustParseAddrPort("10.96.0.10:80"))
+	e, err := Explain(m, "node-a", enrolledA, nil, "", "client", netip.MustParseAddrPort("10.96.0.10:80"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestExplain_EvaluatesPolicies(t *testing.T) {
 	}
 
 	// A workload address, not a service: checked all the same.
-	e, err = Explain(m, "node-a", enrolledA, nil, "client", netip.MustParseAddrPort("10.1.1.11:8080"))
+	e, err = Explain(m, "node-a", enrolledA, nil, "", "client", netip.MustParseAddrPort("10.1.1.11:8080"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestExplain_XDSSourceEnrolledByAnotherSource(t *testing.T) {
 	}
 	who := map[string]string{"default/client": "/var/run/netns/client"}
 	dst := netip.MustParseAddrPort("10.96.0.10:80")
-	e, err := Explain(m, "node-a", enrolledA, who, "client", dst)
+	e, err := Explain(m, "node-a", enrolledA, who, "", "client", dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestExplain_XDSSourceEnrolledByAnotherSource(t *testing.T) {
 		t.Fatalf("enrolled xDS source: result %q, source %+v; want %q from an enrolled source in %s", e.Result, e.Source, want, who["default/client"])
 	}
 	// Without the match, the same workload is outside the mesh.
-	e, err = Explain(m, "node-a", enrolledA, nil, "client", dst)
+	e, err = Explain(m, "node-a", enrolledA, nil, "", "client", dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,11 +197,65 @@ func TestExplain_XDSSourceEnrolledByAnotherSource(t *testing.T) {
 		t.Fatalf("unmatched xDS source: result %q, source %+v", e.Result, e.Source)
 	}
 	// Another node's xDS workload: that node's kmeshd decides.
-	e, err = Explain(m, "node-a", enrolledA, who, "hello-2", dst)
+	e, err = Explain(m, "node-a", enrolledA, who, "", "hello-2", dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(e.Result, "on node node-b, by its kmeshd once it enrolls the source: balanced") {
 		t.Fatalf("xDS source on node-b: result %q", e.Result)
+	}
+}
+
+// TestExplain_Tunnel: with a CA, endpoints on another node that take HBONE
+// are reached through the tunnel, to their address's 15008, under the
+// source's identity; same-node endpoints and NONE workloads go direct.
+func TestExplain_Tunnel(t *testing.T) {
+	m := helloMesh()
+	for i := range m.Workloads {
+		switch m.Workloads[i].Name {
+		case "client":
+			m.Workloads[i].ServiceAccount = "sleep"
+		case "hello-2":
+			m.Workloads[i].ServiceAccount = "hello"
+		case "hello-3":
+			m.Workloads[i].TunnelProtocol = model.TunnelNone
+		}
+	}
+	e, err := Explain(m, "node-a", enrolledA, nil, "example.org", "client", netip.MustParseAddrPort("10.96.0.10:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "balanced (random) over 3 of 3 endpoints, to port 8080; 1 of them through the HBONE tunnel (mutual TLS, see TUNNEL)"
+	if e.Result != want {
+		t.Errorf("result %q\nwant   %q", e.Result, want)
+	}
+	var got []string
+	for _, ep := range e.Endpoints {
+		got = append(got, fmt.Sprintf("%s %+v", ep.Workload, ep.Tunnel))
+	}
+	wantEps := `default/hello-1 <nil>
+default/hello-2 &{Peer:10.1.2.12:15008 SourceIdentity:spiffe://example.org/ns/default/sa/sleep DestinationIdentity:spiffe://example.org/ns/default/sa/hello}
+default/hello-3 <nil>`
+	if strings.Join(got, "\n") != wantEps {
+		t.Errorf("endpoints:\n%s\nwant\n%s", strings.Join(got, "\n"), wantEps)
+	}
+
+	// A workload address over IPv6: the peer is that address's 15008.
+	e, err = Explain(m, "node-a", enrolledA, nil, "example.org", "client", netip.MustParseAddrPort("[fd00:1:2::12]:8080"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = "not balanced (no service has address fd00:1:2::12); to workload default/hello-2: tunnelled (HBONE, mutual TLS) to [fd00:1:2::12]:15008 as spiffe://example.org/ns/default/sa/sleep, accepting only spiffe://example.org/ns/default/sa/hello"
+	if e.Result != want || e.Tunnel == nil || e.Tunnel.Peer != "[fd00:1:2::12]:15008" {
+		t.Errorf("result %q, tunnel %+v\nwant   %q", e.Result, e.Tunnel, want)
+	}
+
+	// Without a CA nothing is tunnelled.
+	e, err = Explain(m, "node-a", enrolledA, nil, "", "client", netip.MustParseAddrPort("10.1.2.12:8080"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Tunnel != nil || strings.Contains(e.Result, "tunnel") {
+		t.Errorf("no CA: tunnel %+v, result %q", e.Tunnel, e.Result)
 	}
 }

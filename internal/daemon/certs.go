@@ -53,11 +53,7 @@ func (d *daemon) trackIdentities(m *model.Mesh) {
 // workloadIdentity is a workload's SPIFFE identity; no service account
 // means "default", as for a Kubernetes pod.
 func workloadIdentity(w *model.Workload, td string) identity.Identity {
-	sa := w.ServiceAccount
-	if sa == "" {
-		sa = "default"
-	}
-	return identity.Identity{TrustDomain: td, Namespace: w.Namespace, ServiceAccount: sa}
+	return identity.OfWorkload(td, w.Namespace, w.ServiceAccount)
 }
 
 // runCerts renews certificates until ctx ends.

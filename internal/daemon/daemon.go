@@ -618,6 +618,7 @@ func (d *daemon) listen(cfg Config) (admin.Group, error) {
 	ctl := admin.Controls{LogLevel: cfg.LogLevel, AccessLog: &d.accessLog, Enrollment: d}
 	if d.certs != nil {
 		ctl.Certs = func() api.Certs { return certsDoc(d.certs) }
+		ctl.TrustDomain = d.certs.TrustDomain()
 	}
 	alog := d.log.With("component", "admin")
 	surfaces := []struct {

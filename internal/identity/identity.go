@@ -17,6 +17,16 @@ type Identity struct {
 	ServiceAccount string
 }
 
+// OfWorkload is the identity of a workload of namespace ns running as
+// service account sa in trust domain td; no service account means
+// "default", as for a Kubernetes pod.
+func OfWorkload(td, ns, sa string) Identity {
+	if sa == "" {
+		sa = "default"
+	}
+	return Identity{TrustDomain: td, Namespace: ns, ServiceAccount: sa}
+}
+
 // String returns the SPIFFE URI, spiffe://td/ns/<ns>/sa/<sa>.
 func (id Identity) String() string {
 	return "spiffe://" + id.TrustDomain + "/ns/" + id.Namespace + "/sa/" + id.ServiceAccount

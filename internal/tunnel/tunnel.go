@@ -205,11 +205,7 @@ func (t *Tunnel) Wait() { t.wg.Wait() }
 
 // identityOf is a workload's SPIFFE identity in the CA's trust domain.
 func (t *Tunnel) identityOf(w *model.Workload) identity.Identity {
-	sa := w.ServiceAccount
-	if sa == "" {
-		sa = "default"
-	}
-	return identity.Identity{TrustDomain: t.cfg.Certs.TrustDomain(), Namespace: w.Namespace, ServiceAccount: sa}
+	return identity.OfWorkload(t.cfg.Certs.TrustDomain(), w.Namespace, w.ServiceAccount)
 }
 
 // origDst finds where a redirected connection from peer in the namespace

@@ -180,6 +180,10 @@ type Explanation struct {
 	// Affinity is the source's session affinity entry for the service,
 	// when it has a live one.
 	Affinity *ExplainAffinity `json:"affinity,omitempty"`
+	// Tunnel says how a connect to a workload address (no service) is
+	// tunnelled; nil when it goes direct. Endpoints of a service say it
+	// each.
+	Tunnel *ExplainTunnel `json:"tunnel,omitempty"`
 	// Result says in one sentence what the connect does.
 	Result string `json:"result"`
 }
@@ -234,6 +238,18 @@ type ExplainEndpoint struct {
 	Policy   string   `json:"policy"`
 	// Ejected says how long outlier detection keeps the endpoint out.
 	Ejected string `json:"ejected,omitempty"`
+	// Tunnel is how a connection to this endpoint is carried when the
+	// source's node tunnels it (HBONE); nil when it goes direct.
+	Tunnel *ExplainTunnel `json:"tunnel,omitempty"`
+}
+
+// ExplainTunnel is an HBONE tunnel a connection takes: kmeshd tunnel on
+// the source's node opens mutual TLS to Peer, presenting SourceIdentity's
+// certificate and accepting only DestinationIdentity's.
+type ExplainTunnel struct {
+	Peer                string `json:"peer"` // ip:15008
+	SourceIdentity      string `json:"sourceIdentity"`
+	DestinationIdentity string `json:"destinationIdentity"`
 }
 
 // PoliciesFromModel converts the mesh's policies into the dump's.
