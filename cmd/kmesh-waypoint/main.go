@@ -117,7 +117,24 @@ func run(ctx context.Context, c config) error {
 		alog = os.Stdout
 	}
 	metrics := waypoint.NewMetrics()
-	proxy, err := waypoint.New(mesh, waypoint.Options{Gateway: c.gateway, Logger: log, Metrics: metrics, AccessLog: alog})
+	opts := waypoint.Options{Gateway: c.gateway, Logger: log, Metrics: metrics, AccessLog: alog}
+	// The waypoint's own identity: what it proves on 15008 and, as
+	// Istio's waypoint, to the endpoints it reaches over HBONE.
+	var id identity.Identity
+	if certs != nil {
+		sa := c.serviceAccount
+		if sa == "" {
+			sa = gwName
+		}
+		id = identity.Identity{TrustDomain: certs.TrustDomain(), Namespace: gwNamespace, ServiceAccount: sa}
+		if err := id.Validate(); err != nil {
+			return fmt.Errorf("--service-account: %w", err)
+		}
+		up := &hbone.Dialer{Certs: certs, Log: log.With("component", "hbone-upstream")}
+		defer up.Close()
+		opts.HBONE = &waypoint.UpstreamHBONE{Dialer: up, Identity: id}
+	}
+	proxy, err := waypoint.New(mesh, opts)
 	if err != nil {
 		return err
 	}
@@ -165,14 +182,6 @@ func run(ctx context.Context, c config) error {
 		defer s.Close()
 	}
 	if certs != nil {
-		sa := c.serviceAccount
-		if sa == "" {
-			sa = gwName
-		}
-		id := identity.Identity{TrustDomain: certs.TrustDomain(), Namespace: gwNamespace, ServiceAccount: sa}
-		if err := id.Validate(); err != nil {
-			return fmt.Errorf("--service-account: %w", err)
-		}
 		certs.SetLogger(log)
 		certs.Track(id)
 		go certs.Run(ctx)

@@ -43,9 +43,11 @@ type Options struct {
 	Metrics *Metrics
 	// AccessLog receives one JSON line per request; nil logs none.
 	AccessLog io.Writer
-	// Dial opens upstream connections; nil dials plain TCP. The HBONE
-	// client plugs in here.
+	// Dial opens upstream connections; nil dials plain TCP.
 	Dial DialFunc
+	// HBONE, when set, carries connections to endpoints that take HBONE
+	// (hbone_upstream.go); Dial (or plain TCP) the others.
+	HBONE *UpstreamHBONE
 	// DetectTimeout bounds how long a port without appProtocol waits for
 	// the client's first bytes before it is taken as TCP (default 1s).
 	DetectTimeout time.Duration
@@ -61,6 +63,7 @@ type Proxy struct {
 	h1, h2 *http.Transport
 	// h1c carries the HTTP/1.1 requests it fits (h1client.go); h1 the rest.
 	h1c    *h1Client
+	dialUp DialFunc // endpoints' connections: HBONE or plain (TCP ports use it unwrapped)
 	health health
 	alog   *accessLog
 
@@ -90,6 +93,10 @@ func New(mesh *model.Mesh, opts Options) (*Proxy, error) {
 		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 		dial = d.DialContext
 	}
+	if opts.HBONE != nil {
+		dial = p.upstreamDial(opts.HBONE, dial)
+	}
+	p.dialUp = dial
 	wrapped := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dial(ctx, network, addr)
 		if err != nil {
@@ -294,11 +301,7 @@ func (p *Proxy) forwardTCP(c net.Conn, br *bufio.Reader, info *connInfo) {
 }
 
 func (p *Proxy) dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
-	if p.opts.Dial != nil {
-		return p.opts.Dial(ctx, "tcp", addr.String())
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", addr.String())
+	return p.dialUp(ctx, "tcp", addr.String())
 }
 
 func closeWrite(c net.Conn) {

@@ -28,6 +28,7 @@ type bed struct {
 	next  int
 	log   bytes.Buffer
 	logMu sync.Mutex
+	opts  Options // start's options beyond the defaults (HBONE upstream)
 }
 
 const gwKey = "default/waypoint"
@@ -88,7 +89,9 @@ func (b *bed) start() {
 	if err := b.mesh.Validate(); err != nil {
 		b.t.Fatal(err)
 	}
-	p, err := New(b.mesh, Options{Gateway: gwKey, Metrics: NewMetrics(), AccessLog: b})
+	opts := b.opts
+	opts.Gateway, opts.Metrics, opts.AccessLog = gwKey, NewMetrics(), b
+	p, err := New(b.mesh, opts)
 	if err != nil {
 		b.t.Fatal(err)
 	}

@@ -94,8 +94,14 @@ func TestWaypoint_HBONE(t *testing.T) {
 	const n = 20
 	rs := m.get("client", "--url", "http://10.96.0.20/page", "--count", fmt.Sprint(n))
 	requireAll(t, "client through the waypoint over HBONE", rs, "reviews")
-	if !strings.HasPrefix(rs[0].ServerSaw, "10.1.2.20:") {
-		t.Errorf("backend saw %s, want the waypoint 10.1.2.20", rs[0].ServerSaw)
+	// The waypoint reaches the backend over HBONE under its own
+	// certificate: node-b's tunnel takes the stream in the backend's pod
+	// (so the application sees its own address, the tunnel's limit).
+	if !strings.HasPrefix(rs[0].ServerSaw, "10.1.2.12:") {
+		t.Errorf("backend saw %s, want its own address 10.1.2.12 (the tunnel's inbound)", rs[0].ServerSaw)
+	}
+	if !hasLine(h.tunnels["node-b"].Stderr(), `msg="hbone inbound"`, "src=spiffe://cluster.local/ns/default/sa/waypoint", "dst=10.1.2.12:8080") {
+		t.Errorf("node-b's tunnel took no HBONE stream from the waypoint's identity to 10.1.2.12:8080:\n%s", tail(h.tunnels["node-b"].Stderr(), 3000))
 	}
 	if !strings.Contains(h.tunnels["node-a"].Stderr(), "10.1.2.20:80") {
 		t.Errorf("node-a's tunnel log names no connection to the waypoint 10.1.2.20:80:\n%s", tail(h.tunnels["node-a"].Stderr(), 3000))
@@ -124,4 +130,18 @@ func TestWaypoint_HBONE(t *testing.T) {
 	if mtls != n || other != 0 {
 		t.Fatalf("waypoint metrics: %d requests of sa/client over mutual TLS (want %d), %d series without it (want 0):\n%s", mtls, n, other, body)
 	}
+}
+
+// hasLine reports whether some line of log holds every one of parts.
+func hasLine(log string, parts ...string) bool {
+	for _, line := range strings.Split(log, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
