@@ -20,7 +20,8 @@ func newGetCertsCommand(a *app) *cobra.Command {
 		Short:   "List the workload certificates and the accepted roots",
 		Long: `Lists the certificates kmeshd holds, one per SPIFFE identity of this node's
 workloads: how many workloads have it, its state (valid, pending, failed),
-serial number, expiry and when it is renewed (at half of its lifetime); then
+serial number, expiry and when it is renewed (between 40 % and 50 % of its
+lifetime, jittered); then
 the roots a peer's certificate may chain to (several during a root rotation).
 -o wide adds the start of validity, the intermediates and the last error.
 Needs a CA (kmeshd --ca-cert/--ca-key or --ca-address).`,

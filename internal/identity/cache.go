@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/url"
 	"slices"
 	"sync"
@@ -26,7 +27,7 @@ const (
 )
 
 // Cache is a Source over an Issuer: one certificate per identity, issued on
-// first use or when an identity is tracked, renewed at half-life. Tracked
+// first use or when an identity is tracked, renewed by half-life (RenewAt). Tracked
 // identities (Track, one count per workload on the node) are renewed ahead of
 // time by Run; others are renewed when Certificate finds them past
 // half-life.
@@ -34,6 +35,9 @@ type Cache struct {
 	iss Issuer
 	now func() time.Time
 	log *slog.Logger
+	// jitter draws u in [0, 1) for each renewal time (RenewAt); tests
+	// pin it.
+	jitter func() float64
 
 	mu    sync.Mutex
 	certs map[Identity]*entry
@@ -47,7 +51,7 @@ type Cache struct {
 
 type entry struct {
 	cert      *tls.Certificate
-	refreshAt time.Time     // not_before + lifetime/2, or the next retry after a failure
+	refreshAt time.Time     // RenewAt (40-50 % of the lifetime), or the next retry after a failure
 	fetching  chan struct{} // closed when the fetch in flight ends
 	err       error         // the last fetch's error, nil after a success
 	failures  int
@@ -60,7 +64,7 @@ var _ Source = (*Cache)(nil)
 func NewCache(iss Issuer, opts ...Option) *Cache {
 	o := buildOptions(opts)
 	return &Cache{
-		iss: iss, now: o.now, log: slog.Default().With("component", "identity"),
+		iss: iss, now: o.now, log: slog.Default().With("component", "identity"), jitter: mrand.Float64,
 		certs: map[Identity]*entry{}, refs: map[Identity]int{}, wake: make(chan struct{}, 1),
 	}
 }
@@ -161,7 +165,7 @@ func (c *Cache) startFetch(id Identity, e *entry) {
 			c.log.Warn("certificate request failed", "identity", id.String(), "retry_in", retry, "err", err)
 		} else {
 			e.cert, e.err, e.failures = cert, nil, 0
-			e.refreshAt = RefreshAt(cert.Leaf)
+			e.refreshAt = RenewAt(cert.Leaf, c.jitter())
 			c.log.Info("certificate issued", "identity", id.String(), "serial", cert.Leaf.SerialNumber.Text(16),
 				"expires", cert.Leaf.NotAfter, "refresh_at", e.refreshAt)
 		}
@@ -175,10 +179,27 @@ func (c *Cache) startFetch(id Identity, e *entry) {
 	}()
 }
 
-// RefreshAt is when a certificate is renewed: at half of its lifetime, as
-// ztunnel does (not_before + validity/2).
+// RefreshAt is half of a certificate's lifetime (not_before + validity/2),
+// where ztunnel renews: the latest a Cache renews it.
 func RefreshAt(leaf *x509.Certificate) time.Time {
 	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+}
+
+// RenewJitter is the share of a certificate's lifetime by which a renewal
+// may come early: a Cache renews between 40 % and 50 % of the lifetime.
+const RenewJitter = 0.1
+
+// RenewAt is when a Cache renews a certificate, for u drawn uniformly in
+// [0, 1): half-life less up to RenewJitter of the lifetime. Identities
+// issued together (every pod of a node at start, every node after a CA
+// restart) would otherwise all come back to the CA in the same instant at
+// each half-life; the jitter spreads them, as Istio's SDS agent jitters its
+// grace period. Only ever earlier than half-life, so a certificate is
+// never used past half of its lifetime.
+func RenewAt(leaf *x509.Certificate, u float64) time.Time {
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	early := time.Duration(float64(life) * RenewJitter * min(max(u, 0), 1))
+	return RefreshAt(leaf).Add(-early)
 }
 
 // fetch makes a key and a CSR for id, has them signed and checks the answer:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -55,7 +56,59 @@ func newTestCache(t *testing.T, ttl time.Duration) (*Cache, *flakyCA, *clock) {
 		t.Fatal(err)
 	}
 	f := &flakyCA{localCA: ca}
-	return NewCache(f, WithClock(clk.Now)), f, clk
+	c := NewCache(f, WithClock(clk.Now))
+	// Renew at half-life exactly: these tests step the clock around it
+	// (TestCache_RenewalJitter covers the jitter).
+	c.jitter = func() float64 { return 0 }
+	return c, f, clk
+}
+
+// TestCache_RenewalJitter: a cache renews each certificate between 40 %
+// and 50 % of its lifetime, at a time drawn anew for each one, so
+// identities issued in the same instant do not all come back together.
+func TestCache_RenewalJitter(t *testing.T) {
+	now := time.Now()
+	leaf := &x509.Certificate{NotBefore: now, NotAfter: now.Add(100 * time.Second)}
+	for _, tt := range []struct {
+		u    float64
+		want time.Duration // after not_before
+	}{{0, 50 * time.Second}, {0.5, 45 * time.Second}, {1, 40 * time.Second}, {-1, 50 * time.Second}, {2, 40 * time.Second}} {
+		if got := RenewAt(leaf, tt.u).Sub(now); got != tt.want {
+			t.Errorf("RenewAt(u=%v) = not_before+%v, want +%v", tt.u, got, tt.want)
+		}
+	}
+
+	// The real cache: ten identities issued at once get renewal times
+	// spread over the window, none past half-life.
+	clk := &clock{t: time.Now()}
+	certPEM, keyPEM, err := GenerateCA("cluster.local", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := newLocalCA(certPEM, keyPEM, "cluster.local", options{ttl: time.Hour, now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCache(ca, WithClock(clk.Now))
+	distinct := map[time.Time]bool{}
+	for i := range 10 {
+		id := Identity{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: fmt.Sprint("sa-", i)}
+		if _, err := c.Certificate(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle(c)
+	for _, st := range c.Status() {
+		life := st.Leaf.NotAfter.Sub(st.Leaf.NotBefore)
+		at := st.RefreshAt.Sub(st.Leaf.NotBefore)
+		if at < life*4/10 || at > life/2 {
+			t.Errorf("%s renews at %v of a %v lifetime, want between 40 %% and 50 %%", st.Identity, at, life)
+		}
+		distinct[st.RefreshAt] = true
+	}
+	if len(distinct) < 5 {
+		t.Errorf("10 certificates issued together renew at %d distinct times, want them spread", len(distinct))
+	}
 }
 
 // settle waits for every fetch in flight.

@@ -42,7 +42,7 @@ func (c *Config) RegisterFlags(f *pflag.FlagSet) {
 	f.StringVar(&c.CARootCert, "ca-root-cert", "", "PEM roots of istiod's CA (the istio-ca-root-cert ConfigMap's root-cert.pem), re-read at each request (default: --xds-root-cert)")
 	f.StringVar(&c.CATokenFile, "ca-token-file", "", "kmeshd's own service account token, bound to its pod, audience istio-ca; re-read at each request (default: --xds-token-file)")
 	f.StringVar(&c.TrustDomain, "trust-domain", DefaultTrustDomain, "trust domain of the mesh's SPIFFE identities (spiffe://<trust domain>/ns/<ns>/sa/<sa>)")
-	f.DurationVar(&c.CertTTL, "cert-ttl", DefaultCertTTL, "lifetime of the workload certificates asked for; each is renewed at half of its lifetime")
+	f.DurationVar(&c.CertTTL, "cert-ttl", DefaultCertTTL, "lifetime of the workload certificates asked for; each is renewed between 40% and 50% of its lifetime (jittered)")
 }
 
 // Enabled reports whether the mesh has a CA.

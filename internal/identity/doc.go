@@ -2,8 +2,8 @@
 // certificates that prove them, as Istio ambient does
 // (spiffe://<trust domain>/ns/<namespace>/sa/<service account>).
 //
-// A [Source] hands out one certificate per identity, cached and renewed at
-// half of its lifetime, and the pool of roots a peer's certificate must chain
+// A [Source] hands out one certificate per identity, cached and renewed by
+// half of its lifetime (RenewAt), and the pool of roots a peer's certificate must chain
 // to. Two sources exist: [NewLocalCA] signs with a CA given as PEM (file
 // config, tests, a fleet that shares a root), and the istiod client (Istio's
 // IstioCertificateService with ztunnel's impersonation) asks istiod's CA.

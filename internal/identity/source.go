@@ -9,7 +9,7 @@ import (
 // Source hands out workload certificates and the roots peers must chain to.
 type Source interface {
 	// Certificate returns id's certificate: leaf, chain and private key,
-	// with Leaf set. It is cached and renewed at half of its lifetime; a
+	// with Leaf set. It is cached and renewed before half of its lifetime; a
 	// call blocks only when no valid certificate is cached.
 	Certificate(ctx context.Context, id Identity) (*tls.Certificate, error)
 	// Roots is every accepted root, several during a root rotation.

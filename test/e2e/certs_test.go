@@ -65,7 +65,7 @@ func waitCerts(t *testing.T, ctl string, k *kmeshd, timeout time.Duration, ok fu
 // TestCertsLocalCA: two kmeshd share a local CA given as --ca-cert and
 // --ca-key. Each holds one certificate per identity of its node's
 // workloads, signed by that CA, listed by kmeshctl get certs, and renewed
-// at half of --cert-ttl.
+// by half of --cert-ttl.
 func TestCertsLocalCA(t *testing.T) {
 	m := newMesh(t)
 	ctl, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshctl")
@@ -107,7 +107,7 @@ func TestCertsLocalCA(t *testing.T) {
 		}
 	}
 
-	// Renewed at half-life: within the 6 s lifetime, a new serial, and the
+	// Renewed by half-life (40-50 %, jittered): within the 6 s lifetime, a new serial, and the
 	// certificate listed is never past its expiry.
 	first := getCerts(t, ctl, a).Certificates[0]
 	waitCerts(t, ctl, a, 8*time.Second, func(c api.Certs) string {

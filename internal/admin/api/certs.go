@@ -30,7 +30,7 @@ type Cert struct {
 	Serial    string    `json:"serial,omitempty"`
 	NotBefore time.Time `json:"notBefore,omitzero"`
 	NotAfter  time.Time `json:"notAfter,omitzero"`
-	// RefreshAt is when it is renewed: half of its lifetime, or the next
+	// RefreshAt is when it is renewed: 40-50 % of its lifetime (jittered), or the next
 	// retry after a failed request.
 	RefreshAt time.Time `json:"refreshAt,omitzero"`
 	// Chain are the subjects of the intermediates sent with the leaf.
