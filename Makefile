@@ -122,7 +122,7 @@ deps-net:
 
 ## bench: issue 6's benchmark (root, about 12 minutes; BENCH_FLAGS=-quick for a short run):
 ## direct vs kmesh vs iptables vs HAProxy with fortio, control plane at 10,000 services /
-## 100,000 endpoints; writes bench/results/<time>/ and README's Benchmarks section. Installs
+## 100,000 endpoints, the Istio tier at 2,000 Services / 10,000 Pods (stock istiod, needs make tools); writes bench/results/<time>/ and README's Benchmarks section. Installs
 ## iptables and haproxy (apt) and fortio v1.66.5 (newer releases do not build here) into bin/.
 ## Then the Go benchmarks of the config-to-maps path (dataplane; one endpoint change from xDS and
 ## from a directory config at 10,000 services / 100,000 endpoints), and the figures of kmeshd restarts under

@@ -20,8 +20,8 @@ func Markdown(r *Results) string {
 	if r.Settings.Kmeshd != "" {
 		fmt.Fprintf(&b, "kmeshd: %s.\n\n", r.Settings.Kmeshd)
 	}
-	fmt.Fprintf(&b, "Run: %s, modes alternating within each round; %.0fs per latency point, %.0fs per throughput point; %.0f minutes in all (data plane %.0fs, control plane %.0fs).\n\n",
-		plural(r.Settings.Rounds, "round"), r.Settings.LatencySec, r.Settings.ThroughputSec, r.ElapsedSec/60, r.Durations.DataPlane, r.Durations.ControlPlane)
+	fmt.Fprintf(&b, "Run: %s, modes alternating within each round; %.0fs per latency point, %.0fs per throughput point; %.0f minutes in all (data plane %.0fs, control plane %.0fs, istiod tier %.0fs).\n\n",
+		plural(r.Settings.Rounds, "round"), r.Settings.LatencySec, r.Settings.ThroughputSec, r.ElapsedSec/60, r.Durations.DataPlane, r.Durations.ControlPlane, r.Durations.IstiodTier)
 	b.WriteString(Legend)
 	b.WriteString("\n## Modes\n\n")
 	for _, m := range r.Modes {
@@ -48,6 +48,10 @@ func Markdown(r *Results) string {
 	if r.Scale != nil {
 		b.WriteString("\n")
 		b.WriteString(ScaleTable(r.Scale, true))
+	}
+	if r.Istiod != nil {
+		b.WriteString("\n")
+		b.WriteString(IstiodTable(r.Istiod))
 	}
 	b.WriteString("\n")
 	b.WriteString(GoalTable(r.Goals))
@@ -176,6 +180,10 @@ func ReadmeSection(r *Results, dir string) string {
 	if r.Scale != nil {
 		b.WriteString("\n")
 		b.WriteString(strings.Replace(ScaleTable(r.Scale, false), "## ", "### ", 1))
+	}
+	if r.Istiod != nil {
+		b.WriteString("\n")
+		b.WriteString(strings.Replace(IstiodTable(r.Istiod), "## ", "### ", 1))
 	}
 	b.WriteString("\n")
 	b.WriteString(strings.Replace(GoalTable(r.Goals), "## ", "### ", 1))

@@ -28,6 +28,7 @@ type Results struct {
 	Summary    []Row         `json:"summary"`
 	KmeshdRSS  Stat          `json:"kmeshd_rss_mib"` // data-plane runs, over rounds
 	Scale      *Scale        `json:"control_plane,omitempty"`
+	Istiod     *Istiod       `json:"istiod_tier,omitempty"`
 	Goals      []Goal        `json:"goals"`
 	Errors     []string      `json:"errors,omitempty"`
 	Notes      []string      `json:"notes,omitempty"`
@@ -60,6 +61,7 @@ type Settings struct {
 type PhaseDuration struct {
 	DataPlane    float64 `json:"data_plane"`
 	ControlPlane float64 `json:"control_plane"`
+	IstiodTier   float64 `json:"istiod_tier,omitempty"`
 }
 
 // Mode is one way of reaching the service.

@@ -186,7 +186,7 @@ func goals(res *report.Results) []report.Goal {
 			})
 		}
 	}
-	return out
+	return append(out, istiodGoals(res.Istiod)...)
 }
 
 // straddles notes when the rounds fall on both sides of a ratio target, so

@@ -63,6 +63,11 @@ type config struct {
 	render     string
 	// tunnelPprof: kmesh-mtls's tunnels serve Go's profiles from here.
 	tunnelPprof string
+	// The Istio tier at scale (istiod.go).
+	skipIstiod                                   bool
+	istioTools                                   string
+	istiodServices, istiodPods, istiodNamespaces int
+	istiodFlips                                  int
 }
 
 func main() {
@@ -100,12 +105,19 @@ func parseFlags() config {
 	flag.IntVar(&c.startups, "startups", 5, "workload start-ups timed per way (at most 3 on the big mesh, where each costs a full re-read)")
 	flag.BoolVar(&c.verbose, "verbose", false, "copy the processes' logs to stderr (they always go to bench.log)")
 	flag.StringVar(&c.tunnelPprof, "tunnel-pprof", "", "kmesh-mtls: node-a's kmeshd tunnel serves /debug/pprof/ on this address, node-b's on the next port (to profile the tunnels under load)")
+	flag.BoolVar(&c.skipIstiod, "skip-istiod", false, "skip the Istio tier at scale (stock istiod, kube-apiserver)")
+	flag.StringVar(&c.istioTools, "istio-tools", istioToolsDir(), "directory of kube-control-plane, pilot-discovery and istio-crds.yaml (make tools; default $KMESH_TOOLS_DIR or ~/.cache/kmesh-tools/bin)")
+	flag.IntVar(&c.istiodServices, "istiod-services", 2000, "Services registered in the API server of the Istio tier")
+	flag.IntVar(&c.istiodPods, "istiod-pods", 10000, "Pods registered in the API server of the Istio tier, spread over its Services")
+	flag.IntVar(&c.istiodNamespaces, "istiod-namespaces", 10, "namespaces of the Istio tier's Services and Pods")
+	flag.IntVar(&c.istiodFlips, "istiod-flips", 30, "pod readiness flips timed in the Istio tier")
 	flag.StringVar(&c.render, "render", "", "measure nothing: re-read DIR/results.json and rewrite its tables, plot and goals (and -readme)")
 	flag.Parse()
 	if c.quick {
 		c.latencyDur, c.tputDur = time.Second, time.Second
 		c.services, c.endpoints, c.namespaces = 1000, 10000, 10
 		c.changes, c.startups, c.changeTime = 10, 2, 30*time.Second
+		c.istiodServices, c.istiodPods, c.istiodNamespaces, c.istiodFlips = 200, 1000, 2, 10
 	}
 	if c.rounds < 1 {
 		c.rounds = 1
@@ -201,6 +213,19 @@ func run(ctx context.Context, cfg config) error {
 		}
 		res.Scale = scale
 		res.Durations.ControlPlane = time.Since(t0).Seconds()
+	}
+	if !cfg.skipIstiod {
+		t0 := time.Now()
+		ist, err := runIstiod(ctx, bed, tools, cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			res.Errors = append(res.Errors, "istiod tier: "+err.Error())
+			logf("istiod tier: %v", err)
+		}
+		res.Istiod = ist
+		res.Durations.IstiodTier = time.Since(t0).Seconds()
 	}
 	res.Notes = methodNotes
 	res.Summary = report.Summarize(res.Samples, modeDirect)

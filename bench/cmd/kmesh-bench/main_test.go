@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,6 +194,40 @@ func TestGoals_XDS(t *testing.T) {
 	for _, g := range goals(&report.Results{Scale: scale}) {
 		if strings.HasPrefix(g.Goal, "first full sync") && g.Met != "no" {
 			t.Errorf("%q at 10,000 endpoints: met %s, want no (the goal is at 100,000)", g.Goal, g.Met)
+		}
+	}
+}
+
+func TestGoals_Istiod(t *testing.T) {
+	ist := &report.Istiod{Services: 2000, Pods: 10000, DebounceAfterMs: 100, ConvergeMs: 30000, KmeshdReadyMs: 20000,
+		FlipMs: report.Over([]float64{105, 108}), FlipP99Ms: 110, Flips: 2}
+	verdicts := func() map[string]string {
+		got := map[string]string{}
+		for _, g := range goals(&report.Results{Istiod: ist}) {
+			if strings.Contains(g.Goal, "istiod") {
+				got[strings.Fields(g.Goal)[0]+" "+g.Target] = g.Met
+			}
+		}
+		return got
+	}
+	want := map[string]string{"kmeshd converges": "yes", "one ≤ istiod's debounce + 10 ms p99 (110 ms)": "yes"}
+	if got := verdicts(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("p99 at the debounce + 10 ms: %v, want %v", got, want)
+	}
+	ist.FlipP99Ms = 111
+	if got := verdicts()["one ≤ istiod's debounce + 10 ms p99 (110 ms)"]; got != "no" {
+		t.Errorf("p99 111 ms with a 100 ms debounce: met %s, want no", got)
+	}
+	ist.FlipP99Ms, ist.Pods = 100, 1000 // -quick
+	for goal, met := range verdicts() {
+		if met != "no" {
+			t.Errorf("%s at 1,000 pods: met %s, want no (the goal is at 10,000)", goal, met)
+		}
+	}
+	ist.NotMeasured = "no tools"
+	for goal, met := range verdicts() {
+		if met != "n/a" {
+			t.Errorf("%s without the tools: met %s, want n/a", goal, met)
 		}
 	}
 }

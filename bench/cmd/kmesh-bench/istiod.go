@@ -1,0 +1,347 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kmesh-go/kmesh/bench/kubemesh"
+	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/internal/testbed"
+)
+
+// The Istio tier at scale (issue 12): kube-apiserver + etcd
+// (tools/cmd/kube-control-plane) and the stock istiod (pilot-discovery),
+// as `make tools` builds them, with thousands of Services and Pods
+// registered (bench/kubemesh); kmeshd on node-i, where no pod of the mesh
+// runs, takes the whole mesh from istiod over delta xDS.
+
+// istiod's push debounce, set in its environment (the values are
+// Istio's defaults, written out so the report names what ran).
+const (
+	debounceAfter = 100 * time.Millisecond
+	debounceMax   = 10 * time.Second
+)
+
+var (
+	cidrI             = netip.MustParsePrefix("10.1.5.0/24")
+	controlPlaneReady = regexp.MustCompile(`^ready kubeconfig=(\S+) server=(\S+)$`)
+)
+
+// istioToolsDir is where `make tools` puts kube-control-plane,
+// pilot-discovery and istio-crds.yaml.
+func istioToolsDir() string {
+	if d := os.Getenv("KMESH_TOOLS_DIR"); d != "" {
+		return d
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "kmesh-tools", "bin")
+}
+
+// runIstiod measures the tier: register the objects, start istiod, start
+// kmeshd and wait until its maps hold every service's ready pods, then
+// flip pods' readiness and time each flip to the maps.
+func runIstiod(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*report.Istiod, error) {
+	out := &report.Istiod{Services: cfg.istiodServices, Pods: cfg.istiodPods, Namespaces: cfg.istiodNamespaces,
+		DebounceAfterMs: ms(debounceAfter), DebounceMaxMs: ms(debounceMax)}
+	dir := cfg.istioTools
+	bins := map[string]string{}
+	for _, name := range []string{"kube-control-plane", "pilot-discovery", "istio-crds.yaml"} {
+		bins[name] = filepath.Join(dir, name)
+		if _, err := os.Stat(bins[name]); err != nil {
+			out.NotMeasured = fmt.Sprintf("%v (build the Istio tier's tools with `make tools`, or point -istio-tools at them)", err)
+			logf("istiod tier: not measured: %s", out.NotMeasured)
+			return out, nil
+		}
+	}
+	state, err := os.MkdirTemp("", "kmesh-bench-istiod-")
+	if err != nil {
+		return out, err
+	}
+	defer os.RemoveAll(state)
+
+	cp, err := bed.StartRoot(bins["kube-control-plane"], "--dir", state, "--crds", bins["istio-crds.yaml"])
+	if err != nil {
+		return out, err
+	}
+	defer cp.Stop()
+	var kubeconfig string
+	select {
+	case line := <-cp.Lines():
+		sm := controlPlaneReady.FindStringSubmatch(line)
+		if sm == nil {
+			return out, fmt.Errorf("kube-control-plane: first line %q, want ready ...: %s", line, lastLines(cp.Stderr(), 5))
+		}
+		kubeconfig = sm[1]
+	case <-time.After(3 * time.Minute):
+		return out, fmt.Errorf("kube-control-plane not ready after 3 minutes: %s", lastLines(cp.Stderr(), 5))
+	case <-ctx.Done():
+		return out, ctx.Err()
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return out, err
+	}
+	rc.QPS = -1 // no client-side rate limit: the API server's own limits apply
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return out, err
+	}
+	for _, ns := range []string{"istio-system", "kmesh-system"} {
+		if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			return out, err
+		}
+	}
+
+	logf("istiod tier: registering %d services, %d pods", cfg.istiodServices, cfg.istiodPods)
+	t0 := time.Now()
+	cluster, err := kubemesh.Register(ctx, kc, kubemesh.Spec{Services: cfg.istiodServices, Pods: cfg.istiodPods, Namespaces: cfg.istiodNamespaces})
+	if err != nil {
+		return out, err
+	}
+	out.RegisterMs = ms(time.Since(t0))
+	out.Nodes = max(1, cfg.istiodPods/500)
+	logf("istiod tier: registered in %.1f s", out.RegisterMs/1000)
+
+	node, err := bed.AddNode("node-i", cidrI)
+	if err != nil {
+		return out, err
+	}
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: node.Name, Labels: map[string]string{"kubernetes.io/hostname": node.Name}},
+		Status: corev1.NodeStatus{
+			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: node.UnderlayAddr4.String()}},
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
+		},
+	}
+	if _, err := kc.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+		return out, err
+	}
+
+	istiod, xdsAddr, ready, err := startIstiod(ctx, bed, bins["pilot-discovery"], kubeconfig, state)
+	if err != nil {
+		return out, err
+	}
+	defer istiod.Stop()
+	out.IstiodReadyMs = ms(ready)
+	logf("istiod tier: istiod ready in %.1f s", out.IstiodReadyMs/1000)
+
+	t0 = time.Now()
+	k, err := startKmeshd(ctx, bed, tl, node, "", "--xds-address", xdsAddr, "--kubeconfig", kubeconfig, "--cluster-id", "Kubernetes")
+	if err != nil {
+		return out, err
+	}
+	defer k.Stop()
+	out.KmeshdReadyMs = ms(k.Ready)
+	slots, err := kubemesh.OpenSlots(node.BPFDir)
+	if err != nil {
+		return out, err
+	}
+	defer slots.Close()
+	for {
+		missing, first := slots.Missing(cluster)
+		if missing == 0 {
+			break
+		}
+		if time.Since(t0) > 5*time.Minute {
+			return out, fmt.Errorf("kmeshd not converged 5 minutes after its start: %d of %d services not in the maps as registered, such as %s",
+				missing, len(cluster.Services), first)
+		}
+		select {
+		case <-ctx.Done():
+			return out, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	out.ConvergeMs = ms(time.Since(t0))
+	logf("istiod tier: kmeshd ready in %.1f s, every service in its maps %.1f s after its start", out.KmeshdReadyMs/1000, out.ConvergeMs/1000)
+
+	load0 := loadAvg()
+	flips, err := flipReadiness(ctx, cluster, slots, cfg.istiodFlips)
+	if err != nil {
+		return out, err
+	}
+	out.LoadAvg = load0 + " → " + loadAvg()
+	out.FlipMs, out.FlipP99Ms, out.Flips = report.Over(flips), report.Percentile(flips, 99), len(flips)
+	logf("istiod tier: %d readiness flips, p50 %.0f ms, p99 %.0f ms (istiod's debounce %v)", len(flips), out.FlipMs.Median, out.FlipP99Ms, debounceAfter)
+	if out.KmeshdRSS, out.KmeshdPeak, err = k.Memory(); err != nil {
+		return out, err
+	}
+	if out.IstiodRSS, _, err = procMemory(istiod.PID()); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// flipReadiness flips the readiness of one pod of a different service n
+// times (false, then true again), each timed from just before its status
+// write to its service's slot count in the maps. The EndpointSlice is
+// rewritten after the map changed (not on the timed path; istiod builds a
+// pod's workload from the Pod) and the next flip waits for istiod's
+// debounce to pass, so flips are never merged into one push.
+func flipReadiness(ctx context.Context, c *kubemesh.Cluster, slots *kubemesh.Slots, n int) ([]float64, error) {
+	var out []float64
+	for i := range n {
+		svc := &c.Services[(i/2*97+3)%len(c.Services)]
+		pod := svc.Pods[0]
+		ready := i%2 == 1
+		before, want := uint32(len(svc.Pods)), uint32(len(svc.Pods)-1)
+		if ready {
+			before, want = want, before
+		}
+		if got, err := slots.Of(svc.ClusterIP); err != nil || got != before {
+			return out, fmt.Errorf("flip %d: service %s/%s has %d slots (%v), want %d before the flip", i, svc.Namespace, svc.Name, got, err, before)
+		}
+		t0 := time.Now()
+		if err := c.SetReady(ctx, pod, ready); err != nil {
+			return out, err
+		}
+		for {
+			got, err := slots.Of(svc.ClusterIP)
+			if err != nil {
+				return out, err
+			}
+			if got == want {
+				break
+			}
+			if time.Since(t0) > time.Minute {
+				return out, fmt.Errorf("flip %d: service %s/%s still has %d slots a minute after pod %s turned ready=%v, want %d",
+					i, svc.Namespace, svc.Name, got, c.Pods[pod].Name, ready, want)
+			}
+			if ctx.Err() != nil {
+				return out, ctx.Err()
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		out = append(out, ms(time.Since(t0)))
+		if err := c.WriteSlice(ctx, c.Pods[pod].Service); err != nil {
+			return out, err
+		}
+		time.Sleep(3 * debounceAfter)
+	}
+	return out, nil
+}
+
+// startIstiod runs pilot-discovery on loopback ports against the API
+// server, as the e2e Istio tier does, and waits for its /ready.
+func startIstiod(ctx context.Context, bed *testbed.Bed, bin, kubeconfig, dir string) (*testbed.Process, string, time.Duration, error) {
+	mesh := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(mesh, []byte("trustDomain: cluster.local\nrootNamespace: istio-system\n"), 0o644); err != nil {
+		return nil, "", 0, err
+	}
+	ports := map[string]string{}
+	for _, flag := range []string{"grpcAddr", "httpAddr", "httpsAddr", "secureGRPCAddr", "monitoringAddr"} {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, "", 0, err
+		}
+		ports[flag] = addr
+	}
+	args := []string{
+		"PILOT_ENABLE_AMBIENT=true", "POD_NAMESPACE=istio-system", "POD_NAME=istiod-0",
+		"PILOT_DEBOUNCE_AFTER=" + debounceAfter.String(), "PILOT_DEBOUNCE_MAX=" + debounceMax.String(),
+		bin, "discovery", "--kubeconfig", kubeconfig, "--meshConfig", mesh,
+		"--clusterID", "Kubernetes", "--domain", "cluster.local",
+	}
+	for flag, addr := range ports {
+		args = append(args, "--"+flag+"="+addr)
+	}
+	start := time.Now()
+	p, err := bed.StartRoot("env", args...)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	client := &http.Client{Timeout: time.Second}
+	for {
+		resp, err := client.Get("http://" + ports["httpAddr"] + "/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p, ports["grpcAddr"], time.Since(start), nil
+			}
+		}
+		select {
+		case <-p.Done():
+			return nil, "", 0, fmt.Errorf("istiod exited: %v: %s", p.Wait(), lastLines(p.Stderr(), 5))
+		case <-ctx.Done():
+			p.Stop()
+			return nil, "", 0, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Since(start) > 3*time.Minute {
+			p.Stop()
+			return nil, "", 0, errors.New("istiod not ready after 3 minutes: " + lastLines(p.Stderr(), 5))
+		}
+	}
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// istiodGoals are issue 12's goals for the Istio tier: kmeshd converges
+// on 2,000 Services / 10,000 Pods from the stock istiod, and one pod's
+// readiness flip reaches the maps within istiod's debounce + 10 ms (p99).
+func istiodGoals(s *report.Istiod) []report.Goal {
+	if s == nil {
+		return nil
+	}
+	var short string
+	if s.Services < 2000 || s.Pods < 10000 {
+		short = fmt.Sprintf("measured at %d services / %d pods, not 2,000 / 10,000 (-quick or -istiod-*)", s.Services, s.Pods)
+	}
+	converge := report.Goal{
+		Goal:   fmt.Sprintf("kmeshd converges on %d Services / %d Pods from the stock istiod (every service's ready pods in the maps)", s.Services, s.Pods),
+		Target: "converges",
+		Note:   short,
+	}
+	flip := report.Goal{
+		Goal:   "one pod's readiness flip under istiod: Pod status written to the API server → its service's slot count in the maps",
+		Target: fmt.Sprintf("≤ istiod's debounce + 10 ms p99 (%.0f ms)", s.DebounceAfterMs+10),
+		Note:   short,
+	}
+	switch {
+	case s.NotMeasured != "":
+		converge.Measured, converge.Met, converge.Note = "–", "n/a", s.NotMeasured
+		flip.Measured, flip.Met, flip.Note = "–", "n/a", s.NotMeasured
+	case s.ConvergeMs == 0:
+		converge.Measured, converge.Met = "did not converge (see errors)", verdictMissed
+	default:
+		converge.Measured, converge.Met = fmt.Sprintf("%.1f s from kmeshd's start (ready at %.1f s)", s.ConvergeMs/1000, s.KmeshdReadyMs/1000), met(short == "")
+	}
+	if s.Flips > 0 && s.NotMeasured == "" {
+		flip.Measured = fmt.Sprintf("p99 %.0f ms, p50 %.0f ms (%d flips; load %s)", s.FlipP99Ms, s.FlipMs.Median, s.Flips, s.LoadAvg)
+		flip.Met = met(s.FlipP99Ms <= s.DebounceAfterMs+10 && short == "")
+	} else if flip.Met == "" {
+		flip.Measured, flip.Met = "not measured (see errors)", verdictMissed
+	}
+	return []report.Goal{converge, flip}
+}
+
+func met(ok bool) string {
+	if ok {
+		return verdictMet
+	}
+	return verdictMissed
+}
