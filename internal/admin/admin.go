@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -119,6 +120,13 @@ func newMux(h *handler) http.Handler {
 		mux.HandleFunc("POST /enroll", h.mutating(h.enroll(c.Enrollment.Enroll, true)))
 		mux.HandleFunc("POST /unenroll", h.mutating(h.enroll(c.Enrollment.Unenroll, false)))
 	}
+	// Go's profiles: heap and CPU of the daemon, for the memory breakdown
+	// (issue 12) and for profiling at scale. Read only, like the rest.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /{$}", h.index)
 	return mux
 }
@@ -169,6 +177,7 @@ var endpoints = []struct{ path, help string }{
 	{"/unenroll?netns=PATH", "POST, admin socket only: take a namespace enrolled through /enroll out again"},
 	{"/explain?source=NS/WORKLOAD&destination=IP:PORT", "what a connect from the workload to the address does, and why (JSON)"},
 	{"/version", "this kmeshd's version and commit (JSON)"},
+	{"/debug/pprof/", "Go's profiles: heap (in use by the mesh's model, indexes, dataplane records), CPU, goroutines"},
 }
 
 func (h *handler) index(w http.ResponseWriter, r *http.Request) {

@@ -322,3 +322,32 @@ func TestAdmin_VersionIsTheBinarys(t *testing.T) {
 		t.Fatalf("/version: %d %+v", code, v)
 	}
 }
+
+// The heap profile is how a user breaks kmeshd's memory down (issue 12):
+// it must be a real profile that go tool pprof reads, on the read-only
+// address.
+func TestAdmin_ServesHeapProfile(t *testing.T) {
+	ts := httptest.NewServer(Handler(&fakeState{}, Controls{}, slog.New(slog.DiscardHandler)))
+	defer ts.Close()
+	resp, err := http.Get(ts.URL + "/debug/pprof/heap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A pprof profile is gzipped protobuf.
+	if resp.StatusCode != 200 || len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+		t.Fatalf("/debug/pprof/heap: %d, %d bytes (%q...), want 200 and a gzipped profile", resp.StatusCode, len(body), body[:min(len(body), 40)])
+	}
+	resp, err = http.Post(ts.URL+"/debug/pprof/heap", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /debug/pprof/heap: %d, want 405 (GET only)", resp.StatusCode)
+	}
+}

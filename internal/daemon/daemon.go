@@ -257,6 +257,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := dp.Commit(); err != nil {
 		return err
 	}
+	go settleMemory(log)
 	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", surfaces[0].Addr().String(), "metrics", surfaces[1].Addr().String(), "readiness", surfaces[2].Addr().String(), "admin_socket", cfg.AdminSocket, "source", d.source)
 
 	ctx, stop := context.WithCancel(ctx)

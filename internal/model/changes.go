@@ -82,8 +82,10 @@ type State struct {
 	services  map[string]*Service
 	workloads map[string]*Workload
 	policies  map[string]*Policy
-	// users[workload] are the services the workload is an endpoint of.
-	users     map[string]map[string]struct{}
+	// users[workload] are the keys of the services the workload is an
+	// endpoint of: a slice, since nearly every workload serves one or two
+	// (a map per workload cost ~350 bytes, 35 MB at 100,000 workloads).
+	users     map[string][]string
 	frontends map[netip.AddrPort]string // service address:port -> service key
 	addrs     map[netip.Addr]string     // workload address -> workload key
 	// l7 holds the L7 objects of the last whole mesh (Gateways, Routes,
@@ -112,7 +114,7 @@ func (s *State) UnenforcedPolicies() []UnenforcedPolicy {
 func NewState() *State {
 	return &State{
 		services: map[string]*Service{}, workloads: map[string]*Workload{}, policies: map[string]*Policy{},
-		users: map[string]map[string]struct{}{}, frontends: map[netip.AddrPort]string{}, addrs: map[netip.Addr]string{},
+		users: map[string][]string{}, frontends: map[netip.AddrPort]string{}, addrs: map[netip.Addr]string{},
 	}
 }
 
@@ -149,7 +151,7 @@ func (s *State) ServicesOf(key string) []*Service {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	out := make([]*Service, 0, len(s.users[key]))
-	for _, k := range slices.Sorted(maps.Keys(s.users[key])) {
+	for _, k := range slices.Sorted(slices.Values(s.users[key])) {
 		out = append(out, s.services[k])
 	}
 	return out
@@ -340,7 +342,7 @@ func (s *State) Check(c *Changes) error {
 	}
 	// A removed workload must not stay an endpoint of a service.
 	for k := range goneW {
-		for sk := range s.users[k] {
+		for _, sk := range s.users[k] {
 			if goneS[sk] {
 				continue
 			}
@@ -404,20 +406,24 @@ func (s *State) Apply(c *Changes) *Changes {
 		}
 	}
 	for _, w := range c.Workloads {
-		if old := s.workloads[w.Key()]; old != nil {
+		// One key string per workload, shared by the map and the
+		// address index (Key allocates).
+		k := w.Key()
+		if old := s.workloads[k]; old != nil {
 			undo.Workloads = append(undo.Workloads, old)
 			s.unindexWorkload(old)
 		} else {
-			undo.RemovedWorkloads = append(undo.RemovedWorkloads, w.Key())
+			undo.RemovedWorkloads = append(undo.RemovedWorkloads, k)
 		}
-		s.workloads[w.Key()] = w
+		s.workloads[k] = w
 		for _, a := range w.Addresses {
-			s.addrs[a] = w.Key()
+			s.addrs[a] = k
 		}
 	}
 	for _, sv := range c.Services {
-		s.services[sv.Key()] = sv
-		s.indexService(sv)
+		k := sv.Key()
+		s.services[k] = sv
+		s.indexService(sv, k)
 	}
 	for _, k := range c.RemovedPolicies {
 		if old := s.policies[k]; old != nil {
@@ -436,34 +442,37 @@ func (s *State) Apply(c *Changes) *Changes {
 	return undo
 }
 
-func (s *State) indexService(sv *Service) {
+// indexService indexes sv under its key k (one string for every entry).
+func (s *State) indexService(sv *Service, k string) {
 	for _, e := range sv.Endpoints {
-		u := s.users[e.Workload]
-		if u == nil {
-			u = map[string]struct{}{}
-			s.users[e.Workload] = u
+		if u := s.users[e.Workload]; !slices.Contains(u, k) {
+			s.users[e.Workload] = append(u, k)
 		}
-		u[sv.Key()] = struct{}{}
 	}
 	for _, a := range sv.Addresses {
 		for _, p := range sv.Ports {
-			s.frontends[netip.AddrPortFrom(a, p.Port)] = sv.Key()
+			s.frontends[netip.AddrPortFrom(a, p.Port)] = k
 		}
 	}
 }
 
 func (s *State) unindexService(sv *Service) {
+	k := sv.Key()
 	for _, e := range sv.Endpoints {
 		if u := s.users[e.Workload]; u != nil {
-			delete(u, sv.Key())
+			if i := slices.Index(u, k); i >= 0 {
+				u = slices.Delete(u, i, i+1)
+			}
 			if len(u) == 0 {
 				delete(s.users, e.Workload)
+			} else {
+				s.users[e.Workload] = u
 			}
 		}
 	}
 	for _, a := range sv.Addresses {
 		for _, p := range sv.Ports {
-			if ap := netip.AddrPortFrom(a, p.Port); s.frontends[ap] == sv.Key() {
+			if ap := netip.AddrPortFrom(a, p.Port); s.frontends[ap] == k {
 				delete(s.frontends, ap)
 			}
 		}
@@ -483,5 +492,5 @@ func (s *State) unindexWorkload(w *Workload) {
 func (s *State) Users(key string) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return slices.Collect(maps.Keys(s.users[key]))
+	return slices.Clone(s.users[key])
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unique"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -23,7 +24,14 @@ const (
 
 // workload is a converted istio.workload.Workload.
 type workload struct {
-	w model.Workload
+	// w is the workload as the model has it. After a build it may point
+	// at the built mesh's copy (rebind in workload_mesh.go): equal in
+	// value, and then the only copy, so 100,000 workloads are held once.
+	// Never modified in place.
+	w *model.Workload
+	// key is w.Key(), made once: the index, the endpoints of every
+	// service and the build share this string.
+	key string
 	// endpoint is false for workloads that take no traffic: unhealthy, or
 	// with capacity 0.
 	endpoint bool
@@ -181,13 +189,16 @@ func splitHost(key string) (ns, host string, ok bool) {
 }
 
 func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
+	// Strings that many workloads share (namespace, node, network,
+	// service account, locality, policy and service names) are interned:
+	// decoded, each workload would hold its own copy.
 	w := model.Workload{
 		Name:           pw.GetName(),
-		Namespace:      pw.GetNamespace(),
-		Node:           pw.GetNode(),
+		Namespace:      intern(pw.GetNamespace()),
+		Node:           intern(pw.GetNode()),
 		UID:            pw.GetUid(),
-		Network:        pw.GetNetwork(),
-		ServiceAccount: pw.GetServiceAccount(),
+		Network:        intern(pw.GetNetwork()),
+		ServiceAccount: intern(pw.GetServiceAccount()),
 		Weight:         1,
 		// LEGACY_ISTIO_MTLS (sidecar mTLS) is not spoken, as ztunnel
 		// does not: such a workload is reached in plaintext.
@@ -206,7 +217,7 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		w.Name = w.UID
 	}
 	if l := pw.GetLocality(); l != nil {
-		w.Locality = model.Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubzone()}
+		w.Locality = model.Locality{Region: intern(l.GetRegion()), Zone: intern(l.GetZone()), Subzone: intern(l.GetSubzone())}
 	}
 	for i, b := range pw.GetAddresses() {
 		a, err := parseIP(b)
@@ -221,12 +232,12 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		if _, _, ok := strings.Cut(p, "/"); !ok {
 			return nil, fmt.Errorf("authorization policy %q: want namespace/name", p)
 		}
-		w.Policies = append(w.Policies, p)
+		w.Policies = append(w.Policies, intern(p))
 	}
 	// The network gateway is not used: the data plane connects straight
 	// to the workload's address. The workload's own waypoint (for traffic
 	// to its address) is not served: the build refuses such connections.
-	out := &workload{w: w, healthy: pw.GetStatus() == workloadapi.WorkloadStatus_HEALTHY, endpoint: true}
+	out := &workload{w: &w, key: w.Key(), healthy: pw.GetStatus() == workloadapi.WorkloadStatus_HEALTHY, endpoint: true}
 	wp, err := convertWaypoint(pw.GetWaypoint())
 	if err != nil {
 		return nil, err
@@ -255,7 +266,7 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 			ports = slices.DeleteFunc(ports, func(pp portPair) bool { return pp.service == sp })
 			ports = append(ports, portPair{sp, uint16(p.GetTargetPort())})
 		}
-		out.services = append(out.services, membership{key, ports})
+		out.services = append(out.services, membership{intern(key), ports})
 	}
 	return out, nil
 }
@@ -502,4 +513,12 @@ func cmpErr(first, next error) error {
 		return first
 	}
 	return next
+}
+
+// intern returns the one copy of s that every converted resource shares.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
 }

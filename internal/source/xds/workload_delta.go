@@ -85,7 +85,7 @@ func mark[K comparable](m map[K][]string, key K, name string, on bool) {
 func (ix *workloadIndex) claim(name string, v any, on bool) {
 	switch v := v.(type) {
 	case *workload:
-		mark(ix.wlKeys, v.w.Key(), name, on)
+		mark(ix.wlKeys, v.key, name, on)
 		for _, ms := range v.services {
 			host := ms.host
 			mark(ix.members, host, name, on)
@@ -120,7 +120,7 @@ func (ix *workloadIndex) claim(name string, v any, on bool) {
 func (ix *workloadIndex) contested(v any) bool {
 	switch v := v.(type) {
 	case *workload:
-		return len(ix.wlKeys[v.w.Key()]) > 1
+		return len(ix.wlKeys[v.key]) > 1
 	case *service:
 		if v.skip != "" {
 			return false
@@ -202,7 +202,7 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 	touch := func(v any) {
 		switch v := v.(type) {
 		case *workload:
-			dirtyWl[v.w.Key()] = true
+			dirtyWl[v.key] = true
 			for _, ms := range v.services {
 				host := ms.host
 				dirtyHosts[host] = true
@@ -250,7 +250,7 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 			// The workloads naming it list it now, or no more.
 			for _, name := range ix.byPolicy[key] {
 				if e := st.get(AddressType, name); e != nil {
-					dirtyWl[e.value.(*workload).w.Key()] = true
+					dirtyWl[e.value.(*workload).key] = true
 				}
 			}
 		}
@@ -274,9 +274,9 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 			return nil, nil, true
 		}
 		mw := modelWorkload(w, present)
-		if cur := ix.workloads[key]; cur == nil || !reflect.DeepEqual(cur, &mw) {
-			c.Workloads = append(c.Workloads, &mw)
-			ix.workloads[key] = &mw
+		if cur := ix.workloads[key]; cur == nil || !reflect.DeepEqual(cur, mw) {
+			c.Workloads = append(c.Workloads, mw)
+			ix.workloads[key] = mw
 		}
 	}
 	built := map[string]*model.Service{} // by host; nil: the host has no service now
@@ -299,7 +299,7 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 		var members []member
 		for _, name := range ix.members[host] {
 			w := st.get(AddressType, name).value.(*workload)
-			if len(ix.wlKeys[w.w.Key()]) > 1 {
+			if len(ix.wlKeys[w.key]) > 1 {
 				return nil, nil, true
 			}
 			members = append(members, member{w, w.portsFor(host)})

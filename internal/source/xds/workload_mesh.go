@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/kmesh-go/kmesh/internal/model"
 )
@@ -43,27 +44,35 @@ func buildWorkloadMesh(st *store) *built {
 	m.Workloads = make([]model.Workload, 0, nw)
 	m.Services = make([]model.Service, 0, len(addrs)-nw)
 
-	// Workloads: one per key; members[host] are the endpoints of a service.
+	// Workloads: one per key, the oldest resource wins; members[host] are
+	// the endpoints of a service, in arrival order. The mesh's workloads
+	// are made in key order, which Sort keeps, so each stays at the index
+	// rebind finds it at.
 	members := make(map[string][]member, len(addrs)-nw)
 	keys := make(map[string]bool, nw)
-	var unserved []unservedAt // workloads with a waypoint of their own
+	built := make([]*workload, 0, nw)
 	for _, e := range addrs {
 		w, ok := e.value.(*workload)
 		if !ok {
 			continue
 		}
-		if keys[w.w.Key()] {
-			b.conflict(AddressType, e.name, "workload %s is already defined by another resource", w.w.Key())
+		if keys[w.key] {
+			b.conflict(AddressType, e.name, "workload %s is already defined by another resource", w.key)
 			continue
 		}
-		keys[w.w.Key()] = true
-		if w.waypoint != nil {
-			unserved = append(unserved, unservedAt{len(m.Workloads), w.waypoint})
-		}
-		m.Workloads = append(m.Workloads, modelWorkload(w, func(p string) bool { return policies[p] }))
+		keys[w.key] = true
+		built = append(built, w)
 		for _, ms := range w.services {
 			members[ms.host] = append(members[ms.host], member{w, ms.ports})
 		}
+	}
+	slices.SortFunc(built, func(a, b *workload) int { return strings.Compare(a.key, b.key) })
+	var unserved []unservedAt // workloads with a waypoint of their own
+	for _, w := range built {
+		if w.waypoint != nil {
+			unserved = append(unserved, unservedAt{len(m.Workloads), w.waypoint})
+		}
+		m.Workloads = append(m.Workloads, *modelWorkload(w, func(p string) bool { return policies[p] }))
 	}
 
 	// Waypoints are resolved only when some service or workload has one:
@@ -128,7 +137,22 @@ func buildWorkloadMesh(st *store) *built {
 		m.Services = append(m.Services, ms)
 	}
 	m.Sort()
+	rebind(m, built)
 	return b
+}
+
+// rebind points each converted workload at its copy in the mesh, where
+// the two are equal (no policy left out, no waypoint's deny policy
+// added), so the store's copy is garbage and every workload is held once:
+// the mesh's, which the model's State and the index point into. built[i]
+// is m.Workloads[i]'s, which the check of the name confirms.
+func rebind(m *model.Mesh, built []*workload) {
+	for i, w := range built {
+		mw := &m.Workloads[i]
+		if w.waypoint == nil && len(mw.Policies) == len(w.w.Policies) && mw.Name == w.w.Name && mw.Namespace == w.w.Namespace {
+			w.w = mw
+		}
+	}
 }
 
 // member is a workload that names a service, with its own port mapping.
@@ -138,11 +162,15 @@ type member struct {
 }
 
 // modelWorkload is w as the model has it: policies that have not arrived
-// yet are left out until they do.
-func modelWorkload(w *workload, present func(string) bool) model.Workload {
-	mw := w.w
+// yet are left out until they do. With every policy present it is w's own
+// copy (never modified in place), not a new one.
+func modelWorkload(w *workload, present func(string) bool) *model.Workload {
+	if !slices.ContainsFunc(w.w.Policies, func(p string) bool { return !present(p) }) {
+		return w.w
+	}
+	mw := *w.w
 	mw.Policies = slices.DeleteFunc(slices.Clone(mw.Policies), func(p string) bool { return !present(p) })
-	return mw
+	return &mw
 }
 
 // buildService is one service with its endpoints: the members that take
@@ -157,7 +185,7 @@ func buildService(s *service, members []member, notes *[]string) (model.Service,
 		if !mb.w.endpoint || (!mb.w.healthy && !s.allowUnhealthy) {
 			continue
 		}
-		cands = append(cands, candidate{key: mb.w.w.Key(), ports: mb.ports})
+		cands = append(cands, candidate{key: mb.w.key, ports: mb.ports})
 	}
 	ms := s.s
 	ms.Ports, ms.Endpoints = resolvePorts(s, cands, notes)

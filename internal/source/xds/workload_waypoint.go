@@ -46,8 +46,8 @@ func (wp *waypoints) addService(s *service) {
 }
 
 func (wp *waypoints) addWorkload(w *workload) {
-	if _, ok := wp.byKey[w.w.Key()]; !ok {
-		wp.byKey[w.w.Key()] = w
+	if _, ok := wp.byKey[w.key]; !ok {
+		wp.byKey[w.key] = w
 	}
 	for _, a := range w.w.Addresses {
 		if _, ok := wp.workload[a]; !ok {
@@ -67,9 +67,9 @@ func (wp *waypoints) instances(r *waypointRef) ([]model.Endpoint, string) {
 		if s == nil {
 			if w := wp.workload[r.addr]; w != nil {
 				if !w.endpoint || !w.healthy {
-					return nil, fmt.Sprintf("waypoint workload %s does not take traffic", w.w.Key())
+					return nil, fmt.Sprintf("waypoint workload %s does not take traffic", w.key)
 				}
-				return []model.Endpoint{{Workload: w.w.Key()}}, ""
+				return []model.Endpoint{{Workload: w.key}}, ""
 			}
 		}
 	}
@@ -79,7 +79,7 @@ func (wp *waypoints) instances(r *waypointRef) ([]model.Endpoint, string) {
 	var eps []model.Endpoint
 	for _, mb := range wp.members[s.host] {
 		if mb.w.endpoint && (mb.w.healthy || s.allowUnhealthy) {
-			eps = append(eps, model.Endpoint{Workload: mb.w.w.Key()})
+			eps = append(eps, model.Endpoint{Workload: mb.w.key})
 		}
 	}
 	if len(eps) == 0 {
@@ -168,7 +168,8 @@ func (wp *waypoints) refuse(mw *model.Workload, r *waypointRef, policies map[str
 	p.Rules = []model.PolicyRule{rule}
 	policies[p.Key()] = true
 	b.mesh.Policies = append(b.mesh.Policies, p)
-	mw.Policies = append(mw.Policies, p.Key())
+	// A new slice: mw's may share its array with the converted workload's.
+	mw.Policies = append(slices.Clip(mw.Policies), p.Key())
 	mw.Waypoint = r.String()
 	note := fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not served here; connections to it are refused (policy %s)", mw.Key(), r, p.Key())
 	if why != "" {
