@@ -8,41 +8,40 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // Conn is one tunnelled connection on the client side: reads are the
 // server's bytes, writes go to the server. It does not support deadlines.
 type Conn struct {
-	body    io.ReadCloser
-	w       *io.PipeWriter
+	st      *stream
 	local   net.Addr
 	remote  net.Addr
 	once    sync.Once
 	release func()
 }
 
-func newConn(body io.ReadCloser, w *io.PipeWriter, t *Target, release func()) *Conn {
+func newConn(st *stream, t *Target, release func()) *Conn {
 	return &Conn{
-		body:    body,
-		w:       w,
+		st:      st,
 		local:   net.TCPAddrFromAddrPort(netip.AddrPortFrom(t.SourceAddr, 0)),
 		remote:  net.TCPAddrFromAddrPort(t.Addr),
 		release: release,
 	}
 }
 
-func (c *Conn) Read(p []byte) (int, error)  { return c.body.Read(p) }
-func (c *Conn) Write(p []byte) (int, error) { return c.w.Write(p) }
+func (c *Conn) Read(p []byte) (int, error)  { return c.st.Read(p) }
+func (c *Conn) Write(p []byte) (int, error) { return c.st.Write(p) }
 
 // CloseWrite ends the request side of the stream (END_STREAM): the server
 // reads EOF, as after a TCP half-close.
-func (c *Conn) CloseWrite() error { return c.w.Close() }
+func (c *Conn) CloseWrite() error { return c.st.CloseWrite() }
 
 // Close ends the stream both ways; a stream not finished is reset.
 func (c *Conn) Close() error {
 	c.once.Do(func() {
-		c.w.CloseWithError(net.ErrClosed)
-		c.body.Close()
+		c.st.reset(http2.ErrCodeCancel)
 		c.release()
 	})
 	return nil
@@ -64,10 +63,11 @@ func isClosed(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.ErrClosedPipe)
 }
 
-// copyBufSize is one TLS record's worth of plaintext: a read from the
-// stream or the socket rarely brings more, and a pooled buffer of this size
-// spares every tunnelled connection two 32 KiB allocations of io.Copy.
-const copyBufSize = 16 << 10
+// copyBufSize is one DATA frame that fits a TLS record with its header: a
+// read from the socket becomes one frame and one record, and a pooled
+// buffer spares every tunnelled connection two 32 KiB allocations of
+// io.Copy.
+const copyBufSize = maxDataChunk
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
@@ -77,6 +77,16 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
+	// A stream to a socket: the connection's reader writes to the socket
+	// itself while this copy waits.
+	if tc, ok := dst.(*net.TCPConn); ok {
+		switch s := src.(type) {
+		case *Conn:
+			return s.st.copyTo(tc, *bp)
+		case *stream:
+			return s.copyTo(tc, *bp)
+		}
+	}
 	// Hide ReaderFrom/WriterTo: *net.TCPConn's fall back to io.Copy's own
 	// allocation when the other side is not a socket.
 	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)

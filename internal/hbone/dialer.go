@@ -5,12 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -26,10 +24,6 @@ import (
 const (
 	DefaultMaxStreams  = 100
 	DefaultIdleTimeout = 5 * time.Minute
-
-	streamWindow = 4 << 20
-	connWindow   = 16 << 20
-	maxFrame     = 1 << 20
 )
 
 // Target is one tunnelled connection to open.
@@ -72,7 +66,6 @@ type Dialer struct {
 	Log              *slog.Logger
 
 	once  sync.Once
-	h2    *http2.Transport
 	mu    sync.Mutex
 	pools map[poolKey]*pool
 }
@@ -92,8 +85,11 @@ type pool struct {
 }
 
 type pooledConn struct {
-	cc      *http2.ClientConn
+	cc      *h2conn
 	streams int // open and reserved streams; guarded by Dialer.mu
+	// idle closes the connection once it carried no stream for the idle
+	// timeout; guarded by Dialer.mu.
+	idle *time.Timer
 	// expires is when the first of the two certificates of its handshake
 	// (ours, the peer's) expires: from then on it takes no new stream, so
 	// a rotated certificate is what new connections are carried with.
@@ -103,27 +99,11 @@ type pooledConn struct {
 
 // usable reports whether pc may take a new stream at now.
 func (pc *pooledConn) usable(now time.Time) bool {
-	return pc.cc.CanTakeNewRequest() && (pc.expires.IsZero() || now.Before(pc.expires))
+	return pc.cc.canTake() && (pc.expires.IsZero() || now.Before(pc.expires))
 }
 
 func (d *Dialer) init() {
 	d.once.Do(func() {
-		t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-			MaxReceiveBufferPerConnection: connWindow,
-			MaxReceiveBufferPerStream:     streamWindow,
-			MaxReadFrameSize:              maxFrame,
-		}}
-		h2, err := http2.ConfigureTransports(t1)
-		if err != nil {
-			// Only fails when t1 already speaks HTTP/2; it is new.
-			panic(fmt.Sprintf("hbone: configure http2: %v", err))
-		}
-		h2.IdleConnTimeout = d.idleTimeout()
-		h2.ReadIdleTimeout = 10 * time.Second // Envoy's HBONE keepalive
-		h2.PingTimeout = 20 * time.Second
-		h2.StrictMaxConcurrentStreams = true
-		h2.MaxHeaderListSize = 16 << 10
-		d.h2 = h2
 		d.pools = map[poolKey]*pool{}
 		if d.Log == nil {
 			d.Log = slog.New(slog.DiscardHandler)
@@ -202,7 +182,7 @@ func (d *Dialer) reserve(key poolKey) *pooledConn {
 	for _, pc := range p.conns {
 		if !pc.usable(now) {
 			if pc.streams == 0 {
-				pc.cc.Close()
+				pc.cc.close()
 				continue // closed, idle-timed-out, GOAWAY or expired: drop it
 			}
 		} else if found == nil && pc.streams < d.maxStreams() {
@@ -214,6 +194,9 @@ func (d *Dialer) reserve(key poolKey) *pooledConn {
 	p.conns = live
 	if found != nil {
 		found.streams++
+		if found.idle != nil {
+			found.idle.Stop()
+		}
 	}
 	return found
 }
@@ -237,6 +220,8 @@ func (d *Dialer) acquireNew(ctx context.Context, key poolKey, t *Target) (*poole
 		return nil, false, err
 	}
 	pc := &pooledConn{cc: cc, streams: 1, expires: expires}
+	pc.idle = time.AfterFunc(d.idleTimeout(), func() { d.closeIdle(pc) })
+	pc.idle.Stop()
 	d.mu.Lock()
 	p.conns = append(p.conns, pc)
 	d.mu.Unlock()
@@ -246,12 +231,25 @@ func (d *Dialer) acquireNew(ctx context.Context, key poolKey, t *Target) (*poole
 func (d *Dialer) release(pc *pooledConn) {
 	d.mu.Lock()
 	pc.streams--
+	if pc.streams == 0 {
+		pc.idle.Reset(d.idleTimeout())
+	}
 	d.mu.Unlock()
+}
+
+// closeIdle closes pc if it still carries no stream; the next reserve
+// drops it from its pool.
+func (d *Dialer) closeIdle(pc *pooledConn) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if pc.streams == 0 {
+		pc.cc.close()
+	}
 }
 
 // open makes a new TLS + HTTP/2 connection for t; expires is when the
 // first certificate of its handshake expires.
-func (d *Dialer) open(ctx context.Context, t *Target) (cc *http2.ClientConn, expires time.Time, err error) {
+func (d *Dialer) open(ctx context.Context, t *Target) (cc *h2conn, expires time.Time, err error) {
 	timeout := d.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
@@ -293,8 +291,8 @@ func (d *Dialer) open(ctx context.Context, t *Target) (cc *http2.ClientConn, exp
 	if peer := tc.ConnectionState().PeerCertificates; len(peer) > 0 && (expires.IsZero() || peer[0].NotAfter.Before(expires)) {
 		expires = peer[0].NotAfter
 	}
-	cc, err = d.h2.NewClientConn(tc)
-	if err != nil {
+	cc = newH2Conn(tc, true, d.Log)
+	if err := cc.start(); err != nil {
 		tc.Close()
 		return nil, time.Time{}, fmt.Errorf("hbone dial %s: http2: %w", t.Addr, err)
 	}
@@ -304,55 +302,21 @@ func (d *Dialer) open(ctx context.Context, t *Target) (cc *http2.ClientConn, exp
 
 // connect sends the CONNECT on pc, whose stream is reserved.
 func (d *Dialer) connect(ctx context.Context, pc *pooledConn, t *Target) (*Conn, error) {
-	pr, pw := io.Pipe()
-	req := &http.Request{
-		Method: http.MethodConnect,
-		URL:    &url.URL{Host: t.Authority},
-		Host:   t.Authority,
-		Header: t.Header.Clone(),
-		Body:   pr,
-		// The request body is the connection's client-to-server bytes:
-		// unknown length, streamed.
-		ContentLength: -1,
-	}
-	if req.Header == nil {
-		req.Header = http.Header{}
-	}
-	req = req.WithContext(context.WithoutCancel(ctx))
-	type result struct {
-		resp *http.Response
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, err := pc.cc.RoundTrip(req)
-		done <- result{resp, err}
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-ctx.Done():
-		pw.CloseWithError(ctx.Err())
-		go func() {
-			if r := <-done; r.resp != nil {
-				r.resp.Body.Close()
-			}
-			d.release(pc)
-		}()
-		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, ctx.Err())
-	}
-	if r.err != nil {
-		pw.CloseWithError(r.err)
+	st, err := pc.cc.openStream(t.Authority, t.Header)
+	if err != nil {
 		d.release(pc)
-		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, r.err)
+		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, err)
 	}
-	if r.resp.StatusCode != http.StatusOK {
-		r.resp.Body.Close()
-		pw.Close()
+	code, err := st.waitResponse(ctx)
+	if err == nil && code != http.StatusOK {
+		err = &StatusError{Code: code}
+	}
+	if err != nil {
+		st.reset(http2.ErrCodeCancel)
 		d.release(pc)
-		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, &StatusError{Code: r.resp.StatusCode})
+		return nil, fmt.Errorf("hbone connect %s via %s: %w", t.Authority, t.Addr, err)
 	}
-	return newConn(r.resp.Body, pw, t, func() { d.release(pc) }), nil
+	return newConn(st, t, func() { d.release(pc) }), nil
 }
 
 // Close closes every pooled connection; streams on them are cut.
@@ -362,7 +326,7 @@ func (d *Dialer) Close() error {
 	defer d.mu.Unlock()
 	for k, p := range d.pools {
 		for _, pc := range p.conns {
-			pc.cc.Close()
+			pc.cc.close()
 		}
 		delete(d.pools, k)
 	}

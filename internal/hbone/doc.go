@@ -19,4 +19,14 @@
 // pool.rs): stream windows 4 MiB, connection windows 16 MiB, frames up to
 // 1 MiB, at most 100 streams per client connection (the server allows 200),
 // idle client connections closed after 5 minutes.
+//
+// The HTTP/2 connection loop is this package's own (h2conn.go,
+// h2stream.go), on x/net/http2's Framer and hpack: CONNECT streams need
+// neither requests nor responses with bodies, and x/net's client and server
+// hand every frame between three or four goroutines, which cost more than
+// the crypto. Here one reader goroutine per connection hands DATA to its
+// stream, writing it straight to the destination socket when that socket
+// takes it without blocking; writers frame their own bytes under one lock
+// and the last one queued flushes, so a stream's bytes leave from the
+// goroutine that read them.
 package hbone

@@ -5,13 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -90,27 +88,16 @@ type Server struct {
 	Log  *slog.Logger
 
 	once sync.Once
-	h2   *http2.Server
 	wg   sync.WaitGroup
 }
 
 func (s *Server) init() {
 	s.once.Do(func() {
-		s.h2 = &http2.Server{
-			MaxConcurrentStreams:         200, // ztunnel's
-			MaxReadFrameSize:             maxFrame,
-			MaxUploadBufferPerConnection: connWindow,
-			MaxUploadBufferPerStream:     streamWindow,
-			ReadIdleTimeout:              10 * time.Second,
-			PingTimeout:                  20 * time.Second,
-		}
 		if s.Log == nil {
 			s.Log = slog.New(slog.DiscardHandler)
 		}
 	})
 }
-
-type peerKey struct{}
 
 // Serve accepts HBONE connections on l until it fails or ctx ends; streams
 // in flight keep going (Wait waits for them).
@@ -168,86 +155,103 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		tc.Close()
 		return
 	}
-	base := &Request{Peer: peer, PeerAddr: addrPort(c.RemoteAddr()), LocalAddr: addrPort(c.LocalAddr())}
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{
-		Context: context.WithValue(context.WithoutCancel(ctx), peerKey{}, base),
-		Handler: http.HandlerFunc(s.serveHTTP),
-	})
-}
-
-func (s *Server) serveHTTP(w http.ResponseWriter, hr *http.Request) {
-	base := hr.Context().Value(peerKey{}).(*Request)
-	r := *base
-	r.Authority = hr.Host
-	r.Header = hr.Header
-	r.Start = time.Now()
-	if hr.Method != http.MethodConnect {
-		s.reject(w, &r, Reject(http.StatusBadRequest, fmt.Errorf("method %s, want CONNECT", hr.Method)))
+	base := Request{Peer: peer, PeerAddr: addrPort(c.RemoteAddr()), LocalAddr: addrPort(c.LocalAddr())}
+	hc := newH2Conn(tc, false, s.Log)
+	var streams sync.WaitGroup
+	hc.onStream = func(st *stream, method, authority string, h http.Header) {
+		r := base
+		r.Authority, r.Header, r.Start = authority, h, time.Now()
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			s.serveStream(ctx, st, method, &r)
+		}()
+	}
+	if err := hc.start(); err != nil {
+		s.Log.Debug("hbone connection failed to start", "peer", c.RemoteAddr().String(), "err", err)
+		tc.Close()
 		return
 	}
-	up, err := s.Connect(hr.Context(), &r)
+	<-hc.closed
+	streams.Wait()
+}
+
+// serveStream answers one CONNECT: the hook authorizes it and dials the
+// upstream, and only then the client gets 200.
+func (s *Server) serveStream(ctx context.Context, st *stream, method string, r *Request) {
+	if method != http.MethodConnect {
+		s.reject(st, r, Reject(http.StatusBadRequest, fmt.Errorf("method %s, want CONNECT", method)))
+		return
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	st.c.mu.Lock()
+	if st.done {
+		st.c.mu.Unlock()
+		return
+	}
+	st.cancel = cancel
+	st.c.mu.Unlock()
+	up, err := s.Connect(sctx, r)
 	if err != nil {
-		s.reject(w, &r, err)
+		s.reject(st, r, err)
 		return
 	}
 	var sent, received int64
 	defer func() {
 		up.Close()
 		if s.Done != nil {
-			s.Done(&r, sent, received)
+			s.Done(r, sent, received)
 		}
 	}()
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
+	if err := st.respond(http.StatusOK, false); err != nil {
+		st.reset(http2.ErrCodeCancel)
 		return
 	}
-	sent, received = relay(up, hr.Body, w, rc)
+	sent, received = relay(up, st)
 }
 
-func (s *Server) reject(w http.ResponseWriter, r *Request, err error) {
+func (s *Server) reject(st *stream, r *Request, err error) {
 	code := http.StatusServiceUnavailable
 	var se *StatusError
 	if errors.As(err, &se) {
 		code = se.Code
 	}
 	s.Log.Debug("hbone connect refused", "peer", r.Peer.String(), "authority", r.Authority, "code", code, "err", err)
-	w.WriteHeader(code)
+	st.respond(code, true)
+	// The client's side may still be open: the stream is over.
+	st.reset(http2.ErrCodeNo)
 }
 
-// relay copies between the upstream and the stream until the upstream has
-// nothing more to say. The client's END_STREAM half-closes the upstream;
-// the upstream's EOF ends the response (and so the stream).
-func relay(up net.Conn, body io.Reader, w io.Writer, rc *http.ResponseController) (sent, received int64) {
-	var toUp atomic.Int64
+// relay copies between the upstream and the stream, one goroutine each
+// way, passing half-closes on: the client's END_STREAM half-closes the
+// upstream, the upstream's EOF sends END_STREAM. A failure either way
+// resets the stream and closes the upstream, which ends the other way.
+func relay(up net.Conn, st *stream) (sent, received int64) {
+	done := make(chan struct{})
 	go func() {
-		Copy(countingWriter{up, &toUp}, body)
-		if cw, ok := up.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
+		defer close(done)
+		var err error
+		sent, err = Copy(up, st)
+		if err != nil && !isClosed(err) {
+			st.reset(http2.ErrCodeCancel)
+			up.Close()
+			return
 		}
+		if cw, ok := up.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			return
+		}
+		up.Close()
 	}()
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
-	for {
-		n, err := up.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				break
-			}
-			received += int64(n)
-			if rc.Flush() != nil {
-				break
-			}
-		}
-		if err != nil {
-			break
-		}
+	received, err := Copy(st, up)
+	if err != nil && !isClosed(err) {
+		st.reset(http2.ErrCodeCancel)
+		up.Close()
+	} else {
+		st.CloseWrite()
 	}
-	// The upstream is done: the handler's return ends the stream, and the
-	// request body with it, which ends the other copy.
-	up.Close()
-	return toUp.Load(), received
+	<-done
+	return sent, received
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -257,17 +261,4 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
-}
-
-// countingWriter counts what reaches w as it goes, so a reader of n sees
-// the bytes relayed so far.
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
 }

@@ -84,6 +84,10 @@ func clientTLS(ctx context.Context, certs identity.Source, src identity.Identity
 			return nil
 		},
 		ClientSessionCache: nil, // ztunnel does not resume sessions either
+		// Full 16 KiB records from the first byte: a pooled connection
+		// carries many streams, and small starting records would split a
+		// DATA frame into a write per record.
+		DynamicRecordSizingDisabled: true,
 	}
 }
 
@@ -100,5 +104,6 @@ func serverTLS(certs identity.Source, id func() identity.Identity) *tls.Config {
 			_, err := peerIdentity(raw, certs.Roots(), certs.TrustDomain())
 			return err
 		},
+		DynamicRecordSizingDisabled: true,
 	}
 }
