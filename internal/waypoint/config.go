@@ -74,6 +74,20 @@ type servicePort struct {
 	// attached and requests go to the service itself.
 	routes []*routeEntry
 	routed bool
+	// consumers are GAMMA consumer routes: routes from another namespace
+	// than the service's, by that namespace. They apply only to clients of
+	// their namespace, and for those clients instead of the producer's
+	// routes (Gateway API GEP-1294).
+	consumers map[string][]*routeEntry
+}
+
+// routesFor returns the routes a client of namespace ns takes on the port,
+// and whether any route applies (false: requests go to the service itself).
+func (sp *servicePort) routesFor(ns string) ([]*routeEntry, bool) {
+	if cr, ok := sp.consumers[ns]; ok {
+		return cr, true
+	}
+	return sp.routes, sp.routed
 }
 
 // endpoint is one workload behind a service.
@@ -148,6 +162,9 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 	for _, svc := range s.services {
 		for _, sp := range svc.ports {
 			sortRoutes(sp.routes)
+			for _, cr := range sp.consumers {
+				sortRoutes(cr)
+			}
 		}
 	}
 	for i := range mesh.VirtualServices {
@@ -191,6 +208,17 @@ func pickAddr(addrs []netip.Addr, svcAddrs []netip.Addr) netip.Addr {
 }
 
 // principal is the workload's identity as policies name it.
+// principalNamespace is the namespace of a principal
+// (cluster.local/ns/NS/sa/SA), "" if it names none.
+func principalNamespace(p string) string {
+	_, rest, ok := strings.Cut(p, "/ns/")
+	if !ok {
+		return ""
+	}
+	ns, _, _ := strings.Cut(rest, "/")
+	return ns
+}
+
 func principal(w *model.Workload) string {
 	sa := w.ServiceAccount
 	if sa == "" {
@@ -226,12 +254,21 @@ func (s *snapshot) attachRoute(r *model.Route) error {
 			if ref.Port != 0 && ref.Port != sp.port {
 				continue
 			}
-			sp.routed = true
+			var es []*routeEntry
 			for _, cr := range rules {
 				for mi := range cr.matches {
-					sp.routes = append(sp.routes, &routeEntry{rule: cr, match: cr.matches[mi]})
+					es = append(es, &routeEntry{rule: cr, match: cr.matches[mi]})
 				}
 			}
+			if r.Namespace != svc.m.Namespace {
+				if sp.consumers == nil {
+					sp.consumers = map[string][]*routeEntry{}
+				}
+				sp.consumers[r.Namespace] = append(sp.consumers[r.Namespace], es...)
+				continue
+			}
+			sp.routed = true
+			sp.routes = append(sp.routes, es...)
 		}
 	}
 	return nil

@@ -2,9 +2,11 @@ package waypoint
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -40,6 +42,9 @@ type RouteDump struct {
 	Backends []string `json:"backends"` // namespace/name:port=weight
 	Timeout  string   `json:"timeout,omitempty"`
 	Retry    string   `json:"retry"`
+	// ConsumerNamespace is set on a consumer route: it applies only to
+	// clients of this namespace.
+	ConsumerNamespace string `json:"consumerNamespace,omitempty"`
 }
 
 // FaultDump is one fault rule on a service.
@@ -89,24 +94,31 @@ func (p *Proxy) Dump() *ConfigDump {
 			sp := svc.ports[mp.Port]
 			sd.Ports = append(sd.Ports, fmt.Sprintf("%d/%s", sp.port, sp.proto))
 			name := fmt.Sprintf("%s:%d", k, sp.port)
+			dumpRoutes := func(es []*routeEntry, consumerNS string) {
+				for i, e := range es {
+					rd := RouteDump{Service: name, Order: i, Rule: e.rule.name, Match: e.match.String(), Retry: retryString(e.rule.retry),
+						ConsumerNamespace: consumerNS}
+					for _, b := range e.rule.backends {
+						rd.Backends = append(rd.Backends, fmt.Sprintf("%s=%d", b.name, b.weight))
+						backends[b.svc.key] = true
+					}
+					if e.rule.invalid != "" {
+						rd.Backends = append(rd.Backends, "invalid: "+e.rule.invalid)
+					}
+					if t := e.rule.timeouts; t.Request > 0 || t.BackendRequest > 0 {
+						rd.Timeout = fmt.Sprintf("request=%s backendRequest=%s", t.Request, t.BackendRequest)
+					}
+					d.Routes = append(d.Routes, rd)
+				}
+			}
 			if !sp.routed {
 				d.Routes = append(d.Routes, RouteDump{Service: name, Rule: "default", Match: "*", Backends: []string{name + "=1"},
 					Retry: retryString(defaultRetry)})
-				continue
+			} else {
+				dumpRoutes(sp.routes, "")
 			}
-			for i, e := range sp.routes {
-				rd := RouteDump{Service: name, Order: i, Rule: e.rule.name, Match: e.match.String(), Retry: retryString(e.rule.retry)}
-				for _, b := range e.rule.backends {
-					rd.Backends = append(rd.Backends, fmt.Sprintf("%s=%d", b.name, b.weight))
-					backends[b.svc.key] = true
-				}
-				if e.rule.invalid != "" {
-					rd.Backends = append(rd.Backends, "invalid: "+e.rule.invalid)
-				}
-				if t := e.rule.timeouts; t.Request > 0 || t.BackendRequest > 0 {
-					rd.Timeout = fmt.Sprintf("request=%s backendRequest=%s", t.Request, t.BackendRequest)
-				}
-				d.Routes = append(d.Routes, rd)
+			for _, ns := range slices.Sorted(maps.Keys(sp.consumers)) {
+				dumpRoutes(sp.consumers[ns], ns)
 			}
 		}
 		for _, fr := range svc.faults {
@@ -244,13 +256,14 @@ func (p *Proxy) Explain(src netip.Addr, method, rawURL string, header http.Heade
 	if fr := sp.svc.fault(r); fr != nil {
 		ex.Fault = fr.name + ": " + faultString(*fr)
 	}
-	if !sp.routed {
+	routes, routed := sp.routesFor(principalNamespace(a.principal))
+	if !routed {
 		ex.Route = "default"
 		ex.Backends = []string{ex.Service + "=1"}
 		ex.Retry = retryString(defaultRetry)
 		return ex, nil
 	}
-	e := sp.route(r)
+	e := matchRoute(routes, r)
 	if e == nil {
 		ex.Route, ex.Status = "none", http.StatusNotFound
 		return ex, nil

@@ -102,7 +102,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	be, rl, m := p.routeRequest(sp, r, rq)
+	be, rl, m := p.routeRequest(sp, principalNamespace(a.principal), r, rq)
 	if rq.status != 0 {
 		http.Error(cw, http.StatusText(rq.status), rq.status)
 		return
@@ -167,14 +167,15 @@ func (p *Proxy) servicePort(s *snapshot, info *connInfo, r *http.Request) *servi
 }
 
 // routeRequest picks the rule and backend; on failure it sets rq.status.
-func (p *Proxy) routeRequest(sp *servicePort, r *http.Request, rq *request) (*backend, *rule, *match) {
-	if !sp.routed {
+func (p *Proxy) routeRequest(sp *servicePort, clientNS string, r *http.Request, rq *request) (*backend, *rule, *match) {
+	routes, routed := sp.routesFor(clientNS)
+	if !routed {
 		rq.route = "default"
 		be := &backend{svc: sp.svc, port: sp.port, weight: 1, name: sp.svc.key + ":" + strconv.Itoa(int(sp.port))}
 		rq.backend = be.name
 		return be, nil, nil
 	}
-	e := sp.route(r)
+	e := matchRoute(routes, r)
 	if e == nil {
 		rq.status = http.StatusNotFound
 		rq.flag(flagNoRoute)

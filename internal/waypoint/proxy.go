@@ -186,7 +186,8 @@ func (p *Proxy) ServeConn(c net.Conn, dst netip.AddrPort, peer Peer) {
 }
 
 func (p *Proxy) serve(c net.Conn, info *connInfo, proto protocol) {
-	br := bufio.NewReader(c)
+	cr := &connReader{Conn: c}
+	br := bufio.NewReaderSize(cr, h1HeadMax)
 	if proto == protoDetect {
 		proto = detect(c, br, p.opts.DetectTimeout)
 	}
@@ -194,9 +195,9 @@ func (p *Proxy) serve(c net.Conn, info *connInfo, proto protocol) {
 		p.forwardTCP(c, br, info)
 		return
 	}
-	if err := p.conns.push(&proxyConn{Conn: c, r: br, info: info}); err != nil {
-		c.Close()
-	}
+	// HTTP/1.1 on this goroutine (h1server.go); it hands the connection to
+	// net/http's server for HTTP/2 and whatever else it does not serve.
+	p.serveH1(c, cr, br, info)
 }
 
 // detect sniffs the first bytes: an HTTP/1 request line or the HTTP/2

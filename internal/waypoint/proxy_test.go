@@ -452,3 +452,54 @@ func TestProxy_NoRouteMatchIs404(t *testing.T) {
 		t.Errorf("matched: %d %q", resp.StatusCode, body)
 	}
 }
+
+// TestProxy_ConsumerRoute: a route from another namespace than the
+// service's (a GAMMA consumer route) applies to that namespace's clients
+// only, and for them instead of the service's own routes.
+func TestProxy_ConsumerRoute(t *testing.T) {
+	b := newBed(t)
+	b.workload("v1", 8080, map[string]string{"app": "v1"}, named("v1"))
+	b.workload("v2", 8080, map[string]string{"app": "v2"}, named("v2"))
+	b.workload("v3", 8080, map[string]string{"app": "v3"}, named("v3"))
+	b.service("web", "10.96.0.1", 8080, "v1", true)
+	b.service("web-v2", "10.96.0.2", 8080, "v2", false)
+	b.service("web-v3", "10.96.0.3", 8080, "v3", false)
+	b.mesh.Routes = []model.Route{
+		{Kind: model.KindHTTPRoute, Name: "producer", Namespace: "default", ParentRefs: svcParent("web"),
+			Rules: []model.RouteRule{{BackendRefs: []model.BackendRef{ref("web-v3", 1)}}}},
+		{Kind: model.KindHTTPRoute, Name: "consumer", Namespace: "shop",
+			ParentRefs: []model.ParentRef{{Kind: "Service", Name: "web", Namespace: "default"}},
+			Rules:      []model.RouteRule{{BackendRefs: []model.BackendRef{{Name: "web-v2", Namespace: "default", Port: 80, Weight: 1}}}}},
+	}
+	b.start()
+	client := func(principal string) *http.Client {
+		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, s := net.Pipe()
+			b.proxy.ServeConn(s, netip.MustParseAddrPort("10.96.0.1:80"),
+				Peer{Addr: netip.MustParseAddrPort("127.0.0.9:40000"), Principal: principal, MutualTLS: true})
+			return c, nil
+		}}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	}
+	for principal, want := range map[string]string{
+		"cluster.local/ns/shop/sa/buyer":    "v2", // the consumer route
+		"cluster.local/ns/default/sa/x":     "v3", // the producer's route
+		"cluster.local/ns/elsewhere/sa/any": "v3",
+	} {
+		resp, _ := get(t, client(principal), "http://web/")
+		if got := resp.Header.Get("X-Backend"); got != want {
+			t.Errorf("client %s: answered by %q, want %s", principal, got, want)
+		}
+	}
+	d := b.proxy.Dump()
+	found := false
+	for _, r := range d.Routes {
+		if r.ConsumerNamespace == "shop" && r.Service == "default/web:80" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("config dump lacks the consumer route: %+v", d.Routes)
+	}
+}

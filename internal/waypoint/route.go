@@ -265,10 +265,9 @@ func sortRoutes(es []*routeEntry) {
 	})
 }
 
-// route returns the rule a request takes on the port, or nil when routes
-// are attached and none matches (404).
-func (sp *servicePort) route(r *http.Request) *routeEntry {
-	for _, e := range sp.routes {
+// matchRoute returns the first of routes a request matches, or nil (404).
+func matchRoute(routes []*routeEntry, r *http.Request) *routeEntry {
+	for _, e := range routes {
 		if e.match.matches(r) {
 			return e
 		}

@@ -36,6 +36,8 @@ type result struct {
 	Path      string `json:"path"`
 	Millis    int64  `json:"ms"`
 	Body      string `json:"body"`
+	// Headers of the answer, with --print-headers.
+	Headers map[string]string `json:"headers"`
 }
 
 var (

@@ -36,6 +36,9 @@ type result struct {
 	Body      string `json:"body,omitempty"` // the answer's body, with --print-body
 	Error     string `json:"error"`
 	At        int64  `json:"at"` // start of the request, Unix nanoseconds
+	// Headers are the answer's headers (values joined by ","), with
+	// --print-headers.
+	Headers map[string]string `json:"headers,omitempty"`
 }
 
 // conn is a dialed connection with its number.
@@ -55,6 +58,9 @@ func get(args []string) error {
 	fs.Var(&headers, "header", "request header NAME:VALUE, repeatable")
 	method := fs.String("method", http.MethodGet, "request method")
 	printBody := fs.Bool("print-body", false, "print each answer's body")
+	printHeaders := fs.Bool("print-headers", false, "print each answer's headers")
+	host := fs.String("host", "", "Host header (default: the URL's host)")
+	noRedirect := fs.Bool("no-redirect", false, "report a redirect instead of following it")
 	v4Mapped := fs.Bool("v4-mapped", false, "connect IPv4 addresses from an AF_INET6 socket, as ::ffff:a.b.c.d (as dual-stack programs do)")
 	bindFrom := fs.String("bind-from", "", "bind connection n to this address plus n-1: many clients from one pod (the addresses must be the pod's)")
 	fs.Parse(args)
@@ -102,6 +108,10 @@ func get(args []string) error {
 			},
 		},
 	}
+	if *noRedirect {
+		client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	}
+	opts := requestOpts{method: *method, url: *url, host: *host, headers: headers, printBody: *printBody, printHeaders: *printHeaders}
 	out := json.NewEncoder(os.Stdout)
 	for seq := 1; *count == 0 || seq <= *count; seq++ {
 		if seq > 1 && *interval > 0 {
@@ -113,7 +123,7 @@ func get(args []string) error {
 		if ctx.Err() != nil {
 			break
 		}
-		if err := out.Encode(request(client, *method, *url, headers, *printBody, seq)); err != nil {
+		if err := out.Encode(request(client, opts, seq)); err != nil {
 			return fmt.Errorf("get: %w", err)
 		}
 	}
@@ -132,7 +142,14 @@ func addrPlus(a netip.Addr, n uint32) netip.Addr {
 	return out
 }
 
-func request(client *http.Client, method, url string, headers []string, printBody bool, seq int) (res result) {
+// requestOpts is what get sends and prints of each request.
+type requestOpts struct {
+	method, url, host       string
+	headers                 []string
+	printBody, printHeaders bool
+}
+
+func request(client *http.Client, o requestOpts, seq int) (res result) {
 	res = result{Seq: seq, At: time.Now().UnixNano()}
 	defer func() { res.Millis = (time.Now().UnixNano() - res.At) / 1e6 }()
 	trace := &httptrace.ClientTrace{
@@ -150,12 +167,15 @@ func request(client *http.Client, method, url string, headers []string, printBod
 			}
 		},
 	}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), method, url, nil)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), o.method, o.url, nil)
 	if err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	for _, h := range headers {
+	if o.host != "" {
+		req.Host = o.host
+	}
+	for _, h := range o.headers {
 		k, v, _ := strings.Cut(h, ":")
 		req.Header.Add(k, v)
 	}
@@ -167,13 +187,19 @@ func request(client *http.Client, method, url string, headers []string, printBod
 	defer resp.Body.Close()
 	res.Status = resp.StatusCode
 	res.Path = resp.Header.Get("X-Path")
+	if o.printHeaders {
+		res.Headers = map[string]string{}
+		for k, v := range resp.Header {
+			res.Headers[k] = strings.Join(v, ",")
+		}
+	}
 	// Read to the end, so a kept-alive connection can carry the next request.
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
 		res.Error = "read body: " + err.Error()
 		return res
 	}
-	if printBody {
+	if o.printBody {
 		res.Body = string(body)
 	}
 	if resp.StatusCode != http.StatusOK {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 )
 
 // grpcServe serves gRPC's health service; the status of service "flip"
@@ -25,12 +27,28 @@ func grpcServe(args []string) error {
 	fs := flag.NewFlagSet("grpc-serve", flag.ExitOnError)
 	listen := fs.String("listen", "[::]:9090", "address to listen on")
 	flip := fs.Duration("flip", 100*time.Millisecond, "period of service flip's status changes")
+	name := fs.String("name", "", "name sent back in the x-pod header of every call, with the call's metadata as x-echo-<key>")
 	fs.Parse(args)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("grpc-serve: %w", err)
 	}
-	srv := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if *name != "" {
+		opts = append(opts, grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			md := metadata.Pairs("x-pod", *name)
+			in, _ := metadata.FromIncomingContext(ctx)
+			for k, v := range in {
+				if strings.HasPrefix(k, ":") {
+					continue // a pseudo-header (:authority): no valid name with a prefix
+				}
+				md.Append("x-echo-"+k, strings.Join(v, ","))
+			}
+			grpc.SetHeader(ctx, md)
+			return h(ctx, req)
+		}))
+	}
+	srv := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -59,6 +77,9 @@ func grpcCheck(args []string) error {
 	addr := fs.String("addr", "", "server HOST:PORT (required)")
 	watch := fs.Int("watch", 3, "Watch messages to read")
 	timeout := fs.Duration("timeout", 10*time.Second, "timeout of the whole exchange")
+	count := fs.Int("count", 1, "unary calls to make; each answer's headers go to \"answers\"")
+	var mds listenFlags
+	fs.Var(&mds, "metadata", "request metadata KEY:VALUE, repeatable")
 	fs.Parse(args)
 	if *addr == "" {
 		return errors.New("grpc-check: --addr is required")
@@ -67,6 +88,9 @@ func grpcCheck(args []string) error {
 		Unary    string   `json:"unary"`
 		Messages []string `json:"messages"`
 		Error    string   `json:"error,omitempty"`
+		// Answers are the header metadata of each unary call (values
+		// joined by ",").
+		Answers []map[string]string `json:"answers,omitempty"`
 	}{}
 	defer func() { json.NewEncoder(os.Stdout).Encode(&out) }()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -78,12 +102,24 @@ func grpcCheck(args []string) error {
 	}
 	defer cc.Close()
 	c := healthpb.NewHealthClient(cc)
-	r, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		out.Error = "check: " + err.Error()
-		return nil
+	for _, kv := range mds {
+		k, v, _ := strings.Cut(kv, ":")
+		ctx = metadata.AppendToOutgoingContext(ctx, k, v)
 	}
-	out.Unary = r.Status.String()
+	for range *count {
+		var hdr metadata.MD
+		r, err := c.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&hdr))
+		if err != nil {
+			out.Error = "check: " + err.Error()
+			return nil
+		}
+		out.Unary = r.Status.String()
+		a := map[string]string{}
+		for k, v := range hdr {
+			a[k] = strings.Join(v, ",")
+		}
+		out.Answers = append(out.Answers, a)
+	}
 	w, err := c.Watch(ctx, &healthpb.HealthCheckRequest{Service: "flip"})
 	if err != nil {
 		out.Error = "watch: " + err.Error()

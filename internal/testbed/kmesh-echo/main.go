@@ -2,10 +2,11 @@
 //
 //	kmesh-echo serve --name NAME [--listen ADDR]...
 //	kmesh-echo get --url URL [--count N] [--interval D] [--keepalive] [--timeout D] [--method M] [--header K:V]...
+//	               [--host H] [--no-redirect] [--print-headers] [--print-body]
 //	kmesh-echo tcp-serve [--listen ADDR] [--reply N]
 //	kmesh-echo tcp-send --addr ADDR --bytes N [--count C] [--hold D [--write-first]]
-//	kmesh-echo grpc-serve [--listen ADDR] [--flip D]
-//	kmesh-echo grpc-check --addr HOST:PORT [--watch N]
+//	kmesh-echo grpc-serve [--listen ADDR] [--flip D] [--name NAME]
+//	kmesh-echo grpc-check --addr HOST:PORT [--watch N] [--count N] [--metadata K:V]...
 //
 // serve answers every HTTP request with its name, in the body and in X-Pod,
 // and with the connection's two ends as it sees them (X-Local-Addr,

@@ -97,6 +97,15 @@ func echoHandler(name string) http.Handler {
 				code = http.StatusServiceUnavailable
 			}
 		}
+		// Asked for, the request's headers come back as X-Echo-<Name>
+		// (values joined by ","), Host as X-Echo-Host: what the waypoint's
+		// header filters did is then visible to the client.
+		if r.Header.Get("X-Echo-Request-Headers") != "" {
+			for k, v := range r.Header {
+				h.Set("X-Echo-"+k, strings.Join(v, ","))
+			}
+			h.Set("X-Echo-Host", r.Host)
+		}
 		h.Set("X-Pod", name)
 		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 			h.Set("X-Local-Addr", local.String())

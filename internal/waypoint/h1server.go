@@ -1,0 +1,586 @@
+package waypoint
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// h1server.go serves plain HTTP/1.1 keep-alive requests on the
+// connection's own goroutine. net/http's server, which the waypoint used
+// for everything, starts a background read of the connection for every
+// request (to notice a client that goes away) and stops it again before the
+// next one: a goroutine hand-off, a read that returns EAGAIN and a wake-up
+// per request, which under the benchmark's load was most of what the
+// waypoint added over HAProxy. Here the request is parsed with net/http's
+// own parser (http.ReadRequest) and the handler is the same ServeHTTP; only
+// the connection loop and the response framing are ours. Anything unusual
+// — HTTP/1.0, the HTTP/2 preface, Upgrade (h2c, WebSocket), Expect,
+// CONNECT, obsolete line folding, a Host header missing or repeated, a
+// transfer coding other than chunked, a header block over h1HeadMax — is
+// handed, with the connection, to net/http's server at that request, so
+// those keep net/http's exact behaviour.
+
+const (
+	// h1HeadMax is the largest request header block the fast path reads;
+	// a larger one goes to net/http (which allows 1 MB and answers 431).
+	h1HeadMax = 16 << 10
+	// h1ServerIdle and h1ServerHeader are the server's keep-alive idle
+	// timeout and request header timeout (as the net/http server's
+	// IdleTimeout and ReadHeaderTimeout).
+	h1ServerIdle   = time.Hour
+	h1ServerHeader = 30 * time.Second
+	// h1Watch is how long a request without a body runs before the
+	// connection is watched for the client going away (which cancels the
+	// request, as net/http's background read does). Shorter requests, nearly
+	// all, pay nothing for it.
+	h1Watch = 50 * time.Millisecond
+	// h1Drain is how much of a request body the handler left unread is
+	// read to keep the connection; beyond it the connection is closed.
+	h1Drain = 256 << 10
+	// h1Buffer is how much of a response is held before its header is
+	// sent, so a short answer whose handler set no Content-Length gets one,
+	// as net/http does.
+	h1Buffer = 2048
+)
+
+// connReader is the connection's reader: it gives back first the byte the
+// disconnect watcher read, if any.
+type connReader struct {
+	net.Conn
+	pending    byte
+	hasPending bool
+}
+
+func (r *connReader) Read(b []byte) (int, error) {
+	if r.hasPending && len(b) > 0 {
+		b[0] = r.pending
+		r.hasPending = false
+		return 1, nil
+	}
+	return r.Conn.Read(b)
+}
+
+// h1Server is the fast path's state of one connection.
+type h1Server struct {
+	p    *Proxy
+	c    net.Conn
+	cr   *connReader
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	info *connInfo
+	ctx  context.Context
+	// remote is the client's address as net/http gives it in RemoteAddr.
+	remote string
+
+	// The disconnect watcher of the request in flight.
+	watchDone chan struct{}
+	stopping  atomic.Bool
+	gone      atomic.Bool
+	w         h1Writer
+}
+
+var errHeadTooBig = errors.New("request header block too large")
+
+// serveH1 serves c until it closes or needs net/http.
+func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *connInfo) {
+	s := &h1Server{p: p, c: c, cr: cr, br: br, info: info, remote: c.RemoteAddr().String(),
+		ctx: context.WithValue(context.Background(), connKey{}, info), watchDone: make(chan struct{}, 1)}
+	for {
+		head, err := s.peekHead()
+		if err == errHeadTooBig {
+			s.fallback()
+			return
+		}
+		if err != nil {
+			c.Close()
+			return
+		}
+		switch classifyHead(head) {
+		case headFallback:
+			s.fallback()
+			return
+		case headBad:
+			s.badRequest()
+			return
+		}
+		req, err := http.ReadRequest(br)
+		if err != nil || !validRequest(req) {
+			s.badRequest()
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		if s.bw == nil {
+			s.bw = bufio.NewWriterSize(c, 4<<10)
+		}
+		if !s.serveOne(req) {
+			c.Close()
+			return
+		}
+	}
+}
+
+// fallback hands the connection, at the request not yet read, to
+// net/http's server.
+func (s *h1Server) fallback() {
+	s.c.SetReadDeadline(time.Time{})
+	if s.bw != nil && s.bw.Buffered() > 0 {
+		s.bw.Flush()
+	}
+	if err := s.p.conns.push(&proxyConn{Conn: s.c, r: s.br, info: s.info}); err != nil {
+		s.c.Close()
+	}
+}
+
+// badRequest answers as net/http's server does to a request it cannot
+// parse, and closes the connection.
+func (s *h1Server) badRequest() {
+	s.c.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(s.c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+	s.c.Close()
+}
+
+// peekHead waits for a whole request header block and returns it without
+// consuming it.
+func (s *h1Server) peekHead() ([]byte, error) {
+	if s.br.Buffered() == 0 {
+		s.c.SetReadDeadline(time.Now().Add(h1ServerIdle))
+		if _, err := s.br.Peek(1); err != nil {
+			return nil, err
+		}
+	}
+	s.c.SetReadDeadline(time.Now().Add(h1ServerHeader))
+	n := s.br.Buffered()
+	for {
+		b, _ := s.br.Peek(n)
+		if i := headEnd(b); i >= 0 {
+			return b[:i], nil
+		}
+		if n >= s.br.Size() {
+			return nil, errHeadTooBig
+		}
+		if _, err := s.br.Peek(n + 1); err != nil {
+			return nil, err
+		}
+		n = s.br.Buffered()
+	}
+}
+
+// headEnd is the length of the header block at the start of b (through its
+// empty line), or -1 if b does not hold all of it.
+func headEnd(b []byte) int {
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		if i+1 < len(b) && b[i+1] == '\n' {
+			return i + 2
+		}
+		if i+2 < len(b) && b[i+1] == '\r' && b[i+2] == '\n' {
+			return i + 3
+		}
+	}
+	return -1
+}
+
+type headKind int
+
+const (
+	headFast     headKind = iota // the fast path serves it
+	headFallback                 // net/http serves it (and the rest of the connection)
+	headBad                      // refused with 400
+)
+
+var (
+	hdrContentLength = []byte("content-length")
+	hdrTransferEnc   = []byte("transfer-encoding")
+	hdrHost          = []byte("host")
+	hdrUpgrade       = []byte("upgrade")
+	hdrExpect        = []byte("expect")
+	hdrH2Settings    = []byte("http2-settings")
+	tokChunked       = []byte("chunked")
+)
+
+// classifyHead decides from the raw header block who serves the request.
+// A request with both Content-Length and Transfer-Encoding is refused: the
+// two framings disagreeing is how requests are smuggled past a proxy
+// (RFC 9112 §6.1 allows a server to reject it; Envoy does).
+func classifyHead(head []byte) headKind {
+	line, rest, _ := bytes.Cut(head, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	method, line, ok1 := bytes.Cut(line, []byte(" "))
+	_, proto, ok2 := bytes.Cut(line, []byte(" "))
+	if !ok1 || !ok2 {
+		return headBad
+	}
+	if !bytes.Equal(proto, []byte("HTTP/1.1")) || bytes.Equal(method, []byte("CONNECT")) {
+		return headFallback
+	}
+	var cl, te, hosts int
+	var teValue []byte
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return headFallback // obsolete line folding
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return headBad
+		}
+		switch {
+		case bytes.EqualFold(name, hdrContentLength):
+			cl++
+		case bytes.EqualFold(name, hdrTransferEnc):
+			te++
+			teValue = bytes.TrimSpace(value)
+		case bytes.EqualFold(name, hdrHost):
+			hosts++
+		case bytes.EqualFold(name, hdrUpgrade), bytes.EqualFold(name, hdrExpect), bytes.EqualFold(name, hdrH2Settings):
+			return headFallback
+		}
+	}
+	switch {
+	case te > 0 && cl > 0:
+		return headBad
+	case te > 1:
+		return headBad
+	case te == 1 && !bytes.EqualFold(teValue, tokChunked):
+		return headFallback // net/http answers 501 for codings it lacks
+	case hosts != 1:
+		return headFallback // net/http answers 400 with its reason
+	}
+	return headFast
+}
+
+// validRequest applies the checks net/http's server makes after parsing.
+func validRequest(req *http.Request) bool {
+	if !httpguts.ValidHostHeader(req.Host) {
+		return false
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	delete(req.Header, "Host")
+	return true
+}
+
+// serveOne runs the handler for req and reports whether the connection
+// stays open for the next request.
+func (s *h1Server) serveOne(req *http.Request) (keep bool) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	req = req.WithContext(ctx)
+	req.RemoteAddr = s.remote
+	body := req.Body
+	w := &s.w
+	w.reset(s, req)
+
+	var watch *time.Timer
+	if body == http.NoBody {
+		s.stopping.Store(false)
+		s.gone.Store(false)
+		watch = time.AfterFunc(h1Watch, func() { s.watch(cancel) })
+	}
+	aborted := s.run(w, req)
+	if watch != nil && !watch.Stop() {
+		// The watcher runs: stop its read and wait for it.
+		s.stopping.Store(true)
+		s.c.SetReadDeadline(time.Unix(1, 0))
+		<-s.watchDone
+		s.c.SetReadDeadline(time.Time{})
+		if s.gone.Load() {
+			return false
+		}
+	}
+	if aborted {
+		// As net/http: what was written goes out, then the connection
+		// closes, so the client sees a cut answer, not a complete one.
+		s.bw.Flush()
+		return false
+	}
+	if err := w.finish(); err != nil {
+		return false
+	}
+	if body != http.NoBody {
+		if n, err := io.CopyN(io.Discard, body, h1Drain+1); err != io.EOF || n > h1Drain {
+			return false
+		}
+	}
+	return !req.Close && !w.closeAfter
+}
+
+// run calls the handler; it reports true if the handler aborted the
+// response by panicking.
+func (s *h1Server) run(w *h1Writer, req *http.Request) (aborted bool) {
+	defer func() {
+		if err := recover(); err != nil {
+			if err != http.ErrAbortHandler {
+				s.p.log.Error("panic serving a request", "peer", s.remote, "error", err)
+			}
+			aborted = true
+		}
+	}()
+	s.p.ServeHTTP(w, req)
+	return false
+}
+
+// watch reads the connection while a request runs; the client closing it
+// cancels the request. A byte it reads (the next pipelined request) is kept
+// for the connection's reader.
+func (s *h1Server) watch(cancel context.CancelFunc) {
+	defer func() { s.watchDone <- struct{}{} }()
+	var b [1]byte
+	n, err := s.c.Read(b[:])
+	if n == 1 {
+		s.cr.pending, s.cr.hasPending = b[0], true
+	}
+	if err != nil && !s.stopping.Load() {
+		s.gone.Store(true)
+		cancel()
+	}
+}
+
+// h1Writer is the fast path's http.ResponseWriter. It frames the answer as
+// net/http's server does: the handler's Content-Length, else for a short
+// answer complete when the handler returns a computed one, else chunked.
+type h1Writer struct {
+	s           *h1Server
+	req         *http.Request
+	h           http.Header
+	status      int
+	wroteHeader bool
+	committed   bool
+	chunked     bool
+	head        bool
+	clen        int64 // the declared Content-Length, -1 if none
+	written     int64
+	pending     []byte
+	closeAfter  bool
+	buf         [h1Buffer]byte
+}
+
+func (w *h1Writer) reset(s *h1Server, req *http.Request) {
+	h := w.h
+	if h == nil {
+		h = make(http.Header, 8)
+	} else {
+		clear(h)
+	}
+	*w = h1Writer{s: s, req: req, h: h, clen: -1, head: req.Method == http.MethodHead}
+	w.pending = w.buf[:0]
+}
+
+func (w *h1Writer) Header() http.Header { return w.h }
+
+func (w *h1Writer) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic("invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		// An informational answer goes out at once; the final one follows.
+		writeStatusLine(w.s.bw, code)
+		w.h.Write(w.s.bw)
+		w.s.bw.WriteString("\r\n")
+		w.s.bw.Flush()
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	if cl := w.h.Get("Content-Length"); cl != "" {
+		if v, err := strconv.ParseInt(cl, 10, 64); err == nil && v >= 0 {
+			w.clen = v
+		} else {
+			w.h.Del("Content-Length")
+		}
+	}
+}
+
+// bodyAllowed reports whether the status may carry a body (RFC 9110).
+func (w *h1Writer) bodyAllowed() bool {
+	return !(w.status >= 100 && w.status <= 199) && w.status != http.StatusNoContent && w.status != http.StatusNotModified
+}
+
+func (w *h1Writer) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.bodyAllowed() {
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.clen >= 0 && w.written+int64(len(b)) > w.clen {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(b))
+	if !w.committed {
+		if len(w.pending)+len(b) <= cap(w.pending) {
+			w.pending = append(w.pending, b...)
+			return len(b), nil
+		}
+		if err := w.commit(false); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), w.writeBody(b)
+}
+
+func (w *h1Writer) writeBody(b []byte) error {
+	if w.head || len(b) == 0 {
+		return nil
+	}
+	bw := w.s.bw
+	if w.chunked {
+		bw.WriteString(strconv.FormatInt(int64(len(b)), 16))
+		bw.WriteString("\r\n")
+		bw.Write(b)
+		_, err := bw.WriteString("\r\n")
+		return err
+	}
+	_, err := bw.Write(b)
+	return err
+}
+
+// FlushError sends what is written so far (http.ResponseController uses it).
+func (w *h1Writer) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		if err := w.commit(false); err != nil {
+			return err
+		}
+	}
+	return w.s.bw.Flush()
+}
+
+func (w *h1Writer) Flush() { w.FlushError() }
+
+// commit writes the status line and header, then what the body held
+// back; final says the handler is done.
+func (w *h1Writer) commit(final bool) error {
+	w.committed = true
+	h := w.h
+	if _, ok := h["Date"]; !ok {
+		h["Date"] = []string{httpDate()}
+	}
+	if w.bodyAllowed() {
+		if _, ok := h["Content-Type"]; !ok && len(w.pending) > 0 && h.Get("Transfer-Encoding") == "" {
+			h["Content-Type"] = []string{http.DetectContentType(w.pending)}
+		}
+		switch {
+		case w.clen >= 0:
+		case final && (!w.head || len(w.pending) > 0):
+			h["Content-Length"] = []string{strconv.Itoa(len(w.pending))}
+		case w.head:
+		default:
+			w.chunked = true
+			h["Transfer-Encoding"] = []string{"chunked"}
+		}
+	} else {
+		h.Del("Transfer-Encoding")
+	}
+	if w.req.Close || w.closeAfter {
+		h["Connection"] = []string{"close"}
+	}
+	bw := w.s.bw
+	writeStatusLine(bw, w.status)
+	if err := h.Write(bw); err != nil {
+		return err
+	}
+	bw.WriteString("\r\n")
+	p := w.pending
+	w.pending = nil
+	return w.writeBody(p)
+}
+
+// finish completes the answer after the handler returned.
+func (w *h1Writer) finish() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		if err := w.commit(true); err != nil {
+			return err
+		}
+	}
+	bw := w.s.bw
+	if w.chunked {
+		bw.WriteString("0\r\n")
+		w.writeTrailers()
+		bw.WriteString("\r\n")
+	}
+	if w.clen >= 0 && w.written < w.clen && !w.head && w.bodyAllowed() {
+		w.closeAfter = true // the body is short of what was declared
+	}
+	return bw.Flush()
+}
+
+// writeTrailers writes the trailers the handler declared in the Trailer
+// header or set with http.TrailerPrefix.
+func (w *h1Writer) writeTrailers() {
+	t := http.Header{}
+	for _, v := range w.h["Trailer"] {
+		for _, k := range bytes.Split([]byte(v), []byte(",")) {
+			key := http.CanonicalHeaderKey(string(bytes.TrimSpace(k)))
+			if vv, ok := w.h[key]; ok {
+				t[key] = vv
+			}
+		}
+	}
+	for k, vv := range w.h {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
+			t[k[len(http.TrailerPrefix):]] = vv
+		}
+	}
+	if len(t) > 0 {
+		t.Write(w.s.bw)
+	}
+}
+
+func writeStatusLine(bw *bufio.Writer, code int) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\n")
+}
+
+// httpDate is the Date header of now, formatted once a second.
+func httpDate() string {
+	now := time.Now().Unix()
+	if d := dateCache.Load(); d != nil && d.unix == now {
+		return d.s
+	}
+	d := &cachedDate{unix: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d.s
+}
+
+type cachedDate struct {
+	unix int64
+	s    string
+}
+
+var dateCache atomic.Pointer[cachedDate]
