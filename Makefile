@@ -76,12 +76,14 @@ test-e2e:
 	$(GO) test -race -count=1 -tags e2e -timeout 20m -skip '^TestIstio' ./test/e2e/...
 
 ## tools: etcd + kube-apiserver (one binary), istiod's pilot-discovery, kmesh-chart (helm lint and
-## template) and Istio's CRDs, into TOOLS_BIN; about 10 minutes cold on 2 idle cores (15 on a busy
+## template), Istio's CRDs and the Gateway API's (experimental channel), into TOOLS_BIN; about 10 minutes cold on 2 idle cores (15 on a busy
 ## machine), seconds when nothing changed (docs/istio.md)
 tools:
 	@mkdir -p $(TOOLS_BIN)
 	cd tools && $(GO) build -buildvcs=false -o $(TOOLS_BIN)/ ./cmd/kube-control-plane ./cmd/hbone-peer ./cmd/kmesh-chart istio.io/istio/pilot/cmd/pilot-discovery
 	install -m 0644 "$$(cd tools && $(GO) list -m -f '{{.Dir}}' istio.io/istio)/manifests/charts/base/files/crd-all.gen.yaml" $(TOOLS_BIN)/istio-crds.yaml
+	d="$$(cd tools && $(GO) list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)/config/crd/experimental" && \
+	for f in $$(ls "$$d"/gateway.networking*.yaml | grep -v _vap_); do echo "---"; cat "$$f"; done > $(TOOLS_BIN)/gateway-api-crds.yaml
 	cd tools && $(GO) vet ./...
 
 ## test-install: the image builder (archives load, binaries run) and the Helm chart (lint, template,

@@ -25,7 +25,6 @@ import (
 	"github.com/kmesh-go/kmesh/internal/hbone"
 	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
-	"github.com/kmesh-go/kmesh/internal/source/file"
 	"github.com/kmesh-go/kmesh/internal/version"
 	"github.com/kmesh-go/kmesh/internal/waypoint"
 )
@@ -39,6 +38,8 @@ func main() {
 
 type config struct {
 	configPath     string
+	kubeconfig     string
+	waypointSvc    string
 	gateway        string
 	ca             identity.Config
 	adminAddress   string
@@ -60,8 +61,16 @@ HTTP/1.1, h2c and gRPC requests are routed by the HTTPRoutes and GRPCRoutes
 attached to them (GAMMA), with Istio's faults (VirtualService) and L7
 AuthorizationPolicies (targetRefs); TCP ports are forwarded as L4. Run it in the
 network namespace of the workload labelled
-gateway.networking.k8s.io/gateway-name=<gateway name>.`,
-		Example:       `  kmesh-waypoint --config mesh.yaml --gateway default/waypoint`,
+gateway.networking.k8s.io/gateway-name=<gateway name>.
+
+The config comes from the file given with --config, or else from Kubernetes
+(--kubeconfig, or the in-cluster config): Services, Pods, Gateways of class
+kmesh-waypoint, HTTPRoutes, GRPCRoutes, VirtualServices and
+AuthorizationPolicies. With Kubernetes the waypoint writes its Gateway's
+status (the addresses of its Service, Accepted and Programmed), which is what
+makes istiod send it as the services' waypoint.`,
+		Example: `  kmesh-waypoint --config mesh.yaml --gateway default/waypoint
+  kmesh-waypoint --kubeconfig ~/.kube/config --gateway default/waypoint`,
 		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -73,7 +82,9 @@ gateway.networking.k8s.io/gateway-name=<gateway name>.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.configPath, "config", "", "mesh config file (the file kmeshd reads); reloaded when it changes")
+	f.StringVar(&c.configPath, "config", "", "mesh config file (the file kmeshd reads); reloaded when it changes. Without it the config comes from Kubernetes")
+	f.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file of the API server to read the config from (no --config); default: the in-cluster config")
+	f.StringVar(&c.waypointSvc, "waypoint-service", "", "with Kubernetes: the Service (in the Gateway's namespace) whose hostname and cluster IPs this waypoint writes into its Gateway's status.addresses; default: the Gateway's name")
 	f.StringVar(&c.gateway, "gateway", "", "the Gateway this waypoint is, NAMESPACE/NAME")
 	// The same CA flags as kmeshd (--ca-cert, --ca-key, --trust-domain, ...).
 	c.ca.RegisterFlags(f)
@@ -85,7 +96,7 @@ gateway.networking.k8s.io/gateway-name=<gateway name>.`,
 	f.BoolVar(&c.accessLog, "access-log", true, "one JSON line per request on stdout")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.SetVersionTemplate("kmesh-waypoint {{.Version}}\n")
-	cmd.MarkFlagRequired("config")
+	cmd.MarkFlagsMutuallyExclusive("config", "kubeconfig")
 	cmd.MarkFlagRequired("gateway")
 	return cmd
 }
@@ -107,7 +118,10 @@ func run(ctx context.Context, c config) error {
 	if certs == nil && !c.plaintext {
 		return errors.New("--plaintext=false without a CA: the waypoint would take no connection")
 	}
-	src := file.New(c.configPath, "", log.With("component", "file"))
+	src, err := newSource(ctx, c, gwNamespace, gwName, log)
+	if err != nil {
+		return err
+	}
 	mesh, err := src.Load()
 	if err != nil {
 		return err
@@ -161,6 +175,7 @@ func run(ctx context.Context, c config) error {
 			log.Error("config watch failed", "err", err)
 		}
 	}()
+	src.Ready(ctx)
 
 	admin := http.NewServeMux()
 	admin.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })

@@ -3,6 +3,7 @@ package testbed
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -160,4 +161,21 @@ func (n *Node) StartHostNetwork(name string, args ...string) (*Process, error) {
 // <cgroup root>/<run>, so Sweep can still find it after a crash.
 func (b *Bed) StartRoot(name string, args ...string) (*Process, error) {
 	return b.start(filepath.Base(name), "", b.cgroup, name, args)
+}
+
+// Listen opens a listener in the pod's network namespace (a socket keeps
+// the namespace it was made in): the test can then serve, or forward to
+// the root namespace's loopback, what a process in the pod dials, such as
+// the Istio tier's API server for a pod that watches Kubernetes.
+func (p *Pod) Listen(network, address string) (net.Listener, error) {
+	var ln net.Listener
+	err := onThread(p.NetnsPath, func() error {
+		var err error
+		ln, err = net.Listen(network, address)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: listen %s: %w", p.Name, address, err)
+	}
+	return ln, nil
 }

@@ -41,6 +41,9 @@ import (
 // istioTools are the binaries and files `make tools` builds.
 type istioTools struct {
 	controlPlane, pilot, crds string
+	// gatewayCRDs are the Gateway API's CRDs (experimental channel); older
+	// tool builds lack them, and only the tests that need them ask.
+	gatewayCRDs string
 }
 
 // toolsDir is where `make tools` puts the binaries.
@@ -61,6 +64,7 @@ func findIstioTools(t testing.TB) istioTools {
 		controlPlane: filepath.Join(dir, "kube-control-plane"),
 		pilot:        filepath.Join(dir, "pilot-discovery"),
 		crds:         filepath.Join(dir, "istio-crds.yaml"),
+		gatewayCRDs:  filepath.Join(dir, "gateway-api-crds.yaml"),
 	}
 	for _, p := range []string{tools.controlPlane, tools.pilot, tools.crds} {
 		if _, err := os.Stat(p); err != nil {
@@ -116,7 +120,11 @@ func newKubeEnv(t testing.TB, bed *testbed.Bed) *istioEnv {
 	t.Helper()
 	e := &istioEnv{t: t, bed: bed, tools: findIstioTools(t), dir: t.TempDir()}
 	start := time.Now()
-	cp, err := bed.StartRoot(e.tools.controlPlane, "--dir", e.dir, "--crds", e.tools.crds)
+	args := []string{"--dir", e.dir, "--crds", e.tools.crds}
+	if _, err := os.Stat(e.tools.gatewayCRDs); err == nil {
+		args = append(args, "--crds", e.tools.gatewayCRDs)
+	}
+	cp, err := bed.StartRoot(e.tools.controlPlane, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,414 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kmesh-go/kmesh/internal/source/kube"
+	"github.com/kmesh-go/kmesh/internal/testbed"
+)
+
+// The waypoint topology of the Istio tier:
+//
+//	node-a: client (enrolled by kmeshd, which takes its config from istiod)
+//	node-b: hello-v1, hello-v2 (app=hello), waypoint (kmesh-waypoint, reading
+//	        the API server)
+//
+// Services in apps: hello 10.96.75.10 (app=hello, later labelled
+// istio.io/use-waypoint=waypoint), hello-v1 10.96.75.11 and hello-v2
+// 10.96.75.12 (by version), all port 80 -> 8080; waypoint 10.96.75.20,
+// port 15008 on the waypoint pod (as Istio's deployment controller would
+// make for a waypoint Gateway).
+const (
+	iwHelloIP    = "10.96.75.10"
+	iwWaypointIP = "10.75.2.20"
+)
+
+var (
+	gatewayClassGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gatewayclasses"}
+	gatewayGVR      = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
+	httpRouteGVR    = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
+)
+
+const iwGatewayYAML = `
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: kmesh-waypoint}
+spec: {controllerName: kmesh.net/waypoint}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: kmesh-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`
+
+// iwRouteYAML is the GAMMA HTTPRoute of hello with weights v1:v2.
+const iwRouteYAML = `
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: hello, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: hello, port: 80}]
+  rules:
+  - backendRefs:
+    - {name: hello-v1, port: 80, weight: %d}
+    - {name: %s, port: 80, weight: %d}
+`
+
+// TestIstioWaypoint: a Gateway of class kmesh-waypoint and a Service
+// labelled istio.io/use-waypoint are applied to the API server; the
+// waypoint (kmesh-waypoint reading Kubernetes) writes the Gateway's
+// status.addresses, istiod then sends the waypoint for the service in the
+// workload API, kmeshd sends the client's connections to the waypoint,
+// and an HTTPRoute applied to the API server changes the split. A bad
+// HTTPRoute is reported by name and the previous route keeps working.
+func TestIstioWaypoint(t *testing.T) {
+	tools := findIstioTools(t)
+	if _, err := os.Stat(tools.gatewayCRDs); err != nil {
+		msg := fmt.Sprintf("istio tier: %v; rebuild the tools with `make tools`", err)
+		if os.Getenv("KMESH_REQUIRE_PRIVILEGED") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
+	var err error
+	if m.echo, err = testbed.Build("github.com/kmesh-go/kmesh/internal/testbed/kmesh-echo"); err != nil {
+		t.Fatal(err)
+	}
+	if m.kmeshd, err = testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshd"); err != nil {
+		t.Fatal(err)
+	}
+	wpBin, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmesh-waypoint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newIstioEnv(t, m.bed)
+	dyn := env.dynamic()
+	m.addNode("node-a", netip.MustParsePrefix("10.75.1.0/24"))
+	m.addNode("node-b", netip.MustParsePrefix("10.75.2.0/24"))
+	env.node(m.nodes["node-a"])
+	env.node(m.nodes["node-b"])
+	env.namespace(istioAppsNs, map[string]string{kube.DataplaneModeLabel: kube.ModeAmbient})
+	env.serviceAccount(istioAppsNs, "waypoint")
+	for _, p := range []istioPod{
+		{"client", "node-a", "10.75.1.10", istioAppsNs, map[string]string{"app": "client"}},
+		{"hello-v1", "node-b", "10.75.2.11", istioAppsNs, map[string]string{"app": "hello", "version": "v1"}},
+		{"hello-v2", "node-b", "10.75.2.12", istioAppsNs, map[string]string{"app": "hello", "version": "v2"}},
+	} {
+		m.addPod(p.node, p.name, p.ip)
+		env.pod(m.pods[p.name], p.ns, p.labels)
+	}
+	m.serve("hello-v1")
+	m.serve("hello-v2")
+	// The waypoint pod, as Istio labels its waypoints' pods: the Gateway's
+	// name (istiod finds the instances and their accounts by it), and out
+	// of the mesh's capture.
+	m.addPod("node-b", "waypoint", iwWaypointIP)
+	env.podAs(m.pods["waypoint"], istioAppsNs, "waypoint", map[string]string{
+		"gateway.networking.k8s.io/gateway-name": "waypoint", kube.DataplaneModeLabel: kube.ModeNone})
+	env.service(istioAppsNs, "hello", iwHelloIP, map[string]string{"app": "hello"}, 80, 8080)
+	env.service(istioAppsNs, "hello-v1", "10.96.75.11", map[string]string{"version": "v1"}, 80, 8080)
+	env.service(istioAppsNs, "hello-v2", "10.96.75.12", map[string]string{"version": "v2"}, 80, 8080)
+	env.service(istioAppsNs, "waypoint", "10.96.75.20", map[string]string{"gateway.networking.k8s.io/gateway-name": "waypoint"},
+		15008, 15008, func(s *corev1.ServiceSpec) { s.Ports[0].Name = "mesh" })
+	env.apply(dyn, iwGatewayYAML)
+
+	// The service opts in before any waypoint runs: the Gateway has no
+	// status.addresses yet, so istiod's ambient index does not take it as a
+	// waypoint and sends hello without one (its own endpoints).
+	env.labelService(istioAppsNs, "hello", "istio.io/use-waypoint", "waypoint")
+	ka := m.startIstioKmeshd(env, "node-a")
+	t.Run("no_waypoint_before_the_gateway_has_addresses", func(t *testing.T) {
+		d := ka.waitDump(t, "hello from istiod", 60*time.Second, func(d dumpView) string {
+			if eps := d.endpointsOf(iwHelloIP); strings.Join(eps, ",") != istioAppsNs+"/hello-v1,"+istioAppsNs+"/hello-v2" {
+				return fmt.Sprintf("hello's endpoints %v", eps)
+			}
+			return ""
+		})
+		for _, s := range d.Services {
+			if s.Name == "hello" && s.Waypoint != nil {
+				t.Fatalf("hello has waypoint %+v before the Gateway has status.addresses", s.Waypoint)
+			}
+		}
+	})
+
+	// kmesh-waypoint in its pod reads the API server through a forwarder
+	// into the pod's namespace (the API server listens on the machine's
+	// loopback).
+	wpKubeconfig := env.kubeconfigInPod(t, m.pods["waypoint"])
+	wp, err := m.pods["waypoint"].Start(wpBin, "--kubeconfig", wpKubeconfig, "--gateway", "apps/waypoint",
+		"--admin-address", iwWaypointIP+":15000", "--metrics-address", iwWaypointIP+":15020")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "waypoint ready", 60*time.Second, func() string {
+		if strings.Contains(wp.Stderr(), "waypoint ready") {
+			return ""
+		}
+		return "not ready: " + tail(wp.Stderr(), 2000)
+	})
+
+	t.Run("gateway_status_addresses", func(t *testing.T) {
+		waitFor(t, "gateway status", 30*time.Second, func() string {
+			gw, err := dyn.Resource(gatewayGVR).Namespace(istioAppsNs).Get(context.Background(), "waypoint", metav1.GetOptions{})
+			if err != nil {
+				return err.Error()
+			}
+			addrs, _, _ := unstructured.NestedSlice(gw.Object, "status", "addresses")
+			conds, _, _ := unstructured.NestedSlice(gw.Object, "status", "conditions")
+			want := map[string]bool{"Hostname waypoint.apps.svc.cluster.local": false, "IPAddress 10.96.75.20": false}
+			for _, a := range addrs {
+				if a, ok := a.(map[string]any); ok {
+					want[fmt.Sprint(a["type"], " ", a["value"])] = true
+				}
+			}
+			for _, c := range conds {
+				if c, ok := c.(map[string]any); ok && c["type"] != nil {
+					want[fmt.Sprint(c["type"], "=", c["status"])] = true
+				}
+			}
+			for _, k := range []string{"Hostname waypoint.apps.svc.cluster.local", "IPAddress 10.96.75.20", "Accepted=True", "Programmed=True"} {
+				if !want[k] {
+					return fmt.Sprintf("no %s in status addresses %v conditions %v", k, addrs, conds)
+				}
+			}
+			return ""
+		})
+	})
+
+	t.Run("istiod_sends_the_waypoint", func(t *testing.T) {
+		ka.waitDump(t, "hello's waypoint from istiod", 60*time.Second, func(d dumpView) string {
+			for _, s := range d.Services {
+				if s.Name != "hello" || s.Namespace != istioAppsNs {
+					continue
+				}
+				if s.Waypoint == nil || s.Waypoint.Unresolved != "" {
+					return fmt.Sprintf("hello's waypoint %+v", s.Waypoint)
+				}
+				if strings.Join(s.Endpoints, ",") != istioAppsNs+"/waypoint" {
+					return fmt.Sprintf("hello's endpoints %v, want the waypoint instance", s.Endpoints)
+				}
+				return ""
+			}
+			return "no service hello"
+		})
+	})
+	waitEnrolled(t, ka, m.pods["client"].NetnsPath)
+
+	hello := "http://" + iwHelloIP + "/"
+	split := func(t *testing.T, n int) map[string]int {
+		t.Helper()
+		rs := m.get("client", "--url", hello, "--count", fmt.Sprint(n), "--keepalive")
+		for _, r := range rs {
+			if r.Error != "" {
+				t.Fatalf("request %d: %s", r.Seq, r.Error)
+			}
+			if !strings.HasPrefix(r.ServerSaw, iwWaypointIP+":") {
+				t.Fatalf("request %d: backend saw %s, want the waypoint %s", r.Seq, r.ServerSaw, iwWaypointIP)
+			}
+		}
+		return counts(rs)
+	}
+
+	t.Run("traffic_through_the_waypoint", func(t *testing.T) {
+		c := split(t, 40)
+		if c["hello-v1"] == 0 || c["hello-v2"] == 0 || c["hello-v1"]+c["hello-v2"] != 40 {
+			t.Fatalf("40 requests without a route went to %v, want both versions (the service's endpoints)", c)
+		}
+	})
+
+	t.Run("httproute_changes_the_split", func(t *testing.T) {
+		env.apply(dyn, fmt.Sprintf(iwRouteYAML, 80, "hello-v2", 20))
+		waitFor(t, "route in the waypoint", 30*time.Second, func() string {
+			if c := split(t, 10); c["hello-v1"] < 10 && c["hello-v2"] > 0 {
+				return ""
+			}
+			return "route not applied yet"
+		})
+		const n = 300
+		c := split(t, n)
+		v1, v2 := float64(c["hello-v1"]), float64(c["hello-v2"])
+		// Chi-square, 1 degree of freedom; 10.83 is p = 0.001.
+		chi := math.Pow(v1-0.8*n, 2)/(0.8*n) + math.Pow(v2-0.2*n, 2)/(0.2*n)
+		even := math.Pow(v1-0.5*n, 2)/(0.5*n) + math.Pow(v2-0.5*n, 2)/(0.5*n)
+		t.Logf("HTTPRoute 80/20: %v, chi-square %.2f (vs 50/50: %.2f)", c, chi, even)
+		if chi > 10.83 || even < 10.83 {
+			t.Fatalf("split %v after the 80/20 HTTPRoute: chi-square %.2f for 80/20 (want <= 10.83), %.2f for 50/50 (want > 10.83)", c, chi, even)
+		}
+
+		env.apply(dyn, fmt.Sprintf(iwRouteYAML, 0, "hello-v2", 1))
+		waitFor(t, "route update in the waypoint", 30*time.Second, func() string {
+			if c := split(t, 20); c["hello-v2"] != 20 {
+				return fmt.Sprintf("split %v", c)
+			}
+			return ""
+		})
+	})
+
+	t.Run("bad_httproute_is_reported_and_the_previous_stays", func(t *testing.T) {
+		env.apply(dyn, fmt.Sprintf(iwRouteYAML, 0, "no-such-service", 1))
+		waitFor(t, "rejection logged", 30*time.Second, func() string {
+			if strings.Contains(wp.Stderr(), `object rejected`) && strings.Contains(wp.Stderr(), `object="HTTPRoute apps/hello"`) {
+				return ""
+			}
+			return "no rejection of HTTPRoute apps/hello in the log"
+		})
+		if c := split(t, 20); c["hello-v2"] != 20 {
+			t.Fatalf("after a bad update of the route: %v, want the previous route (all to hello-v2)", c)
+		}
+	})
+}
+
+// waitFor polls ok (which returns what is still missing) until it returns
+// "" or the timeout passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, ok func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		miss := ok()
+		if miss == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still %s after %v", what, miss, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitEnrolled waits until kmeshd has enrolled the pod of netns.
+func waitEnrolled(t *testing.T, k *kmeshd, netns string) {
+	t.Helper()
+	k.waitDump(t, "client enrolled", 30*time.Second, func(d dumpView) string {
+		if d.enrolled(netns) {
+			return ""
+		}
+		return "not enrolled"
+	})
+}
+
+// dynamic is a dynamic client of the API server.
+func (e *istioEnv) dynamic() dynamic.Interface {
+	e.t.Helper()
+	rc, err := clientcmd.BuildConfigFromFlags("", e.kubeconfig)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	d, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return d
+}
+
+// apply creates or replaces each object of a YAML stream, as kubectl
+// apply would for these fields.
+func (e *istioEnv) apply(dyn dynamic.Interface, stream string) {
+	e.t.Helper()
+	dec := k8syaml.NewYAMLOrJSONDecoder(strings.NewReader(stream), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			return
+		} else if err != nil {
+			e.t.Fatal(err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		gvr := map[string]schema.GroupVersionResource{"GatewayClass": gatewayClassGVR, "Gateway": gatewayGVR, "HTTPRoute": httpRouteGVR}[u.GetKind()]
+		var r dynamic.ResourceInterface = dyn.Resource(gvr)
+		if u.GetNamespace() != "" {
+			r = dyn.Resource(gvr).Namespace(u.GetNamespace())
+		}
+		old, err := r.Get(context.Background(), u.GetName(), metav1.GetOptions{})
+		if err == nil {
+			u.SetResourceVersion(old.GetResourceVersion())
+			_, err = r.Update(context.Background(), u, metav1.UpdateOptions{})
+		} else {
+			_, err = r.Create(context.Background(), u, metav1.CreateOptions{})
+		}
+		if err != nil {
+			e.t.Fatalf("apply %s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+}
+
+// labelService sets a Service label.
+func (e *istioEnv) labelService(ns, name, key, value string) {
+	e.t.Helper()
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, key, value)
+	if _, err := e.kube.CoreV1().Services(ns).Patch(e.ctx(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// kubeconfigInPod forwards 127.0.0.1:<port> in the pod's network namespace
+// to the API server on the machine's loopback and returns a kubeconfig
+// that points there (the API server's certificate names 127.0.0.1).
+func (e *istioEnv) kubeconfigInPod(t *testing.T, pod *testbed.Pod) string {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(e.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := pod.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var target string
+	for _, c := range cfg.Clusters {
+		target = strings.TrimPrefix(c.Server, "https://")
+		c.Server = "https://" + ln.Addr().String()
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{}, 2)
+				go func() { io.Copy(up, c); done <- struct{}{} }()
+				go func() { io.Copy(c, up); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	path := filepath.Join(e.dir, "kubeconfig-"+pod.Name)
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
