@@ -10,7 +10,6 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -86,14 +85,7 @@ spec:
 // and an HTTPRoute applied to the API server changes the split. A bad
 // HTTPRoute is reported by name and the previous route keeps working.
 func TestIstioWaypoint(t *testing.T) {
-	tools := findIstioTools(t)
-	if _, err := os.Stat(tools.gatewayCRDs); err != nil {
-		msg := fmt.Sprintf("istio tier: %v; rebuild the tools with `make tools`", err)
-		if os.Getenv("KMESH_REQUIRE_PRIVILEGED") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	findIstioTools(t)
 	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
 	var err error
 	if m.echo, err = testbed.Build("github.com/kmesh-go/kmesh/internal/testbed/kmesh-echo"); err != nil {
@@ -106,7 +98,7 @@ func TestIstioWaypoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := newIstioEnv(t, m.bed)
+	env := newIstioEnv(t, m.bed, withGatewayAPI)
 	dyn := env.dynamic()
 	m.addNode("node-a", netip.MustParsePrefix("10.75.1.0/24"))
 	m.addNode("node-b", netip.MustParsePrefix("10.75.2.0/24"))

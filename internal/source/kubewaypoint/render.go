@@ -17,6 +17,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/file"
+	"github.com/kmesh-go/kmesh/internal/source/kube"
 )
 
 // docName is the "file" name the parser's errors carry.
@@ -198,6 +199,11 @@ func podObject(p *corev1.Pod) (object, bool, error) {
 	if p.Spec.ServiceAccountName != "" {
 		w["serviceAccount"] = p.Spec.ServiceAccountName
 	}
+	// A pod whose node proxy takes HBONE for it (the annotation kmeshd and
+	// ztunnel set for istiod) is reached over HBONE when the waypoint has a CA.
+	if p.Annotations[kube.AmbientRedirectionAnnotation] == kube.RedirectionEnabled {
+		w["tunnelProtocol"] = string(model.TunnelHBONE)
+	}
 	o, err := newObject("workloads", "Pod", p.Namespace, p.Name, w)
 	return o, err == nil, err
 }
@@ -217,7 +223,10 @@ func podReady(p *corev1.Pod) bool {
 // another waypoint is not this one's business. A named targetPort is
 // looked up in the containers of the selected pods; a port that cannot be
 // resolved, or is not TCP, is left out.
-func serviceObject(s *corev1.Service, pods []*corev1.Pod, gateways map[string]bool) (object, bool, error) {
+//
+// A Service without its own istio.io/use-waypoint takes its namespace's
+// (nsLabels), as istiod does; its own "none" opts it out.
+func serviceObject(s *corev1.Service, pods []*corev1.Pod, nsLabels map[string]string, gateways map[string]bool) (object, bool, error) {
 	var addrs []string
 	for _, ip := range s.Spec.ClusterIPs {
 		if _, err := netip.ParseAddr(ip); err == nil {
@@ -260,6 +269,12 @@ func serviceObject(s *corev1.Service, pods []*corev1.Pod, gateways map[string]bo
 	lbls := map[string]string{}
 	for k, v := range s.Labels {
 		lbls[k] = v
+	}
+	if lbls[model.LabelUseWaypoint] == "" && nsLabels[model.LabelUseWaypoint] != "" {
+		lbls[model.LabelUseWaypoint] = nsLabels[model.LabelUseWaypoint]
+		if ns := nsLabels[model.LabelUseWaypointNamespace]; ns != "" {
+			lbls[model.LabelUseWaypointNamespace] = ns
+		}
 	}
 	svcLike := model.Service{Name: s.Name, Namespace: s.Namespace, Labels: lbls}
 	if key := svcLike.UsesWaypoint(); key != "" && !gateways[key] {

@@ -83,7 +83,7 @@ func base(t *testing.T) []object {
 		service("hello-v1", "10.96.0.11", map[string]string{"version": "v1"}, nil),
 		service("other", "10.96.0.12", map[string]string{"app": "hello"}, map[string]string{"istio.io/use-waypoint": "envoy-waypoint"}),
 	} {
-		o, ok, err := serviceObject(s, pods, gws)
+		o, ok, err := serviceObject(s, pods, nil, gws)
 		if err != nil || !ok {
 			t.Fatalf("service %s: ok %v err %v", s.Name, ok, err)
 		}
@@ -149,11 +149,40 @@ func TestBuild_BadObjectKeepsItsLastGoodVersion(t *testing.T) {
 
 func TestServiceObject_SkipsHeadlessAndUnresolvedPorts(t *testing.T) {
 	headless := service("h", "None", nil, nil)
-	if _, ok, _ := serviceObject(headless, nil, nil); ok {
+	if _, ok, _ := serviceObject(headless, nil, nil, nil); ok {
 		t.Error("headless service kept")
 	}
 	noPods := service("x", "10.96.0.30", map[string]string{"app": "none"}, nil)
-	if _, ok, _ := serviceObject(noPods, nil, nil); ok {
+	if _, ok, _ := serviceObject(noPods, nil, nil, nil); ok {
 		t.Error("service whose only (named) target port resolves to nothing kept")
+	}
+}
+
+func TestServiceObject_NamespaceWaypointAndOptOut(t *testing.T) {
+	gws := map[string]bool{"apps/waypoint": true}
+	pods := []*corev1.Pod{pod("hello-1", map[string]string{"app": "hello"}, "10.0.0.11")}
+	ns := map[string]string{"istio.io/use-waypoint": "waypoint"}
+	for _, tt := range []struct {
+		labels map[string]string
+		want   string
+	}{
+		{nil, `"istio.io/use-waypoint":"waypoint"`},
+		{map[string]string{"istio.io/use-waypoint": "none"}, `"istio.io/use-waypoint":"none"`},
+	} {
+		o, ok, err := serviceObject(service("hello", "10.96.0.10", map[string]string{"app": "hello"}, tt.labels), pods, ns, gws)
+		if err != nil || !ok || !strings.Contains(string(o.json), tt.want) {
+			t.Errorf("service labels %v in a namespace using the waypoint: %s (ok %v, err %v), want %s", tt.labels, o.json, ok, err, tt.want)
+		}
+	}
+}
+
+func TestPodObject_HBONEFromIstioAnnotation(t *testing.T) {
+	p := pod("hello-1", nil, "10.0.0.11")
+	if o, _, _ := podObject(p); strings.Contains(string(o.json), "tunnelProtocol") {
+		t.Errorf("pod without the annotation: %s, want no tunnelProtocol", o.json)
+	}
+	p.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
+	if o, _, _ := podObject(p); !strings.Contains(string(o.json), `"tunnelProtocol":"HBONE"`) {
+		t.Errorf("pod with ambient.istio.io/redirection=enabled: %s, want tunnelProtocol HBONE", o.json)
 	}
 }

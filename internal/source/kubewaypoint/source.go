@@ -59,11 +59,11 @@ type Source struct {
 	dyn  dynamic.Interface
 	log  *slog.Logger
 
-	services, pods cache.SharedIndexInformer
-	custom         map[string]cache.SharedIndexInformer // by section
-	kick           chan struct{}
-	b              builder
-	status         statusWriter
+	services, pods, namespaces cache.SharedIndexInformer
+	custom                     map[string]cache.SharedIndexInformer // by section
+	kick                       chan struct{}
+	b                          builder
+	status                     statusWriter
 }
 
 // New connects to the API server (nothing is watched until Start).
@@ -113,6 +113,7 @@ func (s *Source) Start(ctx context.Context) error {
 	factory := informers.NewSharedInformerFactory(s.kube, 10*time.Minute)
 	s.services = factory.Core().V1().Services().Informer()
 	s.pods = factory.Core().V1().Pods().Informer()
+	s.namespaces = factory.Core().V1().Namespaces().Informer()
 	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(s.dyn, 10*time.Minute)
 	for _, c := range customGVRs {
 		_, err := s.dyn.Resource(c.gvr).List(ctx, metav1.ListOptions{Limit: 1})
@@ -130,7 +131,7 @@ func (s *Source) Start(ctx context.Context) error {
 		UpdateFunc: func(_, _ any) { s.poke() },
 		DeleteFunc: func(any) { s.poke() },
 	}
-	infs := []cache.SharedIndexInformer{s.services, s.pods}
+	infs := []cache.SharedIndexInformer{s.services, s.pods, s.namespaces}
 	for _, inf := range s.custom {
 		infs = append(infs, inf)
 	}
@@ -267,7 +268,11 @@ func (s *Source) objects() ([]object, error) {
 		return svcs[i].Namespace+"/"+svcs[i].Name < svcs[j].Namespace+"/"+svcs[j].Name
 	})
 	for _, svc := range svcs {
-		o, ok, err := serviceObject(svc, pods, gateways)
+		var nsLabels map[string]string
+		if obj, ok, _ := s.namespaces.GetStore().GetByKey(svc.Namespace); ok {
+			nsLabels = obj.(*corev1.Namespace).Labels
+		}
+		o, ok, err := serviceObject(svc, pods, nsLabels, gateways)
 		if err != nil {
 			return nil, err
 		}

@@ -243,3 +243,62 @@ func TestIstiodValues_TrustKmesh(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplate_WaypointRBAC: with waypoint.serviceAccounts the chart binds
+// them a ClusterRole with what kmesh-waypoint's Kubernetes source uses
+// (internal/source/kubewaypoint: watch the objects it is configured by,
+// patch its Gateway's status) and nothing more; by default there is none.
+func TestTemplate_WaypointRBAC(t *testing.T) {
+	out, err := kmeshChart(t, "template", chartDir, "-f", filepath.Join(chartDir, "examples", "waypoint-rbac.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.ClusterRole
+	var binding rbacv1.ClusterRoleBinding
+	for _, doc := range strings.Split(out, "\n---\n") {
+		var meta struct {
+			Kind     string
+			Metadata struct{ Name string }
+		}
+		if yaml.Unmarshal([]byte(doc), &meta) != nil || meta.Metadata.Name != "kmesh-waypoint" {
+			continue
+		}
+		switch meta.Kind {
+		case "ClusterRole":
+			err = yaml.UnmarshalStrict([]byte(doc), &role)
+		case "ClusterRoleBinding":
+			err = yaml.UnmarshalStrict([]byte(doc), &binding)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"services", "pods", "namespaces"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"gateways", "httproutes", "grpcroutes"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"gateways/status"}, Verbs: []string{"patch"}},
+		{APIGroups: []string{"networking.istio.io"}, Resources: []string{"virtualservices"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"security.istio.io"}, Resources: []string{"authorizationpolicies"}, Verbs: []string{"get", "list", "watch"}},
+	}
+	if len(role.Rules) != len(want) {
+		t.Fatalf("kmesh-waypoint rules %+v, want %+v", role.Rules, want)
+	}
+	for i := range want {
+		if !slices.Equal(role.Rules[i].Resources, want[i].Resources) || !slices.Equal(role.Rules[i].Verbs, want[i].Verbs) || !slices.Equal(role.Rules[i].APIGroups, want[i].APIGroups) {
+			t.Errorf("rule %d: %+v, want %+v", i, role.Rules[i], want[i])
+		}
+	}
+	var subjects []string
+	for _, s := range binding.Subjects {
+		subjects = append(subjects, s.Kind+" "+s.Namespace+"/"+s.Name)
+	}
+	if got := strings.Join(subjects, ", "); binding.RoleRef.Name != "kmesh-waypoint" || got != "ServiceAccount apps/waypoint, ServiceAccount shop/checkout-waypoint" {
+		t.Errorf("binding to %q of %s, want kmesh-waypoint of apps/waypoint and shop/checkout-waypoint", binding.RoleRef.Name, got)
+	}
+	if _, err := kmeshChart(t, "template", chartDir, "--set", "waypoint.serviceAccounts={no-namespace}"); err == nil || !strings.Contains(err.Error(), "/waypoint/serviceAccounts/0") {
+		t.Errorf("a service account without NAMESPACE/: %v, want the schema to refuse it", err)
+	}
+	if out, _ := kmeshChart(t, "template", chartDir); strings.Contains(out, "kmesh-waypoint") {
+		t.Error("default values render a kmesh-waypoint role")
+	}
+}

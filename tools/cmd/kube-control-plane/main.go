@@ -126,8 +126,14 @@ func run(dir, serviceIPRange string, verbose int, crds []string, log *slog.Logge
 	if err := waitReady(ctx, kubeconfig, apiDone); err != nil {
 		return err
 	}
+	// Each CRD file has its own budget: on a loaded machine the API server
+	// may take most of the first to become ready, and a large file (the
+	// Gateway API's, with HTTPRoute's schema) takes a while to establish.
 	for _, f := range crds {
-		if err := installCRDs(ctx, kubeconfig, f, log); err != nil {
+		fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		err := installCRDs(fctx, kubeconfig, f, log)
+		fcancel()
+		if err != nil {
 			return err
 		}
 	}
