@@ -25,12 +25,15 @@ type Istiod struct {
 	ConvergeMs      float64 `json:"converge_ms"`     // kmeshd exec to every service's ready pods in the maps
 	// A flip: one pod's Ready condition written (status update) to its
 	// service's slot count in the pinned maps.
-	FlipMs     Stat    `json:"flip_ms"`
-	FlipP99Ms  float64 `json:"flip_p99_ms,omitempty"`
-	Flips      int     `json:"flips,omitempty"`
-	KmeshdRSS  float64 `json:"kmeshd_rss_mib,omitempty"`
-	KmeshdPeak float64 `json:"kmeshd_peak_mib,omitempty"`
-	IstiodRSS  float64 `json:"istiod_rss_mib,omitempty"`
+	FlipMs    Stat    `json:"flip_ms"`
+	FlipP99Ms float64 `json:"flip_p99_ms,omitempty"`
+	// FlipSeriesMs is every flip in order (the first comes right after
+	// kmeshd converged, while istiod may still be busy with the start).
+	FlipSeriesMs []float64 `json:"flip_series_ms,omitempty"`
+	Flips        int       `json:"flips,omitempty"`
+	KmeshdRSS    float64   `json:"kmeshd_rss_mib,omitempty"`
+	KmeshdPeak   float64   `json:"kmeshd_peak_mib,omitempty"`
+	IstiodRSS    float64   `json:"istiod_rss_mib,omitempty"`
 	// LoadAvg is /proc/loadavg before the flips and after them.
 	LoadAvg string `json:"loadavg,omitempty"`
 }

@@ -3,29 +3,84 @@ package dataplane
 import (
 	"fmt"
 	"net/netip"
-	"sync/atomic"
+	"reflect"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/kmesh-go/kmesh/internal/bpf"
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
+// writeCount counts writes, in all and per map.
+type writeCount struct {
+	mu    sync.Mutex
+	total int
+	per   map[string]int
+}
+
+func (w *writeCount) add(name string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.total++
+	if w.per == nil {
+		w.per = map[string]int{}
+	}
+	w.per[name]++
+}
+
+func (w *writeCount) Load() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.total
+}
+
+func (w *writeCount) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return fmt.Sprint(w.per)
+}
+
 // countingMap counts the writes that reach a map.
 type countingMap struct {
 	Map
-	writes *atomic.Int64
+	name   string
+	writes *writeCount
 }
 
-func (m countingMap) Put(k, v any) error { m.writes.Add(1); return m.Map.Put(k, v) }
-func (m countingMap) Delete(k any) error { m.writes.Add(1); return m.Map.Delete(k) }
+func (m countingMap) Put(k, v any) error { m.writes.add(m.name); return m.Map.Put(k, v) }
+func (m countingMap) Delete(k any) error { m.writes.add(m.name); return m.Map.Delete(k) }
 
-func counting(s *Store) (*Store, *atomic.Int64) {
-	n := &atomic.Int64{}
+// countingTables counts the Maglev tables written and removed.
+type countingTables struct {
+	MaglevTables
+	writes *writeCount
+}
+
+func (m countingTables) Put(i uint32, t []uint32) error {
+	m.writes.add("KmMaglev")
+	return m.MaglevTables.Put(i, t)
+}
+
+func (m countingTables) Delete(i uint32) error {
+	m.writes.add("KmMaglev")
+	return m.MaglevTables.Delete(i)
+}
+
+// counting wraps every map of s (every Map field, found by reflection so a
+// map added to Store is counted too, and the Maglev tables).
+func counting(s *Store) (*Store, *writeCount) {
+	n := &writeCount{}
 	c := *s
-	for _, m := range []*Map{&c.KmFrontend, &c.KmService, &c.KmEndpoint, &c.KmBackend, &c.KmRr,
-		&c.KmAuthzPol, &c.KmAuthzMatch, &c.KmAuthzVal, &c.KmAuthzIp, &c.KmAuthzList, &c.KmAuthzGlob,
-		&c.KmAuthzAddr, &c.KmAuthzNetns, &c.KmAuthzStats} {
-		*m = countingMap{*m, n}
+	v := reflect.ValueOf(&c).Elem()
+	mapType := reflect.TypeFor[Map]()
+	for i := range v.NumField() {
+		if f := v.Field(i); f.Type() == mapType && !f.IsNil() {
+			f.Set(reflect.ValueOf(Map(countingMap{f.Interface().(Map), v.Type().Field(i).Name, n})))
+		}
+	}
+	if c.KmMaglev != nil {
+		c.KmMaglev = countingTables{c.KmMaglev, n}
 	}
 	return &c, n
 }
@@ -33,22 +88,36 @@ func counting(s *Store) (*Store, *atomic.Int64) {
 func scaleLimits(services int) bpf.Limits {
 	l := bpf.DefaultLimits
 	l.Services, l.Frontends = uint32(services+16), uint32(services+16)
-	l.Backends, l.Endpoints = uint32(10*services+64), uint32(20*services+4096)
+	// Slots: 10 endpoints x 2 families per service, plus a quarter, as the
+	// bench sizes --max-endpoints.
+	l.Backends, l.Endpoints = uint32(10*services+64), uint32(25*services+4096)
 	return l
 }
 
 // TestDataplane_RestartAt50kServicesAdoptsEverythingRewritesNothing: a
 // second dataplane on the maps of a first (a kmeshd restart) given the
-// same 50,000 services and 500,000 endpoints adopts every entry and
-// writes none.
+// same 50,000 services and 500,000 endpoints, some with affinity and
+// outlier detection, adopts every entry and writes none, in any map of
+// the store.
 func TestDataplane_RestartAt50kServicesAdoptsEverythingRewritesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("50,000 services: not in -short")
 	}
-	const services = 50_000
+	restartAdopts(t, 50_000)
+}
+
+// TestDataplane_RestartAt10kAdoptsAffinityAndOutlierEntries is the same at 10,000
+// services (in -short too).
+func TestDataplane_RestartAt10kAdoptsAffinityAndOutlierEntries(t *testing.T) {
+	restartAdopts(t, 10_000)
+}
+
+func restartAdopts(t *testing.T, services int) {
 	limits := scaleLimits(services)
 	maps := newMaps(t, limits)
 	m := bigMesh(services, 10)
+	withLoadBalancing(m)
+	start := time.Now()
 	old, err := New(maps, limits, discard)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +126,9 @@ func TestDataplane_RestartAt50kServicesAdoptsEverythingRewritesNothing(t *testin
 		t.Fatal(err)
 	}
 	before := old.MapStats()
+	t.Logf("first fill of %d services / %d endpoints: %v", services, 10*services, time.Since(start).Round(time.Millisecond))
 	cs, writes := counting(maps)
+	start = time.Now()
 	d, err := New(cs, limits, discard)
 	if err != nil {
 		t.Fatal(err)
@@ -65,8 +136,9 @@ func TestDataplane_RestartAt50kServicesAdoptsEverythingRewritesNothing(t *testin
 	if err := d.Apply(m); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("restart (new dataplane on the filled maps, first Apply): %v, %d map writes", time.Since(start).Round(time.Millisecond), writes.Load())
 	if n := writes.Load(); n != 0 {
-		t.Fatalf("the restarted dataplane wrote %d entries for the same mesh", n)
+		t.Fatalf("the restarted dataplane wrote %d entries for the same mesh: %s", n, writes)
 	}
 	if d.stale != nil {
 		t.Fatalf("entries left unadopted: %d services, %d backends, %d frontends, %d slots",
@@ -77,6 +149,32 @@ func TestDataplane_RestartAt50kServicesAdoptsEverythingRewritesNothing(t *testin
 	}
 	if len(d.services) != services || len(d.backends) != 10*services {
 		t.Fatalf("adopted %d services and %d backends", len(d.services), len(d.backends))
+	}
+}
+
+// withLoadBalancing gives the workloads localities (two regions, four
+// zones) and every 100th service ClientIP affinity, the next outlier
+// detection, the next both, so a restart meets entries in km_lb_conf and
+// km_lb_backend too (with the kernel's counts and ejections in them, which
+// a rewrite would reset). Services with a routing preference or Maglev
+// are not adopted (adoptLB): their tables are written again at a restart.
+func withLoadBalancing(m *model.Mesh) {
+	for i := range m.Workloads {
+		m.Workloads[i].Locality = model.Locality{Region: fmt.Sprintf("region-%d", i%2), Zone: fmt.Sprintf("zone-%d", i%4)}
+	}
+	affinity := &model.SessionAffinity{Timeout: model.DefaultAffinityTimeout}
+	outlier := &model.OutlierDetection{ConsecutiveFailures: model.DefaultConsecutiveFailures,
+		BaseEjectionTime: model.DefaultBaseEjectionTime, MaxEjectionPercent: 10}
+	for i := range m.Services {
+		s := &m.Services[i]
+		switch i % 100 {
+		case 0:
+			s.SessionAffinity = affinity
+		case 1:
+			s.OutlierDetection = outlier
+		case 2:
+			s.SessionAffinity, s.OutlierDetection = affinity, outlier
+		}
 	}
 }
 

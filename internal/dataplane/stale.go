@@ -136,7 +136,9 @@ func (d *Dataplane) adoptService(key string, id uint32, sv bpf.KmeshServiceValue
 	if ws != nil && sv.LbMode == ws.lbMode {
 		want := d.slotsFor(ws)
 		if slices.Equal(want[0], cur.slots[0]) && slices.Equal(want[1], cur.slots[1]) {
-			cur.endpoints = ws.endpoints
+			if lb, ok := d.adoptLB(id, sv, ws); ok {
+				cur.endpoints, cur.lb = ws.endpoints, lb
+			}
 		}
 	}
 	d.services[key] = cur

@@ -174,7 +174,7 @@ func runIstiod(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*re
 		return out, err
 	}
 	out.LoadAvg = load0 + " → " + loadAvg()
-	out.FlipMs, out.FlipP99Ms, out.Flips = report.Over(flips), report.Percentile(flips, 99), len(flips)
+	out.FlipMs, out.FlipP99Ms, out.Flips, out.FlipSeriesMs = report.Over(flips), report.Percentile(flips, 99), len(flips), flips
 	logf("istiod tier: %d readiness flips, p50 %.0f ms, p99 %.0f ms (istiod's debounce %v)", len(flips), out.FlipMs.Median, out.FlipP99Ms, debounceAfter)
 	if out.KmeshdRSS, out.KmeshdPeak, err = k.Memory(); err != nil {
 		return out, err
