@@ -210,11 +210,18 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 		maps.Copy(fresh, c.pending)
 		c.pending = nil
 	}
+	// The change index is built while the mesh is applied (commit), from
+	// the same store and mesh.
+	var ix *workloadIndex
+	var along func(*store, *model.Mesh)
+	if c.changes != nil {
+		along = func(st *store, m *model.Mesh) { ix = newWorkloadIndex(st, m) }
+	}
 	if changed || (ready && !c.eng.applied) {
 		// Until every type has had its first response, stage without
 		// applying: the first mesh applied is the control plane's whole
 		// state, not a part of it.
-		conflicts, err := c.eng.commit(staged, fresh, ready)
+		conflicts, err := c.eng.commit(staged, fresh, ready, along)
 		rejects = append(rejects, conflicts...)
 		if err != nil {
 			rejects = append(rejects, "apply: "+err.Error())
@@ -222,7 +229,10 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 		}
 	}
 	if c.changes != nil && c.eng.applied && c.eng.built != nil {
-		c.index = newWorkloadIndex(c.eng.store, c.eng.built)
+		if ix == nil { // not built alongside: this response applied nothing new
+			ix = newWorkloadIndex(c.eng.store, c.eng.built)
+		}
+		c.index = ix
 		c.eng.built = nil
 	}
 	if first && ready && c.eng.applied {

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/kmesh-go/kmesh/internal/model"
 )
@@ -133,8 +134,11 @@ func newEngine(log *slog.Logger, build func(*store) *built, apply func(*model.Me
 // on success staged becomes the store. It returns the rejections to
 // report for the resources of the current response (fresh): those left
 // out of the mesh for clashing with older resources. An error means
-// nothing was applied and the store is unchanged.
-func (e *engine) commit(staged *store, fresh map[resourceKey]bool, apply bool) ([]string, error) {
+// nothing was applied and the store is unchanged. alongside, when set,
+// runs on the built mesh while it is applied (both only read it): the
+// workload client builds its index there, so it is ready for the first
+// change when the data plane is, not hundreds of milliseconds after.
+func (e *engine) commit(staged *store, fresh map[resourceKey]bool, apply bool, alongside func(*store, *model.Mesh)) ([]string, error) {
 	b := e.build(staged)
 	var rejects []string
 	for k, reason := range b.conflicts {
@@ -149,7 +153,17 @@ func (e *engine) commit(staged *store, fresh map[resourceKey]bool, apply bool) (
 		return rejects, fmt.Errorf("translated mesh is invalid: %w", err)
 	}
 	if apply {
-		if err := e.apply(b.mesh); err != nil {
+		var wg sync.WaitGroup
+		if alongside != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				alongside(staged, b.mesh)
+			}()
+		}
+		err := e.apply(b.mesh)
+		wg.Wait()
+		if err != nil {
 			return rejects, err
 		}
 		e.applied = true
