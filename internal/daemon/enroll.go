@@ -71,7 +71,7 @@ func (d *daemon) Enroll(path string) error {
 		return err
 	}
 	d.enrolling.admin[cookie] = path
-	_, err = d.syncEnrollment()
+	_, err = d.syncEnrollment(true)
 	d.log.Info("enrolled through the admin API", "netns", path, "cookie", cookie)
 	return err
 }
@@ -98,7 +98,7 @@ func (d *daemon) Unenroll(path string) error {
 		}
 		delete(d.enrolling.admin, c)
 	}
-	_, err := d.syncEnrollment()
+	_, err := d.syncEnrollment(true)
 	d.log.Info("unenrolled through the admin API", "netns", path, "enrollments", len(gone))
 	return err
 }
@@ -180,7 +180,7 @@ func (d *daemon) kubeReport(pods []kube.Pod) {
 	d.enrolling.mu.Lock()
 	defer d.enrolling.mu.Unlock()
 	d.enrolling.kube, d.enrolling.kubeSet = pods, true
-	n, err := d.syncEnrollment()
+	n, err := d.syncEnrollment(true)
 	d.log.Info("kubernetes pods enrolled", "pods", len(pods), "enrolled", n)
 	if err != nil {
 		d.log.Error("enrollment incomplete", "err", err)
@@ -239,13 +239,19 @@ func (d *daemon) enrollChanged(c, undo *model.Changes, full bool) (int, error) {
 	}
 	e.mesh = slices.Sorted(maps.Keys(e.workloads))
 	e.meshSet = true
-	return d.syncEnrollment()
+	// A change re-reads no namespace it does not add (an xDS workload
+	// has none: a local workload's change reads nothing); a full sync
+	// (start-up, resync) reads every one again.
+	return d.syncEnrollment(full)
 }
 
 // syncEnrollment makes km_manage the union of the sources, once each has
-// spoken, and tells connect() the workload of each enrolled namespace. The
-// caller holds enrolling.mu.
-func (d *daemon) syncEnrollment() (int, error) {
+// spoken, and tells connect() the workload of each enrolled namespace.
+// With reread, every path's cookie is read again (a source reported its
+// paths anew, or a full sync); without, only paths not read before are
+// (Enroller.Change), and namespaces enrolled by path alone keep the
+// addresses read before. The caller holds enrolling.mu.
+func (d *daemon) syncEnrollment(reread bool) (int, error) {
 	e := &d.enrolling
 	if !e.meshSet || (e.kubeOn && !e.kubeSet) {
 		return 0, nil
@@ -253,9 +259,14 @@ func (d *daemon) syncEnrollment() (int, error) {
 	union := slices.Concat(d.static, e.mesh, kube.Paths(e.kube))
 	slices.Sort(union)
 	union = slices.Compact(union)
-	err := d.enroller.Sync(union, e.admin)
+	var err error
+	if reread {
+		err = d.enroller.Sync(union, e.admin)
+	} else {
+		err = d.enroller.Change(union, e.admin)
+	}
 	enrolled := d.enroller.Cookies()
-	cookies, who := e.workloadOf(d.enroller.Paths(), enrolled, d.log)
+	cookies, who := e.workloadOf(d.enroller.Paths(), enrolled, reread, d.log)
 	if !maps.Equal(who, e.who) {
 		// The tunnel listens in each of them (internal/tunnel).
 		d.tunnelEnrollmentChanged()
@@ -273,13 +284,13 @@ func (d *daemon) syncEnrollment() (int, error) {
 //   - Kubernetes enrolled it for a pod: the workload named as the pod
 //     (namespace/name, as istiod names it), else the one with the pod's IPs;
 //   - --enroll-netns or the admin API enrolled it: the workload with the
-//     namespace's own addresses (read once per namespace, again while none
-//     matches).
+//     namespace's own addresses (read once per namespace, and again while
+//     none matches on a reread, or when none were read).
 //
 // An address match must name one workload; a namespace whose addresses
 // belong to several (or none) stays unnamed, and only the destination side
 // checks its connections. The caller holds enrolling.mu.
-func (e *enrollment) workloadOf(paths, enrolled map[string]uint64, log *slog.Logger) (map[uint64]string, map[string]string) {
+func (e *enrollment) workloadOf(paths, enrolled map[string]uint64, reread bool, log *slog.Logger) (map[uint64]string, map[string]string) {
 	out := map[uint64]string{}
 	who := map[string]string{}
 	set := func(c uint64, key, path string) {
@@ -334,7 +345,7 @@ func (e *enrollment) workloadOf(paths, enrolled map[string]uint64, log *slog.Log
 		if cached {
 			key = match(addrs)
 		}
-		if key == "" {
+		if key == "" && (reread || len(addrs) == 0) {
 			var err error
 			if addrs, err = enroll.Addresses(path); err != nil {
 				log.Debug("addresses of an enrolled namespace unread", "netns", path, "err", err)

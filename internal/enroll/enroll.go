@@ -77,6 +77,7 @@ type Enroller struct {
 	enrolled map[uint64]string // cookie -> netns path
 	byPath   map[string]uint64 // every path of the last Sync -> its cookie
 	synced   bool
+	reads    int // cookies read from namespaces (setns), for tests and logs
 }
 
 // New returns an Enroller for the manage map. Entries a previous kmeshd
@@ -93,6 +94,28 @@ func New(m *ebpf.Map, log *slog.Logger) *Enroller {
 // namespace that cannot be read is reported and skipped; the others still
 // apply.
 func (e *Enroller) Sync(paths []string, pinned map[uint64]string) error {
+	return e.sync(paths, pinned, true)
+}
+
+// Change is Sync for a set of paths that changed by a few: only the
+// cookies of paths the last Sync or Change did not read are read; a path
+// read before keeps its cookie, and one no longer given is dropped. So a
+// change that adds or removes a path costs that path, not a setns into
+// every enrolled namespace. Sources that report a path anew (a pod's
+// namespace replaced) go through Sync.
+func (e *Enroller) Change(paths []string, pinned map[uint64]string) error {
+	return e.sync(paths, pinned, false)
+}
+
+// Reads returns how many namespace cookies the enroller has read (one
+// setns each).
+func (e *Enroller) Reads() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.reads
+}
+
+func (e *Enroller) sync(paths []string, pinned map[uint64]string, reread bool) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	want := make(map[uint64]string, len(paths)+len(pinned))
@@ -105,6 +128,12 @@ func (e *Enroller) Sync(paths []string, pinned map[uint64]string) error {
 		byPath[p] = c
 	}
 	for _, p := range paths {
+		if c, ok := e.byPath[p]; ok && !reread {
+			want[c] = p
+			byPath[p] = c
+			continue
+		}
+		e.reads++
 		c, err := Cookie(p)
 		if err != nil {
 			errs = append(errs, err)
