@@ -103,6 +103,10 @@ type Sample struct {
 	// (kmeshd, HAProxy). Kernel work (eBPF programs, iptables, conntrack)
 	// runs in the context of the client and server and is only in CPU.
 	MeshCPU float64 `json:"mesh_cpu_millicores_per_krps"`
+	// KmeshdCPU is the CPU of the busier of the two kmeshd processes
+	// (their threads' run time), per 1000 requests per second, in
+	// millicores; 0 in modes without kmeshd.
+	KmeshdCPU float64 `json:"kmeshd_cpu_millicores_per_krps,omitempty"`
 }
 
 // Stat is a median over rounds with its spread.
@@ -124,6 +128,8 @@ type Row struct {
 	QPS      Stat   `json:"qps"`
 	CPU      Stat   `json:"cpu_millicores_per_krps"`
 	MeshCPU  Stat   `json:"mesh_cpu_millicores_per_krps"`
+	// KmeshdCPU is Sample.KmeshdCPU over the rounds.
+	KmeshdCPU Stat `json:"kmeshd_cpu_millicores_per_krps"`
 	// Added* are this mode minus the baseline in the same round (µs or
 	// millicores); Ratio* this mode over the baseline in the same round.
 	AddedP50 Stat `json:"added_p50_us"`
@@ -226,12 +232,12 @@ func Summarize(samples []Sample, baseline string) []Row {
 	for _, k := range keys {
 		ss := groups[k]
 		r := Row{Mode: k.mode, Topology: k.topo, Test: k.test, Baseline: k.mode == baseline}
-		var v [6][]float64 // p50 p90 p99 qps cpu mesh-cpu
+		var v [7][]float64 // p50 p90 p99 qps cpu mesh-cpu kmeshd-cpu
 		var d [4][]float64 // added p50 p90 p99 cpu
 		var q [3][]float64 // ratio p50 p99 qps
 		for _, s := range ss {
 			r.Errors += s.Errors
-			for i, x := range []float64{s.P50, s.P90, s.P99, s.QPS, s.CPU, s.MeshCPU} {
+			for i, x := range []float64{s.P50, s.P90, s.P99, s.QPS, s.CPU, s.MeshCPU, s.KmeshdCPU} {
 				v[i] = append(v[i], x)
 			}
 			b, ok := base[[3]any{s.Test, s.Topology, s.Round}]
@@ -245,7 +251,7 @@ func Summarize(samples []Sample, baseline string) []Row {
 				q[i] = append(q[i], x)
 			}
 		}
-		r.P50, r.P90, r.P99, r.QPS, r.CPU, r.MeshCPU = Over(v[0]), Over(v[1]), Over(v[2]), Over(v[3]), Over(v[4]), Over(v[5])
+		r.P50, r.P90, r.P99, r.QPS, r.CPU, r.MeshCPU, r.KmeshdCPU = Over(v[0]), Over(v[1]), Over(v[2]), Over(v[3]), Over(v[4]), Over(v[5]), Over(v[6])
 		r.AddedP50, r.AddedP90, r.AddedP99, r.AddedCPU = Over(d[0]), Over(d[1]), Over(d[2]), Over(d[3])
 		r.RatioP50, r.RatioP99, r.RatioQPS = Over(q[0]), Over(q[1]), Over(q[2])
 		rows = append(rows, r)

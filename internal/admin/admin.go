@@ -70,6 +70,9 @@ type Controls struct {
 	LogLevel *slog.LevelVar
 	// AccessLog turns the per-connection access log on and off.
 	AccessLog *atomic.Bool
+	// AccessLogChanged, when set, is called after a switch of AccessLog
+	// (the connection telemetry then tells the kernel at once).
+	AccessLogChanged func(on bool)
 	// Enrollment puts network namespaces in the mesh and takes them out.
 	Enrollment Enrollment
 	// Certs lists the workload certificates and roots; nil when the mesh
@@ -308,6 +311,9 @@ func (h *handler) accessLog(w http.ResponseWriter, r *http.Request) {
 		}
 		if h.c.AccessLog.Swap(on) != on {
 			h.log.Info("access log switched", "enabled", on)
+			if h.c.AccessLogChanged != nil {
+				h.c.AccessLogChanged(on)
+			}
 		}
 	default:
 		w.Header().Set("Allow", "GET, POST, PUT")

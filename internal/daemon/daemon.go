@@ -617,6 +617,9 @@ const (
 // socket, in that order: all of them, or none.
 func (d *daemon) listen(cfg Config) (admin.Group, error) {
 	ctl := admin.Controls{LogLevel: cfg.LogLevel, AccessLog: &d.accessLog, Enrollment: d}
+	if d.telemetry != nil {
+		ctl.AccessLogChanged = func(bool) { d.telemetry.AccessLogChanged() }
+	}
 	if d.certs != nil {
 		ctl.Certs = func() api.Certs { return certsDoc(d.certs) }
 		ctl.TrustDomain = d.certs.TrustDomain()

@@ -231,3 +231,38 @@ func TestGoals_Istiod(t *testing.T) {
 		}
 	}
 }
+
+// TestGoals_KmeshdCPUPerConnection: the connection-per-request test's
+// busier kmeshd, per 1,000 connections/s, against issue 12's 5 millicores.
+func TestGoals_KmeshdCPUPerConnection(t *testing.T) {
+	res := func(kmeshd ...float64) map[string]report.Goal {
+		var samples []report.Sample
+		for i, k := range kmeshd {
+			samples = append(samples,
+				report.Sample{Round: i + 1, Mode: modeDirect, Topology: topoCross, Test: "close-c1", P50: 100, QPS: 900},
+				report.Sample{Round: i + 1, Mode: modeKmesh, Topology: topoCross, Test: "close-c1", P50: 101, QPS: 880, KmeshdCPU: k})
+		}
+		got := map[string]report.Goal{}
+		for _, g := range goals(&report.Results{Summary: report.Summarize(samples, modeDirect)}) {
+			got[g.Goal] = g
+		}
+		return got
+	}
+	const goal = "kmeshd CPU per 1,000 new connections/s, telemetry on, access log off (connection per request; the busier kmeshd), " + topoCross
+	for _, tc := range []struct {
+		kmeshd []float64
+		met    string
+	}{
+		{[]float64{2, 3, 2.5}, verdictMet},
+		{[]float64{7, 8, 9}, verdictMissed},
+		{[]float64{4, 6, 7}, verdictNoise},
+	} {
+		g, ok := res(tc.kmeshd...)[goal]
+		if !ok || g.Met != tc.met || !strings.Contains(g.Measured, "connections/s") {
+			t.Errorf("kmeshd %v: %+v, want met %s", tc.kmeshd, g, tc.met)
+		}
+	}
+	if _, ok := res()[goal]; ok {
+		t.Error("goal reported without a kmeshd measurement")
+	}
+}
