@@ -186,3 +186,85 @@ func TestPodObject_HBONEFromIstioAnnotation(t *testing.T) {
 		t.Errorf("pod with ambient.istio.io/redirection=enabled: %s, want tunnelProtocol HBONE", o.json)
 	}
 }
+
+// TestBuild_EveryKindTheWaypointReads: GRPCRoutes, VirtualServices and
+// AuthorizationPolicies with targetRefs from the API server reach the mesh;
+// a route of an ingress Gateway, a VirtualService of a Gateway and an L4
+// policy (selector) are not the waypoint's.
+func TestBuild_EveryKindTheWaypointReads(t *testing.T) {
+	docs := []struct {
+		section, doc string
+		want         bool
+	}{
+		{"grpcRoutes", `
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: hello-grpc, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: hello, port: 80}]
+  rules: [{backendRefs: [{name: hello-v1, port: 80}]}]`, true},
+		{"httpRoutes", `
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ingress, namespace: apps}
+spec:
+  parentRefs: [{name: public-gateway}]
+  rules: [{backendRefs: [{name: hello, port: 80}]}]`, false},
+		{"virtualServices", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hello-faults, namespace: apps}
+spec:
+  hosts: [hello]
+  http:
+  - match: [{uri: {prefix: /flaky}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
+    route: [{destination: {host: hello}}]`, true},
+		{"virtualServices", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: apps}
+spec:
+  hosts: [hello.example.com]
+  gateways: [istio-system/public]
+  http: [{route: [{destination: {host: hello}}]}]`, false},
+		{"authorizationPolicies", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: hello}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]`, true},
+		{"authorizationPolicies", `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l4, namespace: apps}
+spec:
+  selector: {matchLabels: {app: hello}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [other]}}]}]`, false},
+	}
+	objs := base(t)
+	for _, d := range docs {
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal([]byte(d.doc), &u.Object); err != nil {
+			t.Fatal(err)
+		}
+		if got := wanted(d.section, u); got != d.want {
+			t.Errorf("%s %s: wanted %v, want %v", u.GetKind(), u.GetName(), got, d.want)
+		}
+		if d.want {
+			objs = append(objs, mustCRD(t, d.section, d.doc))
+		}
+	}
+	var b builder
+	m, rejected, err := b.build(objs)
+	if err != nil || len(rejected) != 0 {
+		t.Fatalf("build: %v, rejected %v", err, rejected)
+	}
+	if len(m.Routes) != 1 || m.Routes[0].Name != "hello-grpc" || len(m.VirtualServices) != 1 || len(m.WaypointPolicies) != 1 {
+		t.Fatalf("routes %d, virtual services %d, waypoint policies %d; want the GRPCRoute, the fault and the DENY policy",
+			len(m.Routes), len(m.VirtualServices), len(m.WaypointPolicies))
+	}
+}
