@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -23,6 +24,7 @@ func newTunnelCommand() *cobra.Command {
 		pprofAddr   string
 		metricsAddr string
 		accessLog   bool
+		maxProcs    int
 	)
 	cmd := &cobra.Command{
 		Use:   "tunnel",
@@ -87,7 +89,10 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 				}
 				log.Info("profiles served", "pprof", addr)
 			}
-			log.Info("tunnel starting", "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
+			if maxProcs > 0 {
+				runtime.GOMAXPROCS(maxProcs)
+			}
+			log.Info("tunnel starting", "max_procs", runtime.GOMAXPROCS(0), "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
 			return t.Run(ctx)
 		},
 	}
@@ -98,6 +103,7 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 	f.TextVar(logLevel, "log-level", new(slog.LevelVar), "log level: debug, info, warn, error")
 	f.StringVar(&metricsAddr, "metrics-address", "", "serve Istio's istio_tcp_* metrics of the tunnelled connections (with source_principal, destination_principal, connection_security_policy=mutual_tls) at /metrics on this address; empty: off")
 	f.BoolVar(&accessLog, "access-log", false, "write one JSON line per tunnelled connection that ended to standard output, with both identities")
+	f.IntVar(&maxProcs, "max-procs", 1, "CPUs the tunnel's Go scheduler runs on at once (GOMAXPROCS); with one, a request's wake-ups hand no work to another thread, which at moderate rates costs as much CPU as the request's own I/O; raise it for a node whose tunnel needs more than one core; 0: Go's default (every CPU, or $GOMAXPROCS)")
 	f.StringVar(&pprofAddr, "pprof-address", "", "serve Go's profiles (/debug/pprof/) on this address, for profiling the data path; empty: off")
 	ids.RegisterFlags(f)
 	// istiod's CA reads the cluster from a header, as kmeshd sends it.
