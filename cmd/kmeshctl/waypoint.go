@@ -98,7 +98,11 @@ func printWaypointRoutes(w io.Writer, d *waypoint.ConfigDump) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tORDER\tRULE\tMATCH\tBACKENDS\tTIMEOUT\tRETRY")
 	for _, r := range d.Routes {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.Service, r.Order, r.Rule, r.Match, strings.Join(r.Backends, ","),
+		svc := r.Service
+		if r.ConsumerNamespace != "" {
+			svc += " (clients in " + r.ConsumerNamespace + ")" // a GAMMA consumer route
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", svc, r.Order, r.Rule, r.Match, strings.Join(r.Backends, ","),
 			dash(r.Timeout), r.Retry)
 	}
 	if err := tw.Flush(); err != nil {

@@ -86,3 +86,18 @@ func TestKmeshctl_WaypointRoutesAndExplain(t *testing.T) {
 		t.Errorf("DELETE explain:\n%s", out)
 	}
 }
+
+func TestKmeshctl_WaypointRoutesConsumerRoute(t *testing.T) {
+	var b strings.Builder
+	d := &waypoint.ConfigDump{Routes: []waypoint.RouteDump{
+		{Service: "default/web:80", Rule: "HTTPRoute/default/web#0", Match: "*", Backends: []string{"default/web-v1:80=1"}, Retry: "-"},
+		{Service: "default/web:80", Rule: "HTTPRoute/shop/web#0", Match: "*", Backends: []string{"default/web-v2:80=1"}, Retry: "-",
+			ConsumerNamespace: "shop"},
+	}}
+	if err := printWaypointRoutes(&b, d); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "default/web:80 (clients in shop)  0      HTTPRoute/shop/web#0") {
+		t.Errorf("consumer route not marked:\n%s", b.String())
+	}
+}
