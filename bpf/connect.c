@@ -79,7 +79,6 @@ int km_connect4(struct bpf_sock_addr *ctx)
 {
 	struct lb_request req = {};
 	struct lb_result res = {};
-	struct tunnel_dst tun = {};
 	int ret;
 
 	if (tunnel_own(ctx->sk))
@@ -98,8 +97,8 @@ int km_connect4(struct bpf_sock_addr *ctx)
 	if (ret == -KM_ENOENT) {
 		if (connect_denied(req.netns_cookie, req.proto, req.addr, req.port))
 			return connect_deny();
-		if (req.proto == IPPROTO_TCP && tunnel_lookup(req.netns_cookie, req.addr, req.port, req.family, &tun))
-			return tunnel_redirect4(ctx, &tun) ? connect_refuse() : 1;
+		if (req.proto == IPPROTO_TCP && tunnel_wanted(req.netns_cookie, req.addr))
+			return tunnel_redirect4(ctx, req.addr, req.port, 0, 0) ? connect_refuse() : 1;
 		return 1;
 	}
 	if (ret < 0)
@@ -108,8 +107,8 @@ int km_connect4(struct bpf_sock_addr *ctx)
 		return connect_deny();
 	connect_remember(ctx, &req);
 	connect_remember_lb(ctx, &res);
-	if (tunnel_lookup(req.netns_cookie, res.addr, res.port, req.family, &tun))
-		return tunnel_redirect4(ctx, &tun) ? connect_refuse() : 1;
+	if (tunnel_wanted(req.netns_cookie, res.addr))
+		return tunnel_redirect4(ctx, res.addr, res.port, req.addr, req.port) ? connect_refuse() : 1;
 #ifdef KM_TEST_VARIANT
 	/* Test builds of an "upgraded" daemon: programs whose instructions
 	 * differ, to test swapping them behind live links. */
@@ -125,7 +124,6 @@ int km_connect6(struct bpf_sock_addr *ctx)
 {
 	struct lb_request req = {};
 	struct lb_result res = {};
-	struct tunnel_dst tun = {};
 	int ret;
 
 	if (tunnel_own(ctx->sk))
@@ -153,8 +151,8 @@ int km_connect6(struct bpf_sock_addr *ctx)
 	if (ret == -KM_ENOENT) {
 		if (connect_denied(req.netns_cookie, req.proto, req.addr, req.port))
 			return connect_deny();
-		if (req.proto == IPPROTO_TCP && tunnel_lookup(req.netns_cookie, req.addr, req.port, req.family, &tun))
-			return tunnel_redirect6(ctx, &tun) ? connect_refuse() : 1;
+		if (req.proto == IPPROTO_TCP && tunnel_wanted(req.netns_cookie, req.addr))
+			return tunnel_redirect6(ctx, req.addr, req.port, req.family, 0, 0) ? connect_refuse() : 1;
 		return 1;
 	}
 	if (ret < 0)
@@ -163,8 +161,8 @@ int km_connect6(struct bpf_sock_addr *ctx)
 		return connect_deny();
 	connect_remember(ctx, &req);
 	connect_remember_lb(ctx, &res);
-	if (tunnel_lookup(req.netns_cookie, res.addr, res.port, req.family, &tun))
-		return tunnel_redirect6(ctx, &tun) ? connect_refuse() : 1;
+	if (tunnel_wanted(req.netns_cookie, res.addr))
+		return tunnel_redirect6(ctx, res.addr, res.port, req.family, req.addr, req.port) ? connect_refuse() : 1;
 	ctx->user_ip6[0] = res.addr[0];
 	ctx->user_ip6[1] = res.addr[1];
 	ctx->user_ip6[2] = res.addr[2];

@@ -52,12 +52,11 @@ static __always_inline int tunnel_own(struct bpf_sock *sk)
 }
 
 /*
- * Decides whether a connect() to addr:port (the chosen endpoint, or the
- * address dialed) goes through the tunnel. Returns 1 when it does and dst
- * is filled, 0 when it keeps the direct path.
+ * Decides whether a connect() to addr (the chosen endpoint, or the address
+ * dialed) goes through the tunnel: 1 when it does, 0 when it keeps the
+ * direct path.
  */
-static __always_inline int tunnel_lookup(__u64 netns_cookie, const __u32 addr[4], __u16 port, __u8 family,
-					 struct tunnel_dst *dst)
+static __always_inline int tunnel_wanted(__u64 netns_cookie, const __u32 addr[4])
 {
 	struct manage_key mkey = { .netns_cookie = netns_cookie };
 	struct authz_addr_key key = {};
@@ -67,22 +66,30 @@ static __always_inline int tunnel_lookup(__u64 netns_cookie, const __u32 addr[4]
 	tv = bpf_map_lookup_elem(&km_tunnel, &key);
 	if (!tv || tv->proto != KM_TUNNEL_HBONE)
 		return 0;
-	if (!bpf_map_lookup_elem(&km_manage, &mkey))
-		return 0;
-	__builtin_memcpy(dst->addr, addr, sizeof(dst->addr));
-	dst->port = port;
-	dst->family = family;
-	return 1;
+	return bpf_map_lookup_elem(&km_manage, &mkey) != 0;
 }
 
-/* Keeps dst in the socket's storage; 0 on success. */
-static __always_inline int tunnel_remember(struct bpf_sock *sk, const struct tunnel_dst *dst)
+/* Keeps where the connect was going in the socket's storage: addr:port in
+ * the socket's family, and svc:svc_port, the service address the client
+ * dialed when the kernel balanced it (NULL otherwise; the tunnel names it
+ * as the authority to a waypoint). Written in place, not through the
+ * stack: connect4's call chain is near the 512-byte limit. 0 on success. */
+static __always_inline int tunnel_remember(struct bpf_sock *sk, const __u32 addr[4], __u16 port, __u8 family,
+					   const __u32 *svc, __u16 svc_port)
 {
 	struct tunnel_dst *d = bpf_sk_storage_get(&km_tunnel_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 	if (!d)
 		return -1;
-	*d = *dst;
+	__builtin_memcpy(d->addr, addr, sizeof(d->addr));
+	d->port = port;
+	d->family = family;
+	d->has_svc = 0;
+	if (svc) {
+		__builtin_memcpy(d->svc_addr, svc, sizeof(d->svc_addr));
+		d->svc_port = svc_port;
+		d->has_svc = 1;
+	}
 	return 0;
 }
 
@@ -111,12 +118,14 @@ static __always_inline void tunnel_connecting(struct bpf_sock_ops *skops)
 	bpf_map_update_elem(&km_tunnel_dst, &key, d, BPF_ANY);
 }
 
-/* Sends an IPv4 connect() to the tunnel: 127.0.0.1:KM_TUNNEL_OUTBOUND_PORT.
- * Returns 0 when the connect proceeds there, -1 when the destination could
- * not be kept (the connect must fail: never plaintext). */
-static __always_inline int tunnel_redirect4(struct bpf_sock_addr *ctx, const struct tunnel_dst *dst)
+/* Sends an IPv4 connect() to the tunnel: 127.0.0.1:KM_TUNNEL_OUTBOUND_PORT,
+ * after keeping its destination (tunnel_remember's arguments). Returns 0
+ * when the connect proceeds there, -1 when the destination could not be
+ * kept (the connect must fail: never plaintext). */
+static __always_inline int tunnel_redirect4(struct bpf_sock_addr *ctx, const __u32 addr[4], __u16 port,
+					    const __u32 *svc, __u16 svc_port)
 {
-	if (tunnel_remember(ctx->sk, dst))
+	if (tunnel_remember(ctx->sk, addr, port, KM_FAMILY_V4, svc, svc_port))
 		return -1;
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
 	ctx->user_port = (__u32)bpf_htons(KM_TUNNEL_OUTBOUND_PORT);
@@ -124,12 +133,13 @@ static __always_inline int tunnel_redirect4(struct bpf_sock_addr *ctx, const str
 }
 
 /* The same for IPv6 sockets: [::1], or ::ffff:127.0.0.1 for an IPv4
- * destination of a dual-stack socket. */
-static __always_inline int tunnel_redirect6(struct bpf_sock_addr *ctx, const struct tunnel_dst *dst)
+ * destination of a dual-stack socket (family KM_FAMILY_V4). */
+static __always_inline int tunnel_redirect6(struct bpf_sock_addr *ctx, const __u32 addr[4], __u16 port, __u8 family,
+					    const __u32 *svc, __u16 svc_port)
 {
-	if (tunnel_remember(ctx->sk, dst))
+	if (tunnel_remember(ctx->sk, addr, port, family, svc, svc_port))
 		return -1;
-	if (dst->family == KM_FAMILY_V4) {
+	if (family == KM_FAMILY_V4) {
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;
 		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);

@@ -487,17 +487,22 @@ struct tunnel_key {
 };
 
 /* Where a redirected connection was going: the chosen endpoint (socket
- * storage km_tunnel_sk, then km_tunnel_dst). */
+ * storage km_tunnel_sk, then km_tunnel_dst), and the service address the
+ * client dialed when the kernel balanced it (the CONNECT authority a
+ * waypoint needs, as ztunnel sends VIP:port). */
 struct tunnel_dst {
-	__u32 addr[4]; /* as in frontend_key */
-	__u16 port;    /* network order */
-	__u8 family;   /* enum km_family the socket spoke */
-	__u8 pad;
+	__u32 addr[4];     /* as in frontend_key */
+	__u16 port;        /* network order */
+	__u8 family;       /* enum km_family the socket spoke */
+	__u8 has_svc;      /* 1: svc_addr/svc_port hold the service dialed */
+	__u32 svc_addr[4]; /* as in frontend_key */
+	__u16 svc_port;    /* network order */
+	__u16 pad;
 };
 
 _Static_assert(sizeof(struct tunnel_value) == 4, "tunnel_value size");
 _Static_assert(sizeof(struct tunnel_key) == 32, "tunnel_key size");
-_Static_assert(sizeof(struct tunnel_dst) == 20, "tunnel_dst size");
+_Static_assert(sizeof(struct tunnel_dst) == 40, "tunnel_dst size");
 _Static_assert(sizeof(struct lb_prio_key) == 8, "lb_prio_key size");
 _Static_assert(sizeof(struct lb_prio) == 32, "lb_prio size");
 _Static_assert(sizeof(struct lb_client) == 20, "lb_client size");

@@ -299,12 +299,13 @@ func addressOf(w *model.Workload, v4 bool) (netip.Addr, bool) {
 
 // explainTunnel says how a connection from src to w at addr is tunnelled,
 // or nil when it goes direct: as dataplane.TunnelAddrs fills km_tunnel on
-// the source's node, a workload of another node that takes HBONE is
-// reached through the tunnel when the mesh has a CA. The tunnel opens
+// the source's node, a workload of another node that takes HBONE, or a
+// waypoint instance of the same node, is reached through the tunnel when
+// the mesh has a CA. The tunnel opens
 // mutual TLS to addr:15008 from the source pod, under the source's
 // identity, and accepts only the destination's.
 func explainTunnel(src, w *model.Workload, trustDomain string, addr netip.Addr) *api.ExplainTunnel {
-	if trustDomain == "" || w.Node == src.Node || w.TunnelFor(true) != model.TunnelHBONE {
+	if trustDomain == "" || !w.TunnelledFrom(src.Node, true) {
 		return nil
 	}
 	return &api.ExplainTunnel{

@@ -426,11 +426,14 @@ type KmeshTcpStatsValue struct {
 }
 
 type KmeshTunnelDst struct {
-	_      structs.HostLayout
-	Addr   [4]uint32
-	Port   uint16
-	Family uint8
-	Pad    uint8
+	_       structs.HostLayout
+	Addr    [4]uint32
+	Port    uint16
+	Family  uint8
+	HasSvc  uint8
+	SvcAddr [4]uint32
+	SvcPort uint16
+	Pad     uint16
 }
 
 type KmeshTunnelKey struct {

@@ -12,13 +12,12 @@ import (
 )
 
 // TunnelAddrs returns the addresses whose connections the connect hook
-// sends through the tunnel: every address of a workload on another node
-// whose tunnel protocol is HBONE. Same-node workloads keep the direct path.
+// sends through the tunnel (model.Workload.TunnelledFrom).
 func TunnelAddrs(m *model.Mesh, node string, meshHasCA bool) map[bpf.KmeshAuthzAddrKey]struct{} {
 	out := map[bpf.KmeshAuthzAddrKey]struct{}{}
 	for i := range m.Workloads {
 		w := &m.Workloads[i]
-		if w.Node == node || w.TunnelFor(meshHasCA) != model.TunnelHBONE {
+		if !w.TunnelledFrom(node, meshHasCA) {
 			continue
 		}
 		for _, a := range w.Addresses {
@@ -101,7 +100,7 @@ func (d *Dataplane) UpdateTunnels(st *model.State, affected []netip.Addr, node s
 	for _, a := range affected {
 		k := bpf.KmeshAuthzAddrKey{Addr: bpf.AddrWords(a)}
 		w := st.WorkloadAt(a)
-		want := w != nil && w.Node != node && w.TunnelFor(meshHasCA) == model.TunnelHBONE
+		want := w != nil && w.TunnelledFrom(node, meshHasCA)
 		_, have := d.tunnels[k]
 		switch {
 		case want && !have:

@@ -185,6 +185,16 @@ func (w *Workload) TunnelFor(meshHasCA bool) TunnelProtocol {
 	return TunnelNone
 }
 
+// TunnelledFrom reports whether a client on node reaches w through the
+// HBONE tunnel: w takes HBONE and is on another node, or is a waypoint
+// instance on this one. A same-node waypoint is reached over HBONE too, as
+// Istio ambient does, so it learns the client's identity from its
+// certificate and the service from the authority; every other same-node
+// workload keeps the direct path.
+func (w *Workload) TunnelledFrom(node string, meshHasCA bool) bool {
+	return w.TunnelFor(meshHasCA) == TunnelHBONE && (w.Node != node || w.IsWaypoint())
+}
+
 // Locality is a workload's place in the region/zone/subzone hierarchy.
 type Locality struct {
 	Region  string

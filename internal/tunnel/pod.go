@@ -216,7 +216,7 @@ func (t *Tunnel) acceptOutbound(ctx context.Context, p *pod, l net.Listener) {
 // resets the application's connection: it is never sent in plaintext.
 func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	peer := addrPortOf(c.RemoteAddr())
-	dst, err := t.origDst(p.cookie, peer)
+	dst, svc, err := t.origDst(p.cookie, peer)
 	if err != nil {
 		t.log.Warn("redirected connection without a destination; reset", "netns", p.netns, "peer", peer.String(), "err", err)
 		reset(c)
@@ -238,12 +238,19 @@ func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	}
 	src := *p.id.Load()
 	dstID := t.identityOf(dw)
+	// As ztunnel: a destination pod is asked for podIP:targetPort, a
+	// waypoint for the service the client dialed (VIP:port), so it knows
+	// which service, whatever port it listens on.
+	authority := dst.String()
+	if svc.IsValid() && v.waypointed[svc.Addr()] {
+		authority = svc.String()
+	}
 	target := &hbone.Target{
 		Source:      src,
 		SourceAddr:  sourceAddr(p.workload.Load(), dst.Addr()),
 		Destination: []identity.Identity{dstID},
 		Addr:        netip.AddrPortFrom(dst.Addr(), hbone.Port),
-		Authority:   dst.String(),
+		Authority:   authority,
 		Header:      http.Header{},
 	}
 	ev := Event{Direction: Outbound, Start: time.Now(), Pod: p.workload.Load().Key(), Source: src, Destination: dstID, Client: peer, Target: dst, Peer: target.Addr}
@@ -255,7 +262,7 @@ func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		t.emit(ev)
 		return
 	}
-	t.log.Debug("tunnelled", "src", src.String(), "dst", dst.String(), "peer_identity", dstID.String())
+	t.log.Debug("tunnelled", "src", src.String(), "dst", dst.String(), "authority", authority, "peer_identity", dstID.String())
 	open := ev
 	open.Open = true
 	t.emit(open)

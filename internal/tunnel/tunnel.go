@@ -83,11 +83,24 @@ type Tunnel struct {
 type view struct {
 	state  *State
 	byAddr map[netip.Addr]*model.Workload
-	authz  *authz.Index
+	// waypointed holds the addresses of services that use a waypoint:
+	// a connection the kernel balanced from one of them goes to the
+	// waypoint with the service's VIP:port as its authority.
+	waypointed map[netip.Addr]bool
+	authz      *authz.Index
 }
 
 func newView(s *State) *view {
-	v := &view{state: s, byAddr: map[netip.Addr]*model.Workload{}, authz: authz.NewIndex(s.Mesh)}
+	v := &view{state: s, byAddr: map[netip.Addr]*model.Workload{}, waypointed: map[netip.Addr]bool{}, authz: authz.NewIndex(s.Mesh)}
+	for i := range s.Mesh.Services {
+		svc := &s.Mesh.Services[i]
+		if svc.UsesWaypoint() == "" && svc.Waypoint == nil {
+			continue
+		}
+		for _, a := range svc.Addresses {
+			v.waypointed[a.Unmap()] = true
+		}
+	}
 	for i := range s.Mesh.Workloads {
 		w := &s.Mesh.Workloads[i]
 		for _, a := range w.Addresses {
@@ -209,14 +222,15 @@ func (t *Tunnel) identityOf(w *model.Workload) identity.Identity {
 }
 
 // origDst finds where a redirected connection from peer in the namespace
-// of cookie was going, and forgets it.
-func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (netip.AddrPort, error) {
+// of cookie was going, and forgets it: the endpoint, and the service
+// address dialed when the kernel balanced it (else the zero AddrPort).
+func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (dst, svc netip.AddrPort, err error) {
 	key := bpf.KmeshTunnelKey{NetnsCookie: cookie, Addr: bpf.AddrWords(peer.Addr()), Port: peer.Port()}
 	var v bpf.KmeshTunnelDst
 	for attempt := 0; ; attempt++ {
 		m, err := t.tunnelDstMap(attempt > 0)
 		if err != nil {
-			return netip.AddrPort{}, err
+			return netip.AddrPort{}, netip.AddrPort{}, err
 		}
 		err = m.LookupAndDelete(key, &v)
 		if err == nil {
@@ -231,13 +245,16 @@ func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (netip.AddrPort, er
 			}
 		}
 		if !errors.Is(err, ebpf.ErrKeyNotExist) || attempt > 0 {
-			return netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", peer, err)
+			return netip.AddrPort{}, netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", peer, err)
 		}
 		// A restarted kmeshd may have replaced the map: open the pin
 		// again and look once more.
 	}
-	addr := bpf.WordsAddr(v.Addr).Unmap()
-	return netip.AddrPortFrom(addr, bpf.NetPort(v.Port)), nil
+	dst = netip.AddrPortFrom(bpf.WordsAddr(v.Addr).Unmap(), bpf.NetPort(v.Port))
+	if v.HasSvc != 0 {
+		svc = netip.AddrPortFrom(bpf.WordsAddr(v.SvcAddr).Unmap(), bpf.NetPort(v.SvcPort))
+	}
+	return dst, svc, nil
 }
 
 func (t *Tunnel) tunnelDstMap(reopen bool) (*ebpf.Map, error) {

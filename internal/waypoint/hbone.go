@@ -21,8 +21,9 @@ func (p *Proxy) Serves(dst netip.AddrPort) bool {
 }
 
 // HBONEConnect is an hbone.Server's Connect hook: a CONNECT to a service's
-// VIP:port (or to this waypoint's own address and a service's port, what
-// kmeshd's tunnel sends) becomes a connection of the engine, from the client's verified
+// VIP:port (what kmeshd's tunnel sends, as ztunnel does; or this
+// waypoint's own address and a service's port, mapped by port as on the
+// plaintext ports) becomes a connection of the engine, from the client's verified
 // identity (the principal its L7 authorization policies see, as Istio's
 // waypoint reads %DOWNSTREAM_PEER_URI_SAN%). A target this waypoint does
 // not serve is refused with 400 before the stream opens.
@@ -32,8 +33,9 @@ func (p *Proxy) HBONEConnect(_ context.Context, r *hbone.Request) (net.Conn, err
 		return nil, err
 	}
 	peer := Peer{Addr: r.PeerAddr, Principal: strings.TrimPrefix(r.Peer.String(), "spiffe://"), MutualTLS: true}
-	// kmeshd's tunnel names the endpoint it balanced to: this waypoint's
-	// own address and the service's port, as the plaintext redirect does.
+	// A client that names the endpoint it balanced to (this waypoint's
+	// own address and the service's port) is mapped as on the plaintext
+	// ports.
 	own := dst.Addr() == r.LocalAddr.Addr().Unmap()
 	if !p.Serves(dst) && !(own && len(p.snap.Load().byPort[dst.Port()]) > 0) {
 		return nil, hbone.Reject(http.StatusBadRequest, fmt.Errorf("%s is no service port of this waypoint", dst))
@@ -43,6 +45,7 @@ func (p *Proxy) HBONEConnect(_ context.Context, r *hbone.Request) (net.Conn, err
 		return nil, err
 	}
 	if p.Serves(dst) {
+		p.log.Debug("hbone stream", "authority", r.Authority, "principal", peer.Principal)
 		p.ServeConn(down, dst, peer)
 	} else if !p.servePort(down, dst.Port(), peer) {
 		up.Close()

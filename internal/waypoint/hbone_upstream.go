@@ -42,7 +42,7 @@ func (p *Proxy) upstreamDial(h *UpstreamHBONE, plain DialFunc) DialFunc {
 		}
 		c, err := h.Dialer.Dial(ctx, &hbone.Target{
 			Source:      h.Identity,
-			Destination: []identity.Identity{workloadIdentity(h.Identity.TrustDomain, w)},
+			Destination: []identity.Identity{identity.OfWorkload(h.Identity.TrustDomain, w.Namespace, w.ServiceAccount)},
 			Addr:        netip.AddrPortFrom(ap.Addr(), hbone.Port),
 			Authority:   ap.String(),
 			Header:      http.Header{},
@@ -52,14 +52,4 @@ func (p *Proxy) upstreamDial(h *UpstreamHBONE, plain DialFunc) DialFunc {
 		}
 		return c, nil
 	}
-}
-
-// workloadIdentity is w's SPIFFE identity in trustDomain (service account
-// "default" when it names none, as Kubernetes does).
-func workloadIdentity(trustDomain string, w *model.Workload) identity.Identity {
-	sa := w.ServiceAccount
-	if sa == "" {
-		sa = "default"
-	}
-	return identity.Identity{TrustDomain: trustDomain, Namespace: w.Namespace, ServiceAccount: sa}
 }
