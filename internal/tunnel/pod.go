@@ -262,7 +262,7 @@ func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		t.emit(ev)
 		return
 	}
-	t.log.Debug("tunnelled", "src", src.String(), "dst", dst.String(), "authority", authority, "peer_identity", dstID.String())
+	t.log.Debug("tunnelled", "src", src.String(), "dst", dst.String(), "peer_identity", dstID.String(), "authority", authority)
 	open := ev
 	open.Open = true
 	t.emit(open)
