@@ -48,6 +48,7 @@ var (
 	gatewayClassGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gatewayclasses"}
 	gatewayGVR      = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
 	httpRouteGVR    = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
+	authzGVR        = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
 )
 
 const iwGatewayYAML = `
@@ -77,13 +78,25 @@ spec:
     - {name: %s, port: 80, weight: %d}
 `
 
+// iwDenyAdminYAML is an L7 policy of hello's waypoint.
+const iwDenyAdminYAML = `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: hello}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+`
+
 // TestIstioWaypoint: a Gateway of class kmesh-waypoint and a Service
 // labelled istio.io/use-waypoint are applied to the API server; the
 // waypoint (kmesh-waypoint reading Kubernetes) writes the Gateway's
 // status.addresses, istiod then sends the waypoint for the service in the
 // workload API, kmeshd sends the client's connections to the waypoint,
 // and an HTTPRoute applied to the API server changes the split. A bad
-// HTTPRoute is reported by name and the previous route keeps working.
+// HTTPRoute is reported by name and the previous route keeps working; an
+// AuthorizationPolicy with targetRefs denies a path with 403.
 func TestIstioWaypoint(t *testing.T) {
 	findIstioTools(t)
 	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
@@ -273,6 +286,19 @@ func TestIstioWaypoint(t *testing.T) {
 			t.Fatalf("after a bad update of the route: %v, want the previous route (all to hello-v2)", c)
 		}
 	})
+
+	t.Run("l7_policy_from_the_api_server", func(t *testing.T) {
+		env.apply(dyn, iwDenyAdminYAML)
+		waitFor(t, "policy in the waypoint", 30*time.Second, func() string {
+			if r := m.get("client", "--url", hello+"admin/users")[0]; r.Status != 403 {
+				return fmt.Sprintf("GET /admin/users: status %d (%s)", r.Status, r.Error)
+			}
+			return ""
+		})
+		if c := split(t, 10); c["hello-v2"] != 10 {
+			t.Fatalf("GET / with the policy: %v, want 10 answers from hello-v2", c)
+		}
+	})
 }
 
 // waitFor polls ok (which returns what is still missing) until it returns
@@ -332,7 +358,7 @@ func (e *istioEnv) apply(dyn dynamic.Interface, stream string) {
 		if len(u.Object) == 0 {
 			continue
 		}
-		gvr := map[string]schema.GroupVersionResource{"GatewayClass": gatewayClassGVR, "Gateway": gatewayGVR, "HTTPRoute": httpRouteGVR}[u.GetKind()]
+		gvr := map[string]schema.GroupVersionResource{"GatewayClass": gatewayClassGVR, "Gateway": gatewayGVR, "HTTPRoute": httpRouteGVR, "AuthorizationPolicy": authzGVR}[u.GetKind()]
 		var r dynamic.ResourceInterface = dyn.Resource(gvr)
 		if u.GetNamespace() != "" {
 			r = dyn.Resource(gvr).Namespace(u.GetNamespace())
