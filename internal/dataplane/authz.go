@@ -45,10 +45,81 @@ type authzState struct {
 	netns     map[uint64]bpf.KmeshAuthzSelf
 	names     map[uint32]PolicyInfo
 	// workloads of the last applied mesh, when it has policies; nil
-	// otherwise (ApplyNetns then clears km_authz_netns).
+	// otherwise (ApplyNetns then clears km_authz_netns). The same map as
+	// ix.workloads.
 	workloads map[string]*model.Workload
-	idsHash   uint64 // of the identities the policies were compiled for
-	stale     *authzStale
+	// ix indexes the last applied mesh while it has policies (nil
+	// otherwise), for Update (authz_update.go).
+	ix      *authzIndex
+	idsHash uint64 // of the identities the policies were compiled for
+	stale   *authzStale
+	// listRefs counts the references to each list (glob, addrs);
+	// unref are lists that may have none left, deleted after a write.
+	listRefs map[uint32]int
+	unref    map[uint32]struct{}
+	listByID map[uint32]*listState
+	// entries the policies and lists hold, as recorded: for the
+	// capacity check without a walk of every policy.
+	sum entryCounts
+}
+
+type entryCounts struct{ matches, vals, ips, refs int }
+
+func (az *authzState) refList(id uint32) {
+	if id != 0 {
+		az.listRefs[id]++
+	}
+}
+
+func (az *authzState) unrefList(id uint32) {
+	if id == 0 {
+		return
+	}
+	if az.listRefs[id] <= 1 {
+		delete(az.listRefs, id)
+		az.unref[id] = struct{}{}
+		return
+	}
+	az.listRefs[id]--
+}
+
+// setAddr records v as km_authz_addr's entry for k (nil: none).
+func (az *authzState) setAddr(k bpf.KmeshAuthzAddrKey, v *bpf.KmeshAuthzPeer) {
+	if cur, ok := az.addrs[k]; ok {
+		az.unrefList(cur.Lists[0].Id)
+		az.unrefList(cur.Lists[1].Id)
+	}
+	if v == nil {
+		delete(az.addrs, k)
+		return
+	}
+	az.refList(v.Lists[0].Id)
+	az.refList(v.Lists[1].Id)
+	az.addrs[k] = *v
+}
+
+func (az *authzState) setGlob(ref bpf.KmeshAuthzListRef) {
+	az.unrefList(az.glob.Id)
+	az.refList(ref.Id)
+	az.glob = ref
+}
+
+func (az *authzState) setPolicy(key string, ps *policyState) {
+	if cur := az.policies[key]; cur != nil {
+		az.sum.add(cur.compiled, -1)
+	}
+	if ps == nil {
+		delete(az.policies, key)
+		return
+	}
+	az.sum.add(ps.compiled, 1)
+	az.policies[key] = ps
+}
+
+func (s *entryCounts) add(c *compiledPolicy, sign int) {
+	s.matches += sign * len(c.matches)
+	s.vals += sign * len(c.vals)
+	s.ips += sign * len(c.ips)
 }
 
 type policyState struct {
@@ -59,6 +130,7 @@ type policyState struct {
 }
 
 type listState struct {
+	content string
 	id      uint32
 	ref     bpf.KmeshAuthzListRef
 	entries []uint32 // policy ids
@@ -73,6 +145,9 @@ func newAuthzState(limits bpf.Limits) *authzState {
 		addrs:     map[bpf.KmeshAuthzAddrKey]bpf.KmeshAuthzPeer{},
 		netns:     map[uint64]bpf.KmeshAuthzSelf{},
 		names:     map[uint32]PolicyInfo{},
+		listRefs:  map[uint32]int{},
+		unref:     map[uint32]struct{}{},
+		listByID:  map[uint32]*listState{},
 	}
 }
 
@@ -148,14 +223,14 @@ func translateAuthz(m *model.Mesh, identityNode string) (*desiredAuthz, error) {
 
 // compileAuthz compiles the policies that changed, or all of them when the
 // mesh's identities did.
-func (d *Dataplane) compileAuthz(want *desiredAuthz) (map[string]*compiledPolicy, error) {
-	out := make(map[string]*compiledPolicy, len(want.policies))
-	for key, p := range want.policies {
-		if cur := d.az.policies[key]; cur != nil && d.az.idsHash == want.idsHash && reflect.DeepEqual(&cur.policy, p) {
+func (d *Dataplane) compileAuthz(policies map[string]*model.Policy, ids identities, idsHash uint64) (map[string]*compiledPolicy, error) {
+	out := make(map[string]*compiledPolicy, len(policies))
+	for key, p := range policies {
+		if cur := d.az.policies[key]; cur != nil && d.az.idsHash == idsHash && reflect.DeepEqual(&cur.policy, p) {
 			out[key] = cur.compiled
 			continue
 		}
-		c, err := compilePolicy(p, want.ids)
+		c, err := compilePolicy(p, ids)
 		if err != nil {
 			return nil, err
 		}
@@ -174,74 +249,128 @@ func (d *Dataplane) applyAuthz(want *desiredAuthz, compiled map[string]*compiled
 			return err
 		}
 	}
-	listRef := func(s listSpec) (bpf.KmeshAuthzListRef, error) { return d.writeList(s) }
-	glob, err := listRef(want.glob)
-	if err != nil {
+	if err := d.writeGlob(want.glob); err != nil {
 		return err
 	}
-	if glob != az.glob {
-		if glob.Id == 0 {
-			err = az.del(d.maps.KmAuthzGlob, uint32(0))
-		} else {
-			err = d.maps.KmAuthzGlob.Put(uint32(0), glob)
-		}
-		if err != nil {
-			return fmt.Errorf("write global policies: %w", mapErr(bpf.KmeshMapKmAuthzGlob, err))
-		}
-		az.glob = glob
-	}
-	wanted := map[uint32]bool{glob.Id: true}
 	for k, a := range want.addrs {
-		v := bpf.KmeshAuthzPeer{Identity: a.identity}
-		for i, s := range a.lists {
-			if v.Lists[i], err = listRef(s); err != nil {
-				return err
-			}
-			wanted[v.Lists[i].Id] = true
+		if err := d.writeAddr(k, a); err != nil {
+			return err
 		}
-		if cur, ok := az.addrs[k]; ok && cur == v {
-			continue
-		}
-		if err := d.maps.KmAuthzAddr.Put(k, v); err != nil {
-			return fmt.Errorf("write workload address %s: %w", bpf.WordsAddr(k.Addr), mapErr(bpf.KmeshMapKmAuthzAddr, err))
-		}
-		az.addrs[k] = v
 	}
 	for k := range az.addrs {
 		if _, ok := want.addrs[k]; ok {
 			continue
 		}
-		if err := az.del(d.maps.KmAuthzAddr, k); err != nil {
-			return fmt.Errorf("delete workload address %s: %w", bpf.WordsAddr(k.Addr), err)
-		}
-		delete(az.addrs, k)
-	}
-	for content, l := range az.lists {
-		if wanted[l.id] {
-			continue
-		}
-		if err := d.deleteList(l); err != nil {
+		if err := d.deleteAddr(k); err != nil {
 			return err
 		}
-		delete(az.lists, content)
 	}
-	for key, cur := range az.policies {
+	for id := range az.listByID {
+		az.unref[id] = struct{}{}
+	}
+	if err := d.sweepLists(); err != nil {
+		return err
+	}
+	for key := range az.policies {
 		if _, ok := want.policies[key]; ok {
 			continue
 		}
-		if err := az.del(d.maps.KmAuthzPol, cur.id); err != nil {
-			return fmt.Errorf("policy %s: delete: %w", key, err)
+		if err := d.deletePolicy(key); err != nil {
+			return err
 		}
-		d.deletePolicyEntries(cur.id, cur.gen, cur.compiled)
-		az.policyIDs.put(cur.id)
-		delete(az.names, cur.id)
-		delete(az.policies, key)
 	}
-	az.workloads = want.workloads
+	az.ix, az.workloads = nil, nil
+	if want.workloads != nil {
+		az.ix = indexOf(want)
+		az.workloads = az.ix.workloads
+	}
 	az.idsHash = want.idsHash
 	if az.stale != nil {
 		return d.sweepAuthzStale()
 	}
+	return nil
+}
+
+// writeGlob points km_authz_glob at the list of s, written first.
+func (d *Dataplane) writeGlob(s listSpec) error {
+	az := d.az
+	glob, err := d.writeList(s)
+	if err != nil {
+		return err
+	}
+	if glob == az.glob {
+		return nil
+	}
+	if glob.Id == 0 {
+		err = az.del(d.maps.KmAuthzGlob, uint32(0))
+	} else {
+		err = d.maps.KmAuthzGlob.Put(uint32(0), glob)
+	}
+	if err != nil {
+		return fmt.Errorf("write global policies: %w", mapErr(bpf.KmeshMapKmAuthzGlob, err))
+	}
+	az.setGlob(glob)
+	return nil
+}
+
+// writeAddr writes km_authz_addr's entry of one address, after the lists
+// it names.
+func (d *Dataplane) writeAddr(k bpf.KmeshAuthzAddrKey, a addrSpec) error {
+	az := d.az
+	v := bpf.KmeshAuthzPeer{Identity: a.identity}
+	for i, s := range a.lists {
+		var err error
+		if v.Lists[i], err = d.writeList(s); err != nil {
+			return err
+		}
+	}
+	if cur, ok := az.addrs[k]; ok && cur == v {
+		return nil
+	}
+	if err := d.maps.KmAuthzAddr.Put(k, v); err != nil {
+		return fmt.Errorf("write workload address %s: %w", bpf.WordsAddr(k.Addr), mapErr(bpf.KmeshMapKmAuthzAddr, err))
+	}
+	az.setAddr(k, &v)
+	return nil
+}
+
+func (d *Dataplane) deleteAddr(k bpf.KmeshAuthzAddrKey) error {
+	if err := d.az.del(d.maps.KmAuthzAddr, k); err != nil {
+		return fmt.Errorf("delete workload address %s: %w", bpf.WordsAddr(k.Addr), err)
+	}
+	d.az.setAddr(k, nil)
+	return nil
+}
+
+// sweepLists deletes the lists nothing refers to any more, among those
+// that lost a reference or were written since the last sweep.
+func (d *Dataplane) sweepLists() error {
+	az := d.az
+	for _, id := range slices.Sorted(maps.Keys(az.unref)) {
+		if l := az.listByID[id]; l != nil && az.listRefs[id] == 0 {
+			if err := d.deleteList(l); err != nil {
+				return err
+			}
+			delete(az.lists, l.content)
+			delete(az.listByID, id)
+			az.sum.refs -= len(l.entries)
+		}
+		delete(az.unref, id)
+	}
+	return nil
+}
+
+// deletePolicy removes a policy nothing refers to any more.
+func (d *Dataplane) deletePolicy(key string) error {
+	az := d.az
+	cur := az.policies[key]
+	if err := az.del(d.maps.KmAuthzPol, cur.id); err != nil {
+		return fmt.Errorf("policy %s: delete: %w", key, err)
+	}
+	d.deletePolicyEntries(cur.id, cur.gen, cur.compiled)
+	az.policyIDs.put(cur.id)
+	delete(az.names, cur.id)
+	az.setPolicy(key, nil)
 	return nil
 }
 
@@ -290,7 +419,7 @@ func (d *Dataplane) writePolicy(p *model.Policy, c *compiledPolicy) error {
 	if !isNew {
 		d.deletePolicyEntries(cur.id, cur.gen, cur.compiled)
 	}
-	az.policies[key] = next
+	az.setPolicy(key, next)
 	az.names[next.id] = PolicyInfo{Key: key, Action: p.Action, DryRun: p.DryRun}
 	return nil
 }
@@ -361,7 +490,7 @@ func (d *Dataplane) writeList(s listSpec) (bpf.KmeshAuthzListRef, error) {
 		return ref, err
 	}
 	ref.Id = lid
-	l := &listState{id: lid, ref: ref, entries: ids}
+	l := &listState{content: content.String(), id: lid, ref: ref, entries: ids}
 	for i, pid := range ids {
 		if err := d.maps.KmAuthzList.Put(bpf.KmeshAuthzListKey{Id: lid, Index: uint32(i)}, pid); err != nil {
 			l.entries = ids[:i]
@@ -369,7 +498,10 @@ func (d *Dataplane) writeList(s listSpec) (bpf.KmeshAuthzListRef, error) {
 			return ref, fmt.Errorf("write policy list: %w", mapErr(bpf.KmeshMapKmAuthzList, err))
 		}
 	}
-	d.az.lists[content.String()] = l
+	d.az.lists[l.content] = l
+	d.az.listByID[lid] = l
+	d.az.sum.refs += len(ids)
+	d.az.unref[lid] = struct{}{} // until something refers to it
 	return ref, nil
 }
 

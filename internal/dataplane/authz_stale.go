@@ -44,14 +44,14 @@ func (d *Dataplane) scanAuthzStale() error {
 	var av bpf.KmeshAuthzPeer
 	it = d.maps.KmAuthzAddr.Iterate()
 	for it.Next(&ak, &av) {
-		az.addrs[ak] = av
+		az.setAddr(ak, &av)
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", bpf.KmeshMapKmAuthzAddr, err)
 	}
 	var glob bpf.KmeshAuthzListRef
 	if err := d.maps.KmAuthzGlob.Lookup(uint32(0), &glob); err == nil {
-		az.glob = glob
+		az.setGlob(glob)
 	} else if !isNotExist(err) {
 		return fmt.Errorf("read %s: %w", bpf.KmeshMapKmAuthzGlob, err)
 	}
@@ -153,24 +153,21 @@ func sweepKeys[K any](m Map, stale func(*K) bool) error {
 }
 
 // checkAuthzCapacity counts the most entries each authorization map holds
-// while want is applied (a changing policy's two generations, old and new
-// lists side by side, a previous instance's entries) and refuses a config
-// that overflows one, before any write.
-func (d *Dataplane) checkAuthzCapacity(want *desiredAuthz, compiled map[string]*compiledPolicy) error {
+// while a write is applied (a changing policy's two generations, old and
+// new lists side by side, a previous instance's entries) and refuses a
+// config that overflows one, before any write. compiled are the policies
+// the write compiled, glob (nil: unchanged) and addrs the entries it
+// writes; the rest is counted from the running sums, not walked.
+func (d *Dataplane) checkAuthzCapacity(compiled map[string]*compiledPolicy, glob *listSpec, addrSpecs map[bpf.KmeshAuthzAddrKey]addrSpec) error {
 	az := d.az
 	stale := map[string]int{}
 	if az.stale != nil {
 		stale = az.stale.entries
 	}
 	policies := stale[bpf.KmeshMapKmAuthzPol] + len(az.policies)
-	matches := stale[bpf.KmeshMapKmAuthzMatch]
-	vals := stale[bpf.KmeshMapKmAuthzVal]
-	ips := stale[bpf.KmeshMapKmAuthzIp]
-	for _, cur := range az.policies {
-		matches += len(cur.compiled.matches)
-		vals += len(cur.compiled.vals)
-		ips += len(cur.compiled.ips)
-	}
+	matches := stale[bpf.KmeshMapKmAuthzMatch] + az.sum.matches
+	vals := stale[bpf.KmeshMapKmAuthzVal] + az.sum.vals
+	ips := stale[bpf.KmeshMapKmAuthzIp] + az.sum.ips
 	for key, c := range compiled {
 		cur := az.policies[key]
 		if cur == nil {
@@ -184,10 +181,7 @@ func (d *Dataplane) checkAuthzCapacity(want *desiredAuthz, compiled map[string]*
 	}
 	// Lists: every current one, plus each new content (an upper bound:
 	// contents are compared by key here, by id when written).
-	refs := stale[bpf.KmeshMapKmAuthzList]
-	for _, l := range az.lists {
-		refs += len(l.entries)
-	}
+	refs := stale[bpf.KmeshMapKmAuthzList] + az.sum.refs
 	seen := map[string]bool{}
 	count := func(s listSpec) {
 		n := len(s[0]) + len(s[1]) + len(s[2])
@@ -200,9 +194,11 @@ func (d *Dataplane) checkAuthzCapacity(want *desiredAuthz, compiled map[string]*
 			refs += n
 		}
 	}
-	count(want.glob)
+	if glob != nil {
+		count(*glob)
+	}
 	addrs := len(az.addrs)
-	for k, a := range want.addrs {
+	for k, a := range addrSpecs {
 		count(a.lists[0])
 		count(a.lists[1])
 		if _, ok := az.addrs[k]; !ok {

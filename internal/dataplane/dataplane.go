@@ -183,6 +183,7 @@ type plan struct {
 	goneServices  []string
 	goneFrontends []bpf.KmeshFrontendKey
 	goneBackends  []string
+	authz         *authzDelta // Update's writes to the authorization maps, if any
 }
 
 // write checks capacity, then writes p in the safe order: backends, then
@@ -209,12 +210,20 @@ func (d *Dataplane) writePlan(p *plan, wantAZ *desiredAuthz) error {
 		return err
 	}
 	var policies map[string]*compiledPolicy
-	if wantAZ != nil {
-		var err error
-		if policies, err = d.compileAuthz(wantAZ); err != nil {
+	var err error
+	switch delta := p.authz; {
+	case wantAZ != nil:
+		if policies, err = d.compileAuthz(wantAZ.policies, wantAZ.ids, wantAZ.idsHash); err != nil {
 			return err
 		}
-		if err := d.checkAuthzCapacity(wantAZ, policies); err != nil {
+		if err := d.checkAuthzCapacity(policies, &wantAZ.glob, wantAZ.addrs); err != nil {
+			return err
+		}
+	case delta != nil:
+		if policies, err = d.compileAuthz(delta.policies, d.az.ix.ids, delta.idsHash); err != nil {
+			return err
+		}
+		if err := d.checkAuthzCapacity(policies, delta.glob, delta.addrs); err != nil {
 			return err
 		}
 	}
@@ -238,10 +247,13 @@ func (d *Dataplane) writePlan(p *plan, wantAZ *desiredAuthz) error {
 			return err
 		}
 	}
-	if wantAZ == nil {
-		return nil
+	switch {
+	case wantAZ != nil:
+		return d.applyAuthz(wantAZ, policies)
+	case p.authz != nil:
+		return d.applyAuthzDelta(p.authz, policies)
 	}
-	return d.applyAuthz(wantAZ, policies)
+	return nil
 }
 
 func (d *Dataplane) applyBackends(want *desired) error {

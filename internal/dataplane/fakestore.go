@@ -46,7 +46,7 @@ func NewFakeStore(limits bpf.Limits) *FakeStore {
 		KmAuthzVal:   m(bpf.KmeshMapKmAuthzVal, limits.PolicyValues, false),
 		KmAuthzIp:    m(bpf.KmeshMapKmAuthzIp, limits.PolicyIPBlocks, false),
 		KmAuthzList:  m(bpf.KmeshMapKmAuthzList, limits.PolicyRefs, false),
-		KmAuthzGlob:  m(bpf.KmeshMapKmAuthzGlob, 1, true),
+		KmAuthzGlob:  m(bpf.KmeshMapKmAuthzGlob, 1, false), // a hash in the kernel (maps.h)
 		KmAuthzAddr:  m(bpf.KmeshMapKmAuthzAddr, limits.WorkloadAddresses, false),
 		KmAuthzNetns: m(bpf.KmeshMapKmAuthzNetns, limits.Workloads, false),
 		KmAuthzStats: m(bpf.KmeshMapKmAuthzStats, limits.Policies+1, true),
@@ -95,7 +95,7 @@ type fakeMap struct {
 	store    *FakeStore
 	name     string
 	capacity uint32
-	// array maps (km_rr, km_authz_glob, km_authz_stats) take any index
+	// array maps (km_rr, km_authz_stats, km_lb_eject) take any index
 	// below the capacity and cannot delete, as in the kernel.
 	array   bool
 	entries map[string][]byte // key bytes -> value bytes

@@ -212,3 +212,79 @@ func BenchmarkDataplane_UpdateOneEndpoint(b *testing.B) {
 		})
 	}
 }
+
+// policyScaleMesh is bigMesh with policies: policies workload-selector
+// ones, each listed by every workload of one service (service i by
+// policy i mod policies), plus two namespace-wide and two global ones;
+// every workload has a service account of its own service, and the
+// policies name principals, so the identities are those of the services.
+func policyScaleMesh(services, policies int) *model.Mesh {
+	m := bigMesh(services, 10)
+	for i := range m.Workloads {
+		w := &m.Workloads[i]
+		s := i / 10
+		w.ServiceAccount = fmt.Sprintf("sa-%d", s)
+		w.Policies = []string{fmt.Sprintf("bench/p-%d", s%policies)}
+	}
+	match := func(i int) []model.PolicyRule {
+		return []model.PolicyRule{{Clauses: []model.PolicyClause{{Matches: []model.PolicyMatch{{
+			Principals:       []model.StringMatch{{Kind: model.MatchExact, Value: fmt.Sprintf("cluster.local/ns/bench/sa/sa-%d", (i*31)%services)}},
+			DestinationPorts: []uint16{8080},
+		}}}}}}
+	}
+	for i := range policies {
+		m.Policies = append(m.Policies, model.Policy{Name: fmt.Sprintf("p-%d", i), Namespace: "bench",
+			Scope: model.ScopeWorkloadSelector, Action: model.ActionAllow, Rules: match(i)})
+	}
+	for i := range 2 {
+		m.Policies = append(m.Policies,
+			model.Policy{Name: fmt.Sprintf("ns-%d", i), Namespace: "bench", Scope: model.ScopeNamespace, Action: model.ActionDeny, Rules: match(i + 1)},
+			model.Policy{Name: fmt.Sprintf("global-%d", i), Namespace: "kmesh-system", Scope: model.ScopeGlobal, Action: model.ActionAudit, Rules: match(i + 2)})
+	}
+	return m
+}
+
+// BenchmarkDataplane_UpdateOneWorkloadWithPolicies moves one workload to
+// a new address through Update at 10,000 services / 100,000 endpoints with
+// 100 and with 1,000 workload-selector policies (and namespace-wide and
+// global ones): the authorization maps get the entries of that workload's
+// old and new addresses, not the mesh's. Reported: map writes per change
+// (all maps; the service maps' share is what UpdateOneEndpoint writes).
+func BenchmarkDataplane_UpdateOneWorkloadWithPolicies(b *testing.B) {
+	const services = 10_000
+	for _, policies := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("services=%d/policies=%d", services, policies), func(b *testing.B) {
+			limits := scaleLimits(services)
+			limits.WorkloadAddresses = 4 * 10 * services
+			limits.PolicyRefs = 8 * services
+			raw := newMaps(b, limits)
+			m := policyScaleMesh(services, policies)
+			maps, writes := counting(raw)
+			d, err := New(maps, limits, discard)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := d.Apply(m); err != nil {
+				b.Fatal(err)
+			}
+			st := model.NewState()
+			st.Apply(st.DiffMesh(m))
+			start := writes.Load()
+			n := 0
+			for i := 0; b.Loop(); i++ {
+				w := m.Workloads[(i*7919)%len(m.Workloads)]
+				w.Addresses = []netip.Addr{netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)})}
+				c := &model.Changes{Workloads: []*model.Workload{&w}}
+				if err := st.Check(c); err != nil {
+					b.Fatal(err)
+				}
+				st.Apply(c)
+				if err := d.Update(c, st); err != nil {
+					b.Fatal(err)
+				}
+				n++
+			}
+			b.ReportMetric(float64(writes.Load()-start)/float64(n), "writes/op")
+		})
+	}
+}

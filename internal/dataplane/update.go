@@ -11,8 +11,9 @@ import (
 // says what it touched. Only the map entries of the services c changes or
 // removes, and of the services whose endpoints c changes, are translated
 // and written, in Apply's order (write): O(what c touches), not O(mesh).
-// The authorization maps are recomputed from st when c touches policies,
-// or workloads while the mesh has policies.
+// The authorization maps get the entries of the workloads and policies c
+// touches (authzChange); they are recomputed from st only when the first
+// policy comes or the last one goes.
 //
 // On error nothing is undone in the maps, but the dataplane's record of
 // them stays exact, so an Apply or Update of the state the caller keeps
@@ -98,7 +99,21 @@ func (d *Dataplane) Update(c *model.Changes, st *model.State) error {
 	}
 
 	var wantAZ *desiredAuthz
-	if len(c.Policies)+len(c.RemovedPolicies) > 0 || (st.HasPolicies() && len(c.Workloads)+len(c.RemovedWorkloads) > 0) || (!st.HasPolicies() && len(d.az.policies) > 0) {
+	has, had := st.HasPolicies(), d.az.ix != nil
+	touched := len(c.Policies)+len(c.RemovedPolicies)+len(c.Workloads)+len(c.RemovedWorkloads) > 0
+	switch {
+	case has && had && d.az.stale == nil:
+		if touched {
+			// Only the entries the change touches (authz_update.go).
+			var err error
+			if p.authz, err = d.authzChange(c); err != nil {
+				d.failed = true // the index may be half changed
+				return err
+			}
+		}
+	case has || had || len(d.az.policies) > 0:
+		// The first policy gives every workload address an entry, the
+		// last one takes them all away: the whole mesh either way.
 		var err error
 		if wantAZ, err = translateAuthz(st.Mesh(), d.identityNode); err != nil {
 			return err

@@ -3,10 +3,12 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -25,22 +27,44 @@ var propLimits = func() bpf.Limits {
 }()
 
 // randomMesh mutates m at random: workloads and services come, change
-// and go; endpoints are any subset of the workloads.
+// and go; endpoints are any subset of the workloads; policies (global,
+// namespace-wide, selector) come, change and go, and workloads start and
+// stop listing selector policies; service accounts come and go with
+// their workloads, so the mesh's identities change.
 func randomMesh(r *rand.Rand, m *model.Mesh) *model.Mesh {
-	next := &model.Mesh{}
+	next := &model.Mesh{Policies: randomPolicies(r, m.Policies)}
+	selector := map[string]bool{} // policy keys a workload may list
+	for _, p := range next.Policies {
+		if p.Scope == model.ScopeWorkloadSelector || r.IntN(8) == 0 {
+			selector[p.Key()] = true
+		}
+	}
 	workloads := map[string]model.Workload{}
 	for _, w := range m.Workloads {
+		// Policies that left leave their workloads' lists.
+		w.Policies = slices.DeleteFunc(slices.Clone(w.Policies), func(k string) bool {
+			return !slices.ContainsFunc(next.Policies, func(p model.Policy) bool { return p.Key() == k })
+		})
+		if len(w.Policies) == 0 {
+			w.Policies = nil
+		}
 		workloads[w.Name] = w
 	}
 	for range 1 + r.IntN(4) {
-		name := fmt.Sprintf("w%d", r.IntN(16))
+		n := r.IntN(16)
+		name := fmt.Sprintf("w%d", n)
 		if r.IntN(4) == 0 {
 			delete(workloads, name)
 			continue
 		}
 		i := len(name) + r.IntN(200)
-		w := model.Workload{Name: name, Namespace: "default", Node: "node-a", Weight: uint32(1 + r.IntN(3)),
-			ServiceAccount: []string{"", "sa-a", "sa-b"}[r.IntN(3)]}
+		w := model.Workload{Name: name, Namespace: workloadNS(n), Node: []string{"node-a", "node-b"}[r.IntN(2)], Weight: uint32(1 + r.IntN(3)),
+			ServiceAccount: []string{"", "sa-a", "sa-b", "sa-c", fmt.Sprintf("sa-%s", name)}[r.IntN(5)]}
+		for _, k := range slices.Sorted(maps.Keys(selector)) {
+			if r.IntN(3) == 0 {
+				w.Policies = append(w.Policies, k)
+			}
+		}
 		switch r.IntN(4) {
 		case 0:
 			w.Addresses = []netip.Addr{netip.AddrFrom4([4]byte{10, 1, byte(i), byte(r.IntN(250))})}
@@ -65,7 +89,7 @@ func randomMesh(r *rand.Rand, m *model.Mesh) *model.Mesh {
 	for _, s := range m.Services {
 		// Endpoints of workloads that left go with them.
 		s.Endpoints = slices.DeleteFunc(slices.Clone(s.Endpoints), func(e model.Endpoint) bool {
-			_, ok := workloads[strings.TrimPrefix(e.Workload, "default/")]
+			_, ok := workloads[e.Workload[strings.IndexByte(e.Workload, '/')+1:]]
 			return !ok
 		})
 		services[s.Name] = s
@@ -85,7 +109,7 @@ func randomMesh(r *rand.Rand, m *model.Mesh) *model.Mesh {
 		}
 		for _, wn := range names {
 			if r.IntN(2) == 0 {
-				s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: "default/" + wn})
+				s.Endpoints = append(s.Endpoints, model.Endpoint{Workload: workloadNS(workloadN(wn)) + "/" + wn})
 			}
 		}
 		services[name] = s
@@ -99,15 +123,83 @@ func randomMesh(r *rand.Rand, m *model.Mesh) *model.Mesh {
 	}) {
 		next.Services = append(next.Services, services[n])
 	}
-	if r.IntN(3) == 0 {
-		next.Policies = policyMesh(1 + r.IntN(3)).Policies
-	} else {
-		next.Policies = m.Policies
-	}
 	if err := next.Validate(); err != nil {
 		panic(err)
 	}
 	return next
+}
+
+func workloadN(name string) int {
+	n, _ := strconv.Atoi(strings.TrimPrefix(name, "w"))
+	return n
+}
+
+// workloadNS puts a quarter of randomMesh's workloads in a second
+// namespace.
+func workloadNS(n int) string {
+	if n >= 12 {
+		return "other"
+	}
+	return "default"
+}
+
+// randomPolicies changes a few of ps at random: added, removed, moved to
+// another scope, namespace or action, or given other rules; rules match
+// principals (of the service accounts randomMesh gives out, so an
+// identity coming or going changes what they compile to), namespaces,
+// ports and source addresses.
+func randomPolicies(r *rand.Rand, ps []model.Policy) []model.Policy {
+	if r.IntN(3) != 0 {
+		return ps
+	}
+	byName := map[string]model.Policy{}
+	for _, p := range ps {
+		byName[p.Name] = p
+	}
+	sa := func() []model.StringMatch {
+		return []model.StringMatch{{Kind: model.MatchExact, Value: "cluster.local/ns/" + []string{"default", "other"}[r.IntN(2)] +
+			"/sa/" + []string{"default", "sa-a", "sa-b", "sa-c", "sa-w3"}[r.IntN(5)]}}
+	}
+	for range 1 + r.IntN(2) {
+		name := fmt.Sprintf("p%d", r.IntN(8))
+		if r.IntN(4) == 0 {
+			delete(byName, name)
+			continue
+		}
+		p := model.Policy{Name: name, Namespace: []string{"default", "other"}[r.IntN(2)],
+			Scope:  []model.PolicyScope{model.ScopeGlobal, model.ScopeNamespace, model.ScopeWorkloadSelector, model.ScopeWorkloadSelector}[r.IntN(4)],
+			Action: []model.PolicyAction{model.ActionAllow, model.ActionDeny, model.ActionAudit}[r.IntN(3)], DryRun: r.IntN(6) == 0}
+		if old, ok := byName[name]; ok && r.IntN(2) == 0 {
+			// Only the rules change: no list does.
+			p.Namespace, p.Scope, p.Action, p.DryRun = old.Namespace, old.Scope, old.Action, old.DryRun
+		}
+		if p.Scope == model.ScopeGlobal {
+			p.Namespace = "kmesh-system"
+		}
+		for range 1 + r.IntN(2) {
+			var m model.PolicyMatch
+			switch r.IntN(5) {
+			case 0:
+				m.Principals = sa()
+			case 1:
+				m.NotPrincipals = sa()
+			case 2:
+				m.Namespaces = []model.StringMatch{{Kind: model.MatchExact, Value: "other"}}
+			case 3:
+				m.SourceIPs = []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 1+r.IntN(2)))}
+			}
+			if r.IntN(2) == 0 {
+				m.DestinationPorts = []uint16{uint16(8080 + r.IntN(3))}
+			}
+			p.Rules = append(p.Rules, model.PolicyRule{Clauses: []model.PolicyClause{{Matches: []model.PolicyMatch{m}}}})
+		}
+		byName[name] = p
+	}
+	out := make([]model.Policy, 0, len(byName))
+	for _, n := range slices.Sorted(maps.Keys(byName)) {
+		out = append(out, byName[n])
+	}
+	return out
 }
 
 var idField = regexp.MustCompile(`^(frontend \S+ )service=(\d+)|^service (\d+) (mode=\S+) gen=\d+|^endpoint service=(\d+) family=(\S+) gen=\d+ slot=\d+ backend=(\d+)|^backend (\d+)`)
@@ -135,7 +227,7 @@ func normalDump(t *testing.T, d *Dataplane, s *Store) string {
 		switch {
 		case m == nil:
 			if strings.HasPrefix(l, "authz_") {
-				continue // authz ids: covered by the authz tests
+				l = normalAuthz(d, l)
 			}
 			out = append(out, l)
 		case m[2] != "":
@@ -150,6 +242,50 @@ func normalDump(t *testing.T, d *Dataplane, s *Store) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, "\n")
+}
+
+var (
+	authzPolicyID = regexp.MustCompile(`^(authz_policy )(\d+)( action=\S+) gen=\d+|(policy=)(\d+) gen=\d+|(policy=)(\d+)$`)
+	authzListID   = regexp.MustCompile(`^(authz_list )(\d+)\[|(_list=|list=)(\d+)/`)
+)
+
+// normalAuthz names the policy and list ids of an authorization map line
+// (a policy by key, a list by the keys it holds) and leaves generations
+// out.
+func normalAuthz(d *Dataplane, l string) string {
+	policy := map[string]string{}
+	for k, p := range d.az.policies {
+		policy[fmt.Sprint(p.id)] = k
+	}
+	list := func(id string) string {
+		for _, ls := range d.az.lists {
+			if fmt.Sprint(ls.id) == id {
+				var keys []string
+				for _, pid := range ls.entries {
+					keys = append(keys, policy[fmt.Sprint(pid)])
+				}
+				return "[" + strings.Join(keys, ",") + "]"
+			}
+		}
+		return "unknown-list-" + id
+	}
+	l = authzPolicyID.ReplaceAllStringFunc(l, func(s string) string {
+		m := authzPolicyID.FindStringSubmatch(s)
+		switch {
+		case m[2] != "":
+			return m[1] + policy[m[2]] + m[3]
+		case m[5] != "":
+			return m[4] + policy[m[5]]
+		}
+		return m[6] + policy[m[7]]
+	})
+	return authzListID.ReplaceAllStringFunc(l, func(s string) string {
+		m := authzListID.FindStringSubmatch(s)
+		if m[2] != "" {
+			return m[1] + list(m[2]) + "["
+		}
+		return m[3] + list(m[4]) + "/"
+	})
 }
 
 // fullSync writes m into empty maps of the same kind as like.
@@ -174,10 +310,19 @@ func fullSync(t *testing.T, like *Store, m *model.Mesh) string {
 // TestDataplane_DeltasEqualFullSync applies random sequences of changes
 // as deltas (model.State + Update) and, after each, holds the maps to what
 // a full sync of the same mesh writes into empty maps, entry by entry
-// (ids named), and MapStats to a walk of the maps.
+// (ids named), and MapStats to a walk of the maps. The authorization maps
+// are compared too (policies and lists named by their keys): policies
+// global, namespace-wide and selected come, change and go, workloads
+// start and stop listing them, identities appear and leave.
 func TestDataplane_DeltasEqualFullSync(t *testing.T) {
 	testStores(t, propLimits, func(t *testing.T, s *Store) {
-		for seed := range uint64(4) {
+		// Real maps: each step's full sync creates a set of maps, slow on
+		// a loaded machine; the fake store runs more seeds.
+		seeds := uint64(6)
+		if _, fake := s.KmBackend.(*fakeMap); !fake {
+			seeds = 2
+		}
+		for seed := range seeds {
 			r := rand.New(rand.NewPCG(seed, 12))
 			d, err := New(s, propLimits, discard)
 			if err != nil {
@@ -185,11 +330,15 @@ func TestDataplane_DeltasEqualFullSync(t *testing.T) {
 			}
 			st := model.NewState()
 			m := &model.Mesh{}
+			incremental := 0 // changes to policies or workloads written by authzChange
 			for step := range 40 {
 				m = randomMesh(r, m)
 				c := st.DiffMesh(m)
 				if err := st.Check(c); err != nil {
 					t.Fatalf("seed %d step %d: check: %v", seed, step, err)
+				}
+				if d.az.ix != nil && len(m.Policies) > 0 && len(c.Policies)+len(c.RemovedPolicies)+len(c.Workloads)+len(c.RemovedWorkloads) > 0 {
+					incremental++
 				}
 				st.Apply(c)
 				if err := d.Update(c, st); err != nil {
@@ -199,6 +348,9 @@ func TestDataplane_DeltasEqualFullSync(t *testing.T) {
 					t.Fatalf("seed %d step %d (%s): deltas wrote\n%s\nfull sync writes\n%s", seed, step, c, got, want)
 				}
 				checkStats(t, d, s)
+			}
+			if incremental < 20 {
+				t.Errorf("seed %d: only %d of 40 changes wrote the authorization maps incrementally", seed, incremental)
 			}
 			// Empty the maps for the next seed.
 			if err := d.Apply(&model.Mesh{}); err != nil {
