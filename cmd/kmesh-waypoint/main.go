@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -48,6 +49,7 @@ type config struct {
 	hboneAddress   string
 	serviceAccount string
 	accessLog      bool
+	maxProcs       int
 	logLevel       string
 }
 
@@ -95,6 +97,7 @@ makes istiod send it as the services' waypoint.`,
 	f.StringVar(&c.serviceAccount, "service-account", "", "service account of the waypoint's own identity (spiffe://<trust domain>/ns/<gateway namespace>/sa/<this>); default: the Gateway's name, as Istio names a waypoint's account")
 	f.BoolVar(&c.accessLog, "access-log", true, "one JSON line per request on stdout")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&c.maxProcs, "max-procs", 1, "CPUs the waypoint's Go scheduler runs on at once (GOMAXPROCS); with one, a request's wake-ups hand no work to another thread; raise it for a waypoint that needs more than one core; 0: Go's default (every CPU, or $GOMAXPROCS)")
 	cmd.SetVersionTemplate("kmesh-waypoint {{.Version}}\n")
 	cmd.MarkFlagsMutuallyExclusive("config", "kubeconfig")
 	cmd.MarkFlagRequired("gateway")
@@ -107,6 +110,12 @@ func run(ctx context.Context, c config) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if c.maxProcs < 0 {
+		return fmt.Errorf("--max-procs %d: want 0 (Go's default) or more", c.maxProcs)
+	}
+	if c.maxProcs > 0 {
+		runtime.GOMAXPROCS(c.maxProcs)
+	}
 	gwNamespace, gwName, ok := strings.Cut(c.gateway, "/")
 	if !ok || gwNamespace == "" || gwName == "" {
 		return fmt.Errorf("--gateway %q: want NAMESPACE/NAME", c.gateway)
@@ -209,7 +218,7 @@ func run(ctx context.Context, c config) error {
 		go func() { errc <- srv.Serve(ctx, ln) }()
 		log.Info("hbone listening", "address", ln.Addr().String(), "identity", id.String())
 	}
-	log.Info("waypoint ready", "gateway", c.gateway, "admin", c.adminAddress)
+	log.Info("waypoint ready", "gateway", c.gateway, "admin", c.adminAddress, "max_procs", runtime.GOMAXPROCS(0))
 	select {
 	case <-ctx.Done():
 		return nil
