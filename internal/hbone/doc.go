@@ -26,7 +26,6 @@
 // hand every frame between three or four goroutines, which cost more than
 // the crypto. Here one reader goroutine per connection hands DATA to its
 // stream, writing it straight to the destination socket when that socket
-// takes it without blocking; writers frame their own bytes under one lock
-// and the last one queued flushes, so a stream's bytes leave from the
-// goroutine that read them.
+// takes it without blocking; writers frame and flush their own bytes under
+// one lock, so a stream's bytes leave from the goroutine that read them.
 package hbone
