@@ -375,7 +375,9 @@ SEC("sockops")
 int km_sockops(struct bpf_sock_ops *skops)
 {
 	if (tunnel_own(skops->sk))
-		return 1; /* the tunnel's own legs: the client's socket tells the story */
+		return 1; /* the tunnel's own legs, and an application's accepted
+			   * socket of an inbound tunnelled connection (marked by
+			   * tcp_fwmark_accept): the tunnel counts those */
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		sockops_lb_connect(skops);
@@ -383,7 +385,8 @@ int km_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		sockops_lb_outcome(skops, 1);
-		sockops_established(skops, KM_CONN_OUTBOUND);
+		if (!tunnel_redirected(skops->sk))
+			sockops_established(skops, KM_CONN_OUTBOUND);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		sockops_established(skops, KM_CONN_INBOUND);

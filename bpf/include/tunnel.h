@@ -51,6 +51,15 @@ static __always_inline int tunnel_own(struct bpf_sock *sk)
 	return sk && sk->mark == KM_TUNNEL_MARK;
 }
 
+/* Whether a socket is an application's connection the connect hook sent to
+ * the tunnel. The tunnel counts it (both principals, reporter source on
+ * this node, destination on the peer's), so the kernel's telemetry leaves
+ * it out: one connection, counted once per reporter. */
+static __always_inline int tunnel_redirected(struct bpf_sock *sk)
+{
+	return sk && bpf_sk_storage_get(&km_tunnel_sk, sk, 0, 0);
+}
+
 /*
  * Decides whether a connect() to addr (the chosen endpoint, or the address
  * dialed) goes through the tunnel: 1 when it does, 0 when it keeps the

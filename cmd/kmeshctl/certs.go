@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"slices"
 	"strconv"
@@ -18,8 +19,10 @@ func newGetCertsCommand(a *app) *cobra.Command {
 		Use:     "certs",
 		Aliases: []string{"cert", "certificates"},
 		Short:   "List the workload certificates and the accepted roots",
-		Long: `Lists the certificates kmeshd holds, one per SPIFFE identity of this node's
-workloads: how many workloads have it, its state (valid, pending, failed),
+		Long: `Lists the workload certificates of this node, one per SPIFFE identity of its
+workloads, as kmeshd tunnel presents them in its HBONE handshakes (kmeshd
+asks it; SERVED BY says so, or says that the tunnel did not answer and the
+list is kmeshd's own cache, same CA and identities, other serials): how many workloads have it, its state (valid, pending, failed),
 serial number, expiry and when it is renewed (between 40 % and 50 % of its
 lifetime, jittered); then
 the roots a peer's certificate may chain to (several during a root rotation).
@@ -59,6 +62,13 @@ func printCerts(w io.Writer, format string, c api.Certs) error {
 			return ""
 		}
 		return t.UTC().Format(time.RFC3339)
+	}
+	if c.ServedBy != "" {
+		served := c.ServedBy
+		if c.TunnelError != "" {
+			served += " (the tunnel did not answer: " + c.TunnelError + ")"
+		}
+		fmt.Fprintf(w, "SERVED BY: %s\n\n", served)
 	}
 	header := []string{"IDENTITY", "WORKLOADS", "STATE", "SERIAL", "NOT AFTER", "REFRESH AT"}
 	if format == formatWide {

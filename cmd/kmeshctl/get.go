@@ -136,8 +136,14 @@ func newGetConnectionsCommand(a *app) *cobra.Command {
 		Short:   "List the live connections of this node's workloads",
 		Long: `Lists the live connections of the workloads this kmeshd enrolled: source and
 destination workload (or address, outside the mesh), the service the
-connection was balanced for, bytes sent and received by the source, age and
-state. -o wide adds the addresses and start times.`,
+connection was balanced for, bytes sent and received by the source, age,
+state and SECURITY: "none" for a connection the kernel carries directly, or
+"mutual_tls: <source principal> -> <destination principal>" for one kmeshd
+tunnel carries over HBONE (kmeshd asks the tunnel for those; both identities
+are the ones the TLS handshake proved). -o wide adds the addresses, start
+times, and for tunnelled connections the direction and HBONE peer
+("outbound via 10.1.2.12:15008" on the client's node, "inbound via
+<client's address>" on the server's) and each principal in its own column.`,
 		Example: `  kmeshctl get connections
   kmeshctl get connections -o wide`,
 		Args:    cobra.NoArgs,
@@ -287,17 +293,25 @@ func printConnections(w io.Writer, format string, conns []api.Connection, now ti
 	}
 	var t *table
 	if format == formatWide {
-		t = newTable(w, "SOURCE", "SOURCE ADDRESS", "DESTINATION", "DESTINATION ADDRESS", "SERVICE", "SENT", "RECEIVED", "START", "STATE")
+		t = newTable(w, "SOURCE", "SOURCE ADDRESS", "DESTINATION", "DESTINATION ADDRESS", "SERVICE", "SENT", "RECEIVED", "START", "STATE",
+			"TUNNEL", "SOURCE PRINCIPAL", "DESTINATION PRINCIPAL")
 	} else {
-		t = newTable(w, "SOURCE", "DESTINATION", "SERVICE", "SENT", "RECEIVED", "AGE", "STATE")
+		t = newTable(w, "SOURCE", "DESTINATION", "SERVICE", "SENT", "RECEIVED", "AGE", "STATE", "SECURITY")
 	}
 	for _, c := range conns {
 		sent, received := strconv.FormatUint(c.BytesSent, 10), strconv.FormatUint(c.BytesReceived, 10)
+		// The kernel's connections are plain text as far as the mesh
+		// knows; the tunnel's are mutual TLS between proven identities.
+		security, tunnel, srcP, dstP := "none", "", "", ""
+		if tn := c.Tunnel; tn != nil {
+			security = "mutual_tls: " + tn.SourcePrincipal + " -> " + tn.DestinationPrincipal
+			tunnel, srcP, dstP = tn.Direction+" via "+tn.Peer, tn.SourcePrincipal, tn.DestinationPrincipal
+		}
 		if format == formatWide {
 			t.row(c.Source.Workload, c.Source.Address, c.Destination.Workload, c.Destination.Address, c.Service,
-				sent, received, c.Start.UTC().Format(time.RFC3339), c.State)
+				sent, received, c.Start.UTC().Format(time.RFC3339), c.State, tunnel, srcP, dstP)
 		} else {
-			t.row(peer(c.Source), peer(c.Destination), c.Service, sent, received, age(now.Sub(c.Start)), c.State)
+			t.row(peer(c.Source), peer(c.Destination), c.Service, sent, received, age(now.Sub(c.Start)), c.State, security)
 		}
 	}
 	return t.flush()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kmesh-go/kmesh/internal/admin"
 	"github.com/kmesh-go/kmesh/internal/daemon"
 	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/metrics"
@@ -92,7 +93,16 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 			if maxProcs > 0 {
 				runtime.GOMAXPROCS(maxProcs)
 			}
-			log.Info("tunnel starting", "max_procs", runtime.GOMAXPROCS(0), "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
+			sock, err := admin.ListenUnix("tunnel", tunnel.SocketPath(cfg.StateDir), t.Handler())
+			if err != nil {
+				return err
+			}
+			go func() {
+				if err := sock.Serve(ctx); err != nil {
+					log.Error("tunnel socket", "err", err)
+				}
+			}()
+			log.Info("tunnel starting", "max_procs", runtime.GOMAXPROCS(0), "socket", tunnel.SocketPath(cfg.StateDir), "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
 			return t.Run(ctx)
 		},
 	}

@@ -181,6 +181,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if cfg.TunnelStateDir == "" {
 			cfg.TunnelStateDir = tunnel.DefaultStateDir(cfg.Node)
 		}
+		d.tunnelView = newTunnelView(cfg.TunnelStateDir)
 		d.tunnel = newTunnelHandoff(cfg.TunnelStateDir, cfg.Node, d.currentState, d.enrolledWorkloads, log.With("component", "tunnel"))
 		tctx, stopTunnel := context.WithCancel(ctx)
 		defer stopTunnel()
@@ -327,8 +328,11 @@ type daemon struct {
 	telemetry *telemetry.Telemetry
 	// certs holds this node's workload certificates; nil without a CA.
 	certs *identity.Cache
-	// tunnel hands the HBONE tunnel process its state (tunnel.go).
-	tunnel *tunnelHandoff
+	// tunnel hands the HBONE tunnel process its state (tunnel.go);
+	// tunnelView asks it what it carries (tunnelview.go). Both nil
+	// without a CA.
+	tunnel     *tunnelHandoff
+	tunnelView *tunnelView
 	// authzOff is set when the kernel cannot enforce policies (no
 	// bpf_loop): kmeshd is then not ready while the mesh has any.
 	authzOff bool
@@ -621,7 +625,7 @@ func (d *daemon) listen(cfg Config) (admin.Group, error) {
 		ctl.AccessLogChanged = func(bool) { d.telemetry.AccessLogChanged() }
 	}
 	if d.certs != nil {
-		ctl.Certs = func() api.Certs { return certsDoc(d.certs) }
+		ctl.Certs = func() api.Certs { return d.certsDoc() }
 		ctl.TrustDomain = d.certs.TrustDomain()
 	}
 	alog := d.log.With("component", "admin")
@@ -664,9 +668,6 @@ func (d *daemon) Mesh() *model.Mesh {
 }
 
 func (d *daemon) DumpMaps() ([]string, error) { return dataplane.DumpMaps(d.maps) }
-
-// Connections lists the live connections the telemetry saw open.
-func (d *daemon) Connections() []api.Connection { return d.telemetry.Connections() }
 
 // Outliers and Affinity give /explain what the kernel's balancer decided
 // on its own (admin.LBState).

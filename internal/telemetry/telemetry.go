@@ -305,7 +305,7 @@ func (t *Telemetry) Connections() []api.Connection {
 			Source:      api.Peer{Address: src.String()},
 			Destination: api.Peer{Address: dst.String()},
 			Start:       t.bootTime.Add(time.Duration(r.StartNs)),
-			State:       tcpState(r.State),
+			State:       TCPState(r.State),
 		}
 		// From the source's side: the client socket's own sense, or the
 		// server socket's reversed.
@@ -472,8 +472,9 @@ func (t *Telemetry) readStats(add bool) {
 	}
 }
 
-// tcpState names a kernel TCP state (BPF_TCP_*) as ss(8) does, lower case.
-func tcpState(s uint8) string {
+// TCPState names a kernel TCP state (BPF_TCP_*, TCP_INFO's tcpi_state) as
+// ss(8) does, lower case.
+func TCPState(s uint8) string {
 	names := [...]string{1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2",
 		6: "time_wait", 7: "close", 8: "close_wait", 9: "last_ack", 10: "listen", 11: "closing", 12: "new_syn_recv"}
 	if int(s) < len(names) && names[s] != "" {

@@ -35,7 +35,8 @@ type Event struct {
 	Source, Destination identity.Identity
 	// Client is the application's socket (outbound) or the HBONE peer
 	// (inbound); Target is the destination workload's address and port;
-	// Peer is the HBONE address dialed (outbound only).
+	// Peer is the HBONE peer: the address dialed (outbound), the client
+	// tunnel's address (inbound, as Client).
 	Client, Target, Peer netip.AddrPort
 	// Sent and Received are the application's bytes from the client's
 	// point of view.

@@ -138,6 +138,11 @@ func (t *Tunnel) openPod(path string, w *model.Workload, id identity.Identity, v
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: %w", path, err)
 	}
+	if err := markAccepted(path); err != nil {
+		// Only telemetry suffers: kmeshd would count the application's
+		// side of inbound tunnelled connections as well.
+		t.log.Warn("application sockets of tunnelled connections stay unmarked; kmeshd counts them too", "netns", path, "err", err)
+	}
 	p := &pod{netns: path, cookie: cookie, ns: ns}
 	p.workload.Store(w)
 	p.id.Store(&id)
@@ -266,7 +271,9 @@ func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	open := ev
 	open.Open = true
 	t.emit(open)
+	t.live.track(open, c)
 	ev.Sent, ev.Received = splice(c, hc)
+	t.live.forget(ev)
 	c.Close()
 	hc.Close()
 	t.emit(ev)
@@ -330,8 +337,10 @@ func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Con
 		return nil, hbone.Reject(http.StatusServiceUnavailable, err)
 	}
 	t.log.Debug("hbone inbound", "src", r.Peer.String(), "dst", target.String(), "peer", r.PeerAddr.String())
-	t.emit(Event{Direction: Inbound, Open: true, Start: r.Start, Pod: p.workload.Load().Key(), Source: r.Peer, Destination: *p.id.Load(),
-		Client: r.PeerAddr, Target: target})
+	open := Event{Direction: Inbound, Open: true, Start: r.Start, Pod: p.workload.Load().Key(), Source: r.Peer, Destination: *p.id.Load(),
+		Client: r.PeerAddr, Target: target, Peer: r.PeerAddr}
+	t.emit(open)
+	t.live.track(open, up)
 	t.wg.Add(1) // until inboundDone
 	return up, nil
 }
@@ -339,8 +348,10 @@ func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Con
 func (t *Tunnel) inboundDone(p *pod, r *hbone.Request, sent, received int64) {
 	defer t.wg.Done()
 	target, _ := r.Target()
-	t.emit(Event{Direction: Inbound, Start: r.Start, Pod: p.workload.Load().Key(), Source: r.Peer, Destination: *p.id.Load(), Client: r.PeerAddr, Target: target,
-		Sent: sent, Received: received})
+	ev := Event{Direction: Inbound, Start: r.Start, Pod: p.workload.Load().Key(), Source: r.Peer, Destination: *p.id.Load(), Client: r.PeerAddr, Target: target,
+		Peer: r.PeerAddr, Sent: sent, Received: received}
+	t.live.forget(ev)
+	t.emit(ev)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

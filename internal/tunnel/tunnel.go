@@ -73,6 +73,7 @@ type Tunnel struct {
 	mu   sync.Mutex
 	pods map[string]*pod // by netns path
 	wg   sync.WaitGroup  // connections in flight
+	live live            // the same, for /connections
 
 	ctx      context.Context
 	reloadMu sync.Mutex

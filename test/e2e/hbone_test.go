@@ -295,6 +295,19 @@ func TestHBONE_TelemetryPrincipals(t *testing.T) {
 			t.Fatalf("tunnel %s: closed %v received %v for %v:\n%s", node, closed, received, want, grepLines(body, "istio_tcp_"))
 		}
 	}
+	// kmeshd's kernel counters leave the tunnelled connections to the
+	// tunnel: neither the client's connection to the tunnel's loopback
+	// listener (node-a) nor the tunnel's dial into hello-2 (node-b) is
+	// counted again. One connection, once per reporter.
+	for node, labels := range map[string]map[string]string{
+		"node-a": {"source_workload": "client"}, "node-b": {"destination_workload": "hello-2"},
+	} {
+		for _, metric := range []string{"istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"} {
+			if n := metricSum(t, h.kmeshd[node].metrics, metric, labels); n != 0 {
+				t.Errorf("kmeshd %s: %s%v = %v, want 0 (the tunnel counts them)", node, metric, labels, n)
+			}
+		}
+	}
 	for node, reporter := range map[string]string{"node-a": "source", "node-b": "destination"} {
 		var lines int
 	drain:

@@ -147,6 +147,24 @@ type Connection struct {
 	BytesReceived uint64    `json:"bytesReceived"`
 	Start         time.Time `json:"start"`
 	State         string    `json:"state"` // the kernel's TCP state, lower case: established, fin_wait1, close_wait, ...
+	// Tunnel is set on a connection kmeshd tunnel carries over HBONE
+	// (listed by the tunnel); nil for one the kernel carries directly.
+	Tunnel *ConnTunnel `json:"tunnel,omitempty"`
+}
+
+// ConnTunnel is how a tunnelled connection is carried, as the tunnel
+// process holds it.
+type ConnTunnel struct {
+	// Direction is "outbound" on the client's node (this node's workload
+	// connected) and "inbound" on the server's.
+	Direction string `json:"direction"`
+	// Peer is the other end of the HBONE connection: the destination's
+	// ip:15008 (outbound), or the client's tunnel address (inbound).
+	Peer string `json:"peer"`
+	// SourcePrincipal and DestinationPrincipal are the SPIFFE identities
+	// the mutual TLS handshake proved.
+	SourcePrincipal      string `json:"sourcePrincipal"`
+	DestinationPrincipal string `json:"destinationPrincipal"`
 }
 
 // Peer is one end of a connection.

@@ -9,6 +9,13 @@ type Certs struct {
 	// "istiod <address>".
 	CA          string `json:"ca"`
 	TrustDomain string `json:"trustDomain"`
+	// ServedBy says whose certificates these are: "kmeshd tunnel" (the
+	// certificates its HBONE listeners and dials present, asked of it by
+	// kmeshd at each request), or "kmeshd" when the tunnel did not answer
+	// (TunnelError says why): kmeshd's own cache, of the same identities
+	// and CA but not the same serials.
+	ServedBy    string `json:"servedBy,omitempty"`
+	TunnelError string `json:"tunnelError,omitempty"`
 	// Certificates are sorted by identity.
 	Certificates []Cert `json:"certificates"`
 	Roots        []Root `json:"roots"`
