@@ -70,7 +70,7 @@ KMESH_REQUIRE_PRIVILEGED ?= 1
 export KMESH_REQUIRE_PRIVILEGED
 
 test-unit:
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 test-e2e:
 	$(GO) test -race -count=1 -tags e2e -timeout 20m -skip '^TestIstio' ./test/e2e/...
