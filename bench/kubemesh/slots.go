@@ -1,7 +1,6 @@
 package kubemesh
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -36,7 +35,7 @@ func OpenSlots(bpfDir string) (*Slots, error) {
 // such frontend (the service has not arrived).
 func (s *Slots) Of(vip netip.Addr) (uint32, error) {
 	var fv bpf.KmeshFrontendValue
-	if err := s.frontends.Lookup(frontendKey(vip, Port), &fv); err != nil {
+	if err := s.frontends.Lookup(bpf.TCPFrontendKey(vip, Port), &fv); err != nil {
 		return 0, fmt.Errorf("frontend %s:%d: %w", vip, Port, err)
 	}
 	var sv bpf.KmeshServiceValue
@@ -74,19 +73,4 @@ func (s *Slots) Missing(c *Cluster) (n int, first string) {
 func (s *Slots) Close() {
 	s.frontends.Close()
 	s.services.Close()
-}
-
-// frontendKey is km_frontend's key for addr:port over TCP (addresses as
-// the kernel's four 32-bit words, the port in network order).
-func frontendKey(addr netip.Addr, port uint16) bpf.KmeshFrontendKey {
-	var k bpf.KmeshFrontendKey
-	b := addr.As16()
-	for i := range k.Addr {
-		k.Addr[i] = binary.NativeEndian.Uint32(b[4*i:])
-	}
-	var p [2]byte
-	binary.BigEndian.PutUint16(p[:], port)
-	k.Port = binary.NativeEndian.Uint16(p[:])
-	k.Proto = 6 // IPPROTO_TCP
-	return k
 }

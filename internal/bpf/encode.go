@@ -42,3 +42,10 @@ func NetPort(port uint16) uint16 {
 	binary.BigEndian.PutUint16(b[:], port)
 	return binary.NativeEndian.Uint16(b[:])
 }
+
+// TCPFrontendKey is km_frontend's key for a service address and port over
+// TCP, the only protocol the balancer handles. The dataplane writes it;
+// benchmarks read the pinned map with it.
+func TCPFrontendKey(addr netip.Addr, port uint16) KmeshFrontendKey {
+	return KmeshFrontendKey{Addr: AddrWords(addr), Port: NetPort(port), Proto: 6} // IPPROTO_TCP
+}

@@ -7,7 +7,7 @@ import (
 )
 
 func frontendKey(addr netip.Addr, port uint16) bpf.KmeshFrontendKey {
-	return bpf.KmeshFrontendKey{Addr: bpf.AddrWords(addr), Port: bpf.NetPort(port), Proto: ipprotoTCP}
+	return bpf.TCPFrontendKey(addr, port)
 }
 
 // ipprotoTCP is IPPROTO_TCP, the only protocol the balancer handles.

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -434,22 +433,6 @@ func mapMemory(dir string) ([]report.Map, error) {
 	return out, nil
 }
 
-// frontendKey is the km_frontend key of a service address and port: the
-// C struct holds the address as ::ffff:a.b.c.d and the port in network
-// byte order (see internal/dataplane/encode.go).
-func frontendKey(addr netip.Addr, port uint16) bpf.KmeshFrontendKey {
-	var k bpf.KmeshFrontendKey
-	b := addr.As16()
-	for i := range k.Addr {
-		k.Addr[i] = binary.NativeEndian.Uint32(b[4*i:])
-	}
-	var p [2]byte
-	binary.BigEndian.PutUint16(p[:], port)
-	k.Port = binary.NativeEndian.Uint16(p[:])
-	k.Proto = 6 // IPPROTO_TCP
-	return k
-}
-
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // slotReader opens a node's pinned frontend and service maps read-only and
@@ -466,7 +449,7 @@ func slotReader(bpfDir string) (func(vip netip.Addr) (uint32, error), func(), er
 	}
 	slots := func(vip netip.Addr) (uint32, error) {
 		var fv bpf.KmeshFrontendValue
-		if err := frontends.Lookup(frontendKey(vip, 80), &fv); err != nil {
+		if err := frontends.Lookup(bpf.TCPFrontendKey(vip, 80), &fv); err != nil {
 			return 0, fmt.Errorf("frontend %s:80: %w", vip, err)
 		}
 		var sv bpf.KmeshServiceValue
