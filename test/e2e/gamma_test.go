@@ -655,18 +655,8 @@ func (g *gammaBed) check(r gammaReq) []string {
 // test-bed, each rewriting the routes as the suite applies a test's
 // manifest.
 func TestGAMMA(t *testing.T) {
-	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
+	m, wpBin := newWaypointMesh(t)
 	var err error
-	if m.echo, err = testbed.Build("github.com/kmesh-go/kmesh/internal/testbed/kmesh-echo"); err != nil {
-		t.Fatal(err)
-	}
-	if m.kmeshd, err = testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshd"); err != nil {
-		t.Fatal(err)
-	}
-	wpBin, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmesh-waypoint")
-	if err != nil {
-		t.Fatal(err)
-	}
 	m.addNode("node-a", cidrA4, cidrA6)
 	m.addPod("node-a", "client", "10.1.1.10")
 	m.addPod("node-a", "consumer", "10.1.1.14")

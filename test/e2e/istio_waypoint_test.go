@@ -99,18 +99,8 @@ spec:
 // AuthorizationPolicy with targetRefs denies a path with 403.
 func TestIstioWaypoint(t *testing.T) {
 	findIstioTools(t)
-	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
+	m, wpBin := newWaypointMesh(t)
 	var err error
-	if m.echo, err = testbed.Build("github.com/kmesh-go/kmesh/internal/testbed/kmesh-echo"); err != nil {
-		t.Fatal(err)
-	}
-	if m.kmeshd, err = testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshd"); err != nil {
-		t.Fatal(err)
-	}
-	wpBin, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmesh-waypoint")
-	if err != nil {
-		t.Fatal(err)
-	}
 	env := newIstioEnv(t, m.bed, withGatewayAPI)
 	dyn := env.dynamic()
 	m.addNode("node-a", netip.MustParsePrefix("10.75.1.0/24"))

@@ -73,7 +73,9 @@ var helloWorkloads = []workloadSpec{
 	{"hello-3", "hello", "node-b", []string{"10.1.2.13", "fd00:1:2::13"}, 1},
 }
 
-func newMesh(t testing.TB) *mesh {
+// newBareMesh is a test-bed with kmeshd and kmesh-echo built and no node
+// yet.
+func newBareMesh(t testing.TB) *mesh {
 	t.Helper()
 	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
 	var err error
@@ -83,6 +85,23 @@ func newMesh(t testing.TB) *mesh {
 	if m.kmeshd, err = testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshd"); err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+// newWaypointMesh is newBareMesh and a built kmesh-waypoint.
+func newWaypointMesh(t testing.TB) (*mesh, string) {
+	t.Helper()
+	m := newBareMesh(t)
+	wpBin, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmesh-waypoint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, wpBin
+}
+
+func newMesh(t testing.TB) *mesh {
+	t.Helper()
+	m := newBareMesh(t)
 	m.addNode("node-a", cidrA4, cidrA6)
 	m.addNode("node-b", cidrB4, cidrB6)
 	for _, w := range helloWorkloads {

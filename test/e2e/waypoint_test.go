@@ -108,18 +108,8 @@ authorizationPolicies:
 // TestWaypoint runs kmesh-waypoint in its own pod on node-b, with kmeshd on
 // both nodes redirecting the service's connections to it.
 func TestWaypoint(t *testing.T) {
-	m := &mesh{t: t, bed: testbed.NewT(t), nodes: map[string]*testbed.Node{}, pods: map[string]*testbed.Pod{}, dir: t.TempDir()}
+	m, wpBin := newWaypointMesh(t)
 	var err error
-	if m.echo, err = testbed.Build("github.com/kmesh-go/kmesh/internal/testbed/kmesh-echo"); err != nil {
-		t.Fatal(err)
-	}
-	if m.kmeshd, err = testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshd"); err != nil {
-		t.Fatal(err)
-	}
-	wpBin, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmesh-waypoint")
-	if err != nil {
-		t.Fatal(err)
-	}
 	m.addNode("node-a", cidrA4, cidrA6)
 	m.addNode("node-b", cidrB4, cidrB6)
 	m.addPod("node-a", "client", "10.1.1.10")
