@@ -62,6 +62,7 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags e2e ./test/...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 # Tests that need root fail instead of skipping: a test run that skipped the BPF,
 # dataplane and e2e tiers proves nothing. Without root, run
