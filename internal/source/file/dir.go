@@ -1,6 +1,7 @@
 package file
 
 import (
+	"cmp"
 	"maps"
 	"net/netip"
 	"reflect"
@@ -28,7 +29,7 @@ type dir struct {
 	node  string
 	parts map[string]*part // by file name
 
-	owner     map[string]string         // kind/key -> file that defines it
+	owner     map[ownerKey]string       // kind and key -> file that defines it
 	fronts    map[netip.AddrPort]string // service address:port -> service key
 	workloads map[string]*workload      // by key, as parsed
 	services  map[string]*service       // by key, as parsed (no endpoints)
@@ -48,7 +49,7 @@ type dir struct {
 
 func newDir(node string) *dir {
 	return &dir{
-		node: node, parts: map[string]*part{}, owner: map[string]string{}, fronts: map[netip.AddrPort]string{},
+		node: node, parts: map[string]*part{}, owner: map[ownerKey]string{}, fronts: map[netip.AddrPort]string{},
 		workloads: map[string]*workload{}, services: map[string]*service{},
 		labels: map[string]map[string]map[string]struct{}{}, selectors: map[string]map[string]map[string]struct{}{},
 		outSvc: map[string]*model.Service{}, outWl: map[string]*model.Workload{},
@@ -86,41 +87,51 @@ func (d *dir) external(name string) func() []*service {
 	}
 }
 
+// ownerKey is a kind ("workload", "service", ...) and an item's key.
+type ownerKey struct{ kind, key string }
+
 // owned is one key a part defines, with where, for messages.
 type owned struct {
-	key  string // kind/key
-	node *yaml.Node
-	path string
-	what string
+	key         ownerKey
+	line        int
+	path, field string
+	what        string // kind, or the kind's longer name
+}
+
+func lineOf(n *yaml.Node) int {
+	if n == nil {
+		return 0
+	}
+	return n.Line
 }
 
 func (pt *part) owned() []owned {
 	var out []owned
-	add := func(kind, key string, n *yaml.Node, path, field string) {
-		if n != nil {
-			out = append(out, owned{kind + "/" + key, n, path + "." + field, kind + " " + key})
+	add := func(kind, key string, line int, path, field, what string) {
+		if line != 0 {
+			out = append(out, owned{ownerKey{kind, key}, line, path, field, what})
 		}
 	}
 	for _, w := range pt.workloads {
-		add("workload", w.Key(), w.nameNode, w.path, "name")
+		add("workload", w.key, w.nameLine, w.path, "name", "workload")
 	}
 	for _, s := range pt.services {
-		add("service", s.Key(), s.nameNode, s.path, "name")
+		add("service", s.key, s.nameLine, s.path, "name", "service")
 	}
 	for _, p := range pt.policies {
-		add("policy", p.Key(), p.nameNode, p.path, "metadata.name")
+		add("policy", p.Key(), lineOf(p.nameNode), p.path, "metadata.name", "policy")
 	}
 	for _, pa := range pt.peerAuths {
-		add("peer authentication", pa.key(), pa.nameNode, pa.path, "metadata.name")
+		add("peer authentication", pa.key(), lineOf(pa.nameNode), pa.path, "metadata.name", "peer authentication")
 	}
 	for _, g := range pt.gateways {
-		add("gateway", g.Key(), g.nameNode, g.path, "metadata.name")
+		add("gateway", g.Key(), lineOf(g.nameNode), g.path, "metadata.name", "gateway")
 	}
 	for _, r := range pt.routes {
-		add(string(r.Kind), r.Namespace+"/"+r.Name, r.nameNode, r.path, "metadata.name")
+		add(string(r.Kind), r.Namespace+"/"+r.Name, lineOf(r.nameNode), r.path, "metadata.name", string(r.Kind))
 	}
 	for _, vs := range pt.vss {
-		add("virtual service", vs.Key(), vs.nameNode, vs.path, "metadata.name")
+		add("virtual service", vs.Key(), lineOf(vs.nameNode), vs.path, "metadata.name", "virtual service")
 	}
 	return out
 }
@@ -132,15 +143,15 @@ func (d *dir) check(name, path string, data []byte, pt *part) error {
 	p := newParser(path, d.node, len(data))
 	for _, o := range pt.owned() {
 		if f, ok := d.owner[o.key]; ok && f != name {
-			p.errorf(o.node, o.path, "%s is already defined in %s", o.what, f)
+			p.errorAt(o.line, o.path+"."+o.field, "%s %s is already defined in %s", o.what, o.key.key, f)
 		}
 	}
 	for _, s := range pt.services {
 		for i, a := range s.Addresses {
 			for _, sp := range s.Ports {
 				ap := netip.AddrPortFrom(a, sp.Port)
-				if k, ok := d.fronts[ap]; ok && k != s.Key() && d.owner["service/"+k] != name {
-					p.errorf(s.addrNodes[i], s.addrPaths[i], "%s is already used by service %s (%s)", ap, k, d.owner["service/"+k])
+				if k, ok := d.fronts[ap]; ok && k != s.key && d.owner[ownerKey{"service", k}] != name {
+					p.errorAt(s.addrLines[i], s.addrPaths[i], "%s is already used by service %s (%s)", ap, k, d.owner[ownerKey{"service", k}])
 				}
 			}
 		}
@@ -167,47 +178,55 @@ func (d *dir) swap(name string, old, new *part) (workloads, services map[string]
 	}
 	newW := map[string]*workload{}
 	for _, w := range new.workloads {
-		newW[w.Key()] = w
+		newW[w.key] = w
 	}
 	for _, w := range old.workloads {
-		if n := newW[w.Key()]; n == nil || !reflect.DeepEqual(n.Workload, w.Workload) {
-			workloads[w.Key()] = true
+		if n := newW[w.key]; n == nil || !sameWorkload(n.Workload, w.Workload) {
+			workloads[w.key] = true
 			d.unindexWorkload(w)
 		}
 	}
 	oldW := map[string]*workload{}
 	for _, w := range old.workloads {
-		oldW[w.Key()] = w
+		oldW[w.key] = w
 	}
 	for _, w := range new.workloads {
-		if o := oldW[w.Key()]; o == nil || !reflect.DeepEqual(o.Workload, w.Workload) {
-			workloads[w.Key()] = true
+		if o := oldW[w.key]; o == nil || !sameWorkload(o.Workload, w.Workload) {
+			workloads[w.key] = true
 			d.indexWorkload(w)
 		}
 	}
 	newS := map[string]*service{}
 	for _, s := range new.services {
-		newS[s.Key()] = s
+		newS[s.key] = s
 	}
 	for _, s := range old.services {
-		if n := newS[s.Key()]; n == nil || !sameService(n, s) {
-			services[s.Key()] = true
+		if n := newS[s.key]; n == nil || !sameService(n, s) {
+			services[s.key] = true
 			d.unindexService(s)
 		}
 	}
 	oldS := map[string]*service{}
 	for _, s := range old.services {
-		oldS[s.Key()] = s
+		oldS[s.key] = s
 	}
 	for _, s := range new.services {
-		if o := oldS[s.Key()]; o == nil || !sameService(o, s) {
-			services[s.Key()] = true
+		if o := oldS[s.key]; o == nil || !sameService(o, s) {
+			services[s.key] = true
 			d.indexService(s)
 		}
 	}
 	d.peerAuths += len(new.peerAuths) - len(old.peerAuths)
 	d.parts[name] = new
 	return workloads, services
+}
+
+// sameWorkload compares two parsed workloads; Policies are the mesh's
+// (see workload), not the file's.
+func sameWorkload(a, b *model.Workload) bool {
+	x, y := *a, *b
+	x.Policies, y.Policies = nil, nil
+	return reflect.DeepEqual(&x, &y)
 }
 
 func sameService(a, b *service) bool {
@@ -217,7 +236,7 @@ func sameService(a, b *service) bool {
 func labelKey(k, v string) string { return k + "\x00" + v }
 
 func (d *dir) indexWorkload(w *workload) {
-	d.workloads[w.Key()] = w
+	d.workloads[w.key] = w
 	ns := d.labels[w.Namespace]
 	if ns == nil {
 		ns = map[string]map[string]struct{}{}
@@ -229,18 +248,18 @@ func (d *dir) indexWorkload(w *workload) {
 			set = map[string]struct{}{}
 			ns[labelKey(k, v)] = set
 		}
-		set[w.Key()] = struct{}{}
+		set[w.key] = struct{}{}
 	}
 }
 
 func (d *dir) unindexWorkload(w *workload) {
 	// By key: an unchanged workload keeps the pointer of an older part.
 	// Keys are unique across files (check).
-	delete(d.workloads, w.Key())
+	delete(d.workloads, w.key)
 	ns := d.labels[w.Namespace]
 	for k, v := range w.Labels {
 		if set := ns[labelKey(k, v)]; set != nil {
-			delete(set, w.Key())
+			delete(set, w.key)
 			if len(set) == 0 {
 				delete(ns, labelKey(k, v))
 			}
@@ -249,13 +268,13 @@ func (d *dir) unindexWorkload(w *workload) {
 }
 
 func (d *dir) indexService(s *service) {
-	d.services[s.Key()] = s
+	d.services[s.key] = s
 	if s.UsesWaypoint() != "" {
 		d.waypoints++
 	}
 	for _, a := range s.Addresses {
 		for _, sp := range s.Ports {
-			d.fronts[netip.AddrPortFrom(a, sp.Port)] = s.Key()
+			d.fronts[netip.AddrPortFrom(a, sp.Port)] = s.key
 		}
 	}
 	ns := d.selectors[s.Namespace]
@@ -269,18 +288,18 @@ func (d *dir) indexService(s *service) {
 			set = map[string]struct{}{}
 			ns[labelKey(k, v)] = set
 		}
-		set[s.Key()] = struct{}{}
+		set[s.key] = struct{}{}
 	}
 }
 
 func (d *dir) unindexService(s *service) {
-	delete(d.services, s.Key())
+	delete(d.services, s.key)
 	if s.UsesWaypoint() != "" {
 		d.waypoints--
 	}
 	for _, a := range s.Addresses {
 		for _, sp := range s.Ports {
-			if ap := netip.AddrPortFrom(a, sp.Port); d.fronts[ap] == s.Key() {
+			if ap := netip.AddrPortFrom(a, sp.Port); d.fronts[ap] == s.key {
 				delete(d.fronts, ap)
 			}
 		}
@@ -288,7 +307,7 @@ func (d *dir) unindexService(s *service) {
 	ns := d.selectors[s.Namespace]
 	for k, v := range s.selector {
 		if set := ns[labelKey(k, v)]; set != nil {
-			delete(set, s.Key())
+			delete(set, s.key)
 			if len(set) == 0 {
 				delete(ns, labelKey(k, v))
 			}
@@ -383,7 +402,7 @@ func (d *dir) changes(workloads, services map[string]bool) (c *model.Changes, un
 			}
 			continue
 		}
-		mw := w.Workload
+		mw := *w.Workload
 		mw.Policies = d.policiesOf(&mw)
 		if had && reflect.DeepEqual(old, &mw) {
 			continue
@@ -469,11 +488,14 @@ func (d *dir) whole() (m *model.Mesh, undo func()) {
 	oldSvc, oldWl, oldPol := d.outSvc, d.outWl, d.policies
 	d.outSvc = make(map[string]*model.Service, len(m.Services))
 	for i := range m.Services {
-		d.outSvc[m.Services[i].Key()] = &m.Services[i]
+		d.outSvc[cmp.Or(all.services[i].key, m.Services[i].Key())] = &m.Services[i]
 	}
 	d.outWl = make(map[string]*model.Workload, len(m.Workloads))
 	for i := range m.Workloads {
-		d.outWl[m.Workloads[i].Key()] = &m.Workloads[i]
+		// The parsed item now points at the mesh's copy, which the
+		// daemon keeps: one copy of each workload, not two.
+		all.workloads[i].Workload = &m.Workloads[i]
+		d.outWl[cmp.Or(all.workloads[i].key, m.Workloads[i].Key())] = &m.Workloads[i]
 	}
 	d.policies = slices.DeleteFunc(all.policies, func(p *policy) bool { return p.notEnforced != "" })
 	return m, func() { d.outSvc, d.outWl, d.policies = oldSvc, oldWl, oldPol }

@@ -138,7 +138,7 @@ func TestDirSource_ChangesEqualWholeParse(t *testing.T) {
 				f.write(t, path, n)
 			}
 			src := New(path, "", slog.New(slog.DiscardHandler))
-			src.dirRejected = map[string][]byte{}
+			src.dirRejected = map[string]digest{}
 			sink := &stateSink{}
 			src.syncDir(nil, sink.apply, sink.update)
 			if sink.st == nil {
@@ -216,7 +216,7 @@ func TestDirSource_BadFileRefusedAlone(t *testing.T) {
 	src := New(path, "", slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	var rejects []error
 	src.OnReject(func(err error) { rejects = append(rejects, err) })
-	src.dirRejected = map[string][]byte{}
+	src.dirRejected = map[string]digest{}
 	sink := &stateSink{}
 	src.syncDir(nil, sink.apply, sink.update)
 
@@ -324,4 +324,55 @@ func meshDiff(got, want *model.Mesh) string {
 		}
 	}
 	return fmt.Sprintf("policies:\ngot  %+v\nwant %+v", got.Policies, want.Policies)
+}
+
+// A directory holds each workload once: after the first mesh, the parsed
+// item is the mesh's copy (which the daemon keeps), also for a workload
+// that a policy selects; workloads of a file with the same labels share
+// one labels map.
+func TestDirSource_HoldsEachWorkloadOnce(t *testing.T) {
+	path := t.TempDir()
+	writeFile(t, filepath.Join(path, "a.yaml"), "workloads:\n"+
+		"- {name: w-1, labels: {app: x, tier: t1}, addresses: [\"10.9.0.1\"], node: node-b}\n"+
+		"- {name: w-2, labels: {tier: t1, app: x}, addresses: [\"10.9.0.2\"], node: node-b}\n"+
+		"- {name: w-3, labels: {app: y}, addresses: [\"10.9.0.3\"], node: node-b}\n")
+	writeFile(t, filepath.Join(path, "b.yaml"), "services:\n- {name: s, addresses: [\"10.96.9.1\"], ports: [{port: 80}], selector: {app: x}}\n"+dirPolicy)
+	src := New(path, "", nil)
+	m, err := src.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := src.dir
+	if len(m.Workloads) != 3 || len(d.workloads) != 3 {
+		t.Fatalf("%d workloads in the mesh, %d parsed, want 3", len(m.Workloads), len(d.workloads))
+	}
+	for i := range m.Workloads {
+		key := m.Workloads[i].Key()
+		if d.workloads[key].Workload != &m.Workloads[i] || d.outWl[key] != &m.Workloads[i] {
+			t.Errorf("workload %s: the parsed item or the record of what was handed over is a copy, not the mesh's", key)
+		}
+	}
+	if got := m.Workloads[0].Policies; !reflect.DeepEqual(got, []string{"default/deny-t1"}) {
+		t.Errorf("w-1's policies %v, want [default/deny-t1]", got)
+	}
+	w1, w2, w3 := d.workloads["default/w-1"].Labels, d.workloads["default/w-2"].Labels, d.workloads["default/w-3"].Labels
+	if reflect.ValueOf(w1).UnsafePointer() != reflect.ValueOf(w2).UnsafePointer() {
+		t.Error("w-1 and w-2 have the same labels in two maps")
+	}
+	if reflect.ValueOf(w1).UnsafePointer() == reflect.ValueOf(w3).UnsafePointer() {
+		t.Error("w-1 and w-3 share a labels map but their labels differ")
+	}
+	// Re-reading a.yaml unchanged but for w-3 changes w-3 alone: the
+	// mesh's policies on w-1 do not make it look changed.
+	writeFile(t, filepath.Join(path, "a.yaml"), "workloads:\n"+
+		"- {name: w-1, labels: {app: x, tier: t1}, addresses: [\"10.9.0.1\"], node: node-b}\n"+
+		"- {name: w-2, labels: {tier: t1, app: x}, addresses: [\"10.9.0.2\"], node: node-b}\n"+
+		"- {name: w-3, labels: {app: y}, addresses: [\"10.9.0.4\"], node: node-b}\n")
+	src.dirRejected = map[string]digest{}
+	var got *model.Changes
+	src.syncDir([]string{"a.yaml"}, func(*model.Mesh) error { t.Fatal("whole mesh for a workload change"); return nil },
+		func(c *model.Changes) error { got = c; return nil })
+	if got == nil || len(got.Workloads) != 1 || got.Workloads[0].Key() != "default/w-3" || len(got.Services)+len(got.RemovedWorkloads) != 0 {
+		t.Fatalf("changes %+v, want w-3 alone", got)
+	}
 }

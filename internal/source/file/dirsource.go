@@ -1,8 +1,8 @@
 package file
 
 import (
-	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -48,15 +48,19 @@ func (s *Source) listConfigs() ([]string, error) {
 	return names, nil
 }
 
+// digest is a file's SHA-256: a directory keeps it to skip files whose
+// content did not change.
+type digest = [sha256.Size]byte
+
 // loadDir reads and parses every file of the directory into a new dir;
 // the first bad file is the error.
-func (s *Source) loadDir() (*dir, map[string][]byte, *model.Mesh, error) {
+func (s *Source) loadDir() (*dir, map[string]digest, *model.Mesh, error) {
 	names, err := s.listConfigs()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	d := newDir(s.node)
-	files := map[string][]byte{}
+	files := map[string]digest{}
 	for _, name := range names {
 		data, err := os.ReadFile(filepath.Join(s.path, name))
 		if err != nil {
@@ -71,7 +75,7 @@ func (s *Source) loadDir() (*dir, map[string][]byte, *model.Mesh, error) {
 			return nil, nil, nil, err
 		}
 		d.swap(name, nil, pt)
-		files[name] = data
+		files[name] = sha256.Sum256(data)
 	}
 	m, _ := d.whole()
 	return d, files, m, nil
@@ -214,7 +218,8 @@ func (s *Source) syncFile(name string, apply func(*model.Mesh) error, changes fu
 		delete(s.dirRejected, name)
 		return false
 	}
-	if !gone && had && bytes.Equal(data, kept) {
+	sum := sha256.Sum256(data)
+	if !gone && had && sum == kept {
 		delete(s.dirRejected, name)
 		return false
 	}
@@ -226,11 +231,11 @@ func (s *Source) syncFile(name string, apply func(*model.Mesh) error, changes fu
 			err = d.check(name, full, data, pt)
 		}
 		if err != nil {
-			if prev, ok := s.dirRejected[name]; ok && bytes.Equal(prev, data) {
+			if prev, ok := s.dirRejected[name]; ok && prev == sum {
 				s.log.Debug("config still rejected", "file", full, "err", err)
 				return false
 			}
-			s.dirRejected[name] = data
+			s.dirRejected[name] = sum
 			s.reject(err)
 			return false
 		}
@@ -266,7 +271,7 @@ func (s *Source) syncFile(name string, apply func(*model.Mesh) error, changes fu
 	if gone {
 		delete(s.files, name)
 	} else {
-		s.files[name] = data
+		s.files[name] = sum
 	}
 	s.mu.Unlock()
 	s.log.Debug("config read", "file", full, "incremental", inc)

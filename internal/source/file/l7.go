@@ -995,8 +995,8 @@ func (p *parser) checkL7(gws []*gateway, routes []*route, vss []*virtualService,
 		vsFirst[vs.Key()] = vs
 	}
 	for _, s := range services {
-		if key := s.UsesWaypoint(); key != "" && gwFirst[key] == nil && s.labelsNode != nil {
-			p.errorf(s.labelsNode, join(s.path, "labels"), "%s: waypoint %s is not in gateways", model.LabelUseWaypoint, key)
+		if key := s.UsesWaypoint(); key != "" && gwFirst[key] == nil && s.labelsLine != 0 {
+			p.errorAt(s.labelsLine, join(s.path, "labels"), "%s: waypoint %s is not in gateways", model.LabelUseWaypoint, key)
 		}
 	}
 }

@@ -119,23 +119,31 @@ func badChar(data []byte) int {
 	return -1
 }
 
-// service is a parsed service with the nodes that cross-checks point at.
+// service is a parsed service with the lines that cross-checks point at.
+// A directory keeps every file's parsed items, so they keep lines, not
+// yaml nodes: a node holds its value, tag and children (the node tree of
+// the names of 100,000 workloads is ~30 MB).
 type service struct {
 	model.Service
+	key       string // Key(), made once: the directory's indexes share it
 	path      string
-	nameNode  *yaml.Node   // nil if the name is missing or invalid
-	addrNodes []*yaml.Node // one per Addresses entry
-	addrPaths []string     // one per Addresses entry
+	nameLine  int      // 0 if the name is missing or invalid
+	addrLines []int    // one per Addresses entry
+	addrPaths []string // one per Addresses entry
 	selector  map[string]string
-	// labelsNode is where the labels are, for the waypoint check.
-	labelsNode *yaml.Node
+	// labelsLine is where the labels are, for the waypoint check (0: none).
+	labelsLine int
 }
 
-// workload is a parsed workload with the node that cross-checks point at.
+// workload is a parsed workload with the line that cross-checks point at.
+// In a directory, once a mesh is built, it points at the mesh's copy (see
+// dir.whole): its Policies are then the mesh's, which the parse leaves
+// out and build sets again.
 type workload struct {
-	model.Workload
+	*model.Workload
+	key      string // Key(), made once: the directory's indexes share it
 	path     string
-	nameNode *yaml.Node // nil if the name is missing or invalid
+	nameLine int // 0 if the name is missing or invalid
 }
 
 // mesh walks the root mapping into m, recording every problem in p.
@@ -189,12 +197,16 @@ func (p *parser) items(root *yaml.Node, external func() []*service) *part {
 	}
 	if n := f["services"]; n != nil {
 		p.list(n, "services", func(item *yaml.Node, path string) {
-			services = append(services, p.service(item, path))
+			s := p.service(item, path)
+			s.key = s.Key()
+			services = append(services, s)
 		})
 	}
 	if n := f["workloads"]; n != nil {
 		p.list(n, "workloads", func(item *yaml.Node, path string) {
-			workloads = append(workloads, p.workload(item, path))
+			w := p.workload(item, path)
+			w.key = w.Key()
+			workloads = append(workloads, w)
 		})
 	}
 	if n := f["authorizationPolicies"]; n != nil {
@@ -219,6 +231,15 @@ func (p *parser) items(root *yaml.Node, external func() []*service) *part {
 	return &part{services, workloads, policies, gateways, routes, vss, peerAuths}
 }
 
+// workloadKey is the key of m.Workloads[i], shared with the parsed item's
+// when build started from an empty mesh (m.Workloads[i] is workloads[i]).
+func workloadKey(workloads []*workload, built []model.Workload, i int) string {
+	if len(workloads) == len(built) && workloads[i].key != "" {
+		return workloads[i].key
+	}
+	return built[i].Key()
+}
+
 // build joins the items into m: endpoints and policies by selector.
 func (pt *part) build(m *model.Mesh) {
 	services, workloads, policies := pt.services, pt.workloads, pt.policies
@@ -232,8 +253,11 @@ func (pt *part) build(m *model.Mesh) {
 	for _, vs := range vss {
 		m.VirtualServices = append(m.VirtualServices, vs.VirtualService)
 	}
+	m.Workloads = slices.Grow(m.Workloads, len(workloads))
 	for _, w := range workloads {
-		m.Workloads = append(m.Workloads, w.Workload)
+		mw := *w.Workload
+		mw.Policies = nil // selectPolicies and convertPeerAuths add them
+		m.Workloads = append(m.Workloads, mw)
 	}
 	labels := model.NewLabelIndex(m.Workloads)
 	// The part stays as parsed (a directory's parts are built again).
@@ -258,7 +282,7 @@ func (pt *part) build(m *model.Mesh) {
 		ms := s.Service
 		ms.Endpoints = slices.Clone(ms.Endpoints)
 		for _, i := range labels.Select(s.Namespace, s.selector) {
-			ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: m.Workloads[i].Key()})
+			ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: workloadKey(workloads, m.Workloads, i)})
 		}
 		slices.SortFunc(ms.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })
 		m.Services = append(m.Services, ms)
@@ -276,13 +300,13 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 	if v := f["name"]; v == nil {
 		p.errorf(n, join(path, "name"), "missing")
 	} else if name, ok := p.label(v, join(path, "name")); ok {
-		s.Name, s.nameNode = name, v
+		s.Name, s.nameLine = name, v.Line
 	}
 	if v := f["namespace"]; v != nil {
 		if ns, ok := p.label(v, join(path, "namespace")); ok {
 			s.Namespace = ns
 		} else {
-			s.nameNode = nil // without a namespace the key is unknown: skip the duplicate check
+			s.nameLine = 0 // without a namespace the key is unknown: skip the duplicate check
 		}
 	}
 	if v := f["addresses"]; v == nil {
@@ -296,11 +320,11 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 		p.ports(s, v, join(path, "ports"))
 	}
 	if v := f["selector"]; v != nil {
-		s.selector = p.stringMap(v, join(path, "selector"), false)
+		s.selector = p.labelSet(p.stringMap(v, join(path, "selector"), false))
 	}
 	if v := f["labels"]; v != nil {
-		s.Labels = p.stringMap(v, join(path, "labels"), true)
-		s.labelsNode = v
+		s.Labels = p.labelSet(p.stringMap(v, join(path, "labels"), true))
+		s.labelsLine = v.Line
 	}
 	if v := f["loadBalancing"]; v != nil {
 		p.loadBalancing(s, v, join(path, "loadBalancing"))
@@ -331,7 +355,7 @@ func (p *parser) serviceAddresses(s *service, n *yaml.Node, path string) {
 		}
 		lines[a] = item.Line
 		s.Addresses = append(s.Addresses, a)
-		s.addrNodes = append(s.addrNodes, item)
+		s.addrLines = append(s.addrLines, item.Line)
 		s.addrPaths = append(s.addrPaths, path)
 	})
 }
@@ -391,7 +415,7 @@ func (p *parser) ports(s *service, n *yaml.Node, path string) {
 }
 
 func (p *parser) workload(n *yaml.Node, path string) *workload {
-	w := &workload{path: path}
+	w := &workload{Workload: &model.Workload{}, path: path}
 	w.Namespace = "default"
 	w.ServiceAccount = "default"
 	w.Weight = 1
@@ -402,17 +426,17 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	if v := f["name"]; v == nil {
 		p.errorf(n, join(path, "name"), "missing")
 	} else if name, ok := p.subdomain(v, join(path, "name")); ok {
-		w.Name, w.nameNode = name, v
+		w.Name, w.nameLine = name, v.Line
 	}
 	if v := f["namespace"]; v != nil {
 		if ns, ok := p.label(v, join(path, "namespace")); ok {
 			w.Namespace = ns
 		} else {
-			w.nameNode = nil // without a namespace the key is unknown: skip the duplicate check
+			w.nameLine = 0 // without a namespace the key is unknown: skip the duplicate check
 		}
 	}
 	if v := f["labels"]; v != nil {
-		w.Labels = p.stringMap(v, join(path, "labels"), true)
+		w.Labels = p.labelSet(p.stringMap(v, join(path, "labels"), true))
 	}
 	if v := f["addresses"]; v != nil {
 		p.workloadAddresses(w, v, join(path, "addresses"))
@@ -505,12 +529,12 @@ func (p *parser) netns(w *workload, n *yaml.Node, path string) {
 func (p *parser) checkWorkloads(workloads []*workload) {
 	first := map[string]*workload{}
 	for _, w := range workloads {
-		if w.nameNode == nil {
+		if w.nameLine == 0 {
 			continue
 		}
 		if prev, dup := first[w.Key()]; dup {
-			p.errorf(w.nameNode, join(w.path, "name"), "workload %s is defined twice (first at %s, line %d)",
-				w.Key(), prev.path, prev.nameNode.Line)
+			p.errorAt(w.nameLine, join(w.path, "name"), "workload %s is defined twice (first at %s, line %d)",
+				w.Key(), prev.path, prev.nameLine)
 			continue
 		}
 		first[w.Key()] = w
@@ -524,10 +548,10 @@ func (p *parser) checkServices(services []*service) {
 	first := map[string]*service{}
 	owner := map[netip.AddrPort]*service{}
 	for _, s := range services {
-		if s.nameNode != nil {
+		if s.nameLine != 0 {
 			if prev, dup := first[s.Key()]; dup {
-				p.errorf(s.nameNode, join(s.path, "name"), "service %s is defined twice (first at %s, line %d)",
-					s.Key(), prev.path, prev.nameNode.Line)
+				p.errorAt(s.nameLine, join(s.path, "name"), "service %s is defined twice (first at %s, line %d)",
+					s.Key(), prev.path, prev.nameLine)
 				continue
 			}
 			first[s.Key()] = s
@@ -536,7 +560,7 @@ func (p *parser) checkServices(services []*service) {
 			for _, sp := range s.Ports {
 				ap := netip.AddrPortFrom(a, sp.Port)
 				if prev, dup := owner[ap]; dup {
-					p.errorf(s.addrNodes[i], s.addrPaths[i],
+					p.errorAt(s.addrLines[i], s.addrPaths[i],
 						"%s is already used by service %s (%s)", ap, prev.Key(), prev.path)
 					continue
 				}

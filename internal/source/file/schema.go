@@ -3,9 +3,12 @@ package file
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -32,6 +35,11 @@ type parser struct {
 	// file name a big mapping many times; the bound keeps that from taking
 	// minutes and gigabytes.
 	budget int
+
+	// labelSets holds one map per distinct label set of the file, so the
+	// workloads of one app share their labels map (a small map is ~300
+	// bytes; a directory keeps every file's parsed items).
+	labelSets map[string]map[string]string
 }
 
 // newParser returns a parser for a file of size bytes. A file without
@@ -57,11 +65,40 @@ func (p *parser) spend(n *yaml.Node) bool {
 // errorf records a problem at n. path is the field path, such as
 // services[0].ports[1].port, or "" for the top level.
 func (p *parser) errorf(n *yaml.Node, path, format string, args ...any) {
+	p.errorAt(n.Line, path, format, args...)
+}
+
+// labelSet returns a map equal to m that the file's other items with the
+// same labels share. Nothing writes to a parsed item's labels.
+func (p *parser) labelSet(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	keys := slices.Sorted(maps.Keys(m))
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(m[k])
+		b.WriteByte(0)
+	}
+	if shared, ok := p.labelSets[b.String()]; ok {
+		return shared
+	}
+	if p.labelSets == nil {
+		p.labelSets = map[string]map[string]string{}
+	}
+	p.labelSets[b.String()] = m
+	return m
+}
+
+// errorAt is errorf at a line kept from a node.
+func (p *parser) errorAt(line int, path, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	if path != "" {
 		msg = path + ": " + msg
 	}
-	p.errs = append(p.errs, posError{line: n.Line, msg: msg})
+	p.errs = append(p.errs, posError{line: line, msg: msg})
 }
 
 // err returns the recorded problems in file order, each prefixed with

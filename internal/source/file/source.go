@@ -47,11 +47,12 @@ type Source struct {
 	rejected []byte // content of the last rejected file, to report it once
 	onReject func(error)
 
-	// A directory (dirsource.go): its parts and indexes, the content of
-	// each file they hold, and files refused (content, to report once).
+	// A directory (dirsource.go): its parts and indexes, the digest of
+	// each file they hold (a digest, not the bytes: the parts hold what
+	// the bytes said), and files refused (digest, to report once).
 	dir         *dir
-	files       map[string][]byte
-	dirRejected map[string][]byte
+	files       map[string]digest
+	dirRejected map[string]digest
 }
 
 // New returns a Source for the file at path, or for the embedded default
@@ -117,7 +118,7 @@ func (s *Source) Run(ctx context.Context, apply func(*model.Mesh) error) error {
 // as Run.
 func (s *Source) RunChanges(ctx context.Context, apply func(*model.Mesh) error, changes func(*model.Changes) error) error {
 	if s.isDir() {
-		s.dirRejected = map[string][]byte{}
+		s.dirRejected = map[string]digest{}
 		return s.runDir(ctx, apply, changes)
 	}
 	var events <-chan fsnotify.Event
