@@ -53,7 +53,10 @@ type Dataplane struct {
 	lbWorkload func(string) *model.Workload // the last applied mesh's, by key
 	lbClasses  map[classKey]uint16
 	lbClients  map[uint64]bpf.KmeshLbClient
-	tunnels    map[bpf.KmeshAuthzAddrKey]struct{} // km_tunnel as written (tunnel.go); nil until read
+	// lbClassFloor: class ids below it may still be in the maps (a
+	// previous instance's classes this one has not resolved).
+	lbClassFloor uint16
+	tunnels      map[bpf.KmeshAuthzAddrKey]struct{} // km_tunnel as written (tunnel.go); nil until read
 }
 
 type serviceState struct {
@@ -117,6 +120,9 @@ func New(maps *Store, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
 	}
 	stale, err := scanStale(maps)
 	if err != nil {
+		return nil, err
+	}
+	if d.lbClients, err = scanClients(maps); err != nil {
 		return nil, err
 	}
 	for id := range stale.services {

@@ -67,6 +67,11 @@ type fakeMaglev struct{ m *fakeMap }
 
 func (f fakeMaglev) Put(index uint32, table []uint32) error { return f.m.Put(index, table) }
 func (f fakeMaglev) Delete(index uint32) error              { return f.m.Delete(index) }
+func (f fakeMaglev) Get(index uint32) ([]uint32, error) {
+	var t []uint32
+	err := f.m.Lookup(index, &t)
+	return t, err
+}
 
 // Fail makes every Put and Delete call fn first (op is "put" or
 // "delete"); a non-nil error fails the call and writes nothing. nil

@@ -148,29 +148,16 @@ func (d *Dataplane) writeLB(id uint32, isNew bool, old *lbState, ws *desiredServ
 		}
 	}
 	if sp.locality != nil {
-		classes := d.lbClientClasses()
-		for fam, eps := range ws.endpoints {
-			for _, c := range classes {
-				prios := priorities(sp.locality, c.client, eps, d.lbWorkload)
-				var pv bpf.KmeshLbPrio
-				for p, group := range prios {
-					in := make([]weighted, len(group))
-					for i, e := range group {
-						in[i] = weighted{backend: d.backends[e.workload].id, weight: e.weight}
-					}
-					slots := expandSlots(in)
-					g := uint16(1 + int(c.id)*int(bpf.KmeshKmLbLimitKM_LB_PRIORITIES) + p)
-					st.groups = append(st.groups, groupCount{uint8(fam), gen, g, len(slots)})
-					if err := d.putGroup(id, uint8(fam), gen, g, slots); err != nil {
-						return fail(err)
-					}
-					pv.Slots[p] = uint32(len(slots))
+		for _, t := range d.localityTables(id, ws, gen) {
+			for _, g := range t.groups {
+				st.groups = append(st.groups, groupCount{t.key.Family, gen, g.group, len(g.slots)})
+				if err := d.putGroup(id, t.key.Family, gen, g.group, g.slots); err != nil {
+					return fail(err)
 				}
-				k := bpf.KmeshLbPrioKey{ServiceId: id, Family: uint8(fam), Gen: gen, ClientClass: c.id}
-				st.prios = append(st.prios, k)
-				if err := d.maps.KmLbPrio.Put(k, pv); err != nil {
-					return fail(fmt.Errorf("write priorities: %w", mapErr(bpf.KmeshMapKmLbPrio, err)))
-				}
+			}
+			st.prios = append(st.prios, t.key)
+			if err := d.maps.KmLbPrio.Put(t.key, t.value); err != nil {
+				return fail(fmt.Errorf("write priorities: %w", mapErr(bpf.KmeshMapKmLbPrio, err)))
 			}
 		}
 	}
@@ -179,17 +166,9 @@ func (d *Dataplane) writeLB(id uint32, isNew bool, old *lbState, ws *desiredServ
 			if len(eps) == 0 {
 				continue
 			}
-			in := make([]maglev.Backend, len(eps))
-			for i, e := range eps {
-				in[i] = maglev.Backend{Name: e.workload, Weight: e.weight}
-			}
-			table, err := maglev.Build(in, maglev.DefaultSize)
+			ids, err := d.maglevTable(eps)
 			if err != nil {
 				return fail(err)
-			}
-			ids := make([]uint32, len(table))
-			for i, b := range table {
-				ids[i] = d.backends[eps[b].workload].id
 			}
 			if err := d.maps.KmMaglev.Put(id*2+uint32(fam), ids); err != nil {
 				return fail(fmt.Errorf("write maglev table: %w", mapErr(bpf.KmeshMapKmMaglev, err)))
@@ -224,6 +203,62 @@ func (d *Dataplane) writeLB(id uint32, isNew bool, old *lbState, ws *desiredServ
 		}
 	}
 	return sp.flags, st, nil
+}
+
+// prioTable is one client class's view of a locality service in one
+// family and generation: its km_lb_prio entry and a slot table per
+// priority (endpoint_key.group).
+type prioTable struct {
+	key    bpf.KmeshLbPrioKey
+	value  bpf.KmeshLbPrio
+	groups []groupTable
+}
+
+type groupTable struct {
+	group uint16
+	slots []uint32
+}
+
+// localityTables computes the tables of a service with a routing
+// preference for generation gen: every family, every client class.
+func (d *Dataplane) localityTables(id uint32, ws *desiredService, gen uint8) []prioTable {
+	var out []prioTable
+	classes := d.lbClientClasses()
+	for fam, eps := range ws.endpoints {
+		for _, c := range classes {
+			t := prioTable{key: bpf.KmeshLbPrioKey{ServiceId: id, Family: uint8(fam), Gen: gen, ClientClass: c.id}}
+			for p, group := range priorities(ws.lb.locality, c.client, eps, d.lbWorkload) {
+				in := make([]weighted, len(group))
+				for i, e := range group {
+					in[i] = weighted{backend: d.backends[e.workload].id, weight: e.weight}
+				}
+				slots := expandSlots(in)
+				g := uint16(1 + int(c.id)*int(bpf.KmeshKmLbLimitKM_LB_PRIORITIES) + p)
+				t.groups = append(t.groups, groupTable{g, slots})
+				t.value.Slots[p] = uint32(len(slots))
+			}
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// maglevTable is the Maglev lookup table of one family's endpoints, as
+// backend ids.
+func (d *Dataplane) maglevTable(eps []weightedWorkload) ([]uint32, error) {
+	in := make([]maglev.Backend, len(eps))
+	for i, e := range eps {
+		in[i] = maglev.Backend{Name: e.workload, Weight: e.weight}
+	}
+	table, err := maglev.Build(in, maglev.DefaultSize)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]uint32, len(table))
+	for i, b := range table {
+		ids[i] = d.backends[eps[b].workload].id
+	}
+	return ids, nil
 }
 
 func (d *Dataplane) putGroup(id uint32, fam, gen uint8, group uint16, backends []uint32) error {
@@ -292,6 +327,16 @@ func (d *Dataplane) lbClientClasses() []clientClass {
 	return out
 }
 
+// lbNextClass is the id the next new client class gets: past every id
+// given out, by this instance or (adopted) a previous one.
+func (d *Dataplane) lbNextClass() uint16 {
+	next := uint16(1)
+	for _, id := range d.lbClasses {
+		next = max(next, id+1)
+	}
+	return max(next, d.lbClassFloor)
+}
+
 // applyClients writes km_lb_client for the enrolled namespaces: who the
 // client is (its address, for affinity and Maglev) and its class. A class
 // seen for the first time gets tables in every locality service first.
@@ -306,10 +351,10 @@ func (d *Dataplane) applyClients(cookies map[uint64]string) error {
 		k := classOf(w)
 		id, ok := d.lbClasses[k]
 		if !ok {
-			if len(d.lbClasses)+1 >= maxClasses {
+			if int(d.lbNextClass()) >= maxClasses {
 				return fmt.Errorf("workload %s: more than %d client localities on this node", key, maxClasses-1)
 			}
-			id = uint16(len(d.lbClasses) + 1)
+			id = d.lbNextClass()
 			d.lbClasses[k] = id
 			added = true
 		}

@@ -125,7 +125,12 @@ func restartAdopts(t *testing.T, services int) {
 	if err := old.Apply(m); err != nil {
 		t.Fatal(err)
 	}
+	cookies := lbClients(m)
+	if err := old.ApplyNetns(cookies); err != nil {
+		t.Fatal(err)
+	}
 	before := old.MapStats()
+	prios := countPrios(t, maps.KmLbPrio)
 	t.Logf("first fill of %d services / %d endpoints: %v", services, 10*services, time.Since(start).Round(time.Millisecond))
 	cs, writes := counting(maps)
 	start = time.Now()
@@ -134,6 +139,9 @@ func restartAdopts(t *testing.T, services int) {
 		t.Fatal(err)
 	}
 	if err := d.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ApplyNetns(cookies); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("restart (new dataplane on the filled maps, first Apply): %v, %d map writes", time.Since(start).Round(time.Millisecond), writes.Load())
@@ -150,14 +158,45 @@ func restartAdopts(t *testing.T, services int) {
 	if len(d.services) != services || len(d.backends) != 10*services {
 		t.Fatalf("adopted %d services and %d backends", len(d.services), len(d.backends))
 	}
+	if n := countPrios(t, maps.KmLbPrio); n != prios || n == 0 {
+		t.Fatalf("km_lb_prio has %d entries after the restart, %d before", n, prios)
+	}
+}
+
+// lbClients enrols one client of each of the four localities
+// withLoadBalancing gives out (cookie -> workload key), so locality
+// services have tables for client classes 1-4 besides the unknown client.
+func lbClients(m *model.Mesh) map[uint64]string {
+	out := map[uint64]string{}
+	for i := range 4 {
+		out[uint64(1000+i)] = m.Workloads[i].Key()
+	}
+	return out
+}
+
+// countPrios counts km_lb_prio's entries.
+func countPrios(t testing.TB, m Map) int {
+	t.Helper()
+	var k bpf.KmeshLbPrioKey
+	var v bpf.KmeshLbPrio
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // withLoadBalancing gives the workloads localities (two regions, four
 // zones) and every 100th service ClientIP affinity, the next outlier
 // detection, the next both, so a restart meets entries in km_lb_conf and
 // km_lb_backend too (with the kernel's counts and ejections in them, which
-// a rewrite would reset). Services with a routing preference or Maglev
-// are not adopted (adoptLB): their tables are written again at a restart.
+// a rewrite would reset), the next a routing preference (failover on
+// region then zone), the next a strict one, the next Maglev, so a restart
+// meets km_lb_prio, locality slot groups and Maglev tables.
 func withLoadBalancing(m *model.Mesh) {
 	for i := range m.Workloads {
 		m.Workloads[i].Locality = model.Locality{Region: fmt.Sprintf("region-%d", i%2), Zone: fmt.Sprintf("zone-%d", i%4)}
@@ -174,6 +213,13 @@ func withLoadBalancing(m *model.Mesh) {
 			s.OutlierDetection = outlier
 		case 2:
 			s.SessionAffinity, s.OutlierDetection = affinity, outlier
+		case 3:
+			s.Locality = &model.LocalityLB{Mode: model.LocalityFailover, RoutingPreference: []model.LocalityScope{model.ScopeRegion, model.ScopeZone}}
+		case 4:
+			s.Locality = &model.LocalityLB{Mode: model.LocalityStrict, RoutingPreference: []model.LocalityScope{model.ScopeRegion}}
+			s.OutlierDetection = outlier
+		case 5:
+			s.LBMode = model.LBMaglev
 		}
 	}
 }
@@ -287,4 +333,97 @@ func BenchmarkDataplane_UpdateOneWorkloadWithPolicies(b *testing.B) {
 			b.ReportMetric(float64(writes.Load()-start)/float64(n), "writes/op")
 		})
 	}
+}
+
+// TestDataplane_RestartSweepsARewrittenLocalityServicesOldTables: services
+// with a routing preference or Maglev that changed while no kmeshd ran are
+// written again at the restart; the previous generation's km_lb_prio
+// entries and locality slot groups go with the rest of what the previous
+// instance left, so the maps end as a fresh start on the new mesh leaves
+// them.
+func TestDataplane_RestartSweepsARewrittenLocalityServicesOldTables(t *testing.T) {
+	m := bigMesh(20, 4)
+	withLoadBalancing(m)
+	t.Run("no enrolled clients", func(t *testing.T) { restartSweeps(t, map[uint64]string{}) })
+	t.Run("four client localities", func(t *testing.T) { restartSweeps(t, lbClients(m)) })
+}
+
+func restartSweeps(t *testing.T, cookies map[uint64]string) {
+	limits := scaleLimits(20)
+	maps := newMaps(t, limits)
+	m := bigMesh(20, 4)
+	withLoadBalancing(m)
+	old, err := New(maps, limits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.ApplyNetns(cookies); err != nil {
+		t.Fatal(err)
+	}
+	// While no kmeshd runs, the failover, strict and Maglev services
+	// (3, 4, 5) each lose an endpoint.
+	m2 := bigMesh(20, 4)
+	withLoadBalancing(m2)
+	for _, i := range []int{3, 4, 5} {
+		m2.Services[i].Endpoints = m2.Services[i].Endpoints[1:]
+	}
+	d, err := New(maps, limits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(m2); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ApplyNetns(cookies); err != nil {
+		t.Fatal(err)
+	}
+	if d.stale != nil {
+		t.Fatalf("entries left unadopted and unswept: %+v", d.stale)
+	}
+
+	freshMaps := newMaps(t, limits)
+	fresh, err := New(freshMaps, limits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Apply(m2); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.ApplyNetns(cookies); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name       string
+		got, fresh Map
+		count      func(testing.TB, Map) int
+	}{
+		{"km_lb_prio", maps.KmLbPrio, freshMaps.KmLbPrio, countPrios},
+		{"km_endpoint", maps.KmEndpoint, freshMaps.KmEndpoint, countSlots},
+	} {
+		if got, want := c.count(t, c.got), c.count(t, c.fresh); got != want {
+			t.Errorf("%s has %d entries after the restart, a fresh start on the same mesh writes %d", c.name, got, want)
+		}
+	}
+	if got, want := normalDump(t, d, maps), normalDump(t, fresh, freshMaps); got != want {
+		t.Errorf("maps after the restart:\n%s\nfresh start:\n%s", got, want)
+	}
+}
+
+// countSlots counts km_endpoint's entries (every group).
+func countSlots(t testing.TB, m Map) int {
+	t.Helper()
+	var k bpf.KmeshEndpointKey
+	var v bpf.KmeshEndpointValue
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

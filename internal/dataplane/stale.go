@@ -16,11 +16,13 @@ type staleEntries struct {
 	services  map[uint32]bpf.KmeshServiceValue
 	backends  map[uint32]bpf.KmeshBackendValue
 	frontends map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue
-	endpoints map[bpf.KmeshEndpointKey]uint32 // slot -> backend id
+	endpoints map[bpf.KmeshEndpointKey]uint32 // slot -> backend id, also locality groups'
+	prios     map[bpf.KmeshLbPrioKey]bpf.KmeshLbPrio
+	priosOf   map[uint32]int // km_lb_prio entries per service id
 }
 
 func (s *staleEntries) empty() bool {
-	return len(s.services)+len(s.backends)+len(s.frontends)+len(s.endpoints) == 0
+	return len(s.services)+len(s.backends)+len(s.frontends)+len(s.endpoints)+len(s.prios) == 0
 }
 
 func scanStale(maps *Store) (*staleEntries, error) {
@@ -29,6 +31,8 @@ func scanStale(maps *Store) (*staleEntries, error) {
 		backends:  map[uint32]bpf.KmeshBackendValue{},
 		frontends: map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue{},
 		endpoints: map[bpf.KmeshEndpointKey]uint32{},
+		prios:     map[bpf.KmeshLbPrioKey]bpf.KmeshLbPrio{},
+		priosOf:   map[uint32]int{},
 	}
 	var id uint32
 	var sv bpf.KmeshServiceValue
@@ -65,7 +69,35 @@ func scanStale(maps *Store) (*staleEntries, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmEndpoint, err)
 	}
+	var pk bpf.KmeshLbPrioKey
+	var pv bpf.KmeshLbPrio
+	it = maps.KmLbPrio.Iterate()
+	for it.Next(&pk, &pv) {
+		s.prios[pk] = pv
+		if sv, ok := s.services[pk.ServiceId]; ok && pk.Gen == sv.Gen {
+			s.priosOf[pk.ServiceId]++ // the live generation's, adopted or not
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmLbPrio, err)
+	}
 	return s, nil
+}
+
+// scanClients reads km_lb_client: the previous instance's clients stay as
+// written until ApplyNetns says otherwise, so a restart rewrites none.
+func scanClients(maps *Store) (map[uint64]bpf.KmeshLbClient, error) {
+	out := map[uint64]bpf.KmeshLbClient{}
+	var cookie uint64
+	var v bpf.KmeshLbClient
+	it := maps.KmLbClient.Iterate()
+	for it.Next(&cookie, &v) {
+		out[cookie] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", bpf.KmeshMapKmLbClient, err)
+	}
+	return out, nil
 }
 
 // adopt takes over the previous instance's entries that want describes:
@@ -73,6 +105,7 @@ func scanStale(maps *Store) (*staleEntries, error) {
 // service's live slots when they are the ones want gives it.
 func (d *Dataplane) adopt(want *desired) {
 	s := d.stale
+	d.adoptClasses(want)
 	byValue := map[bpf.KmeshBackendValue][]uint32{}
 	for id, v := range s.backends {
 		byValue[v] = append(byValue[v], id)
@@ -137,7 +170,7 @@ func (d *Dataplane) adoptService(key string, id uint32, sv bpf.KmeshServiceValue
 		want := d.slotsFor(ws)
 		if slices.Equal(want[0], cur.slots[0]) && slices.Equal(want[1], cur.slots[1]) {
 			if lb, ok := d.adoptLB(id, sv, ws); ok {
-				cur.endpoints, cur.lb = ws.endpoints, lb
+				cur.endpoints, cur.lb, cur.desired = ws.endpoints, lb, ws
 			}
 		}
 	}
@@ -186,11 +219,20 @@ func (d *Dataplane) sweepStale() error {
 	for k := range s.endpoints {
 		// An adopted service may have flipped to the generation a stale
 		// leftover was in: its live slots stay.
-		if cur := live[k.ServiceId]; cur != nil && k.Gen == cur.value.Gen && k.Slot < uint32(len(cur.slots[k.Family&1])) {
+		if cur := live[k.ServiceId]; cur != nil && k.Gen == cur.value.Gen && cur.holds(k) {
 			continue
 		}
 		if err := d.maps.KmEndpoint.Delete(k); err != nil && !isNotExist(err) {
 			return fmt.Errorf("sweep endpoint slot %+v: %w", k, err)
+		}
+	}
+	for k := range s.prios {
+		// The same for a rewritten locality service's priorities.
+		if cur := live[k.ServiceId]; cur != nil && cur.lb != nil && slices.Contains(cur.lb.prios, k) {
+			continue
+		}
+		if err := d.maps.KmLbPrio.Delete(k); err != nil && !isNotExist(err) {
+			return fmt.Errorf("sweep priorities %+v: %w", k, err)
 		}
 	}
 	for id := range s.backends {
@@ -204,7 +246,24 @@ func (d *Dataplane) sweepStale() error {
 	for id := range s.backends {
 		d.backendIDs.put(id)
 	}
-	d.log.Info("removed entries of a previous instance", "services", len(s.services), "backends", len(s.backends))
+	d.log.Info("removed entries of a previous instance", "services", len(s.services), "backends", len(s.backends), "priorities", len(s.prios))
 	d.stale = nil
 	return nil
+}
+
+// holds reports whether k is one of the service's live entries: a slot of
+// its table (group 0) or of one of its locality groups.
+func (s *serviceState) holds(k bpf.KmeshEndpointKey) bool {
+	if k.Group == 0 {
+		return k.Slot < uint32(len(s.slots[k.Family&1]))
+	}
+	if s.lb == nil {
+		return false
+	}
+	for _, g := range s.lb.groups {
+		if g.family == k.Family && g.gen == k.Gen && g.group == k.Group && k.Slot < uint32(g.n) {
+			return true
+		}
+	}
+	return false
 }

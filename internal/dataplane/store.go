@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -51,6 +52,8 @@ type MaglevTables interface {
 	// Put makes table the one at index, replacing any other whole.
 	Put(index uint32, table []uint32) error
 	Delete(index uint32) error
+	// Get reads the table at index (a restart adopts what matches).
+	Get(index uint32) ([]uint32, error)
 }
 
 // maglevMap writes tables as inner maps of the real km_maglev.
@@ -77,6 +80,36 @@ func (m maglevMap) Put(index uint32, table []uint32) error {
 }
 
 func (m maglevMap) Delete(index uint32) error { return m.outer.Delete(index) }
+
+func (m maglevMap) Get(index uint32) ([]uint32, error) {
+	var inner *ebpf.Map
+	if err := m.outer.Lookup(index, &inner); err != nil {
+		return nil, err
+	}
+	defer inner.Close()
+	n := inner.MaxEntries()
+	keys, table := make([]uint32, n), make([]uint32, n)
+	var cursor ebpf.MapBatchCursor
+	got, err := inner.BatchLookup(&cursor, keys, table, nil)
+	if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+		if got == int(n) {
+			for i, k := range keys {
+				if k != uint32(i) {
+					break // out of order: read one by one
+				}
+				if i == len(keys)-1 {
+					return table, nil
+				}
+			}
+		}
+	}
+	for i := range table {
+		if err := inner.Lookup(uint32(i), &table[i]); err != nil {
+			return nil, fmt.Errorf("read maglev table: %w", err)
+		}
+	}
+	return table, nil
+}
 
 type bpfMap struct{ *ebpf.Map }
 
