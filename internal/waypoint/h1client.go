@@ -152,6 +152,7 @@ func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 			if err != nil {
 				return nil, err
 			}
+			nc = newRawConn(nc)
 			c = &h1Conn{c: nc, br: bufio.NewReaderSize(nc, 8<<10), bw: bufio.NewWriterSize(nc, 8<<10), host: host}
 		}
 		resp, stale, err := h.exchange(ctx, c, req, body)

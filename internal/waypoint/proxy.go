@@ -186,6 +186,7 @@ func (p *Proxy) ServeConn(c net.Conn, dst netip.AddrPort, peer Peer) {
 }
 
 func (p *Proxy) serve(c net.Conn, info *connInfo, proto protocol) {
+	c = newRawConn(c)
 	cr := &connReader{Conn: c}
 	br := bufio.NewReaderSize(cr, h1HeadMax)
 	if proto == protoDetect {

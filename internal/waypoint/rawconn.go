@@ -1,0 +1,99 @@
+package waypoint
+
+import (
+	"io"
+	"net"
+	"syscall"
+	"unsafe"
+)
+
+// rawConn is a TCP connection whose reads and writes are raw system calls
+// made from the goroutine's own thread, with Go's poller still waiting for
+// readiness (syscall.RawConn). A socket is non-blocking, so a read or
+// write never sleeps in the kernel; but a write on loopback or a veth runs
+// the receiver's network stack inline and often lasts longer than the Go
+// scheduler's 20 µs sysmon tick. Through net.Conn every such call enters
+// the runtime's syscall state: the first one after the waypoint was idle
+// wakes sysmon from its deep sleep and sets it polling every 20 µs again,
+// and with one P (--max-procs 1) a call that spans two of its ticks has
+// its P taken and handed to another thread, which is woken for it; the
+// call's return then waits to get a P back. On a virtual machine where a
+// thread switch costs more than the request's own work, those wake-ups
+// were most of what the waypoint spent per request. Raw calls keep the P:
+// nothing else could have run on it for those microseconds anyway.
+type rawConn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+}
+
+// newRawConn wraps c when it is a TCP connection; other connections (TLS,
+// HBONE streams) are returned as they are.
+func newRawConn(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	return &rawConn{TCPConn: tc, rc: rc}
+}
+
+func (c *rawConn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			switch e {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false // the poller waits for the socket
+			}
+			n, errno = int(r), e
+			return true
+		}
+	})
+	switch {
+	case err != nil: // closed, or the read deadline passed
+		return 0, err
+	case errno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (c *rawConn) Write(b []byte) (int, error) {
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
+			switch e {
+			case 0:
+				n += int(r)
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false // the send buffer is full: the poller waits
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return n, err
+	case errno != 0:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+	}
+	return n, nil
+}
