@@ -90,6 +90,8 @@ makes istiod send it as the services' waypoint.`,
 	f.StringVar(&c.gateway, "gateway", "", "the Gateway this waypoint is, NAMESPACE/NAME")
 	// The same CA flags as kmeshd (--ca-cert, --ca-key, --trust-domain, ...).
 	c.ca.RegisterFlags(f)
+	// istiod's CA reads the cluster from a header, as kmeshd sends it.
+	f.StringVar(&c.ca.ClusterID, "cluster-id", "Kubernetes", "cluster of this waypoint, sent to istiod's CA (--ca-address), as kmeshd's --cluster-id")
 	f.StringVar(&c.adminAddress, "admin-address", "127.0.0.1:15000", "admin API: /config_dump, /explain, /healthz/ready")
 	f.StringVar(&c.metricsAddress, "metrics-address", ":15020", "Prometheus /metrics: istio_requests_total, ...")
 	f.BoolVar(&c.plaintext, "plaintext", true, "accept plaintext connections on the ports of the services this waypoint serves")

@@ -362,8 +362,11 @@ func (m *Mesh) WaypointInstances(key string) []*Workload {
 	return out
 }
 
-// IsWaypoint reports whether the workload is an instance of a Gateway.
-func (w *Workload) IsWaypoint() bool { return w.Labels[LabelGatewayName] != "" }
+// IsWaypoint reports whether the workload is an instance of a Gateway:
+// labelled so (the file), or found to be one by the xDS source.
+func (w *Workload) IsWaypoint() bool {
+	return w.Labels[LabelGatewayName] != "" || w.WaypointInstanceOf != ""
+}
 
 // validateL7 checks what the L7 objects refer to.
 func (m *Mesh) validateL7() error {

@@ -159,6 +159,12 @@ type Workload struct {
 	// workload a deny policy (kmesh-system/waypoint-not-served-...) that
 	// refuses every mesh client but the waypoint's instances.
 	Waypoint string
+	// WaypointInstanceOf is the waypoint (as the control plane names it:
+	// namespace/hostname or address) this workload is an instance of. The
+	// xDS source sets it, since the workload API carries no labels: a
+	// workload that is an instance of a waypoint some service or workload
+	// names. The file source marks instances by LabelGatewayName instead.
+	WaypointInstanceOf string
 }
 
 // TunnelProtocol is how connections from other nodes reach a workload.
@@ -176,6 +182,13 @@ const (
 // workload some kmeshd enrolls (it names a netns) takes HBONE when the mesh
 // has a CA, and every other workload NONE.
 func (w *Workload) TunnelFor(meshHasCA bool) TunnelProtocol {
+	// A waypoint instance from the workload API is reached over HBONE
+	// whatever its own tunnel protocol says, as ztunnel does (istiod
+	// sends a waypoint pod, which is out of the mesh's capture, without
+	// HBONE; the waypoint terminates HBONE itself).
+	if meshHasCA && w.WaypointInstanceOf != "" {
+		return TunnelHBONE
+	}
 	if w.TunnelProtocol != "" {
 		return w.TunnelProtocol
 	}

@@ -26,13 +26,22 @@ import (
 
 	"github.com/kmesh-go/kmesh/internal/source/kube"
 	"github.com/kmesh-go/kmesh/internal/testbed"
+	"github.com/kmesh-go/kmesh/internal/tunnel"
 )
 
 // The waypoint topology of the Istio tier:
 //
 //	node-a: client (enrolled by kmeshd, which takes its config from istiod)
-//	node-b: hello-v1, hello-v2 (app=hello), waypoint (kmesh-waypoint, reading
-//	        the API server)
+//	node-b: hello-v1, hello-v2 (app=hello), no kmeshd
+//	node-c: near (enrolled by node-c's kmeshd, which has istiod's CA and a
+//	        tunnel), waypoint (kmesh-waypoint, reading the API server, with
+//	        istiod's CA: HBONE on 15008 besides the plaintext ports)
+//
+// node-a's kmeshd has no CA: client reaches the waypoint in plaintext.
+// node-c's has one: near reaches the waypoint on its own node over HBONE,
+// as ztunnel reaches a waypoint, although istiod sends the waypoint pod
+// without HBONE and the workload API carries no labels (the xDS source
+// marks the instances of the waypoints services name).
 //
 // Services in apps: hello 10.96.75.10 (app=hello, later labelled
 // istio.io/use-waypoint=waypoint), hello-v1 10.96.75.11 and hello-v2
@@ -41,7 +50,7 @@ import (
 // make for a waypoint Gateway).
 const (
 	iwHelloIP    = "10.96.75.10"
-	iwWaypointIP = "10.75.2.20"
+	iwWaypointIP = "10.75.3.20"
 )
 
 var (
@@ -105,10 +114,13 @@ func TestIstioWaypoint(t *testing.T) {
 	dyn := env.dynamic()
 	m.addNode("node-a", netip.MustParsePrefix("10.75.1.0/24"))
 	m.addNode("node-b", netip.MustParsePrefix("10.75.2.0/24"))
+	m.addNode("node-c", netip.MustParsePrefix("10.75.3.0/24"))
 	env.node(m.nodes["node-a"])
 	env.node(m.nodes["node-b"])
+	env.node(m.nodes["node-c"])
 	env.namespace(istioAppsNs, map[string]string{kube.DataplaneModeLabel: kube.ModeAmbient})
 	env.serviceAccount(istioAppsNs, "waypoint")
+	env.serviceAccount(istioAppsNs, "near")
 	for _, p := range []istioPod{
 		{"client", "node-a", "10.75.1.10", istioAppsNs, map[string]string{"app": "client"}},
 		{"hello-v1", "node-b", "10.75.2.11", istioAppsNs, map[string]string{"app": "hello", "version": "v1"}},
@@ -117,12 +129,14 @@ func TestIstioWaypoint(t *testing.T) {
 		m.addPod(p.node, p.name, p.ip)
 		env.pod(m.pods[p.name], p.ns, p.labels)
 	}
+	m.addPod("node-c", "near", "10.75.3.14")
+	env.podAs(m.pods["near"], istioAppsNs, "near", map[string]string{"app": "near"})
 	m.serve("hello-v1")
 	m.serve("hello-v2")
 	// The waypoint pod, as Istio labels its waypoints' pods: the Gateway's
 	// name (istiod finds the instances and their accounts by it), and out
 	// of the mesh's capture.
-	m.addPod("node-b", "waypoint", iwWaypointIP)
+	m.addPod("node-c", "waypoint", iwWaypointIP)
 	env.podAs(m.pods["waypoint"], istioAppsNs, "waypoint", map[string]string{
 		"gateway.networking.k8s.io/gateway-name": "waypoint", kube.DataplaneModeLabel: kube.ModeNone})
 	env.service(istioAppsNs, "hello", iwHelloIP, map[string]string{"app": "hello"}, 80, 8080)
@@ -137,6 +151,21 @@ func TestIstioWaypoint(t *testing.T) {
 	// waypoint and sends hello without one (its own endpoints).
 	env.labelService(istioAppsNs, "hello", "istio.io/use-waypoint", "waypoint")
 	ka := m.startIstioKmeshd(env, "node-a")
+	// node-c's kmeshd, its tunnel and the waypoint get certificates from
+	// istiod's CA with the token of kmeshd's pod on node-c (istiod signs
+	// identities with a pod on the caller's node).
+	env.namespace("kmesh-system", nil)
+	env.serviceAccount("kmesh-system", "kmesh")
+	rootFile, _ := env.rootCert("kmesh-system")
+	token := env.podToken(env.barePod("kmesh-system", "kmesh-node-c", "kmesh", "node-c"))
+	hc := &hboneMesh{mesh: m, rootNetns: true, kmeshd: map[string]*kmeshd{}, tunnels: map[string]*testbed.Process{},
+		stateDirs: map[string]string{"node-c": configPath(m, "node-c-state")},
+		caFlags: []string{"--ca-address", env.caAddr(), "--ca-server-name", istiodName, "--ca-root-cert", rootFile,
+			"--ca-token-file", token, "--cluster-id", "Kubernetes"}}
+	kc := m.startKmeshdBin(m.kmeshd, "node-c", "", append([]string{"--xds-address", env.XDSAddr, "--kubeconfig", env.kubeconfig,
+		"--state-dir", hc.stateDirs["node-c"]}, hc.caFlags...)...)
+	waitEnrolled(t, kc, m.pods["near"].NetnsPath)
+	tc := hc.startTunnel("node-c")
 	t.Run("no_waypoint_before_the_gateway_has_addresses", func(t *testing.T) {
 		d := ka.waitDump(t, "hello from istiod", 60*time.Second, func(d dumpView) string {
 			if eps := d.endpointsOf(iwHelloIP); strings.Join(eps, ",") != istioAppsNs+"/hello-v1,"+istioAppsNs+"/hello-v2" {
@@ -154,9 +183,13 @@ func TestIstioWaypoint(t *testing.T) {
 	// kmesh-waypoint in its pod reads the API server through a forwarder
 	// into the pod's namespace (the API server listens on the machine's
 	// loopback).
+	// istiod's CA too, through a forwarder (the pod's certificate check
+	// is by --ca-server-name, not the address).
 	wpKubeconfig := env.kubeconfigInPod(t, m.pods["waypoint"])
+	wpCA := env.forwardInPod(t, m.pods["waypoint"], env.caAddr())
 	wp, err := m.pods["waypoint"].Start(wpBin, "--kubeconfig", wpKubeconfig, "--gateway", "apps/waypoint",
-		"--admin-address", iwWaypointIP+":15000", "--metrics-address", iwWaypointIP+":15020")
+		"--admin-address", iwWaypointIP+":15000", "--metrics-address", iwWaypointIP+":15020", "--log-level", "debug",
+		"--ca-address", wpCA, "--ca-server-name", istiodName, "--ca-root-cert", rootFile, "--ca-token-file", token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +266,58 @@ func TestIstioWaypoint(t *testing.T) {
 		c := split(t, 40)
 		if c["hello-v1"] == 0 || c["hello-v2"] == 0 || c["hello-v1"]+c["hello-v2"] != 40 {
 			t.Fatalf("40 requests without a route went to %v, want both versions (the service's endpoints)", c)
+		}
+	})
+
+	// near, on the waypoint's node: kmeshd knows the waypoint pod as a
+	// waypoint instance (from the services that name it), never enrolls
+	// it, and near's connections to hello go to its 15008 over HBONE under
+	// near's certificate, with hello's VIP:port as the authority.
+	t.Run("same_node_client_over_hbone", func(t *testing.T) {
+		wantOf := istioAppsNs + "/waypoint." + istioAppsNs + ".svc.cluster.local"
+		d := kc.waitDump(t, "the waypoint pod known as an instance", 60*time.Second, func(d dumpView) string {
+			for _, w := range d.Workloads {
+				if w.Namespace == istioAppsNs && w.Name == "waypoint" {
+					if w.WaypointInstanceOf != wantOf {
+						return fmt.Sprintf("waypoint workload's waypointInstanceOf %q, want %q", w.WaypointInstanceOf, wantOf)
+					}
+					return ""
+				}
+			}
+			return "no workload apps/waypoint"
+		})
+		if d.enrolled(m.pods["waypoint"].NetnsPath) {
+			t.Fatalf("node-c's kmeshd enrolled the waypoint's pod: %v", d.Enrolled)
+		}
+		waitTunnelState(t, hc.stateDirs["node-c"], func(s *tunnel.State) string {
+			if w := s.Mesh.Workload(istioAppsNs + "/waypoint"); w == nil || !w.IsWaypoint() {
+				return "the tunnel's state does not know the waypoint instance"
+			}
+			for _, p := range s.Pods {
+				if p.Netns == m.pods["waypoint"].NetnsPath {
+					return "the tunnel would listen in the waypoint's namespace"
+				}
+			}
+			return ""
+		})
+		rs := m.get("near", "--url", hello, "--count", "10")
+		c := counts(rs)
+		for _, r := range rs {
+			if r.Error != "" {
+				t.Fatalf("near: request %d: %s\nwaypoint:\n%s\ntunnel:\n%s", r.Seq, r.Error, tail(wp.Stderr(), 3000), tail(tc.Stderr(), 3000))
+			}
+		}
+		if c["hello-v1"]+c["hello-v2"] != 10 {
+			t.Fatalf("near's 10 requests: %v", c)
+		}
+		if !hasLine(tc.Stderr(), "msg=tunnelled", "dst="+iwWaypointIP+":80", "authority="+iwHelloIP+":80") {
+			t.Errorf("node-c's tunnel logged no tunnelled connection to the waypoint with authority %s:80:\n%s", iwHelloIP, tail(tc.Stderr(), 4000))
+		}
+		if !hasLine(wp.Stderr(), `msg="hbone stream"`, "authority="+iwHelloIP+":80", "principal=cluster.local/ns/apps/sa/near") {
+			t.Errorf("the waypoint saw no HBONE stream from near's certificate for %s:80:\n%s", iwHelloIP, tail(wp.Stderr(), 4000))
+		}
+		if hasLine(wp.Stderr(), `msg="hbone stream"`, "principal=cluster.local/ns/apps/sa/default") {
+			t.Errorf("client's plaintext requests (node-a, no CA) arrived over HBONE")
 		}
 	})
 
@@ -387,16 +472,30 @@ func (e *istioEnv) kubeconfigInPod(t *testing.T, pod *testbed.Pod) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var target string
+	for _, c := range cfg.Clusters {
+		target = strings.TrimPrefix(c.Server, "https://")
+	}
+	local := e.forwardInPod(t, pod, target)
+	for _, c := range cfg.Clusters {
+		c.Server = "https://" + local
+	}
+	path := filepath.Join(e.dir, "kubeconfig-"+pod.Name)
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// forwardInPod forwards 127.0.0.1:<port> in the pod's network namespace
+// to target on the machine's loopback and returns that address.
+func (e *istioEnv) forwardInPod(t *testing.T, pod *testbed.Pod, target string) string {
+	t.Helper()
 	ln, err := pod.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var target string
-	for _, c := range cfg.Clusters {
-		target = strings.TrimPrefix(c.Server, "https://")
-		c.Server = "https://" + ln.Addr().String()
-	}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -417,9 +516,5 @@ func (e *istioEnv) kubeconfigInPod(t *testing.T, pod *testbed.Pod) string {
 			}()
 		}
 	}()
-	path := filepath.Join(e.dir, "kubeconfig-"+pod.Name)
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return ln.Addr().String()
 }

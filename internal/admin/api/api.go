@@ -77,6 +77,10 @@ type Workload struct {
 	// traffic to its own address: connections to it are refused by the
 	// deny policy kmesh-system/waypoint-not-served-<namespace>.<name>.
 	Waypoint string `json:"waypoint,omitempty"`
+	// WaypointInstanceOf is the waypoint this workload is an instance of,
+	// as the xDS source found it (the workload API carries no labels):
+	// kmeshd reaches it over HBONE from every node when the mesh has a CA.
+	WaypointInstanceOf string `json:"waypointInstanceOf,omitempty"`
 }
 
 // FromModel converts the mesh into the dump's services and workloads.
@@ -106,7 +110,7 @@ func FromModel(m *model.Mesh) ([]Service, []Workload) {
 	}
 	workloads := make([]Workload, 0, len(m.Workloads))
 	for _, w := range m.Workloads {
-		out := Workload{Name: w.Name, Namespace: w.Namespace, Labels: w.Labels, Node: w.Node, Netns: w.Netns, Weight: w.Weight, Waypoint: w.Waypoint, Addresses: make([]string, 0, len(w.Addresses))}
+		out := Workload{Name: w.Name, Namespace: w.Namespace, Labels: w.Labels, Node: w.Node, Netns: w.Netns, Weight: w.Weight, Waypoint: w.Waypoint, WaypointInstanceOf: w.WaypointInstanceOf, Addresses: make([]string, 0, len(w.Addresses))}
 		for _, a := range w.Addresses {
 			out.Addresses = append(out.Addresses, a.String())
 		}

@@ -136,6 +136,9 @@ func buildWorkloadMesh(st *store) *built {
 		}
 		m.Services = append(m.Services, ms)
 	}
+	if wp != nil {
+		wp.markInstances(m, built)
+	}
 	m.Sort()
 	rebind(m, built)
 	return b
@@ -143,13 +146,13 @@ func buildWorkloadMesh(st *store) *built {
 
 // rebind points each converted workload at its copy in the mesh, where
 // the two are equal (no policy left out, no waypoint's deny policy
-// added), so the store's copy is garbage and every workload is held once:
+// added, not marked as a waypoint's instance), so the store's copy is garbage and every workload is held once:
 // the mesh's, which the model's State and the index point into. built[i]
 // is m.Workloads[i]'s, which the check of the name confirms.
 func rebind(m *model.Mesh, built []*workload) {
 	for i, w := range built {
 		mw := &m.Workloads[i]
-		if w.waypoint == nil && len(mw.Policies) == len(w.w.Policies) && mw.Name == w.w.Name && mw.Namespace == w.w.Namespace {
+		if w.waypoint == nil && mw.WaypointInstanceOf == "" && len(mw.Policies) == len(w.w.Policies) && mw.Name == w.w.Name && mw.Namespace == w.w.Namespace {
 			w.w = mw
 		}
 	}

@@ -177,3 +177,62 @@ func (wp *waypoints) refuse(mw *model.Workload, r *waypointRef, policies map[str
 	}
 	b.notes = append(b.notes, note)
 }
+
+// markInstances sets WaypointInstanceOf on the workloads (m.Workloads[i]
+// is built[i]'s) that are instances of a waypoint some service or
+// workload of the build names: the workload API carries no labels, so
+// this is how kmeshd knows a waypoint's pods. It never captures them, and
+// reaches them over HBONE even on its own node (model.Workload
+// TunnelledFrom), as ztunnel does. An instance is marked whether or not
+// it takes traffic now. The mark is set on a copy: the converted
+// workload is the store's.
+func (wp *waypoints) markInstances(m *model.Mesh, built []*workload) {
+	of := map[string]string{} // workload key -> waypoint
+	mark := func(r *waypointRef) {
+		for _, key := range wp.instanceKeys(r) {
+			if _, ok := of[key]; !ok {
+				of[key] = r.String()
+			}
+		}
+	}
+	for _, s := range wp.byHost {
+		if s.waypoint != nil {
+			mark(s.waypoint)
+		}
+	}
+	for _, w := range built {
+		if w.waypoint != nil {
+			mark(w.waypoint)
+		}
+	}
+	if len(of) == 0 {
+		return
+	}
+	for i, w := range built {
+		if r, ok := of[w.key]; ok {
+			m.Workloads[i].WaypointInstanceOf = r
+		}
+	}
+}
+
+// instanceKeys returns the keys of every workload that is an instance of the
+// waypoint r, healthy or not.
+func (wp *waypoints) instanceKeys(r *waypointRef) []string {
+	var s *service
+	if r.host != "" {
+		s = wp.byHost[r.host]
+	} else if s = wp.byAddr[r.addr]; s == nil {
+		if w := wp.workload[r.addr]; w != nil {
+			return []string{w.key}
+		}
+		return nil
+	}
+	if s == nil {
+		return nil
+	}
+	var keys []string
+	for _, mb := range wp.members[s.host] {
+		keys = append(keys, mb.w.key)
+	}
+	return keys
+}

@@ -20,6 +20,8 @@ type waypointStep struct {
 	value      *workloadapi.Address
 	endpoints  []string
 	unresolved bool
+	// instances are the workloads known as waypoint instances.
+	instances []string
 }
 
 func convertAddress(t *testing.T, a *workloadapi.Address) any {
@@ -70,13 +72,13 @@ func TestWorkloadMesh_ServiceWaypoint(t *testing.T) {
 		{name: "service and endpoint, waypoint unknown", res: helloName, value: withWaypoint(byAddr), unresolved: true},
 		{name: "its own endpoint is never used", res: h1, value: h1a, unresolved: true},
 		{name: "waypoint service without instance", res: wpName, value: wpSvc, unresolved: true},
-		{name: "an instance", res: w1, value: w1a, endpoints: []string{"default/wp-1"}},
-		{name: "a second instance", res: w2, value: w2a, endpoints: []string{"default/wp-1", "default/wp-2"}},
-		{name: "by hostname", res: helloName, value: withWaypoint(byHost), endpoints: []string{"default/wp-1", "default/wp-2"}},
-		{name: "instance gone", res: w1, endpoints: []string{"default/wp-2"}},
+		{name: "an instance", res: w1, value: w1a, endpoints: []string{"default/wp-1"}, instances: []string{"default/wp-1"}},
+		{name: "a second instance", res: w2, value: w2a, endpoints: []string{"default/wp-1", "default/wp-2"}, instances: []string{"default/wp-1", "default/wp-2"}},
+		{name: "by hostname", res: helloName, value: withWaypoint(byHost), endpoints: []string{"default/wp-1", "default/wp-2"}, instances: []string{"default/wp-1", "default/wp-2"}},
+		{name: "instance gone", res: w1, endpoints: []string{"default/wp-2"}, instances: []string{"default/wp-2"}},
 		{name: "waypoint service gone", res: wpName, unresolved: true},
 		{name: "a workload as waypoint, not there", res: helloName, value: withWaypoint(byPod), unresolved: true},
-		{name: "the workload arrives", res: w1, value: w1a, endpoints: []string{"default/wp-1"}},
+		{name: "the workload arrives", res: w1, value: w1a, endpoints: []string{"default/wp-1"}, instances: []string{"default/wp-1"}},
 		{name: "no waypoint any more", res: helloName, value: withWaypoint(nil), endpoints: []string{"default/hello-1"}},
 	}
 	st := newStore()
@@ -117,6 +119,24 @@ func TestWorkloadMesh_ServiceWaypoint(t *testing.T) {
 		gotUnresolved := hello.Waypoint != nil && hello.Waypoint.Unresolved != ""
 		if gotUnresolved != s.unresolved {
 			t.Fatalf("%s: waypoint %+v, want unresolved %v", s.name, hello.Waypoint, s.unresolved)
+		}
+		// The workload API has no labels: the build marks the waypoint's
+		// instances, which a client of their own node reaches over HBONE
+		// when the mesh has a CA (and in plaintext without one).
+		var instances []string
+		for _, w := range state.Mesh().Workloads {
+			if w.IsWaypoint() {
+				instances = append(instances, w.Key())
+				if !w.TunnelledFrom(w.Node, true) || w.TunnelledFrom(w.Node, false) {
+					t.Fatalf("%s: waypoint instance %s tunnelled from its own node: with a CA %v, without %v, want true, false",
+						s.name, w.Key(), w.TunnelledFrom(w.Node, true), w.TunnelledFrom(w.Node, false))
+				}
+			} else if w.TunnelledFrom(w.Node, true) {
+				t.Fatalf("%s: %s, not a waypoint instance, is tunnelled from its own node", s.name, w.Key())
+			}
+		}
+		if !slices.Equal(instances, s.instances) {
+			t.Fatalf("%s: waypoint instances %v, want %v", s.name, instances, s.instances)
 		}
 		wantTarget := uint16(80) // the waypoint listens on the service's own port
 		if hello.Waypoint == nil {
