@@ -36,5 +36,6 @@ const enum km_authz_match_flag *unused_authz_match_flag __attribute__((unused));
 const enum km_authz_kind *unused_authz_kind __attribute__((unused));
 const enum km_tunnel_const *unused_tunnel_const __attribute__((unused));
 const enum km_tunnel_proto *unused_tunnel_proto __attribute__((unused));
+const struct lb_outcome *unused_lb_outcome __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -361,6 +361,22 @@ static __always_inline void sockops_lb_outcome(struct bpf_sock_ops *skops, int o
 	bpf_sk_storage_delete(&km_sock_lb, sk);
 }
 
+/*
+ * The same credit for a connection the tunnel carried: its application
+ * socket connected to the tunnel, so tunnel_connecting handed the backend
+ * to the tunnel, which runs this (BPF_PROG_RUN) once its HBONE connect has
+ * an answer. One implementation of the ejection rules for both paths.
+ */
+SEC("syscall")
+int km_lb_outcome(struct lb_outcome *o)
+{
+	if (o->ok)
+		lb_connect_succeeded(o->service_id, o->backend_id, bpf_ktime_get_ns());
+	else
+		lb_connect_failed(o->service_id, o->backend_id, bpf_ktime_get_ns());
+	return 0;
+}
+
 /* Before the SYN: watch the state changes of a connect whose outcome
  * outlier detection wants. */
 static __always_inline void sockops_lb_connect(struct bpf_sock_ops *skops)
@@ -380,8 +396,8 @@ int km_sockops(struct bpf_sock_ops *skops)
 			   * tcp_fwmark_accept): the tunnel counts those */
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		tunnel_connecting(skops); /* first: takes a tunnelled socket's backend */
 		sockops_lb_connect(skops);
-		tunnel_connecting(skops);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		sockops_lb_outcome(skops, 1);

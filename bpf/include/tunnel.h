@@ -16,6 +16,7 @@
 #define KMESH_TUNNEL_H
 
 #include "lb.h"
+#include "sock.h"
 
 /* Workload addresses of other nodes that take HBONE; written by
  * internal/dataplane. */
@@ -102,11 +103,15 @@ static __always_inline int tunnel_remember(struct bpf_sock *sk, const __u32 addr
 	return 0;
 }
 
-/* sockops TCP_CONNECT_CB: a redirected socket now has its port. */
+/* sockops TCP_CONNECT_CB: a redirected socket now has its port. The
+ * backend outlier detection watches moves along with the destination: this
+ * socket's connect (to the tunnel) says nothing about the backend, so the
+ * tunnel credits its HBONE connect instead. */
 static __always_inline void tunnel_connecting(struct bpf_sock_ops *skops)
 {
 	struct tunnel_key key = {};
-	struct tunnel_dst *d;
+	struct tunnel_dst *d, v;
+	struct sock_lb *sl;
 	struct bpf_sock *sk = skops->sk;
 
 	if (!sk)
@@ -114,6 +119,14 @@ static __always_inline void tunnel_connecting(struct bpf_sock_ops *skops)
 	d = bpf_sk_storage_get(&km_tunnel_sk, sk, 0, 0);
 	if (!d)
 		return;
+	v = *d;
+	v.has_lb = 0;
+	sl = bpf_sk_storage_get(&km_sock_lb, sk, 0, 0);
+	if (sl) {
+		v.lb = *sl;
+		v.has_lb = 1;
+		bpf_sk_storage_delete(&km_sock_lb, sk);
+	}
 	key.netns_cookie = bpf_get_netns_cookie(skops);
 	if (skops->family == 2 /* AF_INET */) {
 		lb_v4_mapped(key.addr, skops->local_ip4);
@@ -124,7 +137,7 @@ static __always_inline void tunnel_connecting(struct bpf_sock_ops *skops)
 		key.addr[3] = skops->local_ip6[3];
 	}
 	key.port = (__u16)skops->local_port;
-	bpf_map_update_elem(&km_tunnel_dst, &key, d, BPF_ANY);
+	bpf_map_update_elem(&km_tunnel_dst, &key, &v, BPF_ANY);
 }
 
 /* Sends an IPv4 connect() to the tunnel: 127.0.0.1:KM_TUNNEL_OUTBOUND_PORT,

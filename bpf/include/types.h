@@ -489,7 +489,10 @@ struct tunnel_key {
 /* Where a redirected connection was going: the chosen endpoint (socket
  * storage km_tunnel_sk, then km_tunnel_dst), and the service address the
  * client dialed when the kernel balanced it (the CONNECT authority a
- * waypoint needs, as ztunnel sends VIP:port). */
+ * waypoint needs, as ztunnel sends VIP:port). With outlier detection on
+ * the service, also the backend chosen: the connect to the tunnel always
+ * succeeds, so the tunnel credits the outcome of its HBONE connect instead
+ * (km_lb_outcome). */
 struct tunnel_dst {
 	__u32 addr[4];     /* as in frontend_key */
 	__u16 port;        /* network order */
@@ -497,12 +500,23 @@ struct tunnel_dst {
 	__u8 has_svc;      /* 1: svc_addr/svc_port hold the service dialed */
 	__u32 svc_addr[4]; /* as in frontend_key */
 	__u16 svc_port;    /* network order */
-	__u16 pad;
+	__u8 has_lb;       /* 1: lb holds the backend outlier detection watches */
+	__u8 pad;
+	struct sock_lb lb;
+};
+
+/* Context of km_lb_outcome: one connect's outcome for outlier detection,
+ * run by the tunnel through BPF_PROG_RUN. */
+struct lb_outcome {
+	__u32 service_id;
+	__u32 backend_id;
+	__u32 ok; /* 1: connected, 0: failed */
 };
 
 _Static_assert(sizeof(struct tunnel_value) == 4, "tunnel_value size");
 _Static_assert(sizeof(struct tunnel_key) == 32, "tunnel_key size");
-_Static_assert(sizeof(struct tunnel_dst) == 40, "tunnel_dst size");
+_Static_assert(sizeof(struct tunnel_dst) == 48, "tunnel_dst size");
+_Static_assert(sizeof(struct lb_outcome) == 12, "lb_outcome size");
 _Static_assert(sizeof(struct lb_prio_key) == 8, "lb_prio_key size");
 _Static_assert(sizeof(struct lb_prio) == 32, "lb_prio size");
 _Static_assert(sizeof(struct lb_client) == 20, "lb_client size");

@@ -343,6 +343,13 @@ type KmeshLbEject struct {
 	Total uint64
 }
 
+type KmeshLbOutcome struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	BackendId uint32
+	Ok        uint32
+}
+
 type KmeshLbPrio struct {
 	_     structs.HostLayout
 	Slots [8]uint32
@@ -433,7 +440,9 @@ type KmeshTunnelDst struct {
 	HasSvc  uint8
 	SvcAddr [4]uint32
 	SvcPort uint16
-	Pad     uint16
+	HasLb   uint8
+	Pad     uint8
+	Lb      KmeshSockLb
 }
 
 type KmeshTunnelKey struct {
@@ -494,6 +503,7 @@ const (
 	KmeshProgKmGetpeername4      = "km_getpeername4"
 	KmeshProgKmGetpeername6      = "km_getpeername6"
 	KmeshProgKmIngress           = "km_ingress"
+	KmeshProgKmLbOutcome         = "km_lb_outcome"
 	KmeshProgKmSkmsg             = "km_skmsg"
 	KmeshProgKmSockops           = "km_sockops"
 	KmeshVarKmAccelerate         = "km_accelerate"
@@ -516,6 +526,7 @@ const (
 	KmeshVarUnusedLbHow          = "unused_lb_how"
 	KmeshVarUnusedLbLimit        = "unused_lb_limit"
 	KmeshVarUnusedLbMode         = "unused_lb_mode"
+	KmeshVarUnusedLbOutcome      = "unused_lb_outcome"
 	KmeshVarUnusedTunnelConst    = "unused_tunnel_const"
 	KmeshVarUnusedTunnelProto    = "unused_tunnel_proto"
 )
@@ -568,6 +579,7 @@ type KmeshProgramSpecs struct {
 	KmGetpeername4 *ebpf.ProgramSpec `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.ProgramSpec `ebpf:"km_getpeername6"`
 	KmIngress      *ebpf.ProgramSpec `ebpf:"km_ingress"`
+	KmLbOutcome    *ebpf.ProgramSpec `ebpf:"km_lb_outcome"`
 	KmSkmsg        *ebpf.ProgramSpec `ebpf:"km_skmsg"`
 	KmSockops      *ebpf.ProgramSpec `ebpf:"km_sockops"`
 }
@@ -637,6 +649,7 @@ type KmeshVariableSpecs struct {
 	UnusedLbHow          *ebpf.VariableSpec `ebpf:"unused_lb_how"`
 	UnusedLbLimit        *ebpf.VariableSpec `ebpf:"unused_lb_limit"`
 	UnusedLbMode         *ebpf.VariableSpec `ebpf:"unused_lb_mode"`
+	UnusedLbOutcome      *ebpf.VariableSpec `ebpf:"unused_lb_outcome"`
 	UnusedTunnelConst    *ebpf.VariableSpec `ebpf:"unused_tunnel_const"`
 	UnusedTunnelProto    *ebpf.VariableSpec `ebpf:"unused_tunnel_proto"`
 }
@@ -762,6 +775,7 @@ type KmeshVariables struct {
 	UnusedLbHow          *ebpf.Variable `ebpf:"unused_lb_how"`
 	UnusedLbLimit        *ebpf.Variable `ebpf:"unused_lb_limit"`
 	UnusedLbMode         *ebpf.Variable `ebpf:"unused_lb_mode"`
+	UnusedLbOutcome      *ebpf.Variable `ebpf:"unused_lb_outcome"`
 	UnusedTunnelConst    *ebpf.Variable `ebpf:"unused_tunnel_const"`
 	UnusedTunnelProto    *ebpf.Variable `ebpf:"unused_tunnel_proto"`
 }
@@ -776,6 +790,7 @@ type KmeshPrograms struct {
 	KmGetpeername4 *ebpf.Program `ebpf:"km_getpeername4"`
 	KmGetpeername6 *ebpf.Program `ebpf:"km_getpeername6"`
 	KmIngress      *ebpf.Program `ebpf:"km_ingress"`
+	KmLbOutcome    *ebpf.Program `ebpf:"km_lb_outcome"`
 	KmSkmsg        *ebpf.Program `ebpf:"km_skmsg"`
 	KmSockops      *ebpf.Program `ebpf:"km_sockops"`
 }
@@ -788,6 +803,7 @@ func (p *KmeshPrograms) Close() error {
 		p.KmGetpeername4,
 		p.KmGetpeername6,
 		p.KmIngress,
+		p.KmLbOutcome,
 		p.KmSkmsg,
 		p.KmSockops,
 	)

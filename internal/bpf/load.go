@@ -256,6 +256,13 @@ func (d *Datapath) Commit() error {
 			return fmt.Errorf("map %s: pin %s: %w", name, path, err)
 		}
 	}
+	// Programs another process runs (the tunnel's outlier credit) are
+	// pinned by name, replacing the previous instance's.
+	for _, name := range runByPin {
+		if err := d.pinProgram(name); err != nil {
+			return err
+		}
+	}
 	// A program attached to a map, not a cgroup, cannot follow the map to a
 	// new one: its old link goes.
 	_, newSocks := d.fresh[KmeshMapKmSocks]
@@ -295,6 +302,28 @@ var attachments = []struct {
 	{KmeshProgKmSockops, ebpf.AttachCGroupSockOps},
 	{KmeshProgKmSkmsg, ebpf.AttachSkMsgVerdict}, // on km_socks
 	{KmeshProgKmIngress, ebpf.AttachCGroupInetIngress},
+}
+
+// runByPin lists the programs other processes run with BPF_PROG_RUN,
+// through a pin named ProgramPin(name).
+var runByPin = []string{KmeshProgKmLbOutcome}
+
+// ProgramPin is where Commit pins a program of runByPin in dir.
+func ProgramPin(dir, name string) string { return filepath.Join(dir, "prog_"+name) }
+
+func (d *Datapath) pinProgram(name string) error {
+	pin := ProgramPin(d.opts.Dir, name)
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("program %s: replace pin %s: %w", name, pin, err)
+	}
+	prog := d.programs[name]
+	if prog == nil {
+		return nil // this kernel lacks it: no stale pin left either
+	}
+	if err := prog.Pin(pin); err != nil {
+		return fmt.Errorf("program %s: pin %s: %w", name, pin, err)
+	}
+	return nil
 }
 
 func (d *Datapath) attach(name string, prog *ebpf.Program, at ebpf.AttachType) (link.Link, error) {

@@ -108,6 +108,8 @@ func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logg
 	}
 	if !f.Telemetry {
 		delete(s.Programs, KmeshProgKmSockops)
+		// The tunnel that runs it needs sockops (tunnel_connecting).
+		delete(s.Programs, KmeshProgKmLbOutcome)
 		if opts.Telemetry {
 			log.Warn("kernel lacks sockops netns cookies or ring buffers (5.15): no connection metrics or access logs")
 		}

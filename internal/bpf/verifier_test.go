@@ -23,6 +23,7 @@ var verifierBudget = map[string]int{
 	"km_ingress":      40_000, // 18,317: the same walk at the destination
 	"km_sockops":      4_000,  // 1,247 with outlier detection
 	"km_skmsg":        1_000,  // 99
+	"km_lb_outcome":   1_000,  // 355: the tunnel's outlier credit (lb_connect_failed's ejection scan)
 	"km_conn_iter":    1_000,  // 480: the live connections, for /connections and byte reports
 	"km_getpeername4": 200,    // 19
 	"km_getpeername6": 200,    // 20

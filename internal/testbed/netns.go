@@ -17,6 +17,9 @@ func createNetns(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("netns %s: %w", path, err)
 	}
+	if err := sharedMountDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
 		return fmt.Errorf("netns %s: %w", path, err)
@@ -35,6 +38,25 @@ func createNetns(path string) error {
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// sharedMountDir makes dir a shared mount point of its own, as `ip netns
+// add` does before its first namespace. Otherwise the first `ip netns`
+// run by anyone while a namespace of ours is mounted bind-mounts dir over
+// itself, hiding our mount beneath: deleteNetns could then neither unmount
+// nor remove it (EBUSY), and the namespace would leak.
+func sharedMountDir(dir string) error {
+	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point yet
+		if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind mount %s on itself: %w", dir, err)
+		}
+		err = unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", dir, err)
 	}
 	return nil
 }

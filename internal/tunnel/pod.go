@@ -221,12 +221,13 @@ func (t *Tunnel) acceptOutbound(ctx context.Context, p *pod, l net.Listener) {
 // resets the application's connection: it is never sent in plaintext.
 func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	peer := addrPortOf(c.RemoteAddr())
-	dst, svc, err := t.origDst(p.cookie, peer)
+	r, err := t.origDst(p.cookie, peer)
 	if err != nil {
 		t.log.Warn("redirected connection without a destination; reset", "netns", p.netns, "peer", peer.String(), "err", err)
 		reset(c)
 		return
 	}
+	dst, svc := r.dst, r.svc
 	v := t.view.Load()
 	dw := v.byAddr[dst.Addr()]
 	if dw == nil {
@@ -260,6 +261,7 @@ func (t *Tunnel) outbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	}
 	ev := Event{Direction: Outbound, Start: time.Now(), Pod: p.workload.Load().Key(), Source: src, Destination: dstID, Client: peer, Target: dst, Peer: target.Addr}
 	hc, err := t.dialer.Dial(ctx, target)
+	t.credit(r, err)
 	if err != nil {
 		t.log.Warn("tunnel refused; connection reset", "src", src.String(), "dst", dst.String(), "peer_identity", dstID.String(), "err", err)
 		reset(c)

@@ -46,7 +46,7 @@ const OutboundPort = uint16(bpf.KmeshKmTunnelConstKM_TUNNEL_OUTBOUND_PORT)
 type Config struct {
 	Node     string
 	StateDir string // where kmeshd writes the state
-	BPFDir   string // kmeshd's pins: km_tunnel_dst
+	BPFDir   string // kmeshd's pins: km_tunnel_dst, km_lb_outcome
 	Certs    identity.Source
 	Log      *slog.Logger
 	// Events, if set, receives every tunnelled connection when it is
@@ -67,8 +67,9 @@ type Tunnel struct {
 
 	view atomic.Pointer[view]
 
-	mapMu  sync.Mutex
-	dstMap *ebpf.Map
+	mapMu   sync.Mutex
+	dstMap  *ebpf.Map
+	outcome *ebpf.Program // km_lb_outcome, opened with dstMap
 
 	mu   sync.Mutex
 	pods map[string]*pod // by netns path
@@ -220,68 +221,6 @@ func (t *Tunnel) Wait() { t.wg.Wait() }
 // identityOf is a workload's SPIFFE identity in the CA's trust domain.
 func (t *Tunnel) identityOf(w *model.Workload) identity.Identity {
 	return identity.OfWorkload(t.cfg.Certs.TrustDomain(), w.Namespace, w.ServiceAccount)
-}
-
-// origDst finds where a redirected connection from peer in the namespace
-// of cookie was going, and forgets it: the endpoint, and the service
-// address dialed when the kernel balanced it (else the zero AddrPort).
-func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (dst, svc netip.AddrPort, err error) {
-	key := bpf.KmeshTunnelKey{NetnsCookie: cookie, Addr: bpf.AddrWords(peer.Addr()), Port: peer.Port()}
-	var v bpf.KmeshTunnelDst
-	for attempt := 0; ; attempt++ {
-		m, err := t.tunnelDstMap(attempt > 0)
-		if err != nil {
-			return netip.AddrPort{}, netip.AddrPort{}, err
-		}
-		err = m.LookupAndDelete(key, &v)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			// LRU maps take lookup-and-delete from 5.14 on; otherwise
-			// two steps.
-			if err = m.Lookup(key, &v); err == nil {
-				m.Delete(key)
-				break
-			}
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) || attempt > 0 {
-			return netip.AddrPort{}, netip.AddrPort{}, fmt.Errorf("original destination of %s: %w", peer, err)
-		}
-		// A restarted kmeshd may have replaced the map: open the pin
-		// again and look once more.
-	}
-	dst = netip.AddrPortFrom(bpf.WordsAddr(v.Addr).Unmap(), bpf.NetPort(v.Port))
-	if v.HasSvc != 0 {
-		svc = netip.AddrPortFrom(bpf.WordsAddr(v.SvcAddr).Unmap(), bpf.NetPort(v.SvcPort))
-	}
-	return dst, svc, nil
-}
-
-func (t *Tunnel) tunnelDstMap(reopen bool) (*ebpf.Map, error) {
-	t.mapMu.Lock()
-	defer t.mapMu.Unlock()
-	if t.dstMap != nil && !reopen {
-		return t.dstMap, nil
-	}
-	m, err := ebpf.LoadPinnedMap(filepath.Join(t.cfg.BPFDir, bpf.KmeshMapKmTunnelDst), nil)
-	if err != nil {
-		return nil, fmt.Errorf("open %s in %s (is kmeshd's data plane loaded?): %w", bpf.KmeshMapKmTunnelDst, t.cfg.BPFDir, err)
-	}
-	if t.dstMap != nil {
-		t.dstMap.Close()
-	}
-	t.dstMap = m
-	return m, nil
-}
-
-func (t *Tunnel) closeMap() {
-	t.mapMu.Lock()
-	defer t.mapMu.Unlock()
-	if t.dstMap != nil {
-		t.dstMap.Close()
-		t.dstMap = nil
-	}
 }
 
 // cookieOf reads a pod namespace's cookie, as the programs see it.
