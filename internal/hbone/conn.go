@@ -87,6 +87,9 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 			return s.copyTo(tc, *bp)
 		}
 	}
+	if tc, ok := src.(*net.TCPConn); ok {
+		src = withRawIO(tc)
+	}
 	// Hide ReaderFrom/WriterTo: *net.TCPConn's fall back to io.Copy's own
 	// allocation when the other side is not a socket.
 	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)

@@ -276,7 +276,7 @@ func (d *Dialer) open(ctx context.Context, t *Target) (cc *h2conn, expires time.
 		ours = c
 		return c, err
 	}
-	tc := tls.Client(raw, cfg)
+	tc := tls.Client(withRawIO(raw), cfg)
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
 		return nil, time.Time{}, fmt.Errorf("hbone dial %s: tls: %w", t.Addr, err)

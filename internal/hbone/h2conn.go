@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,6 +40,9 @@ type h2conn struct {
 	henc *hpack.Encoder
 	hbuf bytes.Buffer
 	werr error
+	// flushPending: a writer yielded before flushing; it flushes what
+	// others write meanwhile.
+	flushPending bool
 
 	// Reading: the reader goroutine only.
 	rfr *http2.Framer
@@ -167,7 +171,12 @@ func (c *h2conn) start() error {
 	return nil
 }
 
-// write runs f with the framer under the write lock, then flushes.
+// write runs f with the framer under the write lock, then flushes: after
+// yielding once, so that writers already runnable (a burst of requests on
+// several streams, each read by its own goroutine) add their frames first
+// and one TLS record and one system call carry them all. A writer that
+// finds a flush pending leaves its frames to it; the pending flush always
+// follows, as the yielding writer resumes.
 func (c *h2conn) write(f func(fr *http2.Framer) error) error {
 	c.wmu.Lock()
 	if c.werr != nil {
@@ -177,18 +186,31 @@ func (c *h2conn) write(f func(fr *http2.Framer) error) error {
 	err := f(c.wfr)
 	// A stream that ended or a connection that takes no stream is no
 	// failure of the socket: what was written before still goes out.
-	soft := errors.Is(err, errStreamDone) || errors.Is(err, errRefused)
-	if err == nil || soft {
-		if ferr := c.bw.Flush(); ferr != nil {
-			err, soft = ferr, false
+	if err != nil && !errors.Is(err, errStreamDone) && !errors.Is(err, errRefused) {
+		c.werr = err
+		c.wmu.Unlock()
+		c.fail(err, 0)
+		return err
+	}
+	if c.flushPending {
+		c.wmu.Unlock()
+		return err
+	}
+	c.flushPending = true
+	c.wmu.Unlock()
+	runtime.Gosched()
+	c.wmu.Lock()
+	c.flushPending = false
+	ferr := c.werr
+	if ferr == nil {
+		if ferr = c.bw.Flush(); ferr != nil {
+			c.werr = ferr
 		}
 	}
-	if err != nil && !soft {
-		c.werr = err
-	}
 	c.wmu.Unlock()
-	if err != nil && !soft {
-		c.fail(err, 0)
+	if ferr != nil {
+		c.fail(ferr, 0)
+		return ferr
 	}
 	return err
 }

@@ -196,7 +196,7 @@ func (s *stream) copyTo(dst *net.TCPConn, buf []byte) (int64, error) {
 		sinc, cinc := s.consumedLocked(int64(n))
 		c.mu.Unlock()
 		s.grant(sinc, cinc)
-		m, werr := dst.Write(buf[:n])
+		m, werr := rawWrite(rc, buf[:n], true)
 		written += int64(m)
 		c.mu.Lock()
 		if werr != nil {
@@ -240,32 +240,7 @@ func (s *stream) deliver(data []byte) int {
 }
 
 // writeNow writes what the socket takes without blocking.
-func writeNow(rc syscall.RawConn, p []byte) (int, error) {
-	var n int
-	var werr error
-	err := rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, err := syscall.Write(int(fd), p[n:])
-			if m > 0 {
-				n += m
-			}
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil {
-				if err != syscall.EAGAIN {
-					werr = err
-				}
-				break
-			}
-		}
-		return true // never wait for the socket
-	})
-	if werr == nil {
-		werr = err
-	}
-	return n, werr
-}
+func writeNow(rc syscall.RawConn, p []byte) (int, error) { return rawWrite(rc, p, false) }
 
 // Write sends p as DATA frames within the peer's windows.
 func (s *stream) Write(p []byte) (int, error) {

@@ -281,6 +281,11 @@ func TestTunnel_DirectTargetMismatchIs400(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("matching authority: %v", err)
 	}
+	// The server dialed the upstream before its 200; the upstream's
+	// Accept may still be on its way.
+	for deadline := time.Now().Add(5 * time.Second); accepted.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if accepted.Load() != 1 {
 		t.Fatalf("upstream accepted %d, want 1", accepted.Load())
 	}

@@ -131,7 +131,7 @@ func (s *Server) Wait() { s.wg.Wait() }
 // ServeConn runs the TLS handshake and HTTP/2 on one accepted connection.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	s.init()
-	tc := tls.Server(c, serverTLS(s.Certs, s.Identity))
+	tc := tls.Server(withRawIO(c), serverTLS(s.Certs, s.Identity))
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := tc.HandshakeContext(hctx)
 	cancel()
