@@ -27,5 +27,7 @@
 // the crypto. Here one reader goroutine per connection hands DATA to its
 // stream, writing it straight to the destination socket when that socket
 // takes it without blocking; writers frame and flush their own bytes under
-// one lock, so a stream's bytes leave from the goroutine that read them.
+// one lock, so a stream's bytes leave from the goroutine that read them
+// (after yielding once, so that a burst of streams shares a flush). The
+// sockets are read and written with raw system calls (rawio.go).
 package hbone
