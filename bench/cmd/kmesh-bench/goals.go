@@ -167,7 +167,7 @@ func goals(res *report.Results) []report.Goal {
 		out = append(out, report.Goal{
 			Goal:     fmt.Sprintf("first full sync of %d services / %d endpoints (file source: exec to ready)", s.Services, s.Endpoints),
 			Target:   "< 2 s at 100,000 endpoints",
-			Measured: fmt.Sprintf("%.0f ms", s.FirstSyncMs),
+			Measured: report.WallAndCPU(s.FirstSyncMs, s.FirstSyncCPUMs),
 			Met:      met(s.FirstSyncMs < 2000 && s.Endpoints >= 100000),
 			Note:     scaleNote,
 		})
@@ -190,7 +190,7 @@ func goals(res *report.Results) []report.Goal {
 		out = append(out, report.Goal{
 			Goal:     fmt.Sprintf("first full sync of %d services / %d endpoints (xDS delta: exec to ready)", s.Services, s.Endpoints),
 			Target:   "< 2 s at 100,000 endpoints",
-			Measured: fmt.Sprintf("%.0f ms", s.XDSFirstSyncMs),
+			Measured: report.WallAndCPU(s.XDSFirstSyncMs, s.XDSFirstSyncCPUMs),
 			Met:      met(s.XDSFirstSyncMs < 2000 && s.Endpoints >= 100000),
 			Note:     short,
 		})

@@ -94,8 +94,8 @@ func runScale(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*rep
 		return out, err
 	}
 	defer func() { k.Stop() }()
-	out.FirstSyncMs = ms(k.Ready)
-	logf("control plane: first full sync %.0f ms", out.FirstSyncMs)
+	out.FirstSyncMs, out.FirstSyncCPUMs = ms(k.Ready), ms(k.ReadyCPU)
+	logf("control plane: first full sync %s", report.WallAndCPU(out.FirstSyncMs, out.FirstSyncCPUMs))
 	if out.ParseMs, err = parseTime(s.path); err != nil {
 		return out, err
 	}

@@ -94,8 +94,8 @@ func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
 		return err
 	}
 	defer k.Stop()
-	out.XDSFirstSyncMs = ms(k.Ready)
-	logf("control plane over xDS: first full sync %.0f ms (%d services, %d endpoints)", out.XDSFirstSyncMs, s.cfg.services, s.cfg.endpoints)
+	out.XDSFirstSyncMs, out.XDSFirstSyncCPUMs = ms(k.Ready), ms(k.ReadyCPU)
+	logf("control plane over xDS: first full sync %s (%d services, %d endpoints)", report.WallAndCPU(out.XDSFirstSyncMs, out.XDSFirstSyncCPUMs), s.cfg.services, s.cfg.endpoints)
 
 	slots, closeSlots, err := slotReader(s.node.BPFDir)
 	if err != nil {

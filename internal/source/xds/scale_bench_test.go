@@ -89,7 +89,8 @@ func scaleWorkload(svc, i int) xdstest.Workload {
 //
 //	go test -run '^$' -bench OneEndpointChangeAtScale -benchtime 200x -timeout 30m ./internal/source/xds/
 //
-// KMESH_BENCH_HEAPPROFILE=file writes a heap profile with the mesh synced
+// KMESH_BENCH_SYNCPROFILE=file writes a CPU profile of the first sync
+// alone (client start to the maps written). KMESH_BENCH_HEAPPROFILE=file writes a heap profile with the mesh synced
 // (go tool pprof -sample_index=inuse_space).
 func BenchmarkWorkloadClient_OneEndpointChangeAtScale(b *testing.B) {
 	for _, n := range []int{10_000, 50_000} {
@@ -134,6 +135,16 @@ func benchScale(b *testing.B, services int) {
 	sink := &deltaSink{dp: dp, written: make(chan time.Time, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if path := os.Getenv("KMESH_BENCH_SYNCPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+	}
 	cpu0 := cpuTime(b)
 	start := time.Now()
 	var firstSync time.Duration
@@ -149,6 +160,7 @@ func benchScale(b *testing.B, services int) {
 	// sending what it marshalled before start): on a loaded machine the
 	// wall time above is mostly waiting for a core.
 	syncCPU := cpuTime(b) - cpu0
+	pprof.StopCPUProfile() // a no-op unless KMESH_BENCH_SYNCPROFILE started it
 	runtime.GC()
 	if path := os.Getenv("KMESH_BENCH_HEAPPROFILE"); path != "" {
 		f, err := os.Create(path)
