@@ -161,10 +161,11 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 	}
 
 	staged := c.eng.store.clone()
-	fresh := map[resourceKey]bool{}
+	fresh := make(map[resourceKey]bool, len(resp.GetResources()))
 	var rejects []string
 	changed := false
 	values, errs := convertAll(h, resp.GetResources())
+	staged.reserve(t, len(resp.GetResources()))
 	for i, r := range resp.GetResources() {
 		fresh[resourceKey{t, r.GetName()}] = true
 		if errs[i] != nil {
@@ -197,17 +198,14 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 		// resources are named in the reply to the response that
 		// completes the state.
 		c.eng.store = staged
-		if c.pending == nil {
-			c.pending = map[resourceKey]bool{}
-		}
-		maps.Copy(c.pending, fresh)
+		c.pending = union(c.pending, fresh)
 		if len(rejects) > 0 {
 			return nack(log, reply, rejects)
 		}
 		return reply
 	}
 	if c.pending != nil {
-		maps.Copy(fresh, c.pending)
+		fresh = union(c.pending, fresh)
 		c.pending = nil
 	}
 	// The change index is built while the mesh is applied (commit), from
@@ -386,4 +384,18 @@ func nack[R request](log *slog.Logger, reply R, rejects []string) R {
 		r.ErrorDetail = st
 	}
 	return reply
+}
+
+// union adds the smaller set to the larger and returns the larger: the
+// first response of a type holds every resource (100,000 at scale) and
+// the other types' are small, so copying the small one costs nothing.
+func union(a, b map[resourceKey]bool) map[resourceKey]bool {
+	if len(a) < len(b) {
+		a, b = b, a
+	}
+	if a == nil {
+		return map[resourceKey]bool{}
+	}
+	maps.Copy(a, b)
+	return a
 }

@@ -42,6 +42,15 @@ func (s *store) clone() *store {
 	return c
 }
 
+// reserve makes room for n resources of a type it holds none of yet: a
+// first response brings all of them at once (100,000 at scale), and
+// growing the map step by step rehashes it a dozen times.
+func (s *store) reserve(typeURL string, n int) {
+	if len(s.byType[typeURL]) == 0 && n > 0 {
+		s.byType[typeURL] = make(map[string]*entry, n)
+	}
+}
+
 func (s *store) put(typeURL, name, version string, value any) {
 	m := s.byType[typeURL]
 	if m == nil {
