@@ -60,6 +60,12 @@ func newDir(node string) *dir {
 // the other files.
 func (d *dir) parsePart(name string, data []byte) (*part, error) {
 	root, err := decode(data)
+	return d.parseDecoded(name, data, root, err)
+}
+
+// parseDecoded is parsePart for a file already decoded (readAhead):
+// root and err are what decode returned for data.
+func (d *dir) parseDecoded(name string, data []byte, root *yaml.Node, err error) (*part, error) {
 	if err != nil {
 		return nil, syntaxError(name, data, err)
 	}
@@ -473,6 +479,11 @@ func (d *dir) policiesOf(w *model.Workload) []string {
 // over; undo puts the record back.
 func (d *dir) whole() (m *model.Mesh, undo func()) {
 	all := &part{}
+	var services, workloads int
+	for _, pt := range d.parts {
+		services, workloads = services+len(pt.services), workloads+len(pt.workloads)
+	}
+	all.services, all.workloads = make([]*service, 0, services), make([]*workload, 0, workloads)
 	for _, name := range slices.Sorted(maps.Keys(d.parts)) {
 		pt := d.parts[name]
 		all.services = append(all.services, pt.services...)

@@ -60,14 +60,17 @@ func (s *Source) loadDir() (*dir, map[string]digest, *model.Mesh, error) {
 		return nil, nil, nil, err
 	}
 	d := newDir(s.node)
-	files := map[string]digest{}
-	for _, name := range names {
-		data, err := os.ReadFile(filepath.Join(s.path, name))
+	files := make(map[string]digest, len(names))
+	next, stop := readAhead(s.path, names)
+	defer stop()
+	for i, name := range names {
+		f := next(i)
+		data, err := f.data, f.err
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		full := filepath.Join(s.path, name)
-		pt, err := d.parsePart(full, data)
+		pt, err := d.parseDecoded(full, data, f.root, f.decodeErr)
 		if err == nil {
 			err = d.check(name, full, data, pt)
 		}

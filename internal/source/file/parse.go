@@ -278,6 +278,7 @@ func (pt *part) build(m *model.Mesh) {
 		m.Policies = append(m.Policies, pol.Policy)
 	}
 	m.Policies = append(m.Policies, convertPeerAuths(peerAuths, m.Workloads)...)
+	m.Services = slices.Grow(m.Services, len(services))
 	for _, s := range services {
 		ms := s.Service
 		ms.Endpoints = slices.Clone(ms.Endpoints)
