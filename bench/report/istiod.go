@@ -31,9 +31,21 @@ type Istiod struct {
 	// kmeshd converged, while istiod may still be busy with the start).
 	FlipSeriesMs []float64 `json:"flip_series_ms,omitempty"`
 	Flips        int       `json:"flips,omitempty"`
-	KmeshdRSS    float64   `json:"kmeshd_rss_mib,omitempty"`
-	KmeshdPeak   float64   `json:"kmeshd_peak_mib,omitempty"`
-	IstiodRSS    float64   `json:"istiod_rss_mib,omitempty"`
+	// The flips split at istiod's log (its debounce line for the pod):
+	// ToIstiod is the status write until istiod's ambient index has the
+	// change (the API server's write and watch, istiod's informer);
+	// FromIstiod from then to the maps (istiod's debounce, its push,
+	// kmeshd); PushToMaps from istiod's push to the maps.
+	FlipsSplit      int     `json:"flips_split,omitempty"`
+	ToIstiodMs      Stat    `json:"to_istiod_ms"`
+	ToIstiodP99Ms   float64 `json:"to_istiod_p99_ms,omitempty"`
+	FromIstiodMs    Stat    `json:"from_istiod_ms"`
+	FromIstiodP99Ms float64 `json:"from_istiod_p99_ms,omitempty"`
+	PushToMapsMs    Stat    `json:"push_to_maps_ms"`
+	PushToMapsP99Ms float64 `json:"push_to_maps_p99_ms,omitempty"`
+	KmeshdRSS       float64 `json:"kmeshd_rss_mib,omitempty"`
+	KmeshdPeak      float64 `json:"kmeshd_peak_mib,omitempty"`
+	IstiodRSS       float64 `json:"istiod_rss_mib,omitempty"`
 	// LoadAvg is /proc/loadavg before the flips and after them.
 	LoadAvg string `json:"loadavg,omitempty"`
 }
@@ -57,5 +69,15 @@ func IstiodTable(s *Istiod) string {
 	fmt.Fprintf(&b, "| %.1f s | %.1f s | %.1f s | %.1f s | %s ms | %.0f ms | %d | %.0f MiB (%.0f) | %.0f MiB | %s |\n",
 		s.RegisterMs/1000, s.IstiodReadyMs/1000, s.KmeshdReadyMs/1000, s.ConvergeMs/1000, cell(s.FlipMs, 0), s.FlipP99Ms, s.Flips,
 		s.KmeshdRSS, s.KmeshdPeak, s.IstiodRSS, s.LoadAvg)
+	if s.FlipsSplit > 0 {
+		fmt.Fprintf(&b, "\nThe flips split at istiod's log (its \"Push debounce stable\" line for the pod; istiod, kmeshd and the bench share "+
+			"the host's clock; %d of %d flips pushed alone): *to istiod* is the status write until istiod's ambient index has the change "+
+			"(the API server's write and watch, istiod's informer), *istiod → maps* from then to the maps (istiod's debounce, its push, "+
+			"kmeshd), *push → maps* from istiod's push to the maps (the push's transport and kmeshd).\n\n", s.FlipsSplit, s.Flips)
+		b.WriteString("| to istiod: p50 (min–max) | p99 | istiod → maps: p50 (min–max) | p99 | push → maps: p50 (min–max) | p99 |\n")
+		b.WriteString("|--:|--:|--:|--:|--:|--:|\n")
+		fmt.Fprintf(&b, "| %s ms | %.0f ms | %s ms | %.0f ms | %s ms | %.1f ms |\n",
+			cell(s.ToIstiodMs, 0), s.ToIstiodP99Ms, cell(s.FromIstiodMs, 0), s.FromIstiodP99Ms, cell(s.PushToMapsMs, 1), s.PushToMapsP99Ms)
+	}
 	return b.String()
 }

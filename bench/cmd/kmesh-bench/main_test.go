@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"istio.io/istio/pkg/workloadapi"
 
@@ -218,6 +220,18 @@ func TestGoals_Istiod(t *testing.T) {
 	if got := verdicts()["one ≤ istiod's debounce + 10 ms p99 (110 ms)"]; got != "no" {
 		t.Errorf("p99 111 ms with a 100 ms debounce: met %s, want no", got)
 	}
+	// Split at istiod's log, the goal is timed from istiod having the
+	// change: a slow API server no longer counts, a slow push does.
+	ist.FlipsSplit, ist.FromIstiodMs, ist.FromIstiodP99Ms, ist.ToIstiodP99Ms = 2, report.Over([]float64{102, 104}), 104, 900
+	ist.FlipP99Ms = 1000
+	if got := verdicts()["one ≤ istiod's debounce + 10 ms p99 (110 ms)"]; got != "yes" {
+		t.Errorf("istiod -> maps p99 104 ms, write -> maps 1000 ms: met %s, want yes", got)
+	}
+	ist.FromIstiodP99Ms = 111
+	if got := verdicts()["one ≤ istiod's debounce + 10 ms p99 (110 ms)"]; got != "no" {
+		t.Errorf("istiod -> maps p99 111 ms: met %s, want no", got)
+	}
+	ist.FromIstiodP99Ms = 104
 	ist.FlipP99Ms, ist.Pods = 100, 1000 // -quick
 	for goal, met := range verdicts() {
 		if met != "no" {
@@ -264,5 +278,43 @@ func TestGoals_KmeshdCPUPerConnection(t *testing.T) {
 	}
 	if _, ok := res()[goal]; ok {
 		t.Error("goal reported without a kmeshd measurement")
+	}
+}
+
+// TestSplitFlips_AtIstiodsLog splits flips at istiod's debounce lines as
+// pilot-discovery writes them: a pod pushed alone is split, a push that
+// merged several events is not.
+func TestSplitFlips_AtIstiodsLog(t *testing.T) {
+	at := func(s string) time.Time {
+		v, err := time.Parse(time.RFC3339Nano, "2026-12-02T"+s+"Z")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	log := strings.Join([]string{
+		"2026-12-02T05:48:00.537261Z\tinfo\tads\tPush debounce stable[10] 1 for config Address//Kubernetes//Pod/scale-3/svc-3-0: 101.716533ms since last change, 101.716482ms since last push, forced=false",
+		"2026-12-02T05:48:00.537524Z\tinfo\tads\tXDS: Pushing Services:2001 ConnectedEndpoints:1 Version:2026-12-02T05:48:00Z/10",
+		"2026-12-02T05:48:00.703594Z\tinfo\tads\tPush debounce stable[11] 1 for config Endpoints/scale-3/svc-3.scale-3.svc.cluster.local: 130.894347ms since last change, 130.894187ms since last push, forced=false",
+		"2026-12-02T05:48:02.450144Z\tinfo\tads\tPush debounce stable[12] 2 for config Address//Kubernetes//Pod/scale-3/svc-3-1 and 1 more configs: 100.454235ms since last change, 100.454166ms since last push, forced=false",
+	}, "\n")
+	flips := []timedFlip{
+		{pod: "scale-3/svc-3-0", t0: at("05:47:46.975"), inMaps: at("05:48:00.539")},
+		{pod: "scale-3/svc-3-1", t0: at("05:48:01.000"), inMaps: at("05:48:02.452")},
+	}
+	var out report.Istiod
+	splitFlips(&out, flips, log)
+	if out.FlipsSplit != 1 {
+		t.Fatalf("split %d flips, want 1 (the second push merged two events)", out.FlipsSplit)
+	}
+	// istiod had it at 00.537261 - 101.716533 ms = 00.435544.
+	for name, c := range map[string]struct{ got, want float64 }{
+		"to istiod":     {out.ToIstiodMs.Median, 13460.544},
+		"istiod → maps": {out.FromIstiodMs.Median, 103.456},
+		"push → maps":   {out.PushToMapsMs.Median, 1.739},
+	} {
+		if math.Abs(c.got-c.want) > 0.01 {
+			t.Errorf("%s: %.3f ms, want %.3f", name, c.got, c.want)
+		}
 	}
 }
