@@ -60,11 +60,11 @@ func (p *Proxy) record(s *snapshot, r *http.Request, rq *request) {
 	}
 	d := time.Since(rq.start)
 	if m := p.opts.Metrics; m != nil {
-		lv := p.labels(s, r, rq)
-		m.requests.WithLabelValues(lv...).Inc()
-		m.duration.WithLabelValues(lv...).Observe(float64(d.Microseconds()) / 1000)
-		m.req.WithLabelValues(lv...).Observe(float64(rq.reqBytes))
-		m.resp.WithLabelValues(lv...).Observe(float64(rq.rspBytes))
+		se := p.series(m, s, r, rq)
+		se.requests.Inc()
+		se.duration.Observe(float64(d.Microseconds()) / 1000)
+		se.req.Observe(float64(rq.reqBytes))
+		se.resp.Observe(float64(rq.rspBytes))
 	}
 	if p.alog != nil {
 		e := &AccessLogEntry{

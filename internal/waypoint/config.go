@@ -45,6 +45,9 @@ type snapshot struct {
 	services map[string]*service             // every service of the mesh (backends), by key
 	byAddr   map[netip.Addr]*model.Workload  // workloads by address (plaintext peer identity)
 	byKey    map[string]*model.Workload      // workloads by key (metrics labels)
+	// principals are the workloads' principals (principal(w)), made once
+	// per config rather than per request.
+	principals map[*model.Workload]string
 	// gatewayPolicies target the Gateway: every request through it.
 	gatewayPolicies []*model.L7Policy
 }
@@ -74,6 +77,9 @@ type servicePort struct {
 	// attached and requests go to the service itself.
 	routes []*routeEntry
 	routed bool
+	// self is the service itself at this port as a backend: where a
+	// request goes without routes, and a TCP connection.
+	self *backend
 	// consumers are GAMMA consumer routes: routes from another namespace
 	// than the service's, by that namespace. They apply only to clients of
 	// their namespace, and for those clients instead of the producer's
@@ -111,12 +117,15 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 		byPort:   map[uint16][]*servicePort{},
 		services: map[string]*service{},
 		byAddr:   map[netip.Addr]*model.Workload{},
+
+		principals: make(map[*model.Workload]string, len(mesh.Workloads)),
 	}
 	workloads := map[string]*model.Workload{}
 	s.byKey = workloads
 	for i := range mesh.Workloads {
 		w := &mesh.Workloads[i]
 		workloads[w.Key()] = w
+		s.principals[w] = principal(w)
 		for _, a := range w.Addresses {
 			s.byAddr[a] = w
 		}
@@ -125,7 +134,9 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 		ms := &mesh.Services[i]
 		svc := &service{m: ms, key: ms.Key(), ports: map[uint16]*servicePort{}}
 		for _, p := range ms.Ports {
-			svc.ports[p.Port] = &servicePort{svc: svc, port: p.Port, targetPort: p.TargetPort, proto: protocolOf(p.AppProtocol)}
+			sp := &servicePort{svc: svc, port: p.Port, targetPort: p.TargetPort, proto: protocolOf(p.AppProtocol)}
+			sp.self = &backend{svc: svc, port: p.Port, weight: 1, name: fmt.Sprintf("%s:%d", svc.key, p.Port)}
+			svc.ports[p.Port] = sp
 		}
 		for _, e := range ms.Endpoints {
 			w := workloads[e.Workload]

@@ -171,9 +171,8 @@ func (p *Proxy) routeRequest(sp *servicePort, clientNS string, r *http.Request, 
 	routes, routed := sp.routesFor(clientNS)
 	if !routed {
 		rq.route = "default"
-		be := &backend{svc: sp.svc, port: sp.port, weight: 1, name: sp.svc.key + ":" + strconv.Itoa(int(sp.port))}
-		rq.backend = be.name
-		return be, nil, nil
+		rq.backend = sp.self.name
+		return sp.self, nil, nil
 	}
 	e := matchRoute(routes, r)
 	if e == nil {
@@ -205,7 +204,7 @@ func (p *Proxy) attrs(s *snapshot, info *connInfo, r *http.Request) *attrs {
 		// Plaintext: the client is known by its address, as kmeshd knows
 		// it before mutual TLS.
 		if w := s.byAddr[a.srcIP]; w != nil {
-			a.principal = principal(w)
+			a.principal = s.principals[w]
 		}
 	}
 	if r != nil {

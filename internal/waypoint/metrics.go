@@ -73,6 +73,48 @@ func or(v, def string) string {
 	return v
 }
 
+// seriesKey is everything a request's label values are made of besides
+// its connection (whose peer is the same for all its requests): requests
+// with equal keys on one connection count in the same series.
+type seriesKey struct {
+	s          *snapshot // the workloads the source and destination labels come from
+	svc        *service
+	ep         *endpoint
+	grpc       bool
+	status     int
+	grpcStatus string
+	flags      string
+}
+
+// series are the metric series of one label set.
+type series struct {
+	key                 seriesKey
+	requests            prometheus.Counter
+	duration, req, resp prometheus.Observer
+}
+
+// series returns the series of a finished request. The connection keeps
+// those of its last request, so the 21 label values are built and hashed
+// only when they change, not for every request.
+func (p *Proxy) series(m *Metrics, s *snapshot, r *http.Request, rq *request) *series {
+	k := seriesKey{s: s, svc: rq.svc, ep: rq.ep, grpc: isGRPC(r), status: rq.status, grpcStatus: rq.grpc}
+	if len(rq.flags) > 0 {
+		k.flags = strings.Join(rq.flags, ",")
+	}
+	if se := rq.info.series.Load(); se != nil && se.key == k {
+		return se
+	}
+	lv := p.labels(s, r, rq)
+	se := &series{key: k, requests: m.requests.WithLabelValues(lv...), duration: m.duration.WithLabelValues(lv...),
+		req: m.req.WithLabelValues(lv...), resp: m.resp.WithLabelValues(lv...)}
+	rq.info.series.Store(se)
+	return se
+}
+
+func isGRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
 // labels returns the label values of a finished request.
 func (p *Proxy) labels(s *snapshot, r *http.Request, rq *request) []string {
 	src := s.byAddr[rq.info.peer.Addr.Addr().Unmap()]
@@ -99,7 +141,7 @@ func (p *Proxy) labels(s *snapshot, r *http.Request, rq *request) []string {
 		dstPrincipal = "spiffe://" + rq.ep.identity
 	}
 	proto := "http"
-	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+	if isGRPC(r) {
 		proto = "grpc"
 	}
 	sec := "none"

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -166,6 +165,9 @@ type connInfo struct {
 	// port is the port the connection arrived on, to pick a service by
 	// Host when sp is nil.
 	port uint16
+	// series are the metric series of the connection's last request: the
+	// next one mostly has the same labels (metrics.go).
+	series atomic.Pointer[series]
 }
 
 type connKey struct{}
@@ -279,7 +281,7 @@ func (p *Proxy) forwardTCP(c net.Conn, br *bufio.Reader, info *connInfo) {
 		p.log.Debug("tcp connection denied", "service", svc.key, "peer", info.peer.Addr, "policy", d.policy)
 		return
 	}
-	be := &backend{svc: svc, port: info.sp.port, weight: 1, name: fmt.Sprintf("%s:%d", svc.key, info.sp.port)}
+	be := info.sp.self
 	for attempt := 0; attempt < 3; attempt++ {
 		ep, addr := p.pickEndpoint(be, nil)
 		if ep == nil {

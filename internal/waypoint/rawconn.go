@@ -3,6 +3,7 @@ package waypoint
 import (
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -24,6 +25,20 @@ import (
 type rawConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+
+	// The state of the read and of the write in progress, with the
+	// callbacks bound once, so a call allocates nothing.
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerr   syscall.Errno
+	readFn func(uintptr) bool
+
+	wmu     sync.Mutex
+	wbuf    []byte
+	wn      int
+	werr    syscall.Errno
+	writeFn func(uintptr) bool
 }
 
 // newRawConn wraps c when it is a TCP connection; other connections (TLS,
@@ -37,28 +52,21 @@ func newRawConn(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawConn{TCPConn: tc, rc: rc}
+	r := &rawConn{TCPConn: tc, rc: rc}
+	r.readFn, r.writeFn = r.readRaw, r.writeRaw
+	return r
 }
 
 func (c *rawConn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // the poller waits for the socket
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	c.rmu.Lock()
+	c.rbuf, c.rn, c.rerr = b, 0, 0
+	err := c.rc.Read(c.readFn)
+	n, errno := c.rn, c.rerr
+	c.rbuf = nil
+	c.rmu.Unlock()
 	switch {
 	case err != nil: // closed, or the read deadline passed
 		return 0, err
@@ -70,25 +78,29 @@ func (c *rawConn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-func (c *rawConn) Write(b []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // the send buffer is full: the poller waits
-			default:
-				errno = e
-				return true
-			}
+// readRaw is the poller's callback: false means "not ready, wait".
+func (c *rawConn) readRaw(fd uintptr) bool {
+	b := c.rbuf
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
 		}
+		c.rn, c.rerr = int(r), e
 		return true
-	})
+	}
+}
+
+func (c *rawConn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	c.wbuf, c.wn, c.werr = b, 0, 0
+	err := c.rc.Write(c.writeFn)
+	n, errno := c.wn, c.werr
+	c.wbuf = nil
+	c.wmu.Unlock()
 	switch {
 	case err != nil:
 		return n, err
@@ -96,4 +108,24 @@ func (c *rawConn) Write(b []byte) (int, error) {
 		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
 	}
 	return n, nil
+}
+
+// writeRaw writes until all is sent; false means "the send buffer is
+// full, wait".
+func (c *rawConn) writeRaw(fd uintptr) bool {
+	b := c.wbuf
+	for c.wn < len(b) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[c.wn])), uintptr(len(b)-c.wn))
+		switch e {
+		case 0:
+			c.wn += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
 }
