@@ -29,7 +29,9 @@ type dir struct {
 	node  string
 	parts map[string]*part // by file name
 
-	owner     map[ownerKey]string       // kind and key -> file that defines it
+	// owner: kind and key -> file that defines it, for the kinds other
+	// than workloads and services, which hold their file (ownerOf).
+	owner     map[ownerKey]string
 	fronts    map[netip.AddrPort]string // service address:port -> service key
 	workloads map[string]*workload      // by key, as parsed
 	services  map[string]*service       // by key, as parsed (no endpoints)
@@ -142,13 +144,36 @@ func (pt *part) owned() []owned {
 	return out
 }
 
+// itemKind reports whether o is a workload or a service: a map of 110,000
+// of them by key would cost ~7 MB at 100,000 endpoints, so they hold their
+// file name instead.
+func (o owned) itemKind() bool { return o.key.kind == "workload" || o.key.kind == "service" }
+
+// ownerOf returns the file that defines k.
+func (d *dir) ownerOf(k ownerKey) (string, bool) {
+	switch k.kind {
+	case "workload":
+		if w := d.workloads[k.key]; w != nil {
+			return w.file, true
+		}
+		return "", false
+	case "service":
+		if s := d.services[k.key]; s != nil {
+			return s.file, true
+		}
+		return "", false
+	}
+	f, ok := d.owner[k]
+	return f, ok
+}
+
 // check reports what file name's new part claims that another file
 // holds: a name, or a service address and port. The errors name
 // path:line.
 func (d *dir) check(name, path string, data []byte, pt *part) error {
 	p := newParser(path, d.node, len(data))
 	for _, o := range pt.owned() {
-		if f, ok := d.owner[o.key]; ok && f != name {
+		if f, ok := d.ownerOf(o.key); ok && f != name {
 			p.errorAt(o.line, o.path+"."+o.field, "%s %s is already defined in %s", o.what, o.key.key, f)
 		}
 	}
@@ -156,8 +181,10 @@ func (d *dir) check(name, path string, data []byte, pt *part) error {
 		for i, a := range s.Addresses {
 			for _, sp := range s.Ports {
 				ap := netip.AddrPortFrom(a, sp.Port)
-				if k, ok := d.fronts[ap]; ok && k != s.key && d.owner[ownerKey{"service", k}] != name {
-					p.errorAt(s.addrLines[i], s.addrPaths[i], "%s is already used by service %s (%s)", ap, k, d.owner[ownerKey{"service", k}])
+				if k, ok := d.fronts[ap]; ok && k != s.key {
+					if f, _ := d.ownerOf(ownerKey{"service", k}); f != name {
+						p.errorAt(s.addrLines[i], s.addrPaths[i], "%s is already used by service %s (%s)", ap, k, f)
+					}
 				}
 			}
 		}
@@ -177,10 +204,20 @@ func (d *dir) swap(name string, old, new *part) (workloads, services map[string]
 		new = &part{}
 	}
 	for _, o := range old.owned() {
-		delete(d.owner, o.key)
+		if !o.itemKind() {
+			delete(d.owner, o.key)
+		}
 	}
 	for _, o := range new.owned() {
-		d.owner[o.key] = name
+		if !o.itemKind() {
+			d.owner[o.key] = name
+		}
+	}
+	for _, w := range new.workloads {
+		w.file = name
+	}
+	for _, s := range new.services {
+		s.file = name
 	}
 	newW := map[string]*workload{}
 	for _, w := range new.workloads {
@@ -200,6 +237,12 @@ func (d *dir) swap(name string, old, new *part) (workloads, services map[string]
 		if o := oldW[w.key]; o == nil || !sameWorkload(o.Workload, w.Workload) {
 			workloads[w.key] = true
 			d.indexWorkload(w)
+		} else if d.workloads[w.key] == o {
+			// Unchanged: the new item takes the copy the old one
+			// holds (the mesh's, see whole), so the file's new parse
+			// does not keep a second copy of every workload in it.
+			w.Workload = o.Workload
+			d.workloads[w.key] = w
 		}
 	}
 	newS := map[string]*service{}

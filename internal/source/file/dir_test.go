@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -374,5 +375,23 @@ func TestDirSource_HoldsEachWorkloadOnce(t *testing.T) {
 		func(c *model.Changes) error { got = c; return nil })
 	if got == nil || len(got.Workloads) != 1 || got.Workloads[0].Key() != "default/w-3" || len(got.Services)+len(got.RemovedWorkloads) != 0 {
 		t.Fatalf("changes %+v, want w-3 alone", got)
+	}
+	// The file's new parse keeps no copy of the workloads that did not
+	// change: they still hold the mesh's.
+	for _, w := range d.parts["a.yaml"].workloads {
+		if d.workloads[w.key] != w {
+			t.Errorf("workload %s: the index holds another item than the file's part", w.key)
+		}
+		if w.key != "default/w-3" && w.Workload != &m.Workloads[slices.IndexFunc(m.Workloads, func(x model.Workload) bool { return x.Key() == w.key })] {
+			t.Errorf("unchanged workload %s: the new parse holds a copy of its own", w.key)
+		}
+	}
+	// A file that takes a service address of another is refused naming it.
+	writeFile(t, filepath.Join(path, "c.yaml"), "services:\n- {name: s2, addresses: [\"10.96.9.1\"], ports: [{port: 80}]}\n")
+	var rejected error
+	src.OnReject(func(err error) { rejected = err })
+	src.syncDir([]string{"c.yaml"}, func(*model.Mesh) error { return nil }, func(*model.Changes) error { return nil })
+	if rejected == nil || !strings.Contains(rejected.Error(), "10.96.9.1:80 is already used by service default/s (b.yaml)") {
+		t.Fatalf("c.yaml taking s's address: %v, want a refusal naming s and b.yaml", rejected)
 	}
 }

@@ -126,6 +126,7 @@ func badChar(data []byte) int {
 type service struct {
 	model.Service
 	key       string // Key(), made once: the directory's indexes share it
+	file      string // in a directory, the file that defines it (dir.swap)
 	path      string
 	nameLine  int      // 0 if the name is missing or invalid
 	addrLines []int    // one per Addresses entry
@@ -142,6 +143,7 @@ type service struct {
 type workload struct {
 	*model.Workload
 	key      string // Key(), made once: the directory's indexes share it
+	file     string // in a directory, the file that defines it (dir.swap)
 	path     string
 	nameLine int // 0 if the name is missing or invalid
 }
