@@ -219,12 +219,45 @@ func TestIstioWaypoint(t *testing.T) {
 					want[fmt.Sprint(c["type"], "=", c["status"])] = true
 				}
 			}
-			for _, k := range []string{"Hostname waypoint.apps.svc.cluster.local", "IPAddress 10.96.75.20", "Accepted=True", "Programmed=True"} {
+			listeners, _, _ := unstructured.NestedSlice(gw.Object, "status", "listeners")
+			for _, l := range listeners {
+				l, _ := l.(map[string]any)
+				lconds, _ := l["conditions"].([]any)
+				for _, c := range lconds {
+					if c, ok := c.(map[string]any); ok {
+						want[fmt.Sprint("listener ", l["name"], " ", c["type"], "=", c["status"])] = true
+					}
+				}
+				kinds, _ := l["supportedKinds"].([]any)
+				for _, k := range kinds {
+					if k, ok := k.(map[string]any); ok {
+						want[fmt.Sprint("listener ", l["name"], " kind ", k["kind"])] = true
+					}
+				}
+			}
+			for _, k := range []string{"Hostname waypoint.apps.svc.cluster.local", "IPAddress 10.96.75.20", "Accepted=True", "Programmed=True",
+				"ResolvedRefs=True", "listener mesh Accepted=True", "listener mesh Programmed=True", "listener mesh Conflicted=False",
+				"listener mesh ResolvedRefs=True", "listener mesh kind HTTPRoute", "listener mesh kind GRPCRoute"} {
 				if !want[k] {
-					return fmt.Sprintf("no %s in status addresses %v conditions %v", k, addrs, conds)
+					return fmt.Sprintf("no %s in status addresses %v conditions %v listeners %v", k, addrs, conds, listeners)
 				}
 			}
 			return ""
+		})
+		// The class is ours (controllerName kmesh.net/waypoint): Accepted,
+		// as Istio's controller accepts istio-waypoint.
+		waitFor(t, "gatewayclass status", 30*time.Second, func() string {
+			gc, err := dyn.Resource(gatewayClassGVR).Get(context.Background(), "kmesh-waypoint", metav1.GetOptions{})
+			if err != nil {
+				return err.Error()
+			}
+			conds, _, _ := unstructured.NestedSlice(gc.Object, "status", "conditions")
+			for _, c := range conds {
+				if c, ok := c.(map[string]any); ok && c["type"] == "Accepted" && c["status"] == "True" && c["reason"] == "Accepted" {
+					return ""
+				}
+			}
+			return fmt.Sprintf("no Accepted=True in the GatewayClass's conditions %v", conds)
 		})
 	})
 

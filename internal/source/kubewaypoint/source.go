@@ -199,9 +199,11 @@ func (s *Source) Run(ctx context.Context, apply func(*model.Mesh) error) error {
 	}
 }
 
-// SyncStatus writes the Gateway's status: the addresses of its Service
-// and Accepted/Programmed conditions (Programmed is false while the
-// Service is missing or the config was not applied: applyErr).
+// SyncStatus writes the Gateway's status: the addresses of its Service,
+// Accepted/Programmed/ResolvedRefs conditions (Programmed is false while
+// the Service is missing or the config was not applied: applyErr) and its
+// listeners' status; and Accepted on its GatewayClass when the class's
+// controllerName is ControllerName.
 func (s *Source) SyncStatus(ctx context.Context, applyErr error) {
 	var svc *corev1.Service
 	if obj, ok, _ := s.services.GetStore().GetByKey(s.cfg.Namespace + "/" + s.cfg.Service); ok {
@@ -218,6 +220,11 @@ func (s *Source) SyncStatus(ctx context.Context, applyErr error) {
 	}
 	if err := s.status.sync(ctx, gw, svc, s.cfg.Service, applyErr); err != nil {
 		s.log.Error("gateway status not written", "gateway", s.Gateway(), "err", err)
+	}
+	if class, _, _ := unstructured.NestedString(gw.Object, "spec", "gatewayClassName"); class != "" {
+		if err := s.status.syncClass(ctx, class); err != nil {
+			s.log.Error("gatewayclass status not written", "gateway", s.Gateway(), "err", err)
+		}
 	}
 }
 
