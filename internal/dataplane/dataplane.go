@@ -272,23 +272,45 @@ func (d *Dataplane) applyBackends(want *desired) error {
 		}
 	}
 	slices.Sort(changed)
+	ids := make([]uint32, 0, len(changed))
+	values := make([]bpf.KmeshBackendValue, 0, len(changed))
+	added := make([]bool, 0, len(changed)) // given an id here
+	var idErr error
 	for _, key := range changed {
-		v := want.backends[key]
 		cur := d.backends[key]
-		if cur == nil {
+		isNew := cur == nil
+		if isNew {
 			id, err := d.backendIDs.get()
 			if err != nil {
-				return err
+				idErr = err // write those before it, as one at a time would
+				break
 			}
 			cur = &backendState{id: id}
 			d.backends[key] = cur
 		}
-		if err := d.maps.KmBackend.Put(cur.id, v); err != nil {
-			return fmt.Errorf("workload %s: write backend %d: %w", key, cur.id, mapErr(bpf.KmeshMapKmBackend, err))
-		}
-		cur.value = v
+		added = append(added, isNew)
+		ids = append(ids, cur.id)
+		values = append(values, want.backends[key])
 	}
-	return nil
+	n, err := putMany(d.maps.KmBackend, ids, values)
+	for i := range min(n, len(ids)) {
+		d.backends[changed[i]].value = values[i]
+	}
+	if err != nil {
+		n = min(n, len(ids)-1) // the entry that failed
+		// As one write at a time would have left it: the backends before
+		// the failed one written, the failed one with an id and no value,
+		// none after it (their ids go back last first, so the pool hands
+		// them out again in the same order).
+		for i := len(ids) - 1; i > n; i-- {
+			if added[i] {
+				delete(d.backends, changed[i])
+				d.backendIDs.put(ids[i])
+			}
+		}
+		return fmt.Errorf("workload %s: write backend %d: %w", changed[n], ids[n], mapErr(bpf.KmeshMapKmBackend, err))
+	}
+	return idErr
 }
 
 func (d *Dataplane) applyServices(want *desired) error {
@@ -382,11 +404,14 @@ func (d *Dataplane) writeService(key string, cur *serviceState, ws *desiredServi
 }
 
 func (d *Dataplane) putSlots(id uint32, fam, gen uint8, backends []uint32) error {
+	keys := make([]bpf.KmeshEndpointKey, len(backends))
+	values := make([]bpf.KmeshEndpointValue, len(backends))
 	for i, b := range backends {
-		k := bpf.KmeshEndpointKey{ServiceId: id, Family: fam, Gen: gen, Slot: uint32(i)}
-		if err := d.maps.KmEndpoint.Put(k, bpf.KmeshEndpointValue{BackendId: b}); err != nil {
-			return fmt.Errorf("write endpoint slot %d: %w", i, mapErr(bpf.KmeshMapKmEndpoint, err))
-		}
+		keys[i] = bpf.KmeshEndpointKey{ServiceId: id, Family: fam, Gen: gen, Slot: uint32(i)}
+		values[i] = bpf.KmeshEndpointValue{BackendId: b}
+	}
+	if n, err := putMany(d.maps.KmEndpoint, keys, values); err != nil {
+		return fmt.Errorf("write endpoint slot %d: %w", n, mapErr(bpf.KmeshMapKmEndpoint, err))
 	}
 	return nil
 }
@@ -402,15 +427,22 @@ func (d *Dataplane) deleteSlots(id uint32, fam, gen uint8, n int) {
 }
 
 func (d *Dataplane) applyFrontends(p *plan) error {
+	var keys []bpf.KmeshFrontendKey
+	var values []bpf.KmeshFrontendValue
 	for k, wf := range p.want.frontends {
 		v := bpf.KmeshFrontendValue{ServiceId: d.services[wf.service].id, TargetPort: wf.targetPort}
 		if cur, ok := d.frontends[k]; ok && cur == v {
 			continue
 		}
-		if err := d.maps.KmFrontend.Put(k, v); err != nil {
-			return fmt.Errorf("service %s: write frontend %s:%d: %w", wf.service, bpf.WordsAddr(k.Addr), bpf.NetPort(k.Port), mapErr(bpf.KmeshMapKmFrontend, err))
-		}
-		d.frontends[k] = v
+		keys, values = append(keys, k), append(values, v)
+	}
+	n, err := putMany(d.maps.KmFrontend, keys, values)
+	for i := range min(n, len(keys)) {
+		d.frontends[keys[i]] = values[i]
+	}
+	if err != nil {
+		k := keys[min(n, len(keys)-1)]
+		return fmt.Errorf("service %s: write frontend %s:%d: %w", p.want.frontends[k].service, bpf.WordsAddr(k.Addr), bpf.NetPort(k.Port), mapErr(bpf.KmeshMapKmFrontend, err))
 	}
 	for _, k := range p.goneFrontends {
 		if _, ok := d.frontends[k]; !ok {
