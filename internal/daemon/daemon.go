@@ -145,6 +145,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 	}
+	xctx, stopXDS := context.WithCancel(ctx)
+	defer stopXDS()
+	if xsrc != nil && ksrc == nil {
+		// The client receives, decodes and builds the first push while
+		// the programs load (two CPU-bound steps of a first sync, on
+		// cores of their own when there are two); its first mesh waits
+		// in wait until the daemon takes it. With Kubernetes the client
+		// starts later, once the affinity overlay it goes through exists.
+		xsrc.start(xctx)
+	}
 
 	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate, Telemetry: cfg.Telemetry, Features: cfg.features}, log.With("component", "bpf"))
 	if err != nil {
@@ -240,9 +250,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		// The control plane's first full push is the initial state; the
 		// daemon is not ready until it is applied.
 		d.source = xsrc.name
-		xctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		xsrc.start(xctx)
+		if ksrc != nil {
+			xsrc.start(xctx)
+		}
 		log.Info("waiting for the control plane's first push", "source", d.source)
 		if mesh, err = xsrc.wait(xctx); err != nil {
 			return err
