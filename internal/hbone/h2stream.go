@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -44,7 +43,7 @@ type stream struct {
 	// sink socket when nothing is buffered and the consumer is not
 	// writing, so a frame reaches the application without waking the
 	// consumer goroutine.
-	sink       syscall.RawConn
+	sink       *rawConn
 	sinkBusy   bool  // the consumer writes bytes it took from recv
 	directBusy bool  // the reader writes to the sink
 	direct     int64 // bytes the reader wrote to the sink
@@ -168,7 +167,7 @@ func (s *stream) grantFrames(sinc, cinc uint32) func(fr *http2.Framer) error {
 // itself while the copy is idle (see deliver). It returns the bytes that
 // reached dst either way.
 func (s *stream) copyTo(dst *net.TCPConn, buf []byte) (int64, error) {
-	rc, err := dst.SyscallConn()
+	rc, err := newRawConn(dst)
 	if err != nil {
 		return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{s}, buf)
 	}
@@ -196,7 +195,7 @@ func (s *stream) copyTo(dst *net.TCPConn, buf []byte) (int64, error) {
 		sinc, cinc := s.consumedLocked(int64(n))
 		c.mu.Unlock()
 		s.grant(sinc, cinc)
-		m, werr := rawWrite(rc, buf[:n], true)
+		m, werr := rc.write(buf[:n], true)
 		written += int64(m)
 		c.mu.Lock()
 		if werr != nil {
@@ -226,7 +225,7 @@ func (s *stream) deliver(data []byte) int {
 	rc := s.sink
 	s.directBusy = true
 	c.mu.Unlock()
-	n, err := writeNow(rc, data)
+	n, err := rc.write(data, false) // what the socket takes without blocking
 	c.mu.Lock()
 	s.directBusy = false
 	s.direct += int64(n)
@@ -238,9 +237,6 @@ func (s *stream) deliver(data []byte) int {
 	}
 	return n
 }
-
-// writeNow writes what the socket takes without blocking.
-func writeNow(rc syscall.RawConn, p []byte) (int, error) { return rawWrite(rc, p, false) }
 
 // Write sends p as DATA frames within the peer's windows.
 func (s *stream) Write(p []byte) (int, error) {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -25,6 +26,31 @@ import (
 type rawConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+
+	// The read and the write in progress, with the poller's callbacks
+	// bound once: a call allocates nothing.
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerr   syscall.Errno
+	readFn func(uintptr) bool
+
+	wmu     sync.Mutex
+	wbuf    []byte
+	wn      int
+	werr    syscall.Errno
+	wwait   bool // wait for room when the socket is full
+	writeFn func(uintptr) bool
+}
+
+func newRawConn(tc *net.TCPConn) (*rawConn, error) {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	c := &rawConn{TCPConn: tc, rc: rc}
+	c.readFn, c.writeFn = c.readRaw, c.writeRaw
+	return c, nil
 }
 
 // withRawIO returns c with raw reads and writes if it is a TCP connection,
@@ -34,78 +60,91 @@ func withRawIO(c net.Conn) net.Conn {
 	if !ok {
 		return c
 	}
-	rc, err := tc.SyscallConn()
+	rc, err := newRawConn(tc)
 	if err != nil {
 		return c
 	}
-	return &rawConn{TCPConn: tc, rc: rc}
+	return rc
 }
 
 func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait in the poller
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
-	if err != nil {
+	c.rmu.Lock()
+	c.rbuf, c.rn, c.rerr = p, 0, 0
+	err := c.rc.Read(c.readFn)
+	n, errno := c.rn, c.rerr
+	c.rbuf = nil
+	c.rmu.Unlock()
+	switch {
+	case err != nil: // closed, or the deadline passed
 		return 0, err
-	}
-	if errno != 0 {
+	case errno != 0:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
-	}
-	if n == 0 {
+	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
 }
 
+// readRaw is the poller's callback: false means not ready, wait.
+func (c *rawConn) readRaw(fd uintptr) bool {
+	p := c.rbuf
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.rn, c.rerr = int(r), e
+		return true
+	}
+}
+
 func (c *rawConn) Write(p []byte) (int, error) {
-	n, err := rawWrite(c.rc, p, true)
+	n, err := c.write(p, true)
 	if err != nil {
 		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	}
 	return n, nil
 }
 
-// rawWrite writes p to the socket with raw system calls; wait says whether
-// to wait in the poller for room when the socket is full, or to return what
-// it took.
-func rawWrite(rc syscall.RawConn, p []byte, wait bool) (int, error) {
-	var n int
-	var werr error
-	err := rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return !wait
-			default:
-				werr = os.NewSyscallError("write", e)
-				return true
-			}
-		}
-		return true
-	})
-	if werr == nil {
-		werr = err
+// write writes p with raw system calls; wait says whether to wait in the
+// poller for room when the socket is full, or to return what it took.
+func (c *rawConn) write(p []byte, wait bool) (int, error) {
+	c.wmu.Lock()
+	c.wbuf, c.wn, c.werr, c.wwait = p, 0, 0, wait
+	err := c.rc.Write(c.writeFn)
+	n, errno := c.wn, c.werr
+	c.wbuf = nil
+	c.wmu.Unlock()
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("write", errno)
 	}
-	return n, werr
+	return n, err
+}
+
+// writeRaw writes until all is sent; false means the socket is full,
+// wait.
+func (c *rawConn) writeRaw(fd uintptr) bool {
+	p := c.wbuf
+	for c.wn < len(p) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[c.wn])), uintptr(len(p)-c.wn))
+		switch e {
+		case 0:
+			c.wn += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return !c.wwait
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
 }
 
 // WriteTo and ReadFrom of the embedded connection would bypass the raw
