@@ -154,7 +154,10 @@ func (d *Dataplane) Apply(m *model.Mesh) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prevWorkload := d.lbWorkload
-	d.lbWorkload = func(k string) *model.Workload { return want.workloads[k] }
+	// The map alone, not want: the closure lives until the next Update,
+	// and want's backend and frontend maps are garbage after this Apply.
+	byKey := want.workloads
+	d.lbWorkload = func(k string) *model.Workload { return byKey[k] }
 	defer func() {
 		if err != nil {
 			d.lbWorkload = prevWorkload
