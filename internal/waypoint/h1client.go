@@ -187,6 +187,11 @@ func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, b
 		stop()
 		return nil, isStale(err), err
 	}
+	if rc, ok := c.c.(*rawConn); ok && c.br.Buffered() == 0 && c.bw.Buffered() > 0 {
+		// The flush (one Write of the request's last bytes) returns when
+		// the answer is there to read.
+		rc.ExpectReply()
+	}
 	if err := c.bw.Flush(); err != nil {
 		stop()
 		return nil, isStale(err), err

@@ -39,6 +39,13 @@ type rawConn struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(uintptr) bool
+
+	// awaitReply makes the next Write return only once the connection is
+	// readable (ExpectReply); awaitFn is
+	// its callback.
+	awaitReply bool
+	awaitFn    func(uintptr) bool
+	wrote      bool
 }
 
 // newRawConn wraps c when it is a TCP connection; other connections (TLS,
@@ -53,7 +60,7 @@ func newRawConn(c net.Conn) net.Conn {
 		return c
 	}
 	r := &rawConn{TCPConn: tc, rc: rc}
-	r.readFn, r.writeFn = r.readRaw, r.writeRaw
+	r.readFn, r.writeFn, r.awaitFn = r.readRaw, r.writeRaw, r.writeAwait
 	return r
 }
 
@@ -97,7 +104,17 @@ func (c *rawConn) readRaw(fd uintptr) bool {
 func (c *rawConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	c.wbuf, c.wn, c.werr = b, 0, 0
-	err := c.rc.Write(c.writeFn)
+	var err error
+	if c.awaitReply && len(b) > 0 {
+		c.awaitReply, c.wrote = false, false
+		err = c.rc.Read(c.awaitFn)
+		if err == nil && c.werr == 0 && c.wn < len(b) {
+			// The send buffer filled up: the rest the usual way.
+			err = c.rc.Write(c.writeFn)
+		}
+	} else {
+		err = c.rc.Write(c.writeFn)
+	}
 	n, errno := c.wn, c.werr
 	c.wbuf = nil
 	c.wmu.Unlock()
@@ -128,4 +145,46 @@ func (c *rawConn) writeRaw(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// ExpectReply makes the next Write, the last bytes of a request, also wait
+// until the connection is readable: the reply's first bytes (or its close)
+// have come. The write is made from the poller's read callback, after the
+// poller cleared the connection's read readiness and before any reply
+// can be sent, so no readiness is lost; and the read that follows finds
+// the reply at once, instead of a read right after the write that, the
+// peer not having answered yet, returns EAGAIN: one system call less per
+// upstream request. Only for a connection whose peer sends nothing
+// unasked (an HTTP/1.1 server with no request outstanding) and with no
+// unread bytes buffered above it.
+func (c *rawConn) ExpectReply() {
+	c.wmu.Lock()
+	c.awaitReply = true
+	c.wmu.Unlock()
+}
+
+// writeAwait is the read callback of an ExpectReply write: the first call
+// writes and asks the poller to wait for readability; the next, made once
+// the connection is readable, ends the wait. If the send buffer fills up
+// it ends at once, and Write sends the rest the usual way.
+func (c *rawConn) writeAwait(fd uintptr) bool {
+	if c.wrote {
+		return true
+	}
+	c.wrote = true
+	b := c.wbuf
+	for c.wn < len(b) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[c.wn])), uintptr(len(b)-c.wn))
+		switch e {
+		case 0:
+			c.wn += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return true
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return false
 }

@@ -119,3 +119,70 @@ func TestRawConn_CloseAndReset(t *testing.T) {
 		t.Fatalf("Write to a reset connection = %v; want ECONNRESET or EPIPE", err)
 	}
 }
+
+// ExpectReply: the request's Write returns once the answer can be read,
+// however long the peer takes; a write larger than the socket buffers
+// still goes out whole; a peer that closed the idle connection makes the
+// write or the read after it fail as stale; a deadline ends the wait.
+func TestRawConn_ExpectReply(t *testing.T) {
+	c, peer := tcpPair(t)
+	go func() {
+		b := make([]byte, 5)
+		io.ReadFull(peer, b)
+		time.Sleep(50 * time.Millisecond)
+		peer.Write([]byte("reply"))
+	}()
+	c.ExpectReply()
+	start := time.Now()
+	if n, err := c.Write([]byte("hello")); n != 5 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if d := time.Since(start); d < 40*time.Millisecond {
+		t.Errorf("Write returned after %v, before the reply was sent", d)
+	}
+	b := make([]byte, 16)
+	if n, err := c.Read(b); err != nil || string(b[:n]) != "reply" {
+		t.Fatalf("Read = %q, %v", b[:n], err)
+	}
+	// The next write is an ordinary one.
+	start = time.Now()
+	go func() { time.Sleep(2 * time.Second); peer.Write([]byte("x")) }()
+	if _, err := c.Write([]byte("more")); err != nil || time.Since(start) > 1500*time.Millisecond {
+		t.Fatalf("a later Write waited for a reply (%v, %v)", time.Since(start), err)
+	}
+
+	c2, peer2 := tcpPair(t)
+	data := bytes.Repeat([]byte("y"), 8<<20)
+	got := make(chan int, 1)
+	go func() {
+		n, _ := io.CopyN(io.Discard, peer2, int64(len(data)))
+		peer2.Write([]byte("done"))
+		got <- int(n)
+	}()
+	c2.ExpectReply()
+	if n, err := c2.Write(data); n != len(data) || err != nil {
+		t.Fatalf("large Write = %d, %v; want %d, nil", n, err, len(data))
+	}
+	if n := <-got; n != len(data) {
+		t.Fatalf("peer read %d bytes of %d", n, len(data))
+	}
+
+	c3, peer3 := tcpPair(t)
+	peer3.Close()
+	time.Sleep(20 * time.Millisecond) // the FIN has come and been seen
+	c3.ExpectReply()
+	_, err := c3.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	if err == nil {
+		_, err = c3.Read(b)
+	}
+	if err == nil || !isStale(err) {
+		t.Fatalf("request on a connection the peer closed: %v; want EOF, ECONNRESET or EPIPE", err)
+	}
+
+	c4, _ := tcpPair(t)
+	c4.SetDeadline(time.Now().Add(30 * time.Millisecond))
+	c4.ExpectReply()
+	if _, err := c4.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write waiting for a reply past the deadline = %v; want a timeout", err)
+	}
+}
