@@ -99,7 +99,7 @@ makes istiod send it as the services' waypoint.`,
 	f.StringVar(&c.serviceAccount, "service-account", "", "service account of the waypoint's own identity (spiffe://<trust domain>/ns/<gateway namespace>/sa/<this>); default: the Gateway's name, as Istio names a waypoint's account")
 	f.BoolVar(&c.accessLog, "access-log", true, "one JSON line per request on stdout")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.IntVar(&c.maxProcs, "max-procs", 1, "CPUs the waypoint's Go scheduler runs on at once (GOMAXPROCS); with one, a request's wake-ups hand no work to another thread; raise it for a waypoint that needs more than one core; 0: Go's default (every CPU, or $GOMAXPROCS)")
+	f.IntVar(&c.maxProcs, "max-procs", 2, "CPUs the waypoint's Go scheduler runs on at once (GOMAXPROCS); with two, requests that arrive together are served on two cores (the plaintext connections' reads and writes keep their thread, so none waits for a hand-off); 1 spares a second thread's wake-ups at low rates; 0: Go's default (every CPU, or $GOMAXPROCS)")
 	cmd.SetVersionTemplate("kmesh-waypoint {{.Version}}\n")
 	cmd.MarkFlagsMutuallyExclusive("config", "kubeconfig")
 	cmd.MarkFlagRequired("gateway")
