@@ -32,6 +32,10 @@ type kmeshd struct {
 	ReadyCPU time.Duration
 }
 
+// readyTimeout is how long startKmeshd waits for /healthz/ready (longer
+// for a bigger control-plane test: main sets it from -endpoints).
+var readyTimeout = 2 * time.Minute
+
 // startKmeshd runs kmeshd for node on the config file, as the e2e tests do
 // (its own cgroup and bpffs directory, local addresses on free ports), and
 // waits until it is ready.
@@ -64,7 +68,7 @@ func startKmeshd(ctx context.Context, bed *testbed.Bed, tl tools, node *testbed.
 	}
 	k := &kmeshd{proc: proc, bin: bin, node: node, admin: admin}
 	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(readyTimeout)
 	for {
 		resp, err := client.Get("http://" + admin + "/healthz/ready")
 		if err == nil {
@@ -86,7 +90,7 @@ func startKmeshd(ctx context.Context, bed *testbed.Bed, tl tools, node *testbed.
 		}
 		if time.Now().After(deadline) {
 			k.Stop()
-			return nil, fmt.Errorf("kmeshd %s not ready after 2 minutes: %s", node.Name, lastLines(proc.Stderr(), 5))
+			return nil, fmt.Errorf("kmeshd %s not ready after %v: %s", node.Name, readyTimeout, lastLines(proc.Stderr(), 5))
 		}
 	}
 }

@@ -122,6 +122,9 @@ func parseFlags() config {
 	if c.rounds < 1 {
 		c.rounds = 1
 	}
+	// Two minutes per 100,000 endpoints: a first sync of 500,000 on a
+	// busy machine takes more than the two minutes that hold at 100,000.
+	readyTimeout = max(readyTimeout, time.Duration(c.endpoints/100000)*2*time.Minute)
 	return c
 }
 
