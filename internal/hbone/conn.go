@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/kmesh-go/kmesh/internal/rawtcp"
 )
 
 // Conn is one tunnelled connection on the client side: reads are the
@@ -88,7 +90,7 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 		}
 	}
 	if tc, ok := src.(*net.TCPConn); ok {
-		src = withRawIO(tc)
+		src = rawtcp.Wrap(tc)
 	}
 	// Hide ReaderFrom/WriterTo: *net.TCPConn's fall back to io.Copy's own
 	// allocation when the other side is not a socket.

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/kmesh-go/kmesh/internal/identity"
+	"github.com/kmesh-go/kmesh/internal/rawtcp"
 )
 
 // Pool defaults, as ztunnel's (POOL_MAX_STREAMS_PER_CONNECTION, pool idle
@@ -276,7 +277,7 @@ func (d *Dialer) open(ctx context.Context, t *Target) (cc *h2conn, expires time.
 		ours = c
 		return c, err
 	}
-	tc := tls.Client(withRawIO(raw), cfg)
+	tc := tls.Client(rawtcp.Wrap(raw), cfg)
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
 		return nil, time.Time{}, fmt.Errorf("hbone dial %s: tls: %w", t.Addr, err)

@@ -29,5 +29,5 @@
 // takes it without blocking; writers frame and flush their own bytes under
 // one lock, so a stream's bytes leave from the goroutine that read them
 // (after yielding once, so that a burst of streams shares a flush). The
-// sockets are read and written with raw system calls (rawio.go).
+// sockets are read and written with raw system calls (internal/rawtcp).
 package hbone

@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/kmesh-go/kmesh/internal/rawtcp"
 )
 
 // errStreamDone is a write on a stream that already ended or was reset.
@@ -43,7 +45,7 @@ type stream struct {
 	// sink socket when nothing is buffered and the consumer is not
 	// writing, so a frame reaches the application without waking the
 	// consumer goroutine.
-	sink       *rawConn
+	sink       *rawtcp.Conn
 	sinkBusy   bool  // the consumer writes bytes it took from recv
 	directBusy bool  // the reader writes to the sink
 	direct     int64 // bytes the reader wrote to the sink
@@ -167,7 +169,7 @@ func (s *stream) grantFrames(sinc, cinc uint32) func(fr *http2.Framer) error {
 // itself while the copy is idle (see deliver). It returns the bytes that
 // reached dst either way.
 func (s *stream) copyTo(dst *net.TCPConn, buf []byte) (int64, error) {
-	rc, err := newRawConn(dst)
+	rc, err := rawtcp.New(dst)
 	if err != nil {
 		return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{s}, buf)
 	}
@@ -195,7 +197,7 @@ func (s *stream) copyTo(dst *net.TCPConn, buf []byte) (int64, error) {
 		sinc, cinc := s.consumedLocked(int64(n))
 		c.mu.Unlock()
 		s.grant(sinc, cinc)
-		m, werr := rc.write(buf[:n], true)
+		m, werr := rc.Write(buf[:n])
 		written += int64(m)
 		c.mu.Lock()
 		if werr != nil {
@@ -225,7 +227,7 @@ func (s *stream) deliver(data []byte) int {
 	rc := s.sink
 	s.directBusy = true
 	c.mu.Unlock()
-	n, err := rc.write(data, false) // what the socket takes without blocking
+	n, err := rc.WriteSome(data)
 	c.mu.Lock()
 	s.directBusy = false
 	s.direct += int64(n)

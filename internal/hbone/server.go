@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/kmesh-go/kmesh/internal/identity"
+	"github.com/kmesh-go/kmesh/internal/rawtcp"
 )
 
 // Request is one CONNECT as the server's hook sees it, after the TLS
@@ -131,7 +132,7 @@ func (s *Server) Wait() { s.wg.Wait() }
 // ServeConn runs the TLS handshake and HTTP/2 on one accepted connection.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	s.init()
-	tc := tls.Server(withRawIO(c), serverTLS(s.Certs, s.Identity))
+	tc := tls.Server(rawtcp.Wrap(c), serverTLS(s.Certs, s.Identity))
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := tc.HandshakeContext(hctx)
 	cancel()

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/kmesh-go/kmesh/internal/rawtcp"
 )
 
 // h1Client sends HTTP/1.1 requests upstream on pooled connections from the
@@ -152,7 +154,7 @@ func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 			if err != nil {
 				return nil, err
 			}
-			nc = newRawConn(nc)
+			nc = rawtcp.Wrap(nc)
 			c = &h1Conn{c: nc, br: bufio.NewReaderSize(nc, 8<<10), bw: bufio.NewWriterSize(nc, 8<<10), host: host}
 		}
 		resp, stale, err := h.exchange(ctx, c, req, body)
@@ -187,7 +189,7 @@ func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, b
 		stop()
 		return nil, isStale(err), err
 	}
-	if rc, ok := c.c.(*rawConn); ok && c.br.Buffered() == 0 && c.bw.Buffered() > 0 {
+	if rc, ok := c.c.(*rawtcp.Conn); ok && c.br.Buffered() == 0 && c.bw.Buffered() > 0 {
 		// The flush (one Write of the request's last bytes) returns when
 		// the answer is there to read.
 		rc.ExpectReply()

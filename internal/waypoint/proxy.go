@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/rawtcp"
 )
 
 // Peer is who sent a connection.
@@ -188,7 +189,7 @@ func (p *Proxy) ServeConn(c net.Conn, dst netip.AddrPort, peer Peer) {
 }
 
 func (p *Proxy) serve(c net.Conn, info *connInfo, proto protocol) {
-	c = newRawConn(c)
+	c = rawtcp.Wrap(c)
 	cr := &connReader{Conn: c}
 	br := bufio.NewReaderSize(cr, h1HeadMax)
 	if proto == protoDetect {
