@@ -174,11 +174,11 @@ func lbClients(m *model.Mesh) map[uint64]string {
 	return out
 }
 
-// countPrios counts km_lb_prio's entries.
-func countPrios(t testing.TB, m Map) int {
+// countEntries counts a map's entries, whatever their key and value.
+func countEntries[K, V any](t testing.TB, m Map) int {
 	t.Helper()
-	var k bpf.KmeshLbPrioKey
-	var v bpf.KmeshLbPrio
+	var k K
+	var v V
 	n := 0
 	it := m.Iterate()
 	for it.Next(&k, &v) {
@@ -188,6 +188,12 @@ func countPrios(t testing.TB, m Map) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// countPrios counts km_lb_prio's entries.
+func countPrios(t testing.TB, m Map) int {
+	t.Helper()
+	return countEntries[bpf.KmeshLbPrioKey, bpf.KmeshLbPrio](t, m)
 }
 
 // withLoadBalancing gives the workloads localities (two regions, four
@@ -415,15 +421,5 @@ func restartSweeps(t *testing.T, cookies map[uint64]string) {
 // countSlots counts km_endpoint's entries (every group).
 func countSlots(t testing.TB, m Map) int {
 	t.Helper()
-	var k bpf.KmeshEndpointKey
-	var v bpf.KmeshEndpointValue
-	n := 0
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return countEntries[bpf.KmeshEndpointKey, bpf.KmeshEndpointValue](t, m)
 }

@@ -153,6 +153,15 @@ func (c *Conn) write(p []byte, wait bool) (int, error) {
 // writeRaw writes until all is sent; false means the socket is full,
 // wait (unless the write does not wait).
 func (c *Conn) writeRaw(fd uintptr) bool {
+	if c.send(fd) {
+		return !c.wwait
+	}
+	return true
+}
+
+// send writes what is left of wbuf until all is sent or an error is kept
+// in werr; true means the socket is full.
+func (c *Conn) send(fd uintptr) (full bool) {
 	p := c.wbuf
 	for c.wn < len(p) {
 		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[c.wn])), uintptr(len(p)-c.wn))
@@ -161,13 +170,13 @@ func (c *Conn) writeRaw(fd uintptr) bool {
 			c.wn += int(r)
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			return !c.wwait
+			return true
 		default:
 			c.werr = e
-			return true
+			return false
 		}
 	}
-	return true
+	return false
 }
 
 // ExpectReply makes the next Write, the last bytes of a request, also wait
@@ -195,19 +204,8 @@ func (c *Conn) writeAwait(fd uintptr) bool {
 		return true
 	}
 	c.wrote = true
-	p := c.wbuf
-	for c.wn < len(p) {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[c.wn])), uintptr(len(p)-c.wn))
-		switch e {
-		case 0:
-			c.wn += int(r)
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return true
-		default:
-			c.werr = e
-			return true
-		}
+	if c.send(fd) || c.werr != 0 {
+		return true
 	}
 	return false
 }
