@@ -3,10 +3,10 @@ package hbone
 import (
 	"context"
 	"io"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/kmesh-go/kmesh/internal/benchcpu"
 	"github.com/kmesh-go/kmesh/internal/identity"
 )
 
@@ -81,16 +81,10 @@ func BenchmarkTunnel_StreamPerRequest(b *testing.B) {
 // the tunnel and the upstream) per op: on a loaded machine wall time
 // mostly measures the wait for a CPU, CPU time what the tunnel costs.
 func reportCPU(b *testing.B) func() {
-	start := cpuTime()
+	start := benchcpu.Used()
 	return func() {
-		b.ReportMetric(float64((cpuTime()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+		b.ReportMetric(float64((benchcpu.Used()-start).Microseconds())/float64(b.N), "cpu-µs/op")
 	}
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkTunnel_Paced1K: 1 KiB each way on one kept stream, one round

@@ -11,10 +11,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/kmesh-go/kmesh/internal/benchcpu"
 	"github.com/kmesh-go/kmesh/internal/bpf"
 	"github.com/kmesh-go/kmesh/internal/dataplane"
 	"github.com/kmesh-go/kmesh/internal/model"
@@ -93,17 +93,8 @@ func benchDir(b *testing.B, files int) {
 		}
 	}
 	src := New(path, "", nil)
-	if path := os.Getenv("KMESH_BENCH_SYNCPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			b.Fatal(err)
-		}
-	}
-	cpu0 := cpuTime()
+	benchcpu.StartProfile(b)
+	cpu0 := benchcpu.Used()
 	start := time.Now()
 	m, err := src.Load()
 	if err != nil {
@@ -114,7 +105,7 @@ func benchDir(b *testing.B, files int) {
 	}
 	st := model.NewState()
 	st.Apply(st.DiffMesh(m))
-	firstSync, syncCPU := time.Since(start), cpuTime()-cpu0
+	firstSync, syncCPU := time.Since(start), benchcpu.Used()-cpu0
 	pprof.StopCPUProfile() // a no-op unless KMESH_BENCH_SYNCPROFILE started it
 	m = nil
 
@@ -142,7 +133,7 @@ func benchDir(b *testing.B, files int) {
 	time.Sleep(200 * time.Millisecond) // the watch is set up
 
 	var delays []time.Duration
-	cpu0, gc0 := cpuTime(), gcCount()
+	cpu0, gc0 := benchcpu.Used(), gcCount()
 	for i := 0; b.Loop(); i++ {
 		f, k := i%files, (i/files)%perFile
 		name := filepath.Join(path, fmt.Sprintf("part-%04d.yaml", f))
@@ -176,7 +167,7 @@ func benchDir(b *testing.B, files int) {
 	// Each iteration is two file syncs (the change and its undo); the CPU
 	// is the whole process's (source, state, dataplane, the benchmark's
 	// own file writes, GC).
-	cpuPer := (cpuTime() - cpu0) / time.Duration(2*len(delays))
+	cpuPer := (benchcpu.Used() - cpu0) / time.Duration(2*len(delays))
 	gcs := gcCount() - gc0
 	slices.Sort(delays)
 	pct := func(p float64) time.Duration { return delays[min(len(delays)-1, int(p*float64(len(delays))))] }
@@ -193,14 +184,4 @@ func gcCount() uint32 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.NumGC
-}
-
-// cpuTime is the CPU this process has used, user and system: on a loaded
-// machine a first sync's wall time is mostly waiting for a core.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

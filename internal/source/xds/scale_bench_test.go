@@ -10,12 +10,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"github.com/kmesh-go/kmesh/internal/benchcpu"
 	"github.com/kmesh-go/kmesh/internal/bpf"
 	"github.com/kmesh-go/kmesh/internal/dataplane"
 	"github.com/kmesh-go/kmesh/internal/model"
@@ -135,17 +135,8 @@ func benchScale(b *testing.B, services int) {
 	sink := &deltaSink{dp: dp, written: make(chan time.Time, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if path := os.Getenv("KMESH_BENCH_SYNCPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			b.Fatal(err)
-		}
-	}
-	cpu0 := cpuTime(b)
+	benchcpu.StartProfile(b)
+	cpu0 := benchcpu.Used()
 	start := time.Now()
 	var firstSync time.Duration
 	cfg := testConfig(srv.Addr())
@@ -159,7 +150,7 @@ func benchScale(b *testing.B, services int) {
 	// CPU the process spent on the first sync (client, and the server
 	// sending what it marshalled before start): on a loaded machine the
 	// wall time above is mostly waiting for a core.
-	syncCPU := cpuTime(b) - cpu0
+	syncCPU := benchcpu.Used() - cpu0
 	pprof.StopCPUProfile() // a no-op unless KMESH_BENCH_SYNCPROFILE started it
 	runtime.GC()
 	if path := os.Getenv("KMESH_BENCH_HEAPPROFILE"); path != "" {
@@ -205,15 +196,6 @@ func benchScale(b *testing.B, services int) {
 	b.ReportMetric(hwmMiB, "proc-peak-MiB")
 	b.Logf("%d changes: p50 %v, p99 %v, max %v; first sync %v (%v CPU); client heap %.0f MiB; process RSS %.0f MiB, peak %.0f MiB (client and server)",
 		len(delays), pct(0.50), pct(0.99), delays[len(delays)-1], firstSync, syncCPU.Round(time.Millisecond), heapMiB, rssMiB, hwmMiB)
-}
-
-// cpuTime is the CPU this process has used, user and system.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // procMemory reads this process's resident set and its peak, in MiB.
