@@ -24,12 +24,7 @@ func TestHBONE_OutlierDetectionSeesTunnelledFailures(t *testing.T) {
 	h := startHBONE(m, map[string]string{"node-a": cfg, "node-b": cfg})
 
 	rs := h.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "2s")
-	fails := 0
-	for _, r := range rs {
-		if r.Error != "" {
-			fails++
-		}
-	}
+	fails := failures(rs)
 	if fails > 2 {
 		t.Fatalf("%d of 60 requests failed, want at most 2 before hello-4 is ejected: %v", fails, counts(rs))
 	}

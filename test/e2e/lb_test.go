@@ -165,12 +165,7 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 		}
 		// Until hello-4 has failed 3 times, some connects fail.
 		rs := m.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "2s")
-		fails := 0
-		for _, r := range rs {
-			if r.Error != "" {
-				fails++
-			}
-		}
+		fails := failures(rs)
 		if fails > 3 {
 			t.Fatalf("%d connects failed, want at most 3 before the ejection", fails)
 		}
@@ -200,12 +195,7 @@ func TestLB_LocalityAffinityOutlier(t *testing.T) {
 		// hello-4's answers to the client vanish: its connects time out.
 		blackhole := m.ipBatch(t, "hello-4", "route add blackhole 10.1.1.10/32\n")
 		rs := m.get("client", "--url", "http://10.96.0.10/", "--count", "60", "--timeout", "1s")
-		fails := 0
-		for _, r := range rs {
-			if r.Error != "" {
-				fails++
-			}
-		}
+		fails := failures(rs)
 		if fails > 3 {
 			t.Fatalf("%d connects failed, want at most 3 before the ejection", fails)
 		}

@@ -324,6 +324,17 @@ func (m *mesh) get(pod string, args ...string) []result {
 	}
 }
 
+// failures counts the requests that got no answer.
+func failures(rs []result) int {
+	n := 0
+	for _, r := range rs {
+		if r.Error != "" {
+			n++
+		}
+	}
+	return n
+}
+
 // counts tallies answering pods; failures count under "error: ...".
 func counts(rs []result) map[string]int {
 	c := map[string]int{}
