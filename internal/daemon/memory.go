@@ -22,11 +22,15 @@ import (
 // budget).
 const steadyGCPercent = 25
 
-// settleMemory runs once the first config is in the maps: the first
-// sync's garbage (decoded responses, the whole-mesh build, the first
-// translation: as much again as what stays) is returned to the kernel at
-// once instead of over minutes by the scavenger, and the GC target is
-// lowered for the steady state. It logs the heap before and after.
+// settleMemory runs once the first config is in the maps, before kmeshd
+// says it is ready: the first sync's garbage (decoded responses, the
+// whole-mesh build, the first translation: as much again as what stays)
+// is returned to the kernel at once instead of over minutes by the
+// scavenger, and the GC target is lowered for the steady state. It logs
+// the heap before and after. It is part of the first sync's time, not of
+// the first changes': with the lower target the heap is over its goal,
+// so a collection would otherwise start with the first change's
+// allocation and mark the whole heap while changes wait.
 func settleMemory(log *slog.Logger) {
 	start := time.Now()
 	var before, after runtime.MemStats
