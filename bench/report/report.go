@@ -157,21 +157,23 @@ type Goal struct {
 
 // Scale is the control-plane run through the file source.
 type Scale struct {
-	Services       int       `json:"services"`
-	Endpoints      int       `json:"endpoints"`
-	Namespaces     int       `json:"namespaces"`
-	FileMiB        float64   `json:"file_mib"`
-	FirstSyncMs    float64   `json:"first_sync_ms"`               // kmeshd exec to /healthz/ready
-	FirstSyncCPUMs float64   `json:"first_sync_cpu_ms,omitempty"` // kmeshd's CPU time (user+system) at ready
-	ParseMs        float64   `json:"parse_ms"`                    // of which reading the file (kmeshd's parser, timed in-process)
-	ChangeMs       Stat      `json:"change_ms"`                   // file rename to the change in the maps
-	ChangeP99Ms    float64   `json:"change_p99_ms"`               // over all changes
-	Changes        int       `json:"changes"`                     // how many were measured
-	KmeshdRSSMiB   float64   `json:"kmeshd_rss_mib"`              // after the changes
-	KmeshdPeakMiB  float64   `json:"kmeshd_peak_mib"`             // VmHWM
-	MapMemory      []Map     `json:"maps"`                        // pinned maps of the instance
-	MapMemoryMiB   float64   `json:"map_memory_mib"`              // their memlock, summed
-	Startup        []Startup `json:"startup"`
+	Services        int       `json:"services"`
+	Endpoints       int       `json:"endpoints"`
+	Namespaces      int       `json:"namespaces"`
+	FileMiB         float64   `json:"file_mib"`
+	FirstSyncMs     float64   `json:"first_sync_ms"`               // kmeshd exec to /healthz/ready
+	FirstSyncCPUMs  float64   `json:"first_sync_cpu_ms,omitempty"` // kmeshd's CPU time (user+system) at ready
+	ParseMs         float64   `json:"parse_ms"`                    // of which reading the file (kmeshd's parser, timed in-process)
+	ChangeMs        Stat      `json:"change_ms"`                   // file rename to the change in the maps
+	ChangeP99Ms     float64   `json:"change_p99_ms"`               // over all changes
+	Changes         int       `json:"changes"`                     // how many were measured
+	ChangeSamplesMs []float64 `json:"change_samples_ms,omitempty"` // every change, in the order timed
+	ChangeCPUMs     float64   `json:"change_cpu_ms,omitempty"`     // kmeshd's CPU time per change, averaged over them
+	KmeshdRSSMiB    float64   `json:"kmeshd_rss_mib"`              // after the changes
+	KmeshdPeakMiB   float64   `json:"kmeshd_peak_mib"`             // VmHWM
+	MapMemory       []Map     `json:"maps"`                        // pinned maps of the instance
+	MapMemoryMiB    float64   `json:"map_memory_mib"`              // their memlock, summed
+	Startup         []Startup `json:"startup"`
 
 	// The same mesh from a go-control-plane delta server (workload API).
 	XDSFirstSyncMs    float64 `json:"xds_first_sync_ms,omitempty"`     // kmeshd exec to /healthz/ready
@@ -179,8 +181,12 @@ type Scale struct {
 	XDSChangeMs       Stat    `json:"xds_change_ms"`                   // cache update to the change in the maps
 	XDSChangeP99Ms    float64 `json:"xds_change_p99_ms,omitempty"`
 	XDSChanges        int     `json:"xds_changes,omitempty"`
-	XDSRSSMiB         float64 `json:"xds_kmeshd_rss_mib,omitempty"`  // after the changes
-	XDSPeakMiB        float64 `json:"xds_kmeshd_peak_mib,omitempty"` // VmHWM
+	// Every change, in the order timed (the first ones start right after
+	// kmeshd is ready).
+	XDSChangeSamplesMs []float64 `json:"xds_change_samples_ms,omitempty"`
+	XDSChangeCPUMs     float64   `json:"xds_change_cpu_ms,omitempty"`   // kmeshd's CPU time per change, averaged over them
+	XDSRSSMiB          float64   `json:"xds_kmeshd_rss_mib,omitempty"`  // after the changes
+	XDSPeakMiB         float64   `json:"xds_kmeshd_peak_mib,omitempty"` // VmHWM
 }
 
 // Map is the memory of one BPF map.

@@ -30,6 +30,9 @@ type kmeshd struct {
 	// used when it became ready: on a shared machine Ready also counts
 	// the time it waited for a core.
 	ReadyCPU time.Duration
+	// readyAt is when /healthz/ready first answered 200 (the changes'
+	// log says how long after it each began).
+	readyAt time.Time
 }
 
 // readyTimeout is how long startKmeshd waits for /healthz/ready (longer
@@ -74,7 +77,8 @@ func startKmeshd(ctx context.Context, bed *testbed.Bed, tl tools, node *testbed.
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				k.Ready = time.Since(start)
+				k.readyAt = time.Now()
+				k.Ready = k.readyAt.Sub(start)
 				k.ReadyCPU, _ = processCPU(proc.PID())
 				return k, nil
 			}

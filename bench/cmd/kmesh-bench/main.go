@@ -53,6 +53,7 @@ type config struct {
 	quick      bool
 	skipData   bool
 	skipScale  bool
+	xdsOnly    bool
 	services   int
 	endpoints  int
 	namespaces int
@@ -97,6 +98,7 @@ func parseFlags() config {
 	flag.BoolVar(&c.quick, "quick", false, "a short run: 1s tests, 1,000 services / 10,000 endpoints, fewer changes")
 	flag.BoolVar(&c.skipData, "skip-dataplane", false, "skip the data-plane tests")
 	flag.BoolVar(&c.skipScale, "skip-scale", false, "skip the control-plane tests")
+	flag.BoolVar(&c.xdsOnly, "xds-only", false, "run only the xDS part of the control-plane test (first sync, endpoint changes, memory), to iterate on it")
 	flag.IntVar(&c.services, "services", 10000, "services of the control-plane test")
 	flag.IntVar(&c.endpoints, "endpoints", 100000, "endpoints of the control-plane test")
 	flag.IntVar(&c.namespaces, "namespaces", 100, "namespaces the control-plane test's services and endpoints are spread over")

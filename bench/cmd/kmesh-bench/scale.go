@@ -74,6 +74,12 @@ func runScale(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*rep
 	}
 	out := &report.Scale{Services: cfg.services, Endpoints: cfg.endpoints, Namespaces: cfg.namespaces}
 
+	if cfg.xdsOnly {
+		if err := s.xdsScale(ctx, out); err != nil {
+			return out, fmt.Errorf("control plane over xDS: %w", err)
+		}
+		return out, nil
+	}
 	logf("control plane: start-up of new workloads on a 1-service mesh")
 	small := s.mesh(false)
 	joins, err := s.kmeshJoins(ctx, &small, "small", s.cfg.startups)
@@ -100,12 +106,17 @@ func runScale(ctx context.Context, bed *testbed.Bed, tl tools, cfg config) (*rep
 		return out, err
 	}
 
+	cpu0, _ := processCPU(k.proc.PID())
 	changes, err := s.changes(ctx, &big)
 	if err != nil {
 		return out, err
 	}
 	out.ChangeMs, out.ChangeP99Ms, out.Changes = report.Over(changes), report.Percentile(changes, 99), len(changes)
-	logf("control plane: %d endpoint changes, p50 %.0f ms, p99 %.0f ms", len(changes), out.ChangeMs.Median, out.ChangeP99Ms)
+	out.ChangeSamplesMs = changes
+	if cpu1, err := processCPU(k.proc.PID()); err == nil && len(changes) > 0 {
+		out.ChangeCPUMs = ms(cpu1-cpu0) / float64(len(changes))
+	}
+	logf("control plane: %d endpoint changes, p50 %.0f ms, p99 %.0f ms, kmeshd CPU %.1f ms per change", len(changes), out.ChangeMs.Median, out.ChangeP99Ms, out.ChangeCPUMs)
 	if out.KmeshdRSSMiB, out.KmeshdPeakMiB, err = k.Memory(); err != nil {
 		return out, err
 	}
@@ -276,6 +287,7 @@ func (s *scaleRun) changes(ctx context.Context, m *meshfile.Mesh) ([]float64, er
 			time.Sleep(100 * time.Microsecond)
 		}
 		out = append(out, ms(time.Since(t0)))
+		logf("control plane: change %d: %.1f ms", i, out[len(out)-1])
 		time.Sleep(20 * time.Millisecond)
 	}
 	return out, nil

@@ -103,6 +103,7 @@ func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
 	}
 	defer closeSlots()
 	var changes []float64
+	cpu0, _ := processCPU(k.proc.PID())
 	start := time.Now()
 	for i := range s.cfg.changes {
 		if i >= 3 && time.Since(start) > s.cfg.changeTime {
@@ -149,10 +150,18 @@ func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
 			time.Sleep(50 * time.Microsecond)
 		}
 		changes = append(changes, ms(time.Since(t0)))
+		logf("control plane over xDS: change %d at %.0f ms after ready: %.2f ms", i, ms(t0.Sub(k.readyAt)), changes[len(changes)-1])
 		time.Sleep(20 * time.Millisecond)
 	}
 	out.XDSChangeMs, out.XDSChangeP99Ms, out.XDSChanges = report.Over(changes), report.Percentile(changes, 99), len(changes)
-	logf("control plane over xDS: %d endpoint changes, p50 %.2f ms, p99 %.2f ms", len(changes), out.XDSChangeMs.Median, out.XDSChangeP99Ms)
+	out.XDSChangeSamplesMs = changes
+	// kmeshd's CPU per change (receive, apply, ACK; clock ticks of 10 ms
+	// over every change): on a loaded machine a slow change is mostly a
+	// wait for a core, which this tells apart.
+	if cpu1, err := processCPU(k.proc.PID()); err == nil && len(changes) > 0 {
+		out.XDSChangeCPUMs = ms(cpu1-cpu0) / float64(len(changes))
+	}
+	logf("control plane over xDS: %d endpoint changes, p50 %.2f ms, p99 %.2f ms, kmeshd CPU %.2f ms per change", len(changes), out.XDSChangeMs.Median, out.XDSChangeP99Ms, out.XDSChangeCPUMs)
 	if out.XDSRSSMiB, out.XDSPeakMiB, err = k.Memory(); err != nil {
 		return err
 	}
