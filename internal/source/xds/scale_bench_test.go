@@ -169,6 +169,9 @@ func benchScale(b *testing.B, services int) {
 	rssMiB, hwmMiB := procMemory(b)
 
 	var delays []time.Duration
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	cpu0 = benchcpu.Used()
 	for i := 0; b.Loop(); i++ {
 		w := scaleWorkload(i%services, 3)
 		w.IPs = []string{fmt.Sprintf("10.200.%d.%d", (i/250)%256, 1+i%250)}
@@ -184,8 +187,19 @@ func benchScale(b *testing.B, services int) {
 			b.Fatalf("change %d not written after %v", i, eventTimeout)
 		}
 	}
+	// CPU and allocation per change are the whole process's (the server's
+	// push and the client's apply); GC cycles during the changes are the
+	// tail a change can meet (a cycle marks the whole heap, the mesh and
+	// the server's cache).
+	cpuPer := (benchcpu.Used() - cpu0) / time.Duration(len(delays))
+	var ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms1)
+	allocPer := (ms1.TotalAlloc - ms0.TotalAlloc) / uint64(len(delays))
+	gcs := ms1.NumGC - ms0.NumGC
 	slices.Sort(delays)
 	pct := func(p float64) time.Duration { return delays[min(len(delays)-1, int(p*float64(len(delays))))] }
+	b.ReportMetric(float64(cpuPer.Microseconds()), "cpu-µs/change")
+	b.ReportMetric(float64(allocPer), "alloc-B/change")
 	b.ReportMetric(float64(pct(0.50).Microseconds()), "p50-µs")
 	b.ReportMetric(float64(pct(0.99).Microseconds()), "p99-µs")
 	// Reported after the loop: b.Loop's start deletes earlier metrics.
@@ -194,8 +208,8 @@ func benchScale(b *testing.B, services int) {
 	b.ReportMetric(heapMiB, "client-heap-MiB")
 	b.ReportMetric(rssMiB, "proc-rss-MiB")
 	b.ReportMetric(hwmMiB, "proc-peak-MiB")
-	b.Logf("%d changes: p50 %v, p99 %v, max %v; first sync %v (%v CPU); client heap %.0f MiB; process RSS %.0f MiB, peak %.0f MiB (client and server)",
-		len(delays), pct(0.50), pct(0.99), delays[len(delays)-1], firstSync, syncCPU.Round(time.Millisecond), heapMiB, rssMiB, hwmMiB)
+	b.Logf("%d changes: p50 %v, p99 %v, max %v; CPU %v and %d KiB allocated per change, %d GC cycles during the changes (client and server); first sync %v (%v CPU); client heap %.0f MiB; process RSS %.0f MiB, peak %.0f MiB (client and server)",
+		len(delays), pct(0.50), pct(0.99), delays[len(delays)-1], cpuPer, allocPer>>10, gcs, firstSync, syncCPU.Round(time.Millisecond), heapMiB, rssMiB, hwmMiB)
 }
 
 // procMemory reads this process's resident set and its peak, in MiB.
