@@ -46,6 +46,18 @@ struct {
 	__uint(max_entries, 1);
 } km_tunnel_dst SEC(".maps");
 
+/* The addresses of each enrolled namespace's workload, keyed by its netns
+ * cookie; written by internal/dataplane (tunnelsrc.go). A redirected socket
+ * is bound to its pod's address before it connects to the tunnel's loopback
+ * listener, so getsockname() shows the pod address, as through ztunnel,
+ * not 127.0.0.1. The same fields as the workload's backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct backend_value);
+	__uint(max_entries, 1);
+} km_tunnel_src SEC(".maps");
+
 /* Whether a socket is the tunnel's own. */
 static __always_inline int tunnel_own(struct bpf_sock *sk)
 {
@@ -140,6 +152,52 @@ static __always_inline void tunnel_connecting(struct bpf_sock_ops *skops)
 	bpf_map_update_elem(&km_tunnel_dst, &key, &v, BPF_ANY);
 }
 
+/* Binds a redirected socket to its pod's address of the destination's
+ * family (the socket still picks its port at connect, as unbound). The
+ * tunnel's listener on loopback accepts it from there, and finds the
+ * destination under that address, which sockops reads from the socket.
+ * Nothing to bind to (the namespace's workload is not known yet, or has no
+ * address of that family), or a socket the application bound already
+ * (bpf_bind fails with EINVAL): it connects from what it would have,
+ * loopback or its own bind, and is tunnelled the same. */
+static __always_inline void tunnel_bind4(struct bpf_sock_addr *ctx, __u64 cookie)
+{
+	struct backend_value *b = bpf_map_lookup_elem(&km_tunnel_src, &cookie);
+	struct sockaddr_in sa = {};
+
+	if (!b || !(b->flags & KM_BACKEND_HAS_V4))
+		return;
+	sa.sin_family = 2; /* AF_INET */
+	sa.sin_addr.s_addr = b->addr4;
+	bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+}
+
+/* The same for an IPv6 socket: its pod's IPv6 address, or its IPv4 one
+ * IPv4-mapped when it dials an IPv4 destination (family KM_FAMILY_V4). */
+static __always_inline void tunnel_bind6(struct bpf_sock_addr *ctx, __u64 cookie, __u8 family)
+{
+	struct backend_value *b = bpf_map_lookup_elem(&km_tunnel_src, &cookie);
+	struct sockaddr_in6 sa = {};
+
+	if (!b)
+		return;
+	sa.sin6_family = 10; /* AF_INET6 */
+	if (family == KM_FAMILY_V4) {
+		if (!(b->flags & KM_BACKEND_HAS_V4))
+			return;
+		sa.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0x0000ffff);
+		sa.sin6_addr.in6_u.u6_addr32[3] = b->addr4;
+	} else {
+		if (!(b->flags & KM_BACKEND_HAS_V6))
+			return;
+		sa.sin6_addr.in6_u.u6_addr32[0] = b->addr6[0];
+		sa.sin6_addr.in6_u.u6_addr32[1] = b->addr6[1];
+		sa.sin6_addr.in6_u.u6_addr32[2] = b->addr6[2];
+		sa.sin6_addr.in6_u.u6_addr32[3] = b->addr6[3];
+	}
+	bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+}
+
 /* Sends an IPv4 connect() to the tunnel: 127.0.0.1:KM_TUNNEL_OUTBOUND_PORT,
  * after keeping its destination (tunnel_remember's arguments). Returns 0
  * when the connect proceeds there, -1 when the destination could not be
@@ -151,6 +209,7 @@ static __always_inline int tunnel_redirect4(struct bpf_sock_addr *ctx, const __u
 		return -1;
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
 	ctx->user_port = (__u32)bpf_htons(KM_TUNNEL_OUTBOUND_PORT);
+	tunnel_bind4(ctx, bpf_get_netns_cookie(ctx));
 	return 0;
 }
 
@@ -173,6 +232,9 @@ static __always_inline int tunnel_redirect6(struct bpf_sock_addr *ctx, const __u
 		ctx->user_ip6[3] = bpf_htonl(1);
 	}
 	ctx->user_port = (__u32)bpf_htons(KM_TUNNEL_OUTBOUND_PORT);
+	/* Last: bound before the writes above, clang addresses user_ip6
+	 * through a moved ctx pointer, which the verifier refuses. */
+	tunnel_bind6(ctx, bpf_get_netns_cookie(ctx), family);
 	return 0;
 }
 

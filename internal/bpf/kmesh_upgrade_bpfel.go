@@ -497,6 +497,7 @@ const (
 	KmeshMapKmTunnel             = "km_tunnel"
 	KmeshMapKmTunnelDst          = "km_tunnel_dst"
 	KmeshMapKmTunnelSk           = "km_tunnel_sk"
+	KmeshMapKmTunnelSrc          = "km_tunnel_src"
 	KmeshProgKmConnIter          = "km_conn_iter"
 	KmeshProgKmConnect4          = "km_connect4"
 	KmeshProgKmConnect6          = "km_connect6"
@@ -623,6 +624,7 @@ type KmeshMapSpecs struct {
 	KmTunnel     *ebpf.MapSpec `ebpf:"km_tunnel"`
 	KmTunnelDst  *ebpf.MapSpec `ebpf:"km_tunnel_dst"`
 	KmTunnelSk   *ebpf.MapSpec `ebpf:"km_tunnel_sk"`
+	KmTunnelSrc  *ebpf.MapSpec `ebpf:"km_tunnel_src"`
 }
 
 // KmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -709,6 +711,7 @@ type KmeshMaps struct {
 	KmTunnel     *ebpf.Map `ebpf:"km_tunnel"`
 	KmTunnelDst  *ebpf.Map `ebpf:"km_tunnel_dst"`
 	KmTunnelSk   *ebpf.Map `ebpf:"km_tunnel_sk"`
+	KmTunnelSrc  *ebpf.Map `ebpf:"km_tunnel_src"`
 }
 
 func (m *KmeshMaps) Close() error {
@@ -748,6 +751,7 @@ func (m *KmeshMaps) Close() error {
 		m.KmTunnel,
 		m.KmTunnelDst,
 		m.KmTunnelSk,
+		m.KmTunnelSrc,
 	)
 }
 

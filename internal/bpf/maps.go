@@ -42,6 +42,7 @@ func spec(limits Limits) (*ebpf.CollectionSpec, error) {
 		KmeshMapKmMaglev:     (limits.Services + 1) * 2,
 		KmeshMapKmTunnel:     limits.WorkloadAddresses,
 		KmeshMapKmTunnelDst:  limits.Sockets,
+		KmeshMapKmTunnelSrc:  limits.Workloads,
 	}
 	for name, m := range s.Maps {
 		n, ok := sizes[name]

@@ -534,6 +534,9 @@ func (d *Dataplane) ApplyNetns(cookies map[uint64]string) error {
 	if err := d.applyClients(cookies); err != nil {
 		return err
 	}
+	if err := d.applyTunnelSrc(cookies); err != nil {
+		return err
+	}
 	az := d.az
 	want := map[uint64]bpf.KmeshAuthzSelf{}
 	if az.workloads != nil {

@@ -28,6 +28,7 @@ var flags = map[string]string{
 	bpf.KmeshMapKmAuthzList:  "--max-policy-refs",
 	bpf.KmeshMapKmAuthzAddr:  "--max-workload-addresses",
 	bpf.KmeshMapKmAuthzNetns: "--max-workloads",
+	bpf.KmeshMapKmTunnelSrc:  "--max-workloads",
 }
 
 func fullError(m string, need, capacity int) error {

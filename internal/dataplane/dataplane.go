@@ -57,6 +57,7 @@ type Dataplane struct {
 	// previous instance's classes this one has not resolved).
 	lbClassFloor uint16
 	tunnels      map[bpf.KmeshAuthzAddrKey]struct{} // km_tunnel as written (tunnel.go); nil until read
+	tunnelSrc    map[uint64]bpf.KmeshBackendValue   // km_tunnel_src as written (tunnelsrc.go); nil until read
 }
 
 type serviceState struct {

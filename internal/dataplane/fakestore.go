@@ -57,6 +57,7 @@ func NewFakeStore(limits bpf.Limits) *FakeStore {
 		KmLbEject:    m(bpf.KmeshMapKmLbEject, limits.Services+1, true),
 		KmLbAffinity: m(bpf.KmeshMapKmLbAffinity, limits.AffinityClients, false),
 		KmTunnel:     m(bpf.KmeshMapKmTunnel, limits.WorkloadAddresses, false),
+		KmTunnelSrc:  m(bpf.KmeshMapKmTunnelSrc, limits.Workloads, false),
 	}
 	f.Store.KmMaglev = fakeMaglev{m(bpf.KmeshMapKmMaglev, (limits.Services+1)*2, false)}
 	return f

@@ -45,6 +45,9 @@ type Store struct {
 	// KmTunnel: workload addresses whose connections go through the
 	// HBONE tunnel (tunnel.go).
 	KmTunnel Map
+	// KmTunnelSrc: each enrolled namespace's addresses, which a socket
+	// sent to the tunnel is bound to (tunnelsrc.go).
+	KmTunnelSrc Map
 }
 
 // MaglevTables replaces and removes Maglev lookup tables (km_maglev).
@@ -128,6 +131,6 @@ func MapStore(maps *bpf.KmeshMaps) *Store {
 		KmLbPrio:     bpfMap{maps.KmLbPrio}, KmLbClient: bpfMap{maps.KmLbClient}, KmLbConf: bpfMap{maps.KmLbConf},
 		KmLbBackend: bpfMap{maps.KmLbBackend}, KmLbEject: bpfMap{maps.KmLbEject}, KmLbAffinity: bpfMap{maps.KmLbAffinity},
 		KmMaglev: maglevMap{maps.KmMaglev},
-		KmTunnel: bpfMap{maps.KmTunnel},
+		KmTunnel: bpfMap{maps.KmTunnel}, KmTunnelSrc: bpfMap{maps.KmTunnelSrc},
 	}
 }

@@ -123,11 +123,13 @@ func TestHBONE_CrossNodeOverMutualTLS(t *testing.T) {
 
 	rs := h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "5")
 	requireAll(t, "client -> hello-2 by IPv4", rs, "hello-2")
-	if rs[0].Peer != "10.1.2.12:8080" {
-		t.Errorf("getpeername in the client: %s, want the destination 10.1.2.12:8080", rs[0].Peer)
-	}
-	requireAll(t, "client -> hello-2 by IPv6", h.get("client", "--url", "http://[fd00:1:2::12]:8080/", "--count", "3"), "hello-2")
-	requireAll(t, "client -> hello service", h.get("client", "--url", "http://10.96.0.10/", "--count", "20"), "")
+	requireEnds(t, rs, "10.1.1.10", "10.1.2.12:8080")
+	rs = h.get("client", "--url", "http://[fd00:1:2::12]:8080/", "--count", "3")
+	requireAll(t, "client -> hello-2 by IPv6", rs, "hello-2")
+	requireEnds(t, rs, "fd00:1:1::10", "[fd00:1:2::12]:8080")
+	rs = h.get("client", "--url", "http://10.96.0.10/", "--count", "20")
+	requireAll(t, "client -> hello service", rs, "")
+	requireEnds(t, rs, "10.1.1.10", "10.96.0.10:80") // tunnelled to hello-2/3 or straight to hello-1
 
 	pkts := cpt.stop()
 	tunnelSYNs := requireOnlyTunnel(t, pkts, podAddr, "GET /", "hello-2", "hello-3", "X-Pod")
@@ -154,6 +156,23 @@ func TestHBONE_SameNodeNotTunnelled(t *testing.T) {
 	}
 	if strings.Contains(h.tunnels["node-a"].Stderr(), `msg=tunnelled`) {
 		t.Fatalf("the tunnel carried a same-node connection:\n%s", h.tunnels["node-a"].Stderr())
+	}
+}
+
+// requireEnds: the client's tunnelled socket looks as if it connected
+// straight to the destination: getsockname() is its pod's address (the
+// connect hook bound it there, not the tunnel's loopback) and
+// getpeername() the address it dialed.
+func requireEnds(t *testing.T, rs []result, local, peer string) {
+	t.Helper()
+	for _, r := range rs {
+		l, err := netip.ParseAddrPort(r.Local)
+		if err != nil || l.Addr().String() != local {
+			t.Errorf("getsockname in the client: %s, want the client pod's address %s", r.Local, local)
+		}
+		if r.Peer != peer {
+			t.Errorf("getpeername in the client: %s, want the destination %s", r.Peer, peer)
+		}
 	}
 }
 
