@@ -129,20 +129,26 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // the response body hands the connection back when read to its end and
 // closed. req.Context bounds the whole exchange, body included.
 func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
+	return h.do(req.Context(), req, req.URL.Host, req.Body)
+}
+
+// do sends req to host with body in place of req.Body. The head is
+// written from req as the waypoint forwards it: the hop-by-hop headers
+// are left out (writeRequestHead), so the handler need not copy the
+// downstream request to change them. ctx bounds the exchange.
+func (h *h1Client) do(ctx context.Context, req *http.Request, host string, reqBody io.ReadCloser) (*http.Response, error) {
 	var body *bytes.Buffer
-	if req.Body != nil && req.Body != http.NoBody && req.ContentLength > 0 {
+	if reqBody != nil && reqBody != http.NoBody && req.ContentLength > 0 {
 		body = bodyPool.Get().(*bytes.Buffer)
 		body.Reset()
-		_, err := io.CopyN(body, req.Body, req.ContentLength)
-		req.Body.Close()
+		_, err := io.CopyN(body, reqBody, req.ContentLength)
+		reqBody.Close()
 		if err != nil {
 			bodyPool.Put(body)
 			return nil, err
 		}
 		defer bodyPool.Put(body)
 	}
-	host := req.URL.Host
 	for try := 0; ; try++ {
 		var c *h1Conn
 		if try == 0 {
@@ -178,16 +184,13 @@ func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, b
 	// Only the context ends the exchange (a deadline of the connection
 	// itself could fire before ctx.Err says why).
 	stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })
-	out := *req
+	var n int64
 	if body != nil {
-		out.Body = io.NopCloser(bytes.NewReader(body.Bytes()))
-	} else {
-		out.Body = nil
-		out.ContentLength = 0
+		n = int64(body.Len())
 	}
-	if err := out.Write(c.bw); err != nil {
-		stop()
-		return nil, isStale(err), err
+	writeRequestHead(c.bw, req, n)
+	if body != nil {
+		c.bw.Write(body.Bytes())
 	}
 	if rc, ok := c.c.(*rawtcp.Conn); ok && c.br.Buffered() == 0 && c.bw.Buffered() > 0 {
 		// The flush (one Write of the request's last bytes) returns when
@@ -205,6 +208,9 @@ func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, b
 		return nil, isStale(err), err
 	}
 	for {
+		if resp := h.fastResponse(c, req, stop); resp != nil {
+			return resp, false, nil
+		}
 		resp, err := http.ReadResponse(c.br, req)
 		if err != nil {
 			stop()
@@ -220,6 +226,31 @@ func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, b
 		resp.Body = &h1Body{rc: resp.Body, c: c, h: h, stop: stop, close: resp.Close}
 		return resp, false, nil
 	}
+}
+
+// fastResponse parses the answer head buffered in c.br with
+// parseResponseHead; nil when it is not whole in the buffer or not one the
+// parser takes (http.ReadResponse then reads it).
+func (h *h1Client) fastResponse(c *h1Conn, req *http.Request, stop func() bool) *http.Response {
+	buf, _ := c.br.Peek(c.br.Buffered())
+	end := headEnd(buf)
+	if end < 0 {
+		return nil
+	}
+	r, ok := parseResponseHead(buf[:end], req.Method)
+	if !ok {
+		return nil
+	}
+	c.br.Discard(end)
+	resp := &http.Response{Status: r.statusText, StatusCode: r.status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: r.header, ContentLength: r.clen, Close: r.close, Request: req}
+	if r.clen == 0 {
+		resp.Body = http.NoBody
+		h.release(c, stop, r.close)
+		return resp
+	}
+	resp.Body = &h1Body{c: c, h: h, stop: stop, close: r.close, left: r.clen}
+	return resp
 }
 
 // release hands c back to the pool, unless the exchange's context fired
@@ -239,9 +270,12 @@ func isStale(err error) bool {
 }
 
 // h1Body is a response body that returns its connection to the pool once
-// read to the end and closed.
+// read to the end and closed: net/http's body (rc), or with rc nil the
+// next left bytes of the connection (a Content-Length the fast parser
+// read).
 type h1Body struct {
 	rc    io.ReadCloser
+	left  int64
 	c     *h1Conn
 	h     *h1Client
 	stop  func() bool
@@ -251,9 +285,35 @@ type h1Body struct {
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
+	if b.rc == nil {
+		return b.readLeft(p)
+	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.eof = true
+	}
+	return n, err
+}
+
+func (b *h1Body) readLeft(p []byte) (int, error) {
+	if b.left <= 0 {
+		b.eof = true
+		return 0, io.EOF
+	}
+	if b.done {
+		return 0, errors.New("read of a closed response body")
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.c.br.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF {
+		return n, io.ErrUnexpectedEOF // the backend ended short of its Content-Length
+	}
+	if err == nil && b.left == 0 {
+		b.eof = true
+		err = io.EOF
 	}
 	return n, err
 }
@@ -268,10 +328,14 @@ func (b *h1Body) Close() error {
 		// request. Close it first, so the body's Close does not read on.
 		b.stop()
 		b.c.c.Close()
-		b.rc.Close()
+		if b.rc != nil {
+			b.rc.Close()
+		}
 		return nil
 	}
-	b.rc.Close()
+	if b.rc != nil {
+		b.rc.Close()
+	}
 	b.h.release(b.c, b.stop, b.close)
 	return nil
 }

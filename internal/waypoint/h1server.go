@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -79,6 +81,13 @@ type h1Server struct {
 	bw   *bufio.Writer
 	info *connInfo
 	ctx  context.Context
+	// cancel cancels ctx, the context of the connection's requests: when
+	// the client goes away during one (the connection then ends).
+	cancel context.CancelFunc
+	// r is the request the fast parser fills for each request.
+	r h1Request
+	// watchTimer starts the disconnect watcher of a request (h1Watch).
+	watchTimer *time.Timer
 	// remote is the client's address as net/http gives it in RemoteAddr.
 	remote string
 
@@ -93,8 +102,11 @@ var errHeadTooBig = errors.New("request header block too large")
 
 // serveH1 serves c until it closes or needs net/http.
 func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *connInfo) {
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, info))
+	defer cancel()
 	s := &h1Server{p: p, c: c, cr: cr, br: br, info: info, remote: c.RemoteAddr().String(),
-		ctx: context.WithValue(context.Background(), connKey{}, info), watchDone: make(chan struct{}, 1)}
+		ctx: ctx, cancel: cancel, watchDone: make(chan struct{}, 1)}
+	s.r.base = *(&http.Request{}).WithContext(ctx)
 	for {
 		head, err := s.peekHead()
 		if err == errHeadTooBig {
@@ -105,18 +117,28 @@ func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *conn
 			c.Close()
 			return
 		}
-		switch classifyHead(head) {
-		case headFallback:
-			s.fallback()
-			return
-		case headBad:
-			s.badRequest()
-			return
-		}
-		req, err := http.ReadRequest(br)
-		if err != nil || !validRequest(req) {
-			s.badRequest()
-			return
+		var req *http.Request
+		if s.r.parseRequestHead(head) {
+			br.Discard(len(head))
+			req = &s.r.req
+			if req.ContentLength > 0 {
+				req.Body = &h1ReqBody{br: br, n: req.ContentLength}
+			}
+		} else {
+			switch classifyHead(head) {
+			case headFallback:
+				s.fallback()
+				return
+			case headBad:
+				s.badRequest()
+				return
+			}
+			req, err = http.ReadRequest(br)
+			if err != nil || !validRequest(req) {
+				s.badRequest()
+				return
+			}
+			req = req.WithContext(ctx)
 		}
 		c.SetReadDeadline(time.Time{})
 		if s.bw == nil {
@@ -128,6 +150,36 @@ func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *conn
 		}
 	}
 }
+
+// h1ReqBody is a request body framed by Content-Length, read from the
+// connection's reader.
+type h1ReqBody struct {
+	mu sync.Mutex
+	br *bufio.Reader
+	n  int64 // left to read
+}
+
+func (b *h1ReqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.br.Read(p)
+	b.n -= int64(n)
+	if err == io.EOF {
+		return n, io.ErrUnexpectedEOF // the client ended short of its Content-Length
+	}
+	if err == nil && b.n == 0 {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (b *h1ReqBody) Close() error { return nil }
 
 // fallback hands the connection, at the request not yet read, to
 // net/http's server.
@@ -287,22 +339,23 @@ func validRequest(req *http.Request) bool {
 // serveOne runs the handler for req and reports whether the connection
 // stays open for the next request.
 func (s *h1Server) serveOne(req *http.Request) (keep bool) {
-	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
-	req = req.WithContext(ctx)
 	req.RemoteAddr = s.remote
 	body := req.Body
 	w := &s.w
 	w.reset(s, req)
 
-	var watch *time.Timer
-	if body == http.NoBody {
+	watching := body == http.NoBody
+	if watching {
 		s.stopping.Store(false)
 		s.gone.Store(false)
-		watch = time.AfterFunc(h1Watch, func() { s.watch(cancel) })
+		if s.watchTimer == nil {
+			s.watchTimer = time.AfterFunc(h1Watch, s.watch)
+		} else {
+			s.watchTimer.Reset(h1Watch)
+		}
 	}
 	aborted := s.run(w, req)
-	if watch != nil && !watch.Stop() {
+	if watching && !s.watchTimer.Stop() {
 		// The watcher runs: stop its read and wait for it.
 		s.stopping.Store(true)
 		s.c.SetReadDeadline(time.Unix(1, 0))
@@ -347,7 +400,7 @@ func (s *h1Server) run(w *h1Writer, req *http.Request) (aborted bool) {
 // watch reads the connection while a request runs; the client closing it
 // cancels the request. A byte it reads (the next pipelined request) is kept
 // for the connection's reader.
-func (s *h1Server) watch(cancel context.CancelFunc) {
+func (s *h1Server) watch() {
 	defer func() { s.watchDone <- struct{}{} }()
 	var b [1]byte
 	n, err := s.c.Read(b[:])
@@ -356,7 +409,7 @@ func (s *h1Server) watch(cancel context.CancelFunc) {
 	}
 	if err != nil && !s.stopping.Load() {
 		s.gone.Store(true)
-		cancel()
+		s.cancel()
 	}
 }
 
@@ -483,7 +536,7 @@ func (w *h1Writer) commit(final bool) error {
 	w.committed = true
 	h := w.h
 	if _, ok := h["Date"]; !ok {
-		h["Date"] = []string{httpDate()}
+		h["Date"] = httpDate()
 	}
 	if w.bodyAllowed() {
 		if _, ok := h["Content-Type"]; !ok && len(w.pending) > 0 && h.Get("Transfer-Encoding") == "" {
@@ -506,9 +559,7 @@ func (w *h1Writer) commit(final bool) error {
 	}
 	bw := w.s.bw
 	writeStatusLine(bw, w.status)
-	if err := h.Write(bw); err != nil {
-		return err
-	}
+	writeHeader(bw, h)
 	bw.WriteString("\r\n")
 	p := w.pending
 	w.pending = nil
@@ -567,20 +618,36 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 	bw.WriteString("\r\n")
 }
 
-// httpDate is the Date header of now, formatted once a second.
-func httpDate() string {
+// writeHeader writes h as net/http's Header.Write does (names it cannot
+// send dropped, CR and LF in values as spaces, surrounding space trimmed),
+// without sorting the names: the order of different names carries no
+// meaning (RFC 9110 §5.3).
+func writeHeader(bw *bufio.Writer, h http.Header) {
+	for k, vv := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, strings.TrimSpace(v))
+		}
+	}
+}
+
+// httpDate is the Date header of now, formatted once a second; the slice
+// is shared, so no one may change it.
+func httpDate() []string {
 	now := time.Now().Unix()
 	if d := dateCache.Load(); d != nil && d.unix == now {
-		return d.s
+		return d.v
 	}
-	d := &cachedDate{unix: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
+	d := &cachedDate{unix: now, v: []string{time.Unix(now, 0).UTC().Format(http.TimeFormat)}}
 	dateCache.Store(d)
-	return d.s
+	return d.v
 }
 
 type cachedDate struct {
 	unix int64
-	s    string
+	v    []string
 }
 
 var dateCache atomic.Pointer[cachedDate]

@@ -251,3 +251,39 @@ func TestClassifyHead(t *testing.T) {
 		t.Error("headEnd")
 	}
 }
+
+// TestH1Server_BodiesByContentLength: bodies framed by Content-Length, one
+// the pooled client carries (under maxReplay) and one net/http's transport
+// streams, each followed on the connection by another request, arrive
+// whole and the next request after them.
+func TestH1Server_BodiesByContentLength(t *testing.T) {
+	b := newH1Bed(t)
+	c, br := b.dial(t)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	for _, n := range []int{1, 1024, maxReplay, maxReplay + 1, 3 << 20} {
+		go io.WriteString(c, fmt.Sprintf("PUT /b%d HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n%s"+
+			"GET /after HTTP/1.1\r\nHost: web\r\n\r\n", n, n, strings.Repeat("z", n)))
+		resp, _ := readResp(t, br, "PUT")
+		if resp.StatusCode != 200 || resp.Header.Get("X-Body-Len") != fmt.Sprint(n) || resp.Header.Get("X-Saw-Path") != fmt.Sprintf("/b%d", n) {
+			t.Fatalf("%d-byte body: status %d, backend saw %s bytes on %s", n, resp.StatusCode, resp.Header.Get("X-Body-Len"), resp.Header.Get("X-Saw-Path"))
+		}
+		resp, _ = readResp(t, br, "GET")
+		if resp.Header.Get("X-Saw-Path") != "/after" || resp.Header.Get("X-Body-Len") != "0" {
+			t.Fatalf("after the %d-byte body: path %q body %s", n, resp.Header.Get("X-Saw-Path"), resp.Header.Get("X-Body-Len"))
+		}
+	}
+}
+
+// TestH1Server_ShortBodyNeverForwardedWhole: a client that ends its
+// connection short of its Content-Length gets no answer from the backend
+// for a request it did not finish.
+func TestH1Server_ShortBodyNeverForwardedWhole(t *testing.T) {
+	b := newH1Bed(t)
+	c, br := b.dial(t)
+	io.WriteString(c, "POST /short HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc")
+	c.(*net.TCPConn).CloseWrite()
+	resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+	if err == nil && resp.StatusCode == 200 {
+		t.Fatalf("a 3-of-10-byte body was answered 200 (backend saw %s bytes)", resp.Header.Get("X-Body-Len"))
+	}
+}

@@ -245,20 +245,26 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		ctx, cancel = context.WithTimeout(ctx, timeouts.Request)
 		defer cancel()
 	}
-	out := r.Clone(ctx)
-	out.RequestURI = ""
-	out.URL.Scheme = "http"
-	out.Close = false
-	removeHop(out.Header)
-	if out.Header.Get("X-Request-Id") == "" {
-		out.Header.Set("X-Request-Id", newRequestID())
+	if r.Header.Get("X-Request-Id") == "" {
+		r.Header.Set("X-Request-Id", newRequestID())
 	}
-	r.Header.Set("X-Request-Id", out.Header.Get("X-Request-Id"))
+	// The pooled HTTP/1.1 client writes the request from r itself, leaving
+	// out the hop-by-hop headers; the other transports get a copy without
+	// them.
+	fast := r.ProtoMajor == 1 && p.h1c.fits(r)
+	out := r
 	var tr http.RoundTripper = p.h1
-	if r.ProtoMajor == 2 {
-		tr = p.h2
-	} else if p.h1c.fits(r) {
+	if fast {
 		tr = p.h1c
+	} else {
+		out = r.Clone(ctx)
+		out.RequestURI = ""
+		out.URL.Scheme = "http"
+		out.Close = false
+		removeHop(out.Header)
+		if r.ProtoMajor == 2 {
+			tr = p.h2
+		}
 	}
 	var rp *replay
 	empty := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
@@ -281,17 +287,23 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		if timeouts.BackendRequest > 0 {
 			actx, cancel = context.WithTimeout(ctx, timeouts.BackendRequest)
 		}
-		req := out.WithContext(actx)
-		req.URL.Host = addr.String()
+		var body io.ReadCloser = http.NoBody
 		if rp != nil {
-			req.Body = rp.attempt()
-		} else {
-			req.Body = http.NoBody
+			body = rp.attempt()
 		}
 		if attempt > 0 {
-			req.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt+1))
+			out.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt+1))
 		}
-		resp, err := tr.RoundTrip(req)
+		var resp *http.Response
+		var err error
+		if fast {
+			resp, err = p.h1c.do(actx, out, addr.String(), body)
+		} else {
+			req := out.WithContext(actx)
+			req.URL.Host = addr.String()
+			req.Body = body
+			resp, err = tr.RoundTrip(req)
+		}
 		status, retriable, flag, connectFailed := p.classify(resp, err, ctx, actx, retry)
 		if connectFailed {
 			p.health.fail(addr)
