@@ -129,26 +129,38 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // the response body hands the connection back when read to its end and
 // closed. req.Context bounds the whole exchange, body included.
 func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
-	return h.do(req.Context(), req, req.URL.Host, req.Body)
-}
-
-// do sends req to host with body in place of req.Body. The head is
-// written from req as the waypoint forwards it: the hop-by-hop headers
-// are left out (writeRequestHead), so the handler need not copy the
-// downstream request to change them. ctx bounds the exchange.
-func (h *h1Client) do(ctx context.Context, req *http.Request, host string, reqBody io.ReadCloser) (*http.Response, error) {
-	var body *bytes.Buffer
-	if reqBody != nil && reqBody != http.NoBody && req.ContentLength > 0 {
-		body = bodyPool.Get().(*bytes.Buffer)
-		body.Reset()
-		_, err := io.CopyN(body, reqBody, req.ContentLength)
-		reqBody.Close()
-		if err != nil {
-			bodyPool.Put(body)
-			return nil, err
-		}
+	body, err := readBody(req.Body, req.ContentLength)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
 		defer bodyPool.Put(body)
 	}
+	return h.do(req.Context(), req, req.URL.Host, body)
+}
+
+// readBody reads a request body of n bytes into a buffer from bodyPool;
+// nil when there is none.
+func readBody(rc io.ReadCloser, n int64) (*bytes.Buffer, error) {
+	if rc == nil || rc == http.NoBody || n <= 0 {
+		return nil, nil
+	}
+	body := bodyPool.Get().(*bytes.Buffer)
+	body.Reset()
+	_, err := io.CopyN(body, rc, n)
+	rc.Close()
+	if err != nil {
+		bodyPool.Put(body)
+		return nil, err
+	}
+	return body, nil
+}
+
+// do sends req to host with body (nil: none) in place of req.Body. The
+// head is written from req as the waypoint forwards it: the hop-by-hop
+// headers are left out (writeRequestHead), so the handler need not copy
+// the downstream request to change them. ctx bounds the exchange.
+func (h *h1Client) do(ctx context.Context, req *http.Request, host string, body *bytes.Buffer) (*http.Response, error) {
 	for try := 0; ; try++ {
 		var c *h1Conn
 		if try == 0 {

@@ -25,14 +25,14 @@ func TestParseRequestHead_AsNetHTTP(t *testing.T) {
 		{"DELETE /x HTTP/1.1\r\nHost: web\r\nConnection: keep-alive, close\r\n\r\n", true},
 		{"GET / HTTP/1.1\r\nHost: web\r\nPragma: no-cache\r\n\r\n", true},
 		{"GET / HTTP/1.1\r\nHost: web\r\nX-Empty:\r\n\r\n", true},
-		{"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: web\r\n\r\n", false},         // non-ASCII path
-		{"GET /a%2Fb HTTP/1.1\r\nHost: web\r\n\r\n", false},               // escapes: net/url
-		{"GET /a!b HTTP/1.1\r\nHost: web\r\n\r\n", false},                 // RawPath differs
-		{"GET http://web/ HTTP/1.1\r\nHost: web\r\n\r\n", false},          // absolute form
-		{"OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\n", false},                // asterisk form
-		{"GET / HTTP/1.0\r\nHost: web\r\n\r\n", false},                    // HTTP/1.0
-		{"GET / HTTP/1.1\r\n\r\n", false},                                 // no Host
-		{"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false},           // two Hosts
+		{"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: web\r\n\r\n", false}, // non-ASCII path
+		{"GET /a%2Fb HTTP/1.1\r\nHost: web\r\n\r\n", false},       // escapes: net/url
+		{"GET /a!b HTTP/1.1\r\nHost: web\r\n\r\n", false},         // RawPath differs
+		{"GET http://web/ HTTP/1.1\r\nHost: web\r\n\r\n", false},  // absolute form
+		{"OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\n", false},        // asterisk form
+		{"GET / HTTP/1.0\r\nHost: web\r\n\r\n", false},            // HTTP/1.0
+		{"GET / HTTP/1.1\r\n\r\n", false},                         // no Host
+		{"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false},   // two Hosts
 		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", false},
 		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n", false},
 		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 \r\nTransfer-Encoding: chunked\r\n\r\n", false},

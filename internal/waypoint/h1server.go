@@ -86,6 +86,9 @@ type h1Server struct {
 	cancel context.CancelFunc
 	// r is the request the fast parser fills for each request.
 	r h1Request
+	// idleSince is when the idle read deadline was set; zero when another
+	// deadline (or none) is set.
+	idleSince time.Time
 	// watchTimer starts the disconnect watcher of a request (h1Watch).
 	watchTimer *time.Timer
 	// remote is the client's address as net/http gives it in RemoteAddr.
@@ -140,7 +143,9 @@ func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *conn
 			}
 			req = req.WithContext(ctx)
 		}
-		c.SetReadDeadline(time.Time{})
+		if s.idleSince.IsZero() {
+			c.SetReadDeadline(time.Time{}) // the header timeout's
+		}
 		if s.bw == nil {
 			s.bw = bufio.NewWriterSize(c, 4<<10)
 		}
@@ -202,16 +207,28 @@ func (s *h1Server) badRequest() {
 }
 
 // peekHead waits for a whole request header block and returns it without
-// consuming it.
+// consuming it. The read deadlines are set only when they change something:
+// the idle one (h1ServerIdle) at most once a minute, so a connection idles
+// between 59 and 60 minutes, and the header one (h1ServerHeader) only when
+// the head did not come whole with its first bytes.
 func (s *h1Server) peekHead() ([]byte, error) {
 	if s.br.Buffered() == 0 {
-		s.c.SetReadDeadline(time.Now().Add(h1ServerIdle))
+		if now := time.Now(); now.Sub(s.idleSince) > time.Minute {
+			s.c.SetReadDeadline(now.Add(h1ServerIdle))
+			s.idleSince = now
+		}
 		if _, err := s.br.Peek(1); err != nil {
 			return nil, err
 		}
 	}
-	s.c.SetReadDeadline(time.Now().Add(h1ServerHeader))
 	n := s.br.Buffered()
+	if b, _ := s.br.Peek(n); true {
+		if i := headEnd(b); i >= 0 {
+			return b[:i], nil
+		}
+	}
+	s.c.SetReadDeadline(time.Now().Add(h1ServerHeader))
+	s.idleSince = time.Time{}
 	for {
 		b, _ := s.br.Peek(n)
 		if i := headEnd(b); i >= 0 {
@@ -361,6 +378,7 @@ func (s *h1Server) serveOne(req *http.Request) (keep bool) {
 		s.c.SetReadDeadline(time.Unix(1, 0))
 		<-s.watchDone
 		s.c.SetReadDeadline(time.Time{})
+		s.idleSince = time.Time{}
 		if s.gone.Load() {
 			return false
 		}

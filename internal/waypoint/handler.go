@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -267,8 +268,15 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		}
 	}
 	var rp *replay
+	var fastBody *bytes.Buffer // the pooled client's body, read once for every attempt
+	var fastErr error
 	empty := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
-	if !empty {
+	if fast && !empty {
+		fastBody, fastErr = readBody(r.Body, r.ContentLength)
+		if fastBody != nil {
+			defer bodyPool.Put(fastBody)
+		}
+	} else if !empty {
 		rp = &replay{src: r.Body}
 	}
 	var tried []netip.AddrPort
@@ -297,7 +305,9 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		var resp *http.Response
 		var err error
 		if fast {
-			resp, err = p.h1c.do(actx, out, addr.String(), body)
+			if err = fastErr; err == nil {
+				resp, err = p.h1c.do(actx, out, addr.String(), fastBody)
+			}
 		} else {
 			req := out.WithContext(actx)
 			req.URL.Host = addr.String()
