@@ -35,8 +35,10 @@ type h1Request struct {
 // its empty line). It reports false, with r.req in no defined state, when
 // the request is not one it takes.
 func (r *h1Request) parseRequestHead(head []byte) bool {
-	if r.hdr == nil {
-		r.hdr = make(http.Header, 16)
+	// Up to 8 names the map is one group (clearing a larger one walks its
+	// whole table every request).
+	if r.hdr == nil || len(r.hdr) > 8 {
+		r.hdr = make(http.Header, 8)
 	} else {
 		clear(r.hdr)
 	}
@@ -287,7 +289,7 @@ func parseResponseHead(head []byte, method string) (h1Response, bool) {
 	if r.status < 200 || method == http.MethodHead {
 		return r, false // interim answers and HEAD's: net/http's rules
 	}
-	r.header = make(http.Header, 8)
+	r.header = make(http.Header)
 	r.clen = -1
 	vals := make([]string, strings.Count(rest, "\n"))
 	n := 0
