@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -96,6 +97,9 @@ type Datapath struct {
 	Reused bool
 	// lock is the instance lock of opts.Dir (lockDir), released by Close.
 	lock *os.File
+	// created are the directories Open made for opts.Dir, deepest first:
+	// Discard removes them.
+	created []string
 }
 
 // AuthzEnforced reports whether the programs enforce authorization
@@ -122,6 +126,7 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	if err := ensureFS(opts.Dir); err != nil {
 		return nil, err
 	}
+	created := missingDirs(opts.Dir)
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bpf dir %s: %w", opts.Dir, err)
 	}
@@ -133,6 +138,7 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	defer func() {
 		if !ok {
 			lock.Close()
+			removeDirs(created)
 		}
 	}()
 	s, err := spec(opts.Limits)
@@ -143,7 +149,7 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 		return nil, err
 	}
 
-	d := &Datapath{features: feats, opts: opts, log: log, fresh: map[string]*ebpf.Map{}, lock: lock}
+	d := &Datapath{features: feats, opts: opts, log: log, fresh: map[string]*ebpf.Map{}, lock: lock, created: created}
 	replacements, err := openMaps(opts.Dir, s, log)
 	if err != nil {
 		return nil, err
@@ -222,6 +228,7 @@ func openMaps(dir string, s *ebpf.CollectionSpec, log *slog.Logger) (map[string]
 	}
 
 	out := map[string]openedMap{}
+	var create []string
 	for name, ms := range s.Maps {
 		if strings.HasPrefix(name, ".") {
 			continue
@@ -231,16 +238,63 @@ func openMaps(dir string, s *ebpf.CollectionSpec, log *slog.Logger) (map[string]
 			delete(pinned, name)
 			continue
 		}
-		m, err := ebpf.NewMap(ms)
-		if err != nil {
-			for _, o := range out {
-				o.m.Close()
-			}
-			return nil, fmt.Errorf("map %s: create: %w", name, err)
-		}
+		create = append(create, name)
+	}
+	created, err := createMaps(s, create)
+	for name, m := range created {
 		out[name] = openedMap{m: m}
 	}
+	if err != nil {
+		for _, o := range out {
+			o.m.Close()
+		}
+		return nil, err
+	}
 	return out, nil
+}
+
+// createMaps creates the named maps of s, on every core: the kernel fills
+// a preallocated hash map's free list when it is created, which at the
+// limits of 100,000 endpoints is most of a second of CPU (km_tcp_stats,
+// km_lb_backend, km_endpoint, km_backend, ...), and is the time kmeshd
+// waits before it can load the programs. It returns the maps created, and
+// the first error.
+func createMaps(s *ebpf.CollectionSpec, names []string) (map[string]*ebpf.Map, error) {
+	type result struct {
+		name string
+		m    *ebpf.Map
+		err  error
+	}
+	work := make(chan string, len(names))
+	for _, name := range names {
+		work <- name
+	}
+	close(work)
+	results := make(chan result, len(names))
+	workers := min(runtime.GOMAXPROCS(0), len(names))
+	for range workers {
+		go func() {
+			for name := range work {
+				m, err := ebpf.NewMap(s.Maps[name])
+				if err != nil {
+					err = fmt.Errorf("map %s: create: %w", name, err)
+				}
+				results <- result{name, m, err}
+			}
+		}()
+	}
+	out := make(map[string]*ebpf.Map, len(names))
+	var first error
+	for range names {
+		r := <-results
+		switch {
+		case r.err != nil && first == nil:
+			first = r.err
+		case r.err == nil:
+			out[r.name] = r.m
+		}
+	}
+	return out, first
 }
 
 // Commit pins the maps Open created, replacing older pins of the same name,
@@ -375,6 +429,40 @@ func (d *Datapath) Close() error {
 	errs = append(errs, d.KmeshMaps.Close())
 	errs = append(errs, d.lock.Close())
 	return errors.Join(errs...)
+}
+
+// Discard closes a data plane that was opened but never committed, and
+// removes the directories Open created for it: a kmeshd that refuses its
+// config after loading the programs (it reads the config while they
+// load) leaves nothing behind. Before Commit nothing is pinned in them.
+func (d *Datapath) Discard() error {
+	err := d.Close()
+	removeDirs(d.created)
+	return err
+}
+
+// missingDirs returns dir and those of its parents that do not exist,
+// deepest first.
+func missingDirs(dir string) []string {
+	var out []string
+	for dir = filepath.Clean(dir); ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			return out
+		}
+		out = append(out, dir)
+		if filepath.Dir(dir) == dir {
+			return out
+		}
+	}
+}
+
+// removeDirs removes the directories, deepest first, while they are empty.
+func removeDirs(dirs []string) {
+	for _, dir := range dirs {
+		if os.Remove(dir) != nil {
+			return
+		}
+	}
 }
 
 // Remove detaches every pinned link in dir and deletes every pin and the

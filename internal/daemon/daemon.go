@@ -139,26 +139,46 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	opts := bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate, Telemetry: cfg.Telemetry, Features: cfg.features}
+	bpfLog := log.With("component", "bpf")
 	var mesh *model.Mesh
+	var dp *bpf.Datapath
 	if xsrc == nil {
-		if mesh, err = src.Load(); err != nil {
+		// The programs load while the config is read: two CPU-bound
+		// steps of a first sync, on cores of their own when there are
+		// two. Open changes nothing in force; a config that is refused
+		// is the error, and the data plane loaded meanwhile goes, with
+		// the directory it made.
+		opened := make(chan error, 1)
+		go func() {
+			var err error
+			dp, err = bpf.Open(opts, bpfLog)
+			opened <- err
+		}()
+		mesh, err = src.Load()
+		if openErr := <-opened; err != nil {
+			if openErr == nil {
+				dp.Discard()
+			}
 			return err
+		} else if openErr != nil {
+			return openErr
 		}
 	}
 	xctx, stopXDS := context.WithCancel(ctx)
 	defer stopXDS()
-	if xsrc != nil && ksrc == nil {
-		// The client receives, decodes and builds the first push while
-		// the programs load (two CPU-bound steps of a first sync, on
-		// cores of their own when there are two); its first mesh waits
-		// in wait until the daemon takes it. With Kubernetes the client
-		// starts later, once the affinity overlay it goes through exists.
-		xsrc.start(xctx)
-	}
-
-	dp, err := bpf.Open(bpf.Options{Dir: cfg.BPFDir, Cgroup: cfg.Cgroup, Limits: cfg.Limits, Accelerate: cfg.Accelerate, Telemetry: cfg.Telemetry, Features: cfg.features}, log.With("component", "bpf"))
-	if err != nil {
-		return err
+	if xsrc != nil {
+		if ksrc == nil {
+			// The client receives, decodes and builds the first push
+			// while the programs load, as the file is read above; its
+			// first mesh waits in wait until the daemon takes it. With
+			// Kubernetes the client starts later, once the affinity
+			// overlay it goes through exists.
+			xsrc.start(xctx)
+		}
+		if dp, err = bpf.Open(opts, bpfLog); err != nil {
+			return err
+		}
 	}
 	defer dp.Close()
 	writer, err := dataplane.New(dataplane.MapStore(&dp.KmeshMaps), cfg.Limits, log.With("component", "dataplane"))
