@@ -5,6 +5,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/hbone"
 	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
+	"github.com/kmesh-go/kmesh/internal/source/xds"
 	"github.com/kmesh-go/kmesh/internal/version"
 	"github.com/kmesh-go/kmesh/internal/waypoint"
 )
@@ -41,6 +43,7 @@ type config struct {
 	configPath     string
 	kubeconfig     string
 	waypointSvc    string
+	xds            xds.Config
 	gateway        string
 	ca             identity.Config
 	adminAddress   string
@@ -87,6 +90,9 @@ makes istiod send it as the services' waypoint.`,
 	f.StringVar(&c.configPath, "config", "", "mesh config file (the file kmeshd reads); reloaded when it changes. Without it the config comes from Kubernetes")
 	f.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file of the API server to read the config from (no --config); default: the in-cluster config")
 	f.StringVar(&c.waypointSvc, "waypoint-service", "", "with Kubernetes: the Service (in the Gateway's namespace) whose hostname and cluster IPs this waypoint writes into its Gateway's status.addresses; default: the Gateway's name")
+	f.StringVar(&c.xds.Address, "xds-address", "", "with Kubernetes: istiod's xDS HOST:PORT; when set, the services' endpoints and the workloads (addresses, health, tunnel protocol, locality, service accounts) come from istiod's workload API, as kmeshd's do, instead of the Pods")
+	f.StringVar(&c.xds.RootCertFile, "xds-root-cert", "", "PEM CA certificates of istiod (--xds-address); TLS when set, plaintext otherwise")
+	f.StringVar(&c.xds.TokenFile, "xds-token-file", "", "bearer token for istiod (--xds-address), re-read at each connect; needs --xds-root-cert")
 	f.StringVar(&c.gateway, "gateway", "", "the Gateway this waypoint is, NAMESPACE/NAME")
 	// The same CA flags as kmeshd (--ca-cert, --ca-key, --trust-domain, ...).
 	c.ca.RegisterFlags(f)
@@ -102,6 +108,7 @@ makes istiod send it as the services' waypoint.`,
 	f.IntVar(&c.maxProcs, "max-procs", 2, "CPUs the waypoint's Go scheduler runs on at once (GOMAXPROCS); with two, requests that arrive together are served on two cores (the plaintext connections' reads and writes keep their thread, so none waits for a hand-off); 1 spares a second thread's wake-ups at low rates; 0: Go's default (every CPU, or $GOMAXPROCS)")
 	cmd.SetVersionTemplate("kmesh-waypoint {{.Version}}\n")
 	cmd.MarkFlagsMutuallyExclusive("config", "kubeconfig")
+	cmd.MarkFlagsMutuallyExclusive("config", "xds-address")
 	cmd.MarkFlagRequired("gateway")
 	return cmd
 }
@@ -122,6 +129,9 @@ func run(ctx context.Context, c config) error {
 	if !ok || gwNamespace == "" || gwName == "" {
 		return fmt.Errorf("--gateway %q: want NAMESPACE/NAME", c.gateway)
 	}
+	// As kmeshd: istiod's CA takes the xDS root and token by default.
+	c.ca.CARootCert = cmp.Or(c.ca.CARootCert, c.xds.RootCertFile)
+	c.ca.CATokenFile = cmp.Or(c.ca.CATokenFile, c.xds.TokenFile)
 	certs, err := c.ca.NewSource()
 	if err != nil {
 		return err

@@ -109,6 +109,23 @@ func (h *h1Client) dropIdleSince(host string, t time.Time) {
 	}
 }
 
+// dropIdleTo closes the idle connections to the hosts (host:port) drop
+// picks.
+func (h *h1Client) dropIdleTo(drop func(host string) bool) {
+	h.mu.Lock()
+	var closing []*h1Conn
+	for host, conns := range h.idle {
+		if drop(host) {
+			closing = append(closing, conns...)
+			delete(h.idle, host)
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range closing {
+		c.c.Close()
+	}
+}
+
 // closeIdle closes the idle connections; with final, none is kept after.
 func (h *h1Client) closeIdle(final bool) {
 	h.mu.Lock()

@@ -40,14 +40,18 @@ func (p *Proxy) upstreamDial(h *UpstreamHBONE, plain DialFunc) DialFunc {
 		if w == nil || w.TunnelFor(true) != model.TunnelHBONE {
 			return plain(ctx, network, addr)
 		}
+		dst := identity.OfWorkload(h.Identity.TrustDomain, w.Namespace, w.ServiceAccount)
 		c, err := h.Dialer.Dial(ctx, &hbone.Target{
 			Source:      h.Identity,
-			Destination: []identity.Identity{identity.OfWorkload(h.Identity.TrustDomain, w.Namespace, w.ServiceAccount)},
+			Destination: []identity.Identity{dst},
 			Addr:        netip.AddrPortFrom(ap.Addr(), hbone.Port),
 			Authority:   ap.String(),
 			Header:      http.Header{},
 		})
 		if err != nil {
+			// Debug: a refused endpoint fails every request sent to it
+			// (the access log's response flags say so at every level).
+			p.log.Debug("hbone upstream failed", "workload", w.Key(), "authority", ap.String(), "want", dst.String(), "err", err)
 			return nil, err
 		}
 		return c, nil

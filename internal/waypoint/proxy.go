@@ -140,7 +140,12 @@ func (p *Proxy) Update(mesh *model.Mesh) error {
 	if err != nil {
 		return err
 	}
-	p.snap.Store(s)
+	old := p.snap.Swap(s)
+	if old != nil && p.h1c != nil {
+		if changed := changedUpstreams(old, s); len(changed) > 0 {
+			p.dropUpstreams(changed)
+		}
+	}
 	p.log.Info("config applied", "services", len(s.byDst), "routes", len(mesh.Routes),
 		"policies", len(mesh.WaypointPolicies))
 	return nil

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -502,6 +503,8 @@ type gammaBed struct {
 	cfg     string
 	applied int    // "config applied" lines of the waypoint so far
 	last    string // the file as last written
+	// hbone: the mesh has a CA; the waypoint's workload speaks HBONE.
+	hbone bool
 }
 
 // apply writes the base manifest with the test's routes and waits until
@@ -527,6 +530,10 @@ func (g *gammaBed) write(gt gammaTest) bool {
 	m := g.m
 	cfg := fmt.Sprintf(gammaBase, m.pods["client"].NetnsPath, m.pods["consumer"].NetnsPath, m.pods["echo-v1"].NetnsPath,
 		m.pods["echo-v2"].NetnsPath, m.pods["echo-v3"].NetnsPath, m.pods["waypoint"].NetnsPath)
+	if g.hbone {
+		// The waypoint entry is the last workload.
+		cfg = strings.Replace(cfg, "\ngateways:", "\n  tunnelProtocol: HBONE\n  serviceAccount: waypoint\ngateways:", 1)
+	}
 	if gt.httpRoutes != "" {
 		cfg += "httpRoutes:\n" + gt.httpRoutes
 	}
@@ -654,7 +661,30 @@ func (g *gammaBed) check(r gammaReq) []string {
 // TestGAMMA runs the mesh conformance tests one after another on one
 // test-bed, each rewriting the routes as the suite applies a test's
 // manifest.
-func TestGAMMA(t *testing.T) {
+func TestGAMMA(t *testing.T) { runGAMMA(t, false, gammaTests) }
+
+// gammaOverHBONE are the conformance tests that depend on which service a
+// connection was addressed to, run again over HBONE.
+var gammaOverHBONE = []string{"MeshFrontend", "MeshFrontendHostname", "MeshPorts"}
+
+// TestGAMMA_HBONE runs the tests of gammaOverHBONE with a mesh CA:
+// kmeshd's tunnel carries the client's connection to the waypoint's 15008
+// as HBONE with the service's VIP:port as the CONNECT authority, so the
+// waypoint knows the service addressed, not only the port: the Host header
+// does not pick another service's routes (MeshFrontendHostname passes,
+// which the plaintext redirect does not).
+func TestGAMMA_HBONE(t *testing.T) {
+	var tests []gammaTest
+	for _, gt := range gammaTests {
+		if slices.Contains(gammaOverHBONE, gt.name) {
+			gt.gap = ""
+			tests = append(tests, gt)
+		}
+	}
+	runGAMMA(t, true, tests)
+}
+
+func runGAMMA(t *testing.T, hbone bool, tests []gammaTest) {
 	m, wpBin := newWaypointMesh(t)
 	var err error
 	m.addNode("node-a", cidrA4, cidrA6)
@@ -670,11 +700,26 @@ func TestGAMMA(t *testing.T) {
 		}
 		waitLine(t, gp, "listening ")
 	}
-	g := &gammaBed{m: m, cfg: configPath(m, "mesh.yaml")}
+	g := &gammaBed{m: m, cfg: configPath(m, "mesh.yaml"), hbone: hbone}
 	g.write(gammaTest{})
-	m.startKmeshd("node-a", g.cfg)
-	g.wp, err = m.pods["waypoint"].Start(wpBin, "--config", g.cfg, "--gateway", gammaNS+"/waypoint",
-		"--admin-address", "10.1.1.20:15000", "--metrics-address", "", "--log-level", "info")
+	level := "info"
+	if hbone {
+		level = "debug" // the HBONE streams' lines
+	}
+	wpArgs := []string{"--config", g.cfg, "--gateway", gammaNS + "/waypoint",
+		"--admin-address", "10.1.1.20:15000", "--metrics-address", "", "--log-level", level}
+	if hbone {
+		certPath, keyPath, _ := m.writeCA("ca")
+		h := &hboneMesh{mesh: m, caFlags: []string{"--ca-cert", certPath, "--ca-key", keyPath},
+			kmeshd: map[string]*kmeshd{}, tunnels: map[string]*testbed.Process{},
+			stateDirs: map[string]string{"node-a": configPath(m, "node-a-state")}}
+		m.startKmeshdBin(m.kmeshd, "node-a", g.cfg, h.kmeshdFlags("node-a")...)
+		h.startTunnel("node-a")
+		wpArgs = append(wpArgs, h.caFlags...)
+	} else {
+		m.startKmeshd("node-a", g.cfg)
+	}
+	g.wp, err = m.pods["waypoint"].Start(wpBin, wpArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -687,7 +732,16 @@ func TestGAMMA(t *testing.T) {
 	}
 	g.applied = strings.Count(g.wp.Stderr(), "config applied")
 
-	for _, gt := range gammaTests {
+	if hbone {
+		defer func() {
+			// The client's connections to echo-v2 came as HBONE streams
+			// whose authority is echo-v2's VIP:port.
+			if !hasLine(g.wp.Stderr(), `msg="hbone stream"`, "authority="+gammaVIP["echo-v2"]+":80") {
+				t.Errorf("the waypoint logged no HBONE stream for %s:80:\n%s", gammaVIP["echo-v2"], lastLinesOf(g.wp.Stderr(), 20))
+			}
+		}()
+	}
+	for _, gt := range tests {
 		t.Run(gt.name, func(t *testing.T) {
 			g.apply(t, gt)
 			if gt.run != nil {

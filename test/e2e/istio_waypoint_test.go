@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/source/kube"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 	"github.com/kmesh-go/kmesh/internal/tunnel"
@@ -58,7 +59,20 @@ var (
 	gatewayGVR      = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
 	httpRouteGVR    = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
 	authzGVR        = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	wleGVR          = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
 )
+
+// iwEntryYAML is a WorkloadEntry in apps: name, address, labels (JSON),
+// service account, annotations (JSON). A Kubernetes Service whose selector
+// its labels match has it as an endpoint in istiod's workload API, but
+// the API server has no Pod for it: only a waypoint that takes its
+// endpoints from istiod reaches it.
+const iwEntryYAML = `
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: %s, namespace: apps, annotations: %s}
+spec: {address: %s, labels: %s, serviceAccount: %s}
+`
 
 const iwGatewayYAML = `
 apiVersion: gateway.networking.k8s.io/v1
@@ -133,6 +147,12 @@ func TestIstioWaypoint(t *testing.T) {
 	env.podAs(m.pods["near"], istioAppsNs, "near", map[string]string{"app": "near"})
 	m.serve("hello-v1")
 	m.serve("hello-v2")
+	// hello-v3 and hello-v4 are no Pods of the API server: they join
+	// the services as WorkloadEntries (endpoints_from_istiod).
+	m.addPod("node-b", "hello-v3", "10.75.2.13")
+	m.addPod("node-b", "hello-v4", "10.75.2.14")
+	m.serve("hello-v3")
+	m.serve("hello-v4")
 	// The waypoint pod, as Istio labels its waypoints' pods: the Gateway's
 	// name (istiod finds the instances and their accounts by it), and out
 	// of the mesh's capture.
@@ -142,6 +162,7 @@ func TestIstioWaypoint(t *testing.T) {
 	env.service(istioAppsNs, "hello", iwHelloIP, map[string]string{"app": "hello"}, 80, 8080)
 	env.service(istioAppsNs, "hello-v1", "10.96.75.11", map[string]string{"version": "v1"}, 80, 8080)
 	env.service(istioAppsNs, "hello-v2", "10.96.75.12", map[string]string{"version": "v2"}, 80, 8080)
+	env.service(istioAppsNs, "hello-v4", "10.96.75.14", map[string]string{"version": "v4"}, 80, 8080)
 	env.service(istioAppsNs, "waypoint", "10.96.75.20", map[string]string{"gateway.networking.k8s.io/gateway-name": "waypoint"},
 		15008, 15008, func(s *corev1.ServiceSpec) { s.Ports[0].Name = "mesh" })
 	env.apply(dyn, iwGatewayYAML)
@@ -187,7 +208,9 @@ func TestIstioWaypoint(t *testing.T) {
 	// is by --ca-server-name, not the address).
 	wpKubeconfig := env.kubeconfigInPod(t, m.pods["waypoint"])
 	wpCA := env.forwardInPod(t, m.pods["waypoint"], env.caAddr())
-	wp, err := m.pods["waypoint"].Start(wpBin, "--kubeconfig", wpKubeconfig, "--gateway", "apps/waypoint",
+	// and istiod's workload API, where its endpoints come from.
+	wpXDS := env.forwardInPod(t, m.pods["waypoint"], env.XDSAddr)
+	wp, err := m.pods["waypoint"].Start(wpBin, "--kubeconfig", wpKubeconfig, "--gateway", "apps/waypoint", "--xds-address", wpXDS,
 		"--admin-address", iwWaypointIP+":15000", "--metrics-address", iwWaypointIP+":15020", "--log-level", "debug",
 		"--ca-address", wpCA, "--ca-server-name", istiodName, "--ca-root-cert", rootFile, "--ca-token-file", token)
 	if err != nil {
@@ -410,6 +433,96 @@ func TestIstioWaypoint(t *testing.T) {
 			t.Fatalf("GET / with the policy: %v, want 10 answers from hello-v2", c)
 		}
 	})
+
+	// The waypoint's endpoints are istiod's (--xds-address): a
+	// WorkloadEntry that hello's selector matches is an endpoint of hello
+	// in the workload API, with no Pod in the API server; hello's split
+	// follows it in and out.
+	t.Run("endpoints_from_istiod", func(t *testing.T) {
+		if err := dyn.Resource(httpRouteGVR).Namespace(istioAppsNs).Delete(context.Background(), "hello", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		env.apply(dyn, fmt.Sprintf(iwEntryYAML, "hello-v3", "{}", "10.75.2.13", `{app: hello, version: v3}`, "hello-v3"))
+		waitFor(t, "hello-v3 among hello's backends", 60*time.Second, func() string {
+			if c := split(t, 30); c["hello-v1"] == 0 || c["hello-v2"] == 0 || c["hello-v3"] == 0 {
+				return fmt.Sprintf("30 requests: %v, want hello-v1, hello-v2 and the WorkloadEntry hello-v3", c)
+			}
+			return ""
+		})
+		if err := dyn.Resource(wleGVR).Namespace(istioAppsNs).Delete(context.Background(), "hello-v3", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "hello-v3 gone from hello's backends", 60*time.Second, func() string {
+			if c := split(t, 30); c["hello-v3"] != 0 || c["hello-v1"]+c["hello-v2"] != 30 {
+				return fmt.Sprintf("30 requests: %v, want hello-v1 and hello-v2 only", c)
+			}
+			return ""
+		})
+	})
+
+	// An endpoint istiod says takes HBONE is reached over HBONE and its
+	// certificate must name the service account istiod gives it:
+	// hello-v4's 15008 is Istio's own HBONE server (hbone-peer) with a
+	// certificate of apps/impostor from istiod's CA. While the
+	// WorkloadEntry says impostor, requests pass; once it says hello-v4
+	// (nothing else changes), the waypoint refuses the endpoint.
+	t.Run("hbone_endpoint_identity_from_istiod", func(t *testing.T) {
+		bin := hbonePeer(t)
+		env.serviceAccount(istioAppsNs, "impostor")
+		env.barePod(istioAppsNs, "impostor-on-node-c", "impostor", "node-c")
+		ic := identity.Config{CAAddress: env.caAddr(), CAServerName: istiodName, CARootCert: rootFile, CATokenFile: token,
+			ClusterID: "Kubernetes", TrustDomain: "cluster.local", CertTTL: time.Hour}
+		src, err := ic.NewSource()
+		if err != nil {
+			t.Fatal(err)
+		}
+		impostor := identity.Identity{TrustDomain: "cluster.local", Namespace: istioAppsNs, ServiceAccount: "impostor"}
+		cert, key, roots := peerFiles(t, src, impostor)
+		peer, err := m.pods["hello-v4"].Start(bin, "server", "--listen", "10.75.2.14:15008", "--cert", cert, "--key", key, "--roots", roots)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { peer.Stop() })
+		select {
+		case line := <-peer.Lines():
+			if !strings.HasPrefix(line, "ready ") {
+				t.Fatalf("hbone-peer server: %q\n%s", line, peer.Stderr())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("hbone-peer server not ready after 10s:\n%s", peer.Stderr())
+		}
+		hbone := `{ambient.istio.io/redirection: enabled}`
+		env.apply(dyn, fmt.Sprintf(iwEntryYAML, "hello-v4", hbone, "10.75.2.14", `{version: v4}`, "impostor"))
+		env.apply(dyn, fmt.Sprintf(iwRouteYAML, 0, "hello-v4", 1))
+		waitFor(t, "hello-v4 over HBONE", 60*time.Second, func() string {
+			rs := m.get("client", "--url", hello, "--count", "10")
+			if c := counts(rs); c["hello-v4"] != 10 {
+				return fmt.Sprintf("10 requests: %v (status %d), want hello-v4 through its HBONE server", c, rs[0].Status)
+			}
+			// Istio's HBONE server dials the application itself: the
+			// application sees hello-v4's own address, not the waypoint's.
+			if !strings.HasPrefix(rs[0].ServerSaw, "10.75.2.14:") {
+				return fmt.Sprintf("hello-v4 saw %s, want its HBONE server (10.75.2.14)\nwaypoint:\n%s\nhbone-peer:\n%s",
+					rs[0].ServerSaw, tail(wp.Stderr(), 3000), tail(peer.Stderr(), 2000))
+			}
+			return ""
+		})
+		env.apply(dyn, fmt.Sprintf(iwEntryYAML, "hello-v4", hbone, "10.75.2.14", `{version: v4}`, "hello-v4"))
+		waitFor(t, "hello-v4 refused", 60*time.Second, func() string {
+			rs := m.get("client", "--url", hello, "--count", "10")
+			for _, r := range rs {
+				if r.Error == "" && (r.Status != 503 || r.Pod == "hello-v4") {
+					return fmt.Sprintf("request %d: status %d from %q (it saw %s), want 503 (hello-v4's certificate names apps/impostor)\nwaypoint:\n%s\nhbone-peer:\n%s",
+						r.Seq, r.Status, r.Pod, r.ServerSaw, tail(wp.Stderr(), 3000), tail(peer.Stderr(), 2000))
+				}
+			}
+			return ""
+		})
+		if !hasLine(wp.Stderr(), `msg="hbone upstream failed"`, "workload=apps/hello-v4", "want=spiffe://cluster.local/ns/apps/sa/hello-v4",
+			"server identity is not an expected one") {
+			t.Errorf("the waypoint's log does not name the identity mismatch:\n%s", tail(wp.Stderr(), 3000))
+		}
+	})
 }
 
 // waitFor polls ok (which returns what is still missing) until it returns
@@ -469,7 +582,7 @@ func (e *istioEnv) apply(dyn dynamic.Interface, stream string) {
 		if len(u.Object) == 0 {
 			continue
 		}
-		gvr := map[string]schema.GroupVersionResource{"GatewayClass": gatewayClassGVR, "Gateway": gatewayGVR, "HTTPRoute": httpRouteGVR, "AuthorizationPolicy": authzGVR}[u.GetKind()]
+		gvr := map[string]schema.GroupVersionResource{"GatewayClass": gatewayClassGVR, "Gateway": gatewayGVR, "HTTPRoute": httpRouteGVR, "AuthorizationPolicy": authzGVR, "WorkloadEntry": wleGVR}[u.GetKind()]
 		var r dynamic.ResourceInterface = dyn.Resource(gvr)
 		if u.GetNamespace() != "" {
 			r = dyn.Resource(gvr).Namespace(u.GetNamespace())

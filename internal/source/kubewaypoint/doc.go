@@ -4,7 +4,8 @@
 // VirtualServices and AuthorizationPolicies with targetRefs) through
 // client-go dynamic informers, and writes its Gateway's status (addresses
 // and conditions) so that istiod's ambient index takes the Gateway as a
-// waypoint.
+// waypoint. With istiod, [WithIstiodEndpoints] joins what it builds with
+// the endpoints and workloads of istiod's workload API.
 //
 // The objects are not decoded here: each one is rendered, as kubectl would
 // show it, into a document of the mesh config file and parsed by the file

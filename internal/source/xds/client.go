@@ -25,6 +25,8 @@ type Client struct {
 	mode string
 	// delta is the workload API client (nil in ADS mode).
 	delta *deltaClient
+	// fullBuilds: RunChanges hands whole meshes only (NewWaypointClient).
+	fullBuilds bool
 }
 
 // NewWorkloadClient returns a client of Istio ambient's workload API: it
@@ -42,6 +44,22 @@ func NewWorkloadClient(cfg Config, log *slog.Logger) *Client {
 	}
 	c.run = d.run
 	c.delta = d
+	return c
+}
+
+// NewWaypointClient is NewWorkloadClient for a waypoint (kmesh-waypoint):
+// the same stream and resources, but every service keeps its own endpoints
+// when istiod gives it a waypoint (kmeshd's client balances such a service
+// over the waypoint's instances instead), so the waypoint learns the
+// endpoints, their health, tunnel protocol, locality and service accounts
+// of the services it serves from istiod, as Istio's waypoint does. It
+// makes no deny policy for workloads with a waypoint of their own.
+func NewWaypointClient(cfg Config, log *slog.Logger) *Client {
+	c := NewWorkloadClient(cfg, log)
+	c.delta.build = buildWaypointView
+	// The incremental path redirects waypointed services as kmeshd's
+	// build does: the waypoint's view takes full builds only.
+	c.fullBuilds = true
 	return c
 }
 
@@ -88,7 +106,7 @@ func (c *Client) Run(ctx context.Context, apply func(*model.Mesh) error) error {
 // rare response the incremental path leaves to the full build (resources
 // that contest a name or address). nil changes, or ADS mode: as Run.
 func (c *Client) RunChanges(ctx context.Context, apply func(*model.Mesh) error, changes func(*model.Changes) error) error {
-	if c.delta != nil {
+	if c.delta != nil && !c.fullBuilds {
 		c.delta.changes = changes
 	}
 	if err := c.cfg.setDefaults(); err != nil {

@@ -22,7 +22,10 @@
 //     balanced over the waypoint's instances on its own ports, never over
 //     its own endpoints; while the waypoint is unknown or has no instance
 //     taking traffic the service has no endpoint, so connects are refused
-//     (model.ServiceWaypoint says why). Responses that touch such a
+//     (model.ServiceWaypoint says why). [NewWaypointClient], the client
+//     of the waypoint itself, balances such a service over its own
+//     endpoints instead (the waypoint is the one that reaches them) and
+//     takes full builds only. Responses that touch such a
 //     service, a waypoint or their workloads take the full build.
 //     A workload's own waypoint field is not served (nothing carries
 //     traffic to a pod address through a waypoint): the full build gives

@@ -16,7 +16,16 @@ import (
 // whatever order they arrived. A resource that claims what an older one
 // holds (a workload or service name, a service address and port, a policy
 // name) is left out and reported.
-func buildWorkloadMesh(st *store) *built {
+func buildWorkloadMesh(st *store) *built { return buildMesh(st, false) }
+
+// buildWaypointView is the mesh as a waypoint needs it: every service
+// balances over its own endpoints, whatever waypoint istiod gave it (the
+// waypoint is that waypoint, and must reach the endpoints behind it), and
+// no workload gets the deny policy of an unserved workload waypoint.
+func buildWaypointView(st *store) *built { return buildMesh(st, true) }
+
+// buildMesh is the full build; ownEndpoints is the waypoint's view.
+func buildMesh(st *store, ownEndpoints bool) *built {
 	b := &built{mesh: &model.Mesh{}}
 	m := b.mesh
 
@@ -69,7 +78,7 @@ func buildWorkloadMesh(st *store) *built {
 	slices.SortFunc(built, func(a, b *workload) int { return strings.Compare(a.key, b.key) })
 	var unserved []unservedAt // workloads with a waypoint of their own
 	for _, w := range built {
-		if w.waypoint != nil {
+		if w.waypoint != nil && !ownEndpoints {
 			unserved = append(unserved, unservedAt{len(m.Workloads), w.waypoint})
 		}
 		m.Workloads = append(m.Workloads, *modelWorkload(w, func(p string) bool { return policies[p] }))
@@ -85,7 +94,7 @@ func buildWorkloadMesh(st *store) *built {
 		if wp != nil {
 			break
 		}
-		if s, ok := e.value.(*service); ok && s.waypoint != nil {
+		if s, ok := e.value.(*service); ok && s.waypoint != nil && !ownEndpoints {
 			wp = newWaypoints(members)
 		}
 	}
@@ -122,7 +131,7 @@ func buildWorkloadMesh(st *store) *built {
 			continue
 		}
 		var ms model.Service
-		if s.waypoint != nil {
+		if s.waypoint != nil && !ownEndpoints {
 			ms = s.s
 			wp.redirect(s, &ms, &b.notes)
 		} else if ms, ok = buildService(s, members[s.host], &b.notes); !ok {
