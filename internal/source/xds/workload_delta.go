@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/kmesh-go/kmesh/internal/keyset"
 	"github.com/kmesh-go/kmesh/internal/model"
 )
 
@@ -16,12 +17,13 @@ import (
 // touches a key two resources claim (where "older wins" decides) is left
 // to the full build (buildWorkloadMesh), whose result is diffed instead.
 type workloadIndex struct {
-	// Claim sets are slices: nearly all hold one name, and a slice costs a
+	// Keys one resource claims (two only when "older wins" decides).
+	wlKeys, svcKeys, polKeys, hosts keyset.Map[string] // key -> resource names
+	fronts                          keyset.Map[netip.AddrPort]
+	// Names sets are slices: most hold a few names, and a slice costs a
 	// fraction of a map at 500,000 workloads.
-	wlKeys, svcKeys, polKeys, hosts map[string][]string // key -> resource names
-	fronts                          map[netip.AddrPort][]string
-	members                         map[string][]string // host -> workload resource names
-	byPolicy                        map[string][]string // policy key -> workload resource names naming it
+	members  map[string][]string // host -> workload resource names
+	byPolicy map[string][]string // policy key -> workload resource names naming it
 	// wpRefs are the waypoints services and workloads name (address or
 	// host, as waypointRef.String) and wpHosts the hosts of those services: a
 	// response touching either is left to the full build, which resolves
@@ -36,8 +38,8 @@ type workloadIndex struct {
 
 func newWorkloadIndex(st *store, m *model.Mesh) *workloadIndex {
 	ix := &workloadIndex{
-		wlKeys: map[string][]string{}, svcKeys: map[string][]string{}, polKeys: map[string][]string{},
-		hosts: map[string][]string{}, fronts: map[netip.AddrPort][]string{},
+		wlKeys: keyset.New[string](), svcKeys: keyset.New[string](), polKeys: keyset.New[string](),
+		hosts: keyset.New[string](), fronts: keyset.New[netip.AddrPort](),
 		members: map[string][]string{}, byPolicy: map[string][]string{},
 		wpRefs: map[string][]string{}, wpHosts: map[string][]string{},
 		services: make(map[string]*model.Service, len(m.Services)), keyOf: map[string]string{},
@@ -85,7 +87,7 @@ func mark[K comparable](m map[K][]string, key K, name string, on bool) {
 func (ix *workloadIndex) claim(name string, v any, on bool) {
 	switch v := v.(type) {
 	case *workload:
-		mark(ix.wlKeys, v.key, name, on)
+		ix.wlKeys.Mark(v.key, name, on)
 		for _, ms := range v.services {
 			host := ms.host
 			mark(ix.members, host, name, on)
@@ -100,19 +102,19 @@ func (ix *workloadIndex) claim(name string, v any, on bool) {
 		if v.skip != "" {
 			return
 		}
-		mark(ix.svcKeys, v.s.Key(), name, on)
+		ix.svcKeys.Mark(v.s.Key(), name, on)
 		if v.waypoint != nil {
 			mark(ix.wpRefs, v.waypoint.String(), name, on)
 			mark(ix.wpHosts, v.host, name, on)
 		}
-		mark(ix.hosts, v.host, name, on)
+		ix.hosts.Mark(v.host, name, on)
 		for _, a := range v.s.Addresses {
 			for p := range v.targets {
-				mark(ix.fronts, netip.AddrPortFrom(a, p), name, on)
+				ix.fronts.Mark(netip.AddrPortFrom(a, p), name, on)
 			}
 		}
 	case *model.Policy:
-		mark(ix.polKeys, v.Key(), name, on)
+		ix.polKeys.Mark(v.Key(), name, on)
 	}
 }
 
@@ -120,23 +122,23 @@ func (ix *workloadIndex) claim(name string, v any, on bool) {
 func (ix *workloadIndex) contested(v any) bool {
 	switch v := v.(type) {
 	case *workload:
-		return len(ix.wlKeys[v.key]) > 1
+		return ix.wlKeys.Count(v.key) > 1
 	case *service:
 		if v.skip != "" {
 			return false
 		}
-		if len(ix.svcKeys[v.s.Key()]) > 1 || len(ix.hosts[v.host]) > 1 {
+		if ix.svcKeys.Count(v.s.Key()) > 1 || ix.hosts.Count(v.host) > 1 {
 			return true
 		}
 		for _, a := range v.s.Addresses {
 			for p := range v.targets {
-				if len(ix.fronts[netip.AddrPortFrom(a, p)]) > 1 {
+				if ix.fronts.Count(netip.AddrPortFrom(a, p)) > 1 {
 					return true
 				}
 			}
 		}
 	case *model.Policy:
-		return len(ix.polKeys[v.Key()]) > 1
+		return ix.polKeys.Count(v.Key()) > 1
 	}
 	return false
 }
@@ -169,7 +171,7 @@ func (ix *workloadIndex) waypointBound(st *store, v any) bool {
 				return true
 			}
 			// A member of a waypoint named by its address.
-			for _, name := range ix.hosts[host] {
+			for _, name := range ix.hosts.Names(host) {
 				if e := st.get(AddressType, name); e != nil && ix.waypointBound(st, e.value) {
 					return true
 				}
@@ -187,9 +189,6 @@ func (ix *workloadIndex) waypointBound(st *store, v any) bool {
 	}
 	return false
 }
-
-// only returns the one resource name of a claim set.
-func only(s []string) string { return s[0] }
 
 // delta updates the index for the resources of typeURL named in old (their
 // previous entries, nil for new ones; st already holds the new ones) and
@@ -233,11 +232,11 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 		}
 	}
 	c = &model.Changes{}
-	present := func(key string) bool { return len(ix.polKeys[key]) == 1 }
+	present := func(key string) bool { return ix.polKeys.Count(key) == 1 }
 	for key := range dirtyPol {
 		was := ix.policies[key] != nil
-		if n := ix.polKeys[key]; len(n) == 1 {
-			p := st.get(AuthorizationType, only(n)).value.(*model.Policy)
+		if name, ok := ix.polKeys.Only(key); ok {
+			p := st.get(AuthorizationType, name).value.(*model.Policy)
 			if cur := ix.policies[key]; cur == nil || !reflect.DeepEqual(cur, p) {
 				c.Policies = append(c.Policies, p)
 				ix.policies[key] = p
@@ -256,18 +255,19 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 		}
 	}
 	for key := range dirtyWl {
-		n := ix.wlKeys[key]
-		if len(n) > 1 {
+		n := ix.wlKeys.Count(key)
+		if n > 1 {
 			return nil, nil, true
 		}
-		if len(n) == 0 {
+		if n == 0 {
 			if ix.workloads[key] != nil {
 				c.RemovedWorkloads = append(c.RemovedWorkloads, key)
 				delete(ix.workloads, key)
 			}
 			continue
 		}
-		w := st.get(AddressType, only(n)).value.(*workload)
+		name, _ := ix.wlKeys.Only(key)
+		w := st.get(AddressType, name).value.(*workload)
 		if w.waypoint != nil {
 			// Its deny policy and the waypoint's instances it spares
 			// are the full build's (workload_waypoint.go).
@@ -282,24 +282,25 @@ func (ix *workloadIndex) delta(st *store, typeURL string, old map[string]*entry)
 	built := map[string]*model.Service{} // by host; nil: the host has no service now
 	for host := range dirtyHosts {
 		built[host] = nil
-		n := ix.hosts[host]
-		if len(n) > 1 {
+		n := ix.hosts.Count(host)
+		if n > 1 {
 			// Two resources claim the host (a workload's membership made
 			// it dirty): the older one's service stays, which only the
 			// full build decides.
 			return nil, nil, true
 		}
-		if len(n) == 0 {
+		if n == 0 {
 			continue
 		}
-		s := st.get(AddressType, only(n)).value.(*service)
+		name, _ := ix.hosts.Only(host)
+		s := st.get(AddressType, name).value.(*service)
 		if ix.contested(s) {
 			return nil, nil, true
 		}
 		var members []member
 		for _, name := range ix.members[host] {
 			w := st.get(AddressType, name).value.(*workload)
-			if len(ix.wlKeys[w.key]) > 1 {
+			if ix.wlKeys.Count(w.key) > 1 {
 				return nil, nil, true
 			}
 			members = append(members, member{w, w.portsFor(host)})

@@ -1,0 +1,46 @@
+package keyset
+
+import (
+	"slices"
+	"testing"
+)
+
+// A Map keeps what the slices it replaces kept: every name once, in
+// arrival order, the next one first when the first leaves.
+func TestMap_KeepsArrivalOrder(t *testing.T) {
+	c := New[string]()
+	check := func(key string, want ...string) {
+		t.Helper()
+		if got := c.Names(key); !slices.Equal(got, want) {
+			t.Fatalf("names(%s) = %v, want %v", key, got, want)
+		}
+		if c.Count(key) != len(want) {
+			t.Fatalf("count(%s) = %d, want %d", key, c.Count(key), len(want))
+		}
+		name, ok := c.Only(key)
+		if ok != (len(want) == 1) || (ok && name != want[0]) {
+			t.Fatalf("only(%s) = %q, %v with claimants %v", key, name, ok, want)
+		}
+	}
+	check("k")
+	c.Mark("k", "a", true)
+	c.Mark("k", "a", true) // again: still once
+	check("k", "a")
+	c.Mark("k", "b", true)
+	c.Mark("k", "c", true)
+	c.Mark("k", "b", true)
+	check("k", "a", "b", "c")
+	c.Mark("k", "x", false) // not a claimant: nothing changes
+	check("k", "a", "b", "c")
+	c.Mark("k", "b", false) // a later one leaves
+	check("k", "a", "c")
+	c.Mark("k", "a", false) // the first leaves: the next is first
+	check("k", "c")
+	c.Mark("other", "a", true)
+	c.Mark("k", "c", false)
+	check("k")
+	check("other", "a")
+	if c.Len() != 1 || len(c.one) != 1 || len(c.more) != 0 {
+		t.Fatalf("left behind: one %v, more %v", c.one, c.more)
+	}
+}
