@@ -419,6 +419,7 @@ func (d *daemon) applyFull(m *model.Mesh) error {
 	c := st.DiffMesh(m)
 	st.Apply(c)
 	st.SetL7(m)
+	d.writer.FollowState(st)
 	d.telemetry.SetState(st)
 	d.mu.Lock()
 	d.state = st
@@ -495,6 +496,7 @@ func (d *daemon) retryLocked() {
 			d.mu.Lock()
 			err := d.writer.Apply(d.state.Mesh())
 			if err == nil {
+				d.writer.FollowState(d.state) // not the snapshot's copy
 				d.retrying = false
 				d.mu.Unlock()
 				d.log.Info("maps brought back to the kept state after a failed write")

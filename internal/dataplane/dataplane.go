@@ -139,6 +139,18 @@ func New(maps *Store, limits bpf.Limits, log *slog.Logger) (*Dataplane, error) {
 	return d, nil
 }
 
+// FollowState makes the dataplane look workloads up (the localities of
+// endpoints and clients, lb.go) in st, the state the caller keeps of the
+// mesh the last Apply wrote, as Update does. Until then it uses the
+// translation's own index of that mesh, which keeps a map and a key string
+// per workload alive (after a full Apply of State.Mesh(), a whole copy of
+// the mesh) until the next change.
+func (d *Dataplane) FollowState(st *model.State) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lbWorkload = st.Workload
+}
+
 // Apply makes the maps hold m: the full state, at start-up (it adopts a
 // previous instance's entries, see stale.go) and on resyncs. When m does
 // not fit the maps it returns an error naming the map and the flag that

@@ -25,7 +25,11 @@ func (d *Dataplane) Update(c *model.Changes, st *model.State) error {
 	if full {
 		// Adoption needs the whole state (once, at start-up); after a
 		// failed write, entries of the failed change may be anywhere.
-		return d.Apply(st.Mesh())
+		if err := d.Apply(st.Mesh()); err != nil {
+			return err
+		}
+		d.FollowState(st) // not the snapshot's copy of every workload
+		return nil
 	}
 	if c.Empty() {
 		return nil
