@@ -152,7 +152,11 @@ func (c *PushCache) respond(s *pushStream, w *pushWatch, evenIfEmpty bool) {
 			delete(s.known, name)
 		}
 	}
-	clear(s.dirty)
+	// A new set, not clear: the first push filled it with every resource,
+	// and ranging over a Go map costs its capacity, not its length (at
+	// 550,000 resources ~2 ms of each later push and ACK, two thirds of
+	// the benchmark's CPU per change, on the timed path).
+	s.dirty = map[string]struct{}{}
 	if len(resp.Resources)+len(resp.RemovedResources) == 0 && !evenIfEmpty {
 		return
 	}
