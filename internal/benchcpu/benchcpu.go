@@ -23,10 +23,20 @@ func Used() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// ChangeProfileEnv names the file the CPU profile of a benchmark's change
+// loop alone goes to, when set (the first sync would swamp it otherwise).
+const ChangeProfileEnv = "KMESH_BENCH_CHANGEPROFILE"
+
 // StartProfile starts a CPU profile into $KMESH_BENCH_SYNCPROFILE when it
 // is set; pprof.StopCPUProfile ends it (a no-op otherwise).
-func StartProfile(tb testing.TB) {
-	path := os.Getenv(ProfileEnv)
+func StartProfile(tb testing.TB) { startProfile(tb, ProfileEnv) }
+
+// StartChangeProfile starts a CPU profile into $KMESH_BENCH_CHANGEPROFILE
+// when it is set; pprof.StopCPUProfile ends it (a no-op otherwise).
+func StartChangeProfile(tb testing.TB) { startProfile(tb, ChangeProfileEnv) }
+
+func startProfile(tb testing.TB, env string) {
+	path := os.Getenv(env)
 	if path == "" {
 		return
 	}

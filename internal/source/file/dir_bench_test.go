@@ -62,7 +62,8 @@ func benchFile(f, gen, k int) string {
 //	go test -run '^$' -bench DirSource_OneEndpointChange -benchtime 200x -timeout 30m ./internal/source/file/
 //
 // KMESH_BENCH_SYNCPROFILE=file writes a CPU profile of the first sync
-// (Load, Apply, the State) alone.
+// (Load, Apply, the State) alone, KMESH_BENCH_CHANGEPROFILE=file one of
+// the changes alone.
 func BenchmarkDirSource_OneEndpointChange(b *testing.B) {
 	for _, services := range []int{10_000, 50_000} {
 		b.Run(fmt.Sprintf("services=%d/endpoints=%d", services, 10*services), func(b *testing.B) { benchDir(b, services/perFile) })
@@ -133,6 +134,7 @@ func benchDir(b *testing.B, files int) {
 	time.Sleep(200 * time.Millisecond) // the watch is set up
 
 	var delays []time.Duration
+	benchcpu.StartChangeProfile(b)
 	cpu0, gc0 := benchcpu.Used(), gcCount()
 	for i := 0; b.Loop(); i++ {
 		f, k := i%files, (i/files)%perFile
@@ -168,6 +170,7 @@ func benchDir(b *testing.B, files int) {
 	// is the whole process's (source, state, dataplane, the benchmark's
 	// own file writes, GC).
 	cpuPer := (benchcpu.Used() - cpu0) / time.Duration(2*len(delays))
+	pprof.StopCPUProfile() // a no-op unless KMESH_BENCH_CHANGEPROFILE started it
 	gcs := gcCount() - gc0
 	slices.Sort(delays)
 	pct := func(p float64) time.Duration { return delays[min(len(delays)-1, int(p*float64(len(delays))))] }
