@@ -77,7 +77,8 @@ type istiodSource struct {
 
 	mu      sync.Mutex
 	k, x    *model.Mesh
-	applyMu sync.Mutex // one apply at a time, with the meshes it joined
+	noted   map[string]bool // the notes of the last join
+	applyMu sync.Mutex      // one apply at a time, with the meshes it joined
 }
 
 // Load starts the workload API client and returns the first joined mesh
@@ -120,11 +121,20 @@ func (s *istiodSource) Load() (*model.Mesh, error) {
 	}
 }
 
+// join joins the two meshes, logging each note once while it holds (a
+// Service istiod does not send would otherwise be logged at every push).
 func (s *istiodSource) join(k, x *model.Mesh) *model.Mesh {
 	m, notes := kubewaypoint.WithIstiodEndpoints(k, x)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := make(map[string]bool, len(notes))
 	for _, n := range notes {
-		s.log.Info("endpoints from istiod", "note", n)
+		seen[n] = true
+		if !s.noted[n] {
+			s.log.Info("endpoints from istiod", "note", n)
+		}
 	}
+	s.noted = seen
 	return m
 }
 
