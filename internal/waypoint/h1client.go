@@ -164,7 +164,10 @@ func readBody(rc io.ReadCloser, n int64) (*bytes.Buffer, error) {
 	}
 	body := bodyPool.Get().(*bytes.Buffer)
 	body.Reset()
-	_, err := io.CopyN(body, rc, n)
+	body.Grow(int(n))
+	b := body.AvailableBuffer()[:n]
+	_, err := io.ReadFull(rc, b)
+	body.Write(b)
 	rc.Close()
 	if err != nil {
 		bodyPool.Put(body)

@@ -378,7 +378,8 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, bodyLen int64, extra ..
 	}
 	if bodyLen > 0 || r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
 		bw.WriteString("Content-Length: ")
-		bw.WriteString(strconv.FormatInt(bodyLen, 10))
+		var b [20]byte
+		bw.Write(strconv.AppendInt(b[:0], bodyLen, 10))
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")

@@ -392,7 +392,9 @@ func (s *h1Server) serveOne(req *http.Request) (keep bool) {
 	if err := w.finish(); err != nil {
 		return false
 	}
-	if body != http.NoBody {
+	if rb, ok := body.(*h1ReqBody); ok && rb.n == 0 {
+		// read to its end by the handler: nothing to drain
+	} else if body != http.NoBody {
 		if n, err := io.CopyN(io.Discard, body, h1Drain+1); err != io.EOF || n > h1Drain {
 			return false
 		}
@@ -629,6 +631,10 @@ func (w *h1Writer) writeTrailers() {
 }
 
 func writeStatusLine(bw *bufio.Writer, code int) {
+	if code == http.StatusOK {
+		bw.WriteString("HTTP/1.1 200 OK\r\n")
+		return
+	}
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(code))
 	bw.WriteByte(' ')
