@@ -23,7 +23,8 @@ func Start(floor uint64) (stop func()) {
 	if base < 0 || floor == 0 {
 		return func() {}
 	}
-	t := &tuner{floor: floor, base: base, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}, pct: base}
+	t := &tuner{floor: floor, base: base, pct: base, sample: []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}}}
 	t.arm()
 	return func() {
 		t.stopped.Store(true)
@@ -57,22 +58,27 @@ func (t *tuner) arm() {
 	}, t)
 }
 
-// percent is the GC percent that puts the goal of a live heap at floor or
-// above.
-func percent(live, floor uint64, base int) int {
-	if live == 0 || live >= floor {
+// percent is the GC percent that puts the heap goal at floor or above:
+// the runtime's goal is live + (live + stacks + globals) * percent / 100,
+// scan the sum in parentheses.
+func percent(live, scan, floor uint64, base int) int {
+	if live == 0 || scan == 0 || live >= floor {
 		return base
 	}
-	p := int((floor - live) * 100 / live)
+	p := int((floor - live) * 100 / scan)
 	return max(p+1, base)
 }
 
 func (t *tuner) tune() {
 	metrics.Read(t.sample)
-	if t.sample[0].Value.Kind() != metrics.KindUint64 {
-		return
+	var v [3]uint64
+	for i, s := range t.sample {
+		if s.Value.Kind() != metrics.KindUint64 {
+			return // not in this runtime
+		}
+		v[i] = s.Value.Uint64()
 	}
-	if p := percent(t.sample[0].Value.Uint64(), t.floor, t.base); p != t.pct {
+	if p := percent(v[0], v[0]+v[1]+v[2], t.floor, t.base); p != t.pct {
 		t.pct = p
 		debug.SetGCPercent(p)
 	}

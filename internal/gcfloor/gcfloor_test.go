@@ -10,21 +10,23 @@ import (
 
 func TestPercent(t *testing.T) {
 	for _, tc := range []struct {
-		live, floor uint64
-		base, want  int
+		live, scan, floor uint64
+		base, want        int
 	}{
-		{2 << 20, 64 << 20, 100, 3101}, // 2 MB live: goal 64 MB
-		{40 << 20, 64 << 20, 100, 100}, // 40 MB live: GOGC's 80 MB goal is above the floor
-		{100 << 20, 64 << 20, 50, 50},  // live above the floor: GOGC
-		{0, 64 << 20, 100, 100},        // nothing measured yet
-		{32 << 20, 64 << 20, 100, 101}, // exactly twice: just over
-		{16 << 20, 64 << 20, 400, 400}, // a higher GOGC is kept
+		{2 << 20, 2 << 20, 64 << 20, 100, 3101},  // 2 MB live: goal 64 MB
+		{2 << 20, 3 << 20, 64 << 20, 100, 2067},  // stacks and globals count too
+		{40 << 20, 40 << 20, 64 << 20, 100, 100}, // 40 MB live: GOGC's 80 MB goal is above the floor
+		{100 << 20, 100 << 20, 64 << 20, 50, 50}, // live above the floor: GOGC
+		{0, 0, 64 << 20, 100, 100},               // nothing measured yet
+		{32 << 20, 32 << 20, 64 << 20, 100, 101}, // exactly twice: just over
+		{16 << 20, 16 << 20, 64 << 20, 400, 400}, // a higher GOGC is kept
 	} {
-		if got := percent(tc.live, tc.floor, tc.base); got != tc.want {
-			t.Errorf("percent(%d, %d, %d) = %d, want %d", tc.live, tc.floor, tc.base, got, tc.want)
+		got := percent(tc.live, tc.scan, tc.floor, tc.base)
+		if got != tc.want {
+			t.Errorf("percent(%d, %d, %d, %d) = %d, want %d", tc.live, tc.scan, tc.floor, tc.base, got, tc.want)
 		}
-		if got := percent(tc.live, tc.floor, tc.base); tc.live > 0 && tc.live < tc.floor && tc.live*uint64(100+got)/100 < tc.floor {
-			t.Errorf("live %d with percent %d: goal below the floor %d", tc.live, got, tc.floor)
+		if tc.live > 0 && tc.live < tc.floor && tc.live+tc.scan*uint64(got)/100 < tc.floor {
+			t.Errorf("live %d scan %d with percent %d: goal below the floor %d", tc.live, tc.scan, got, tc.floor)
 		}
 	}
 }
