@@ -136,6 +136,9 @@ func run(ctx context.Context, c config) error {
 	if !ok || gwNamespace == "" || gwName == "" {
 		return fmt.Errorf("--gateway %q: want NAMESPACE/NAME", c.gateway)
 	}
+	if c.xds.TokenFile != "" && c.xds.RootCertFile == "" {
+		return errors.New("--xds-token-file needs --xds-root-cert: a token is only sent over TLS")
+	}
 	// As kmeshd: istiod's CA takes the xDS root and token by default.
 	c.ca.CARootCert = cmp.Or(c.ca.CARootCert, c.xds.RootCertFile)
 	c.ca.CATokenFile = cmp.Or(c.ca.CATokenFile, c.xds.TokenFile)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/kmesh-go/kmesh/internal/flagdoc"
@@ -15,5 +16,17 @@ func TestWaypointDoc_FlagTableNamesEveryFlag(t *testing.T) {
 	}
 	for _, f := range missing {
 		t.Errorf("flag %s of kmesh-waypoint is not in docs/waypoint.md's flag table", f)
+	}
+}
+
+// TestCommand_XDSTokenNeedsTLS: a token for istiod without its root
+// certificate is refused before anything connects, naming both flags.
+func TestCommand_XDSTokenNeedsTLS(t *testing.T) {
+	cmd := newCommand()
+	cmd.SetArgs([]string{"--gateway", "apps/waypoint", "--kubeconfig", "/nonexistent", "--xds-address", "127.0.0.1:1",
+		"--xds-token-file", "/nonexistent/token"})
+	err := cmd.Execute()
+	if err == nil || !strings.Contains(err.Error(), "--xds-token-file needs --xds-root-cert") {
+		t.Fatalf("error %v, want one naming --xds-token-file and --xds-root-cert", err)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -89,6 +90,7 @@ func (s *istiodSource) Load() (*model.Mesh, error) {
 		return nil, err
 	}
 	var once sync.Once
+	stopped := make(chan error, 1) // Run returns only for a config it cannot use
 	go func() {
 		err := s.xds.Run(s.ctx, func(x *model.Mesh) error {
 			s.mu.Lock()
@@ -104,6 +106,7 @@ func (s *istiodSource) Load() (*model.Mesh, error) {
 		if err != nil {
 			s.log.Error("xds source stopped", "err", err)
 		}
+		stopped <- err
 	}()
 	for {
 		select {
@@ -115,6 +118,11 @@ func (s *istiodSource) Load() (*model.Mesh, error) {
 			return s.join(k, x), nil
 		case <-s.ctx.Done():
 			return nil, s.ctx.Err()
+		case err := <-stopped:
+			if err == nil { // ctx ended
+				return nil, s.ctx.Err()
+			}
+			return nil, fmt.Errorf("--xds-address: %w", err)
 		case <-time.After(10 * time.Second):
 			s.log.Info("waiting for istiod's workload API: no endpoints yet")
 		}
