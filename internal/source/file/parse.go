@@ -48,6 +48,14 @@ func Parse(name string, data []byte, node string) (*model.Mesh, error) {
 // decode returns the root node of the file's only document, or nil if the
 // file is empty or null.
 func decode(data []byte) (*yaml.Node, error) {
+	if root, ok := fastDecode(data); ok {
+		return root, nil
+	}
+	return yamlDecode(data)
+}
+
+// yamlDecode is decode by yaml.v3 alone.
+func yamlDecode(data []byte) (*yaml.Node, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {

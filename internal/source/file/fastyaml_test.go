@@ -1,0 +1,139 @@
+package file
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/kmesh-go/kmesh/examples"
+)
+
+// fastYAMLSeeds are files in fastDecode's subset (and a few just outside
+// it), the shapes a generated config and a hand-written one take.
+var fastYAMLSeeds = []string{
+	"services:\n- {name: svc-00010, namespace: ns-010, addresses: [10.96.0.11], ports: [{port: 80, targetPort: 8080}], selector: {app: svc-00010}}\n" +
+		"workloads:\n- {name: ep-0000010, namespace: ns-010, labels: {app: svc-00010}, addresses: [10.128.0.11], node: remote}\n" +
+		"- {name: ep-0000011, namespace: ns-011, labels: {app: svc-00011}, addresses: [10.128.0.12], node: remote}\n",
+	"workloads:\n- {name: ep-0000011, namespace: ns-011, addresses: [10.128.0.12, fd00::1]}\n",
+	"services:\nworkloads:\n",
+	"services:\n  - name: a\n    namespace: default\n    ports:\n    - port: 80\n      targetPort: 8080\n    selector:\n      app: a\n" +
+		"workloads:\n  - name: w\n    namespace: default\n    addresses: [10.0.0.1]\n    labels: {app: a, version: v1}\n    weight: 2\n",
+	"a: {x: 1, y: [b, c], z: {}, w: []}\nb: [[1, 2], [3], {k: v}]\nc: true\nd: null\nf: 1.5\ng: 0x1F\nh: 2001-12-14\ni: .inf\nj: y\n",
+	"- a\n- b: c\n  d: e\n- {f: g}\n-  h\n",
+	"a:\n  b:\n    c: d\n  e: f\ng: h\n",
+	"a: b c\nd: {e: f g, h: i}\n",
+	"a: 1\na: 2\n",
+	"{a: 1, a: 2}\n",
+	"a: b\n  c\n",
+	"a:   \nb: c\n",
+	"a:\n- b\n c: d\n",
+	"---\na: b\n",
+	"a: b\n---\nc: d\n",
+	"a: ~\n",
+	"null\n",
+	"",
+	"\n\n  \n",
+	"a: [b,c]\n",
+	"a: {b:c}\n",
+	"a: [b, c,]\n",
+	"a: - b\n",
+	"a:\n-\n  b: c\n",
+	"a: -1\nb: +1\nc: 1_000\nd: 010\ne: 1e3\nf: .5\n",
+	"a:b: c\n",
+	"a: b:c\n",
+	"a: {b: c}, \n",
+}
+
+// TestFastDecode_AsYAML: whatever fastDecode decodes, yaml.v3 decodes to
+// the same tree (kinds, tags, values, styles, lines and columns), and it
+// takes what it does not know to yaml.v3. Seeds, the example configs, and
+// thousands of random edits of them (characters inserted, deleted,
+// lines indented), a good part of which fastDecode still takes.
+func TestFastDecode_AsYAML(t *testing.T) {
+	seeds := append([]string{string(examples.Hello)}, fastYAMLSeeds...)
+	for _, glob := range []string{"../../../examples/*.yaml", "testdata/*.yaml"} {
+		files, _ := filepath.Glob(glob)
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seeds = append(seeds, string(data))
+		}
+	}
+	var taken int
+	check := func(data string) bool {
+		t.Helper()
+		got, ok := fastDecode([]byte(data))
+		if !ok {
+			return false
+		}
+		taken++
+		want, err := yamlDecode([]byte(data))
+		if err != nil {
+			t.Fatalf("fastDecode took a file yaml.v3 refuses (%v):\n%s", err, data)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("fastDecode differs from yaml.v3 on:\n%s\nfast:\n%s\nyaml.v3:\n%s", data, dumpNode(got), dumpNode(want))
+		}
+		return true
+	}
+	var inSubset []string // the edits start from these
+	for _, s := range seeds {
+		if check(s) {
+			inSubset = append(inSubset, s)
+		}
+	}
+	if taken < 6 {
+		t.Fatalf("fastDecode took %d of the seeds, want at least 6", taken)
+	}
+	rng := rand.New(rand.NewPCG(12, 7))
+	const edits = " \n:-{}[],a1.x"
+	taken = 0
+	const mutants = 20000
+	for range mutants {
+		b := []byte(inSubset[rng.IntN(len(inSubset))])
+		for range 1 + rng.IntN(3) {
+			i := rng.IntN(len(b) + 1)
+			switch rng.IntN(3) {
+			case 0:
+				b = append(b[:i], append([]byte{edits[rng.IntN(len(edits))]}, b[i:]...)...)
+			case 1:
+				if i < len(b) {
+					b = append(b[:i], b[i+1:]...)
+				}
+			case 2:
+				j := strings.LastIndexByte(string(b[:i]), '\n') + 1
+				b = append(b[:j], append([]byte("  "), b[j:]...)...)
+			}
+		}
+		check(string(b))
+	}
+	if taken < mutants/10 {
+		t.Fatalf("fastDecode took %d of %d edited files, want at least a tenth", taken, mutants)
+	}
+	t.Logf("fastDecode took %d of %d edited files", taken, mutants)
+}
+
+func dumpNode(n *yaml.Node) string {
+	var b strings.Builder
+	var walk func(*yaml.Node, string)
+	walk = func(n *yaml.Node, indent string) {
+		if n == nil {
+			b.WriteString(indent + "nil\n")
+			return
+		}
+		fmt.Fprintf(&b, "%skind %d tag %q value %q style %d at %d:%d\n", indent, n.Kind, n.Tag, n.Value, n.Style, n.Line, n.Column)
+		for _, c := range n.Content {
+			walk(c, indent+"  ")
+		}
+	}
+	walk(n, "")
+	return b.String()
+}
