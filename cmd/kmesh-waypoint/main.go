@@ -24,7 +24,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmesh-go/kmesh/internal/gcfloor"
 	"github.com/kmesh-go/kmesh/internal/hbone"
 	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/model"
@@ -54,7 +53,6 @@ type config struct {
 	serviceAccount string
 	accessLog      bool
 	maxProcs       int
-	gcHeapFloor    int
 	logLevel       string
 }
 
@@ -108,7 +106,6 @@ makes istiod send it as the services' waypoint.`,
 	f.BoolVar(&c.accessLog, "access-log", true, "one JSON line per request on stdout")
 	f.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&c.maxProcs, "max-procs", 2, "CPUs the waypoint's Go scheduler runs on at once (GOMAXPROCS); with two, requests that arrive together are served on two cores (the plaintext connections' reads and writes keep their thread, so none waits for a hand-off); 1 spares a second thread's wake-ups at low rates; 0: Go's default (every CPU, or $GOMAXPROCS)")
-	f.IntVar(&c.gcHeapFloor, "gc-heap-floor", 64, "MiB the Go collector's heap goal is kept at or above (its percent raised after each collection while the live heap is small; above, GOGC as usual): with a few MB live the collector otherwise runs every 4 MB allocated, about once a second at 1000 requests/s; 0: GOGC alone")
 	cmd.SetVersionTemplate("kmesh-waypoint {{.Version}}\n")
 	cmd.MarkFlagsMutuallyExclusive("config", "kubeconfig")
 	cmd.MarkFlagsMutuallyExclusive("config", "xds-address")
@@ -128,10 +125,6 @@ func run(ctx context.Context, c config) error {
 	if c.maxProcs > 0 {
 		runtime.GOMAXPROCS(c.maxProcs)
 	}
-	if c.gcHeapFloor < 0 {
-		return fmt.Errorf("--gc-heap-floor %d: want 0 (GOGC alone) or more MiB", c.gcHeapFloor)
-	}
-	defer gcfloor.Start(uint64(c.gcHeapFloor) << 20)()
 	gwNamespace, gwName, ok := strings.Cut(c.gateway, "/")
 	if !ok || gwNamespace == "" || gwName == "" {
 		return fmt.Errorf("--gateway %q: want NAMESPACE/NAME", c.gateway)
