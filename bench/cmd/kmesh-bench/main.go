@@ -356,8 +356,8 @@ func write(res *report.Results, dir string, cfg config) error {
 	}
 	switch {
 	case cfg.readme == "":
-	case cfg.quick || len(res.Errors) > 0:
-		logf("%s left as it was: a quick or failed run", cfg.readme)
+	case cfg.quick || cfg.xdsOnly || len(res.Errors) > 0:
+		logf("%s left as it was: a quick, partial (-xds-only) or failed run", cfg.readme)
 	default:
 		return updateReadme(cfg.readme, report.ReadmeSection(res, filepath.ToSlash(dir)))
 	}
