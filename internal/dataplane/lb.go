@@ -80,12 +80,12 @@ type classKey struct {
 }
 
 func classOf(w *model.Workload) classKey {
-	return classKey{w.Network, w.Locality.Region, w.Locality.Zone, w.Locality.Subzone, w.Node}
+	return classKey{w.Network, w.Locality.Region(), w.Locality.Zone(), w.Locality.Subzone(), w.Node}
 }
 
 func (k classKey) workload() *model.Workload {
 	return &model.Workload{Network: k.network, Node: k.node,
-		Locality: model.Locality{Region: k.region, Zone: k.zone, Subzone: k.subzone}}
+		Locality: model.NewLocality(k.region, k.zone, k.subzone)}
 }
 
 // maxClasses keeps group numbers in endpoint_key.group's 16 bits.

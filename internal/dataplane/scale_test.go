@@ -205,7 +205,7 @@ func countPrios(t testing.TB, m Map) int {
 // meets km_lb_prio, locality slot groups and Maglev tables.
 func withLoadBalancing(m *model.Mesh) {
 	for i := range m.Workloads {
-		m.Workloads[i].Locality = model.Locality{Region: fmt.Sprintf("region-%d", i%2), Zone: fmt.Sprintf("zone-%d", i%4)}
+		m.Workloads[i].Locality = model.NewLocality(fmt.Sprintf("region-%d", i%2), fmt.Sprintf("zone-%d", i%4), "")
 	}
 	affinity := &model.SessionAffinity{Timeout: model.DefaultAffinityTimeout}
 	outlier := &model.OutlierDetection{ConsecutiveFailures: model.DefaultConsecutiveFailures,

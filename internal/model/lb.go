@@ -86,11 +86,11 @@ func (lb *LocalityLB) Rank(client, ep *Workload) (rank int, ok bool) {
 		var match bool
 		switch s {
 		case ScopeRegion:
-			match = client.Locality.Region == ep.Locality.Region
+			match = client.Locality.Region() == ep.Locality.Region()
 		case ScopeZone:
-			match = client.Locality.Zone == ep.Locality.Zone
+			match = client.Locality.Zone() == ep.Locality.Zone()
 		case ScopeSubzone:
-			match = client.Locality.Subzone == ep.Locality.Subzone
+			match = client.Locality.Subzone() == ep.Locality.Subzone()
 		case ScopeNode:
 			match = client.Node == ep.Node
 		case ScopeCluster:
@@ -120,7 +120,8 @@ func (l Locality) String() string {
 	if l == (Locality{}) {
 		return ""
 	}
-	return l.Region + "/" + l.Zone + "/" + l.Subzone
+	p := l.place()
+	return p.region + "/" + p.zone + "/" + p.subzone
 }
 
 func (s *Service) validateLB() error {

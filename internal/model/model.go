@@ -5,10 +5,12 @@ package model
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"unique"
 )
 
 // LBMode is how a service picks an endpoint for a new connection.
@@ -209,10 +211,57 @@ func (w *Workload) TunnelledFrom(node string, meshHasCA bool) bool {
 }
 
 // Locality is a workload's place in the region/zone/subzone hierarchy.
-type Locality struct {
-	Region  string
-	Zone    string
-	Subzone string
+// It is interned: one pointer per workload, not three strings (40 bytes
+// less in every workload: 4 MB at 100,000 workloads, whose localities are
+// a handful of places), and == compares places. The zero Locality is no
+// place; NewLocality makes the others.
+type Locality struct{ h unique.Handle[place] }
+
+type place struct{ region, zone, subzone string }
+
+// NewLocality returns the place region/zone/subzone (any part may be
+// empty; all empty is the zero Locality).
+func NewLocality(region, zone, subzone string) Locality {
+	if region == "" && zone == "" && subzone == "" {
+		return Locality{}
+	}
+	return Locality{unique.Make(place{region, zone, subzone})}
+}
+
+func (l Locality) place() place {
+	if l == (Locality{}) {
+		return place{}
+	}
+	return l.h.Value()
+}
+
+// Region is the locality's region, "" if none.
+func (l Locality) Region() string { return l.place().region }
+
+// Zone is the locality's zone, "" if none.
+func (l Locality) Zone() string { return l.place().zone }
+
+// Subzone is the locality's subzone, "" if none.
+func (l Locality) Subzone() string { return l.place().subzone }
+
+// localityJSON is how a Locality was written when it was three strings
+// (the tunnel's state file carries the mesh as JSON).
+type localityJSON struct{ Region, Zone, Subzone string }
+
+// MarshalJSON writes the locality as {"Region":…,"Zone":…,"Subzone":…}.
+func (l Locality) MarshalJSON() ([]byte, error) {
+	p := l.place()
+	return json.Marshal(localityJSON{p.region, p.zone, p.subzone})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (l *Locality) UnmarshalJSON(b []byte) error {
+	var j localityJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*l = NewLocality(j.Region, j.Zone, j.Subzone)
+	return nil
 }
 
 // Key is the workload's unique name in the mesh: namespace/name.

@@ -151,5 +151,5 @@ func (p *parser) locality(w *workload, n *yaml.Node, path string) {
 		return
 	}
 	parts = append(parts, "", "")
-	w.Locality = model.Locality{Region: parts[0], Zone: parts[1], Subzone: parts[2]}
+	w.Locality = model.NewLocality(parts[0], parts[1], parts[2])
 }

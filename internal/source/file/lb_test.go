@@ -106,8 +106,8 @@ func TestParse_WorkloadLocality(t *testing.T) {
 		got[w.Name] = w.Locality
 	}
 	want := map[string]model.Locality{
-		"hello-1": {Region: "eu-west", Zone: "eu-west-1a", Subzone: "rack-7"},
-		"hello-2": {Region: "eu-west"},
+		"hello-1": model.NewLocality("eu-west", "eu-west-1a", "rack-7"),
+		"hello-2": model.NewLocality("eu-west", "", ""),
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("localities %+v, want %+v", got, want)

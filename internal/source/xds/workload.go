@@ -237,7 +237,7 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		key = w.Key()
 	}
 	if l := pw.GetLocality(); l != nil {
-		w.Locality = model.Locality{Region: intern(l.GetRegion()), Zone: intern(l.GetZone()), Subzone: intern(l.GetSubzone())}
+		w.Locality = model.NewLocality(l.GetRegion(), l.GetZone(), l.GetSubzone())
 	}
 	for i, b := range pw.GetAddresses() {
 		a, err := parseIP(b)

@@ -153,7 +153,7 @@ func TestConvertWorkload_Locality(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := model.Locality{Region: "eu-west-1", Zone: "eu-west-1a", Subzone: "rack-7"}
+	want := model.NewLocality("eu-west-1", "eu-west-1a", "rack-7")
 	if got.w.Locality != want || got.w.Network != "net-1" || got.w.Node != "node-a" {
 		t.Fatalf("locality %+v network %q node %q, want %+v net-1 node-a", got.w.Locality, got.w.Network, got.w.Node, want)
 	}
