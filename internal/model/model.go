@@ -264,8 +264,28 @@ func (l *Locality) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Key is the workload's unique name in the mesh: namespace/name.
-func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
+// Key is the workload's unique name in the mesh: namespace/name. When the
+// UID ends in it (Istio's cluster/group/kind/namespace/name) it is cut from
+// the UID: the maps keyed by it (the state, the xDS index, the dataplane)
+// then share the UID's memory instead of a new string each (~2.4 MB per
+// map at 100,000 workloads).
+func (w *Workload) Key() string {
+	if k, ok := KeyInUID(w.UID, w.Namespace, w.Name); ok {
+		return k
+	}
+	return w.Namespace + "/" + w.Name
+}
+
+// KeyInUID returns the end of uid that is the key namespace/name, if uid
+// ends in it after a "/" or is it.
+func KeyInUID(uid, namespace, name string) (string, bool) {
+	n := len(namespace) + 1 + len(name)
+	if len(uid) < n || (len(uid) > n && uid[len(uid)-n-1] != '/') {
+		return "", false
+	}
+	key := uid[len(uid)-n:]
+	return key, key[:len(namespace)] == namespace && key[len(namespace)] == '/' && key[len(namespace)+1:] == name
+}
 
 // Validate checks the references and uniqueness rules that no single item
 // can check alone. It returns the first problem found, naming the item.

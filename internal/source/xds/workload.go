@@ -182,17 +182,6 @@ func port(p uint32, what string) (uint16, error) {
 	return uint16(p), nil
 }
 
-// keyIn returns the end of uid that is the key namespace/name, if uid ends
-// in it after a "/" or is it.
-func keyIn(uid, namespace, name string) (string, bool) {
-	n := len(namespace) + 1 + len(name)
-	if len(uid) < n || (len(uid) > n && uid[len(uid)-n-1] != '/') {
-		return "", false
-	}
-	key := uid[len(uid)-n:]
-	return key, key[:len(namespace)] == namespace && key[len(namespace)] == '/' && key[len(namespace)+1:] == name
-}
-
 // splitHost splits a namespace/hostname key.
 func splitHost(key string) (ns, host string, ok bool) {
 	ns, host, ok = strings.Cut(key, "/")
@@ -230,7 +219,7 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 	// An Istio UID (cluster/group/kind/namespace/name) ends in the
 	// workload's key: key and name are cut from it, not held as two more
 	// strings per workload (~5 MB at 100,000 workloads).
-	key, ok := keyIn(w.UID, w.Namespace, w.Name)
+	key, ok := model.KeyInUID(w.UID, w.Namespace, w.Name)
 	if ok {
 		w.Name = key[len(w.Namespace)+1:]
 	} else {
