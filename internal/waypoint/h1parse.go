@@ -68,10 +68,7 @@ func (r *h1Request) parseRequestHead(head []byte) bool {
 	hosts, cls := 0, 0
 	host, cl := "", int64(0)
 	closeConn := false
-	// One backing array for the values: a header seen once (nearly all)
-	// takes one slot of it.
-	vals := make([]string, strings.Count(rest, "\n"))
-	n := 0
+	fields := newFieldValues(rest)
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
@@ -80,15 +77,10 @@ func (r *h1Request) parseRequestHead(head []byte) bool {
 		if line == "" {
 			break
 		}
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
+		name, value, ok := headerField(line)
+		if !ok {
 			return false
 		}
-		name, value := line[:colon], trimOWS(line[colon+1:])
-		if !validToken(name) || !httpguts.ValidHeaderFieldValue(value) {
-			return false
-		}
-		name = canonicalName(name)
 		switch name {
 		case "Host":
 			hosts++
@@ -108,13 +100,7 @@ func (r *h1Request) parseRequestHead(head []byte) bool {
 				closeConn = true
 			}
 		}
-		if old, ok := r.hdr[name]; ok {
-			r.hdr[name] = append(old, value)
-		} else {
-			vals[n] = value
-			r.hdr[name] = vals[n : n+1 : n+1]
-			n++
-		}
+		fields.add(r.hdr, name, value)
 	}
 	if hosts != 1 || cls > 1 || !httpguts.ValidHostHeader(host) {
 		return false
@@ -132,6 +118,43 @@ func (r *h1Request) parseRequestHead(head []byte) bool {
 	q.Header, q.Host, q.RequestURI, q.ContentLength, q.Close = r.hdr, host, target, cl, closeConn
 	q.Body = http.NoBody
 	return true
+}
+
+// headerField splits a header line into its canonical name and its value;
+// ok is false for a line net/http would refuse.
+func headerField(line string) (name, value string, ok bool) {
+	colon := strings.IndexByte(line, ':')
+	if colon <= 0 {
+		return "", "", false
+	}
+	name, value = line[:colon], trimOWS(line[colon+1:])
+	if !validToken(name) || !httpguts.ValidHeaderFieldValue(value) {
+		return "", "", false
+	}
+	return canonicalName(name), value, true
+}
+
+// fieldValues is one backing array for a head's header values: a header
+// seen once (nearly all) takes one slot of it.
+type fieldValues struct {
+	vals []string
+	n    int
+}
+
+// newFieldValues sizes the array for the header lines left in rest.
+func newFieldValues(rest string) fieldValues {
+	return fieldValues{vals: make([]string, strings.Count(rest, "\n"))}
+}
+
+// add appends value to name's values in h.
+func (f *fieldValues) add(h http.Header, name, value string) {
+	if old, ok := h[name]; ok {
+		h[name] = append(old, value)
+		return
+	}
+	f.vals[f.n] = value
+	h[name] = f.vals[f.n : f.n+1 : f.n+1]
+	f.n++
 }
 
 // cutLine returns the line at the start of s without its CRLF (or LF) and
@@ -291,8 +314,7 @@ func parseResponseHead(head []byte, method string) (h1Response, bool) {
 	}
 	r.header = make(http.Header)
 	r.clen = -1
-	vals := make([]string, strings.Count(rest, "\n"))
-	n := 0
+	fields := newFieldValues(rest)
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
@@ -301,15 +323,10 @@ func parseResponseHead(head []byte, method string) (h1Response, bool) {
 		if line == "" {
 			break
 		}
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
+		name, value, ok := headerField(line)
+		if !ok {
 			return r, false
 		}
-		name, value := line[:colon], trimOWS(line[colon+1:])
-		if !validToken(name) || !httpguts.ValidHeaderFieldValue(value) {
-			return r, false
-		}
-		name = canonicalName(name)
 		switch name {
 		case "Content-Length":
 			v, ok := parseContentLength(value)
@@ -324,13 +341,7 @@ func parseResponseHead(head []byte, method string) (h1Response, bool) {
 				r.close = true
 			}
 		}
-		if old, ok := r.header[name]; ok {
-			r.header[name] = append(old, value)
-		} else {
-			vals[n] = value
-			r.header[name] = vals[n : n+1 : n+1]
-			n++
-		}
+		fields.add(r.header, name, value)
 	}
 	if r.close {
 		delete(r.header, "Connection") // as net/http: Close says it
