@@ -22,8 +22,7 @@ import (
 // change, and a GRPCRoute method match.
 func TestProxy_GRPCUnaryAndStreaming(t *testing.T) {
 	b := newBed(t)
-	b.next++
-	addr := netip.AddrFrom4([4]byte{127, 0, 1, byte(b.next)})
+	addr := nextWorkloadAddr()
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr, 9090).String())
 	if err != nil {
 		t.Fatal(err)

@@ -18,20 +18,31 @@ import (
 )
 
 // bed is a waypoint on loopback in front of real HTTP backends: each
-// workload is a server on its own 127.0.1.x address, and the client's
+// workload is a server on its own 127.1.x.y address, and the client's
 // connections are handed to the proxy as addressed to the service VIP.
 type bed struct {
 	t     testing.TB
 	mesh  *model.Mesh
 	proxy *Proxy
 	ln    net.Listener
-	next  int
 	log   bytes.Buffer
 	logMu sync.Mutex
 	opts  Options // start's options beyond the defaults (HBONE upstream)
 }
 
 const gwKey = "default/waypoint"
+
+// workloadAddrs numbers the backends of every bed in the test binary. An
+// address is never bound twice: a backend's closed connection can linger
+// (FIN_WAIT_2 while the proxy's pooled end is not closed yet), and a later
+// bed binding the same address and port would fail with EADDRINUSE.
+var workloadAddrs atomic.Uint32
+
+// nextWorkloadAddr returns a loopback address no bed has used yet.
+func nextWorkloadAddr() netip.Addr {
+	n := workloadAddrs.Add(1) - 1
+	return netip.AddrFrom4([4]byte{127, 1, byte(n / 250), byte(n%250 + 1)})
+}
 
 func newBed(t testing.TB) *bed {
 	b := &bed{t: t, mesh: &model.Mesh{Gateways: []model.Gateway{{Name: "waypoint", Namespace: "default", ClassName: model.WaypointClass,
@@ -44,8 +55,7 @@ func newBed(t testing.TB) *bed {
 // workload starts a backend server for a workload named name with handler h
 // on port; it returns the workload key.
 func (b *bed) workload(name string, port uint16, labels map[string]string, h http.Handler) {
-	b.next++
-	addr := netip.AddrFrom4([4]byte{127, 0, 1, byte(b.next)})
+	addr := nextWorkloadAddr()
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr, port).String())
 	if err != nil {
 		b.t.Fatal(err)
