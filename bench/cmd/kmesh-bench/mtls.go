@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,6 +56,9 @@ func (d *dataplane) startMTLS(ctx context.Context, extra ...string) error {
 		}
 		d.running = append(d.running, k)
 		args := append([]string{"tunnel", "--node", n.Name, "--bpf-dir", n.BPFDir, "--state-dir", state, "--log-level", "info"}, d.mtls.caFlags...)
+		if d.cfg.tunnelMaxProcs > 0 {
+			args = append(args, "--max-procs", strconv.Itoa(d.cfg.tunnelMaxProcs))
+		}
 		if d.cfg.tunnelPprof != "" {
 			// -tunnel-pprof 127.0.0.1:16060: node-a's tunnel there, node-b's on the next port.
 			ap, err := netip.ParseAddrPort(d.cfg.tunnelPprof)
