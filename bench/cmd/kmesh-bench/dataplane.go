@@ -128,6 +128,18 @@ func benchTests(cfg config) ([]fortio.Test, []report.Named) {
 	named[3].Description += ", 1 KB each way: maximum throughput"
 	named[4].Description += ", 1 KB each way: the cost of connect-time balancing"
 	named[5].Description += ", fortio's small echo message: request rate and round-trip time"
+	if cfg.tests != "" {
+		wanted := strings.Split(cfg.tests, ",")
+		keep := func(i int) bool { return slices.Contains(wanted, ts[i].Name) }
+		var kt []fortio.Test
+		var kn []report.Named
+		for i := range ts {
+			if keep(i) {
+				kt, kn = append(kt, ts[i]), append(kn, named[i])
+			}
+		}
+		ts, named = kt, kn
+	}
 	return ts, named
 }
 
@@ -147,6 +159,13 @@ func runDataplane(ctx context.Context, bed *testbed.Bed, tl tools, cfg config, r
 
 	modes := d.modes(cfg.modes)
 	tests, named := benchTests(cfg)
+	if cfg.tests != "" {
+		for _, name := range strings.Split(cfg.tests, ",") {
+			if !slices.ContainsFunc(tests, func(t fortio.Test) bool { return t.Name == name }) {
+				return fmt.Errorf("-tests: no data-plane test %q (lat-c1, lat-c16, lat-c64, max-c16, close-c1, tcp-c1)", name)
+			}
+		}
+	}
 	res.Tests = named
 	for _, t := range d.topos {
 		res.Topologies = append(res.Topologies, report.Named{Name: t.name, Description: t.desc})

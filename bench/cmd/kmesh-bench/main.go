@@ -50,6 +50,7 @@ type config struct {
 	latencyDur time.Duration
 	tputDur    time.Duration
 	modes      string
+	tests      string
 	quick      bool
 	skipData   bool
 	skipScale  bool
@@ -98,6 +99,7 @@ func parseFlags() config {
 	flag.DurationVar(&c.latencyDur, "latency-duration", 3*time.Second, "length of each fixed-rate latency test")
 	flag.DurationVar(&c.tputDur, "throughput-duration", 2*time.Second, "length of each max-rate test")
 	flag.StringVar(&c.modes, "modes", "", "comma-separated modes to run (default: all)")
+	flag.StringVar(&c.tests, "tests", "", "comma-separated data-plane tests to run: lat-c1, lat-c16, lat-c64, max-c16, close-c1, tcp-c1 (default: all)")
 	flag.BoolVar(&c.quick, "quick", false, "a short run: 1s tests, 1,000 services / 10,000 endpoints, fewer changes")
 	flag.BoolVar(&c.skipData, "skip-dataplane", false, "skip the data-plane tests")
 	flag.BoolVar(&c.skipScale, "skip-scale", false, "skip the control-plane tests")
@@ -360,8 +362,8 @@ func write(res *report.Results, dir string, cfg config) error {
 	}
 	switch {
 	case cfg.readme == "":
-	case cfg.quick || cfg.xdsOnly || len(res.Errors) > 0:
-		logf("%s left as it was: a quick, partial (-xds-only) or failed run", cfg.readme)
+	case cfg.quick || cfg.xdsOnly || cfg.tests != "" || len(res.Errors) > 0:
+		logf("%s left as it was: a quick, partial (-xds-only, -tests) or failed run", cfg.readme)
 	default:
 		return updateReadme(cfg.readme, report.ReadmeSection(res, filepath.ToSlash(dir)))
 	}

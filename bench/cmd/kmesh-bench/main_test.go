@@ -61,6 +61,19 @@ func TestBenchTests(t *testing.T) {
 	}
 }
 
+// TestBenchTests_Only: -tests keeps the named tests, with their own
+// descriptions, in their order.
+func TestBenchTests_Only(t *testing.T) {
+	tests, named := benchTests(config{tests: "close-c1,lat-c16"})
+	if len(tests) != 2 || tests[0].Name != "lat-c16" || tests[1].Name != "close-c1" || tests[0].Connections != 16 {
+		t.Fatalf("tests %+v", tests)
+	}
+	if named[0].Name != "lat-c16" || named[0].Label != "16 conns" || named[1].Name != "close-c1" ||
+		named[1].Description != "http, max rate, 1 conn, new connection per request, 1 KB each way: the cost of connect-time balancing" {
+		t.Errorf("descriptions %+v", named)
+	}
+}
+
 func TestGoals(t *testing.T) {
 	var samples []report.Sample
 	for round := 1; round <= 3; round++ {
