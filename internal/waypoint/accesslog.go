@@ -94,6 +94,12 @@ func newRequestID() string {
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+	var u [36]byte // one allocation: the string
+	hex.Encode(u[0:8], b[0:4])
+	hex.Encode(u[9:13], b[4:6])
+	hex.Encode(u[14:18], b[6:8])
+	hex.Encode(u[19:23], b[8:10])
+	hex.Encode(u[24:], b[10:])
+	u[8], u[13], u[18], u[23] = '-', '-', '-', '-'
+	return string(u[:])
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,9 +59,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := p.snap.Load()
-	rq := &request{start: time.Now(), info: info}
-	cw := &countingWriter{ResponseWriter: w}
-	body := &countingBody{ReadCloser: r.Body}
+	// The request's state, its writer and body in one allocation.
+	st := &struct {
+		rq   request
+		cw   countingWriter
+		body countingBody
+	}{rq: request{start: time.Now(), info: info}, cw: countingWriter{ResponseWriter: w}, body: countingBody{ReadCloser: r.Body}}
+	rq, cw, body := &st.rq, &st.cw, &st.body
 	r.Body = body
 	defer func() {
 		rq.reqBytes = body.n
@@ -143,25 +148,36 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // servicePort finds the port a request is for: the connection's, or on a
-// plaintext port shared by several services, the one the Host names.
+// plaintext port shared by several services, the one the Host names. The
+// connection keeps its last answer: under the same config the same Host
+// names the same port, and a client mostly sends one Host on a connection.
 func (p *Proxy) servicePort(s *snapshot, info *connInfo, r *http.Request) *servicePort {
 	if info.sp != nil {
 		return info.sp
 	}
-	host := r.Host
+	if last := info.byHost.Load(); last != nil && last.s == s && last.host == r.Host {
+		return last.sp
+	}
+	sp := s.portByHost(info.port, r.Host)
+	info.byHost.Store(&hostPort{s: s, host: r.Host, sp: sp})
+	return sp
+}
+
+// portByHost is the service port on port that host (a Host header, with or
+// without a port) names by one of its service's names or addresses.
+func (s *snapshot) portByHost(port uint16, host string) *servicePort {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	for _, sp := range s.byPort[info.port] {
+	ip, ipErr := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	for _, sp := range s.byPort[port] {
 		for _, h := range sp.svc.hosts {
 			if strings.EqualFold(h, host) {
 				return sp
 			}
 		}
-		for _, a := range sp.svc.m.Addresses {
-			if a.String() == host {
-				return sp
-			}
+		if ipErr == nil && slices.Contains(sp.svc.m.Addresses, ip) {
+			return sp
 		}
 	}
 	return nil

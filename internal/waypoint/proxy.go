@@ -174,6 +174,16 @@ type connInfo struct {
 	// series are the metric series of the connection's last request: the
 	// next one mostly has the same labels (metrics.go).
 	series atomic.Pointer[series]
+	// byHost is the service port its last request's Host named, when sp is
+	// nil: the next request mostly names the same one.
+	byHost atomic.Pointer[hostPort]
+}
+
+// hostPort is the service port a Host header named under one config.
+type hostPort struct {
+	s    *snapshot
+	host string
+	sp   *servicePort
 }
 
 type connKey struct{}
