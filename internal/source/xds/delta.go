@@ -22,20 +22,21 @@ import (
 // handler converts the resources of one type URL (ztunnel's Handler).
 type handler interface {
 	typeURL() string
-	// convert turns one resource into the value the store keeps. An error
+	// convert turns one resource, called name, into the value the store
+	// keeps; sl, when set, holds what stays of it (workload.go). An error
 	// rejects this resource alone; the store keeps its previous version.
-	convert(res *anypb.Any) (any, error)
+	convert(name string, res *anypb.Any, sl *slab) (any, error)
 }
 
 // convertResource checks the Any's type before handing it to h.
-func convertResource(h handler, res *anypb.Any) (any, error) {
+func convertResource(h handler, name string, res *anypb.Any, sl *slab) (any, error) {
 	if res == nil {
 		return nil, errors.New("no resource in the response entry")
 	}
 	if res.GetTypeUrl() != h.typeURL() {
 		return nil, fmt.Errorf("type %s in a response of type %s", res.GetTypeUrl(), h.typeURL())
 	}
-	return h.convert(res)
+	return h.convert(name, res, sl)
 }
 
 // deltaClient is an incremental (delta) ADS client over a set of handlers.
@@ -259,7 +260,7 @@ func (c *deltaClient) handleChanges(resp *discovery.DeltaDiscoveryResponse, h ha
 	var rejects []string
 	for _, r := range resp.GetResources() {
 		fresh[resourceKey{t, r.GetName()}] = true
-		v, err := convertResource(h, r.GetResource())
+		v, err := convertResource(h, r.GetName(), r.GetResource(), nil)
 		if err != nil {
 			rejects = append(rejects, fmt.Sprintf("resource %s: %v", r.GetName(), err))
 			continue
@@ -323,7 +324,8 @@ func (c *deltaClient) handleChanges(resp *discovery.DeltaDiscoveryResponse, h ha
 
 // convertAll converts a response's resources, on every CPU when there
 // are many: a first state of 100,000 workloads is mostly protobuf
-// decoding, and each resource decodes alone.
+// decoding, and each resource decodes alone. Each worker of a large
+// response keeps what stays of its workloads in a slab.
 func convertAll(h handler, rs []*discovery.Resource) ([]any, []error) {
 	values, errs := make([]any, len(rs)), make([]error, len(rs))
 	workers := min(runtime.GOMAXPROCS(0), len(rs)/1024+1)
@@ -332,8 +334,12 @@ func convertAll(h handler, rs []*discovery.Resource) ([]any, []error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var sl *slab
+			if len(rs) >= slabSize {
+				sl = &slab{}
+			}
 			for i := w; i < len(rs); i += workers {
-				values[i], errs[i] = convertResource(h, rs[i].GetResource())
+				values[i], errs[i] = convertResource(h, rs[i].GetName(), rs[i].GetResource(), sl)
 			}
 		}()
 	}

@@ -33,7 +33,7 @@ func FuzzTranslateWorkload(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		st := newStore()
 		for i, raw := range [][]byte{a, b} {
-			v, err := convertResource(addressHandler{}, &anypb.Any{TypeUrl: AddressType, Value: raw})
+			v, err := convertResource(addressHandler{}, "", &anypb.Any{TypeUrl: AddressType, Value: raw}, nil)
 			if err != nil {
 				continue
 			}

@@ -18,7 +18,7 @@ func TestConvertWorkload_TunnelProtocol(t *testing.T) {
 		// Sidecar mTLS is not spoken (ztunnel does not either): plaintext.
 		{workloadapi.TunnelProtocol_LEGACY_ISTIO_MTLS, model.TunnelNone},
 	} {
-		w, err := convertWorkload(&workloadapi.Workload{Uid: "c//Pod/ns/p", Name: "p", Namespace: "ns", TunnelProtocol: tc.in})
+		w, err := convertWorkload(&workloadapi.Workload{Uid: "c//Pod/ns/p", Name: "p", Namespace: "ns", TunnelProtocol: tc.in}, "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

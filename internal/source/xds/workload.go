@@ -135,14 +135,14 @@ type addressHandler struct{}
 
 func (addressHandler) typeURL() string { return AddressType }
 
-func (addressHandler) convert(res *anypb.Any) (any, error) {
+func (addressHandler) convert(name string, res *anypb.Any, sl *slab) (any, error) {
 	var a workloadapi.Address
 	if err := proto.Unmarshal(res.GetValue(), &a); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
 	}
 	switch t := a.GetType().(type) {
 	case *workloadapi.Address_Workload:
-		return convertWorkload(t.Workload)
+		return convertWorkload(t.Workload, name, sl)
 	case *workloadapi.Address_Service:
 		return convertService(t.Service)
 	default:
@@ -154,7 +154,7 @@ type authorizationHandler struct{}
 
 func (authorizationHandler) typeURL() string { return AuthorizationType }
 
-func (authorizationHandler) convert(res *anypb.Any) (any, error) {
+func (authorizationHandler) convert(_ string, res *anypb.Any, _ *slab) (any, error) {
 	var a security.Authorization
 	if err := proto.Unmarshal(res.GetValue(), &a); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
@@ -188,11 +188,14 @@ func splitHost(key string) (ns, host string, ok bool) {
 	return ns, host, ok && ns != "" && host != "" && !strings.Contains(host, "/")
 }
 
-func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
+// convertWorkload converts pw, the resource called name; sl, when set,
+// holds what stays of it (see slab).
+func convertWorkload(pw *workloadapi.Workload, name string, sl *slab) (*workload, error) {
 	// Strings that many workloads share (namespace, node, network,
 	// service account, locality, policy and service names) are interned:
 	// decoded, each workload would hold its own copy.
-	w := model.Workload{
+	w := sl.modelWorkload()
+	*w = model.Workload{
 		Name:           pw.GetName(),
 		Namespace:      intern(pw.GetNamespace()),
 		Node:           intern(pw.GetNode()),
@@ -212,6 +215,11 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 	if w.UID == "" {
 		return nil, errors.New("uid is empty")
 	}
+	if w.UID == name {
+		// Istio names a workload's resource by its UID: the store's key
+		// and the UID are one string, not two per workload.
+		w.UID = name
+	}
 	if w.Name == "" {
 		// Name and namespace are "just for debugging and may be elided".
 		w.Name = w.UID
@@ -228,6 +236,7 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 	if l := pw.GetLocality(); l != nil {
 		w.Locality = model.NewLocality(l.GetRegion(), l.GetZone(), l.GetSubzone())
 	}
+	w.Addresses = sl.addrs(len(pw.GetAddresses()))
 	for i, b := range pw.GetAddresses() {
 		a, err := parseIP(b)
 		if err != nil {
@@ -246,7 +255,8 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 	// The network gateway is not used: the data plane connects straight
 	// to the workload's address. The workload's own waypoint (for traffic
 	// to its address) is not served: the build refuses such connections.
-	out := &workload{w: &w, key: key, healthy: pw.GetStatus() == workloadapi.WorkloadStatus_HEALTHY, endpoint: true}
+	out := sl.workload()
+	*out = workload{w: w, key: key, healthy: pw.GetStatus() == workloadapi.WorkloadStatus_HEALTHY, endpoint: true}
 	wp, err := convertWaypoint(pw.GetWaypoint())
 	if err != nil {
 		return nil, err
@@ -258,6 +268,7 @@ func convertWorkload(pw *workloadapi.Workload) (*workload, error) {
 		}
 		out.w.Weight = min(max(c.GetValue(), 1), model.MaxWeight)
 	}
+	out.services = sl.memberships(len(pw.GetServices()))
 	for key, pl := range pw.GetServices() {
 		if _, _, ok := splitHost(key); !ok {
 			return nil, fmt.Errorf("service %q: want namespace/hostname", key)

@@ -43,7 +43,7 @@ func randomAddress(r *rand.Rand, contest bool) (string, any) {
 	if contest && r.IntN(8) == 0 {
 		name += "-other-uid" // the same workload key from a second resource
 	}
-	v, err := convertWorkload(a.GetType().(*workloadapi.Address_Workload).Workload)
+	v, err := convertWorkload(a.GetType().(*workloadapi.Address_Workload).Workload, "", nil)
 	if err != nil {
 		panic(err)
 	}
@@ -147,7 +147,7 @@ func TestWorkloadIndex_ContestedHostKeepsItsService(t *testing.T) {
 
 	wname, a := xdstest.Workload{Namespace: "default", Name: "pod-1", IPs: []string{"10.1.0.1"},
 		Services: map[string][]xdstest.Port{"default/svc-4": {{Service: 80, Target: 8080}}}}.Address()
-	w, err := convertWorkload(a.GetType().(*workloadapi.Address_Workload).Workload)
+	w, err := convertWorkload(a.GetType().(*workloadapi.Address_Workload).Workload, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func TestConvertWorkload_KeyAndNameShareTheUID(t *testing.T) {
 		{"Kubernetes//Pod/xdefault/ep-7", "default", "ep-7", false},
 		{"ep-7", "default", "ep-7", false},
 	} {
-		w, err := convertWorkload(&workloadapi.Workload{Uid: tc.uid, Name: tc.name, Namespace: tc.ns})
+		w, err := convertWorkload(&workloadapi.Workload{Uid: tc.uid, Name: tc.name, Namespace: tc.ns}, "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -149,7 +149,7 @@ func TestConvertWorkload_Locality(t *testing.T) {
 	pw := a.GetWorkload()
 	pw.Locality = &workloadapi.Locality{Region: "eu-west-1", Zone: "eu-west-1a", Subzone: "rack-7"}
 	pw.Network = "net-1"
-	got, err := convertWorkload(pw)
+	got, err := convertWorkload(pw, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestConvertWorkload_Locality(t *testing.T) {
 		t.Fatalf("locality %+v network %q node %q, want %+v net-1 node-a", got.w.Locality, got.w.Network, got.w.Node, want)
 	}
 	pw.Locality = nil
-	if got, err = convertWorkload(pw); err != nil || got.w.Locality != (model.Locality{}) {
+	if got, err = convertWorkload(pw, "", nil); err != nil || got.w.Locality != (model.Locality{}) {
 		t.Fatalf("no locality: %+v, %v", got.w.Locality, err)
 	}
 }

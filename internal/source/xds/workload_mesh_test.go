@@ -30,7 +30,7 @@ func TestBuildWorkloadMesh_HoldsEachWorkloadOnce(t *testing.T) {
 			w.Policies = []string{"default/pol-missing"}
 		}
 		name, a := w.Address()
-		v, err := convertWorkload(a.GetType().(*workloadapi.Address_Workload).Workload)
+		v, err := convertWorkload(a.GetType().(*workloadapi.Address_Workload).Workload, "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

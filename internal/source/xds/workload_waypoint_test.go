@@ -32,7 +32,7 @@ func convertAddress(t *testing.T, a *workloadapi.Address) any {
 	case *workloadapi.Address_Service:
 		v, err = convertService(x.Service)
 	case *workloadapi.Address_Workload:
-		v, err = convertWorkload(x.Workload)
+		v, err = convertWorkload(x.Workload, "", nil)
 	}
 	if err != nil {
 		t.Fatal(err)
