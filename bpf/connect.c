@@ -109,6 +109,10 @@ int km_connect4(struct bpf_sock_addr *ctx)
 	connect_remember_lb(ctx, &res);
 	if (tunnel_wanted(req.netns_cookie, res.addr))
 		return tunnel_redirect4(ctx, res.addr, res.port, req.addr, req.port) ? connect_refuse() : 1;
+	/* A workload's own address reaches its waypoint only over HBONE,
+	 * whose authority names it; a plaintext connection would not. */
+	if (res.any_port)
+		return connect_refuse();
 #ifdef KM_TEST_VARIANT
 	/* Test builds of an "upgraded" daemon: programs whose instructions
 	 * differ, to test swapping them behind live links. */
@@ -163,6 +167,8 @@ int km_connect6(struct bpf_sock_addr *ctx)
 	connect_remember_lb(ctx, &res);
 	if (tunnel_wanted(req.netns_cookie, res.addr))
 		return tunnel_redirect6(ctx, res.addr, res.port, req.family, req.addr, req.port) ? connect_refuse() : 1;
+	if (res.any_port)
+		return connect_refuse();
 	ctx->user_ip6[0] = res.addr[0];
 	ctx->user_ip6[1] = res.addr[1];
 	ctx->user_ip6[2] = res.addr[2];

@@ -50,7 +50,7 @@ enum km_lb_how {
 struct lb_result {
 	__u32 addr[4]; /* IPv4 backends IPv4-mapped */
 	__u16 port;
-	__u16 pad;
+	__u16 any_port; /* a workload's own address on every port (KM_ANY_PORT): tunnel or refuse */
 	__u32 service_id;
 	__u32 backend_id;
 	__u8 prio; /* with KM_LB_HOW_PRIORITY */
@@ -504,8 +504,15 @@ static __always_inline int lb_xlate(const struct lb_request *req, struct lb_resu
 	fkey.port = req->port;
 	fkey.proto = req->proto;
 	fe = bpf_map_lookup_elem(&km_frontend, &fkey);
-	if (!fe)
-		return -KM_ENOENT;
+	if (!fe) {
+		/* A workload's own address that goes through its waypoint has
+		 * one frontend for every port (model.Service.AnyPort). */
+		fkey.port = KM_ANY_PORT;
+		fe = bpf_map_lookup_elem(&km_frontend, &fkey);
+		if (!fe)
+			return -KM_ENOENT;
+		res->any_port = 1;
+	}
 	service_id = fe->service_id;
 
 	svc = bpf_map_lookup_elem(&km_service, &service_id);
@@ -546,7 +553,8 @@ static __always_inline int lb_xlate(const struct lb_request *req, struct lb_resu
 			return -KM_EHOSTUNREACH;
 		__builtin_memcpy(res->addr, be->addr6, sizeof(res->addr));
 	}
-	res->port = fe->target_port;
+	/* Target port 0: the port the client dialed (KM_ANY_PORT). */
+	res->port = fe->target_port ? fe->target_port : req->port;
 	res->service_id = service_id;
 	res->backend_id = backend_id;
 	res->svc_flags = svc->flags;

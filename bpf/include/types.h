@@ -59,6 +59,11 @@ struct manage_value {
  * stored IPv4-mapped (::ffff:a.b.c.d), so v4 and v4-mapped v6 sockets find
  * the same entry. Address and port are in network byte order.
  */
+/* Port of the frontend that takes every port of its address: a workload's
+ * own address that goes through its waypoint (target port 0 keeps the port
+ * dialed). Only looked up when the address has no frontend of the port. */
+#define KM_ANY_PORT 0
+
 struct frontend_key {
 	__u32 addr[4];
 	__u16 port;

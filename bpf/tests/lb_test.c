@@ -145,6 +145,37 @@ int test_other_address_or_port_passes(void *ctx)
 	return 0;
 }
 
+/* A workload's own address with a waypoint: one frontend for every port,
+ * target port 0, so each connect keeps its port and is marked any_port;
+ * a service port of the same address still wins. */
+SEC("syscall")
+int test_any_port_frontend_keeps_the_port(void *ctx)
+{
+	struct frontend_key k = { .port = KM_ANY_PORT, .proto = IPPROTO_TCP };
+	struct frontend_value v = { .service_id = SVC_ID + 1, .target_port = 0 };
+	struct lb_request req = {};
+	struct lb_result res = {};
+
+	three_backends(KM_LB_RANDOM);
+	lb_v4_mapped(k.addr, VIP4);
+	bpf_map_update_elem(&km_frontend, &k, &v, BPF_ANY);
+	service(SVC_ID + 1, KM_LB_RANDOM, 0, 1, 0);
+	slot(SVC_ID + 1, KM_FAMILY_V4, 0, 0, 3);
+	request4(&req, VIP4, bpf_htons(9090), 0);
+	CHECK(lb_xlate(&req, &res) == 0);
+	CHECK(res.any_port == 1);
+	CHECK(res.service_id == SVC_ID + 1);
+	CHECK(res.backend_id == 3);
+	CHECK(res.port == bpf_htons(9090));
+	__builtin_memset(&res, 0, sizeof(res));
+	request4(&req, VIP4, PORT, 0);
+	CHECK(lb_xlate(&req, &res) == 0);
+	CHECK(res.any_port == 0);
+	CHECK(res.service_id == SVC_ID);
+	CHECK(res.port == TARGET);
+	return 0;
+}
+
 SEC("syscall")
 int test_udp_passes(void *ctx)
 {

@@ -100,11 +100,17 @@ func printExplanation(w io.Writer, e api.Explanation) error {
 	svc := "none"
 	if s := e.Service; s != nil {
 		svc = fmt.Sprintf("%s/%s, port %d->%d, %s", s.Namespace, s.Name, s.Port, s.TargetPort, s.Mode)
+		if s.Workload != "" {
+			svc = fmt.Sprintf("none: workload %s's own address, port %d, %s", s.Workload, s.Port, s.Mode)
+		}
 	}
 	t := newTable(w)
 	t.row("SOURCE:", src)
 	t.row("DESTINATION:", e.Destination)
 	t.row("SERVICE:", svc)
+	if s := e.Service; s != nil && s.Waypoint != "" {
+		t.row("WAYPOINT:", s.Waypoint)
+	}
 	if s := e.Service; s != nil && s.Priority != "" {
 		t.row("PRIORITY:", s.Priority)
 	}

@@ -87,6 +87,12 @@ func Explain(m *model.Mesh, node string, enrolled []string, who map[string]strin
 		e.Result = fmt.Sprintf("passes untouched: service %s has address %s but no port %d", svc.Key(), addr, dst.Port())
 	default:
 		e.Service = &api.ExplainService{Name: svc.Name, Namespace: svc.Namespace, Port: port.Port, TargetPort: port.TargetPort, Mode: string(svc.LBMode)}
+		if key := m.ServiceWaypoint(svc); key != "" {
+			e.Service.Waypoint = key
+		} else if svc.Waypoint != nil {
+			e.Service.Waypoint = svc.Waypoint.Address
+			e.Service.Workload = svc.Waypoint.Workload
+		}
 		e.Endpoints = explainEndpoints(m, svc, port.TargetPort, addr.Is4())
 		e.Service.Priority = explainLocality(m, svc, src, e.Endpoints)
 		eligible, denied := 0, 0
@@ -109,6 +115,9 @@ func Explain(m *model.Mesh, node string, enrolled []string, who map[string]strin
 			e.Result = fmt.Sprintf("refused: locality mode strict and no %s endpoint of service %s matches the source in every scope, so connect() fails with ECONNREFUSED", family, svc.Key())
 		case eligible == 0:
 			e.Result = fmt.Sprintf("refused: service %s has no eligible %s endpoint, so connect() fails with ECONNREFUSED", svc.Key(), family)
+		case svc.AnyPort() && tunnelled(e.Endpoints) == 0:
+			e.Result = fmt.Sprintf("refused: workload %s's own address goes to its waypoint %s only over HBONE, whose authority names it, and no instance is reached through the tunnel (no CA), so connect() fails with ECONNREFUSED",
+				svc.Waypoint.Workload, svc.Waypoint.Address)
 		case denied == eligible:
 			e.Result = fmt.Sprintf("denied: policies deny every eligible endpoint of service %s, so connect() fails with EACCES", svc.Key())
 		default:
@@ -118,6 +127,10 @@ func Explain(m *model.Mesh, node string, enrolled []string, who map[string]strin
 			}
 			if n := tunnelled(e.Endpoints); n > 0 {
 				e.Result += fmt.Sprintf("; %d of them through the HBONE tunnel (mutual TLS, see TUNNEL)", n)
+			}
+			if svc.AnyPort() {
+				e.Result = fmt.Sprintf("to workload %s through its waypoint %s (HBONE authority %s): %s", svc.Waypoint.Workload, svc.Waypoint.Address,
+					netip.AddrPortFrom(addr, dst.Port()), e.Result)
 			}
 		}
 	}
@@ -178,6 +191,22 @@ func explainPolicy(ix *authz.Index, src, dst *model.Workload, to netip.AddrPort)
 // findService returns the service with address addr, and its port port
 // (nil if it has none).
 func findService(m *model.Mesh, addr netip.Addr, port uint16) (*model.Service, *model.ServicePort) {
+	// A workload's own address with a waypoint takes every port that no
+	// service port of the same address has, as the kernel looks it up.
+	var anyPort *model.Service
+	for i := range m.Services {
+		if s := &m.Services[i]; s.AnyPort() && slices.Contains(s.Addresses, addr) {
+			anyPort = s
+		}
+	}
+	for i := range m.Services {
+		if s := &m.Services[i]; s != anyPort && slices.Contains(s.Addresses, addr) && slices.ContainsFunc(s.Ports, func(p model.ServicePort) bool { return p.Port == port }) {
+			anyPort = nil
+		}
+	}
+	if anyPort != nil {
+		return anyPort, &model.ServicePort{Port: port, TargetPort: port, Protocol: model.ProtocolTCP}
+	}
 	for i := range m.Services {
 		s := &m.Services[i]
 		if !slices.Contains(s.Addresses, addr) {

@@ -383,7 +383,7 @@ type daemon struct {
 	// is unknown (service key -> why): their connects are refused.
 	unresolvedWaypoints map[string]string
 	// unservedWorkloads are the workloads with a waypoint of their own
-	// (workload key -> waypoint), whose connections are refused.
+	// (workload key -> waypoint), reached only through it.
 	unservedWorkloads map[string]string
 }
 
@@ -556,8 +556,8 @@ func (d *daemon) applied(c, undo *model.Changes, full bool) error {
 
 // trackWaypoints keeps the services whose waypoint is unknown, logs each
 // one that becomes so, and sets kmesh_waypoint_unresolved_services; and
-// the same for workloads with a waypoint of their own (refused) and
-// kmesh_waypoint_unserved_workloads. It looks only at what c changes.
+// the same for workloads with a waypoint of their own (reached only
+// through it) and kmesh_waypoint_unserved_workloads. It looks only at what c changes.
 func (d *daemon) trackWaypoints(c *model.Changes, full bool) {
 	if full || d.unresolvedWaypoints == nil {
 		d.unresolvedWaypoints = map[string]string{}
@@ -589,13 +589,13 @@ func (d *daemon) trackWaypoints(c *model.Changes, full bool) {
 		key := w.Key()
 		if w.Waypoint == "" {
 			if _, was := d.unservedWorkloads[key]; was {
-				d.log.Info("workload waypoint removed: connections allowed by policy again", "workload", key)
+				d.log.Info("workload waypoint removed: connections go to the workload again", "workload", key)
 			}
 			delete(d.unservedWorkloads, key)
 			continue
 		}
 		if d.unservedWorkloads[key] != w.Waypoint {
-			d.log.Warn("workload waypoint not served: connections to it refused", "workload", key, "waypoint", w.Waypoint)
+			d.log.Info("workload waypoint: connections to its address go through the waypoint", "workload", key, "waypoint", w.Waypoint)
 		}
 		d.unservedWorkloads[key] = w.Waypoint
 	}

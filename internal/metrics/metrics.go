@@ -44,7 +44,8 @@ const (
 	// waypoint this node does not know: connects to them are refused.
 	WaypointUnresolved = "kmesh_waypoint_unresolved_services"
 	// WaypointUnserved counts workloads whose control plane gave them a
-	// waypoint of their own: connections to their addresses are refused.
+	// waypoint of their own: connections to their addresses go through it
+	// (the name is from before such waypoints were served).
 	WaypointUnserved = "kmesh_waypoint_unserved_workloads"
 )
 
@@ -138,7 +139,7 @@ func New(src Sources, log *slog.Logger) *Metrics {
 		}),
 		waypointUnserved: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: WaypointUnserved,
-			Help: "Workloads whose control plane assigned a waypoint for traffic to their own address, which this node does not carry through a waypoint: connections to them are refused (except from the waypoint's instances), never sent around it.",
+			Help: "Workloads whose control plane assigned a waypoint for traffic to their own address: connections to them go through that waypoint over HBONE (refused without a CA), and connections around it are refused (except from the waypoint's instances).",
 		}),
 		ringbufLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: RingbufLostRecords,
@@ -279,7 +280,7 @@ func (o *onceLogger) report(err error) {
 func (m *Metrics) SetWaypointUnresolved(n int) { m.waypointUnresolved.Set(float64(n)) }
 
 // SetWaypointUnserved sets how many workloads have a waypoint of their
-// own, whose connections are refused.
+// own, reached only through it.
 func (m *Metrics) SetWaypointUnserved(n int) { m.waypointUnserved.Set(float64(n)) }
 
 // SetPoliciesNotEnforced sets how many policies of each action the mesh

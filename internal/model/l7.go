@@ -339,6 +339,66 @@ func (s *Service) UsesWaypoint() string {
 	return ns + "/" + name
 }
 
+// UsesWaypoint returns the key (namespace/name) of the Gateway the
+// workload's own labels name for traffic to its addresses, or "". The
+// Gateway serves it only when it is for workloads ([Mesh.WorkloadWaypoint]).
+func (w *Workload) UsesWaypoint() string {
+	name := w.Labels[LabelUseWaypoint]
+	if name == "" || name == "none" {
+		return ""
+	}
+	ns := w.Labels[LabelUseWaypointNamespace]
+	if ns == "" {
+		ns = w.Namespace
+	}
+	return ns + "/" + name
+}
+
+// Values of LabelWaypointFor.
+const (
+	WaypointForService  = "service"
+	WaypointForWorkload = "workload"
+	WaypointForAll      = "all"
+	WaypointForNone     = "none"
+)
+
+// WaypointFor is the traffic the Gateway serves as a waypoint: its
+// istio.io/waypoint-for label, service when unset, as istiod reads it.
+func (g *Gateway) WaypointFor() string {
+	if wf := g.Labels[LabelWaypointFor]; wf != "" {
+		return wf
+	}
+	return WaypointForService
+}
+
+// ServiceWaypoint returns the key of the waypoint that service traffic
+// of s goes through: the Gateway its label names, when that Gateway
+// serves services (waypoint-for service or all); else "".
+func (m *Mesh) ServiceWaypoint(s *Service) string {
+	key := s.UsesWaypoint()
+	if key == "" {
+		return ""
+	}
+	if g := m.Gateway(key); g != nil && g.WaypointFor() != WaypointForService && g.WaypointFor() != WaypointForAll {
+		return ""
+	}
+	return key
+}
+
+// WorkloadWaypoint returns the key of the waypoint that traffic to w's
+// own addresses goes through: the Gateway its label names, when that
+// Gateway serves workloads (waypoint-for workload or all); else "".
+func (m *Mesh) WorkloadWaypoint(w *Workload) string {
+	key := w.UsesWaypoint()
+	if key == "" || w.IsWaypoint() {
+		return ""
+	}
+	if g := m.Gateway(key); g == nil || (g.WaypointFor() != WaypointForWorkload && g.WaypointFor() != WaypointForAll) {
+		return ""
+	}
+	return key
+}
+
 // Gateway returns the gateway with the key namespace/name, or nil.
 func (m *Mesh) Gateway(key string) *Gateway {
 	for i := range m.Gateways {
@@ -407,6 +467,14 @@ func (m *Mesh) validateL7() error {
 		s := &m.Services[i]
 		if key := s.UsesWaypoint(); key != "" && !gws[key] {
 			return fmt.Errorf("service %s: waypoint %s does not exist", s.Key(), key)
+		}
+	}
+	// A workload checked alone (State.Check) comes without the mesh's
+	// gateways; the file source names a missing one with file:line.
+	for i := range m.Workloads {
+		w := &m.Workloads[i]
+		if key := w.UsesWaypoint(); key != "" && !gws[key] && len(m.Gateways) > 0 {
+			return fmt.Errorf("workload %s: waypoint %s does not exist", w.Key(), key)
 		}
 	}
 	return nil

@@ -94,7 +94,21 @@ type ServiceWaypoint struct {
 	Address string
 	// Unresolved says why the waypoint is not known ("" when it is).
 	Unresolved string
+	// Workload, when set, is the key of the workload whose own addresses
+	// this service stands for (a waypoint for workload traffic,
+	// istio.io/waypoint-for workload or all): its one port, 0, is every
+	// port, and each connection keeps the port it dialed. Such a
+	// connection is carried to a waypoint instance only over HBONE, the
+	// workload's address and port as authority; the kernel refuses it
+	// when the instance is not reached through the tunnel (no CA), since
+	// a plaintext connection to the waypoint would not say which workload
+	// it is for. Made by WithWaypointRedirect (file) and the xDS source.
+	Workload string
 }
+
+// AnyPort reports whether the service is a workload's own address (see
+// ServiceWaypoint.Workload): one port 0 that takes every port.
+func (s *Service) AnyPort() bool { return s.Waypoint != nil && s.Waypoint.Workload != "" }
 
 // Key is the service's unique name in the mesh: namespace/name.
 func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
@@ -155,11 +169,13 @@ type Workload struct {
 	// Locality is where the workload runs, for locality-aware balancing.
 	Locality Locality
 	// Waypoint is the waypoint the control plane gave the workload for
-	// traffic to its own address (waypoint-for workload or all). Nothing
-	// here carries workload-addressed traffic through a waypoint
-	// (kmesh-waypoint serves services), so the xDS source gives such a
-	// workload a deny policy (kmesh-system/waypoint-not-served-...) that
-	// refuses every mesh client but the waypoint's instances.
+	// traffic to its own address (waypoint-for workload or all). The xDS
+	// source sends connections to the workload's addresses to the
+	// waypoint's instances (a service standing for the workload,
+	// ServiceWaypoint.Workload) and gives the workload a deny policy
+	// (kmesh-system/waypoint-not-served-...) that refuses every client
+	// but the waypoint's instances, so nothing reaches it around the
+	// waypoint.
 	Waypoint string
 	// WaypointInstanceOf is the waypoint (as the control plane names it:
 	// namespace/hostname or address) this workload is an instance of. The
@@ -340,7 +356,7 @@ func (m *Mesh) Validate() error {
 			return fmt.Errorf("service %s: no ports", s.Key())
 		}
 		for _, p := range s.Ports {
-			if p.Port == 0 || p.TargetPort == 0 {
+			if (p.Port == 0 || p.TargetPort == 0) && !(s.AnyPort() && p.Port == 0 && p.TargetPort == 0 && len(s.Ports) == 1) {
 				return fmt.Errorf("service %s: port %d->%d: ports must be 1..65535", s.Key(), p.Port, p.TargetPort)
 			}
 			if p.Protocol != ProtocolTCP {

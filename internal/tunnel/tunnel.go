@@ -96,7 +96,7 @@ func newView(s *State) *view {
 	v := &view{state: s, byAddr: map[netip.Addr]*model.Workload{}, waypointed: map[netip.Addr]bool{}, authz: authz.NewIndex(s.Mesh)}
 	for i := range s.Mesh.Services {
 		svc := &s.Mesh.Services[i]
-		if svc.UsesWaypoint() == "" && svc.Waypoint == nil {
+		if s.Mesh.ServiceWaypoint(svc) == "" && svc.Waypoint == nil {
 			continue
 		}
 		for _, a := range svc.Addresses {

@@ -50,6 +50,10 @@ type snapshot struct {
 	principals map[*model.Workload]string
 	// gatewayPolicies target the Gateway: every request through it.
 	gatewayPolicies []*model.L7Policy
+	// workloads are the workloads whose own addresses this waypoint
+	// serves (waypoint-for workload or all), by address: a connection to
+	// one goes to that workload alone, on the port it was for.
+	workloads map[netip.Addr]*service
 }
 
 // service is a service of the mesh as a backend, and, when it uses this
@@ -59,6 +63,10 @@ type service struct {
 	key       string
 	ports     map[uint16]*servicePort
 	endpoints []endpoint
+	// workload is set when this stands for a workload's own addresses
+	// (snapshot.workloads): its one endpoint is the workload, its ports
+	// are made per port dialed (portFor).
+	workload *model.Workload
 	// The fields below are set only for services using this waypoint.
 	served   bool
 	hosts    []string // names Istio matches in a VirtualService
@@ -149,7 +157,7 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 			})
 		}
 		s.services[svc.key] = svc
-		if ms.UsesWaypoint() != gatewayKey {
+		if mesh.ServiceWaypoint(ms) != gatewayKey {
 			continue
 		}
 		svc.served = true
@@ -165,6 +173,7 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 			}
 		}
 	}
+	s.addWorkloads(mesh, gatewayKey)
 	for i := range mesh.Routes {
 		if err := s.attachRoute(&mesh.Routes[i]); err != nil {
 			return nil, fmt.Errorf("route %s: %w", mesh.Routes[i].Key(), err)
@@ -203,6 +212,78 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 		}
 	}
 	return s, nil
+}
+
+// addWorkloads adds the workloads that use this waypoint for traffic to
+// their own addresses. A port of theirs that a service targets takes that
+// service port's protocol (appProtocol); any other is detected.
+func (s *snapshot) addWorkloads(mesh *model.Mesh, gatewayKey string) {
+	for i := range mesh.Workloads {
+		w := &mesh.Workloads[i]
+		if mesh.WorkloadWaypoint(w) != gatewayKey || len(w.Addresses) == 0 {
+			continue
+		}
+		if s.workloads == nil {
+			s.workloads = map[netip.Addr]*service{}
+		}
+		svc := &service{m: &model.Service{Namespace: w.Namespace, Addresses: w.Addresses}, key: "workload:" + w.Key(),
+			ports: map[uint16]*servicePort{}, workload: w, served: true}
+		for _, a := range w.Addresses {
+			svc.endpoints = append(svc.endpoints, endpoint{workload: w.Key(), addr: a, weight: 1, identity: s.principals[w]})
+			s.workloads[a] = svc
+		}
+		// One endpoint per address, each of its own family: the pick
+		// below must reach the address dialed, so keep the first only
+		// when it is the one (portFor narrows per connection).
+		for j := range mesh.Services {
+			ms := &mesh.Services[j]
+			if !slices.ContainsFunc(ms.Endpoints, func(e model.Endpoint) bool { return e.Workload == w.Key() }) {
+				continue
+			}
+			for _, p := range ms.Ports {
+				if _, ok := svc.ports[p.TargetPort]; !ok {
+					svc.ports[p.TargetPort] = svc.newPort(p.TargetPort, protocolOf(p.AppProtocol))
+				}
+			}
+		}
+	}
+}
+
+// newPort is a port of a workload's own address.
+func (svc *service) newPort(port uint16, proto protocol) *servicePort {
+	sp := &servicePort{svc: svc, port: port, targetPort: port, proto: proto}
+	sp.self = &backend{svc: svc, port: port, weight: 1, name: fmt.Sprintf("%s:%d", svc.key, port)}
+	return sp
+}
+
+// workloadPort returns the port of the workload address dst this waypoint
+// serves, or nil. A port no service targets is made for the connection
+// (the snapshot never changes).
+func (s *snapshot) workloadPort(dst netip.AddrPort) *servicePort {
+	svc := s.workloads[dst.Addr()]
+	if svc == nil {
+		return nil
+	}
+	if len(svc.endpoints) > 1 {
+		// Reach the address dialed, not another of the workload's.
+		one := *svc
+		one.endpoints = nil
+		for _, e := range svc.endpoints {
+			if e.addr == dst.Addr() {
+				one.endpoints = append(one.endpoints, e)
+			}
+		}
+		one.ports = map[uint16]*servicePort{}
+		sp := one.newPort(dst.Port(), protoDetect)
+		if known := svc.ports[dst.Port()]; known != nil {
+			sp.proto = known.proto
+		}
+		return sp
+	}
+	if sp := svc.ports[dst.Port()]; sp != nil {
+		return sp
+	}
+	return svc.newPort(dst.Port(), protoDetect)
 }
 
 // pickAddr returns the workload address of the family of the service's

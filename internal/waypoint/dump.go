@@ -17,7 +17,10 @@ import (
 type ConfigDump struct {
 	Gateway  string         `json:"gateway"`
 	Services []ServiceDump  `json:"services"`
-	Policies []string       `json:"policies"` // policies targeting the Gateway
+	// Workloads are the workloads whose own addresses this waypoint
+	// serves (waypoint-for workload or all), namespace/name.
+	Workloads []WorkloadDump `json:"workloads,omitempty"`
+	Policies  []string       `json:"policies"` // policies targeting the Gateway
 	Routes   []RouteDump    `json:"routes"`
 	Faults   []FaultDump    `json:"faults,omitempty"`
 	Backends []BackendState `json:"backends"`
@@ -30,6 +33,16 @@ type ServiceDump struct {
 	Addresses []string `json:"addresses"`
 	Ports     []string `json:"ports"` // port/protocol, e.g. 80/HTTP
 	Policies  []string `json:"policies,omitempty"`
+}
+
+// WorkloadDump is one workload whose own addresses this waypoint serves:
+// a connection to one of them goes to that workload on the port dialed.
+type WorkloadDump struct {
+	Workload  string   `json:"workload"`
+	Addresses []string `json:"addresses"`
+	// Ports are the ports a service targets, with that port's protocol;
+	// every other port is detected.
+	Ports []string `json:"ports,omitempty"`
 }
 
 // RouteDump is one route rule match in the order the waypoint tries them on
@@ -69,6 +82,22 @@ func (p *Proxy) Dump() *ConfigDump {
 	d := &ConfigDump{Gateway: s.gateway.Key(), Services: []ServiceDump{}, Routes: []RouteDump{}, Backends: []BackendState{}}
 	for _, pol := range s.gatewayPolicies {
 		d.Policies = append(d.Policies, pol.Key())
+	}
+	seen := map[*service]bool{}
+	for _, a := range slices.SortedFunc(maps.Keys(s.workloads), netip.Addr.Compare) {
+		svc := s.workloads[a]
+		if seen[svc] {
+			continue
+		}
+		seen[svc] = true
+		wd := WorkloadDump{Workload: svc.workload.Key()}
+		for _, wa := range svc.workload.Addresses {
+			wd.Addresses = append(wd.Addresses, wa.String())
+		}
+		for _, port := range slices.Sorted(maps.Keys(svc.ports)) {
+			wd.Ports = append(wd.Ports, fmt.Sprintf("%d/%s", port, svc.ports[port].proto))
+		}
+		d.Workloads = append(d.Workloads, wd)
 	}
 	keys := make([]string, 0, len(s.services))
 	for k := range s.services {
@@ -231,6 +260,8 @@ func (p *Proxy) Explain(src netip.Addr, method, rawURL string, header http.Heade
 	if a, err := netip.ParseAddr(u.Hostname()); err == nil {
 		dst := netip.AddrPortFrom(a, port)
 		if sp := s.byDst[dst]; sp != nil {
+			info = &connInfo{dst: dst, sp: sp, port: port}
+		} else if sp := s.workloadPort(dst); sp != nil {
 			info = &connInfo{dst: dst, sp: sp, port: port}
 		}
 	}

@@ -13,15 +13,17 @@ import (
 	"github.com/kmesh-go/kmesh/internal/hbone"
 )
 
-// Serves reports whether dst (a VIP:port) is a service port of this
-// waypoint.
+// Serves reports whether dst is a service port (VIP:port) of this
+// waypoint, or an address of a workload it serves (podIP:port).
 func (p *Proxy) Serves(dst netip.AddrPort) bool {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	return p.snap.Load().byDst[dst] != nil
+	s := p.snap.Load()
+	return s.byDst[dst] != nil || s.workloads[dst.Addr()] != nil
 }
 
 // HBONEConnect is an hbone.Server's Connect hook: a CONNECT to a service's
-// VIP:port (what kmeshd's tunnel sends, as ztunnel does; or this
+// VIP:port or a served workload's podIP:port (what kmeshd's tunnel sends,
+// as ztunnel does; or this
 // waypoint's own address and a service's port, mapped by port as on the
 // plaintext ports) becomes a connection of the engine, from the client's verified
 // identity (the principal its L7 authorization policies see, as Istio's

@@ -130,7 +130,7 @@ func (p *Proxy) labels(s *snapshot, r *http.Request, rq *request) []string {
 		srcPrincipal = "spiffe://" + srcPrincipal
 	}
 	var svcHost, svcName, svcNS, dstName, dstNS, dstPrincipal, dstApp, dstVer string
-	if rq.svc != nil {
+	if rq.svc != nil && rq.svc.workload == nil { // a workload's own address has no service
 		svcName, svcNS = rq.svc.m.Name, rq.svc.m.Namespace
 		svcHost = svcName + "." + svcNS + ".svc.cluster.local"
 	}

@@ -146,7 +146,7 @@ func (p *Proxy) Update(mesh *model.Mesh) error {
 			p.dropUpstreams(changed)
 		}
 	}
-	p.log.Info("config applied", "services", len(s.byDst), "routes", len(mesh.Routes),
+	p.log.Info("config applied", "services", len(s.byDst), "workloads", len(s.workloads), "routes", len(mesh.Routes),
 		"policies", len(mesh.WaypointPolicies))
 	return nil
 }
@@ -189,12 +189,16 @@ type hostPort struct {
 type connKey struct{}
 
 // ServeConn proxies one connection whose original destination is dst (a
-// service VIP:port) from peer. It returns at once; the connection is closed
+// service VIP:port, or podIP:port of a workload this waypoint serves) from
+// peer. It returns at once; the connection is closed
 // when done.
 func (p *Proxy) ServeConn(c net.Conn, dst netip.AddrPort, peer Peer) {
 	s := p.snap.Load()
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	sp := s.byDst[dst]
+	if sp == nil {
+		sp = s.workloadPort(dst)
+	}
 	if sp == nil {
 		p.log.Debug("connection to a destination this waypoint does not serve", "dst", dst, "peer", peer.Addr)
 		c.Close()

@@ -238,6 +238,13 @@ type ExplainService struct {
 	// Priority says which locality priority the connect picks from and
 	// why; empty without a routing preference.
 	Priority string `json:"priority,omitempty"`
+	// Waypoint is the waypoint the service's connections go to (its
+	// endpoints are the waypoint's instances); empty without one.
+	Waypoint string `json:"waypoint,omitempty"`
+	// Workload is set when the destination is a workload's own address
+	// that goes through its waypoint (waypoint-for workload or all): the
+	// service stands for that workload on every port.
+	Workload string `json:"workload,omitempty"`
 }
 
 // ExplainEndpoint is one endpoint of the matched service and whether a

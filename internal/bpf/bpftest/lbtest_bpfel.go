@@ -242,6 +242,7 @@ const (
 	lbTestProgTestAffinityDropsRemovedBackend             = "test_affinity_drops_removed_backend"
 	lbTestProgTestAffinityKeepsClientUntilTimeout         = "test_affinity_keeps_client_until_timeout"
 	lbTestProgTestAllEjectedStillConnects                 = "test_all_ejected_still_connects"
+	lbTestProgTestAnyPortFrontendKeepsThePort             = "test_any_port_frontend_keeps_the_port"
 	lbTestProgTestBackendWithoutFamilyIsUnreachable       = "test_backend_without_family_is_unreachable"
 	lbTestProgTestEjectionAfterConsecutiveFailures        = "test_ejection_after_consecutive_failures"
 	lbTestProgTestEjectionKeepsFloor                      = "test_ejection_keeps_floor"
@@ -313,6 +314,7 @@ type lbTestProgramSpecs struct {
 	TestAffinityDropsRemovedBackend             *ebpf.ProgramSpec `ebpf:"test_affinity_drops_removed_backend"`
 	TestAffinityKeepsClientUntilTimeout         *ebpf.ProgramSpec `ebpf:"test_affinity_keeps_client_until_timeout"`
 	TestAllEjectedStillConnects                 *ebpf.ProgramSpec `ebpf:"test_all_ejected_still_connects"`
+	TestAnyPortFrontendKeepsThePort             *ebpf.ProgramSpec `ebpf:"test_any_port_frontend_keeps_the_port"`
 	TestBackendWithoutFamilyIsUnreachable       *ebpf.ProgramSpec `ebpf:"test_backend_without_family_is_unreachable"`
 	TestEjectionAfterConsecutiveFailures        *ebpf.ProgramSpec `ebpf:"test_ejection_after_consecutive_failures"`
 	TestEjectionKeepsFloor                      *ebpf.ProgramSpec `ebpf:"test_ejection_keeps_floor"`
@@ -462,6 +464,7 @@ type lbTestPrograms struct {
 	TestAffinityDropsRemovedBackend             *ebpf.Program `ebpf:"test_affinity_drops_removed_backend"`
 	TestAffinityKeepsClientUntilTimeout         *ebpf.Program `ebpf:"test_affinity_keeps_client_until_timeout"`
 	TestAllEjectedStillConnects                 *ebpf.Program `ebpf:"test_all_ejected_still_connects"`
+	TestAnyPortFrontendKeepsThePort             *ebpf.Program `ebpf:"test_any_port_frontend_keeps_the_port"`
 	TestBackendWithoutFamilyIsUnreachable       *ebpf.Program `ebpf:"test_backend_without_family_is_unreachable"`
 	TestEjectionAfterConsecutiveFailures        *ebpf.Program `ebpf:"test_ejection_after_consecutive_failures"`
 	TestEjectionKeepsFloor                      *ebpf.Program `ebpf:"test_ejection_keeps_floor"`
@@ -488,6 +491,7 @@ func (p *lbTestPrograms) Close() error {
 		p.TestAffinityDropsRemovedBackend,
 		p.TestAffinityKeepsClientUntilTimeout,
 		p.TestAllEjectedStillConnects,
+		p.TestAnyPortFrontendKeepsThePort,
 		p.TestBackendWithoutFamilyIsUnreachable,
 		p.TestEjectionAfterConsecutiveFailures,
 		p.TestEjectionKeepsFloor,

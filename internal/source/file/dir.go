@@ -41,7 +41,7 @@ type dir struct {
 	// services that may select it without a look at the others.
 	selectors map[string]map[string]map[string]struct{}
 	policies  []*policy // kernel workload-selector policies of all files
-	waypoints int       // services using a waypoint
+	waypoints int       // services and workloads using a waypoint
 	peerAuths int
 
 	// What the mesh handed over holds, for the incremental diff.
@@ -286,6 +286,9 @@ func labelKey(k, v string) string { return k + "\x00" + v }
 
 func (d *dir) indexWorkload(w *workload) {
 	d.workloads[w.key] = w
+	if w.UsesWaypoint() != "" {
+		d.waypoints++
+	}
 	ns := d.labels[w.Namespace]
 	if ns == nil {
 		ns = map[string]map[string]struct{}{}
@@ -305,6 +308,9 @@ func (d *dir) unindexWorkload(w *workload) {
 	// By key: an unchanged workload keeps the pointer of an older part.
 	// Keys are unique across files (check).
 	delete(d.workloads, w.key)
+	if w.UsesWaypoint() != "" {
+		d.waypoints--
+	}
 	ns := d.labels[w.Namespace]
 	for k, v := range w.Labels {
 		if set := ns[labelKey(k, v)]; set != nil {

@@ -141,9 +141,28 @@ func (p *parser) gateway(n *yaml.Node, path string) *gateway {
 		p.list(v, join(sp, "addresses"), func(item *yaml.Node, path string) { p.fields(item, path, "type", "value") })
 	}
 	if wf := g.Labels[model.LabelWaypointFor]; wf != "" && !slices.Contains([]string{"service", "workload", "all", "none"}, wf) {
-		p.errorf(n, join(path, "metadata.labels"), "%s: %q is not service, workload, all or none", model.LabelWaypointFor, wf)
+		p.errorf(mapValue(n, "metadata", "labels", model.LabelWaypointFor), join(path, "metadata.labels"), "%s: %q is not service, workload, all or none", model.LabelWaypointFor, wf)
 	}
 	return g
+}
+
+// mapValue returns the value at keys under the mapping n (the label
+// itself, for an error's line), or n when a key is missing.
+func mapValue(n *yaml.Node, keys ...string) *yaml.Node {
+	at := resolve(n)
+	for _, k := range keys {
+		var next *yaml.Node
+		for i := 0; at.Kind == yaml.MappingNode && i+1 < len(at.Content); i += 2 {
+			if at.Content[i].Value == k {
+				next = resolve(at.Content[i+1])
+			}
+		}
+		if next == nil {
+			return n
+		}
+		at = next
+	}
+	return at
 }
 
 // route is a parsed HTTPRoute or GRPCRoute.
@@ -926,9 +945,9 @@ func (p *parser) percentage(f map[string]*yaml.Node, path string, def float64) f
 }
 
 // checkL7 reports L7 objects defined twice, routes whose parents or
-// backends do not exist and services naming a missing waypoint; it runs
-// after every object is read.
-func (p *parser) checkL7(gws []*gateway, routes []*route, vss []*virtualService, services []*service) {
+// backends do not exist and services and workloads naming a missing
+// waypoint; it runs after every object is read.
+func (p *parser) checkL7(gws []*gateway, routes []*route, vss []*virtualService, services []*service, workloads []*workload) {
 	gwFirst := map[string]*gateway{}
 	for _, g := range gws {
 		if g.nameNode == nil {
@@ -997,6 +1016,11 @@ func (p *parser) checkL7(gws []*gateway, routes []*route, vss []*virtualService,
 	for _, s := range services {
 		if key := s.UsesWaypoint(); key != "" && gwFirst[key] == nil && s.labelsLine != 0 {
 			p.errorAt(s.labelsLine, join(s.path, "labels"), "%s: waypoint %s is not in gateways", model.LabelUseWaypoint, key)
+		}
+	}
+	for _, w := range workloads {
+		if key := w.UsesWaypoint(); key != "" && gwFirst[key] == nil && w.labelsLine != 0 {
+			p.errorAt(w.labelsLine, join(w.path, "labels"), "%s: waypoint %s is not in gateways", model.LabelUseWaypoint, key)
 		}
 	}
 }

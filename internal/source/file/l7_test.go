@@ -60,6 +60,19 @@ func TestParse_BadL7(t *testing.T) {
 	cases := []struct{ name, yaml, want string }{
 		{"unknown waypoint", `  labels: {istio.io/use-waypoint: nope}
 `, "mesh.yaml:5: services[0].labels: istio.io/use-waypoint: waypoint default/nope is not in gateways"},
+		{"workload's unknown waypoint", `workloads:
+- name: app
+  node: node-a
+  labels: {app: app, istio.io/use-waypoint: nope}
+`, "mesh.yaml:8: workloads[0].labels: istio.io/use-waypoint: waypoint default/nope is not in gateways"},
+		{"waypoint-for value", `gateways:
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: Gateway
+  metadata: {name: w, labels: {istio.io/waypoint-for: pods}}
+  spec:
+    gatewayClassName: kmesh-waypoint
+    listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+`, `mesh.yaml:8: gateways[0].metadata.labels: istio.io/waypoint-for: "pods" is not service, workload, all or none`},
 		{"gateway class", `gateways:
 - apiVersion: gateway.networking.k8s.io/v1
   kind: Gateway

@@ -154,6 +154,8 @@ type workload struct {
 	file     string // in a directory, the file that defines it (dir.swap)
 	path     string
 	nameLine int // 0 if the name is missing or invalid
+	// labelsLine is where the labels are, for the waypoint check (0: none).
+	labelsLine int
 }
 
 // mesh walks the root mapping into m, recording every problem in p.
@@ -236,7 +238,7 @@ func (p *parser) items(root *yaml.Node, external func() []*service) *part {
 	if len(routes) > 0 && external != nil {
 		ext = external()
 	}
-	p.checkL7(gateways, routes, vss, append(ext, services...))
+	p.checkL7(gateways, routes, vss, append(ext, services...), workloads)
 	p.checkPeerAuths(peerAuths)
 	return &part{services, workloads, policies, gateways, routes, vss, peerAuths}
 }
@@ -448,6 +450,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	}
 	if v := f["labels"]; v != nil {
 		w.Labels = p.labelSet(p.stringMap(v, join(path, "labels"), true))
+		w.labelsLine = v.Line
 	}
 	if v := f["addresses"]; v != nil {
 		p.workloadAddresses(w, v, join(path, "addresses"))

@@ -175,7 +175,10 @@ func crdObject(section string, u *unstructured.Unstructured) (object, error) {
 
 // podObject is a running, ready pod as a workload of the file; ok is
 // false for pods that take no traffic (not ready, no IP, host network).
-func podObject(p *corev1.Pod) (object, bool, error) {
+// Its use-waypoint label (or, without one, its namespace's in nsLabels)
+// is kept as serviceObject keeps a Service's: only when it names one of
+// gateways.
+func podObject(p *corev1.Pod, nsLabels map[string]string, gateways map[string]bool) (object, bool, error) {
 	if p.Spec.HostNetwork || p.Spec.NodeName == "" || p.Status.Phase != corev1.PodRunning || !podReady(p) {
 		return object{}, false, nil
 	}
@@ -193,8 +196,8 @@ func podObject(p *corev1.Pod) (object, bool, error) {
 		return object{}, false, nil
 	}
 	w := map[string]any{"name": p.Name, "namespace": p.Namespace, "addresses": addrs, "node": p.Spec.NodeName}
-	if len(p.Labels) > 0 {
-		w["labels"] = p.Labels
+	if lbls := useWaypointLabels(p.Labels, p.Namespace, nsLabels, gateways); len(lbls) > 0 {
+		w["labels"] = lbls
 	}
 	if p.Spec.ServiceAccountName != "" {
 		w["serviceAccount"] = p.Spec.ServiceAccountName
@@ -266,8 +269,21 @@ func serviceObject(s *corev1.Service, pods []*corev1.Pod, nsLabels map[string]st
 	if len(s.Spec.Selector) > 0 {
 		svc["selector"] = s.Spec.Selector
 	}
-	lbls := map[string]string{}
-	for k, v := range s.Labels {
+	if lbls := useWaypointLabels(s.Labels, s.Namespace, nsLabels, gateways); len(lbls) > 0 {
+		svc["labels"] = lbls
+	}
+	o, err := newObject("services", "Service", s.Namespace, s.Name, svc)
+	return o, err == nil, err
+}
+
+// useWaypointLabels returns a copy of an object's labels whose
+// use-waypoint is its own, else its namespace's (as istiod reads it; its
+// own "none" opts it out), kept only when it names one of gateways
+// (namespace/name): an object of another waypoint is not this one's
+// business.
+func useWaypointLabels(own map[string]string, namespace string, nsLabels map[string]string, gateways map[string]bool) map[string]string {
+	lbls := make(map[string]string, len(own)+2)
+	for k, v := range own {
 		lbls[k] = v
 	}
 	if lbls[model.LabelUseWaypoint] == "" && nsLabels[model.LabelUseWaypoint] != "" {
@@ -276,16 +292,12 @@ func serviceObject(s *corev1.Service, pods []*corev1.Pod, nsLabels map[string]st
 			lbls[model.LabelUseWaypointNamespace] = ns
 		}
 	}
-	svcLike := model.Service{Name: s.Name, Namespace: s.Namespace, Labels: lbls}
-	if key := svcLike.UsesWaypoint(); key != "" && !gateways[key] {
+	like := model.Workload{Namespace: namespace, Labels: lbls}
+	if key := like.UsesWaypoint(); key != "" && !gateways[key] {
 		delete(lbls, model.LabelUseWaypoint)
 		delete(lbls, model.LabelUseWaypointNamespace)
 	}
-	if len(lbls) > 0 {
-		svc["labels"] = lbls
-	}
-	o, err := newObject("services", "Service", s.Namespace, s.Name, svc)
-	return o, err == nil, err
+	return lbls
 }
 
 func namedPort(s *corev1.Service, pods []*corev1.Pod, name string) int32 {

@@ -90,7 +90,7 @@ func base(t *testing.T) []object {
 		objs = append(objs, o)
 	}
 	for _, p := range pods {
-		o, ok, err := podObject(p)
+		o, ok, err := podObject(p, nil, nil)
 		if err != nil || !ok {
 			t.Fatalf("pod %s: ok %v err %v", p.Name, ok, err)
 		}
@@ -178,11 +178,11 @@ func TestServiceObject_NamespaceWaypointAndOptOut(t *testing.T) {
 
 func TestPodObject_HBONEFromIstioAnnotation(t *testing.T) {
 	p := pod("hello-1", nil, "10.0.0.11")
-	if o, _, _ := podObject(p); strings.Contains(string(o.json), "tunnelProtocol") {
+	if o, _, _ := podObject(p, nil, nil); strings.Contains(string(o.json), "tunnelProtocol") {
 		t.Errorf("pod without the annotation: %s, want no tunnelProtocol", o.json)
 	}
 	p.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
-	if o, _, _ := podObject(p); !strings.Contains(string(o.json), `"tunnelProtocol":"HBONE"`) {
+	if o, _, _ := podObject(p, nil, nil); !strings.Contains(string(o.json), `"tunnelProtocol":"HBONE"`) {
 		t.Errorf("pod with ambient.istio.io/redirection=enabled: %s, want tunnelProtocol HBONE", o.json)
 	}
 }

@@ -288,7 +288,11 @@ func (s *Source) objects() ([]object, error) {
 		}
 	}
 	for _, p := range pods {
-		o, ok, err := podObject(p)
+		var nsLabels map[string]string
+		if obj, ok, _ := s.namespaces.GetStore().GetByKey(p.Namespace); ok {
+			nsLabels = obj.(*corev1.Namespace).Labels
+		}
+		o, ok, err := podObject(p, nsLabels, gateways)
 		if err != nil {
 			return nil, err
 		}

@@ -145,6 +145,11 @@ func buildMesh(st *store, ownEndpoints bool) *built {
 		}
 		m.Services = append(m.Services, ms)
 	}
+	for _, u := range unserved {
+		if ms, ok := wp.workloadService(&m.Workloads[u.i], u.ref); ok {
+			m.Services = append(m.Services, ms)
+		}
+	}
 	if wp != nil {
 		wp.markInstances(m, built)
 	}

@@ -113,14 +113,17 @@ func (wp *waypoints) redirect(s *service, ms *model.Service, notes *[]string) {
 }
 
 // A workload that istiod gives a waypoint of its own (waypoint-for
-// workload or all) should be reached, at its own address, only through
-// that waypoint. kmesh-waypoint serves service-addressed traffic only, so
-// nothing here can carry such a connection through it: the build gives
-// the workload a deny policy that refuses every mesh client except the
-// waypoint's instances (at the client's connect() with EACCES, and with a
-// SYN drop at the workload), rather than let clients go around the
-// waypoint. The policy's name says why; the workload's Waypoint field
-// names the waypoint.
+// workload or all) is reached, at its own address, only through that
+// waypoint, as ztunnel does: the build adds a service of the workload's
+// addresses on every port (model.WorkloadService) balanced over the
+// waypoint's instances, which kmeshd carries over HBONE with the
+// workload's address and port as authority (the kernel refuses it
+// otherwise), and gives the workload a deny policy that refuses every
+// client but the waypoint's instances (at the client's connect() with
+// EACCES, and with a SYN drop at the workload), so nothing reaches it
+// around the waypoint. The policy's name is the one it had when workload
+// waypoints were not served yet; the workload's Waypoint field names the
+// waypoint.
 
 // WaypointNotServedNamespace is the namespace of the deny policies the
 // xDS source makes for workloads with a waypoint of their own; their
@@ -171,11 +174,21 @@ func (wp *waypoints) refuse(mw *model.Workload, r *waypointRef, policies map[str
 	// A new slice: mw's may share its array with the converted workload's.
 	mw.Policies = append(slices.Clip(mw.Policies), p.Key())
 	mw.Waypoint = r.String()
-	note := fmt.Sprintf("workload %s: waypoint %s for traffic to its own address is not served here; connections to it are refused (policy %s)", mw.Key(), r, p.Key())
 	if why != "" {
-		note += "; " + why
+		b.notes = append(b.notes, fmt.Sprintf("workload %s: waypoint %s: %s; connections to the workload are refused until it is", mw.Key(), r, why))
 	}
-	b.notes = append(b.notes, note)
+}
+
+// workloadService is the service that sends connections to mw's own
+// addresses to its waypoint r (on the ports no service of the same
+// address has: the kernel looks those up first); ok is false when the
+// workload has no address.
+func (wp *waypoints) workloadService(mw *model.Workload, r *waypointRef) (model.Service, bool) {
+	if len(mw.Addresses) == 0 {
+		return model.Service{}, false
+	}
+	eps, why := wp.instances(r)
+	return model.WorkloadService(mw, r.String(), eps, why), true
 }
 
 // markInstances sets WaypointInstanceOf on the workloads (m.Workloads[i]

@@ -150,9 +150,10 @@ func TestWorkloadMesh_ServiceWaypoint(t *testing.T) {
 
 // TestWorkloadMesh_WorkloadWaypoint drives a workload that istiod gives a
 // waypoint of its own, before and after the waypoint and its instance
-// arrive: the workload always carries the deny policy that refuses
-// connections to its address, sparing only the waypoint's instances,
-// until it has no waypoint any more. The incremental path must agree with
+// arrive: its own addresses are a service on every port balanced over the
+// waypoint's instances (none: refused), and the workload carries the deny
+// policy that refuses connections to it from anyone but the waypoint's
+// instances, until it has no waypoint any more. The incremental path must agree with
 // the full build after every response.
 func TestWorkloadMesh_WorkloadWaypoint(t *testing.T) {
 	byHost := &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Hostname{
@@ -174,14 +175,15 @@ func TestWorkloadMesh_WorkloadWaypoint(t *testing.T) {
 	steps := []struct {
 		name, res string
 		value     *workloadapi.Address
-		refused   bool     // the workload carries the deny policy
+		refused   bool     // the workload carries the deny policy (and has its @waypoint service)
 		spared    []string // source addresses the policy spares
+		instances []string // the endpoints of its @waypoint service
 	}{
 		{name: "service", res: dbSvcName, value: dbSvc},
 		{name: "workload without waypoint", res: dbName, value: plain},
 		{name: "waypoint assigned, unknown", res: dbName, value: withWaypoint(), refused: true},
 		{name: "waypoint service without instance", res: wpName, value: wpSvc, refused: true},
-		{name: "an instance", res: w1, value: w1a, refused: true, spared: []string{"10.1.2.21/32"}},
+		{name: "an instance", res: w1, value: w1a, refused: true, spared: []string{"10.1.2.21/32"}, instances: []string{"default/wp-1"}},
 		{name: "instance gone", res: w1, refused: true},
 		{name: "no waypoint any more", res: dbName, value: plain},
 	}
@@ -215,6 +217,22 @@ func TestWorkloadMesh_WorkloadWaypoint(t *testing.T) {
 		db := state.Workload("default/db-1")
 		if db == nil {
 			continue
+		}
+		// Connections to the workload's own address go to the waypoint's
+		// instances on every port (none: refused).
+		ws := state.Service("default/db-1" + model.WorkloadServiceSuffix)
+		if (ws != nil) != s.refused {
+			t.Fatalf("%s: workload service %v, want %v", s.name, ws != nil, s.refused)
+		}
+		if ws != nil {
+			var eps []string
+			for _, e := range ws.Endpoints {
+				eps = append(eps, e.Workload)
+			}
+			if !ws.AnyPort() || ws.Waypoint.Workload != "default/db-1" || !slices.Equal(eps, s.instances) ||
+				(ws.Waypoint.Unresolved == "") != (len(s.instances) > 0) || ws.Addresses[0] != netip.MustParseAddr("10.1.1.31") {
+				t.Fatalf("%s: workload service %+v (waypoint %+v), want every port of 10.1.1.31 to %v", s.name, ws, ws.Waypoint, s.instances)
+			}
 		}
 		if got := slices.Contains(db.Policies, policy); got != s.refused {
 			t.Fatalf("%s: workload policies %v, want %s: %v", s.name, db.Policies, policy, s.refused)
