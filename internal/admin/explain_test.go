@@ -259,3 +259,42 @@ default/hello-3 <nil>`
 		t.Errorf("no CA: tunnel %+v, result %q", e.Tunnel, e.Result)
 	}
 }
+
+// TestExplain_WorkloadWaypoint: a workload's own address whose workload
+// uses a waypoint for workload traffic is explained as that workload
+// through its waypoint, on any port, tunnelled with the authority
+// podIP:port; without a CA, refused.
+func TestExplain_WorkloadWaypoint(t *testing.T) {
+	m := &model.Mesh{
+		Gateways: []model.Gateway{{Name: "wp", Namespace: "default", Labels: map[string]string{model.LabelWaypointFor: "workload"}}},
+		Workloads: []model.Workload{
+			{Name: "client", Namespace: "default", Node: "node-a", Netns: "/run/netns/client", Weight: 1,
+				Addresses: []netip.Addr{netip.MustParseAddr("10.1.1.10")}},
+			{Name: "app", Namespace: "default", Node: "node-b", Netns: "/run/netns/app", Weight: 1,
+				Addresses: []netip.Addr{netip.MustParseAddr("10.1.2.12")}, Labels: map[string]string{model.LabelUseWaypoint: "wp"}},
+			{Name: "wp-1", Namespace: "default", Node: "node-b", Netns: "/run/netns/wp", Weight: 1, ServiceAccount: "wp",
+				Addresses: []netip.Addr{netip.MustParseAddr("10.1.2.20")}, Labels: map[string]string{model.LabelGatewayName: "wp"}},
+		},
+	}
+	m = model.WithWaypointRedirect(m)
+	e, err := Explain(m, "node-a", []string{"/run/netns/client"}, nil, "cluster.local", "client", netip.MustParseAddrPort("10.1.2.12:9090"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := e.Service; s == nil || s.Workload != "default/app" || s.Waypoint != "default/wp" || s.Port != 9090 || s.TargetPort != 9090 {
+		t.Fatalf("service %+v, want workload default/app through waypoint default/wp on port 9090", e.Service)
+	}
+	if len(e.Endpoints) != 1 || e.Endpoints[0].Address != "10.1.2.20:9090" || e.Endpoints[0].Tunnel == nil {
+		t.Fatalf("endpoints %+v, want the waypoint's instance 10.1.2.20:9090 through the tunnel", e.Endpoints)
+	}
+	if !strings.Contains(e.Result, "to workload default/app through its waypoint default/wp (HBONE authority 10.1.2.12:9090)") {
+		t.Errorf("result %q", e.Result)
+	}
+	e, err = Explain(m, "node-a", []string{"/run/netns/client"}, nil, "", "client", netip.MustParseAddrPort("10.1.2.12:9090"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(e.Result, "refused: workload default/app's own address goes to its waypoint default/wp only over HBONE") {
+		t.Errorf("without a CA: result %q, want refused", e.Result)
+	}
+}

@@ -15,15 +15,15 @@ import (
 // ConfigDump is the waypoint's /config_dump: what it serves and how each
 // request would be routed, shaped like kmeshd's (camelCase JSON).
 type ConfigDump struct {
-	Gateway  string         `json:"gateway"`
-	Services []ServiceDump  `json:"services"`
+	Gateway  string        `json:"gateway"`
+	Services []ServiceDump `json:"services"`
 	// Workloads are the workloads whose own addresses this waypoint
 	// serves (waypoint-for workload or all), namespace/name.
 	Workloads []WorkloadDump `json:"workloads,omitempty"`
 	Policies  []string       `json:"policies"` // policies targeting the Gateway
-	Routes   []RouteDump    `json:"routes"`
-	Faults   []FaultDump    `json:"faults,omitempty"`
-	Backends []BackendState `json:"backends"`
+	Routes    []RouteDump    `json:"routes"`
+	Faults    []FaultDump    `json:"faults,omitempty"`
+	Backends  []BackendState `json:"backends"`
 }
 
 // ServiceDump is one service this waypoint serves.

@@ -99,12 +99,13 @@ func TestXds_ServiceWaypoint(t *testing.T) {
 
 // TestXds_WorkloadWaypoint gives pod hello-2 a waypoint of its own in the
 // workload API, as istiod does for a pod labelled istio.io/use-waypoint
-// with a waypoint-for workload waypoint. Nothing carries traffic to a pod
-// address through a waypoint yet, so the mesh client's connect() to
-// hello-2's address fails at once with EACCES (never sent around the
-// waypoint), logged, counted and shown in /config_dump; hello-3, without
-// a waypoint, still answers; when the waypoint is taken away, hello-2
-// answers again.
+// with a waypoint-for workload waypoint, a waypoint the workload API does
+// not have: the mesh client's connect() to hello-2's address fails at once
+// with ECONNREFUSED (its @waypoint service has no endpoint: never sent
+// around the waypoint), logged, counted and shown in /config_dump; hello-3,
+// without a waypoint, still answers; when the waypoint is taken away,
+// hello-2 answers again. (TestWaypoint_Workload carries such traffic
+// through a waypoint that exists.)
 func TestXds_WorkloadWaypoint(t *testing.T) {
 	m := newMesh(t)
 	srv := xdstest.Start(t, "")
@@ -139,15 +140,16 @@ func TestXds_WorkloadWaypoint(t *testing.T) {
 		}
 	}
 
-	t.Run("pod_with_waypoint_refused_with_eacces", func(t *testing.T) {
+	t.Run("pod_with_unknown_waypoint_refused", func(t *testing.T) {
 		for _, u := range []string{"http://10.1.2.12:8080/", "http://[fd00:1:2::12]:8080/"} {
 			rs := m.get("client", "--url", u, "--count", "1", "--timeout", "5s")
-			if len(rs) != 1 || !strings.Contains(rs[0].Error, "connect: permission denied") {
-				t.Fatalf("%s: %+v, want connect: permission denied (EACCES)", u, rs)
+			if len(rs) != 1 || !strings.Contains(rs[0].Error, "connect: connection refused") {
+				t.Fatalf("%s: %+v, want connect: connection refused (the waypoint is unknown)", u, rs)
 			}
 		}
 		unserved(t, 1)
-		k.waitLog(t, "workload waypoint not served: connections to it refused", 1)
+		k.waitLog(t, "workload waypoint: connections to its address go through the waypoint", 1)
+		k.waitLog(t, "service waypoint unknown: connections refused", 1)
 		var found bool
 		for _, w := range k.configDump(t).Workloads {
 			if w.Name == "hello-2" {
