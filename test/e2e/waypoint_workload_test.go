@@ -141,9 +141,13 @@ func TestWaypoint_Workload(t *testing.T) {
 		t.Errorf("node-b's tunnel took no HBONE stream from the waypoint to 10.1.2.12:8080:\n%s", tail(h.tunnels["node-b"].Stderr(), 3000))
 	}
 	body := m.get("outsider", "--url", "http://10.1.2.20:15020/metrics", "--print-body")[0].Body
-	if !hasLine(body, "istio_requests_total{", `destination_workload="app"`, `destination_service="unknown"`, `response_code="403"`,
-		`source_principal="spiffe://cluster.local/ns/default/sa/client"`) {
-		t.Errorf("waypoint metrics: no 403 to workload app (service unknown) from sa/client:\n%s", body)
+	// A request the policy denies reaches no endpoint (its destination
+	// labels are unknown, as for services); an answered one names the
+	// workload, and no service.
+	if !hasLine(body, "istio_requests_total{", `destination_workload="app"`, `destination_service="unknown"`, `response_code="200"`,
+		`source_principal="spiffe://cluster.local/ns/default/sa/client"`, `connection_security_policy="mutual_tls"`) ||
+		!hasLine(body, "istio_requests_total{", `response_code="403"`, `source_principal="spiffe://cluster.local/ns/default/sa/client"`) {
+		t.Errorf("waypoint metrics: no 200 to workload app (service unknown) or no 403, from sa/client:\n%s", body)
 	}
 
 	// waypoint-for=service: the VIP through the waypoint, the pod not.
