@@ -150,7 +150,7 @@ func (c *adsClient) handle(resp *discovery.DiscoveryResponse) []*discovery.Disco
 	first := !c.synced[t]
 	c.synced[t] = true
 	ready := c.synced[ClusterType] && c.synced[ListenerType] && (len(names) == 0 || c.synced[EndpointType])
-	conflicts, err := c.eng.commit(staged, fresh, ready, nil)
+	conflicts, err := c.eng.commit(staged, func(k resourceKey) bool { return fresh[k] }, ready, nil)
 	rejects = append(rejects, conflicts...)
 	if err != nil {
 		rejects = append(rejects, "apply: "+err.Error())

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"runtime"
 	"strings"
 	"sync"
@@ -54,9 +53,8 @@ type deltaClient struct {
 	// to the full build).
 	changes func(*model.Changes) error
 	index   *workloadIndex
-	synced  map[string]bool      // types whose first response arrived
-	pending map[resourceKey]bool // resources staged before the first state, not yet built
-	resync  bool                 // apply failed: restart the stream to be sent the change again
+	synced  map[string]bool // types whose first response arrived
+	resync  bool            // apply failed: restart the stream to be sent the change again
 }
 
 func (c *deltaClient) run(ctx context.Context, apply func(*model.Mesh) error) error {
@@ -162,13 +160,22 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 	}
 
 	staged := c.eng.store.clone()
-	fresh := make(map[resourceKey]bool, len(resp.GetResources()))
+	// fresh are the resources whose clashes the reply names: this
+	// response's. Until the first state is applied, every staged
+	// resource is new to the data plane and all are named, so no set of
+	// every name (100,000 at scale) is built for the first state.
+	var fresh map[resourceKey]bool
+	if c.eng.applied {
+		fresh = make(map[resourceKey]bool, len(resp.GetResources()))
+	}
 	var rejects []string
 	changed := false
 	values, errs := convertAll(h, resp.GetResources())
 	staged.reserve(t, len(resp.GetResources()))
 	for i, r := range resp.GetResources() {
-		fresh[resourceKey{t, r.GetName()}] = true
+		if fresh != nil {
+			fresh[resourceKey{t, r.GetName()}] = true
+		}
 		if errs[i] != nil {
 			rejects = append(rejects, fmt.Sprintf("resource %s: %v", r.GetName(), errs[i]))
 			continue
@@ -199,15 +206,10 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 		// resources are named in the reply to the response that
 		// completes the state.
 		c.eng.store = staged
-		c.pending = union(c.pending, fresh)
 		if len(rejects) > 0 {
 			return nack(log, reply, rejects)
 		}
 		return reply
-	}
-	if c.pending != nil {
-		fresh = union(c.pending, fresh)
-		c.pending = nil
 	}
 	// The change index is built while the mesh is applied (commit), from
 	// the same store and mesh.
@@ -220,7 +222,11 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 		// Until every type has had its first response, stage without
 		// applying: the first mesh applied is the control plane's whole
 		// state, not a part of it.
-		conflicts, err := c.eng.commit(staged, fresh, ready, along)
+		isFresh := func(k resourceKey) bool { return fresh[k] }
+		if fresh == nil {
+			isFresh = func(resourceKey) bool { return true }
+		}
+		conflicts, err := c.eng.commit(staged, isFresh, ready, along)
 		rejects = append(rejects, conflicts...)
 		if err != nil {
 			rejects = append(rejects, "apply: "+err.Error())
@@ -390,18 +396,4 @@ func nack[R request](log *slog.Logger, reply R, rejects []string) R {
 		r.ErrorDetail = st
 	}
 	return reply
-}
-
-// union adds the smaller set to the larger and returns the larger: the
-// first response of a type holds every resource (100,000 at scale) and
-// the other types' are small, so copying the small one costs nothing.
-func union(a, b map[resourceKey]bool) map[resourceKey]bool {
-	if len(a) < len(b) {
-		a, b = b, a
-	}
-	if a == nil {
-		return map[resourceKey]bool{}
-	}
-	maps.Copy(a, b)
-	return a
 }

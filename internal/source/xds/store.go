@@ -141,17 +141,17 @@ func newEngine(log *slog.Logger, build func(*store) *built, apply func(*model.Me
 
 // commit builds the mesh of staged and, when apply is set, applies it;
 // on success staged becomes the store. It returns the rejections to
-// report for the resources of the current response (fresh): those left
+// report for the resources fresh names (the current response's): those left
 // out of the mesh for clashing with older resources. An error means
 // nothing was applied and the store is unchanged. alongside, when set,
 // runs on the built mesh while it is applied (both only read it): the
 // workload client builds its index there, so it is ready for the first
 // change when the data plane is, not hundreds of milliseconds after.
-func (e *engine) commit(staged *store, fresh map[resourceKey]bool, apply bool, alongside func(*store, *model.Mesh)) ([]string, error) {
+func (e *engine) commit(staged *store, fresh func(resourceKey) bool, apply bool, alongside func(*store, *model.Mesh)) ([]string, error) {
 	b := e.build(staged)
 	var rejects []string
 	for k, reason := range b.conflicts {
-		if fresh[k] {
+		if fresh(k) {
 			rejects = append(rejects, fmt.Sprintf("resource %s: %s", k.name, reason))
 		}
 	}
