@@ -82,6 +82,23 @@ func (d *dir) parseDecoded(name string, data []byte, root *yaml.Node, err error)
 	return pt, nil
 }
 
+// parseAlone is parseDecoded of a decoded file for a reader of many files
+// at once (readAhead): ok is false, and nothing is parsed, when its items
+// need the services of the other files (a file with routes), which only
+// the reader taking the files in order has.
+func parseAlone(path, node string, data []byte, root *yaml.Node) (pt *part, ok bool, err error) {
+	if root == nil {
+		return &part{}, true, nil
+	}
+	p := newParser(path, node, len(data))
+	needs := false
+	pt = p.items(root, func() []*service { needs = true; return nil })
+	if needs {
+		return nil, false, nil
+	}
+	return pt, true, p.err()
+}
+
 // external returns the services of the files other than name.
 func (d *dir) external(name string) func() []*service {
 	return func() []*service {

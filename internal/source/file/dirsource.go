@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/kmesh-go/kmesh/internal/model"
 )
@@ -61,7 +62,9 @@ func (s *Source) loadDir() (*dir, map[string]digest, *model.Mesh, error) {
 	}
 	d := newDir(s.node)
 	files := make(map[string]digest, len(names))
-	next, stop := readAhead(s.path, names)
+	next, stop := readAhead(s.path, names, func(path string, data []byte, root *yaml.Node) (*part, bool, error) {
+		return parseAlone(path, s.node, data, root)
+	})
 	defer stop()
 	for i, name := range names {
 		f := next(i)
@@ -70,7 +73,10 @@ func (s *Source) loadDir() (*dir, map[string]digest, *model.Mesh, error) {
 			return nil, nil, nil, err
 		}
 		full := filepath.Join(s.path, name)
-		pt, err := d.parseDecoded(full, data, f.root, f.decodeErr)
+		pt, err := f.pt, f.parseErr
+		if !f.parsed {
+			pt, err = d.parseDecoded(full, data, f.root, f.decodeErr)
+		}
 		if err == nil {
 			err = d.check(name, full, data, pt)
 		}

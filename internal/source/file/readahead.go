@@ -8,22 +8,27 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// decodedFile is one config file read and decoded into its YAML tree.
+// decodedFile is one config file read and decoded into its YAML tree,
+// and its items parsed when they could be alone.
 type decodedFile struct {
 	data      []byte
 	err       error // reading it
 	root      *yaml.Node
 	decodeErr error // decoding it, for parseDecoded to place
+	parsed    bool  // pt and parseErr are the file's parse; root is dropped
+	pt        *part
+	parseErr  error
 }
 
-// readAhead reads and decodes the files of dir in parallel, a few files
-// ahead of the caller, and hands them over in order: next(i) returns file
-// i. YAML decoding is most of a first sync from a directory (1,000 files
-// at 100,000 endpoints) and each file decodes alone; the files' items are
-// still built one after another in name order, as a single reader would
-// (a file may name the services of the files before it). Only the window
-// of decoded trees is held at once. stop ends the workers early.
-func readAhead(dir string, names []string) (next func(int) decodedFile, stop func()) {
+// readAhead reads, decodes and parses the files of dir in parallel, a few
+// files ahead of the caller, and hands them over in name order, as a
+// single reader would: next(i) returns file i. Decoding and parsing are
+// most of a first sync from a directory (1,000 files at 100,000
+// endpoints) and each file's are its own, except routes, which may name
+// the services of the files before it: parse (parseAlone) declines a file
+// with routes, and the caller parses it in order. Only the window of
+// decoded files is held at once. stop ends the workers early.
+func readAhead(dir string, names []string, parse func(path string, data []byte, root *yaml.Node) (*part, bool, error)) (next func(int) decodedFile, stop func()) {
 	window := 2 * runtime.GOMAXPROCS(0)
 	out := make([]chan decodedFile, len(names))
 	for i := range out {
@@ -40,8 +45,14 @@ func readAhead(dir string, names []string) (next func(int) decodedFile, stop fun
 			}
 			go func() {
 				var f decodedFile
-				if f.data, f.err = os.ReadFile(filepath.Join(dir, name)); f.err == nil {
+				path := filepath.Join(dir, name)
+				if f.data, f.err = os.ReadFile(path); f.err == nil {
 					f.root, f.decodeErr = decode(f.data)
+				}
+				if f.err == nil && f.decodeErr == nil {
+					if f.pt, f.parsed, f.parseErr = parse(path, f.data, f.root); f.parsed {
+						f.root = nil
+					}
 				}
 				out[i] <- f
 			}()
