@@ -10,8 +10,10 @@ import (
 // into the node tree yaml.v3 would return (kinds, values, tags, styles,
 // lines and columns), several times faster: decoding is most of a first
 // sync from a directory (1,000 files at 100,000 endpoints). It knows block
-// mappings and sequences, one-line flow mappings and sequences, and plain
-// scalars of letters, digits and ._/-+; for anything else (quotes,
+// mappings and sequences, one-line flow mappings and sequences, plain
+// scalars of letters, digits and ._/-+, and double-quoted scalars on one
+// line without escapes (a quoted address); for anything else (single
+// quotes, escapes,
 // comments, anchors, tags, multi-line scalars, non-ASCII text, documents,
 // duplicate keys, errors of any kind) ok is false and the caller decodes
 // with yaml.v3, which has the last word. A nil root means an empty or null
@@ -50,9 +52,10 @@ func fastDecode(data []byte) (root *yaml.Node, ok bool) {
 
 // unsafeByte marks the printable characters fastDecode leaves to yaml.v3:
 // indicators of comments, anchors, aliases, tags, block scalars,
-// directives, quotes and escapes, and the reserved ones.
+// directives, single quotes and escapes, and the reserved ones (double
+// quotes are read by quoted).
 var unsafeByte = func() (t [256]bool) {
-	for _, c := range []byte("#&*!|>%@`\"'\\?") {
+	for _, c := range []byte("#&*!|>%@`'\\?") {
 		t[c] = true
 	}
 	return t
@@ -310,6 +313,9 @@ func (p *fastParser) flow() *yaml.Node {
 // resolves its tag as yaml.v3 does. It must end at a space, a ':', the
 // end of the line or, in a flow, at ',', '}' or ']'.
 func (p *fastParser) scalar(inFlow bool) *yaml.Node {
+	if p.peek() == '"' {
+		return p.quoted(inFlow)
+	}
 	start := p.i
 	if start < len(p.data) {
 		if c := p.data[start]; !alnum(c) && c != '.' && c != '/' && c != '_' {
@@ -329,8 +335,45 @@ func (p *fastParser) scalar(inFlow bool) *yaml.Node {
 	default:
 		p.fail()
 	}
+	p.scalarEnd(inFlow)
+	v := p.node()
+	*v = yaml.Node{Kind: yaml.ScalarNode, Value: string(p.data[start:p.i]), Line: p.line, Column: start - p.ls + 1}
+	v.Tag = plainTag(v)
+	return v
+}
+
+// quoted reads a double-quoted scalar at p.i that ends on its line and
+// has no escapes (fastDecode leaves backslashes to yaml.v3); it ends as a
+// plain scalar must.
+func (p *fastParser) quoted(inFlow bool) *yaml.Node {
+	start := p.i
+	p.i++
+	for p.i < len(p.data) && p.data[p.i] != '"' && p.data[p.i] != '\n' {
+		p.i++
+	}
+	if p.peek() != '"' || p.i-start > 1000 {
+		p.fail() // continued on the next line, or longer than an implicit key may be
+	}
+	p.i++
+	switch c := p.peek(); {
+	case c == ' ' || c == '\n':
+	case c == ':' && (p.i+1 >= len(p.data) || p.data[p.i+1] == ' ' || p.data[p.i+1] == '\n'):
+	case inFlow && (c == ',' || c == '}' || c == ']'):
+	default:
+		p.fail()
+	}
+	p.scalarEnd(inFlow)
+	v := p.node()
+	*v = yaml.Node{Kind: yaml.ScalarNode, Style: yaml.DoubleQuotedStyle, Tag: "!!str", Value: string(p.data[start+1 : p.i-1]),
+		Line: p.line, Column: start - p.ls + 1}
+	return v
+}
+
+// scalarEnd checks what follows a scalar's spaces: the end of the line, a
+// key's ':', or in a flow the next entry or the end (anything else makes
+// one scalar with a space in it, or an error: yaml.v3's).
+func (p *fastParser) scalarEnd(inFlow bool) {
 	if c := p.peek(); c == ' ' {
-		// "a b" is one scalar with a space in it: yaml.v3's.
 		j := p.i
 		for j < len(p.data) && p.data[j] == ' ' {
 			j++
@@ -349,10 +392,6 @@ func (p *fastParser) scalar(inFlow bool) *yaml.Node {
 			}
 		}
 	}
-	v := p.node()
-	*v = yaml.Node{Kind: yaml.ScalarNode, Value: string(p.data[start:p.i]), Line: p.line, Column: start - p.ls + 1}
-	v.Tag = plainTag(v)
-	return v
 }
 
 // plainTag is v.ShortTag() (yaml.v3's resolve), without its number

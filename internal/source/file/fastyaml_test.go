@@ -48,6 +48,13 @@ var fastYAMLSeeds = []string{
 	"a:b: c\n",
 	"a: b:c\n",
 	"a: {b: c}, \n",
+	"services:\n- {name: s-1, addresses: [\"10.96.0.1\"], ports: [{port: 80, targetPort: 8080}], selector: {app: s-1}}\n" +
+		"workloads:\n- {name: w-1, labels: {app: s-1}, addresses: [\"10.128.0.1\", \"fd00::1\"], node: remote}\n",
+	"a: \"b c: d, {e}\"\nb: [\"\", \"1\"]\n\"c\": \"true\"\nd: {\"e\": \"f\"}\n",
+	"a: \"b\nc\"\n",
+	"a: \"b\" c\n",
+	"a: \"b\":c\n",
+	"{\"a\":1}\n",
 }
 
 // TestFastDecode_AsYAML: whatever fastDecode decodes, yaml.v3 decodes to
@@ -94,7 +101,7 @@ func TestFastDecode_AsYAML(t *testing.T) {
 		t.Fatalf("fastDecode took %d of the seeds, want at least 6", taken)
 	}
 	rng := rand.New(rand.NewPCG(12, 7))
-	const edits = " \n:-{}[],a1.x"
+	const edits = " \n:-{}[],a1.x\""
 	taken = 0
 	const mutants = 20000
 	for range mutants {
