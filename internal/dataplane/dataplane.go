@@ -176,6 +176,7 @@ func (d *Dataplane) Apply(m *model.Mesh) (err error) {
 			d.lbWorkload = prevWorkload
 		}
 	}()
+	d.presize(want)
 	if d.stale != nil {
 		d.adopt(want)
 	}
@@ -196,6 +197,21 @@ func (d *Dataplane) Apply(m *model.Mesh) (err error) {
 		}
 	}
 	return d.write(p, wantAZ)
+}
+
+// presize makes the records of empty maps as large as want fills them: a
+// first sync into fresh maps fills them from nothing, and growing them
+// through every doubling rehashed each several times.
+func (d *Dataplane) presize(want *desired) {
+	if len(d.backends) == 0 {
+		d.backends = make(map[string]*backendState, len(want.backends))
+	}
+	if len(d.services) == 0 {
+		d.services = make(map[string]*serviceState, len(want.services))
+	}
+	if len(d.frontends) == 0 {
+		d.frontends = make(map[bpf.KmeshFrontendKey]bpf.KmeshFrontendValue, len(want.frontends))
+	}
 }
 
 // plan is the service map writes of one Apply or Update: the entries of

@@ -46,6 +46,11 @@ func translate(m *model.Mesh) (*desired, error) {
 	}
 	d := newDesired(len(m.Services))
 	d.workloads = workloads
+	// Sized once: at 100,000 endpoints growing them rehashed each
+	// several times. A workload is at most one backend, a service has
+	// about one frontend per address and port.
+	d.backends = make(map[string]bpf.KmeshBackendValue, len(m.Workloads))
+	d.frontends = make(map[bpf.KmeshFrontendKey]desiredFrontend, len(m.Services))
 	for i := range m.Services {
 		if err := d.addService(&m.Services[i], func(k string) *model.Workload { return workloads[k] }); err != nil {
 			return nil, err

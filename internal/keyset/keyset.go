@@ -20,6 +20,11 @@ func New[K comparable]() Map[K] {
 	return Map[K]{one: map[K]string{}, more: map[K][]string{}}
 }
 
+// WithCapacity returns an empty Map with room for n keys of one name.
+func WithCapacity[K comparable](n int) Map[K] {
+	return Map[K]{one: make(map[K]string, n), more: map[K][]string{}}
+}
+
 // Mark adds (on) or removes name from the names of key. Removing the first
 // name makes the next one, in arrival order, the first.
 func (c Map[K]) Mark(key K, name string, on bool) {

@@ -223,6 +223,15 @@ func (s *State) DiffMesh(m *Mesh) *Changes {
 }
 
 func diffState[T any](cur map[string]*T, new []T, key func(*T) string) (set []*T, removed []string) {
+	if len(cur) == 0 {
+		// A first sync: everything is new, and there is nothing to
+		// remove (no key per item, no set of 100,000 keys).
+		set = make([]*T, len(new))
+		for i := range new {
+			set[i] = &new[i]
+		}
+		return set, nil
+	}
 	seen := make(map[string]bool, len(new))
 	for i := range new {
 		k := key(&new[i])
@@ -385,6 +394,7 @@ func hasEndpoint(s *Service, workload string) bool {
 func (s *State) Apply(c *Changes) *Changes {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.presize(c)
 	undo := &Changes{}
 	// Removals first, so an item that moves (an address from one service
 	// to another) is free for its new owner.
@@ -445,6 +455,30 @@ func (s *State) Apply(c *Changes) *Changes {
 		s.policies[p.Key()] = p
 	}
 	return undo
+}
+
+// presize makes the maps of an empty s as large as c fills them: a first
+// sync fills them from empty, and growing them through every doubling
+// (100,000 workloads and addresses, as many frontends and users as
+// services and endpoints) rehashed each several times (~0.4 s of CPU at
+// 100,000 endpoints).
+func (s *State) presize(c *Changes) {
+	if len(s.workloads) > 0 || len(s.services) > 0 || len(c.Workloads)+len(c.Services) < 1024 {
+		return
+	}
+	var addrs, frontends, endpoints int
+	for _, w := range c.Workloads {
+		addrs += len(w.Addresses)
+	}
+	for _, sv := range c.Services {
+		frontends += len(sv.Addresses) * len(sv.Ports)
+		endpoints += len(sv.Endpoints)
+	}
+	s.workloads = make(map[string]*Workload, len(c.Workloads))
+	s.addrs = make(map[netip.Addr]string, addrs)
+	s.services = make(map[string]*Service, len(c.Services))
+	s.frontends = make(map[netip.AddrPort]string, frontends)
+	s.users = keyset.WithCapacity[string](min(endpoints, len(c.Workloads)))
 }
 
 // indexService indexes sv under its key k (one string for every entry).
