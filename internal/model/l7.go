@@ -328,28 +328,26 @@ type L7Condition struct {
 // UsesWaypoint returns the key (namespace/name) of the Gateway the service
 // sends its traffic through, or "".
 func (s *Service) UsesWaypoint() string {
-	name := s.Labels[LabelUseWaypoint]
-	if name == "" || name == "none" {
-		return ""
-	}
-	ns := s.Labels[LabelUseWaypointNamespace]
-	if ns == "" {
-		ns = s.Namespace
-	}
-	return ns + "/" + name
+	return usesWaypoint(s.Labels, s.Namespace)
 }
 
 // UsesWaypoint returns the key (namespace/name) of the Gateway the
 // workload's own labels name for traffic to its addresses, or "". The
 // Gateway serves it only when it is for workloads ([Mesh.WorkloadWaypoint]).
 func (w *Workload) UsesWaypoint() string {
-	name := w.Labels[LabelUseWaypoint]
+	return usesWaypoint(w.Labels, w.Namespace)
+}
+
+// usesWaypoint reads Istio's use-waypoint labels: the Gateway's name, and
+// its namespace when it is not the object's own.
+func usesWaypoint(labels map[string]string, namespace string) string {
+	name := labels[LabelUseWaypoint]
 	if name == "" || name == "none" {
 		return ""
 	}
-	ns := w.Labels[LabelUseWaypointNamespace]
+	ns := labels[LabelUseWaypointNamespace]
 	if ns == "" {
-		ns = w.Namespace
+		ns = namespace
 	}
 	return ns + "/" + name
 }

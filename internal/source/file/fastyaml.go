@@ -328,13 +328,6 @@ func (p *fastParser) scalar(inFlow bool) *yaml.Node {
 	if p.i == start || p.i-start > 1000 {
 		p.fail() // nothing, or longer than an implicit key may be
 	}
-	switch c := p.peek(); {
-	case c == ' ' || c == '\n':
-	case c == ':' && (p.i+1 >= len(p.data) || p.data[p.i+1] == ' ' || p.data[p.i+1] == '\n'):
-	case inFlow && (c == ',' || c == '}' || c == ']'):
-	default:
-		p.fail()
-	}
 	p.scalarEnd(inFlow)
 	v := p.node()
 	*v = yaml.Node{Kind: yaml.ScalarNode, Value: string(p.data[start:p.i]), Line: p.line, Column: start - p.ls + 1}
@@ -355,13 +348,6 @@ func (p *fastParser) quoted(inFlow bool) *yaml.Node {
 		p.fail() // continued on the next line, or longer than an implicit key may be
 	}
 	p.i++
-	switch c := p.peek(); {
-	case c == ' ' || c == '\n':
-	case c == ':' && (p.i+1 >= len(p.data) || p.data[p.i+1] == ' ' || p.data[p.i+1] == '\n'):
-	case inFlow && (c == ',' || c == '}' || c == ']'):
-	default:
-		p.fail()
-	}
 	p.scalarEnd(inFlow)
 	v := p.node()
 	*v = yaml.Node{Kind: yaml.ScalarNode, Style: yaml.DoubleQuotedStyle, Tag: "!!str", Value: string(p.data[start+1 : p.i-1]),
@@ -369,10 +355,18 @@ func (p *fastParser) quoted(inFlow bool) *yaml.Node {
 	return v
 }
 
-// scalarEnd checks what follows a scalar's spaces: the end of the line, a
-// key's ':', or in a flow the next entry or the end (anything else makes
-// one scalar with a space in it, or an error: yaml.v3's).
+// scalarEnd checks what follows a scalar: a space, the end of the line, a
+// key's ':', or in a flow the next entry or the end; and after its spaces
+// the same (anything else makes one scalar with a space in it, or an
+// error: yaml.v3's).
 func (p *fastParser) scalarEnd(inFlow bool) {
+	switch c := p.peek(); {
+	case c == ' ' || c == '\n':
+	case c == ':' && (p.i+1 >= len(p.data) || p.data[p.i+1] == ' ' || p.data[p.i+1] == '\n'):
+	case inFlow && (c == ',' || c == '}' || c == ']'):
+	default:
+		p.fail()
+	}
 	if c := p.peek(); c == ' ' {
 		j := p.i
 		for j < len(p.data) && p.data[j] == ' ' {
