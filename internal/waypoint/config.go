@@ -218,6 +218,7 @@ func compile(mesh *model.Mesh, gatewayKey string) (*snapshot, error) {
 // their own addresses. A port of theirs that a service targets takes that
 // service port's protocol (appProtocol); any other is detected.
 func (s *snapshot) addWorkloads(mesh *model.Mesh, gatewayKey string) {
+	served := map[string]*service{} // by workload key
 	for i := range mesh.Workloads {
 		w := &mesh.Workloads[i]
 		if mesh.WorkloadWaypoint(w) != gatewayKey || len(w.Addresses) == 0 {
@@ -226,18 +227,26 @@ func (s *snapshot) addWorkloads(mesh *model.Mesh, gatewayKey string) {
 		if s.workloads == nil {
 			s.workloads = map[netip.Addr]*service{}
 		}
-		svc := &service{m: &model.Service{Namespace: w.Namespace, Addresses: w.Addresses}, key: "workload:" + w.Key(),
+		key := w.Key()
+		svc := &service{m: &model.Service{Namespace: w.Namespace, Addresses: w.Addresses}, key: "workload:" + key,
 			ports: map[uint16]*servicePort{}, workload: w, served: true}
+		// One endpoint per address, each of its own family: workloadPort
+		// keeps only the one dialed when there are several.
 		for _, a := range w.Addresses {
-			svc.endpoints = append(svc.endpoints, endpoint{workload: w.Key(), addr: a, weight: 1, identity: s.principals[w]})
+			svc.endpoints = append(svc.endpoints, endpoint{workload: key, addr: a, weight: 1, identity: s.principals[w]})
 			s.workloads[a] = svc
 		}
-		// One endpoint per address, each of its own family: the pick
-		// below must reach the address dialed, so keep the first only
-		// when it is the one (portFor narrows per connection).
-		for j := range mesh.Services {
-			ms := &mesh.Services[j]
-			if !slices.ContainsFunc(ms.Endpoints, func(e model.Endpoint) bool { return e.Workload == w.Key() }) {
+		served[key] = svc
+	}
+	if len(served) == 0 {
+		return
+	}
+	// One pass over the services' endpoints, not one per served workload.
+	for j := range mesh.Services {
+		ms := &mesh.Services[j]
+		for _, e := range ms.Endpoints {
+			svc := served[e.Workload]
+			if svc == nil {
 				continue
 			}
 			for _, p := range ms.Ports {
