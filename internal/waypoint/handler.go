@@ -122,6 +122,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if be != nil {
 			filters = append(filters[:len(filters):len(filters)], be.filters...)
 		}
+		var mirrors []*model.RequestMirror
 		for _, f := range filters {
 			switch f.Type {
 			case model.FilterRequestRedirect:
@@ -140,8 +141,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					r.URL.RawPath = ""
 				}
 			case model.FilterRequestMirror:
-				p.mirror(s, r, f.RequestMirror)
+				mirrors = append(mirrors, f.RequestMirror)
 			}
+		}
+		// After every filter: the copy carries the request as it goes
+		// upstream, whatever the order of the filters (as Envoy's router
+		// mirrors it).
+		if len(mirrors) > 0 {
+			defer p.mirror(s, rl.route.Namespace, r, mirrors)()
 		}
 	}
 	p.forward(cw, r, rq, be, retry, timeouts, respMods)
@@ -467,49 +474,6 @@ func (p *Proxy) writeResponse(w *countingWriter, resp *http.Response, rq *reques
 
 // bufPool holds the copy buffers of responses, so a request allocates none.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// mirror sends a copy of the request to the mirror backend and forgets it.
-// Only requests without a body are mirrored with it whole; others are
-// mirrored without their body.
-func (p *Proxy) mirror(s *snapshot, r *http.Request, m *model.RequestMirror) {
-	if m.Percent < 100 && !roll(float64(m.Percent)) {
-		return
-	}
-	be, err := s.backend(r.Context().Value(connKey{}).(*connInfo).sp.svc.m.Namespace, m.Backend)
-	if err != nil {
-		return
-	}
-	_, addr := p.pickEndpoint(&be, nil)
-	if !addr.IsValid() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	out := r.Clone(ctx)
-	out.RequestURI = ""
-	out.URL.Scheme, out.URL.Host = "http", addr.String()
-	out.Body, out.ContentLength = http.NoBody, 0
-	removeHop(out.Header)
-	// Envoy marks mirrored requests by the authority.
-	host := r.Host
-	if h, port, err := net.SplitHostPort(host); err == nil {
-		host = net.JoinHostPort(h+"-shadow", port)
-	} else {
-		host += "-shadow"
-	}
-	out.Host = host
-	tr := p.h1
-	if r.ProtoMajor == 2 {
-		tr = p.h2
-	}
-	go func() {
-		defer cancel()
-		resp, err := tr.RoundTrip(out)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	}()
-}
 
 // countingWriter counts the response body and keeps the status.
 type countingWriter struct {
