@@ -3,8 +3,10 @@
 package e2e
 
 import (
+	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,10 @@ func TestIstioMutualTLS(t *testing.T) {
 		{"hello-2", "node-b", "10.71.2.12", istioAppsNs, map[string]string{"app": "hello"}},
 	}
 	m, env := newIstioMesh(t, pods)
+	// outsider: a pod of node-b in a namespace out of the mesh, so never
+	// enrolled: its connections are plaintext.
+	m.addPod("node-b", "outsider", "10.71.2.20")
+	env.pod(m.pods["outsider"], istioPlainNs, map[string]string{"app": "outsider"})
 
 	// kmeshd's pod on each node, its service account trusted by istiod
 	// (CA_TRUSTED_NODE_ACCOUNTS), its token bound to that pod.
@@ -120,7 +126,59 @@ func TestIstioMutualTLS(t *testing.T) {
 		}
 	}
 	t.Logf("%d segments on the underlay, %d tunnel connections", len(pkts), tunnelSYNs)
+
+	// PeerAuthentication applied to the API server: istiod sends STRICT
+	// as an authorization policy (its converted_peer_authentication_*)
+	// and kmeshd refuses plaintext from another node, which no
+	// certificate proves; tunnelled and same-node clients pass. PERMISSIVE
+	// lets the plaintext client in again.
+	t.Run("peer_authentication_from_istiod", func(t *testing.T) {
+		plain := "http://10.71.1.11:8080/"
+		requireAll(t, "outsider (node-b, plaintext) -> hello-1 without PeerAuthentication", m.get("outsider", "--url", plain, "--count", "1"), "hello-1")
+		dyn := env.dynamic()
+		env.apply(dyn, fmt.Sprintf(ipaYAML, "STRICT"))
+		waitFor(t, "STRICT refusing outsider", 60*time.Second, func() string {
+			rs := m.get("outsider", "--url", plain, "--count", "1", "--timeout", "2s")
+			if len(rs) != 1 || !strings.Contains(strings.ToLower(rs[0].Error), "timeout") {
+				return fmt.Sprintf("outsider -> hello-1: %+v, want a timeout (SYN dropped)", rs)
+			}
+			return ""
+		})
+		// Through the tunnel: client-a's certificate proves it.
+		requireAll(t, "client-a -> hello-2 (node-b, tunnelled) under STRICT", m.get("client-a", "--url", "http://10.71.2.12:8080/", "--count", "3"), "hello-2")
+		// Same node: the address stands for the identity.
+		requireAll(t, "client-a -> hello-1 (same node) under STRICT", m.get("client-a", "--url", plain, "--count", "3"), "hello-1")
+		// What istiod sent for it is in kmeshd's dump (istiod names a
+		// workload's STRICT without port exceptions so).
+		var names []string
+		for _, p := range h.kmeshd["node-a"].configDump(t).Policies {
+			names = append(names, p.Namespace+"/"+p.Name)
+		}
+		if !slices.Contains(names, "istio-system/istio_converted_static_strict") {
+			t.Errorf("node-a's policies under STRICT: %v, want istio-system/istio_converted_static_strict from istiod", names)
+		}
+
+		env.apply(dyn, fmt.Sprintf(ipaYAML, "PERMISSIVE"))
+		waitFor(t, "PERMISSIVE admitting outsider", 60*time.Second, func() string {
+			rs := m.get("outsider", "--url", plain, "--count", "1", "--timeout", "2s")
+			if len(rs) != 1 || rs[0].Error != "" || rs[0].Pod != "hello-1" {
+				return fmt.Sprintf("outsider -> hello-1: %+v, want hello-1's answer", rs)
+			}
+			return ""
+		})
+		requireAll(t, "client-a -> hello-2 (node-b, tunnelled) under PERMISSIVE", m.get("client-a", "--url", "http://10.71.2.12:8080/", "--count", "3"), "hello-2")
+	})
 }
+
+// ipaYAML is a PeerAuthentication of the hello pods with an mTLS mode.
+const ipaYAML = `
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: hello, namespace: apps}
+spec:
+  selector: {matchLabels: {app: hello}}
+  mtls: {mode: %s}
+`
 
 // waitTunnelState waits until the state kmeshd wrote in dir satisfies ok,
 // which returns what it still misses.

@@ -60,6 +60,7 @@ var (
 	httpRouteGVR    = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
 	authzGVR        = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
 	wleGVR          = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
+	peerAuthGVR     = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"}
 )
 
 // iwEntryYAML is a WorkloadEntry in apps: name, address, labels (JSON),
@@ -582,7 +583,8 @@ func (e *istioEnv) apply(dyn dynamic.Interface, stream string) {
 		if len(u.Object) == 0 {
 			continue
 		}
-		gvr := map[string]schema.GroupVersionResource{"GatewayClass": gatewayClassGVR, "Gateway": gatewayGVR, "HTTPRoute": httpRouteGVR, "AuthorizationPolicy": authzGVR, "WorkloadEntry": wleGVR}[u.GetKind()]
+		gvr := map[string]schema.GroupVersionResource{"GatewayClass": gatewayClassGVR, "Gateway": gatewayGVR, "HTTPRoute": httpRouteGVR, "AuthorizationPolicy": authzGVR, "WorkloadEntry": wleGVR,
+			"PeerAuthentication": peerAuthGVR}[u.GetKind()]
 		var r dynamic.ResourceInterface = dyn.Resource(gvr)
 		if u.GetNamespace() != "" {
 			r = dyn.Resource(gvr).Namespace(u.GetNamespace())
