@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +32,10 @@ type h1Client struct {
 	mu     sync.Mutex
 	idle   map[string][]*h1Conn // by host:port, most recently used last
 	closed bool
+	// gen counts the times idle connections were dropped (an endpoint's
+	// identity or tunnel changed, or the client closed): a connection
+	// pinned to a downstream one before that is not used again.
+	gen atomic.Uint64
 }
 
 // h1MaxIdle is how many idle connections are kept per endpoint, and
@@ -46,6 +51,77 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	host   string
 	idleAt time.Time
+
+	// pin is the downstream connection's slot the exchange in flight
+	// may leave c in (nil: back to the pool).
+	pin *h1Pin
+	// While c is paired with a downstream connection: its context (the
+	// one its requests carry), the stop of the AfterFunc that expires c
+	// when that context ends (registered once per pairing, not per
+	// exchange), alive (the exchange's stop while paired: false once the
+	// context ended) and the client's gen at pairing.
+	pinCtx  context.Context
+	pinStop func() bool
+	alive   func() bool
+	pinGen  uint64
+}
+
+// h1Pin is a downstream HTTP/1.1 connection's upstream connection: its
+// next request to the same endpoint goes out on it, with no pool lock and
+// no per-request context registration. The endpoint is still picked per
+// request; a request to another endpoint takes a pooled connection, which
+// stays pinned after it if the slot is empty. Used only by the downstream
+// connection's goroutine, which serves one request at a time.
+type h1Pin struct {
+	ctx context.Context
+	c   *h1Conn
+}
+
+// take returns the pinned connection to host, if any, taking it out of
+// the slot.
+func (h *h1Client) take(pin *h1Pin, host string, now time.Time) *h1Conn {
+	c := pin.c
+	if c == nil || c.host != host {
+		return nil
+	}
+	pin.c = nil
+	if now.Sub(c.idleAt) >= h1IdleTimeout || c.pinGen != h.gen.Load() {
+		c.close()
+		return nil
+	}
+	return c
+}
+
+// unpin ends the pairing of pin's connection: back to the pool, unless its
+// downstream connection's context already ended.
+func (h *h1Client) unpin(pin *h1Pin) {
+	c := pin.c
+	if c == nil {
+		return
+	}
+	pin.c = nil
+	if !c.unpair() || c.pinGen != h.gen.Load() {
+		c.c.Close()
+		return
+	}
+	h.put(c)
+}
+
+// unpair unregisters c from its downstream connection's context; false if
+// the context had ended (c's deadline is then in the past).
+func (c *h1Conn) unpair() bool {
+	if c.pinStop == nil {
+		return true
+	}
+	ok := c.pinStop()
+	c.pinCtx, c.pinStop, c.alive = nil, nil, nil
+	return ok
+}
+
+// close closes c and ends its pairing.
+func (c *h1Conn) close() {
+	c.unpair()
+	c.c.Close()
 }
 
 // fits reports whether r can go through the h1Client.
@@ -112,6 +188,7 @@ func (h *h1Client) dropIdleSince(host string, t time.Time) {
 // dropIdleTo closes the idle connections to the hosts (host:port) drop
 // picks.
 func (h *h1Client) dropIdleTo(drop func(host string) bool) {
+	h.gen.Add(1)
 	h.mu.Lock()
 	var closing []*h1Conn
 	for host, conns := range h.idle {
@@ -128,6 +205,7 @@ func (h *h1Client) dropIdleTo(drop func(host string) bool) {
 
 // closeIdle closes the idle connections; with final, none is kept after.
 func (h *h1Client) closeIdle(final bool) {
+	h.gen.Add(1)
 	h.mu.Lock()
 	idle := h.idle
 	h.idle = nil
@@ -153,7 +231,7 @@ func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body != nil {
 		defer bodyPool.Put(body)
 	}
-	return h.do(req.Context(), req, req.URL.Host, body)
+	return h.do(req.Context(), req, req.URL.Host, body, nil)
 }
 
 // readBody reads a request body of n bytes into a buffer from bodyPool;
@@ -179,12 +257,20 @@ func readBody(rc io.ReadCloser, n int64) (*bytes.Buffer, error) {
 // do sends req to host with body (nil: none) in place of req.Body. The
 // head is written from req as the waypoint forwards it: the hop-by-hop
 // headers are left out (writeRequestHead), so the handler need not copy
-// the downstream request to change them. ctx bounds the exchange.
-func (h *h1Client) do(ctx context.Context, req *http.Request, host string, body *bytes.Buffer) (*http.Response, error) {
+// the downstream request to change them. ctx bounds the exchange. pin
+// (nil: none) is the downstream connection's slot: its connection to host
+// is used first, and the connection used is left in it when it is free.
+func (h *h1Client) do(ctx context.Context, req *http.Request, host string, body *bytes.Buffer, pin *h1Pin) (*http.Response, error) {
 	for try := 0; ; try++ {
 		var c *h1Conn
 		if try == 0 {
-			c = h.get(host, time.Now())
+			now := time.Now()
+			if pin != nil {
+				c = h.take(pin, host, now)
+			}
+			if c == nil {
+				c = h.get(host, now)
+			}
 		}
 		reused := c != nil
 		if c == nil {
@@ -195,11 +281,12 @@ func (h *h1Client) do(ctx context.Context, req *http.Request, host string, body 
 			nc = rawtcp.Wrap(nc)
 			c = &h1Conn{c: nc, br: bufio.NewReaderSize(nc, 8<<10), bw: bufio.NewWriterSize(nc, 8<<10), host: host}
 		}
+		c.pin = pin
 		resp, stale, err := h.exchange(ctx, c, req, body)
 		if err == nil {
 			return resp, nil
 		}
-		c.c.Close()
+		c.close()
 		if !(reused && stale && try == 0) || ctx.Err() != nil {
 			return nil, err
 		}
@@ -214,8 +301,12 @@ func (h *h1Client) do(ctx context.Context, req *http.Request, host string, body 
 // connection failed before any byte of a response came back.
 func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, body *bytes.Buffer) (*http.Response, bool, error) {
 	// Only the context ends the exchange (a deadline of the connection
-	// itself could fire before ctx.Err says why).
-	stop := context.AfterFunc(ctx, func() { c.c.SetDeadline(time.Unix(1, 0)) })
+	// itself could fire before ctx.Err says why). A connection paired with
+	// the downstream one whose context this is has that registered once.
+	stop := c.alive
+	if c.pinStop == nil || ctx != c.pinCtx {
+		stop = context.AfterFunc(ctx, c.expire)
+	}
 	var n int64
 	if body != nil {
 		n = int64(body.Len())
@@ -285,10 +376,34 @@ func (h *h1Client) fastResponse(c *h1Conn, req *http.Request, stop func() bool) 
 	return resp
 }
 
-// release hands c back to the pool, unless the exchange's context fired
-// (its deadline is then set in the past) or the backend asked to close.
+// expire ends what c is doing: its context ended.
+func (c *h1Conn) expire() { c.c.SetDeadline(time.Unix(1, 0)) }
+
+// release hands c back to its downstream connection's slot if that is
+// free, else to the pool, unless the exchange's context fired (its
+// deadline is then set in the past) or the backend asked to close.
 func (h *h1Client) release(c *h1Conn, stop func() bool, closeConn bool) {
+	pin := c.pin
+	c.pin = nil
 	if !stop() || closeConn {
+		c.close()
+		return
+	}
+	c.idleAt = time.Now()
+	if pin != nil && pin.c == nil && pin.ctx.Err() == nil {
+		if c.pinStop != nil && c.pinCtx != pin.ctx && !c.unpair() {
+			c.c.Close()
+			return
+		}
+		if c.pinStop == nil {
+			c.pinCtx, c.pinGen = pin.ctx, h.gen.Load()
+			c.pinStop = context.AfterFunc(pin.ctx, c.expire)
+			c.alive = func() bool { return c.pinCtx != nil && c.pinCtx.Err() == nil }
+		}
+		pin.c = c
+		return
+	}
+	if !c.unpair() {
 		c.c.Close()
 		return
 	}
@@ -359,7 +474,7 @@ func (b *h1Body) Close() error {
 		// Unread bytes stay on the connection: it cannot carry another
 		// request. Close it first, so the body's Close does not read on.
 		b.stop()
-		b.c.c.Close()
+		b.c.close()
 		if b.rc != nil {
 			b.rc.Close()
 		}

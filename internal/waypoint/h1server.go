@@ -99,6 +99,8 @@ type h1Server struct {
 	stopping  atomic.Bool
 	gone      atomic.Bool
 	w         h1Writer
+	// pin is the connection's upstream connection (h1Pin).
+	pin h1Pin
 }
 
 var errHeadTooBig = errors.New("request header block too large")
@@ -109,6 +111,9 @@ func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *conn
 	defer cancel()
 	s := &h1Server{p: p, c: c, cr: cr, br: br, info: info, remote: c.RemoteAddr().String(),
 		ctx: ctx, cancel: cancel, watchDone: make(chan struct{}, 1)}
+	s.pin.ctx = ctx
+	info.pin = &s.pin
+	defer s.unpin()
 	s.r.base = *(&http.Request{}).WithContext(ctx)
 	for {
 		head, err := s.peekHead()
@@ -189,12 +194,23 @@ func (b *h1ReqBody) Close() error { return nil }
 // fallback hands the connection, at the request not yet read, to
 // net/http's server.
 func (s *h1Server) fallback() {
+	s.unpin()
 	s.c.SetReadDeadline(time.Time{})
 	if s.bw != nil && s.bw.Buffered() > 0 {
 		s.bw.Flush()
 	}
 	if err := s.p.conns.push(&proxyConn{Conn: s.c, r: s.br, info: s.info}); err != nil {
 		s.c.Close()
+	}
+}
+
+// unpin ends the pairing of the connection's upstream connection, before
+// the connection ends or net/http's server takes it over (whose handlers
+// then read info.pin: it is written only while this goroutine serves).
+func (s *h1Server) unpin() {
+	if s.info.pin != nil {
+		s.info.pin = nil
+		s.p.h1c.unpin(&s.pin)
 	}
 }
 

@@ -329,7 +329,7 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		var err error
 		if fast {
 			if err = fastErr; err == nil {
-				resp, err = p.h1c.do(actx, out, addr.String(), fastBody)
+				resp, err = p.h1c.do(actx, out, addr.String(), fastBody, rq.info.pin)
 			}
 		} else {
 			req := out.WithContext(actx)

@@ -177,6 +177,9 @@ type connInfo struct {
 	// byHost is the service port its last request's Host named, when sp is
 	// nil: the next request mostly names the same one.
 	byHost atomic.Pointer[hostPort]
+	// pin is the upstream connection slot of an HTTP/1.1 connection the
+	// fast path serves (h1Pin), nil otherwise; only its goroutine uses it.
+	pin *h1Pin
 }
 
 // hostPort is the service port a Host header named under one config.
