@@ -19,6 +19,12 @@ type attrs struct {
 	method    string
 	path      string
 	header    http.Header
+	// tcp: a connection on a TCP port, forwarded as L4, which has no
+	// host, method, path, headers or request principal. As Istio
+	// evaluates such policies on TCP: a DENY rule ignores those fields
+	// (it denies more than asked, never less), an ALLOW rule that names
+	// any never matches.
+	tcp bool
 }
 
 // namespace is the namespace part of the principal.
@@ -48,12 +54,12 @@ func authorize(policies []*model.L7Policy, a *attrs) decision {
 		}
 		switch p.Action {
 		case model.ActionDeny:
-			if policyMatches(p, a) {
+			if policyMatches(p, a, true) {
 				return decision{allow: false, policy: p.Key()}
 			}
 		case model.ActionAllow:
 			allows++
-			if allowed == "" && policyMatches(p, a) {
+			if allowed == "" && policyMatches(p, a, false) {
 				allowed = p.Key()
 			}
 		}
@@ -67,8 +73,11 @@ func authorize(policies []*model.L7Policy, a *attrs) decision {
 	return decision{allow: false, policy: "(no ALLOW policy matched)"}
 }
 
-func policyMatches(p *model.L7Policy, a *attrs) bool {
+func policyMatches(p *model.L7Policy, a *attrs, deny bool) bool {
 	for i := range p.Rules {
+		if a.tcp && !deny && httpOnly(&p.Rules[i]) {
+			continue
+		}
 		if ruleMatches(&p.Rules[i], a) {
 			return true
 		}
@@ -107,6 +116,28 @@ func ruleMatches(r *model.L7Rule, a *attrs) bool {
 		}
 	}
 	return true
+}
+
+// httpOnly reports whether the rule names an attribute only a request
+// has.
+func httpOnly(r *model.L7Rule) bool {
+	for i := range r.From {
+		if len(r.From[i].RequestPrincipals)+len(r.From[i].NotReqPrinc) > 0 {
+			return true
+		}
+	}
+	for i := range r.To {
+		o := &r.To[i]
+		if len(o.Hosts)+len(o.NotHosts)+len(o.Methods)+len(o.NotMethods)+len(o.Paths)+len(o.NotPaths) > 0 {
+			return true
+		}
+	}
+	for i := range r.When {
+		if strings.HasPrefix(r.When[i].Key, "request.") {
+			return true
+		}
+	}
+	return false
 }
 
 // field checks one attribute against values and notValues: any of values
@@ -179,10 +210,13 @@ func sourceMatches(s *model.L7Source, a *attrs) bool {
 		field(s.IPBlocks, s.NotIPBlocks, src, ipMatch) &&
 		field(s.RemoteIPBlocks, s.NotRemoteIPBlks, src, ipMatch) &&
 		// No JWT is validated here: a request has no request principal.
-		field(s.RequestPrincipals, s.NotReqPrinc, "", istioMatch)
+		(a.tcp || field(s.RequestPrincipals, s.NotReqPrinc, "", istioMatch))
 }
 
 func operationMatches(o *model.L7Operation, a *attrs) bool {
+	if a.tcp {
+		return field(o.Ports, o.NotPorts, strconv.Itoa(int(a.dst.Port())), exact)
+	}
 	return field(o.Hosts, o.NotHosts, a.host, hostMatch) &&
 		field(o.Ports, o.NotPorts, strconv.Itoa(int(a.dst.Port())), exact) &&
 		field(o.Methods, o.NotMethods, a.method, istioMatch) &&
@@ -190,6 +224,9 @@ func operationMatches(o *model.L7Operation, a *attrs) bool {
 }
 
 func conditionMatches(c *model.L7Condition, a *attrs) bool {
+	if a.tcp && strings.HasPrefix(c.Key, "request.") {
+		return true
+	}
 	var v string
 	eq := istioMatch
 	switch k := c.Key; {
