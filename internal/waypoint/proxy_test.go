@@ -513,3 +513,31 @@ func TestProxy_ConsumerRoute(t *testing.T) {
 		t.Errorf("config dump lacks the consumer route: %+v", d.Routes)
 	}
 }
+
+// TestProxy_RouteWithoutRetryGetsIstioDefault: a route rule that says
+// nothing of retries gets Istio's default policy: a 503 is tried 3 times
+// in all (2 retries), a 500 once.
+func TestProxy_RouteWithoutRetryGetsIstioDefault(t *testing.T) {
+	b := newBed(t)
+	var calls atomic.Int32
+	b.workload("down", 8080, map[string]string{"app": "down"}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if r.URL.Path == "/500" {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	b.service("web", "10.96.0.1", 8080, "down", true)
+	b.service("down", "10.96.0.2", 8080, "down", false)
+	b.mesh.Routes = []model.Route{{Kind: model.KindHTTPRoute, Name: "web", Namespace: "default", ParentRefs: svcParent("web"),
+		Rules: []model.RouteRule{routeTo(ref("down", 1))}}}
+	b.start()
+	c := b.client("10.96.0.1", false)
+	for path, want := range map[string][2]int{"/503": {503, 3}, "/500": {500, 1}} {
+		calls.Store(0)
+		if resp, _ := get(t, c, "http://web"+path); resp.StatusCode != want[0] || int(calls.Load()) != want[1] {
+			t.Errorf("GET %s: %d after %d tries, want %d after %d", path, resp.StatusCode, calls.Load(), want[0], want[1])
+		}
+	}
+}
