@@ -278,7 +278,7 @@ func (p *Proxy) Explain(src netip.Addr, method, rawURL string, header http.Heade
 	ex := &Explanation{Service: fmt.Sprintf("%s:%d", sp.svc.key, sp.port), Decision: "allow"}
 	a := p.attrs(s, info, r)
 	policies := append(s.gatewayPolicies[:len(s.gatewayPolicies):len(s.gatewayPolicies)], sp.svc.policies...)
-	d := authorize(policies, a)
+	d := authorize(policies, &a)
 	ex.Policy = d.policy
 	if !d.allow {
 		ex.Decision, ex.Status = "deny", http.StatusForbidden

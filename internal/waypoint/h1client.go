@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,7 +32,7 @@ type h1Client struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu     sync.Mutex
-	idle   map[string][]*h1Conn // by host:port, most recently used last
+	idle   map[netip.AddrPort][]*h1Conn // by endpoint, most recently used last
 	closed bool
 	// gen counts the times idle connections were dropped (an endpoint's
 	// identity or tunnel changed, or the client closed): a connection
@@ -49,8 +51,12 @@ type h1Conn struct {
 	c      net.Conn
 	br     *bufio.Reader
 	bw     *bufio.Writer
-	host   string
+	host   netip.AddrPort
 	idleAt time.Time
+	// hdr is the header map of the answer in flight, reused for each: an
+	// answer's Header is valid until its body is closed (the connection
+	// may then carry another request).
+	hdr http.Header
 
 	// pin is the downstream connection's slot the exchange in flight
 	// may leave c in (nil: back to the pool).
@@ -79,7 +85,7 @@ type h1Pin struct {
 
 // take returns the pinned connection to host, if any, taking it out of
 // the slot.
-func (h *h1Client) take(pin *h1Pin, host string, now time.Time) *h1Conn {
+func (h *h1Client) take(pin *h1Pin, host netip.AddrPort, now time.Time) *h1Conn {
 	c := pin.c
 	if c == nil || c.host != host {
 		return nil
@@ -130,7 +136,7 @@ func (h *h1Client) fits(r *http.Request) bool {
 		r.Header.Get("Upgrade") == ""
 }
 
-func (h *h1Client) get(host string, now time.Time) *h1Conn {
+func (h *h1Client) get(host netip.AddrPort, now time.Time) *h1Conn {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	conns := h.idle[host]
@@ -152,7 +158,7 @@ func (h *h1Client) put(c *h1Conn) {
 	h.mu.Lock()
 	if !h.closed && len(h.idle[c.host]) < h1MaxIdle {
 		if h.idle == nil {
-			h.idle = map[string][]*h1Conn{}
+			h.idle = map[netip.AddrPort][]*h1Conn{}
 		}
 		h.idle[c.host] = append(h.idle[c.host], c)
 		h.mu.Unlock()
@@ -163,7 +169,7 @@ func (h *h1Client) put(c *h1Conn) {
 }
 
 // dropIdleSince closes host's idle connections idle since t or longer.
-func (h *h1Client) dropIdleSince(host string, t time.Time) {
+func (h *h1Client) dropIdleSince(host netip.AddrPort, t time.Time) {
 	h.mu.Lock()
 	var drop []*h1Conn
 	keep := h.idle[host][:0]
@@ -185,9 +191,8 @@ func (h *h1Client) dropIdleSince(host string, t time.Time) {
 	}
 }
 
-// dropIdleTo closes the idle connections to the hosts (host:port) drop
-// picks.
-func (h *h1Client) dropIdleTo(drop func(host string) bool) {
+// dropIdleTo closes the idle connections to the endpoints drop picks.
+func (h *h1Client) dropIdleTo(drop func(host netip.AddrPort) bool) {
 	h.gen.Add(1)
 	h.mu.Lock()
 	var closing []*h1Conn
@@ -222,8 +227,13 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // RoundTrip sends req (URL.Host is the endpoint) and returns its response;
 // the response body hands the connection back when read to its end and
-// closed. req.Context bounds the whole exchange, body included.
+// closed, and the response's Header is valid until then. req.Context
+// bounds the whole exchange, body included.
 func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	host, err := netip.ParseAddrPort(req.URL.Host)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", req.URL.Host, err)
+	}
 	body, err := readBody(req.Body, req.ContentLength)
 	if err != nil {
 		return nil, err
@@ -231,7 +241,7 @@ func (h *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body != nil {
 		defer bodyPool.Put(body)
 	}
-	return h.do(req.Context(), req, req.URL.Host, body, nil)
+	return h.do(req.Context(), req, host, body, nil)
 }
 
 // readBody reads a request body of n bytes into a buffer from bodyPool;
@@ -260,7 +270,7 @@ func readBody(rc io.ReadCloser, n int64) (*bytes.Buffer, error) {
 // the downstream request to change them. ctx bounds the exchange. pin
 // (nil: none) is the downstream connection's slot: its connection to host
 // is used first, and the connection used is left in it when it is free.
-func (h *h1Client) do(ctx context.Context, req *http.Request, host string, body *bytes.Buffer, pin *h1Pin) (*http.Response, error) {
+func (h *h1Client) do(ctx context.Context, req *http.Request, host netip.AddrPort, body *bytes.Buffer, pin *h1Pin) (*http.Response, error) {
 	for try := 0; ; try++ {
 		var c *h1Conn
 		if try == 0 {
@@ -274,7 +284,7 @@ func (h *h1Client) do(ctx context.Context, req *http.Request, host string, body 
 		}
 		reused := c != nil
 		if c == nil {
-			nc, err := h.dial(ctx, "tcp", host)
+			nc, err := h.dial(ctx, "tcp", host.String())
 			if err != nil {
 				return nil, err
 			}
@@ -351,6 +361,10 @@ func (h *h1Client) exchange(ctx context.Context, c *h1Conn, req *http.Request, b
 	}
 }
 
+// h1RespFields is how many header lines of an answer fastResponse
+// allocates room for with the response itself.
+const h1RespFields = 12
+
 // fastResponse parses the answer head buffered in c.br with
 // parseResponseHead; nil when it is not whole in the buffer or not one the
 // parser takes (http.ReadResponse then reads it).
@@ -360,19 +374,34 @@ func (h *h1Client) fastResponse(c *h1Conn, req *http.Request, stop func() bool) 
 	if end < 0 {
 		return nil
 	}
-	r, ok := parseResponseHead(buf[:end], req.Method)
+	// The response, its body and the backing of its header values in one
+	// allocation; the header map is the connection's (h1Conn.hdr).
+	rb := &struct {
+		resp http.Response
+		body h1Body
+		vals [h1RespFields]string
+	}{}
+	if len(c.hdr) > 8 {
+		c.hdr = nil // clearing a larger map walks its whole table
+	}
+	if c.hdr == nil {
+		c.hdr = make(http.Header, 8)
+	}
+	r, ok := parseResponseHead(buf[:end], req.Method, c.hdr, rb.vals[:])
 	if !ok {
 		return nil
 	}
 	c.br.Discard(end)
-	resp := &http.Response{Status: r.statusText, StatusCode: r.status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+	rb.resp = http.Response{Status: r.statusText, StatusCode: r.status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: r.header, ContentLength: r.clen, Close: r.close, Request: req}
+	resp := &rb.resp
 	if r.clen == 0 {
 		resp.Body = http.NoBody
 		h.release(c, stop, r.close)
 		return resp
 	}
-	resp.Body = &h1Body{c: c, h: h, stop: stop, close: r.close, left: r.clen}
+	rb.body = h1Body{c: c, h: h, stop: stop, close: r.close, left: r.clen}
+	resp.Body = &rb.body
 	return resp
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -113,7 +114,7 @@ func TestH1Client_ReusesAndRecoversStale(t *testing.T) {
 		t.Fatalf("on a connection the server closed: %q, %v, want the request sent again", got, err)
 	}
 	h.mu.Lock()
-	idle := len(h.idle[ln.Addr().String()])
+	idle := len(h.idle[netip.MustParseAddrPort(ln.Addr().String())])
 	h.mu.Unlock()
 	if idle != 1 {
 		t.Fatalf("%d idle connections after the stale ones were found, want 1 (the new one)", idle)

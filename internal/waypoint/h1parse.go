@@ -293,7 +293,10 @@ type h1Response struct {
 // Content-Length (or that has none by its status). It reports false for
 // everything else (chunked, read to close, HTTP/1.0, odd syntax), which
 // http.ReadResponse then parses.
-func parseResponseHead(head []byte, method string) (h1Response, bool) {
+//
+// h (nil: a new one) is cleared and becomes r.header; vals (nil or too
+// short: a new array) backs the header values.
+func parseResponseHead(head []byte, method string, h http.Header, vals []string) (h1Response, bool) {
 	var r h1Response
 	s := string(head)
 	line, rest, ok := cutLine(s)
@@ -312,9 +315,17 @@ func parseResponseHead(head []byte, method string) (h1Response, bool) {
 	if r.status < 200 || method == http.MethodHead {
 		return r, false // interim answers and HEAD's: net/http's rules
 	}
-	r.header = make(http.Header)
+	if h == nil {
+		h = make(http.Header)
+	} else {
+		clear(h)
+	}
+	r.header = h
 	r.clen = -1
-	fields := newFieldValues(rest)
+	fields := fieldValues{vals: vals}
+	if lines := strings.Count(rest, "\n"); len(vals) < lines {
+		fields = newFieldValues(rest)
+	}
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
@@ -389,8 +400,7 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, bodyLen int64, extra ..
 	}
 	if bodyLen > 0 || r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
 		bw.WriteString("Content-Length: ")
-		var b [20]byte
-		bw.Write(strconv.AppendInt(b[:0], bodyLen, 10))
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), bodyLen, 10)) // no array of its own: it would escape
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")

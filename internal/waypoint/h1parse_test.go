@@ -112,7 +112,7 @@ func TestParseResponseHead(t *testing.T) {
 		{"HTTP/1.1 2000 OK\r\nContent-Length: 5\r\n\r\n", "GET", false},
 		{"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 5\r\n\r\n", "GET", false},
 	} {
-		r, got := parseResponseHead([]byte(tc.head), tc.method)
+		r, got := parseResponseHead([]byte(tc.head), tc.method, nil, nil)
 		if got != tc.fast {
 			t.Errorf("%q: fast %v, want %v", tc.head, got, tc.fast)
 			continue

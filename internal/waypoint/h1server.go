@@ -101,6 +101,9 @@ type h1Server struct {
 	w         h1Writer
 	// pin is the connection's upstream connection (h1Pin).
 	pin h1Pin
+	// body is the fast parser's request body, reused for each request
+	// (nothing reads a request's body after its handler returns).
+	body h1ReqBody
 }
 
 var errHeadTooBig = errors.New("request header block too large")
@@ -130,7 +133,8 @@ func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *conn
 			br.Discard(len(head))
 			req = &s.r.req
 			if req.ContentLength > 0 {
-				req.Body = &h1ReqBody{br: br, n: req.ContentLength}
+				s.body.reset(br, req.ContentLength)
+				req.Body = &s.body
 			}
 		} else {
 			switch classifyHead(head) {
@@ -190,6 +194,12 @@ func (b *h1ReqBody) Read(p []byte) (int, error) {
 }
 
 func (b *h1ReqBody) Close() error { return nil }
+
+func (b *h1ReqBody) reset(br *bufio.Reader, n int64) {
+	b.mu.Lock()
+	b.br, b.n = br, n
+	b.mu.Unlock()
+}
 
 // fallback hands the connection, at the request not yet read, to
 // net/http's server.

@@ -48,6 +48,9 @@ type request struct {
 	reqBytes int64
 	rspBytes int64
 	grpc     string // grpc-status of the answer, "" if none
+	// requestID backs the X-Request-Id header the waypoint adds (no slice
+	// of its own to allocate).
+	requestID [1]string
 }
 
 func (r *request) flag(f string) { r.flags = append(r.flags, f) }
@@ -88,7 +91,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Policy first, as Istio's waypoint runs RBAC before anything else.
 	a := p.attrs(s, info, r)
 	policies := append(s.gatewayPolicies[:len(s.gatewayPolicies):len(s.gatewayPolicies)], sp.svc.policies...)
-	if d := authorize(policies, a); !d.allow {
+	if d := authorize(policies, &a); !d.allow {
 		rq.status = http.StatusForbidden
 		p.log.Debug("request denied", "service", sp.svc.key, "path", r.URL.Path, "principal", a.principal, "policy", d.policy)
 		http.Error(cw, "RBAC: access denied", http.StatusForbidden)
@@ -222,8 +225,8 @@ func (p *Proxy) routeRequest(sp *servicePort, clientNS string, r *http.Request, 
 }
 
 // attrs collects what policies see of a request (r nil for TCP).
-func (p *Proxy) attrs(s *snapshot, info *connInfo, r *http.Request) *attrs {
-	a := &attrs{principal: info.peer.Principal, srcIP: info.peer.Addr.Addr().Unmap(), dst: info.dst}
+func (p *Proxy) attrs(s *snapshot, info *connInfo, r *http.Request) attrs {
+	a := attrs{principal: info.peer.Principal, srcIP: info.peer.Addr.Addr().Unmap(), dst: info.dst}
 	if a.principal == "" {
 		// Plaintext: the client is known by its address, as kmeshd knows
 		// it before mutual TLS.
@@ -270,7 +273,8 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		defer cancel()
 	}
 	if r.Header.Get("X-Request-Id") == "" {
-		r.Header.Set("X-Request-Id", newRequestID())
+		rq.requestID[0] = newRequestID()
+		r.Header["X-Request-Id"] = rq.requestID[:]
 	}
 	// The pooled HTTP/1.1 client writes the request from r itself, leaving
 	// out the hop-by-hop headers; the other transports get a copy without
@@ -329,7 +333,7 @@ func (p *Proxy) forward(w *countingWriter, r *http.Request, rq *request, be *bac
 		var err error
 		if fast {
 			if err = fastErr; err == nil {
-				resp, err = p.h1c.do(actx, out, addr.String(), fastBody, rq.info.pin)
+				resp, err = p.h1c.do(actx, out, addr, fastBody, rq.info.pin)
 			}
 		} else {
 			req := out.WithContext(actx)

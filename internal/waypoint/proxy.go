@@ -301,7 +301,7 @@ func (p *Proxy) forwardTCP(c net.Conn, br *bufio.Reader, info *connInfo) {
 	svc := info.sp.svc
 	a := p.attrs(s, info, nil)
 	a.tcp = true
-	if d := authorize(append(s.gatewayPolicies[:len(s.gatewayPolicies):len(s.gatewayPolicies)], svc.policies...), a); !d.allow {
+	if d := authorize(append(s.gatewayPolicies[:len(s.gatewayPolicies):len(s.gatewayPolicies)], svc.policies...), &a); !d.allow {
 		p.log.Debug("tcp connection denied", "service", svc.key, "peer", info.peer.Addr, "policy", d.policy)
 		return
 	}

@@ -45,10 +45,7 @@ func keyOf(s *snapshot, w *model.Workload) upstreamKey {
 
 // dropUpstreams closes the idle pooled connections to the addresses.
 func (p *Proxy) dropUpstreams(addrs map[netip.Addr]bool) {
-	p.h1c.dropIdleTo(func(host string) bool {
-		ap, err := netip.ParseAddrPort(host)
-		return err == nil && addrs[ap.Addr().Unmap()]
-	})
+	p.h1c.dropIdleTo(func(host netip.AddrPort) bool { return addrs[host.Addr().Unmap()] })
 	// http.Transport closes its idle connections all at once; this is
 	// rare (an identity or tunnel change), and only idle ones go.
 	p.h1.CloseIdleConnections()
