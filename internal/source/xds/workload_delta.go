@@ -37,12 +37,15 @@ type workloadIndex struct {
 }
 
 func newWorkloadIndex(st *store, m *model.Mesh) *workloadIndex {
+	// Sized from the mesh once: at 100,000 workloads growing the key
+	// sets through every doubling rehashed each several times.
+	nw, ns := len(m.Workloads), len(m.Services)
 	ix := &workloadIndex{
-		wlKeys: keyset.New[string](), svcKeys: keyset.New[string](), polKeys: keyset.New[string](),
-		hosts: keyset.New[string](), fronts: keyset.New[netip.AddrPort](),
-		members: map[string][]string{}, byPolicy: map[string][]string{},
+		wlKeys: keyset.WithCapacity[string](nw), svcKeys: keyset.WithCapacity[string](ns), polKeys: keyset.WithCapacity[string](len(m.Policies)),
+		hosts: keyset.WithCapacity[string](ns), fronts: keyset.WithCapacity[netip.AddrPort](ns),
+		members: make(map[string][]string, ns), byPolicy: map[string][]string{},
 		wpRefs: map[string][]string{}, wpHosts: map[string][]string{},
-		services: make(map[string]*model.Service, len(m.Services)), keyOf: map[string]string{},
+		services: make(map[string]*model.Service, ns), keyOf: make(map[string]string, ns),
 		workloads: make(map[string]*model.Workload, len(m.Workloads)), policies: make(map[string]*model.Policy, len(m.Policies)),
 	}
 	for _, t := range []string{AddressType, AuthorizationType} {
