@@ -466,6 +466,67 @@ var gammaTests = []gammaTest{
 				})
 			}
 		}},
+	// From the suite after v1.6 (conformance/tests/mesh/grpcroute-request-mirror):
+	// each call is answered by echo-v1 and a copy reaches echo-v2 (the
+	// suite looks for it in echo-v2's log), after the header changes of
+	// its rule.
+	{name: "MeshGRPCRouteRequestMirror", grpcRoutes: gammaRoute("GRPCRoute", "mesh-grpc-request-mirror", gammaNS, "echo:7070", `
+    - matches: [{headers: [{name: x-mirror-only, value: "true"}]}]
+      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 7070}}}]
+      backendRefs: [{name: echo-v1, port: 7070}]
+    - matches: [{headers: [{name: x-mirror-and-modify, value: "true"}]}]
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier:
+          set: [{name: X-Header-Set, value: set-overwrites-values}]
+          add: [{name: X-Header-Add, value: header-val-1}, {name: X-Header-Add-Append, value: header-val-2}]
+          remove: [X-Header-Remove]
+      - {type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 7070}}}
+      backendRefs: [{name: echo-v1, port: 7070}]`),
+		run: func(t *testing.T, g *gammaBed) {
+			for _, tc := range []struct {
+				name   string
+				md     []string
+				want   map[string]string
+				absent []string
+			}{
+				{"mirror only", []string{"x-mirror-only:true"}, map[string]string{"x-mirror-only": "true"}, nil},
+				{"mirror and modify", []string{"x-mirror-and-modify:true", "x-header-remove:remove-val", "x-header-add-append:append-val-1"},
+					map[string]string{"x-header-set": "set-overwrites-values", "x-header-add": "header-val-1",
+						"x-header-add-append": "append-val-1,header-val-2"}, []string{"x-header-remove"}},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					g.grpcCalls("echo-v2", 300*time.Millisecond) // earlier tests' calls
+					var args []string
+					for _, kv := range tc.md {
+						args = append(args, "--metadata", kv)
+					}
+					a := g.grpc(t, "client", args...)[0]
+					if a["x-pod"] != "echo-v1" {
+						t.Fatalf("answered by %q, want echo-v1", a["x-pod"])
+					}
+					for k, v := range tc.want {
+						if got := a["x-echo-"+k]; got != v {
+							t.Errorf("echo-v1 saw %s = %q, want %q", k, got, v)
+						}
+					}
+					calls := g.grpcCalls("echo-v2", 10*time.Second)
+					if len(calls) != 1 || calls[0].Call != "/grpc.health.v1.Health/Check" {
+						t.Fatalf("echo-v2 logged %+v, want the one mirrored Check call", calls)
+					}
+					for k, v := range tc.want {
+						if got := calls[0].Metadata[k]; got != v {
+							t.Errorf("the mirrored call had %s = %q, want %q", k, got, v)
+						}
+					}
+					for _, k := range tc.absent {
+						if got, ok := calls[0].Metadata[k]; ok {
+							t.Errorf("the mirrored call had %s = %q, want it removed", k, got)
+						}
+					}
+				})
+			}
+		}},
 }
 
 var requestHeaderModifierReqs = []gammaReq{
@@ -505,6 +566,40 @@ type gammaBed struct {
 	last    string // the file as last written
 	// hbone: the mesh has a CA; the waypoint's workload speaks HBONE.
 	hbone bool
+	// grpcSrv are the echo pods' gRPC servers, whose stdout has a line
+	// per call (their request log).
+	grpcSrv map[string]*testbed.Process
+}
+
+// grpcCalls returns the calls pod's gRPC server logged within wait (it
+// stops at the first quiet 200 ms after one arrived), as method ->
+// metadata.
+func (g *gammaBed) grpcCalls(pod string, wait time.Duration) []grpcCall {
+	var calls []grpcCall
+	deadline := time.After(wait)
+	for {
+		quiet := time.After(200 * time.Millisecond)
+		if len(calls) == 0 {
+			quiet = nil
+		}
+		select {
+		case l := <-g.grpcSrv[pod].Lines():
+			var c grpcCall
+			if json.Unmarshal([]byte(l), &c) == nil && c.Call != "" {
+				calls = append(calls, c)
+			}
+		case <-quiet:
+			return calls
+		case <-deadline:
+			return calls
+		}
+	}
+}
+
+// grpcCall is one line of kmesh-echo grpc-serve's request log.
+type grpcCall struct {
+	Call     string            `json:"call"`
+	Metadata map[string]string `json:"metadata"`
 }
 
 // apply writes the base manifest with the test's routes and waits until
@@ -691,6 +786,7 @@ func runGAMMA(t *testing.T, hbone bool, tests []gammaTest) {
 	m.addPod("node-a", "client", "10.1.1.10")
 	m.addPod("node-a", "consumer", "10.1.1.14")
 	m.addPod("node-a", "waypoint", "10.1.1.20")
+	g := &gammaBed{m: m, cfg: configPath(m, "mesh.yaml"), hbone: hbone, grpcSrv: map[string]*testbed.Process{}}
 	for i, name := range []string{"echo-v1", "echo-v2", "echo-v3"} {
 		m.addPod("node-a", name, fmt.Sprintf("10.1.1.%d", 11+i))
 		m.serve(name)
@@ -699,8 +795,8 @@ func runGAMMA(t *testing.T, hbone bool, tests []gammaTest) {
 			t.Fatal(err)
 		}
 		waitLine(t, gp, "listening ")
+		g.grpcSrv[name] = gp
 	}
-	g := &gammaBed{m: m, cfg: configPath(m, "mesh.yaml"), hbone: hbone}
 	g.write(gammaTest{})
 	level := "info"
 	if hbone {

@@ -27,7 +27,7 @@ func grpcServe(args []string) error {
 	fs := flag.NewFlagSet("grpc-serve", flag.ExitOnError)
 	listen := fs.String("listen", "[::]:9090", "address to listen on")
 	flip := fs.Duration("flip", 100*time.Millisecond, "period of service flip's status changes")
-	name := fs.String("name", "", "name sent back in the x-pod header of every call, with the call's metadata as x-echo-<key>")
+	name := fs.String("name", "", "name sent back in the x-pod header of every call, with the call's metadata as x-echo-<key>; each unary call is also printed as a JSON line (method and metadata), as a request log")
 	fs.Parse(args)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -35,16 +35,23 @@ func grpcServe(args []string) error {
 	}
 	var opts []grpc.ServerOption
 	if *name != "" {
-		opts = append(opts, grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		opts = append(opts, grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			md := metadata.Pairs("x-pod", *name)
 			in, _ := metadata.FromIncomingContext(ctx)
+			seen := map[string]string{}
 			for k, v := range in {
+				seen[k] = strings.Join(v, ",")
 				if strings.HasPrefix(k, ":") {
 					continue // a pseudo-header (:authority): no valid name with a prefix
 				}
 				md.Append("x-echo-"+k, strings.Join(v, ","))
 			}
 			grpc.SetHeader(ctx, md)
+			line, _ := json.Marshal(struct {
+				Call     string            `json:"call"`
+				Metadata map[string]string `json:"metadata"`
+			}{info.FullMethod, seen})
+			os.Stdout.Write(append(line, '\n'))
 			return h(ctx, req)
 		}))
 	}
