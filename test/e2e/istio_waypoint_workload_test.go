@@ -3,9 +3,11 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/kmesh-go/kmesh/internal/model"
 	"github.com/kmesh-go/kmesh/internal/source/kube"
 	"github.com/kmesh-go/kmesh/internal/testbed"
+	"github.com/kmesh-go/kmesh/internal/waypoint"
 )
 
 // The workload-waypoint topology of the Istio tier:
@@ -218,6 +221,32 @@ func TestIstioWaypoint_Workload(t *testing.T) {
 		}
 		if !hasLine(wp.Stderr(), `msg="hbone stream"`, "authority="+iwwAppIP+":8080", "principal=cluster.local/ns/apps/sa/default") {
 			t.Errorf("the waypoint saw no HBONE stream from client's certificate for %s:8080:\n%s", iwwAppIP, tail(wp.Stderr(), 4000))
+		}
+		// The waypoint's own admin and metrics (read inside its pod):
+		// /config_dump lists app among the workloads it serves and the
+		// Gateway's policy; the request metrics count app's answers and
+		// the denials, reported by the waypoint, with the client's
+		// certificate.
+		var dump waypoint.ConfigDump
+		if err := json.Unmarshal([]byte(m.get("waypoint", "--url", "http://"+iwwWaypointIP+":15000/config_dump", "--print-body")[0].Body), &dump); err != nil {
+			t.Fatalf("the waypoint's /config_dump: %v", err)
+		}
+		var served bool
+		for _, w := range dump.Workloads {
+			served = served || (w.Workload == istioAppsNs+"/app" && slices.Contains(w.Addresses, iwwAppIP))
+		}
+		if !served || !slices.Contains(dump.Policies, istioAppsNs+"/no-admin") {
+			t.Errorf("the waypoint's /config_dump: workloads %+v, policies %v; want apps/app (%s) and apps/no-admin", dump.Workloads, dump.Policies, iwwAppIP)
+		}
+		body := m.get("waypoint", "--url", "http://"+iwwWaypointIP+":15020/metrics", "--print-body")[0].Body
+		for _, want := range [][]string{
+			{`istio_requests_total{`, `reporter="waypoint"`, `response_code="200"`, `destination_workload="app"`,
+				`source_principal="spiffe://cluster.local/ns/apps/sa/default"`, `connection_security_policy="mutual_tls"`},
+			{`istio_requests_total{`, `reporter="waypoint"`, `response_code="403"`, `source_principal="spiffe://cluster.local/ns/apps/sa/default"`},
+		} {
+			if !hasLine(body, want...) {
+				t.Errorf("the waypoint's metrics have no series with %v:\n%s", want, grepLines(body, "istio_requests_total"))
+			}
 		}
 	})
 
