@@ -29,6 +29,9 @@ type h1Request struct {
 	req  http.Request
 	url  url.URL
 	hdr  http.Header
+	// vals backs hdr's values; a handler that keeps a header past its
+	// request copies it (a mirror clones the request).
+	vals []string
 }
 
 // parseRequestHead fills r.req from head (a whole header block, through
@@ -68,7 +71,10 @@ func (r *h1Request) parseRequestHead(head []byte) bool {
 	hosts, cls := 0, 0
 	host, cl := "", int64(0)
 	closeConn := false
-	fields := newFieldValues(rest)
+	if lines := strings.Count(rest, "\n"); len(r.vals) < lines {
+		r.vals = make([]string, lines)
+	}
+	fields := fieldValues{vals: r.vals}
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
