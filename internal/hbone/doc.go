@@ -29,5 +29,7 @@
 // takes it without blocking; writers frame and flush their own bytes under
 // one lock, so a stream's bytes leave from the goroutine that read them
 // (after yielding once, so that a burst of streams shares a flush). The
-// sockets are read and written with raw system calls (internal/rawtcp).
+// sockets are read and written with raw system calls (internal/rawtcp);
+// the reader of a TLS connection runs in rawtcp.ReadLoop, so that the read
+// that empties the socket is its last before it parks (h2read.go).
 package hbone

@@ -46,6 +46,7 @@ type h2conn struct {
 
 	// Reading: the reader goroutine only.
 	rfr *http2.Framer
+	in  frameBuf
 
 	mu         sync.Mutex
 	streams    map[uint32]*stream
@@ -121,7 +122,7 @@ func newH2Conn(tc net.Conn, client bool, log *slog.Logger) *h2conn {
 	c.bw = bufio.NewWriterSize(tc, 16<<10)
 	c.wfr = http2.NewFramer(c.bw, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.rfr = http2.NewFramer(nil, bufio.NewReaderSize(tc, 32<<10))
+	c.rfr = http2.NewFramer(nil, &c.in)
 	c.rfr.SetReuseFrames()
 	c.rfr.SetMaxReadFrameSize(maxFrame)
 	c.rfr.MaxHeaderListSize = maxHeaderList
@@ -251,37 +252,6 @@ func (c *h2conn) writeHeaders(fr *http2.Framer, id uint32, end bool, fields []hp
 		block = block[n:]
 	}
 	return nil
-}
-
-// readLoop reads frames until the connection fails.
-func (c *h2conn) readLoop() {
-	for {
-		f, err := c.rfr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code, &ResetError{Code: se.Code})
-				continue
-			}
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				c.fail(fmt.Errorf("hbone: http2 protocol error from peer: %w: %v", err, c.rfr.ErrorDetail()), http2.ErrCode(ce))
-				return
-			}
-			if errors.Is(err, http2.ErrFrameTooLarge) {
-				c.fail(fmt.Errorf("hbone: peer sent a frame over %d bytes", maxFrame), http2.ErrCodeFrameSize)
-				return
-			}
-			c.fail(err, 0)
-			return
-		}
-		c.lastRead.Store(time.Now().UnixNano())
-		c.pingOut.Store(false)
-		if err := c.handle(f); err != nil {
-			c.fail(err, http2.ErrCodeProtocol)
-			return
-		}
-	}
 }
 
 // connError is a connection error we detect, with the code to send.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -314,6 +315,46 @@ func TestH2_StatusAndOneXX(t *testing.T) {
 	p.headers(s.id, true, ":status", "401")
 	if code, err := s.waitResponse(context.Background()); err != nil || code != 401 {
 		t.Fatalf("response %d, %v; want 401", code, err)
+	}
+}
+
+// A header block in a HEADERS and a CONTINUATION frame that arrive apart,
+// after a DATA frame cut in two, is read whole: the reader waits for the
+// rest of a frame (and of a header block) before the framer reads it.
+func TestH2_FramesSplitAcrossReads(t *testing.T) {
+	c, p := clientWithPeer(t)
+	s, err := c.openStream("10.0.0.1:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.next()
+	p.hbuf.Reset()
+	p.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	p.henc.WriteField(hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("k", 200)})
+	block := bytes.Clone(p.hbuf.Bytes())
+	var frames bytes.Buffer
+	fr := http2.NewFramer(&frames, nil)
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: s.id, BlockFragment: block[:20]})
+	fr.WriteContinuation(s.id, true, block[20:])
+	fr.WriteData(s.id, false, []byte("kmesh"))
+	wire := frames.Bytes()
+	prev := 0
+	// In the first frame header, in the CONTINUATION's, in the DATA.
+	for _, cut := range []int{5, 9 + 20 + 7, len(wire) - 3, len(wire)} {
+		if _, err := p.conn.Write(wire[prev:cut]); err != nil {
+			t.Fatal(err)
+		}
+		prev = cut
+		time.Sleep(30 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if code, err := s.waitResponse(ctx); err != nil || code != 200 {
+		t.Fatalf("response %d, %v; want 200", code, err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(s, got); err != nil || string(got) != "kmesh" {
+		t.Fatalf("read %q, %v; want \"kmesh\"", got, err)
 	}
 }
 

@@ -51,6 +51,16 @@ type Conn struct {
 	awaitReply bool
 	awaitFn    func(uintptr) bool
 	wrote      bool
+
+	// ReadLoop's state, under rmu: whether TCP_INQ is on, and inside
+	// the loop the socket and whether its queue was read empty; recvmsg's
+	// arguments, kept here so that a read allocates nothing.
+	inqSet, inq, looping, armed bool
+	drained                     int
+	loopFd                      uintptr
+	msg                         syscall.Msghdr
+	iov                         syscall.Iovec
+	cmsg                        [4]uint64 // one cmsghdr and its int, aligned
 }
 
 // New wraps tc.
@@ -81,6 +91,9 @@ func Wrap(c net.Conn) net.Conn {
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if c.looping { // ReadLoop's function, which holds rmu
+		return c.loopRead(p)
 	}
 	c.rmu.Lock()
 	c.rbuf, c.rn, c.rerr = p, 0, 0

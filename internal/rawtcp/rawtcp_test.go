@@ -193,3 +193,106 @@ func TestConn_ExpectReply(t *testing.T) {
 		t.Fatalf("Write waiting for a reply past the deadline = %v; want a timeout", err)
 	}
 }
+
+// ReadLoop sees every message and the EOF after it, also when the data
+// and the FIN come in one event (the last read is short and TCP_INQ must
+// say a FIN is left), and waits in the poller between messages instead
+// of reading again.
+func TestConn_ReadLoopSeesDataAndFIN(t *testing.T) {
+	for i := range 200 {
+		c, peer := pair(t)
+		msgs := 1 + i%5
+		go func() {
+			for j := range msgs {
+				peer.Write([]byte{byte('a' + j)})
+				if i%2 == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			peer.CloseWrite()
+		}()
+		var got []byte
+		buf := make([]byte, 64)
+		done := make(chan error, 1)
+		go func() {
+			done <- c.ReadLoop(func() error {
+				for {
+					n, err := c.Read(buf)
+					got = append(got, buf[:n]...)
+					if err != nil {
+						return err
+					}
+				}
+			})
+		}()
+		select {
+		case err := <-done:
+			if err != io.EOF {
+				t.Fatalf("round %d: ReadLoop = %v, want EOF", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: ReadLoop still waiting 5 s after the peer's FIN (read %q)", i, got)
+		}
+		if want := "abcde"[:msgs]; string(got) != want {
+			t.Fatalf("round %d: read %q, want %q", i, got, want)
+		}
+		c.Close()
+	}
+}
+
+// Close ends a ReadLoop that waits, with the poller's error.
+func TestConn_ReadLoopEndsOnClose(t *testing.T) {
+	c, _ := pair(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.ReadLoop(func() error {
+			_, err := c.Read(make([]byte, 8))
+			return err
+		})
+	}()
+	time.Sleep(20 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("ReadLoop after Close = %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadLoop still waiting 5 s after Close")
+	}
+}
+
+// A reset that comes right behind the last data (TCP_INQ does not count
+// it, and no later event comes) still ends ReadLoop, within resetCheck.
+func TestConn_ReadLoopSeesResetAfterData(t *testing.T) {
+	c, peer := pair(t)
+	peer.Write([]byte("last words"))
+	peer.SetLinger(0)
+	peer.Close()
+	time.Sleep(20 * time.Millisecond) // both in the queue before the first read
+	var got []byte
+	buf := make([]byte, 64)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.ReadLoop(func() error {
+			for {
+				n, err := c.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					return err
+				}
+			}
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("ReadLoop = %v, want ECONNRESET", err)
+		}
+	case <-time.After(resetCheck + 5*time.Second):
+		t.Fatalf("ReadLoop still waiting %v after the peer's reset", resetCheck+5*time.Second)
+	}
+	if string(got) != "last words" {
+		t.Fatalf("read %q, want \"last words\"", got)
+	}
+}
