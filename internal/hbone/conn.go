@@ -89,7 +89,21 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 			return s.copyTo(tc, *bp)
 		}
 	}
+	// A socket to a stream: read in a poller loop that parks without a
+	// read that finds nothing.
 	if tc, ok := src.(*net.TCPConn); ok {
+		var st *stream
+		switch d := dst.(type) {
+		case *Conn:
+			st = d.st
+		case *stream:
+			st = d
+		}
+		if st != nil {
+			if rc, err := rawtcp.New(tc); err == nil {
+				return st.copyFrom(rc, *bp)
+			}
+		}
 		src = rawtcp.Wrap(tc)
 	}
 	// Hide ReaderFrom/WriterTo: *net.TCPConn's fall back to io.Copy's own

@@ -214,6 +214,54 @@ func (s *stream) copyTo(dst *net.TCPConn, buf []byte) (int64, error) {
 	return written, err
 }
 
+// errWindow leaves copyFrom's read loop to wait for the peer's window.
+var errWindow = errors.New("hbone: stream window spent")
+
+// copyFrom copies src to the stream until src's EOF, as io.Copy would,
+// but reads src in rawtcp.ReadLoop: the read that empties the socket is
+// the last before the goroutine parks. Waiting for the peer's window is
+// done out of the loop: a Close of src waits for the loop's function, and
+// the window may only come back once the closer resets the stream. (A
+// flush that waits for room in the TLS socket does wait inside; it ends
+// when the peer reads or the connection fails, whoever closes src.)
+func (s *stream) copyFrom(src *rawtcp.Conn, buf []byte) (int64, error) {
+	var written int64
+	var rest []byte
+	for {
+		err := src.ReadLoop(func() error {
+			for {
+				n, err := src.Read(buf)
+				if n > 0 {
+					m, werr := s.write(buf[:n], false)
+					written += int64(m)
+					if werr != nil {
+						return werr
+					}
+					if m < n {
+						rest = buf[m:n]
+						return errWindow
+					}
+				}
+				if err != nil {
+					return err
+				}
+			}
+		})
+		if errors.Is(err, errWindow) {
+			m, werr := s.Write(rest)
+			written += int64(m)
+			if werr != nil {
+				return written, werr
+			}
+			continue
+		}
+		if err == io.EOF {
+			err = nil
+		}
+		return written, err
+	}
+}
+
 // deliver writes data of a DATA frame straight to the stream's sink, with
 // c.mu held on entry and exit (released during the write). It returns the
 // bytes the sink took; the rest goes to recv for the consumer. Only a
@@ -241,7 +289,11 @@ func (s *stream) deliver(data []byte) int {
 }
 
 // Write sends p as DATA frames within the peer's windows.
-func (s *stream) Write(p []byte) (int, error) {
+func (s *stream) Write(p []byte) (int, error) { return s.write(p, true) }
+
+// write is Write; with wait false it returns, short and without an error,
+// when the windows are spent instead of waiting for the peer to grant more.
+func (s *stream) write(p []byte, wait bool) (int, error) {
 	c := s.c
 	written := 0
 	for len(p) > 0 {
@@ -263,6 +315,10 @@ func (s *stream) Write(p []byte) (int, error) {
 				err := c.err
 				c.mu.Unlock()
 				return written, err
+			}
+			if !wait {
+				c.mu.Unlock()
+				return written, nil
 			}
 			s.cond.Wait()
 		}
