@@ -8,7 +8,9 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -216,8 +218,33 @@ func (p *parser) list(n *yaml.Node, path string, f func(item *yaml.Node, path st
 		return
 	}
 	for i, item := range n.Content {
-		f(resolve(item), fmt.Sprintf("%s[%d]", path, i))
+		f(resolve(item), itemPath(path, i))
 	}
+}
+
+// sharedItemPaths is how many item paths of each top-level list
+// ("workloads[7]") are made once and shared: a workload or service keeps
+// its path for messages, and every file of a directory has the same ones,
+// so each item held its own copy (2 MiB at 100,000 workloads, in files
+// of 100).
+const sharedItemPaths = 1024
+
+var itemPaths sync.Map // top-level list name -> *[sharedItemPaths]string
+
+// itemPath is path[i].
+func itemPath(path string, i int) string {
+	if i >= sharedItemPaths || strings.ContainsAny(path, ".[") {
+		return path + "[" + strconv.Itoa(i) + "]"
+	}
+	v, ok := itemPaths.Load(path)
+	if !ok {
+		t := new([sharedItemPaths]string)
+		for j := range t {
+			t[j] = path + "[" + strconv.Itoa(j) + "]"
+		}
+		v, _ = itemPaths.LoadOrStore(path, t)
+	}
+	return v.(*[sharedItemPaths]string)[i]
 }
 
 // str returns the text of a scalar as written.
