@@ -331,3 +331,31 @@ func TestSplitFlips_AtIstiodsLog(t *testing.T) {
 		}
 	}
 }
+
+// TestGoals_WaypointAgainstHAProxyHTTP: issue 11's goal is met only when the
+// waypoint adds less than HAProxy's HTTP mode at every percentile.
+func TestGoals_WaypointAgainstHAProxyHTTP(t *testing.T) {
+	verdict := func(waypoint, haproxy [3]float64) string {
+		var samples []report.Sample
+		for r := 1; r <= 3; r++ {
+			samples = append(samples,
+				report.Sample{Round: r, Mode: modeDirect, Topology: topoSame, Test: "lat-c16", P50: 500, P90: 800, P99: 1500},
+				report.Sample{Round: r, Mode: modeWaypoint, Topology: topoSame, Test: "lat-c16",
+					P50: 500 + waypoint[0], P90: 800 + waypoint[1], P99: 1500 + waypoint[2]},
+				report.Sample{Round: r, Mode: modeHAProxyHTTP, Topology: topoSame, Test: "lat-c16",
+					P50: 500 + haproxy[0], P90: 800 + haproxy[1], P99: 1500 + haproxy[2]})
+		}
+		for _, g := range goals(&report.Results{Summary: report.Summarize(samples, modeDirect)}) {
+			if strings.HasPrefix(g.Goal, "kmesh-waypoint adds less than HAProxy's HTTP mode") && strings.HasSuffix(g.Goal, topoSame) {
+				return g.Met
+			}
+		}
+		return "missing"
+	}
+	if got := verdict([3]float64{500, 700, 900}, [3]float64{600, 800, 1000}); got != verdictMet {
+		t.Errorf("waypoint below haproxy-http at every percentile: %s, want %s", got, verdictMet)
+	}
+	if got := verdict([3]float64{500, 700, 1100}, [3]float64{600, 800, 1000}); got != verdictMissed {
+		t.Errorf("waypoint's p99 above haproxy-http's: %s, want %s", got, verdictMissed)
+	}
+}
