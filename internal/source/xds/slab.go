@@ -27,6 +27,8 @@ type slab struct {
 	workloads []workload
 	members   []membership
 	addresses []netip.Addr
+	// decoder is the goroutine's wire decoder (workload_wire.go).
+	decoder decoder
 }
 
 // workload returns a zeroed workload.

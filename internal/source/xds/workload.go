@@ -136,6 +136,13 @@ type addressHandler struct{}
 func (addressHandler) typeURL() string { return AddressType }
 
 func (addressHandler) convert(name string, res *anypb.Any, sl *slab) (any, error) {
+	d := new(decoder)
+	if sl != nil {
+		d = &sl.decoder
+	}
+	if w, ok := d.decodeWorkload(res.GetValue(), name, sl); ok {
+		return w, nil
+	}
 	var a workloadapi.Address
 	if err := proto.Unmarshal(res.GetValue(), &a); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
