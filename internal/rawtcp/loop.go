@@ -36,8 +36,12 @@ const tcpInq = 0x24
 // wait of Go's poller, until fn returns an error other than ErrWouldBlock
 // or the connection is closed. Inside fn, Read reads with raw recvmsg
 // calls and returns ErrWouldBlock once the receive queue is known empty.
-// fn must not block (it runs while Close waits for it) and only fn may
-// read the connection meanwhile. ReadLoop owns the read deadline.
+// Only fn may read the connection meanwhile, and Close waits for fn to
+// return: fn may block (the waypoint serves a request in it, writing to
+// this connection and waiting on others) only where nothing closes the
+// connection from another goroutine. A read deadline set with
+// SetReadDeadline or SetDeadline, before or inside fn, ends the loop with
+// os.ErrDeadlineExceeded when it passes.
 //
 // Why: a plain Read that parks must first read until EAGAIN, because a
 // read that came back short says only that no more data was queued, not
@@ -84,8 +88,10 @@ func (c *Conn) ReadLoop(fn func() error) error {
 			return false
 		})
 		if errors.Is(err, os.ErrDeadlineExceeded) && c.armed {
-			c.disarm()
-			continue // the next callback reads first
+			c.disarm() // the caller's deadline again, if it set one
+			if d := c.readDeadline(); d.IsZero() || time.Now().Before(d) {
+				continue // the next callback reads first
+			}
 		}
 		if err != nil {
 			return err
@@ -97,17 +103,53 @@ func (c *Conn) ReadLoop(fn func() error) error {
 // resetCheck bounds how late a reset that came with the last data is seen.
 const resetCheck = time.Second
 
+// arm sets the reset check's deadline, unless the caller's own read
+// deadline comes first (the loop then ends at it anyway).
 func (c *Conn) arm() {
-	if !c.armed {
-		c.armed = c.TCPConn.SetReadDeadline(time.Now().Add(resetCheck)) == nil
+	if c.armed {
+		return
 	}
+	t := time.Now().Add(resetCheck)
+	if d := c.readDeadline(); !d.IsZero() && d.Before(t) {
+		return
+	}
+	c.armed = c.TCPConn.SetReadDeadline(t) == nil
 }
 
+// disarm puts the caller's read deadline (or none) back.
 func (c *Conn) disarm() {
 	if c.armed {
 		c.armed = false
-		c.TCPConn.SetReadDeadline(time.Time{})
+		c.TCPConn.SetReadDeadline(c.readDeadline())
 	}
+}
+
+// SetReadDeadline is net.Conn's; the deadline is kept so that ReadLoop's
+// reset check, which borrows the read deadline, can put it back.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.keepDeadline(t)
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+// SetDeadline is net.Conn's, keeping the read deadline as SetReadDeadline.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.keepDeadline(t)
+	return c.TCPConn.SetDeadline(t)
+}
+
+func (c *Conn) keepDeadline(t time.Time) {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
+	}
+	c.rdeadline.Store(ns)
+}
+
+func (c *Conn) readDeadline() time.Time {
+	if ns := c.rdeadline.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // loopRead is Read inside ReadLoop.

@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
@@ -61,6 +62,9 @@ type Conn struct {
 	msg                         syscall.Msghdr
 	iov                         syscall.Iovec
 	cmsg                        [4]uint64 // one cmsghdr and its int, aligned
+	// rdeadline is the caller's read deadline in Unix nanoseconds (0:
+	// none), which ReadLoop's reset check puts back.
+	rdeadline atomic.Int64
 }
 
 // New wraps tc.

@@ -296,3 +296,34 @@ func TestConn_ReadLoopSeesResetAfterData(t *testing.T) {
 		t.Fatalf("read %q, want \"last words\"", got)
 	}
 }
+
+// The reset check borrows the read deadline; the caller's own deadline,
+// later than the check, must still end the loop.
+func TestConn_ReadLoopKeepsCallerDeadline(t *testing.T) {
+	c, peer := pair(t)
+	peer.Write([]byte("hello"))
+	deadline := time.Now().Add(resetCheck + resetCheck/2)
+	c.SetReadDeadline(deadline)
+	buf := make([]byte, 64)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.ReadLoop(func() error {
+			for {
+				if _, err := c.Read(buf); err != nil {
+					return err
+				}
+			}
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("ReadLoop = %v, want a deadline error", err)
+		}
+		if time.Now().Before(deadline) {
+			t.Fatalf("ReadLoop ended before the deadline")
+		}
+	case <-time.After(resetCheck * 5):
+		t.Fatalf("ReadLoop still waiting %v after its deadline", resetCheck*5-time.Until(deadline))
+	}
+}

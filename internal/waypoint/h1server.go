@@ -12,7 +12,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/kmesh-go/kmesh/internal/rawtcp"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -104,6 +107,18 @@ type h1Server struct {
 	// body is the fast parser's request body, reused for each request
 	// (nothing reads a request's body after its handler returns).
 	body h1ReqBody
+
+	// The read loop's state (h1loop.go): the socket for peeking, whether
+	// the buffered head is parsed into r (its body still coming), whether
+	// a request is being served in the loop, whether the read deadline is
+	// the header timeout's, and the peeking disconnect watcher.
+	sc         syscall.RawConn
+	headParsed bool
+	inLoop     bool
+	headerSet  bool
+	watchMu    sync.Mutex
+	watchArmed bool
+	peekTimer  *time.Timer
 }
 
 var errHeadTooBig = errors.New("request header block too large")
@@ -118,7 +133,24 @@ func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *conn
 	info.pin = &s.pin
 	defer s.unpin()
 	s.r.base = *(&http.Request{}).WithContext(ctx)
+	rc, _ := c.(*rawtcp.Conn)
+	if rc != nil {
+		s.sc, _ = rc.SyscallConn()
+	}
 	for {
+		if s.sc != nil {
+			// Whole requests are served in the read loop; it ends to
+			// hand one that needs more here.
+			switch err := rc.ReadLoop(s.serveBuffered); err {
+			case errOutside:
+			case errHeadTooBig:
+				s.fallback()
+				return
+			default:
+				c.Close()
+				return
+			}
+		}
 		head, err := s.peekHead()
 		if err == errHeadTooBig {
 			s.fallback()
@@ -154,6 +186,7 @@ func (p *Proxy) serveH1(c net.Conn, cr *connReader, br *bufio.Reader, info *conn
 		}
 		if s.idleSince.IsZero() {
 			c.SetReadDeadline(time.Time{}) // the header timeout's
+			s.headerSet = false
 		}
 		if s.bw == nil {
 			s.bw = bufio.NewWriterSize(c, 4<<10)
@@ -241,7 +274,7 @@ func (s *h1Server) peekHead() ([]byte, error) {
 	if s.br.Buffered() == 0 {
 		if now := time.Now(); now.Sub(s.idleSince) > time.Minute {
 			s.c.SetReadDeadline(now.Add(h1ServerIdle))
-			s.idleSince = now
+			s.idleSince, s.headerSet = now, false
 		}
 		if _, err := s.br.Peek(1); err != nil {
 			return nil, err
@@ -254,7 +287,7 @@ func (s *h1Server) peekHead() ([]byte, error) {
 		}
 	}
 	s.c.SetReadDeadline(time.Now().Add(h1ServerHeader))
-	s.idleSince = time.Time{}
+	s.idleSince, s.headerSet = time.Time{}, true
 	for {
 		b, _ := s.br.Peek(n)
 		if i := headEnd(b); i >= 0 {
@@ -388,7 +421,9 @@ func (s *h1Server) serveOne(req *http.Request) (keep bool) {
 	w.reset(s, req)
 
 	watching := body == http.NoBody
-	if watching {
+	if watching && s.inLoop {
+		s.startPeekWatch()
+	} else if watching {
 		s.stopping.Store(false)
 		s.gone.Store(false)
 		if s.watchTimer == nil {
@@ -398,7 +433,11 @@ func (s *h1Server) serveOne(req *http.Request) (keep bool) {
 		}
 	}
 	aborted := s.run(w, req)
-	if watching && !s.watchTimer.Stop() {
+	if watching && s.inLoop {
+		if s.stopPeekWatch() {
+			return false
+		}
+	} else if watching && !s.watchTimer.Stop() {
 		// The watcher runs: stop its read and wait for it.
 		s.stopping.Store(true)
 		s.c.SetReadDeadline(time.Unix(1, 0))

@@ -34,6 +34,9 @@ func newH1Bed(t *testing.T) *h1Bed {
 			}
 			return
 		}
+		if r.URL.Path == "/pause" {
+			time.Sleep(200 * time.Millisecond)
+		}
 		if r.URL.Path == "/big" {
 			io.WriteString(w, strings.Repeat("b", 10000))
 			return
@@ -102,6 +105,50 @@ func TestH1Server_Pipelining(t *testing.T) {
 			resp.Header.Get("X-Body-Len") != want.blen {
 			t.Fatalf("%s: %d %q %v", want.path, resp.StatusCode, body, resp.Header)
 		}
+	}
+}
+
+// TestH1Server_PipelinedWhileServing: a request that arrives while the one
+// before it is being served is answered as soon as that one is, not when
+// some timer next looks at the connection.
+func TestH1Server_PipelinedWhileServing(t *testing.T) {
+	b := newH1Bed(t)
+	c, br := b.dial(t)
+	io.WriteString(c, "GET /pause HTTP/1.1\r\nHost: web\r\n\r\n")
+	time.Sleep(100 * time.Millisecond) // read and being served (200 ms)
+	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: web\r\n\r\n")
+	if resp, _ := readResp(t, br, "GET"); resp.Header.Get("X-Saw-Path") != "/pause" {
+		t.Fatalf("first answer for %q", resp.Header.Get("X-Saw-Path"))
+	}
+	start := time.Now()
+	resp, _ := readResp(t, br, "GET")
+	if resp.Header.Get("X-Saw-Path") != "/next" {
+		t.Fatalf("second answer for %q", resp.Header.Get("X-Saw-Path"))
+	}
+	if d := time.Since(start); d > 300*time.Millisecond {
+		t.Fatalf("the pipelined request was answered %v after the first", d)
+	}
+}
+
+// TestH1Server_HalfCloseGetsAnswer: a client that shuts down its sending
+// side after its request gets the answer, and then the connection closes
+// (not left open until the idle timeout).
+func TestH1Server_HalfCloseGetsAnswer(t *testing.T) {
+	for _, pause := range []time.Duration{0, 20 * time.Millisecond} {
+		t.Run(pause.String(), func(t *testing.T) {
+			b := newH1Bed(t)
+			c, br := b.dial(t)
+			io.WriteString(c, "GET /one HTTP/1.1\r\nHost: web\r\n\r\n")
+			time.Sleep(pause) // 0: the FIN comes with the request
+			c.(*net.TCPConn).CloseWrite()
+			if resp, body := readResp(t, br, "GET"); resp.StatusCode != 200 || body != "ok" {
+				t.Fatalf("answer %d %q", resp.StatusCode, body)
+			}
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if b, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("after the answer: read %q, %v; want the connection closed", b, err)
+			}
+		})
 	}
 }
 
