@@ -61,8 +61,11 @@ func newDir(node string) *dir {
 // parsePart parses one file of a directory. Routes may name services of
 // the other files.
 func (d *dir) parsePart(name string, data []byte) (*part, error) {
-	root, err := decode(data)
-	return d.parseDecoded(name, data, root, err)
+	a := arenas.Get().(*nodeArena)
+	root, err := decode(data, a)
+	pt, err := d.parseDecoded(name, data, root, err)
+	release(a, pt)
+	return pt, err
 }
 
 // parseDecoded is parsePart for a file already decoded (readAhead):
@@ -130,18 +133,23 @@ func lineOf(n *yaml.Node) int {
 	return n.Line
 }
 
-func (pt *part) owned() []owned {
-	var out []owned
+// eachOwned calls f with each key the part defines; items false leaves
+// out workloads and services, which are not in dir.owner: a map of 110,000
+// of them by key would cost ~7 MB at 100,000 endpoints, so they hold their
+// file name instead.
+func (pt *part) eachOwned(items bool, f func(owned)) {
 	add := func(kind, key string, line int, path, field, what string) {
 		if line != 0 {
-			out = append(out, owned{ownerKey{kind, key}, line, path, field, what})
+			f(owned{ownerKey{kind, key}, line, path, field, what})
 		}
 	}
-	for _, w := range pt.workloads {
-		add("workload", w.key, w.nameLine, w.path, "name", "workload")
-	}
-	for _, s := range pt.services {
-		add("service", s.key, s.nameLine, s.path, "name", "service")
+	if items {
+		for _, w := range pt.workloads {
+			add("workload", w.key, w.nameLine, w.path, "name", "workload")
+		}
+		for _, s := range pt.services {
+			add("service", s.key, s.nameLine, s.path, "name", "service")
+		}
 	}
 	for _, p := range pt.policies {
 		add("policy", p.Key(), lineOf(p.nameNode), p.path, "metadata.name", "policy")
@@ -158,13 +166,7 @@ func (pt *part) owned() []owned {
 	for _, vs := range pt.vss {
 		add("virtual service", vs.Key(), lineOf(vs.nameNode), vs.path, "metadata.name", "virtual service")
 	}
-	return out
 }
-
-// itemKind reports whether o is a workload or a service: a map of 110,000
-// of them by key would cost ~7 MB at 100,000 endpoints, so they hold their
-// file name instead.
-func (o owned) itemKind() bool { return o.key.kind == "workload" || o.key.kind == "service" }
 
 // ownerOf returns the file that defines k.
 func (d *dir) ownerOf(k ownerKey) (string, bool) {
@@ -189,11 +191,11 @@ func (d *dir) ownerOf(k ownerKey) (string, bool) {
 // path:line.
 func (d *dir) check(name, path string, data []byte, pt *part) error {
 	p := newParser(path, d.node, len(data))
-	for _, o := range pt.owned() {
+	pt.eachOwned(true, func(o owned) {
 		if f, ok := d.ownerOf(o.key); ok && f != name {
 			p.errorAt(o.line, o.path+"."+o.field, "%s %s is already defined in %s", o.what, o.key.key, f)
 		}
-	}
+	})
 	for _, s := range pt.services {
 		for i, a := range s.Addresses {
 			for _, sp := range s.Ports {
@@ -220,25 +222,21 @@ func (d *dir) swap(name string, old, new *part) (workloads, services map[string]
 	if new == nil {
 		new = &part{}
 	}
-	for _, o := range old.owned() {
-		if !o.itemKind() {
-			delete(d.owner, o.key)
-		}
-	}
-	for _, o := range new.owned() {
-		if !o.itemKind() {
-			d.owner[o.key] = name
-		}
-	}
+	old.eachOwned(false, func(o owned) { delete(d.owner, o.key) })
+	new.eachOwned(false, func(o owned) { d.owner[o.key] = name })
 	for _, w := range new.workloads {
 		w.file = name
 	}
 	for _, s := range new.services {
 		s.file = name
 	}
-	newW := map[string]*workload{}
-	for _, w := range new.workloads {
-		newW[w.key] = w
+	// A new file (the whole first sync) has no old items to match.
+	var newW map[string]*workload
+	if len(old.workloads) > 0 {
+		newW = make(map[string]*workload, len(new.workloads))
+		for _, w := range new.workloads {
+			newW[w.key] = w
+		}
 	}
 	for _, w := range old.workloads {
 		if n := newW[w.key]; n == nil || !sameWorkload(n.Workload, w.Workload) {
@@ -246,7 +244,7 @@ func (d *dir) swap(name string, old, new *part) (workloads, services map[string]
 			d.unindexWorkload(w)
 		}
 	}
-	oldW := map[string]*workload{}
+	oldW := make(map[string]*workload, len(old.workloads))
 	for _, w := range old.workloads {
 		oldW[w.key] = w
 	}
@@ -262,9 +260,12 @@ func (d *dir) swap(name string, old, new *part) (workloads, services map[string]
 			d.workloads[w.key] = w
 		}
 	}
-	newS := map[string]*service{}
-	for _, s := range new.services {
-		newS[s.key] = s
+	var newS map[string]*service
+	if len(old.services) > 0 {
+		newS = make(map[string]*service, len(new.services))
+		for _, s := range new.services {
+			newS[s.key] = s
+		}
 	}
 	for _, s := range old.services {
 		if n := newS[s.key]; n == nil || !sameService(n, s) {
@@ -272,7 +273,7 @@ func (d *dir) swap(name string, old, new *part) (workloads, services map[string]
 			d.unindexService(s)
 		}
 	}
-	oldS := map[string]*service{}
+	oldS := make(map[string]*service, len(old.services))
 	for _, s := range old.services {
 		oldS[s.key] = s
 	}

@@ -18,13 +18,20 @@ import (
 // duplicate keys, errors of any kind) ok is false and the caller decodes
 // with yaml.v3, which has the last word. A nil root means an empty or null
 // file, as decode. TestFastDecode_AsYAML checks it against yaml.v3.
-func fastDecode(data []byte) (root *yaml.Node, ok bool) {
+//
+// The nodes are a's (nil: new ones); the caller releases a once the tree
+// is no longer needed.
+func fastDecode(data []byte, a *nodeArena) (root *yaml.Node, ok bool) {
 	for _, c := range data {
 		if c != '\n' && (c < 0x20 || c > 0x7e || unsafeByte[c]) {
 			return nil, false
 		}
 	}
-	p := &fastParser{data: data, line: 1}
+	if a == nil {
+		a = new(nodeArena)
+	}
+	p := &fastParser{data: data, line: 1, a: a, stack: a.stack[:0]}
+	defer func() { a.stack = p.stack[:0] }()
 	defer func() {
 		if r := recover(); r != nil {
 			if r != errFallback {
@@ -69,7 +76,10 @@ type fastParser struct {
 	i    int // next byte
 	line int // line of data[i], from 1
 	ls   int // offset where that line starts
-	slab []yaml.Node
+	a    *nodeArena
+	// stack holds the children of the nodes being read, each node's
+	// from its mark on, until the node's Content is cut from it.
+	stack []*yaml.Node
 }
 
 func (p *fastParser) fail() { panic(errFallback) }
@@ -152,13 +162,14 @@ func (p *fastParser) block(n int) *yaml.Node {
 func (p *fastParser) blockMap(n int, key *yaml.Node, line, col int) *yaml.Node {
 	m := p.node()
 	*m = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: line, Column: col}
+	mark := len(p.stack)
 	for {
 		// p.i is at the ':' after key.
 		p.i++
 		if c := p.peek(); c != ' ' && c != '\n' {
 			p.fail()
 		}
-		if hasKey(m, key.Value) {
+		if hasKey(p.stack[mark:], key.Value) {
 			p.fail() // yaml.v3 refuses it: its error, its words
 		}
 		var v *yaml.Node
@@ -186,9 +197,10 @@ func (p *fastParser) blockMap(n int, key *yaml.Node, line, col int) *yaml.Node {
 			}
 			p.endOfLine()
 		}
-		m.Content = append(m.Content, key, v)
+		p.stack = append(p.stack, key, v)
 		m2, more := p.nextLine()
 		if !more || m2 < n {
+			p.cut(m, mark)
 			return m
 		}
 		if m2 > n || p.seqEntry() {
@@ -202,9 +214,11 @@ func (p *fastParser) blockMap(n int, key *yaml.Node, line, col int) *yaml.Node {
 	}
 }
 
-func hasKey(m *yaml.Node, key string) bool {
-	for i := 0; i < len(m.Content); i += 2 {
-		if m.Content[i].Value == key {
+// hasKey reports whether the keys and values of a mapping being read
+// have key.
+func hasKey(content []*yaml.Node, key string) bool {
+	for i := 0; i < len(content); i += 2 {
+		if content[i].Value == key {
 			return true
 		}
 	}
@@ -215,6 +229,7 @@ func hasKey(m *yaml.Node, key string) bool {
 func (p *fastParser) blockSeq(n int) *yaml.Node {
 	s := p.node()
 	*s = yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq", Line: p.line, Column: p.col()}
+	mark := len(p.stack)
 	for {
 		// p.i is at the '-'.
 		p.i++
@@ -226,7 +241,7 @@ func (p *fastParser) blockSeq(n int) *yaml.Node {
 		case c == '\n' || p.seqEntry():
 			p.fail()
 		case c == '{' || c == '[':
-			s.Content = append(s.Content, p.flow())
+			p.stack = append(p.stack, p.flow())
 			p.endOfLine()
 		default:
 			line, col := p.line, p.col()
@@ -237,10 +252,11 @@ func (p *fastParser) blockSeq(n int) *yaml.Node {
 			} else {
 				p.endOfLine()
 			}
-			s.Content = append(s.Content, v)
+			p.stack = append(p.stack, v)
 		}
 		m, more := p.nextLine()
 		if !more || m < n || (m == n && !p.seqEntry()) {
+			p.cut(s, mark)
 			return s
 		}
 		if m > n {
@@ -264,6 +280,7 @@ func (p *fastParser) flow() *yaml.Node {
 		p.i++
 		return n
 	}
+	mark := len(p.stack)
 	for {
 		var v *yaml.Node
 		if c := p.peek(); c == '{' || c == '[' {
@@ -276,7 +293,7 @@ func (p *fastParser) flow() *yaml.Node {
 			if v.Kind != yaml.ScalarNode || p.peek() != ':' {
 				p.fail()
 			}
-			if hasKey(n, v.Value) {
+			if hasKey(p.stack[mark:], v.Value) {
 				p.fail()
 			}
 			p.i++
@@ -284,7 +301,7 @@ func (p *fastParser) flow() *yaml.Node {
 				p.fail()
 			}
 			p.spaces()
-			n.Content = append(n.Content, v)
+			p.stack = append(p.stack, v)
 			if c := p.peek(); c == '{' || c == '[' {
 				v = p.flow()
 			} else {
@@ -292,7 +309,7 @@ func (p *fastParser) flow() *yaml.Node {
 			}
 			p.spaces()
 		}
-		n.Content = append(n.Content, v)
+		p.stack = append(p.stack, v)
 		switch p.peek() {
 		case ',':
 			p.i++
@@ -302,6 +319,7 @@ func (p *fastParser) flow() *yaml.Node {
 			}
 		case end:
 			p.i++
+			p.cut(n, mark)
 			return n
 		default:
 			p.fail() // a ':' in a flow sequence, a line break, ...
@@ -389,13 +407,20 @@ func (p *fastParser) scalarEnd(inFlow bool) {
 }
 
 // plainTag is v.ShortTag() (yaml.v3's resolve), without its number
-// parsing for the two plain scalars a generated config is made of: names,
-// which start with a letter no YAML keyword starts with, and IPv4
-// addresses (digits and three dots: no int, float or timestamp).
+// parsing and its allocations for the two plain scalars a generated config
+// is made of: names, which start with a letter (a string unless one of
+// YAML 1.2's keywords), and IPv4 addresses (digits and three dots: no int,
+// float or timestamp).
 func plainTag(v *yaml.Node) string {
 	s := v.Value
 	switch c := s[0]; {
-	case alnum(c) && !(c >= '0' && c <= '9') && !strings.ContainsRune("yYnNtTfFoO", rune(c)):
+	case alnum(c) && !(c >= '0' && c <= '9'):
+		switch s {
+		case "true", "True", "TRUE", "false", "False", "FALSE":
+			return "!!bool"
+		case "null", "Null", "NULL":
+			return "!!null"
+		}
 		return "!!str"
 	case c >= '1' && c <= '9' && len(s) <= 18 && digits(s):
 		return "!!int"
@@ -414,15 +439,12 @@ func digits(s string) bool {
 	return true
 }
 
-// node allocates a node from a slab: one allocation per 128 nodes, not
-// one per node (the tree is garbage once the file is parsed).
-func (p *fastParser) node() *yaml.Node {
-	if len(p.slab) == 0 {
-		p.slab = make([]yaml.Node, 128)
-	}
-	n := &p.slab[0]
-	p.slab = p.slab[1:]
-	return n
+func (p *fastParser) node() *yaml.Node { return p.a.node() }
+
+// cut makes the children on the stack from mark on n's Content.
+func (p *fastParser) cut(n *yaml.Node, mark int) {
+	n.Content = p.a.content(p.stack[mark:])
+	p.stack = p.stack[:mark]
 }
 
 func alnum(c byte) bool {

@@ -77,7 +77,7 @@ func TestFastDecode_AsYAML(t *testing.T) {
 	var taken int
 	check := func(data string) bool {
 		t.Helper()
-		got, ok := fastDecode([]byte(data))
+		got, ok := fastDecode([]byte(data), nil)
 		if !ok {
 			return false
 		}
@@ -143,4 +143,22 @@ func dumpNode(n *yaml.Node) string {
 	}
 	walk(n, "")
 	return b.String()
+}
+
+// TestPlainTag_AsYAML: plainTag gives the tag yaml.v3 resolves for plain
+// scalars of fastDecode's alphabet, the keywords and their neighbours too.
+func TestPlainTag_AsYAML(t *testing.T) {
+	for _, s := range []string{
+		"true", "True", "TRUE", "tRUE", "truer", "false", "False", "FALSE", "null", "Null", "NULL", "nULL", "nil",
+		"y", "Y", "yes", "Yes", "n", "N", "no", "No", "on", "On", "ON", "off", "Off", "OFF", "o", "t", "f",
+		"name", "namespace", "node", "ns-010", "nan", "inf", "a", "app", "svc-00010", "Ab_c.d/e+f",
+		"10.96.0.1", "1", "10", "0", "007", "1.5", "1.2.3", "1.2.3.4", "10.128.39.27", "2001-12-14", "1_000", "0x1F",
+		"1e3", ".5", ".inf", ".nan", "+1", "-1", "+.inf", "/a/b", "_x", ".", "..",
+	} {
+		v := &yaml.Node{Kind: yaml.ScalarNode, Value: s}
+		want := v.ShortTag()
+		if got := plainTag(v); got != want {
+			t.Errorf("plainTag(%q) = %s, yaml.v3 says %s", s, got, want)
+		}
+	}
 }

@@ -25,7 +25,7 @@ import (
 // Services and workloads keep the file's order; each service's endpoints are
 // sorted by workload key. The result always passes [model.Mesh.Validate].
 func Parse(name string, data []byte, node string) (*model.Mesh, error) {
-	root, err := decode(data)
+	root, err := decode(data, nil)
 	if err != nil {
 		return nil, syntaxError(name, data, err)
 	}
@@ -46,9 +46,10 @@ func Parse(name string, data []byte, node string) (*model.Mesh, error) {
 }
 
 // decode returns the root node of the file's only document, or nil if the
-// file is empty or null.
-func decode(data []byte) (*yaml.Node, error) {
-	if root, ok := fastDecode(data); ok {
+// file is empty or null. The nodes are in a when fastDecode can read the
+// file (nil: new ones).
+func decode(data []byte, a *nodeArena) (*yaml.Node, error) {
+	if root, ok := fastDecode(data, a); ok {
 		return root, nil
 	}
 	return yamlDecode(data)

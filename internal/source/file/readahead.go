@@ -46,13 +46,17 @@ func readAhead(dir string, names []string, parse func(path string, data []byte, 
 			go func() {
 				var f decodedFile
 				path := filepath.Join(dir, name)
+				a := arenas.Get().(*nodeArena)
 				if f.data, f.err = os.ReadFile(path); f.err == nil {
-					f.root, f.decodeErr = decode(f.data)
+					f.root, f.decodeErr = decode(f.data, a)
 				}
 				if f.err == nil && f.decodeErr == nil {
 					if f.pt, f.parsed, f.parseErr = parse(path, f.data, f.root); f.parsed {
 						f.root = nil
 					}
+				}
+				if f.root == nil {
+					release(a, f.pt) // else the caller parses the tree
 				}
 				out[i] <- f
 			}()

@@ -167,7 +167,9 @@ func (p *parser) fields(n *yaml.Node, path string, known ...string) map[string]*
 		p.errorf(n, path, "expected a mapping, got %s", describe(n))
 		return nil
 	}
-	out := make(map[string]*yaml.Node, len(known))
+	// Sized for the keys given: a map of more than 8 is several
+	// allocations, and a workload is one with five keys of ten known.
+	out := make(map[string]*yaml.Node, min(len(known), len(n.Content)/2))
 	p.pairs(n, path, func(k, v *yaml.Node) {
 		for _, name := range known {
 			if k.Value == name {
