@@ -104,7 +104,7 @@ func (c *deltaClient) session(ctx context.Context) (bool, error) {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx, callCodec())
 	if err != nil {
 		return false, err
 	}
