@@ -172,6 +172,7 @@ func (p *fastParser) blockMap(n int, key *yaml.Node, line, col int) *yaml.Node {
 		if hasKey(p.stack[mark:], key.Value) {
 			p.fail() // yaml.v3 refuses it: its error, its words
 		}
+		p.a.key(key.Value)
 		var v *yaml.Node
 		if p.peek() == '\n' {
 			nullLine, nullCol := p.line, p.col()
@@ -296,6 +297,7 @@ func (p *fastParser) flow() *yaml.Node {
 			if hasKey(p.stack[mark:], v.Value) {
 				p.fail()
 			}
+			p.a.key(v.Value)
 			p.i++
 			if p.peek() != ' ' {
 				p.fail()
@@ -348,7 +350,7 @@ func (p *fastParser) scalar(inFlow bool) *yaml.Node {
 	}
 	p.scalarEnd(inFlow)
 	v := p.node()
-	*v = yaml.Node{Kind: yaml.ScalarNode, Value: string(p.data[start:p.i]), Line: p.line, Column: start - p.ls + 1}
+	*v = yaml.Node{Kind: yaml.ScalarNode, Value: p.a.text(p.data[start:p.i]), Line: p.line, Column: start - p.ls + 1}
 	v.Tag = plainTag(v)
 	return v
 }
@@ -368,7 +370,7 @@ func (p *fastParser) quoted(inFlow bool) *yaml.Node {
 	p.i++
 	p.scalarEnd(inFlow)
 	v := p.node()
-	*v = yaml.Node{Kind: yaml.ScalarNode, Style: yaml.DoubleQuotedStyle, Tag: "!!str", Value: string(p.data[start+1 : p.i-1]),
+	*v = yaml.Node{Kind: yaml.ScalarNode, Style: yaml.DoubleQuotedStyle, Tag: "!!str", Value: p.a.text(p.data[start+1 : p.i-1]),
 		Line: p.line, Column: start - p.ls + 1}
 	return v
 }

@@ -162,3 +162,19 @@ func TestPlainTag_AsYAML(t *testing.T) {
 		}
 	}
 }
+
+// TestParserInteger_AsYAML: integer reads decimal digits itself and gives
+// what yaml.v3 decodes, 010 (octal) and the out-of-range ones included.
+func TestParserInteger_AsYAML(t *testing.T) {
+	for _, s := range []string{"1", "80", "8080", "65535", "65536", "0", "010", "0x1F", "1_000", "+80", "99999999999999999999"} {
+		n := &yaml.Node{Kind: yaml.ScalarNode, Value: s}
+		n.Tag = n.ShortTag()
+		var want int64
+		err := n.Decode(&want)
+		p := newParser("f.yaml", "", 100)
+		got, ok := p.integer(n, "port", 0, 1<<40)
+		if ok != (err == nil) || ok && got != want {
+			t.Errorf("integer(%s) = %d, %v; yaml.v3: %d, %v", s, got, ok, want, err)
+		}
+	}
+}

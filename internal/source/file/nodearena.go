@@ -17,6 +17,31 @@ type nodeArena struct {
 	chunk, next   int            // nodes[chunk][next] is the next free node
 	pchunk, pnext int            // ptrs[pchunk][pnext] is the next free pointer
 	stack         []*yaml.Node   // fastParser.stack, kept for its capacity
+	// keys are the mapping keys read so far (name, namespace, labels,
+	// ...): every item repeats them, so a scalar that is one reuses it.
+	keys map[string]string
+}
+
+// maxKeys bounds keys, against a file of made-up keys.
+const maxKeys = 1024
+
+// text returns b as a string, a key read before if it is one.
+func (a *nodeArena) text(b []byte) string {
+	if k, ok := a.keys[string(b)]; ok {
+		return k
+	}
+	return string(b)
+}
+
+// key notes that k is a mapping key.
+func (a *nodeArena) key(k string) {
+	if _, ok := a.keys[k]; ok || len(a.keys) >= maxKeys {
+		return
+	}
+	if a.keys == nil {
+		a.keys = map[string]string{}
+	}
+	a.keys[k] = k
 }
 
 const (

@@ -334,10 +334,10 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 		p.ports(s, v, join(path, "ports"))
 	}
 	if v := f["selector"]; v != nil {
-		s.selector = p.labelSet(p.stringMap(v, join(path, "selector"), false))
+		s.selector = p.sharedLabels(v, path, "selector", false)
 	}
 	if v := f["labels"]; v != nil {
-		s.Labels = p.labelSet(p.stringMap(v, join(path, "labels"), true))
+		s.Labels = p.sharedLabels(v, path, "labels", true)
 		s.labelsLine = v.Line
 	}
 	if v := f["loadBalancing"]; v != nil {
@@ -450,7 +450,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 		}
 	}
 	if v := f["labels"]; v != nil {
-		w.Labels = p.labelSet(p.stringMap(v, join(path, "labels"), true))
+		w.Labels = p.sharedLabels(v, path, "labels", true)
 		w.labelsLine = v.Line
 	}
 	if v := f["addresses"]; v != nil {
@@ -541,35 +541,36 @@ func (p *parser) netns(w *workload, n *yaml.Node, path string) {
 }
 
 // checkWorkloads reports workloads defined twice, at the second one.
+// Their keys are made (items).
 func (p *parser) checkWorkloads(workloads []*workload) {
-	first := map[string]*workload{}
+	first := make(map[string]*workload, len(workloads))
 	for _, w := range workloads {
 		if w.nameLine == 0 {
 			continue
 		}
-		if prev, dup := first[w.Key()]; dup {
+		if prev, dup := first[w.key]; dup {
 			p.errorAt(w.nameLine, join(w.path, "name"), "workload %s is defined twice (first at %s, line %d)",
-				w.Key(), prev.path, prev.nameLine)
+				w.key, prev.path, prev.nameLine)
 			continue
 		}
-		first[w.Key()] = w
+		first[w.key] = w
 	}
 }
 
 // checkServices reports services defined twice and address:port pairs that
 // two services claim, at the second one: the kernel maps a frontend to one
-// service only.
+// service only. Their keys are made (items).
 func (p *parser) checkServices(services []*service) {
-	first := map[string]*service{}
+	first := make(map[string]*service, len(services))
 	owner := map[netip.AddrPort]*service{}
 	for _, s := range services {
 		if s.nameLine != 0 {
-			if prev, dup := first[s.Key()]; dup {
+			if prev, dup := first[s.key]; dup {
 				p.errorAt(s.nameLine, join(s.path, "name"), "service %s is defined twice (first at %s, line %d)",
-					s.Key(), prev.path, prev.nameLine)
+					s.key, prev.path, prev.nameLine)
 				continue
 			}
-			first[s.Key()] = s
+			first[s.key] = s
 		}
 		for i, a := range s.Addresses {
 			for _, sp := range s.Ports {

@@ -516,3 +516,40 @@ func TestParse_BoundsAliasExpansion(t *testing.T) {
 		t.Fatalf("Parse error = %v, want one containing %q", err, want)
 	}
 }
+
+// TestParse_LabelsShared: the workloads of one app share their labels map,
+// however the labels are written, and a bad label set written twice is
+// reported twice.
+func TestParse_LabelsShared(t *testing.T) {
+	const file = "workloads:\n" +
+		"- {name: a-1, labels: {app: a, v: \"1\"}, addresses: [10.1.0.1], node: n}\n" +
+		"- {name: a-2, labels: {app: a, v: \"1\"}, addresses: [10.1.0.2], node: n}\n" +
+		"- {name: a-3, labels: {v: \"1\", app: a}, addresses: [10.1.0.3], node: n}\n" +
+		"- {name: b-1, labels: {app: b}, addresses: [10.1.0.4], node: n}\n"
+	m, err := Parse("f.yaml", []byte(file), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"app": "a", "v": "1"}
+	for i := range 3 {
+		if got := m.Workloads[i].Labels; !reflect.DeepEqual(got, want) {
+			t.Fatalf("workload %d labels %v, want %v", i, got, want)
+		}
+		if reflect.ValueOf(m.Workloads[i].Labels).UnsafePointer() != reflect.ValueOf(m.Workloads[0].Labels).UnsafePointer() {
+			t.Errorf("workload %d has a labels map of its own", i)
+		}
+	}
+	if got := m.Workloads[3].Labels; !reflect.DeepEqual(got, map[string]string{"app": "b"}) {
+		t.Errorf("workload 3 labels %v", got)
+	}
+
+	const bad = "workloads:\n" +
+		"- {name: a-1, labels: {app: [a]}, addresses: [10.1.0.1], node: n}\n" +
+		"- {name: a-2, labels: {app: [a]}, addresses: [10.1.0.2], node: n}\n"
+	_, err = Parse("f.yaml", []byte(bad), "")
+	for _, line := range []string{"f.yaml:2: workloads[0].labels: expected a string", "f.yaml:3: workloads[1].labels: expected a string"} {
+		if err == nil || !strings.Contains(err.Error(), line) {
+			t.Errorf("error %v, want it to say %q", err, line)
+		}
+	}
+}

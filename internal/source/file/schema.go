@@ -42,6 +42,12 @@ type parser struct {
 	// workloads of one app share their labels map (a small map is ~300
 	// bytes; a directory keeps every file's parsed items).
 	labelSets map[string]map[string]string
+	// labelTexts maps the text of a label mapping as written (its pairs
+	// in order, each NUL-terminated) to its shared map, so the items with
+	// the same labels as one before make no map to throw away; text is
+	// where that text is put together.
+	labelTexts map[string]map[string]string
+	text       []byte
 }
 
 // newParser returns a parser for a file of size bytes. A file without
@@ -92,6 +98,49 @@ func (p *parser) labelSet(m map[string]string) map[string]string {
 	}
 	p.labelSets[b.String()] = m
 	return m
+}
+
+// sharedLabels is labelSet(stringMap(n, join(path, key), allowEmpty)) for
+// a field of an item: a mapping of non-empty plain strings written as one
+// before it in the file (the items of one app) is valid as that one was,
+// and gets its map without a new one being made.
+func (p *parser) sharedLabels(n *yaml.Node, path, key string, allowEmpty bool) map[string]string {
+	if m, ok := p.labelsAsBefore(n); ok {
+		return m
+	}
+	errs := len(p.errs)
+	m := p.labelSet(p.stringMap(n, join(path, key), allowEmpty))
+	if m != nil && len(p.errs) == errs && p.text != nil {
+		if p.labelTexts == nil {
+			p.labelTexts = map[string]map[string]string{}
+		}
+		p.labelTexts[string(p.text)] = m
+	}
+	return m
+}
+
+// labelsAsBefore returns the map of the label mapping n when one with the
+// same text came before; it leaves n's text in p.text when it is a
+// mapping of non-empty strings (nil when not).
+func (p *parser) labelsAsBefore(n *yaml.Node) (map[string]string, bool) {
+	p.text = p.text[:0]
+	if n.Kind != yaml.MappingNode || len(n.Content)%2 != 0 {
+		p.text = nil
+		return nil, false
+	}
+	for _, c := range n.Content {
+		c = resolve(c)
+		if c.Kind != yaml.ScalarNode || c.Value == "" || isNull(c) || strings.IndexByte(c.Value, 0) >= 0 {
+			p.text = nil
+			return nil, false
+		}
+		p.text = append(append(p.text, c.Value...), 0)
+	}
+	m, ok := p.labelTexts[string(p.text)]
+	if ok && !p.spend(n) {
+		return nil, true // as pairs: the error is the budget's
+	}
+	return m, ok
 }
 
 // errorAt is errorf at a line kept from a node.
@@ -265,9 +314,17 @@ func (p *parser) integer(n *yaml.Node, path string, lo, hi int64) (int64, bool) 
 		p.errorf(n, path, "expected an integer, got %s", describe(n))
 		return 0, false
 	}
+	// Decimal digits (a port) need no decoder; yaml.v3 reads the other
+	// forms of !!int (0x1F, 1_000, +1, and 010, which is octal). Decode
+	// fails only for integers beyond int64, which are out of range too.
 	var v int64
-	// Decode fails only for integers beyond int64, which are out of range too.
-	if err := n.Decode(&v); err != nil || v < lo || v > hi {
+	var err error
+	if s := n.Value; s != "" && s[0] != '0' && digits(s) {
+		v, err = strconv.ParseInt(s, 10, 64)
+	} else {
+		err = n.Decode(&v)
+	}
+	if err != nil || v < lo || v > hi {
 		p.errorf(n, path, "%s is out of range %d..%d", n.Value, lo, hi)
 		return 0, false
 	}
