@@ -338,16 +338,23 @@ func (c *h2conn) onData(f *http2.DataFrame) error {
 			return nil
 		}
 	}
-	if s.off > 0 && cap(s.recv)-len(s.recv) < len(data) {
-		s.recv = s.recv[:copy(s.recv, s.recv[s.off:])]
-		s.off = 0
+	if len(data) > 0 {
+		if s.off > 0 && cap(s.recv)-len(s.recv) < len(data) {
+			s.recv = s.recv[:copy(s.recv, s.recv[s.off:])]
+			s.off = 0
+		}
+		s.recv = append(s.recv, data...)
 	}
-	s.recv = append(s.recv, data...)
 	if f.StreamEnded() {
 		s.recvEnd = true
 		s.maybeDoneLocked()
 	}
-	s.cond.Broadcast()
+	// A frame the sink took whole leaves nothing for the stream's
+	// consumer: waking it (copyTo waits on cond) would only make it look
+	// and wait again, a goroutine run per frame for nothing.
+	if len(data) > 0 || f.StreamEnded() {
+		s.cond.Broadcast()
+	}
 	return nil
 }
 

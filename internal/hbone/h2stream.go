@@ -282,6 +282,11 @@ func (s *stream) deliver(data []byte) int {
 	if err != nil {
 		s.sinkErr = err
 	}
+	if s.sinkErr != nil || s.err != nil || s.done {
+		// copyTo waits for a failed sink, and, once the stream ended
+		// meanwhile, for this write to be over.
+		s.cond.Broadcast()
+	}
 	if sinc, cinc := s.consumedLocked(int64(n)); sinc > 0 || cinc > 0 {
 		c.writeAsync(s.grantFrames(sinc, cinc))
 	}
