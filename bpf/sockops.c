@@ -17,6 +17,7 @@
  * connection with no room is counted in km_tcp_full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct tcp_stats_key);
 	__type(value, struct tcp_stats_value);
 	__uint(max_entries, 65536);

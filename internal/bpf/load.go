@@ -32,8 +32,8 @@ type Limits struct {
 	Workloads uint32 // km_manage, km_authz_netns: enrolled network namespaces
 	Sockets   uint32 // km_socks: sockets of this node same-node acceleration tracks
 
-	// Authorization (bpf/include/authz.h). The maps are not preallocated:
-	// only what a config uses takes memory.
+	// Authorization (bpf/include/authz.h). Like the hash maps above, these
+	// are not preallocated: only what a config uses takes memory.
 	Policies          uint32 // km_authz_pol, km_authz_stats: policies (ids 1..Policies)
 	PolicyMatches     uint32 // km_authz_match: matches of all policies (a changing policy briefly needs two copies)
 	PolicyValues      uint32 // km_authz_val: identities and ports the matches test
@@ -253,12 +253,11 @@ func openMaps(dir string, s *ebpf.CollectionSpec, log *slog.Logger) (map[string]
 	return out, nil
 }
 
-// createMaps creates the named maps of s, on every core: the kernel fills
-// a preallocated hash map's free list when it is created, which at the
-// limits of 100,000 endpoints is most of a second of CPU (km_tcp_stats,
-// km_lb_backend, km_endpoint, km_backend, ...), and is the time kmeshd
-// waits before it can load the programs. It returns the maps created, and
-// the first error.
+// createMaps creates the named maps of s, on every core: creating a map
+// still costs the kernel its bucket array (and an LRU map its free list),
+// tens of milliseconds each at the limits of 100,000 endpoints, while
+// kmeshd waits to load the programs. It returns the maps created, and the
+// first error.
 func createMaps(s *ebpf.CollectionSpec, names []string) (map[string]*ebpf.Map, error) {
 	type result struct {
 		name string

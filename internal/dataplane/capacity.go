@@ -37,10 +37,11 @@ func fullError(m string, need, capacity int) error {
 
 // mapErr names the map and its flag when the kernel says a map is full
 // (E2BIG), which checkCapacity should have caught first. ENOMEM comes from
-// maps created with BPF_F_NO_PREALLOC (the km_authz_* tables), which
-// allocate each entry on write and can fail below their capacity when the
-// kernel is short of memory: the write is retried, like any failed one
-// (the caller keeps the previous state and tries again).
+// maps created with BPF_F_NO_PREALLOC (the service and authorization
+// tables: bpf/include/maps.h), which allocate each entry on write and can
+// fail below their capacity when the kernel is short of memory: the write
+// is retried, like any failed one (the caller keeps the previous state and
+// tries again).
 func mapErr(m string, err error) error {
 	if errors.Is(err, unix.E2BIG) {
 		return fmt.Errorf("%w: %s (raise %s): %w", ErrMapFull, m, flags[m], err)
