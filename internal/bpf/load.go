@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -150,10 +151,12 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	}
 
 	d := &Datapath{features: feats, opts: opts, log: log, fresh: map[string]*ebpf.Map{}, lock: lock, created: created}
+	mapsStart := time.Now()
 	replacements, err := openMaps(opts.Dir, s, log)
 	if err != nil {
 		return nil, err
 	}
+	mapsTook := time.Since(mapsStart)
 	for name, r := range replacements {
 		if r.reused {
 			d.Reused = true
@@ -165,6 +168,7 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	for name, r := range replacements {
 		maps[name] = r.m
 	}
+	progStart := time.Now()
 	coll, err := ebpf.NewCollectionWithOptions(s, ebpf.CollectionOptions{MapReplacements: maps})
 	// The collection took references of its own; the fresh maps' handles
 	// stay open until Commit pins them.
@@ -186,6 +190,8 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	coll.Programs = nil // now ours to close
 	coll.Close()
 	ok = true // the lock is d's now
+	log.Info("programs loaded", "maps_created", len(d.fresh), "maps_reused", len(replacements)-len(d.fresh),
+		"maps_ms", mapsTook.Milliseconds(), "programs_ms", time.Since(progStart).Milliseconds())
 	return d, nil
 }
 
