@@ -58,6 +58,32 @@ func newDir(node string) *dir {
 	}
 }
 
+// reserve grows the maps by key of a directory being read for files
+// times the items of the files read so far (the first sixteenth of them):
+// at 500,000 endpoints rehashing them as they grew was ~3 % of a first
+// sync, on the one goroutine that takes the files in order.
+func (d *dir) reserve(files int) {
+	if len(d.parts) == 0 {
+		return
+	}
+	grow := func(have int) int { return have * files / len(d.parts) }
+	if n := grow(len(d.workloads)); n > len(d.workloads) {
+		m := make(map[string]*workload, n)
+		maps.Copy(m, d.workloads)
+		d.workloads = m
+	}
+	if n := grow(len(d.services)); n > len(d.services) {
+		m := make(map[string]*service, n)
+		maps.Copy(m, d.services)
+		d.services = m
+	}
+	if n := grow(len(d.fronts)); n > len(d.fronts) {
+		m := make(map[netip.AddrPort]string, n)
+		maps.Copy(m, d.fronts)
+		d.fronts = m
+	}
+}
+
 // parsePart parses one file of a directory. Routes may name services of
 // the other files.
 func (d *dir) parsePart(name string, data []byte) (*part, error) {

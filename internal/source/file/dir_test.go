@@ -120,6 +120,13 @@ func TestDirSource_ChangesEqualWholeParse(t *testing.T) {
 			path := t.TempDir()
 			f := &dirFiles{rng: rand.New(rand.NewPCG(seed, 7)), files: map[string]map[string]string{}}
 			names := []string{"a.yaml", "b.yaml", "c.yml", "d.yaml"}
+			if seed == 2 {
+				// From 16 files on, the first load grows its maps ahead
+				// (dir.reserve).
+				for i := range 16 {
+					names = append(names, fmt.Sprintf("e%02d.yaml", i))
+				}
+			}
 			for _, n := range names {
 				f.files[n] = map[string]string{}
 			}

@@ -85,6 +85,9 @@ func (s *Source) loadDir() (*dir, map[string]digest, *model.Mesh, error) {
 		}
 		d.swap(name, nil, pt)
 		files[name] = sha256.Sum256(data)
+		if i+1 == len(names)/16 {
+			d.reserve(len(names) + len(names)/16)
+		}
 	}
 	m, _ := d.whole()
 	return d, files, m, nil
