@@ -296,7 +296,8 @@ func TestGoals_KmeshdCPUPerConnection(t *testing.T) {
 
 // TestSplitFlips_AtIstiodsLog splits flips at istiod's debounce lines as
 // pilot-discovery writes them: a pod pushed alone is split, a push that
-// merged several events is not.
+// merged several events is not; the push's send (its WDS line) splits
+// istiod's work on the push from what follows.
 func TestSplitFlips_AtIstiodsLog(t *testing.T) {
 	at := func(s string) time.Time {
 		v, err := time.Parse(time.RFC3339Nano, "2026-12-02T"+s+"Z")
@@ -308,6 +309,7 @@ func TestSplitFlips_AtIstiodsLog(t *testing.T) {
 	log := strings.Join([]string{
 		"2026-12-02T05:48:00.537261Z\tinfo\tads\tPush debounce stable[10] 1 for config Address//Kubernetes//Pod/scale-3/svc-3-0: 101.716533ms since last change, 101.716482ms since last push, forced=false",
 		"2026-12-02T05:48:00.537524Z\tinfo\tads\tXDS: Pushing Services:2001 ConnectedEndpoints:1 Version:2026-12-02T05:48:00Z/10",
+		"2026-12-02T05:48:00.537900Z\tinfo\tdelta\tWDS: PUSH for node:kmesh-node-i.kmesh-system resources:1 removed:0 size:181B",
 		"2026-12-02T05:48:00.703594Z\tinfo\tads\tPush debounce stable[11] 1 for config Endpoints/scale-3/svc-3.scale-3.svc.cluster.local: 130.894347ms since last change, 130.894187ms since last push, forced=false",
 		"2026-12-02T05:48:02.450144Z\tinfo\tads\tPush debounce stable[12] 2 for config Address//Kubernetes//Pod/scale-3/svc-3-1 and 1 more configs: 100.454235ms since last change, 100.454166ms since last push, forced=false",
 	}, "\n")
@@ -325,6 +327,7 @@ func TestSplitFlips_AtIstiodsLog(t *testing.T) {
 		"to istiod":     {out.ToIstiodMs.Median, 13460.544},
 		"istiod → maps": {out.FromIstiodMs.Median, 103.456},
 		"push → maps":   {out.PushToMapsMs.Median, 1.739},
+		"send → maps":   {out.SendToMapsMs.Median, 1.100},
 	} {
 		if math.Abs(c.got-c.want) > 0.01 {
 			t.Errorf("%s: %.3f ms, want %.3f", name, c.got, c.want)
