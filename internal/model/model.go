@@ -293,14 +293,15 @@ func (w *Workload) Key() string {
 }
 
 // KeyInUID returns the end of uid that is the key namespace/name, if uid
-// ends in it after a "/" or is it.
-func KeyInUID(uid, namespace, name string) (string, bool) {
+// ends in it after a "/" or is it. The name may still be the bytes of a
+// decoded message (the xDS source's wire decoder): no string is made of it.
+func KeyInUID[S ~string | ~[]byte](uid, namespace string, name S) (string, bool) {
 	n := len(namespace) + 1 + len(name)
 	if len(uid) < n || (len(uid) > n && uid[len(uid)-n-1] != '/') {
 		return "", false
 	}
 	key := uid[len(uid)-n:]
-	return key, key[:len(namespace)] == namespace && key[len(namespace)] == '/' && key[len(namespace)+1:] == name
+	return key, key[:len(namespace)] == namespace && key[len(namespace)] == '/' && key[len(namespace)+1:] == string(name)
 }
 
 // Validate checks the references and uniqueness rules that no single item

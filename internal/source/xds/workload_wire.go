@@ -323,7 +323,7 @@ func (d *decoder) convert(pw *wireWorkload, name string, sl *slab) (*workload, b
 	} else {
 		w.UID = string(pw.uid)
 	}
-	key, ok := keyInUID(w.UID, w.Namespace, pw.name)
+	key, ok := model.KeyInUID(w.UID, w.Namespace, pw.name)
 	switch {
 	case len(pw.name) == 0: // a UID never ends in itself
 		w.Name = w.UID
@@ -407,14 +407,4 @@ func (d *decoder) convert(pw *wireWorkload, name string, sl *slab) (*workload, b
 		out.services = append(out.services, membership{d.intern(m.key), ports})
 	}
 	return out, true
-}
-
-// keyInUID is model.KeyInUID with the name still in bytes.
-func keyInUID(uid, namespace string, name []byte) (string, bool) {
-	n := len(namespace) + 1 + len(name)
-	if len(uid) < n || (len(uid) > n && uid[len(uid)-n-1] != '/') {
-		return "", false
-	}
-	key := uid[len(uid)-n:]
-	return key, key[:len(namespace)] == namespace && key[len(namespace)] == '/' && key[len(namespace)+1:] == string(name)
 }
