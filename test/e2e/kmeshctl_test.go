@@ -65,6 +65,27 @@ func TestKmeshctlAgainstKmeshd(t *testing.T) {
 		return rs
 	}
 
+	// The ready line says where the start went (docs/kmeshctl.md): the
+	// phases after the first mesh is in hand fit in the total, and
+	// bpf.Open's own line counts the maps of a fresh pin directory.
+	t.Run("ready line startup_ms", func(t *testing.T) {
+		ms := map[string]int{}
+		for _, key := range []string{"total", "bpf_open", "config", "apply", "commit", "settle"} {
+			v, err := strconv.Atoi(kmeshctlAddr(t, k, `startup_ms\.`+key))
+			if err != nil || v < 0 {
+				t.Fatalf("startup_ms.%s: %v (%d)", key, err, v)
+			}
+			ms[key] = v
+		}
+		if ms["total"] == 0 || ms["config"]+ms["apply"]+ms["commit"]+ms["settle"] > ms["total"]+3 {
+			t.Errorf("startup_ms %v: config, apply, commit and settle follow one another within total", ms)
+		}
+		sm := regexp.MustCompile(`msg="programs loaded" .*maps_created=(\d+) maps_reused=(\d+)`).FindStringSubmatch(k.proc.Stderr())
+		if sm == nil || sm[1] == "0" || sm[2] != "0" {
+			t.Errorf("programs loaded line %q: want maps created, none reused, on a fresh start", sm)
+		}
+	})
+
 	t.Run("status", func(t *testing.T) {
 		out := kmeshctl("status")
 		for _, want := range []string{"NODE:      node-a", "READY:     yes", "SERVICES:  1", "WORKLOADS: 4", "ENROLLED:  2 network namespaces"} {
