@@ -99,10 +99,12 @@ test-istio: deps-net tools
 	$(GO) test -race -count=1 -tags e2e -timeout 20m -run '^TestIstio' ./test/e2e/
 	@cat $(TOOLS_BIN)/../push-latency.txt 2>/dev/null || true
 
-## fuzz: every parser of outside input, for a bounded time each
+## fuzz: every parser of outside input, for a bounded time each (test/fuzz.sh: why a run may be repeated once)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 20s ./internal/source/file/
-	$(GO) test -run '^$$' -fuzz FuzzTranslateWorkload -fuzztime 20s ./internal/source/xds/
+	GO=$(GO) test/fuzz.sh FuzzParse ./internal/source/file/ 20s
+	GO=$(GO) test/fuzz.sh FuzzTranslateWorkload ./internal/source/xds/ 20s
+	GO=$(GO) test/fuzz.sh FuzzDecodeWorkload ./internal/source/xds/ 20s
+	GO=$(GO) test/fuzz.sh FuzzDecodeDeltaResponse ./internal/source/xds/ 20s
 
 ## generate: rebuild the eBPF objects and their Go twins with bpf2go
 generate: deps-bpf
