@@ -213,6 +213,35 @@ func TestGoals_XDS(t *testing.T) {
 	}
 }
 
+// At 50,000 services / 500,000 endpoints the first full sync is judged
+// against issue 12's 10 s and the resident memory against 1 GiB, not the
+// 100,000-endpoint limits.
+func TestGoals_ScaleAt500k(t *testing.T) {
+	scale := &report.Scale{Services: 50000, Endpoints: 500000, FirstSyncMs: 7850, KmeshdRSSMiB: 775, KmeshdPeakMiB: 1048,
+		XDSFirstSyncMs: 12354, XDSRSSMiB: 1100, XDSPeakMiB: 1200, XDSChangeMs: report.Over([]float64{0.9}), XDSChanges: 1}
+	got := map[string]string{}
+	for _, g := range goals(&report.Results{Scale: scale}) {
+		got[g.Goal+" "+g.Target] = g.Met
+	}
+	want := map[string]string{
+		"first full sync of 50000 services / 500000 endpoints (file source: exec to ready) ≤ 10 s at 500,000 endpoints":      "yes",
+		"first full sync of 50000 services / 500000 endpoints (xDS delta: exec to ready) ≤ 10 s at 500,000 endpoints":        "no",
+		"kmeshd resident memory at steady state, 500000 endpoints (file source; peak reported) ≤ 1 GiB at 500,000 endpoints": "yes",
+		"kmeshd resident memory at steady state, 500000 endpoints (xDS delta; peak reported) ≤ 1 GiB at 500,000 endpoints":   "no",
+	}
+	for goal, met := range want {
+		if got[goal] != met {
+			t.Errorf("%q: met %q, want %q (goals: %v)", goal, got[goal], met, got)
+		}
+	}
+	scale.Endpoints = 100000 // the same figures at 100,000 endpoints: 2 s and 200 MiB
+	for _, g := range goals(&report.Results{Scale: scale}) {
+		if (strings.HasPrefix(g.Goal, "first full sync") || strings.HasPrefix(g.Goal, "kmeshd resident memory")) && g.Met != "no" {
+			t.Errorf("%q %s at 100,000 endpoints: met %s, want no", g.Goal, g.Target, g.Met)
+		}
+	}
+}
+
 func TestGoals_Istiod(t *testing.T) {
 	ist := &report.Istiod{Services: 2000, Pods: 10000, DebounceAfterMs: 100, ConvergeMs: 30000, KmeshdReadyMs: 20000,
 		FlipMs: report.Over([]float64{105, 108}), FlipP99Ms: 110, Flips: 2}
