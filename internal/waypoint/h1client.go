@@ -57,6 +57,14 @@ type h1Conn struct {
 	// answer's Header is valid until its body is closed (the connection
 	// may then carry another request).
 	hdr http.Header
+	// resp is the block of the answer in flight (fastResponse), and spare
+	// one fastResponse may reuse: only while c is pinned, since the
+	// handler that got the answer may still read its header values after
+	// the body is closed (its writer holds them until it writes its own
+	// head), and only that handler's goroutine uses a pinned connection,
+	// for its next request. A connection put in the pool keeps neither:
+	// another goroutine may take it at once.
+	resp, spare *h1RespBlock
 
 	// pin is the downstream connection's slot the exchange in flight
 	// may leave c in (nil: back to the pool).
@@ -155,6 +163,7 @@ func (h *h1Client) get(host netip.AddrPort, now time.Time) *h1Conn {
 
 func (h *h1Client) put(c *h1Conn) {
 	c.idleAt = time.Now()
+	c.resp, c.spare = nil, nil
 	h.mu.Lock()
 	if !h.closed && len(h.idle[c.host]) < h1MaxIdle {
 		if h.idle == nil {
@@ -375,12 +384,16 @@ func (h *h1Client) fastResponse(c *h1Conn, req *http.Request, stop func() bool) 
 		return nil
 	}
 	// The response, its body and the backing of its header values in one
-	// allocation; the header map is the connection's (h1Conn.hdr).
-	rb := &struct {
-		resp http.Response
-		body h1Body
-		vals [h1RespFields]string
-	}{}
+	// allocation, or the connection's spare (h1Conn.spare); the header map
+	// is the connection's (h1Conn.hdr).
+	rb := c.spare
+	if rb == nil {
+		rb = new(h1RespBlock)
+	} else {
+		c.spare = nil
+		*rb = h1RespBlock{}
+	}
+	c.resp = rb
 	if len(c.hdr) > 8 {
 		c.hdr = nil // clearing a larger map walks its whole table
 	}
@@ -396,6 +409,9 @@ func (h *h1Client) fastResponse(c *h1Conn, req *http.Request, stop func() bool) 
 		Header: r.header, ContentLength: r.clen, Close: r.close, Request: req}
 	resp := &rb.resp
 	if r.clen == 0 {
+		// c is free before the handler reads the header: the map goes
+		// with the answer, not with c into the pool.
+		c.hdr = nil
 		resp.Body = http.NoBody
 		h.release(c, stop, r.close)
 		return resp
@@ -403,6 +419,13 @@ func (h *h1Client) fastResponse(c *h1Conn, req *http.Request, stop func() bool) 
 	rb.body = h1Body{c: c, h: h, stop: stop, close: r.close, left: r.clen}
 	resp.Body = &rb.body
 	return resp
+}
+
+// h1RespBlock is what fastResponse allocates for an answer.
+type h1RespBlock struct {
+	resp http.Response
+	body h1Body
+	vals [h1RespFields]string
 }
 
 // expire ends what c is doing: its context ended.
@@ -430,6 +453,7 @@ func (h *h1Client) release(c *h1Conn, stop func() bool, closeConn bool) {
 			c.alive = func() bool { return c.pinCtx != nil && c.pinCtx.Err() == nil }
 		}
 		pin.c = c
+		c.spare, c.resp = c.resp, nil
 		return
 	}
 	if !c.unpair() {

@@ -107,6 +107,8 @@ type h1Server struct {
 	// body is the fast parser's request body, reused for each request
 	// (nothing reads a request's body after its handler returns).
 	body h1ReqBody
+	// st is the handler's state of the request in flight (reqState).
+	st reqState
 
 	// The read loop's state (h1loop.go): the socket for peeking, whether
 	// the buffered head is parsed into r (its body still coming), whether
@@ -478,7 +480,7 @@ func (s *h1Server) run(w *h1Writer, req *http.Request) (aborted bool) {
 			aborted = true
 		}
 	}()
-	s.p.ServeHTTP(w, req)
+	s.p.serveHTTP(w, req, &s.st)
 	return false
 }
 

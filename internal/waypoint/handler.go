@@ -55,19 +55,30 @@ type request struct {
 
 func (r *request) flag(f string) { r.flags = append(r.flags, f) }
 
+// reqState is a request's state, its writer and body, in one allocation.
+type reqState struct {
+	rq   request
+	cw   countingWriter
+	body countingBody
+}
+
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.serveHTTP(w, r, new(reqState))
+}
+
+// serveHTTP is ServeHTTP with the request's state in st, which it
+// overwrites: the fast HTTP/1.1 server passes its connection's, reused for
+// each request (nothing keeps it after serveHTTP returns), so a request
+// allocates none.
+func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState) {
 	info, _ := r.Context().Value(connKey{}).(*connInfo)
 	if info == nil {
 		http.Error(w, "no connection information", http.StatusInternalServerError)
 		return
 	}
 	s := p.snap.Load()
-	// The request's state, its writer and body in one allocation.
-	st := &struct {
-		rq   request
-		cw   countingWriter
-		body countingBody
-	}{rq: request{start: time.Now(), info: info}, cw: countingWriter{ResponseWriter: w}, body: countingBody{ReadCloser: r.Body}}
+	*st = reqState{rq: request{start: time.Now(), info: info, flags: st.rq.flags[:0]},
+		cw: countingWriter{ResponseWriter: w}, body: countingBody{ReadCloser: r.Body}}
 	rq, cw, body := &st.rq, &st.cw, &st.body
 	r.Body = body
 	defer func() {
