@@ -424,7 +424,7 @@ func (p *parser) serviceAccounts(pol *policy, n *yaml.Node, path string) []model
 		if !qualified {
 			ns, name = pol.Namespace, s
 		}
-		if !dnsLabel.MatchString(ns) || !dnsSubdomain.MatchString(name) {
+		if !isDNSLabel(ns) || !isDNSSubdomain(name) {
 			p.errorf(item, path, "%q is not a service account (name or namespace/name)", s)
 			return
 		}
@@ -511,27 +511,44 @@ func (p *parser) checkPolicies(policies []*policy) {
 // selector matches: those of its namespace, or of every namespace for a
 // policy in the root namespace.
 func selectPolicies(policies []*policy, workloads []model.Workload, labels *model.LabelIndex) {
+	// The namespaces of the mesh only for a mesh-wide policy, and the
+	// sort only over workloads a policy selected: a mesh without such
+	// policies (every first sync of a large one) costs nothing here
+	// rather than a pass over every workload.
 	var namespaces []string
-	for _, w := range workloads {
-		if !slices.Contains(namespaces, w.Namespace) {
-			namespaces = append(namespaces, w.Namespace)
-		}
-	}
+	var selected []int
 	for _, pol := range policies {
 		if pol.Scope != model.ScopeWorkloadSelector {
 			continue
 		}
 		nss := []string{pol.Namespace}
 		if pol.Namespace == RootNamespace {
+			if namespaces == nil {
+				namespaces = meshNamespaces(workloads)
+			}
 			nss = namespaces
 		}
 		for _, ns := range nss {
 			for _, i := range labels.Select(ns, pol.selector) {
 				workloads[i].Policies = append(workloads[i].Policies, pol.Key())
+				selected = append(selected, i)
 			}
 		}
 	}
-	for i := range workloads {
+	for _, i := range selected {
 		slices.Sort(workloads[i].Policies)
 	}
+}
+
+// meshNamespaces lists the namespaces of workloads, in order of first use.
+func meshNamespaces(workloads []model.Workload) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, w := range workloads {
+		if !seen[w.Namespace] {
+			seen[w.Namespace] = true
+			out = append(out, w.Namespace)
+		}
+	}
+	return out
 }

@@ -84,7 +84,7 @@ func (s *Source) loadDir() (*dir, map[string]digest, *model.Mesh, error) {
 			return nil, nil, nil, err
 		}
 		d.swap(name, nil, pt)
-		files[name] = sha256.Sum256(data)
+		files[name] = f.sum
 		if i+1 == len(names)/16 {
 			d.reserve(len(names) + len(names)/16)
 		}

@@ -255,6 +255,27 @@ func workloadKey(workloads []*workload, built []model.Workload, i int) string {
 
 // build joins the items into m: endpoints and policies by selector.
 func (pt *part) build(m *model.Mesh) {
+	pt.buildWorkloads(m)
+	pt.join(m, nil)
+}
+
+// buildWorkloads is build's first step: m.Workloads, without policies.
+func (pt *part) buildWorkloads(m *model.Mesh) {
+	m.Workloads = slices.Grow(m.Workloads, len(pt.workloads))
+	for _, w := range pt.workloads {
+		mw := *w.Workload
+		mw.Policies = nil // selectPolicies and convertPeerAuths add them
+		m.Workloads = append(m.Workloads, mw)
+	}
+}
+
+// join is the rest of build, once buildWorkloads has filled m.Workloads:
+// it reads the parsed workloads' keys, never their Workload, and writes
+// nothing of m.Workloads but their Policies. selectKeys, when set, returns
+// the keys of the workloads a service's selector matches, sorted, from an
+// index the caller keeps of the same workloads (a directory's); nil: join
+// indexes m.Workloads itself.
+func (pt *part) join(m *model.Mesh, selectKeys func(namespace string, selector map[string]string) []string) {
 	services, workloads, policies := pt.services, pt.workloads, pt.policies
 	gateways, routes, vss, peerAuths := pt.gateways, pt.routes, pt.vss, pt.peerAuths
 	for _, g := range gateways {
@@ -266,13 +287,6 @@ func (pt *part) build(m *model.Mesh) {
 	for _, vs := range vss {
 		m.VirtualServices = append(m.VirtualServices, vs.VirtualService)
 	}
-	m.Workloads = slices.Grow(m.Workloads, len(workloads))
-	for _, w := range workloads {
-		mw := *w.Workload
-		mw.Policies = nil // selectPolicies and convertPeerAuths add them
-		m.Workloads = append(m.Workloads, mw)
-	}
-	labels := model.NewLabelIndex(m.Workloads)
 	// The part stays as parsed (a directory's parts are built again).
 	policies = slices.DeleteFunc(slices.Clone(policies), func(pol *policy) bool {
 		if pol.notEnforced == "" {
@@ -282,6 +296,10 @@ func (pt *part) build(m *model.Mesh) {
 			Name: pol.Name, Namespace: pol.Namespace, Action: "custom", Reason: pol.notEnforced})
 		return true
 	})
+	var labels *model.LabelIndex
+	if selectKeys == nil || len(policies) > 0 {
+		labels = model.NewLabelIndex(m.Workloads)
+	}
 	selectPolicies(policies, m.Workloads, labels)
 	for _, pol := range policies {
 		if pol.waypoint != nil {
@@ -295,8 +313,14 @@ func (pt *part) build(m *model.Mesh) {
 	for _, s := range services {
 		ms := s.Service
 		ms.Endpoints = slices.Clone(ms.Endpoints)
-		for _, i := range labels.Select(s.Namespace, s.selector) {
-			ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: workloadKey(workloads, m.Workloads, i)})
+		if selectKeys != nil {
+			for _, k := range selectKeys(s.Namespace, s.selector) {
+				ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: k})
+			}
+		} else {
+			for _, i := range labels.Select(s.Namespace, s.selector) {
+				ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: workloadKey(workloads, m.Workloads, i)})
+			}
 		}
 		slices.SortFunc(ms.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })
 		m.Services = append(m.Services, ms)

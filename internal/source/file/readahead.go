@@ -1,6 +1,7 @@
 package file
 
 import (
+	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,7 +13,8 @@ import (
 // and its items parsed when they could be alone.
 type decodedFile struct {
 	data      []byte
-	err       error // reading it
+	sum       digest // of data, made here rather than on the caller's one core
+	err       error  // reading it
 	root      *yaml.Node
 	decodeErr error // decoding it, for parseDecoded to place
 	parsed    bool  // pt and parseErr are the file's parse; root is dropped
@@ -48,6 +50,7 @@ func readAhead(dir string, names []string, parse func(path string, data []byte, 
 				path := filepath.Join(dir, name)
 				a := arenas.Get().(*nodeArena)
 				if f.data, f.err = os.ReadFile(path); f.err == nil {
+					f.sum = sha256.Sum256(f.data)
 					f.root, f.decodeErr = decode(f.data, a)
 				}
 				if f.err == nil && f.decodeErr == nil {
