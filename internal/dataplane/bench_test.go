@@ -42,15 +42,25 @@ func bigMesh(services, perService int) *model.Mesh {
 // daemon does. Reported: time per full sync and the Go heap the dataplane
 // keeps for it.
 func BenchmarkDataplane_Sync10kServices100kEndpoints(b *testing.B) {
-	m := bigMesh(10_000, 10)
+	benchSync(b, 10_000, bpf.DefaultLimits)
+}
+
+// BenchmarkDataplane_Sync50kServices500kEndpoints is the same at 50,000
+// services and 500,000 endpoints, in maps sized as the bench sizes them.
+func BenchmarkDataplane_Sync50kServices500kEndpoints(b *testing.B) {
+	benchSync(b, 50_000, scaleLimits(50_000))
+}
+
+func benchSync(b *testing.B, services int, limits bpf.Limits) {
+	m := bigMesh(services, 10)
 	for b.Loop() {
 		b.StopTimer()
-		raw := rawMaps(b, bpf.DefaultLimits)
+		raw := rawMaps(b, limits)
 		maps := MapStore(raw)
 		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
-		d, err := New(maps, bpf.DefaultLimits, discard)
+		d, err := New(maps, limits, discard)
 		if err != nil {
 			b.Fatal(err)
 		}
