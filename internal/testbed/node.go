@@ -33,6 +33,11 @@ type Node struct {
 	bed *Bed
 }
 
+// UnderlayLink is the name of every node's interface on the underlay, in
+// the node's network namespace: a node's traffic to and from other nodes
+// enters and leaves through it.
+const UnderlayLink = underlayLink
+
 var (
 	underlay4 = netip.MustParsePrefix("10.255.0.0/24")
 	underlay6 = netip.MustParsePrefix("fd00:255::/64")

@@ -64,6 +64,8 @@ type topology struct {
 	service    string
 	vip        netip.Addr
 	wpVIP      netip.Addr // the service through the waypoint
+	crossNode  bool       // the server is on node-b
+	pinned     bool       // each node's processes on a CPU of its own (pinned.go)
 }
 
 // mode is one way of reaching the server, set up and torn down around its
@@ -94,6 +96,7 @@ type dataplane struct {
 	haproxyH *testbed.Process // HTTP mode
 	waypoint *testbed.Process
 	mtls     mtls
+	cpus     cpuPlan
 	running  []*kmeshd
 	rss      []float64 // kmeshd (node-a) resident memory, MiB, per kmesh round
 }
@@ -178,7 +181,7 @@ func runDataplane(ctx context.Context, bed *testbed.Bed, tl tools, cfg config, r
 	for _, t := range d.topos {
 		warm := tests[0]
 		warm.Duration = time.Second
-		if _, err := d.measure(ctx, warm, d.target(modeDirect, t, warm)); err != nil {
+		if _, err := d.measure(ctx, warm, t, d.target(modeDirect, t, warm)); err != nil {
 			return fmt.Errorf("warm-up %s: %w", t.name, err)
 		}
 	}
@@ -196,14 +199,14 @@ func runDataplane(ctx context.Context, bed *testbed.Bed, tl tools, cfg config, r
 				return fmt.Errorf("round %d: set up %s: %w", round, m.Name, err)
 			}
 			for _, t := range d.topos {
-				if m.sameNodeOnly && t.name != topoSame || m.crossNodeOnly && t.name != topoCross {
+				if m.sameNodeOnly && t.crossNode || m.crossNodeOnly && !t.crossNode {
 					continue
 				}
 				for _, test := range tests {
 					if m.httpOnly && test.Kind == fortio.TCP {
 						continue
 					}
-					s, err := d.measure(ctx, test, d.target(m.Name, t, test))
+					s, err := d.measure(ctx, test, t, d.target(m.Name, t, test))
 					if err != nil {
 						m.teardown()
 						return fmt.Errorf("round %d: %s %s %s: %w", round, m.Name, t.name, test.Name, err)
@@ -245,13 +248,31 @@ func (d *dataplane) build(ctx context.Context) error {
 		return err
 	}
 	d.topos = []topology{
-		{topoSame, "client and server pods on one node (veth, bridge, veth)", local, "svc-local", localVIP, localWaypointVIP},
-		{topoCross, "client and server pods on two nodes (veth, bridge, veth to the underlay bridge and back)", remote, "svc-remote", remoteVIP, remoteWaypointVIP},
+		{name: topoSame, desc: "client and server pods on one node (veth, bridge, veth)",
+			server: local, service: "svc-local", vip: localVIP, wpVIP: localWaypointVIP},
+		{name: topoCross, desc: "client and server pods on two nodes (veth, bridge, veth to the underlay bridge and back); both nodes share the machine's CPUs",
+			server: remote, service: "svc-remote", vip: remoteVIP, wpVIP: remoteWaypointVIP, crossNode: true},
+	}
+	if d.cfg.cpuPerNode {
+		plan, ok, err := newCPUPlan()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("-cpu-per-node: this process may run on fewer than 2 CPUs")
+		}
+		d.cpus = plan
+		pinned := d.topos[1]
+		pinned.name, pinned.pinned = topoPinned, true
+		pinned.desc = "the cross-node path with each node on a CPU of its own: " + plan.describe() +
+			" (every process of the node, its pods', kmeshd's and its tunnel's, pinned with sched_setaffinity; " +
+			"packets entering a node from the underlay received on its CPU, RPS)"
+		d.topos = append(d.topos, pinned)
 	}
 	d.daemons = filepath.Join(filepath.Dir(d.nodeA.Cgroup), d.bed.RunID())
 	d.cgroups = []string{d.nodeA.Cgroup, d.nodeB.Cgroup, d.daemons}
 
-	for _, t := range d.topos {
+	for _, t := range d.servers() {
 		if _, err := t.server.Start(d.tools.fortio, fortio.ServerArgs()...); err != nil {
 			return err
 		}
@@ -273,7 +294,7 @@ func (d *dataplane) build(ctx context.Context) error {
 		// kmeshd never enrolls a waypoint, netns or not.
 		{Name: "waypoint", App: "waypoint", Node: d.nodeA.Name, Netns: wp.NetnsPath, Address: waypointAddr, Gateway: "waypoint"},
 	}, Waypoints: []string{"waypoint"}}
-	for _, t := range d.topos {
+	for _, t := range d.servers() {
 		m.Services = append(m.Services, meshfile.Service{Name: t.service, Address: t.vip, Ports: servicePorts, App: t.service})
 		m.Services = append(m.Services, meshfile.Service{Name: t.service + "-wp", Address: t.wpVIP, Ports: servicePorts,
 			App: t.service, Waypoint: "waypoint"})
@@ -367,6 +388,18 @@ func (d *dataplane) modes(only string) []mode {
 	return modes
 }
 
+// servers are the topologies with a server of their own: topoPinned's
+// is cross-node's.
+func (d *dataplane) servers() []topology {
+	var out []topology
+	for _, t := range d.topos {
+		if !t.pinned {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // target is where the client connects in a mode: the pod itself for
 // direct, the service address otherwise.
 func (d *dataplane) target(mode string, t topology, test fortio.Test) string {
@@ -422,8 +455,9 @@ func (d *dataplane) kmeshdCPU() []time.Duration {
 	return out
 }
 
-// measure runs one fortio test in the client pod.
-func (d *dataplane) measure(ctx context.Context, test fortio.Test, target string) (report.Sample, error) {
+// measure runs one fortio test in the client pod, the processes placed on
+// the CPUs as topology t says.
+func (d *dataplane) measure(ctx context.Context, test fortio.Test, t topology, target string) (report.Sample, error) {
 	out := filepath.Join(d.tmp, "result.json")
 	os.Remove(out)
 	cpu0, mesh0, err := d.cpu()
@@ -431,9 +465,18 @@ func (d *dataplane) measure(ctx context.Context, test fortio.Test, target string
 		return report.Sample{}, err
 	}
 	k0 := d.kmeshdCPU()
+	if err := d.placeCPUs(t.pinned); err != nil {
+		return report.Sample{}, err
+	}
 	proc, err := d.client.Start(d.tools.fortio, test.Args(target, out)...)
 	if err != nil {
 		return report.Sample{}, err
+	}
+	if t.pinned {
+		if err := pinThreads(func() ([]int, error) { return processThreads(proc.PID()) }, &d.cpus.a); err != nil {
+			proc.Stop()
+			return report.Sample{}, err
+		}
 	}
 	select {
 	case <-proc.Done():
@@ -511,7 +554,7 @@ func (d *dataplane) stopKmeshds() error {
 // kubeServices are the services as kube-proxy would see them.
 func (d *dataplane) kubeServices() []kubeproxy.Service {
 	var out []kubeproxy.Service
-	for _, t := range d.topos {
+	for _, t := range d.servers() {
 		for _, p := range servicePorts {
 			out = append(out, kubeproxy.Service{Namespace: "default", Name: t.service, PortName: fmt.Sprintf("p%d", p[0]),
 				Address: t.vip, Port: p[0], Endpoints: []netip.AddrPort{netip.AddrPortFrom(t.server.Addrs[0], p[1])}})

@@ -126,21 +126,30 @@ func goals(res *report.Results) []report.Goal {
 
 	// Zero trust: both HBONE hops together against one plaintext proxy hop
 	// (Istio ambient publishes +0.17 ms p90 for its two ztunnel hops).
-	for _, test := range []string{"lat-c1", "lat-c16", "lat-c64"} {
-		m, ok1 := report.Find(res.Summary, test, topoCross, modeMTLS)
-		h, ok2 := report.Find(res.Summary, test, topoCross, modeHAProxy)
-		if !ok1 || !ok2 {
-			continue
+	for _, topo := range []string{topoCross, topoPinned} {
+		for _, test := range []string{"lat-c1", "lat-c16", "lat-c64"} {
+			m, ok1 := report.Find(res.Summary, test, topo, modeMTLS)
+			h, ok2 := report.Find(res.Summary, test, topo, modeHAProxy)
+			if !ok1 || !ok2 {
+				continue
+			}
+			g := report.Goal{
+				Goal:   fmt.Sprintf("kmesh-mtls (two HBONE hops) adds no more than one plaintext HAProxy hop at p90, 1000 qps, %s, %s", conns(strings.TrimPrefix(test, "lat-c")), topo),
+				Target: "≤ haproxy",
+				Measured: fmt.Sprintf("kmesh-mtls %+.0f µs, haproxy %+.0f µs (p50 %+.0f vs %+.0f, p99 %+.0f vs %+.0f µs)", m.AddedP90.Median, h.AddedP90.Median,
+					m.AddedP50.Median, h.AddedP50.Median, m.AddedP99.Median, h.AddedP99.Median),
+				Note: meshCPU(m),
+			}
+			g.Met = met(m.AddedP90.Median <= h.AddedP90.Median)
+			if topo == topoPinned {
+				// One CPU per node takes away the overlap of node-b's
+				// tunnel with the server that a node of several cores
+				// has (docs/hbone.md): shown beside, not judged.
+				g.Met = "n/a"
+				g.Note = join("reported beside cross-node, where the goal is judged (docs/hbone.md: the benchmark's two nodes)", g.Note)
+			}
+			out = append(out, g)
 		}
-		g := report.Goal{
-			Goal:   fmt.Sprintf("kmesh-mtls (two HBONE hops) adds no more than one plaintext HAProxy hop at p90, 1000 qps, %s, %s", conns(strings.TrimPrefix(test, "lat-c")), topoCross),
-			Target: "≤ haproxy",
-			Measured: fmt.Sprintf("kmesh-mtls %+.0f µs, haproxy %+.0f µs (p50 %+.0f vs %+.0f, p99 %+.0f vs %+.0f µs)", m.AddedP90.Median, h.AddedP90.Median,
-				m.AddedP50.Median, h.AddedP50.Median, m.AddedP99.Median, h.AddedP99.Median),
-			Note: meshCPU(m),
-		}
-		g.Met = met(m.AddedP90.Median <= h.AddedP90.Median)
-		out = append(out, g)
 	}
 
 	// The L7 waypoint (issue 11) against HAProxy in HTTP mode, both one

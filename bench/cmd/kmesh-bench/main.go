@@ -68,6 +68,8 @@ type config struct {
 	// tunnelMaxProcs: kmesh-mtls's tunnels run with --max-procs this (0:
 	// the tunnel's default).
 	tunnelMaxProcs int
+	// cpuPerNode adds the cross-node-pinned topology (pinned.go).
+	cpuPerNode bool
 	// The Istio tier at scale (istiod.go).
 	skipIstiod                                   bool
 	istioTools                                   string
@@ -112,6 +114,7 @@ func parseFlags() config {
 	flag.IntVar(&c.startups, "startups", 5, "workload start-ups timed per way (at most 3 on the big mesh, where each costs a full re-read)")
 	flag.BoolVar(&c.verbose, "verbose", false, "copy the processes' logs to stderr (they always go to bench.log)")
 	flag.IntVar(&c.tunnelMaxProcs, "tunnel-max-procs", 0, "kmesh-mtls: run both kmeshd tunnels with --max-procs N (0: the tunnel's default), to compare settings")
+	flag.BoolVar(&c.cpuPerNode, "cpu-per-node", false, "also measure the cross-node path with each node's processes on a CPU of its own (topology "+topoPinned+": node-a's on the first CPU, node-b's on the second)")
 	flag.StringVar(&c.tunnelPprof, "tunnel-pprof", "", "kmesh-mtls: node-a's kmeshd tunnel serves /debug/pprof/ on this address, node-b's on the next port (to profile the tunnels under load)")
 	flag.BoolVar(&c.skipIstiod, "skip-istiod", false, "skip the Istio tier at scale (stock istiod, kube-apiserver)")
 	flag.StringVar(&c.istioTools, "istio-tools", istioToolsDir(), "directory of kube-control-plane, pilot-discovery and istio-crds.yaml (make tools; default $KMESH_TOOLS_DIR or ~/.cache/kmesh-tools/bin)")

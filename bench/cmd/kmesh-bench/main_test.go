@@ -391,3 +391,26 @@ func TestGoals_WaypointAgainstHAProxyHTTP(t *testing.T) {
 		t.Errorf("waypoint's p99 above haproxy-http's: %s, want %s", got, verdictMissed)
 	}
 }
+
+// The kmesh-mtls goal is judged on cross-node; cross-node-pinned's row,
+// with the same numbers, is shown beside it without a verdict.
+func TestGoals_MTLSJudgedOnSharedCPUs(t *testing.T) {
+	var samples []report.Sample
+	for r := 1; r <= 3; r++ {
+		for _, topo := range []string{topoCross, topoPinned} {
+			samples = append(samples,
+				report.Sample{Round: r, Mode: modeDirect, Topology: topo, Test: "lat-c16", P50: 500, P90: 800, P99: 1500},
+				report.Sample{Round: r, Mode: modeHAProxy, Topology: topo, Test: "lat-c16", P50: 900, P90: 1400, P99: 2500},
+				report.Sample{Round: r, Mode: modeMTLS, Topology: topo, Test: "lat-c16", P50: 1000, P90: 1300, P99: 2600})
+		}
+	}
+	got := map[string]string{}
+	for _, g := range goals(&report.Results{Summary: report.Summarize(samples, modeDirect)}) {
+		if strings.HasPrefix(g.Goal, "kmesh-mtls (two HBONE hops)") {
+			got[g.Goal[strings.LastIndex(g.Goal, ", ")+2:]] = g.Met
+		}
+	}
+	if got[topoCross] != verdictMet || got[topoPinned] != "n/a" || len(got) != 2 {
+		t.Errorf("verdicts by topology %v, want %s on %s and n/a on %s", got, verdictMet, topoCross, topoPinned)
+	}
+}

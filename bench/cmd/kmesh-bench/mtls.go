@@ -26,7 +26,13 @@ var tunnelReady = regexp.MustCompile(`msg="tunnel state applied".* pods=[1-9]`)
 // mtls is the kmesh-mtls mode's CA and its tunnels while it runs.
 type mtls struct {
 	caFlags []string
-	tunnels []*testbed.Process
+	tunnels []tunnelProc
+}
+
+// tunnelProc is one node's `kmeshd tunnel`.
+type tunnelProc struct {
+	proc *testbed.Process
+	node *testbed.Node
 }
 
 // startMTLS starts kmeshd with a local CA on both nodes and a tunnel
@@ -74,7 +80,7 @@ func (d *dataplane) startMTLS(ctx context.Context, extra ...string) error {
 		if err != nil {
 			return err
 		}
-		d.mtls.tunnels = append(d.mtls.tunnels, proc)
+		d.mtls.tunnels = append(d.mtls.tunnels, tunnelProc{proc, n})
 		deadline := time.Now().Add(30 * time.Second)
 		for !tunnelReady.MatchString(proc.Stderr()) {
 			select {
@@ -95,15 +101,15 @@ func (d *dataplane) startMTLS(ctx context.Context, extra ...string) error {
 	}
 	addr := netip.AddrPortFrom(remoteVIP, 80).String()
 	if _, err := runProbe(ctx, d.client, d.tools.self, addr, true, 20*time.Second); err != nil {
-		return fmt.Errorf("no request through the tunnels: %w: %s", err, lastLines(d.mtls.tunnels[0].Stderr(), 5))
+		return fmt.Errorf("no request through the tunnels: %w: %s", err, lastLines(d.mtls.tunnels[0].proc.Stderr(), 5))
 	}
 	return nil
 }
 
 // stopMTLS stops the tunnels, then the daemons.
 func (d *dataplane) stopMTLS() error {
-	for _, p := range d.mtls.tunnels {
-		p.Stop()
+	for _, t := range d.mtls.tunnels {
+		t.proc.Stop()
 	}
 	d.mtls.tunnels = nil
 	return d.stopKmeshds()
