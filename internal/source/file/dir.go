@@ -416,24 +416,24 @@ func (d *dir) unindexService(s *service) {
 	}
 }
 
-// selectWorkloads returns the keys of the workloads of namespace whose
-// labels include selector, sorted; none for an empty selector.
-func (d *dir) selectWorkloads(namespace string, selector map[string]string) []string {
+// selectWorkloads appends to into the keys of the workloads of namespace
+// whose labels include selector, sorted; none for an empty selector.
+func (d *dir) selectWorkloads(namespace string, selector map[string]string, into []string) []string {
 	if len(selector) == 0 {
-		return nil
+		return into
 	}
 	ns := d.labels[namespace]
 	var shortest map[string]struct{}
 	for k, v := range selector {
 		set := ns[labelPair{k, v}]
 		if len(set) == 0 {
-			return nil
+			return into
 		}
 		if shortest == nil || len(set) < len(shortest) {
 			shortest = set
 		}
 	}
-	out := make([]string, 0, len(shortest))
+	out := slices.Grow(into, len(shortest))
 	for key := range shortest {
 		// With one label the set is the answer: no look-up of each
 		// workload in a map of them all (a cache miss each).
@@ -441,7 +441,7 @@ func (d *dir) selectWorkloads(namespace string, selector map[string]string) []st
 			out = append(out, key)
 		}
 	}
-	slices.Sort(out)
+	slices.Sort(out[len(into):])
 	return out
 }
 
@@ -527,7 +527,7 @@ func (d *dir) changes(workloads, services map[string]bool) (c *model.Changes, un
 		}
 		ms := s.Service
 		ms.Endpoints = slices.Clone(ms.Endpoints)
-		for _, wk := range d.selectWorkloads(s.Namespace, s.selector) {
+		for _, wk := range d.selectWorkloads(s.Namespace, s.selector, nil) {
 			ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: wk})
 		}
 		slices.SortFunc(ms.Endpoints, func(a, b model.Endpoint) int { return strings.Compare(a.Workload, b.Workload) })

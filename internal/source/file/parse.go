@@ -271,11 +271,11 @@ func (pt *part) buildWorkloads(m *model.Mesh) {
 
 // join is the rest of build, once buildWorkloads has filled m.Workloads:
 // it reads the parsed workloads' keys, never their Workload, and writes
-// nothing of m.Workloads but their Policies. selectKeys, when set, returns
-// the keys of the workloads a service's selector matches, sorted, from an
-// index the caller keeps of the same workloads (a directory's); nil: join
-// indexes m.Workloads itself.
-func (pt *part) join(m *model.Mesh, selectKeys func(namespace string, selector map[string]string) []string) {
+// nothing of m.Workloads but their Policies. selectKeys, when set, appends
+// to into the keys of the workloads a service's selector matches, sorted,
+// from an index the caller keeps of the same workloads (a directory's);
+// nil: join indexes m.Workloads itself.
+func (pt *part) join(m *model.Mesh, selectKeys func(namespace string, selector map[string]string, into []string) []string) {
 	services, workloads, policies := pt.services, pt.workloads, pt.policies
 	gateways, routes, vss, peerAuths := pt.gateways, pt.routes, pt.vss, pt.peerAuths
 	for _, g := range gateways {
@@ -310,14 +310,19 @@ func (pt *part) join(m *model.Mesh, selectKeys func(namespace string, selector m
 	}
 	m.Policies = append(m.Policies, convertPeerAuths(peerAuths, m.Workloads)...)
 	m.Services = slices.Grow(m.Services, len(services))
+	var keys []string // selectKeys' answer, reused
 	for _, s := range services {
 		ms := s.Service
-		ms.Endpoints = slices.Clone(ms.Endpoints)
 		if selectKeys != nil {
-			for _, k := range selectKeys(s.Namespace, s.selector) {
+			// The mesh keeps the endpoints: a slice of their exact
+			// length, not what appending one at a time grows to.
+			keys = selectKeys(s.Namespace, s.selector, keys[:0])
+			ms.Endpoints = append(make([]model.Endpoint, 0, len(ms.Endpoints)+len(keys)), ms.Endpoints...)
+			for _, k := range keys {
 				ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: k})
 			}
 		} else {
+			ms.Endpoints = slices.Clone(ms.Endpoints)
 			for _, i := range labels.Select(s.Namespace, s.selector) {
 				ms.Endpoints = append(ms.Endpoints, model.Endpoint{Workload: workloadKey(workloads, m.Workloads, i)})
 			}
