@@ -159,7 +159,15 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 		return c.handleChanges(resp, h, log, reply)
 	}
 
-	staged := c.eng.store.clone()
+	// A response that brings nothing (the first one of a type the
+	// control plane has none of, as the policies of a mesh without any)
+	// is staged on the store itself: it changes nothing, so there is
+	// nothing to put back; a copy of a first state's 550,000 entries
+	// cost ~16 MB of map and 20-140 ms of the first sync.
+	staged := c.eng.store
+	if len(resp.GetResources())+len(resp.GetRemovedResources())+len(resp.GetRemovedResourceNames()) > 0 {
+		staged = c.eng.store.clone()
+	}
 	// fresh are the resources whose clashes the reply names: this
 	// response's. Until the first state is applied, every staged
 	// resource is new to the data plane and all are named, so no set of

