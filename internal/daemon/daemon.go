@@ -124,6 +124,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log = log.With("node", cfg.Node)
 	var took startup
 	began := time.Now()
+	startupMemory()
 
 	src := file.New(cfg.ConfigFile, cfg.Node, log.With("component", "file"))
 	xsrc, err := newXDSSource(cfg, log)
