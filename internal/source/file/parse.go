@@ -347,7 +347,7 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 	}
 	if v := f["namespace"]; v != nil {
 		if ns, ok := p.label(v, join(path, "namespace")); ok {
-			s.Namespace = ns
+			s.Namespace = p.share(ns)
 		} else {
 			s.nameLine = 0 // without a namespace the key is unknown: skip the duplicate check
 		}
@@ -473,7 +473,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	}
 	if v := f["namespace"]; v != nil {
 		if ns, ok := p.label(v, join(path, "namespace")); ok {
-			w.Namespace = ns
+			w.Namespace = p.share(ns)
 		} else {
 			w.nameLine = 0 // without a namespace the key is unknown: skip the duplicate check
 		}
@@ -491,7 +491,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 		if node == "" {
 			p.errorf(v, join(path, "node"), "empty")
 		}
-		w.Node = node
+		w.Node = p.share(node)
 	}
 	if v := f["netns"]; v != nil {
 		p.netns(w, v, join(path, "netns"))
@@ -503,7 +503,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	}
 	if v := f["serviceAccount"]; v != nil {
 		if sa, ok := p.subdomain(v, join(path, "serviceAccount")); ok {
-			w.ServiceAccount = sa
+			w.ServiceAccount = p.share(sa)
 		}
 	}
 	if v := f["locality"]; v != nil {

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/kmesh-go/kmesh/examples"
 	"github.com/kmesh-go/kmesh/internal/model"
@@ -550,6 +551,33 @@ func TestParse_LabelsShared(t *testing.T) {
 	for _, line := range []string{"f.yaml:2: workloads[0].labels: expected a string", "f.yaml:3: workloads[1].labels: expected a string"} {
 		if err == nil || !strings.Contains(err.Error(), line) {
 			t.Errorf("error %v, want it to say %q", err, line)
+		}
+	}
+}
+
+// TestParse_RepeatedStringsShared: the workloads of a file hold one copy
+// of each namespace, node and service account they repeat, and still each
+// their own value.
+func TestParse_RepeatedStringsShared(t *testing.T) {
+	const file = "workloads:\n" +
+		"- {name: a-1, namespace: shop, serviceAccount: cart, addresses: [10.1.0.1], node: node-remote}\n" +
+		"- {name: a-2, namespace: shop, serviceAccount: cart, addresses: [10.1.0.2], node: node-remote}\n" +
+		"- {name: b-1, namespace: bank, serviceAccount: ledger, addresses: [10.1.0.3], node: node-other}\n"
+	m, err := Parse("f.yaml", []byte(file), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := m.Workloads[0], m.Workloads[1], m.Workloads[2]
+	for _, f := range []struct{ name, x, y, other, want, wantOther string }{
+		{"namespace", a.Namespace, b.Namespace, c.Namespace, "shop", "bank"},
+		{"node", a.Node, b.Node, c.Node, "node-remote", "node-other"},
+		{"serviceAccount", a.ServiceAccount, b.ServiceAccount, c.ServiceAccount, "cart", "ledger"},
+	} {
+		if f.x != f.want || f.y != f.want || f.other != f.wantOther {
+			t.Errorf("%s: %q, %q, %q; want %q, %q, %q", f.name, f.x, f.y, f.other, f.want, f.want, f.wantOther)
+		}
+		if unsafe.StringData(f.x) != unsafe.StringData(f.y) {
+			t.Errorf("%s: the two workloads of %q hold a copy each", f.name, f.want)
 		}
 	}
 }
