@@ -336,7 +336,7 @@ func (p *parser) service(n *yaml.Node, path string) *service {
 	s := &service{path: path}
 	s.Namespace = "default"
 	s.LBMode = model.LBRandom
-	f := p.fields(n, path, "name", "namespace", "addresses", "ports", "selector", "loadBalancing", "sessionAffinity", "outlierDetection", "labels")
+	f := p.itemFields("service", n, path, "name", "namespace", "addresses", "ports", "selector", "loadBalancing", "sessionAffinity", "outlierDetection", "labels")
 	if f == nil {
 		return s
 	}
@@ -462,7 +462,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 	w.Namespace = "default"
 	w.ServiceAccount = "default"
 	w.Weight = 1
-	f := p.fields(n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight", "serviceAccount", "locality", "tunnelProtocol")
+	f := p.itemFields("workload", n, path, "name", "namespace", "labels", "addresses", "node", "netns", "weight", "serviceAccount", "locality", "tunnelProtocol")
 	if f == nil {
 		return w
 	}

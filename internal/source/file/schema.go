@@ -52,6 +52,8 @@ type parser struct {
 	// file mostly repeat a few (two strings fewer per workload to keep
 	// and for the collector to mark: a million at 500,000 endpoints).
 	shared map[string]string
+	// itemMaps holds itemFields' map for each kind of item.
+	itemMaps map[string]map[string]*yaml.Node
 }
 
 // share returns s, or the copy of the same string the file gave before.
@@ -234,7 +236,32 @@ func (p *parser) fields(n *yaml.Node, path string, known ...string) map[string]*
 	}
 	// Sized for the keys given: a map of more than 8 is several
 	// allocations, and a workload is one with five keys of ten known.
-	out := make(map[string]*yaml.Node, min(len(known), len(n.Content)/2))
+	return p.fieldsInto(make(map[string]*yaml.Node, min(len(known), len(n.Content)/2)), n, path, known...)
+}
+
+// itemFields is fields for the items of a list that a file repeats by
+// the thousand (services, workloads): it fills the parser's map for that
+// kind of item again, where fields makes a map per item (two allocations
+// each). The map is valid until the next item of the kind.
+func (p *parser) itemFields(kind string, n *yaml.Node, path string, known ...string) map[string]*yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, path, "expected a mapping, got %s", describe(n))
+		return nil
+	}
+	out := p.itemMaps[kind]
+	if out == nil {
+		if p.itemMaps == nil {
+			p.itemMaps = map[string]map[string]*yaml.Node{}
+		}
+		out = make(map[string]*yaml.Node, len(known))
+		p.itemMaps[kind] = out
+	}
+	clear(out)
+	return p.fieldsInto(out, n, path, known...)
+}
+
+// fieldsInto is fields, filling out.
+func (p *parser) fieldsInto(out map[string]*yaml.Node, n *yaml.Node, path string, known ...string) map[string]*yaml.Node {
 	p.pairs(n, path, func(k, v *yaml.Node) {
 		for _, name := range known {
 			if k.Value == name {
