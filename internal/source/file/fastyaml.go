@@ -426,10 +426,22 @@ func plainTag(v *yaml.Node) string {
 		return "!!str"
 	case c >= '1' && c <= '9' && len(s) <= 18 && digits(s):
 		return "!!int"
-	case c >= '0' && c <= '9' && strings.Count(s, ".") >= 2 && digits(strings.ReplaceAll(s, ".", "")):
+	case c >= '0' && c <= '9' && strings.Count(s, ".") >= 2 && digitsAndDots(s):
 		return "!!str"
 	}
 	return v.ShortTag()
+}
+
+// digitsAndDots reports whether s is digits and dots only (an IPv4
+// address, a version): a check without a copy of s, as every address of a
+// config passes here.
+func digitsAndDots(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if (s[i] < '0' || s[i] > '9') && s[i] != '.' {
+			return false
+		}
+	}
+	return true
 }
 
 func digits(s string) bool {

@@ -483,7 +483,7 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 		w.labelsLine = v.Line
 	}
 	if v := f["addresses"]; v != nil {
-		p.workloadAddresses(w, v, join(path, "addresses"))
+		p.workloadAddresses(w, v, path)
 	}
 	if v := f["node"]; v == nil {
 		p.errorf(n, join(path, "node"), "missing")
@@ -524,25 +524,38 @@ func (p *parser) workload(n *yaml.Node, path string) *workload {
 
 // workloadAddresses allows one address per family: the dataplane maps a
 // workload to one backend address for each family a service uses.
-func (p *parser) workloadAddresses(w *workload, n *yaml.Node, path string) {
+// workloadAddresses reads a workload's addresses as p.list would, but
+// makes "workloads[7].addresses[0]" only for a message: every workload
+// has addresses, and the paths were two allocations per workload.
+func (p *parser) workloadAddresses(w *workload, n *yaml.Node, workloadPath string) {
+	path := func() string { return join(workloadPath, "addresses") }
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, path(), "expected a list, got %s", describe(n))
+		return
+	}
+	if !p.spend(n) {
+		return
+	}
 	var v4, v6 int // line of the address of each family, 0 if none yet
-	p.list(n, path, func(item *yaml.Node, path string) {
-		a, ok := p.address(item, path)
+	for i, item := range n.Content {
+		item = resolve(item)
+		itemPath := func() string { return itemPath(path(), i) }
+		a, ok := p.addressAt(item, itemPath)
 		if !ok {
-			return
+			continue
 		}
 		family, first := "IPv6", &v6
 		if a.Is4() {
 			family, first = "IPv4", &v4
 		}
 		if *first != 0 {
-			p.errorf(item, path, "second %s address %s (first at line %d); a workload has at most one IPv4 and one IPv6 address",
+			p.errorf(item, itemPath(), "second %s address %s (first at line %d); a workload has at most one IPv4 and one IPv6 address",
 				family, a, *first)
-			return
+			continue
 		}
 		*first = item.Line
 		w.Addresses = append(w.Addresses, a)
-	})
+	}
 }
 
 func (p *parser) netns(w *workload, n *yaml.Node, path string) {

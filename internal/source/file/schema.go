@@ -409,20 +409,27 @@ func (p *parser) stringMap(n *yaml.Node, path string, allowEmpty bool) map[strin
 // because the kernel sees such a connect as IPv4, and the same endpoint
 // would have two spellings.
 func (p *parser) address(n *yaml.Node, path string) (netip.Addr, bool) {
-	s, ok := p.str(n, path)
-	if !ok {
+	return p.addressAt(n, func() string { return path })
+}
+
+// addressAt is address for a caller that makes the path only for a
+// message (every workload's address passes here).
+func (p *parser) addressAt(n *yaml.Node, path func() string) (netip.Addr, bool) {
+	if n.Kind != yaml.ScalarNode || isNull(n) {
+		p.errorf(n, path(), "expected a string, got %s", describe(n))
 		return netip.Addr{}, false
 	}
+	s := n.Value
 	a, err := netip.ParseAddr(s)
 	switch {
 	case err != nil:
-		p.errorf(n, path, "%q is not an IP address", s)
+		p.errorf(n, path(), "%q is not an IP address", s)
 	case a.Zone() != "":
-		p.errorf(n, path, "%q has a zone; zones are not supported", s)
+		p.errorf(n, path(), "%q has a zone; zones are not supported", s)
 	case a.Is4In6():
-		p.errorf(n, path, "%q is an IPv4-mapped IPv6 address; write it as %s", s, a.Unmap())
+		p.errorf(n, path(), "%q is an IPv4-mapped IPv6 address; write it as %s", s, a.Unmap())
 	case a.IsUnspecified():
-		p.errorf(n, path, "%q is the unspecified address", s)
+		p.errorf(n, path(), "%q is the unspecified address", s)
 	default:
 		return a, true
 	}
