@@ -50,6 +50,34 @@ func BenchmarkBuildWorkloadMesh_FirstState(b *testing.B) {
 	}
 }
 
+// BenchmarkNewWorkloadIndex_FirstState times the change index of a first
+// state, which is built while the data plane writes the mesh (commit's
+// alongside): the two share the machine's cores.
+//
+//	go test -run '^$' -bench NewWorkloadIndex -benchmem ./internal/source/xds/
+func BenchmarkNewWorkloadIndex_FirstState(b *testing.B) {
+	for _, n := range []int{10_000, 50_000} {
+		b.Run(fmt.Sprintf("services=%d/endpoints=%d", n, 10*n), func(b *testing.B) {
+			rs := benchMesh(b, n, 10*n)
+			values, _ := convertAll(addressHandler{}, rs)
+			st := newStore()
+			for i, r := range rs {
+				st.put(AddressType, r.GetName(), r.GetVersion(), values[i])
+			}
+			m := buildWorkloadMesh(st).mesh
+			runtime.GC()
+			cpu0 := benchcpu.Used()
+			b.ResetTimer()
+			for b.Loop() {
+				if ix := newWorkloadIndex(st, m); len(ix.workloads) != 10*n {
+					b.Fatalf("%d workloads indexed, want %d", len(ix.workloads), 10*n)
+				}
+			}
+			b.ReportMetric(float64((benchcpu.Used()-cpu0).Milliseconds())/float64(b.N), "cpu-ms/op")
+		})
+	}
+}
+
 // benchMesh is the bench's mesh (bench/cmd/kmesh-bench xdsScale) as a
 // response's resources, services first and then endpoints in a scattered
 // order, as a server's map hands them.
