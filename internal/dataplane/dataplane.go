@@ -305,7 +305,7 @@ func (d *Dataplane) applyBackends(want *desired) error {
 		value bpf.KmeshBackendValue
 		cur   *backendState // nil until given an id here
 	}
-	var changed []write
+	changed := make([]write, 0, len(want.backends)) // all of them in a first sync
 	for key, v := range want.backends {
 		if cur := d.backends[key]; cur == nil || cur.value != v {
 			changed = append(changed, write{key, v, cur})
