@@ -306,12 +306,21 @@ func (d *Dataplane) applyBackends(want *desired) error {
 		cur   *backendState // nil until given an id here
 	}
 	changed := make([]write, 0, len(want.backends)) // all of them in a first sync
-	for key, v := range want.backends {
+	add := func(key string, v bpf.KmeshBackendValue) {
 		if cur := d.backends[key]; cur == nil || cur.value != v {
 			changed = append(changed, write{key, v, cur})
 		}
 	}
-	slices.SortFunc(changed, func(a, b write) int { return strings.Compare(a.key, b.key) })
+	if want.order != nil {
+		for _, key := range want.order {
+			add(key, want.backends[key])
+		}
+	} else {
+		for key, v := range want.backends {
+			add(key, v)
+		}
+		slices.SortFunc(changed, func(a, b write) int { return strings.Compare(a.key, b.key) })
+	}
 	ids := make([]uint32, 0, len(changed))
 	values := make([]bpf.KmeshBackendValue, 0, len(changed))
 	added := make([]bool, 0, len(changed)) // given an id here

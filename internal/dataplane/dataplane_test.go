@@ -160,6 +160,42 @@ func TestDataplane_ArrivalOrderDoesNotMatter(t *testing.T) {
 	}
 }
 
+// A first sync gives backends ids in name order whether the workloads come
+// sorted by key (as the xDS source hands them over) or not (a file's
+// order): the same mesh writes the same maps, id for id.
+func TestDataplane_BackendIDsFollowNamesInAnyWorkloadOrder(t *testing.T) {
+	sorted := hello(model.LBRandom,
+		workload("a-1", 1, "10.1.1.1"), workload("a-10", 1, "10.1.1.10"), workload("a-2", 1, "10.1.1.2"))
+	// Not endpoints or no address: never backends, whatever their place.
+	sorted.Workloads = slices.Insert(sorted.Workloads, 2, workload("a-11", 1, "10.1.1.11"))
+	sorted.Workloads = append(sorted.Workloads, workload("b", 1))
+	sorted.Services[0].Endpoints = append(sorted.Services[0].Endpoints, model.Endpoint{Workload: "default/b"})
+	shuffled := *sorted
+	shuffled.Workloads = slices.Clone(sorted.Workloads)
+	slices.Reverse(shuffled.Workloads)
+	var dumps []string
+	for _, m := range []*model.Mesh{sorted, &shuffled} {
+		maps := newMaps(t, bpf.DefaultLimits)
+		d, _ := New(maps, bpf.DefaultLimits, discard)
+		if err := d.Apply(m); err != nil {
+			t.Fatal(err)
+		}
+		dumps = append(dumps, dump(t, maps))
+	}
+	if dumps[0] != dumps[1] {
+		t.Fatalf("maps differ by workload order:\n%s\n--\n%s", dumps[0], dumps[1])
+	}
+	lines := strings.Split(dumps[0], "\n")
+	for i, want := range []string{"backend 1 v4=10.1.1.1", "backend 2 v4=10.1.1.10", "backend 3 v4=10.1.1.2"} {
+		if !slices.Contains(lines, want) {
+			t.Fatalf("backend %d: want %q in\n%s", i+1, want, dumps[0])
+		}
+	}
+	if strings.Contains(dumps[0], "backend 4") {
+		t.Fatalf("a workload that is no endpoint, or has no address, got a backend:\n%s", dumps[0])
+	}
+}
+
 // endpointShares counts live v4 slots per backend address.
 func endpointShares(t *testing.T, maps *Store) string {
 	counts := map[string]int{}

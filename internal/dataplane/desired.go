@@ -13,6 +13,9 @@ type desired struct {
 	services  map[string]*desiredService       // by service key
 	frontends map[bpf.KmeshFrontendKey]desiredFrontend
 	workloads map[string]*model.Workload // by key: localities for the priorities
+	// order is the keys of backends in name order, when the mesh's
+	// workloads came in it (nil otherwise: applyBackends sorts them).
+	order []string
 }
 
 type desiredService struct {
@@ -41,8 +44,10 @@ var lbModes = map[model.LBMode]uint8{
 
 func translate(m *model.Mesh) (*desired, error) {
 	workloads := make(map[string]*model.Workload, len(m.Workloads))
+	keys := make([]string, len(m.Workloads)) // one string per key (Key may allocate)
 	for i := range m.Workloads {
-		workloads[m.Workloads[i].Key()] = &m.Workloads[i]
+		keys[i] = m.Workloads[i].Key()
+		workloads[keys[i]] = &m.Workloads[i]
 	}
 	d := newDesired(len(m.Services))
 	d.workloads = workloads
@@ -56,7 +61,27 @@ func translate(m *model.Mesh) (*desired, error) {
 			return nil, err
 		}
 	}
+	d.order = backendOrder(keys, d.backends)
 	return d, nil
+}
+
+// backendOrder returns the keys of backends in the order of keys (the
+// mesh's workloads) when that is name order, else nil. The xDS source
+// hands its workloads over sorted by key: sorting 500,000 backend names
+// again was a third of applyBackends' CPU (0.55 s) in kmeshd's first
+// sync. Workloads in a file keep the file's order, which rarely is: this
+// stops at the first pair out of order.
+func backendOrder(keys []string, backends map[string]bpf.KmeshBackendValue) []string {
+	order := make([]string, 0, len(backends))
+	for i, k := range keys {
+		if i > 0 && k <= keys[i-1] {
+			return nil
+		}
+		if _, ok := backends[k]; ok {
+			order = append(order, k)
+		}
+	}
+	return order
 }
 
 func newDesired(services int) *desired {
