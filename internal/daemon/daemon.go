@@ -161,6 +161,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}()
 		mesh, err = src.Load()
 		took.config = time.Since(began)
+		took.cpu.config = processCPU()
 		if openErr := <-opened; err != nil {
 			if openErr == nil {
 				dp.Discard()
@@ -285,14 +286,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		took.config = time.Since(began)
+		took.cpu.config = processCPU()
 		applyStart := time.Now()
 		err = d.apply(mesh)
 		took.apply = time.Since(applyStart)
+		took.cpu.apply = processCPU()
 		xsrc.applied(d.apply, d.update, err)
 	} else {
 		applyStart := time.Now()
 		err = d.apply(mesh)
 		took.apply = time.Since(applyStart)
+		took.cpu.apply = processCPU()
 	}
 	if err != nil {
 		return err
@@ -311,7 +315,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	settleMemory(log)
 	took.settle = time.Since(settleStart)
 	took.total = time.Since(began)
-	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", surfaces[0].Addr().String(), "metrics", surfaces[1].Addr().String(), "readiness", surfaces[2].Addr().String(), "admin_socket", cfg.AdminSocket, "source", d.source, took.attr())
+	took.cpu.settle = processCPU()
+	log.Info("kmeshd ready", "restart", dp.Reused, "cgroup", cfg.Cgroup, "bpf_dir", cfg.BPFDir, "admin", surfaces[0].Addr().String(), "metrics", surfaces[1].Addr().String(), "readiness", surfaces[2].Addr().String(), "admin_socket", cfg.AdminSocket, "source", d.source, took.attr(), took.cpuAttr())
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()

@@ -66,9 +66,10 @@ func TestKmeshctlAgainstKmeshd(t *testing.T) {
 	}
 
 	// The ready line says where the start went (docs/kmeshctl.md): the
-	// phases after the first mesh is in hand fit in the total, and
+	// phases after the first mesh is in hand fit in the total, their CPU
+	// times add up to the process's, and
 	// bpf.Open's own line counts the maps of a fresh pin directory.
-	t.Run("ready line startup_ms", func(t *testing.T) {
+	t.Run("ready line startup_ms and startup_cpu_ms", func(t *testing.T) {
 		ms := map[string]int{}
 		for _, key := range []string{"total", "bpf_open", "config", "apply", "commit", "settle"} {
 			v, err := strconv.Atoi(kmeshctlAddr(t, k, `startup_ms\.`+key))
@@ -79,6 +80,17 @@ func TestKmeshctlAgainstKmeshd(t *testing.T) {
 		}
 		if ms["total"] == 0 || ms["config"]+ms["apply"]+ms["commit"]+ms["settle"] > ms["total"]+3 {
 			t.Errorf("startup_ms %v: config, apply, commit and settle follow one another within total", ms)
+		}
+		cpu := map[string]int{}
+		for _, key := range []string{"total", "config", "apply", "settle"} {
+			v, err := strconv.Atoi(kmeshctlAddr(t, k, `startup_cpu_ms\.`+key))
+			if err != nil || v < 0 {
+				t.Fatalf("startup_cpu_ms.%s: %v (%d)", key, err, v)
+			}
+			cpu[key] = v
+		}
+		if sum := cpu["config"] + cpu["apply"] + cpu["settle"]; cpu["total"] == 0 || sum < cpu["total"]-2 || sum > cpu["total"]+2 {
+			t.Errorf("startup_cpu_ms %v: config, apply and settle add up to total", cpu)
 		}
 		sm := regexp.MustCompile(`msg="programs loaded" .*maps_created=(\d+) maps_reused=(\d+)`).FindStringSubmatch(k.proc.Stderr())
 		if sm == nil || sm[1] == "0" || sm[2] != "0" {
