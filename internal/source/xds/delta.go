@@ -222,9 +222,9 @@ func (c *deltaClient) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.
 	// The change index is built while the mesh is applied (commit), from
 	// the same store and mesh.
 	var ix *workloadIndex
-	var along func(*store, *model.Mesh)
+	var along func(*store, *built)
 	if c.changes != nil {
-		along = func(st *store, m *model.Mesh) { ix = newWorkloadIndex(st, m) }
+		along = func(st *store, b *built) { ix = newWorkloadIndex(st, b) }
 	}
 	if changed || (ready && !c.eng.applied) {
 		// Until every type has had its first response, stage without
@@ -318,7 +318,7 @@ func (c *deltaClient) handleChanges(resp *discovery.DeltaDiscoveryResponse, h ha
 			}
 		}
 		if err = c.eng.apply(b.mesh); err == nil {
-			c.index = newWorkloadIndex(st, b.mesh)
+			c.index = newWorkloadIndex(st, b)
 			c.eng.logNotes(b.notes)
 		}
 	} else if err = c.changes(ch); err == nil {
@@ -326,7 +326,7 @@ func (c *deltaClient) handleChanges(resp *discovery.DeltaDiscoveryResponse, h ha
 	}
 	if err != nil {
 		rollback()
-		c.index = newWorkloadIndex(st, c.eng.build(st).mesh)
+		c.index = newWorkloadIndex(st, c.eng.build(st))
 		rejects = append(rejects, "apply: "+err.Error())
 		c.resync = true
 	}

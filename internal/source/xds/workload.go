@@ -69,16 +69,6 @@ func (m portMap) target(sp uint16) uint16 {
 	return 0
 }
 
-// portsFor returns w's port mapping for host, nil if it is no member.
-func (w *workload) portsFor(host string) portMap {
-	for _, m := range w.services {
-		if m.host == host {
-			return m.ports
-		}
-	}
-	return nil
-}
-
 type service struct {
 	s model.Service // without endpoints
 	// host is namespace/hostname, the key workloads name it by.

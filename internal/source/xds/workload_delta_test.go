@@ -61,7 +61,7 @@ func TestWorkloadIndex_ChangesEqualFullBuild(t *testing.T) {
 		st := newStore()
 		state := model.NewState()
 		b := buildWorkloadMesh(st)
-		ix := newWorkloadIndex(st, b.mesh)
+		ix := newWorkloadIndex(st, b)
 		fulls := 0
 		for step := range 300 {
 			typeURL := AddressType
@@ -93,7 +93,7 @@ func TestWorkloadIndex_ChangesEqualFullBuild(t *testing.T) {
 				fulls++
 				b := buildWorkloadMesh(st)
 				c = state.DiffMesh(b.mesh)
-				ix = newWorkloadIndex(st, b.mesh)
+				ix = newWorkloadIndex(st, b)
 			}
 			if err := state.Check(c); err != nil {
 				t.Fatalf("seed %d step %d (full %v): changes %s do not apply: %v", seed, step, full, c, err)
@@ -140,7 +140,7 @@ func TestWorkloadIndex_ContestedHostKeepsItsService(t *testing.T) {
 	state := model.NewState()
 	b := buildWorkloadMesh(st)
 	state.Apply(state.DiffMesh(b.mesh))
-	ix := newWorkloadIndex(st, b.mesh)
+	ix := newWorkloadIndex(st, b)
 	if len(b.mesh.Services) != 1 {
 		t.Fatalf("full build: services %v, want svc-4 once", b.mesh.Services)
 	}

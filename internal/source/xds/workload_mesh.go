@@ -95,7 +95,7 @@ func buildMesh(st *store, ownEndpoints bool) *built {
 		}
 		built = append(built, o.w)
 	}
-	order = nil
+	b.workloads = workloadClaims{order: order, addrs: addrs, members: members}
 
 	var unserved []unservedAt // workloads with a waypoint of their own
 	for i, w := range built {
@@ -183,6 +183,18 @@ func buildMesh(st *store, ownEndpoints bool) *built {
 	(&model.Mesh{Services: m.Services}).Sort()
 	rebind(m, built)
 	return b
+}
+
+// workloadClaims is what the full build found of the workloads, which the
+// change index (newWorkloadIndex) takes over instead of finding it again.
+type workloadClaims struct {
+	// order is every workload by key, then arrival: the first of each key
+	// is the mesh's (m.Workloads, in this order), the others were left out.
+	order []arrival
+	addrs []named // the Address resources in arrival order (arrival.at)
+	// members are the workloads of each host in the mesh, in arrival
+	// order, with their port mappings.
+	members map[string][]member
 }
 
 // arrival is a workload and its place in the arrival order, sorted by

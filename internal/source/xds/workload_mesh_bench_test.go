@@ -64,12 +64,12 @@ func BenchmarkNewWorkloadIndex_FirstState(b *testing.B) {
 			for i, r := range rs {
 				st.put(AddressType, r.GetName(), r.GetVersion(), values[i])
 			}
-			m := buildWorkloadMesh(st).mesh
+			b0 := buildWorkloadMesh(st)
 			runtime.GC()
 			cpu0 := benchcpu.Used()
 			b.ResetTimer()
 			for b.Loop() {
-				if ix := newWorkloadIndex(st, m); len(ix.workloads) != 10*n {
+				if ix := newWorkloadIndex(st, b0); len(ix.workloads) != 10*n {
 					b.Fatalf("%d workloads indexed, want %d", len(ix.workloads), 10*n)
 				}
 			}

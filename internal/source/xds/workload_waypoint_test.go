@@ -84,7 +84,7 @@ func TestWorkloadMesh_ServiceWaypoint(t *testing.T) {
 	st := newStore()
 	state := model.NewState()
 	b := buildWorkloadMesh(st)
-	ix := newWorkloadIndex(st, b.mesh)
+	ix := newWorkloadIndex(st, b)
 	for _, s := range steps {
 		old := map[string]*entry{s.res: st.get(AddressType, s.res)}
 		if s.value == nil {
@@ -93,10 +93,11 @@ func TestWorkloadMesh_ServiceWaypoint(t *testing.T) {
 			st.put(AddressType, s.res, "v", convertAddress(t, s.value))
 		}
 		c, _, full := ix.delta(st, AddressType, old)
-		want := buildWorkloadMesh(st).mesh
+		wb := buildWorkloadMesh(st)
+		want := wb.mesh
 		if full {
 			c = state.DiffMesh(want)
-			ix = newWorkloadIndex(st, want)
+			ix = newWorkloadIndex(st, wb)
 		}
 		if err := state.Check(c); err != nil {
 			t.Fatalf("%s: changes %s do not apply: %v", s.name, c, err)
@@ -190,7 +191,7 @@ func TestWorkloadMesh_WorkloadWaypoint(t *testing.T) {
 	st := newStore()
 	state := model.NewState()
 	b := buildWorkloadMesh(st)
-	ix := newWorkloadIndex(st, b.mesh)
+	ix := newWorkloadIndex(st, b)
 	for _, s := range steps {
 		old := map[string]*entry{s.res: st.get(AddressType, s.res)}
 		if s.value == nil {
@@ -199,13 +200,14 @@ func TestWorkloadMesh_WorkloadWaypoint(t *testing.T) {
 			st.put(AddressType, s.res, "v", convertAddress(t, s.value))
 		}
 		c, _, full := ix.delta(st, AddressType, old)
-		want := buildWorkloadMesh(st).mesh
+		wb := buildWorkloadMesh(st)
+		want := wb.mesh
 		if err := want.Validate(); err != nil {
 			t.Fatalf("%s: the build is not a valid mesh: %v", s.name, err)
 		}
 		if full {
 			c = state.DiffMesh(want)
-			ix = newWorkloadIndex(st, want)
+			ix = newWorkloadIndex(st, wb)
 		}
 		if err := state.Check(c); err != nil {
 			t.Fatalf("%s: changes %s do not apply: %v", s.name, c, err)
