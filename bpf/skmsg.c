@@ -5,7 +5,9 @@
  * there, each message is moved straight into the peer socket's receive
  * queue instead of through TCP/IP and loopback or veth. Connections to
  * other nodes, or to sockets not enrolled here, find no peer and pass
- * through TCP as usual. Handshake, FIN and RST still go through TCP, so
+ * through TCP as usual, and so does every later message of a socket one of
+ * whose messages went through TCP (KM_REDIR_TCP: the order of its bytes).
+ * Handshake, FIN and RST still go through TCP, so
  * half-closes and resets behave as on plain TCP. A connection inside one
  * pod (loopback) is keyed by its network namespace too: the same loopback
  * 4-tuple in two pods names two connections (sock_key_scope).
@@ -58,10 +60,10 @@ static __always_inline void skmsg_redirected(struct bpf_sock_ops *skops, __u64 *
 	skmsg_reverse(&key, &peer);
 	n = bpf_map_lookup_elem(&km_redir_bytes, &key);
 	if (n)
-		*sent += *n;
+		*sent += *n & ~KM_REDIR_TCP;
 	n = bpf_map_lookup_elem(&km_redir_bytes, &peer);
 	if (n)
-		*received += *n;
+		*received += *n & ~KM_REDIR_TCP;
 }
 
 SEC("sk_msg")
@@ -88,12 +90,17 @@ int km_skmsg(struct sk_msg_md *msg)
 	sock_key_scope(&self, bpf_get_netns_cookie(msg));
 	skmsg_reverse(&self, &peer);
 
-	/* No peer here (another node, not enrolled): the message goes through
-	 * TCP. SK_PASS either way; only a successful redirect is counted. */
+	/* No count (aged out of the LRU), or a message went through TCP
+	 * before: TCP carries this one too, so nothing overtakes those bytes. */
+	n = bpf_map_lookup_elem(&km_redir_bytes, &self);
+	if (!n || (*n & KM_REDIR_TCP))
+		return SK_PASS;
 	if (bpf_msg_redirect_hash(msg, &km_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
-		n = bpf_map_lookup_elem(&km_redir_bytes, &self);
-		if (n)
-			__sync_fetch_and_add(n, msg->size);
+		__sync_fetch_and_add(n, msg->size);
+		return SK_PASS;
 	}
+	/* No peer here (another node, not enrolled, or not established yet):
+	 * the message goes through TCP, and so will the next ones. */
+	__sync_fetch_and_or(n, KM_REDIR_TCP);
 	return SK_PASS;
 }

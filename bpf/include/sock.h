@@ -57,6 +57,14 @@ struct {
 	__uint(max_entries, 1);
 } km_redir_bytes SEC(".maps");
 
+/* Set in a socket's km_redir_bytes entry once one of its messages went
+ * through TCP (its peer was not in km_socks yet: a server that defers
+ * accept, a handshake still in flight): a later message redirected into the
+ * peer's queue would be read before the bytes still waiting in the peer's
+ * TCP queue (tcp_bpf_recvmsg reads its own queue first), so the socket
+ * redirects nothing more and TCP keeps the order. */
+#define KM_REDIR_TCP (1ULL << 63)
+
 /* The socket's two addresses, v4 as v4-mapped v6, as every key built in
  * sockops holds them. */
 static __always_inline void sock_addrs_ops(struct bpf_sock_ops *skops, __u32 local[4], __u32 remote[4])

@@ -140,6 +140,19 @@ func TestSameNodeAcceleration(t *testing.T) {
 			}
 		})
 	}
+	// A server that defers accept (TCP_DEFER_ACCEPT) has no established
+	// socket to redirect into until the client's first bytes reach it by
+	// TCP: the bytes the client writes after those must not overtake them
+	// (the receiver reads what was redirected to it first).
+	t.Run("first_bytes_before_the_peer_is_up", func(t *testing.T) {
+		m.tcpServe(t, "hello-1", "--listen", "[::]:9005", "--mode", "echo", "--defer-accept")
+		for i := range 5 {
+			r := m.tcpSend(t, "--addr", "10.1.1.11:9005", "--bytes", strconv.Itoa(4<<20), "--random")
+			if r.Error != "" || r.Received != 4<<20 || r.SentHash != r.ReceivedHash {
+				t.Fatalf("echo %d: %+v, want the 4 MiB back in order", i, r)
+			}
+		}
+	})
 	peerDies := func(t *testing.T) map[string]string {
 		outcome := map[string]string{}
 		for _, pod := range []string{"hello-1", "hello-2"} {
