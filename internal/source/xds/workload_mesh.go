@@ -321,7 +321,10 @@ func modelWorkload(w *workload, present func(string) bool) *model.Workload {
 // names one. The full build and the incremental one (workload_delta.go)
 // both use it.
 func buildService(s *service, members []member, notes *[]string) (model.Service, bool) {
-	var cands []candidate
+	// Sized once: grown by appends, the candidates and endpoints of
+	// 50,000 services of 10 endpoints were ~0.26 s of a first build's CPU
+	// (growslice, pprof of kmeshd's first sync at 500,000 workloads).
+	cands := make([]candidate, 0, len(members))
 	for _, mb := range members {
 		if !mb.w.endpoint || (!mb.w.healthy && !s.allowUnhealthy) {
 			continue
@@ -393,7 +396,7 @@ func resolvePorts(s *service, cands []candidate, notes *[]string) ([]model.Servi
 		p.TargetPort = t
 		ports = append(ports, p)
 	}
-	var eps []model.Endpoint
+	eps := make([]model.Endpoint, 0, len(cands))
 	for _, c := range cands {
 		ok := true
 		for _, p := range ports {
@@ -406,6 +409,9 @@ func resolvePorts(s *service, cands []candidate, notes *[]string) ([]model.Servi
 		if ok {
 			eps = append(eps, model.Endpoint{Workload: c.key})
 		}
+	}
+	if len(eps) == 0 {
+		eps = nil // as before the sizing: reflect.DeepEqual tells nil from empty
 	}
 	slices.SortFunc(eps, func(a, b model.Endpoint) int { return cmp.Compare(a.Workload, b.Workload) })
 	slices.SortFunc(ports, func(a, b model.ServicePort) int { return cmp.Compare(a.Port, b.Port) })

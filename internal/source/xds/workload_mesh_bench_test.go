@@ -50,6 +50,31 @@ func BenchmarkBuildWorkloadMesh_FirstState(b *testing.B) {
 	}
 }
 
+// BenchmarkConvertAll_FirstState times the conversion of a first state's
+// decoded response (the bench's mesh), which runs on every core before
+// the build.
+//
+//	go test -run '^$' -bench ConvertAll -benchmem ./internal/source/xds/
+func BenchmarkConvertAll_FirstState(b *testing.B) {
+	for _, n := range []int{10_000, 50_000} {
+		b.Run(fmt.Sprintf("services=%d/endpoints=%d", n, 10*n), func(b *testing.B) {
+			rs := benchMesh(b, n, 10*n)
+			runtime.GC()
+			cpu0 := benchcpu.Used()
+			b.ResetTimer()
+			for b.Loop() {
+				_, errs := convertAll(addressHandler{}, rs)
+				for i, err := range errs {
+					if err != nil {
+						b.Fatalf("resource %s: %v", rs[i].GetName(), err)
+					}
+				}
+			}
+			b.ReportMetric(float64((benchcpu.Used()-cpu0).Milliseconds())/float64(b.N), "cpu-ms/op")
+		})
+	}
+}
+
 // BenchmarkNewWorkloadIndex_FirstState times the change index of a first
 // state, which is built while the data plane writes the mesh (commit's
 // alongside): the two share the machine's cores.
