@@ -44,3 +44,17 @@ func TestMap_KeepsArrivalOrder(t *testing.T) {
 		t.Fatalf("left behind: one %v, more %v", c.one, c.more)
 	}
 }
+
+// A key filled by First is one Mark made: later names follow it.
+func TestMap_FirstIsMarkOfANewKey(t *testing.T) {
+	c, d := New[string](), New[string]()
+	c.First("k", "a")
+	d.Mark("k", "a", true)
+	for _, m := range []Map[string]{c, d} {
+		m.Mark("k", "b", true)
+		m.Mark("k", "a", false)
+	}
+	if got, want := c.Names("k"), d.Names("k"); !slices.Equal(got, want) || len(got) != 1 || got[0] != "b" {
+		t.Fatalf("after First: names %v, after Mark: %v; want [b]", got, want)
+	}
+}

@@ -62,17 +62,18 @@ func newWorkloadIndex(st *store, b *built) *workloadIndex {
 	ix.members = packMembers(wc.members)
 	i := -1
 	for j, o := range wc.order {
+		name := wc.addrs[o.at].name
 		if j == 0 || wc.order[j-1].key != o.key {
 			i++ // the first of a key is the mesh's i-th workload
 			ix.workloads[o.key] = &m.Workloads[i]
+			ix.wlKeys.First(o.key, name)
 		} else {
 			// Left out of the build, and of its members.
 			for _, ms := range o.w.services {
 				ix.members[ms.host] = append(ix.members[ms.host], member{o.w, ms.ports})
 			}
+			ix.wlKeys.Mark(o.key, name, true)
 		}
-		name := wc.addrs[o.at].name
-		ix.wlKeys.Mark(o.key, name, true)
 		for _, p := range o.w.w.Policies {
 			mark(ix.byPolicy, p, name, true)
 		}
