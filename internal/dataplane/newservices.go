@@ -6,13 +6,6 @@ import (
 	"github.com/kmesh-go/kmesh/internal/bpf"
 )
 
-// newService is a service the maps do not hold yet, with its slots.
-type newService struct {
-	key   string
-	ws    *desiredService
-	slots [2][]uint32
-}
-
 // plain reports whether ws asks nothing of the balancer beyond its slot
 // table: no locality tables, Maglev table, affinity or outlier entries.
 func plain(ws *desiredService) bool {
@@ -28,7 +21,7 @@ func plain(ws *desiredService) bool {
 // slots are written. When a write fails, the services written before it
 // stay (and are recorded), as one at a time would leave them, and nothing
 // of the others is left in the maps.
-func (d *Dataplane) writeNewServices(batch []newService) error {
+func (d *Dataplane) writeNewServices(batch []serviceSlots) error {
 	if len(batch) == 0 {
 		return nil
 	}

@@ -422,3 +422,49 @@ func TestDataplane_FailedWriteRetriesToConvergence(t *testing.T) {
 		t.Fatalf("only %d of 60 changes hit an injected failure", failures)
 	}
 }
+
+// A first sync whose backend write fails midway (large enough that the
+// services' slot tables are computed beside the write) leaves the backends
+// before the failed one and nothing of the services, and the next Apply
+// writes what a full sync into empty maps writes.
+func TestDataplane_FirstSyncFailedBackendWriteConverges(t *testing.T) {
+	limits := bpf.DefaultLimits
+	m := bigMesh(120, 10) // 1,200 backends
+	f := NewFakeStore(limits)
+	d, err := New(f.Store, limits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	puts := 0
+	f.Fail(func(op, name string) error {
+		if name != bpf.KmeshMapKmBackend {
+			return nil
+		}
+		if puts++; puts == 700 {
+			return unix.EIO
+		}
+		return nil
+	})
+	err = d.Apply(m)
+	f.Fail(nil)
+	if !errors.Is(err, unix.EIO) {
+		t.Fatalf("Apply with the 700th backend write failing: %v, want EIO", err)
+	}
+	if b, s, e := f.Len(bpf.KmeshMapKmBackend), f.Len(bpf.KmeshMapKmService), f.Len(bpf.KmeshMapKmEndpoint); b != 699 || s != 0 || e != 0 {
+		t.Fatalf("after the failed write: %d backends, %d services, %d slots; want 699, 0, 0", b, s, e)
+	}
+	if err := d.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	ref := NewFakeStore(limits)
+	rd, err := New(ref.Store, limits, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rd.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := normalDump(t, d, f.Store), normalDump(t, rd, ref.Store); got != want {
+		t.Fatalf("after the retry the maps are\n%s\nwant\n%s", got, want)
+	}
+}
