@@ -156,20 +156,7 @@ func (d *Dataplane) FollowState(st *model.State) {
 // previous instance's entries, see stale.go) and on resyncs. When m does
 // not fit the maps it returns an error naming the map and the flag that
 // sizes it, and writes nothing. Update does the same for a change.
-func (d *Dataplane) Apply(m *model.Mesh) error {
-	return d.ApplyBeside(m, nil)
-}
-
-// ApplyBeside is Apply, running beside (when not nil) on another goroutine
-// once m is translated, and returning when both are done; beside is not
-// run when m does not translate. Translating is the part of a full Apply
-// that uses what a second core gives it; what follows (ids, records, the
-// map writes) runs on one. A caller with work of its own on m (the
-// daemon's model state) gives the writes its core then instead of
-// competing with the translation: at 500,000 endpoints the writes ran
-// ~2.5 s alone, the other core idle, after the state was built beside
-// the translation.
-func (d *Dataplane) ApplyBeside(m *model.Mesh, beside func()) (err error) {
+func (d *Dataplane) Apply(m *model.Mesh) (err error) {
 	want, err := translate(m)
 	if err != nil {
 		return err
@@ -177,14 +164,6 @@ func (d *Dataplane) ApplyBeside(m *model.Mesh, beside func()) (err error) {
 	wantAZ, err := translateAuthz(m, d.identityNode)
 	if err != nil {
 		return err
-	}
-	if beside != nil {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			beside()
-		}()
-		defer func() { <-done }()
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

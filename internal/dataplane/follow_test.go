@@ -3,7 +3,6 @@ package dataplane
 import (
 	"runtime"
 	"testing"
-	"time"
 	"weak"
 
 	"github.com/kmesh-go/kmesh/internal/model"
@@ -60,45 +59,5 @@ func TestDataplane_FollowStateDropsTheAppliedMesh(t *testing.T) {
 	}
 	if dump(t, maps) == want {
 		t.Fatal("the change wrote nothing")
-	}
-}
-
-// ApplyBeside runs the caller's work once the mesh is translated and
-// returns after it (the daemon builds its state there and holds it from
-// Apply's return); a mesh that does not translate writes nothing and runs
-// nothing beside.
-func TestDataplane_ApplyBesideRunsOnceTranslatedAndWaits(t *testing.T) {
-	maps := newMaps(t, propLimits)
-	d, err := New(maps, propLimits, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad := bigMesh(2, 2)
-	bad.Services[1].LBMode = "nearest"
-	ran := false
-	if err := d.ApplyBeside(bad, func() { ran = true }); err == nil || ran {
-		t.Fatalf("untranslatable mesh: err %v, beside ran %v; want an error and nothing run", err, ran)
-	}
-	if got := dump(t, maps); got != "" {
-		t.Fatalf("untranslatable mesh wrote:\n%s", got)
-	}
-	m := bigMesh(2, 2)
-	st := model.NewState()
-	done := false // no synchronisation of its own: -race reports a beside not waited for
-	if err := d.ApplyBeside(m, func() {
-		time.Sleep(10 * time.Millisecond) // longer than the writes of this mesh
-		st.Apply(st.DiffMesh(m))
-		done = true
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if !done {
-		t.Fatal("ApplyBeside returned before beside did")
-	}
-	if s, w, _ := st.Counts(); s != 2 || w != 4 {
-		t.Fatalf("state after ApplyBeside holds %d services, %d workloads; want 2, 4", s, w)
-	}
-	if got, full := normalDump(t, d, maps), fullSync(t, maps, m); got != full {
-		t.Fatalf("maps after ApplyBeside differ from Apply's:\n%s\nwant:\n%s", got, full)
 	}
 }
