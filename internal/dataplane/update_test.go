@@ -423,39 +423,14 @@ func TestDataplane_FailedWriteRetriesToConvergence(t *testing.T) {
 	}
 }
 
-// A first sync whose backend write fails midway (large enough that the
-// services' slot tables are computed beside the write) leaves the backends
-// before the failed one and nothing of the services, and the next Apply
-// writes what a full sync into empty maps writes.
-func TestDataplane_FirstSyncFailedBackendWriteConverges(t *testing.T) {
+// A first sync whose backend or slot write fails midway (large enough
+// that the services' slot tables are computed beside the backend write and
+// the slots are written in two halves at once) leaves the backends before
+// the failed one, no slot and no service, and the next Apply writes what a
+// full sync into empty maps writes.
+func TestDataplane_FirstSyncFailedWriteConverges(t *testing.T) {
 	limits := bpf.DefaultLimits
-	m := bigMesh(120, 10) // 1,200 backends
-	f := NewFakeStore(limits)
-	d, err := New(f.Store, limits, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	puts := 0
-	f.Fail(func(op, name string) error {
-		if name != bpf.KmeshMapKmBackend {
-			return nil
-		}
-		if puts++; puts == 700 {
-			return unix.EIO
-		}
-		return nil
-	})
-	err = d.Apply(m)
-	f.Fail(nil)
-	if !errors.Is(err, unix.EIO) {
-		t.Fatalf("Apply with the 700th backend write failing: %v, want EIO", err)
-	}
-	if b, s, e := f.Len(bpf.KmeshMapKmBackend), f.Len(bpf.KmeshMapKmService), f.Len(bpf.KmeshMapKmEndpoint); b != 699 || s != 0 || e != 0 {
-		t.Fatalf("after the failed write: %d backends, %d services, %d slots; want 699, 0, 0", b, s, e)
-	}
-	if err := d.Apply(m); err != nil {
-		t.Fatal(err)
-	}
+	m := bigMesh(300, 10) // 3,000 backends, 6,000 slots
 	ref := NewFakeStore(limits)
 	rd, err := New(ref.Store, limits, discard)
 	if err != nil {
@@ -464,7 +439,43 @@ func TestDataplane_FirstSyncFailedBackendWriteConverges(t *testing.T) {
 	if err := rd.Apply(m); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := normalDump(t, d, f.Store), normalDump(t, rd, ref.Store); got != want {
-		t.Fatalf("after the retry the maps are\n%s\nwant\n%s", got, want)
+	want := normalDump(t, rd, ref.Store)
+	for _, tc := range []struct {
+		failMap      string
+		at, backends int
+	}{
+		{bpf.KmeshMapKmBackend, 700, 699},
+		{bpf.KmeshMapKmEndpoint, 1000, 3000},
+		{bpf.KmeshMapKmEndpoint, 5000, 3000},
+	} {
+		f := NewFakeStore(limits)
+		d, err := New(f.Store, limits, discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		puts := 0
+		f.Fail(func(op, name string) error {
+			if name != tc.failMap {
+				return nil
+			}
+			if puts++; puts == tc.at {
+				return unix.EIO
+			}
+			return nil
+		})
+		err = d.Apply(m)
+		f.Fail(nil)
+		if !errors.Is(err, unix.EIO) {
+			t.Fatalf("Apply with write %d of %s failing: %v, want EIO", tc.at, tc.failMap, err)
+		}
+		if b, s, e := f.Len(bpf.KmeshMapKmBackend), f.Len(bpf.KmeshMapKmService), f.Len(bpf.KmeshMapKmEndpoint); b != tc.backends || s != 0 || e != 0 {
+			t.Fatalf("after write %d of %s failed: %d backends, %d services, %d slots; want %d, 0, 0", tc.at, tc.failMap, b, s, e, tc.backends)
+		}
+		if err := d.Apply(m); err != nil {
+			t.Fatal(err)
+		}
+		if got := normalDump(t, d, f.Store); got != want {
+			t.Fatalf("write %d of %s failed, after the retry the maps are\n%s\nwant\n%s", tc.at, tc.failMap, got, want)
+		}
 	}
 }
