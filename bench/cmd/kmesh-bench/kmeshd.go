@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kmesh-go/kmesh/internal/testbed"
@@ -109,15 +108,6 @@ func (k *kmeshd) Stop() error {
 		return fmt.Errorf("kmeshd cleanup %s: %w: %s", k.node.BPFDir, err, out)
 	}
 	return nil
-}
-
-// selfCPU is the bench process's user + system time so far.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // processCPU is a process's user + system time, its exited threads

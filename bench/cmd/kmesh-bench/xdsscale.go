@@ -15,6 +15,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/bench/meshfile"
 	"github.com/kmesh-go/kmesh/bench/report"
+	"github.com/kmesh-go/kmesh/internal/benchcpu"
 	"github.com/kmesh-go/kmesh/internal/bpf"
 	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
 )
@@ -92,14 +93,14 @@ func (s *scaleRun) xdsScale(ctx context.Context, out *report.Scale) error {
 	// The server runs in this process, on the cores kmeshd has (istiod
 	// would run on another node): its CPU during the first sync is
 	// reported beside kmeshd's.
-	srvCPU := selfCPU()
+	srvCPU := benchcpu.Used()
 	k, err := startKmeshd(ctx, s.bed, s.tools, s.node, "", append([]string{"--xds-address", srv.addr}, s.limitFlags()...)...)
 	if err != nil {
 		return err
 	}
 	defer k.Stop()
 	out.XDSFirstSyncMs, out.XDSFirstSyncCPUMs = ms(k.Ready), ms(k.ReadyCPU)
-	out.XDSFirstSyncServerCPUMs = ms(selfCPU() - srvCPU)
+	out.XDSFirstSyncServerCPUMs = ms(benchcpu.Used() - srvCPU)
 	logf("control plane over xDS: first full sync %s (%d services, %d endpoints); the server's CPU meanwhile %.0f ms", report.WallAndCPU(out.XDSFirstSyncMs, out.XDSFirstSyncCPUMs), s.cfg.services, s.cfg.endpoints, out.XDSFirstSyncServerCPUMs)
 
 	slots, closeSlots, err := slotReader(s.node.BPFDir)

@@ -54,12 +54,11 @@ func newWorkloadIndex(st *store, b *built) *workloadIndex {
 	ix := &workloadIndex{
 		wlKeys: keyset.WithCapacity[string](nw), svcKeys: keyset.WithCapacity[string](ns), polKeys: keyset.WithCapacity[string](len(m.Policies)),
 		hosts: keyset.WithCapacity[string](ns), fronts: keyset.WithCapacity[netip.AddrPort](ns),
-		members: wc.members, byPolicy: map[string][]string{},
+		members: packMembers(wc.members), byPolicy: map[string][]string{},
 		wpRefs: map[string][]string{}, wpHosts: map[string][]string{},
 		services: make(map[string]*model.Service, ns), keyOf: make(map[string]string, ns),
 		workloads: make(map[string]*model.Workload, nw), policies: make(map[string]*model.Policy, len(m.Policies)),
 	}
-	ix.members = packMembers(wc.members)
 	i := -1
 	for j, o := range wc.order {
 		name := wc.addrs[o.at].name
@@ -122,34 +121,28 @@ func packMembers(members map[string][]member) map[string][]member {
 }
 
 func mark[K comparable](m map[K][]string, key K, name string, on bool) {
-	names := m[key]
-	i := slices.Index(names, name)
-	switch {
-	case on && i < 0:
-		m[key] = append(names, name)
-	case !on && i >= 0:
-		names = slices.Delete(names, i, i+1)
-		if len(names) == 0 {
-			delete(m, key)
-		} else {
-			m[key] = names
-		}
-	}
+	markBy(m, key, name, func(n string) bool { return n == name }, on)
 }
 
 // markMember adds (on) or removes workload w from the members of host.
 func markMember(m map[string][]member, host string, w *workload, ports portMap, on bool) {
-	mbs := m[host]
-	i := slices.IndexFunc(mbs, func(mb member) bool { return mb.w == w })
+	markBy(m, host, member{w, ports}, func(mb member) bool { return mb.w == w }, on)
+}
+
+// markBy adds v to key's list (on) unless one the same is there, or
+// removes the one that is (off), dropping the key with its last.
+func markBy[K comparable, V any](m map[K][]V, key K, v V, same func(V) bool, on bool) {
+	vs := m[key]
+	i := slices.IndexFunc(vs, same)
 	switch {
 	case on && i < 0:
-		m[host] = append(mbs, member{w, ports})
+		m[key] = append(vs, v)
 	case !on && i >= 0:
-		mbs = slices.Delete(mbs, i, i+1)
-		if len(mbs) == 0 {
-			delete(m, host)
+		vs = slices.Delete(vs, i, i+1)
+		if len(vs) == 0 {
+			delete(m, key)
 		} else {
-			m[host] = mbs
+			m[key] = vs
 		}
 	}
 }
