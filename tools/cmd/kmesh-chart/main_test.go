@@ -24,7 +24,8 @@ func kmeshChart(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
-// objects renders the chart and decodes its objects by kind.
+// objects renders the chart and decodes its objects by kind and name
+// ("DaemonSet/kmesh").
 func objects(t *testing.T, args ...string) map[string][]byte {
 	t.Helper()
 	out, err := kmeshChart(t, append([]string{"template", chartDir}, args...)...)
@@ -33,25 +34,39 @@ func objects(t *testing.T, args ...string) map[string][]byte {
 	}
 	objs := map[string][]byte{}
 	for _, doc := range strings.Split(out, "\n---\n") {
-		var meta struct{ Kind string }
+		var meta struct {
+			Kind     string
+			Metadata struct{ Name string }
+		}
 		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
 			t.Fatalf("rendered YAML: %v\n%s", err, doc)
 		}
 		if meta.Kind == "" {
 			continue
 		}
-		if _, dup := objs[meta.Kind]; dup {
-			t.Fatalf("two objects of kind %s", meta.Kind)
+		key := meta.Kind + "/" + meta.Metadata.Name
+		if _, dup := objs[key]; dup {
+			t.Fatalf("two objects %s", key)
 		}
-		objs[meta.Kind] = []byte(doc)
+		objs[key] = []byte(doc)
 	}
 	return objs
 }
 
+// daemonSet is kmeshd's DaemonSet.
 func daemonSet(t *testing.T, args ...string) *appsv1.DaemonSet {
 	t.Helper()
+	return decodeDaemonSet(t, objects(t, args...), "kmesh")
+}
+
+func decodeDaemonSet(t *testing.T, objs map[string][]byte, name string) *appsv1.DaemonSet {
+	t.Helper()
+	doc, ok := objs["DaemonSet/"+name]
+	if !ok {
+		t.Fatalf("no DaemonSet %s rendered", name)
+	}
 	var ds appsv1.DaemonSet
-	if err := yaml.UnmarshalStrict(objects(t, args...)["DaemonSet"], &ds); err != nil {
+	if err := yaml.UnmarshalStrict(doc, &ds); err != nil {
 		t.Fatal(err)
 	}
 	return &ds
@@ -84,6 +99,9 @@ func TestTemplate_SchemaRefusesBadValues(t *testing.T) {
 		{"kmeshd.logLvl=debug", []string{"/kmeshd", "logLvl"}},
 		{"updateStrategy.maxUnavailable=0", []string{"/updateStrategy/maxUnavailable"}},
 		{"securityContext.capabilities.add={sys_admin}", []string{"/securityContext/capabilities/add/0"}},
+		{"tunnel.logLevel=loud", []string{"/tunnel/logLevel", "debug"}},
+		{"tunnel.updateStrategy.maxUnavailable=0", []string{"/tunnel/updateStrategy/maxUnavailable"}},
+		{"tunnel.ports.metrics=0", []string{"/tunnel/ports/metrics", "minimum"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.set, func(t *testing.T) {
@@ -192,7 +210,7 @@ func TestTemplate_ExamplesChangeWhatTheySay(t *testing.T) {
 
 func TestTemplate_RBACIsWhatKmeshdUses(t *testing.T) {
 	var role rbacv1.ClusterRole
-	if err := yaml.UnmarshalStrict(objects(t)["ClusterRole"], &role); err != nil {
+	if err := yaml.UnmarshalStrict(objects(t)["ClusterRole/kmesh"], &role); err != nil {
 		t.Fatal(err)
 	}
 	want := []rbacv1.PolicyRule{

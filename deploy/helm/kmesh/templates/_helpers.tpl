@@ -16,6 +16,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app: kmesh
 {{- end -}}
 
+{{/* The tunnel's pods: apart from kmeshd's selector, so neither
+DaemonSet adopts the other's pods. */}}
+{{- define "kmesh.tunnelSelector" -}}
+app.kubernetes.io/name: kmesh-tunnel
+app.kubernetes.io/instance: {{ .Release.Name }}
+app: kmesh-tunnel
+{{- end -}}
+
 {{- define "kmesh.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
