@@ -100,7 +100,6 @@ func TestTemplate_SchemaRefusesBadValues(t *testing.T) {
 		{"updateStrategy.maxUnavailable=0", []string{"/updateStrategy/maxUnavailable"}},
 		{"securityContext.capabilities.add={sys_admin}", []string{"/securityContext/capabilities/add/0"}},
 		{"tunnel.logLevel=loud", []string{"/tunnel/logLevel", "debug"}},
-		{"tunnel.updateStrategy.maxUnavailable=0", []string{"/tunnel/updateStrategy/maxUnavailable"}},
 		{"tunnel.ports.metrics=0", []string{"/tunnel/ports/metrics", "minimum"}},
 	}
 	for _, tt := range tests {

@@ -125,7 +125,7 @@ func TestTemplate_TunnelDaemonSet(t *testing.T) {
 	}
 	if u := tds.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate.MaxUnavailable.IntValue() != 1 ||
 		(u.RollingUpdate.MaxSurge != nil && u.RollingUpdate.MaxSurge.IntValue() != 0) {
-		t.Errorf("update strategy %+v: want RollingUpdate, maxUnavailable 1, no surge (two tunnels cannot share a pod's ports)", u)
+		t.Errorf("update strategy %+v: want RollingUpdate, maxUnavailable 1, no surge (without a hand-off two tunnels cannot share a pod's ports)", u)
 	}
 }
 
