@@ -59,10 +59,11 @@ struct {
 
 /* Set in a socket's km_redir_bytes entry once one of its messages went
  * through TCP (its peer was not in km_socks yet: a server that defers
- * accept, a handshake still in flight): a later message redirected into the
- * peer's queue would be read before the bytes still waiting in the peer's
- * TCP queue (tcp_bpf_recvmsg reads its own queue first), so the socket
- * redirects nothing more and TCP keeps the order. */
+ * accept, a handshake still in flight), or is about to because its peer
+ * holds too much unread (skmsg_peer_full): a later message redirected into
+ * the peer's queue would be read before the bytes still waiting in the
+ * peer's TCP queue (tcp_bpf_recvmsg reads its own queue first), so the
+ * socket redirects nothing more and TCP keeps the order. */
 #define KM_REDIR_TCP (1ULL << 63)
 
 /* The socket's two addresses, v4 as v4-mapped v6, as every key built in

@@ -26,7 +26,8 @@ type Features struct {
 	// SkMsg redirects messages between local sockets (sockhash, sk_msg
 	// links and socket storage in sk_msg, 5.10; the socket's network
 	// namespace cookie in sk_msg, 5.15, keeps loopback connections of two
-	// pods apart).
+	// pods apart; bpf_probe_read_kernel in sk_msg, which a kernel locked
+	// down for confidentiality refuses, bounds what a peer holds unread).
 	SkMsg bool
 	// Authz enforces authorization policies: bpf_loop (5.17) walks them,
 	// cgroup_skb programs check SYNs, LPM tries hold address blocks.
@@ -62,7 +63,8 @@ func probe() (Features, error) {
 	f.SkMsg = features.HaveMapType(ebpf.SockHash) == nil &&
 		features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash) == nil &&
 		features.HaveProgramHelper(ebpf.SkMsg, asm.FnSkStorageGet) == nil &&
-		features.HaveProgramHelper(ebpf.SkMsg, asm.FnGetNetnsCookie) == nil
+		features.HaveProgramHelper(ebpf.SkMsg, asm.FnGetNetnsCookie) == nil &&
+		features.HaveProgramHelper(ebpf.SkMsg, asm.FnProbeReadKernel) == nil
 	f.Authz = features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnLoop) == nil &&
 		features.HaveProgramHelper(ebpf.CGroupSKB, asm.FnLoop) == nil &&
 		features.HaveMapType(ebpf.LPMTrie) == nil
@@ -101,7 +103,7 @@ func (f Features) configure(s *ebpf.CollectionSpec, opts Options, log *slog.Logg
 		delete(s.Programs, KmeshProgKmSkmsg)
 	}
 	if opts.Accelerate && !accelerate {
-		log.Warn("kernel lacks sk_msg redirects, their socket storage (5.10) or netns cookies (5.15): same-node acceleration is off")
+		log.Warn("kernel lacks sk_msg redirects, their socket storage (5.10), netns cookies (5.15) or bpf_probe_read_kernel (refused under lockdown=confidentiality; without it a receiver's unread bytes cannot be bounded): same-node acceleration is off")
 	}
 	if err := s.Variables["km_telemetry"].Set(opts.Telemetry && f.Telemetry); err != nil {
 		return fmt.Errorf("set km_telemetry: %w", err)

@@ -49,6 +49,8 @@ type sendLine struct {
 	SentHash     string `json:"sent_sha256"`
 	ReceivedHash string `json:"received_sha256"`
 	Error        string `json:"error"`
+	Filled       int64  `json:"filled"`     // tcp-send --fill
+	FillError    string `json:"fill_error"` // tcp-send --fill
 }
 
 func (m *mesh) tcpSend(t *testing.T, args ...string) sendLine {
@@ -110,6 +112,7 @@ func TestSameNodeAcceleration(t *testing.T) {
 			t.Logf("32 MiB each way intact; client's eth0 sent %d bytes", tx)
 		})
 	}
+	t.Run("receiver_that_stops_reading", func(t *testing.T) { m.stalledReceiver(t) })
 	t.Run("other_node_uses_tcp", func(t *testing.T) {
 		before := txBytes(t, m, "client")
 		r := m.tcpSend(t, "--addr", "10.1.2.12:9000", "--bytes", strconv.Itoa(size), "--random")
@@ -198,6 +201,102 @@ func TestSameNodeAcceleration(t *testing.T) {
 			t.Fatalf("a dead peer on one node: %q accelerated, %q on plain TCP", accelerated["hello-1"], plain["hello-1"])
 		}
 	})
+}
+
+// stalledReceiver sends to a same-node receiver that accepts and does not
+// read (kmeshd --accelerate on node-a): non-blocking writes must stop with
+// EAGAIN, as on plain TCP, once the receiver holds what TCP would let it
+// hold (its namespace's tcp_rmem[2], the largest receive buffer autotuning
+// gives) plus what the sender's TCP send buffer takes after its fallback
+// (tcp_wmem[2]) and one redirected message; without a bound they went on
+// until the node's tcp_mem ran out (~1.5 GiB here, then ENOMEM). Then the
+// receiver reads and gets every byte in order, and the sender, blocked
+// meanwhile, finishes 8 MiB more.
+func (m *mesh) stalledReceiver(t *testing.T) {
+	rmem := sysctlMax(t, m, "hello-1", "tcp_rmem")
+	wmem := sysctlMax(t, m, "client", "tcp_wmem")
+	bound := rmem + wmem + 2<<20 // 2 MiB: one redirected message (<= ~0.5 MiB) and TCP's own queue
+	readAfter := filepath.Join(m.dir, "stalled-read")
+	srv, err := m.pods["hello-1"].Start(m.echo, "tcp-serve", "--listen", "[::]:9006", "--mode", "hold", "--read-after", readAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	if l := <-srv.Lines(); !strings.HasPrefix(l, "listening") {
+		t.Fatalf("tcp-serve: %q: %s", l, srv.Stderr())
+	}
+	before := txBytes(t, m, "client")
+	// Stop at bound + 16 MiB: main got there without an error, and went on
+	// to ENOMEM at gigabytes.
+	cli, err := m.pods["client"].Start(m.echo, "tcp-send", "--addr", "10.1.1.11:9006", "--random",
+		"--bytes", strconv.Itoa(8<<20), "--fill", strconv.FormatInt(bound+16<<20, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Stop()
+	var filled sendLine
+	select {
+	case l := <-cli.Lines():
+		if err := json.Unmarshal([]byte(l), &filled); err != nil || !strings.Contains(l, `"filled"`) {
+			t.Fatalf("tcp-send: %q, want the fill's line: %s", l, cli.Stderr())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("tcp-send: no fill line after 60s: %s", cli.Stderr())
+	}
+	tx := txBytes(t, m, "client") - before
+	t.Logf("non-blocking writes took %d bytes, then %q (receiver's tcp_rmem max %d, sender's tcp_wmem max %d); client's eth0 sent %d bytes",
+		filled.Filled, filled.FillError, rmem, wmem, tx)
+	if filled.FillError != syscall.EAGAIN.Error() || filled.Filled > bound {
+		t.Errorf("a sender to a receiver that does not read: %d bytes taken, then %q; want EAGAIN within %d bytes",
+			filled.Filled, filled.FillError, bound)
+	}
+	// The bound is TCP's largest, not less: a lagging reader keeps its
+	// speed-up, and the bytes up to it went socket to socket.
+	if filled.Filled < rmem || tx > filled.Filled/4 {
+		t.Errorf("%d bytes taken, %d of them through eth0; want at least %d (tcp_rmem[2]), most of them redirected",
+			filled.Filled, tx, rmem)
+	}
+	if err := os.WriteFile(readAfter, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var got, sent sendLine
+	for _, p := range []struct {
+		proc *testbed.Process
+		into *sendLine
+	}{{srv, &got}, {cli, &sent}} {
+		select {
+		case l := <-p.proc.Lines():
+			if err := json.Unmarshal([]byte(l), p.into); err != nil {
+				t.Fatalf("%q: %v: %s", l, err, p.proc.Stderr())
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("no result 60s after the receiver started reading: %s", p.proc.Stderr())
+		}
+	}
+	if sent.Error != "" || got.Error != "" || sent.Sent != filled.Filled+8<<20 || got.Received != sent.Sent ||
+		got.ReceivedHash != sent.SentHash {
+		t.Fatalf("sent %+v, received %+v: want all %d bytes in order", sent, got, filled.Filled+8<<20)
+	}
+}
+
+// sysctlMax is the largest of a pod's net.ipv4.<name> (tcp_rmem, tcp_wmem).
+func sysctlMax(t *testing.T, m *mesh, pod, name string) int64 {
+	t.Helper()
+	p, err := m.pods[pod].Start("/bin/cat", "/proc/sys/net/ipv4/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := <-p.Lines()
+	p.Wait()
+	f := strings.Fields(line)
+	if len(f) != 3 {
+		t.Fatalf("%s in %s: %q", name, pod, line)
+	}
+	n, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		t.Fatalf("%s in %s: %q", name, pod, line)
+	}
+	return n
 }
 
 // classify reduces an exchange to what an application would notice. Which

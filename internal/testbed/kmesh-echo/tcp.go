@@ -25,7 +25,8 @@ func tcpServe(args []string) error {
 	fs := flag.NewFlagSet("tcp-serve", flag.ExitOnError)
 	listen := fs.String("listen", "[::]:9000", "address to listen on")
 	reply := fs.Int("reply", 1000, "bytes to answer each connection with (mode reply)")
-	mode := fs.String("mode", "reply", "reply, echo, echo-splice or reset")
+	mode := fs.String("mode", "reply", "reply, echo, echo-splice, reset or hold")
+	readAfter := fs.String("read-after", "", "mode hold: read nothing until this file exists, then read to EOF and print what was received")
 	deferAccept := fs.Bool("defer-accept", false, "TCP_DEFER_ACCEPT: a connection is accepted (and established on this side) when its first data or FIN arrives, not at the handshake")
 	fs.Parse(args)
 	var lc net.ListenConfig
@@ -64,6 +65,9 @@ func tcpServe(args []string) error {
 				io.Copy(io.Discard, c)
 				c.(*net.TCPConn).SetLinger(0) // close sends RST
 				return
+			case "hold":
+				hold(c, *readAfter)
+				return
 			}
 			if _, err := io.Copy(io.Discard, c); err != nil {
 				return
@@ -71,6 +75,25 @@ func tcpServe(args []string) error {
 			c.Write(payload)
 		}()
 	}
+}
+
+// hold is a receiver that stops reading: it accepts, reads nothing until
+// the file readAfter exists, then reads to EOF with a plain read loop (not
+// splice) and prints how much it got and its SHA-256.
+func hold(c net.Conn, readAfter string) {
+	for {
+		if _, err := os.Stat(readAfter); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, struct{ io.Reader }{c})
+	r := sendResult{Received: n, ReceivedHash: hex.EncodeToString(h.Sum(nil))}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	json.NewEncoder(os.Stdout).Encode(r)
 }
 
 // sendResult is one output line of tcp-send.
@@ -82,6 +105,10 @@ type sendResult struct {
 	SentHash     string `json:"sent_sha256,omitempty"`     // with --random
 	ReceivedHash string `json:"received_sha256,omitempty"` // with --random
 	Error        string `json:"error"`
+	// With --fill: what the non-blocking writes took before the first
+	// error, and that error.
+	Filled    int64  `json:"filled,omitempty"`
+	FillError string `json:"fill_error,omitempty"`
 }
 
 func tcpSend(args []string) error {
@@ -95,6 +122,7 @@ func tcpSend(args []string) error {
 	parallel := fs.Bool("parallel", false, "open the --count connections at once, not one after the other")
 	localPort := fs.Int("local-port", 0, "bind connection N (from 1) to this local port + N - 1 (default: any)")
 	waitFor := fs.String("wait-for", "", "once connected, say \"holding\" and send only when this file exists")
+	fill := fs.Int64("fill", 0, "first write random bytes without blocking until a write fails (EAGAIN once the buffers are full) or this many are written, say how many (a line with \"filled\"), then send --bytes blocking; the hashes cover both")
 	fs.Parse(args)
 	if *addr == "" {
 		return errors.New("tcp-send: --addr is required")
@@ -107,7 +135,7 @@ func tcpSend(args []string) error {
 	out := json.NewEncoder(os.Stdout)
 	one := func(seq int) error {
 		r := sendResult{Seq: seq}
-		o := sendOpts{hold: *hold, writeFirst: *writeFirst, hash: *random, waitFor: *waitFor, mu: &mu}
+		o := sendOpts{hold: *hold, writeFirst: *writeFirst, hash: *random, waitFor: *waitFor, fill: *fill, mu: &mu}
 		if *localPort != 0 {
 			o.localPort = *localPort + seq - 1
 		}
@@ -144,6 +172,7 @@ type sendOpts struct {
 	hash       bool
 	localPort  int
 	waitFor    string
+	fill       int64
 	mu         *sync.Mutex // stdout
 }
 
@@ -188,8 +217,18 @@ func sendOne(addr string, payload []byte, o sendOpts, r *sendResult) error {
 		r.Received, err = io.Copy(received, c)
 		done <- err
 	}()
+	sent := sha256.New()
+	if o.fill > 0 {
+		if err := fillNonBlocking(c.(*net.TCPConn), o.fill, sent, r); err != nil {
+			return err
+		}
+		o.mu.Lock()
+		fmt.Printf("{\"seq\":%d,\"filled\":%d,\"fill_error\":%q}\n", r.Seq, r.Filled, r.FillError)
+		o.mu.Unlock()
+	}
 	w, err := c.Write(payload)
-	r.Sent = int64(w)
+	sent.Write(payload[:w])
+	r.Sent = r.Filled + int64(w)
 	if err == nil && hold > 0 && writeFirst {
 		o.holding(r)
 		time.Sleep(hold)
@@ -204,9 +243,41 @@ func sendOne(addr string, payload []byte, o sendOpts, r *sendResult) error {
 	}
 	err = <-done
 	if o.hash {
-		sent := sha256.Sum256(payload[:w])
-		r.SentHash = hex.EncodeToString(sent[:])
+		r.SentHash = hex.EncodeToString(sent.Sum(nil))
 		r.ReceivedHash = hex.EncodeToString(received.Sum(nil))
 	}
 	return err
+}
+
+// fillNonBlocking writes random bytes straight to the socket (Go's sockets
+// are non-blocking: a write the kernel cannot take fails with EAGAIN
+// instead of waiting) until a write fails or max bytes are written, and
+// records them in r and h.
+func fillNonBlocking(c *net.TCPConn, max int64, h io.Writer, r *sendResult) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	chunk := make([]byte, 64<<10)
+	for r.Filled < max {
+		rand.Read(chunk)
+		b := chunk[:min(int64(len(chunk)), max-r.Filled)]
+		var n int
+		var werr error
+		if err := raw.Write(func(fd uintptr) bool {
+			n, werr = syscall.Write(int(fd), b)
+			return true // one attempt: no waiting for room
+		}); err != nil {
+			return err
+		}
+		if n > 0 {
+			h.Write(b[:n])
+			r.Filled += int64(n)
+		}
+		if werr != nil {
+			r.FillError = werr.Error()
+			return nil
+		}
+	}
+	return nil
 }
