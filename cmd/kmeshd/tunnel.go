@@ -77,7 +77,7 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 			defer stop()
 			go certs.Run(ctx)
 			if metricsAddr != "" {
-				addr, err := serveMetrics(ctx, metricsAddr, cfg.Metrics)
+				addr, err := serveMetrics(ctx, metricsAddr, cfg.Metrics, t.Ready)
 				if err != nil {
 					return err
 				}

@@ -39,7 +39,7 @@ import (
 // shows the certificate istiod issued to the tunnel by impersonation,
 // istiod refuses that token an identity with no pod on its node, the API
 // server refuses it altogether, and without SYS_ADMIN or NET_ADMIN the
-// tunnel cannot listen in a pod.
+// tunnel cannot listen in a pod, which its readiness probe says.
 func TestIstioChart_TunnelAsRendered(t *testing.T) {
 	chartTool := findChartTool(t)
 	m, env := newIstioMesh(t, nil)
@@ -73,6 +73,9 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 		t.Fatalf("tunnel: service account %q automount %v; want kmeshd's %q and no API token", tspec.ServiceAccountName, tspec.AutomountServiceAccountToken, kspec.ServiceAccountName)
 	}
 	tc := tspec.Containers[0]
+	if p := tc.ReadinessProbe; p == nil || p.HTTPGet == nil || ":"+p.HTTPGet.Port.String() != argValue(tc.Args, "--metrics-address") {
+		t.Fatalf("readiness probe %+v: want an HTTP GET on the port of --metrics-address (%s)", p, argValue(tc.Args, "--metrics-address"))
+	}
 	rootFile, _ := env.rootCert(ns)
 
 	// The node's host paths, where the test keeps them: kmeshd's pins
@@ -124,6 +127,10 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 				if strings.Contains(p.Stderr(), `msg="pod joined the tunnel"`) {
 					t.Errorf("tunnel without %s joined a pod:\n%s", c, tail(p.Stderr(), 2000))
 				}
+				// The kubelet would keep it unready: the rollout stops here.
+				if code, body := probe(t, p, tc.ReadinessProbe); code != http.StatusServiceUnavailable {
+					t.Errorf("tunnel without %s: readiness probe %d %q, want 503", c, code, body)
+				}
 				p.Stop()
 			}
 		}
@@ -134,6 +141,9 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 			}
 			return "not yet:\n" + tail(tunnels[node].Stderr(), 2000)
 		})
+		if code, body := probe(t, tunnels[node], tc.ReadinessProbe); code != http.StatusOK {
+			t.Errorf("%s's tunnel listening in its pod: readiness probe %d %q, want 200", node, code, body)
+		}
 	}
 
 	t.Run("carries_cross_node_traffic_over_mutual_tls", func(t *testing.T) {
@@ -363,6 +373,27 @@ func effectiveCaps(pid int) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no CapEff in /proc/%d/status", pid)
+}
+
+// probe asks what the kubelet's HTTP probe p would ask of the tunnel
+// process: its path on the port of --metrics-address (moved to the
+// address the process logged).
+func probe(t *testing.T, proc *testbed.Process, p *corev1.Probe) (int, string) {
+	t.Helper()
+	if p == nil || p.HTTPGet == nil {
+		t.Fatalf("probe %+v: want an HTTP GET", p)
+	}
+	sm := tunnelMetrics.FindStringSubmatch(proc.Stderr())
+	if sm == nil {
+		t.Fatalf("no metrics address in the tunnel's log:\n%s", tail(proc.Stderr(), 2000))
+	}
+	resp, err := http.Get("http://" + sm[1] + p.HTTPGet.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
 }
 
 // argValue is the value of a --flag=value argument.

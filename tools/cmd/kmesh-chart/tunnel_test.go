@@ -118,9 +118,9 @@ func TestTemplate_TunnelDaemonSet(t *testing.T) {
 	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != "15020" || ann["prometheus.io/path"] != "/metrics" {
 		t.Errorf("scrape annotations %v", ann)
 	}
-	for name, p := range map[string]*corev1.Probe{"readiness": tc.ReadinessProbe, "liveness": tc.LivenessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port != intstr.FromInt32(15020) || p.HTTPGet.Path != "/metrics" {
-			t.Errorf("%s probe %+v: want GET :15020/metrics", name, p)
+	for name, p := range map[string]*corev1.Probe{"/healthz/ready": tc.ReadinessProbe, "/metrics": tc.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port != intstr.FromInt32(15020) || p.HTTPGet.Path != name {
+			t.Errorf("probe %+v: want GET :15020%s", p, name)
 		}
 	}
 	if u := tds.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate.MaxUnavailable.IntValue() != 1 ||
