@@ -417,3 +417,60 @@ func TestAccelerationStaysInItsPod(t *testing.T) {
 	}
 	t.Logf("32 MiB each way over loopback intact; lo sent %d bytes", tx)
 }
+
+// TestAccelerationAcrossRestart restarts node-a's kmeshd --accelerate
+// (killed, then the upgrade build) between a connection's handshake and its
+// data: the connection, which joined the sockhash under the first kmeshd,
+// moves its 32 MiB socket to socket under the second, intact (a socket
+// keeps the sk_msg program it joined with; the pinned maps it uses stay).
+// A connection made after the restart is bounded as before.
+func TestAccelerationAcrossRestart(t *testing.T) {
+	m := newMesh(t)
+	upgraded, err := testbed.BuildTags("github.com/kmesh-go/kmesh/cmd/kmeshd", "kmesh_upgrade_test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.tcpServe(t, "hello-1", "--listen", "[::]:9000", "--mode", "echo")
+	cfg := configPath(m, "mesh.yaml")
+	m.writeConfig(cfg, m.config("random", helloWorkloads))
+	k := m.startKmeshdBin(m.kmeshd, "node-a", cfg, "--accelerate")
+
+	const size = 32 << 20
+	send := filepath.Join(m.dir, "send-after-restart")
+	cli, err := m.pods["client"].Start(m.echo, "tcp-send", "--addr", "10.1.1.11:9000", "--bytes", strconv.Itoa(size),
+		"--random", "--wait-for", send)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Stop()
+	if l := <-cli.Lines(); !strings.Contains(l, `"holding"`) {
+		t.Fatalf("tcp-send: %q: %s", l, cli.Stderr())
+	}
+	before := linkProgramID(t, m.nodes["node-a"].BPFDir, "link_km_skmsg")
+	k.proc.Signal(syscall.SIGKILL)
+	<-k.proc.Done()
+	m.startKmeshdBin(upgraded, "node-a", cfg, "--accelerate")
+	if after := linkProgramID(t, m.nodes["node-a"].BPFDir, "link_km_skmsg"); after == before {
+		t.Fatalf("km_skmsg is still program %d after the restart", before)
+	}
+
+	tx := txBytes(t, m, "client")
+	if err := os.WriteFile(send, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var r sendLine
+	for l := range cli.Lines() {
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("tcp-send: %q: %v", l, err)
+		}
+	}
+	tx = txBytes(t, m, "client") - tx
+	if r.Error != "" || r.Sent != size || r.Received != size || r.SentHash != r.ReceivedHash {
+		t.Fatalf("32 MiB echo on a connection from before the restart: %+v, want it back intact", r)
+	}
+	if tx > size/8 {
+		t.Fatalf("client's eth0 sent %d bytes for a %d-byte echo on a connection from before the restart: not socket to socket", tx, size)
+	}
+	t.Logf("32 MiB each way intact on a connection from before the restart; client's eth0 sent %d bytes", tx)
+	t.Run("receiver_that_stops_reading", func(t *testing.T) { m.stalledReceiver(t) })
+}

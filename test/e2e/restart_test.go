@@ -51,9 +51,10 @@ func (tr *traffic) stop(t *testing.T) ([]result, float64) {
 	return rs, float64(len(rs)) / elapsed
 }
 
-func linkProgramID(t *testing.T, dir string) uint32 {
+// linkProgramID is the program behind the link pinned as pin in dir.
+func linkProgramID(t *testing.T, dir, pin string) uint32 {
 	t.Helper()
-	l, err := link.LoadPinnedLink(filepath.Join(dir, "link_km_connect4"), nil)
+	l, err := link.LoadPinnedLink(filepath.Join(dir, pin), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,13 +158,13 @@ func TestRestartAndUpgradeUnderTraffic(t *testing.T) {
 
 	// Upgrade to a build whose programs differ: they replace the old ones
 	// behind the pinned links.
-	before := linkProgramID(t, k.node.BPFDir)
+	before := linkProgramID(t, k.node.BPFDir, "link_km_connect4")
 	windows = append(windows, window{what: "upgrade", from: time.Now()})
 	if err := k.proc.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	restart(upgraded)
-	if after := linkProgramID(t, k.node.BPFDir); after == before {
+	if after := linkProgramID(t, k.node.BPFDir, "link_km_connect4"); after == before {
 		t.Fatalf("connect4 program id %d unchanged by the upgrade", after)
 	}
 	time.Sleep(300 * time.Millisecond)
