@@ -189,3 +189,22 @@ func hostPathAt(ds *appsv1.DaemonSet, path string) string {
 	}
 	return ""
 }
+
+// TestTemplate_KmeshdValuesLeaveTheTunnelAlone: a helm upgrade that changes
+// kmeshd's values (all but kmeshd.bpfDir, the pins both share) renders the
+// same kmesh-tunnel, so it does not roll the tunnel and reset what it
+// carries (docs/install.md, "Upgrade").
+func TestTemplate_KmeshdValuesLeaveTheTunnelAlone(t *testing.T) {
+	ca := filepath.Join(chartDir, "examples", "istio-ca.yaml")
+	before := objects(t, "-f", ca)
+	for _, set := range []string{"kmeshd.logLevel=debug", "kmeshd.accelerate=true", "kmeshd.maps.endpoints=1048576",
+		"kmeshd.extraArgs={--max-policy-values=524288}", "updateStrategy.maxUnavailable=3", "cleanupOnStop=true"} {
+		after := objects(t, "-f", ca, "--set", set)
+		if string(after["DaemonSet/kmesh"]) == string(before["DaemonSet/kmesh"]) {
+			t.Errorf("--set %s: kmeshd's DaemonSet unchanged; the case tests nothing", set)
+		}
+		if string(after["DaemonSet/kmesh-tunnel"]) != string(before["DaemonSet/kmesh-tunnel"]) {
+			t.Errorf("--set %s changes kmesh-tunnel:\n%s", set, after["DaemonSet/kmesh-tunnel"])
+		}
+	}
+}
