@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmesh-go/kmesh/internal/admin"
 	"github.com/kmesh-go/kmesh/internal/daemon"
 	"github.com/kmesh-go/kmesh/internal/identity"
 	"github.com/kmesh-go/kmesh/internal/metrics"
@@ -40,7 +39,15 @@ namespace: 127.0.0.1:15001 (and [::1]:15001) for redirected connections,
 It is a process of its own so that restarting or killing kmeshd cuts no
 tunnelled connection. It follows the state kmeshd writes to --state-dir and
 keeps the last copy it read while kmeshd is away; it needs kmeshd's data plane
-loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
+loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).
+
+Upgrade: start the new tunnel with the same --state-dir while the old one
+runs. The new one takes the old one's listening sockets over (the hand-off
+socket tunnel-handoff.sock in --state-dir) and carries every new connection;
+the old one stops accepting and drains: its connections go on until they
+end or --drain-timeout, then it resets what is left, and it exits on SIGTERM
+once drained. SIGTERM to a tunnel no other took over from resets every
+connection it carries and exits at once.`,
 		Example:       `  kmeshd tunnel --node node-a --ca-cert ca.pem --ca-key ca-key.pem`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -93,16 +100,7 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 			if maxProcs > 0 {
 				runtime.GOMAXPROCS(maxProcs)
 			}
-			sock, err := admin.ListenUnix("tunnel", tunnel.SocketPath(cfg.StateDir), t.Handler())
-			if err != nil {
-				return err
-			}
-			go func() {
-				if err := sock.Serve(ctx); err != nil {
-					log.Error("tunnel socket", "err", err)
-				}
-			}()
-			log.Info("tunnel starting", "max_procs", runtime.GOMAXPROCS(0), "socket", tunnel.SocketPath(cfg.StateDir), "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
+			log.Info("tunnel starting", "pid", os.Getpid(), "max_procs", runtime.GOMAXPROCS(0), "socket", tunnel.SocketPath(cfg.StateDir), "state_dir", cfg.StateDir, "bpf_dir", cfg.BPFDir, "trust_domain", certs.TrustDomain())
 			return t.Run(ctx)
 		},
 	}
@@ -114,6 +112,7 @@ loaded (--bpf-dir) and the mesh's CA (the --ca-* flags kmeshd takes).`,
 	f.StringVar(&metricsAddr, "metrics-address", "", "serve Istio's istio_tcp_* metrics of the tunnelled connections (with source_principal, destination_principal, connection_security_policy=mutual_tls) at /metrics on this address; empty: off")
 	f.BoolVar(&accessLog, "access-log", false, "write one JSON line per tunnelled connection that ended to standard output, with both identities")
 	f.IntVar(&maxProcs, "max-procs", 1, "CPUs the tunnel's Go scheduler runs on at once (GOMAXPROCS); with one, a request's wake-ups hand no work to another thread, which at moderate rates costs as much CPU as the request's own I/O; raise it for a node whose tunnel needs more than one core; 0: Go's default (every CPU, or $GOMAXPROCS)")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", tunnel.DefaultDrainTimeout, "after a new tunnel took the listeners over, how long this one carries its connections before it resets what is left (set the pod's terminationGracePeriodSeconds above it)")
 	f.StringVar(&pprofAddr, "pprof-address", "", "serve Go's profiles (/debug/pprof/) on this address, for profiling the data path; empty: off")
 	ids.RegisterFlags(f)
 	// istiod's CA reads the cluster from a header, as kmeshd sends it.

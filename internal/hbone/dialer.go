@@ -66,9 +66,10 @@ type Dialer struct {
 	HandshakeTimeout time.Duration
 	Log              *slog.Logger
 
-	once  sync.Once
-	mu    sync.Mutex
-	pools map[poolKey]*pool
+	once     sync.Once
+	mu       sync.Mutex
+	pools    map[poolKey]*pool
+	draining bool // Drain: pooled connections take no new stream
 }
 
 // poolKey is ztunnel's WorkloadKey: connections are never shared across
@@ -148,9 +149,11 @@ func (d *Dialer) Dial(ctx context.Context, t *Target) (*Conn, error) {
 		return nil, err
 	}
 	c, err := d.connect(ctx, pc, t)
-	if err != nil && reused && !isStatus(err) {
-		// The pooled connection went bad under us (GOAWAY, reset): the
-		// request never reached an upstream, so a fresh one may retry.
+	if err != nil && (reused || errors.Is(err, errRefused)) && !isStatus(err) {
+		// The pooled connection went bad under us (GOAWAY, reset), or a
+		// new one was drained before it took the stream (its server
+		// handed over to another process): the request never reached an
+		// upstream, so a fresh connection may retry.
 		d.Log.Debug("hbone stream failed on a pooled connection; retrying on a new one", "addr", t.Addr, "err", err)
 		pc, _, err = d.acquireNew(ctx, key, t)
 		if err != nil {
@@ -174,7 +177,7 @@ func (d *Dialer) reserve(key poolKey) *pooledConn {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := d.pools[key]
-	if p == nil {
+	if p == nil || d.draining {
 		return nil
 	}
 	live := p.conns[:0]
@@ -233,9 +236,30 @@ func (d *Dialer) release(pc *pooledConn) {
 	d.mu.Lock()
 	pc.streams--
 	if pc.streams == 0 {
-		pc.idle.Reset(d.idleTimeout())
+		if d.draining {
+			pc.cc.close()
+		} else {
+			pc.idle.Reset(d.idleTimeout())
+		}
 	}
 	d.mu.Unlock()
+}
+
+// Drain stops the pool from taking new streams: idle connections close
+// now, the others after their last stream. A Dial meanwhile opens a
+// connection of its own, closed after its stream.
+func (d *Dialer) Drain() {
+	d.init()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.draining = true
+	for _, p := range d.pools {
+		for _, pc := range p.conns {
+			if pc.streams == 0 {
+				pc.cc.close()
+			}
+		}
+	}
 }
 
 // closeIdle closes pc if it still carries no stream; the next reserve

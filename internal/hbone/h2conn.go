@@ -59,7 +59,12 @@ type h2conn struct {
 	peerFrame  int    // the peer's SETTINGS_MAX_FRAME_SIZE
 	peerMax    uint32 // the peer's SETTINGS_MAX_CONCURRENT_STREAMS
 	goaway     bool   // the peer said it takes no new stream
-	err        error  // the connection failed: every stream ends with it
+	// Server side, once drain sent our GOAWAY: new streams are refused,
+	// and once the peer answered the PING behind it (drainAcked) the
+	// connection closes with its last stream.
+	draining   bool
+	drainAcked bool
+	err        error // the connection failed: every stream ends with it
 	closed     chan struct{}
 
 	// onStream starts a new stream the peer opened (server side); it
@@ -99,6 +104,10 @@ var (
 	errClosed  = errors.New("hbone: connection closed")
 	errPing    = errors.New("hbone: peer did not answer a ping")
 )
+
+// drainPing is the payload of the PING that follows a draining server's
+// GOAWAY; the keepalive's differs.
+var drainPing = [8]byte{'d', 'r', 'a', 'i', 'n'}
 
 // ResetError is a stream the peer reset (RST_STREAM).
 type ResetError struct{ Code http2.ErrCode }
@@ -276,6 +285,11 @@ func (c *h2conn) handle(f http2.Frame) error {
 		if !f.IsAck() {
 			data := f.Data
 			c.writeAsync(func(fr *http2.Framer) error { return fr.WritePing(true, data) })
+		} else if f.Data == drainPing {
+			c.mu.Lock()
+			c.drainAcked = true
+			c.closeDrainedLocked()
+			c.mu.Unlock()
 		}
 	case *http2.RSTStreamFrame:
 		c.mu.Lock()
@@ -427,7 +441,7 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return &connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS opening stream %d out of order", id)}
 	}
 	c.lastPeerID = id
-	if len(c.streams) >= maxServerStreams || c.goaway || c.err != nil {
+	if len(c.streams) >= maxServerStreams || c.goaway || c.draining || c.err != nil {
 		c.mu.Unlock()
 		c.writeAsync(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
 		return nil
@@ -523,6 +537,37 @@ func (c *h2conn) onGoAway(f *http2.GoAwayFrame) {
 		if id > f.LastStreamID && (id%2 == 1) == c.client {
 			s.endLocked(errRefused)
 		}
+	}
+}
+
+// drain asks the peer (server side) to open new streams elsewhere: a
+// GOAWAY naming the last stream it opened, which is served to its end, and
+// a PING. Streams the peer opens meanwhile are refused (REFUSED_STREAM, or
+// above the GOAWAY's last id: the client retries them elsewhere). The
+// PING's answer proves the peer read the GOAWAY, so no stream of its is
+// still on the way: from then on the connection closes when its last
+// stream ends, and a close never resets a request in flight.
+func (c *h2conn) drain() {
+	c.mu.Lock()
+	if c.draining || c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.draining = true
+	last := c.lastPeerID
+	c.mu.Unlock()
+	c.write(func(fr *http2.Framer) error {
+		if err := fr.WriteGoAway(last, http2.ErrCodeNo, nil); err != nil {
+			return err
+		}
+		return fr.WritePing(false, drainPing)
+	})
+}
+
+// closeDrainedLocked closes a drained connection whose last stream ended.
+func (c *h2conn) closeDrainedLocked() {
+	if c.draining && c.drainAcked && len(c.streams) == 0 && c.err == nil {
+		go c.close()
 	}
 }
 

@@ -75,6 +75,7 @@ func (s *stream) endLocked(err error) {
 		s.err = err
 	}
 	delete(s.c.streams, s.id)
+	s.c.closeDrainedLocked()
 	if unread := int64(len(s.recv) - s.off); unread > 0 && err != nil {
 		s.c.recvRead += unread
 		s.recv, s.off = nil, 0

@@ -135,6 +135,12 @@ func startServer(t testing.TB, certs identity.Source, check func(*Request) error
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, certs, check, l)
+}
+
+// serveOn is startServer on a listener of the caller's.
+func serveOn(t testing.TB, certs identity.Source, check func(*Request) error, l net.Listener) *tunnel {
+	t.Helper()
 	tn := &tunnel{addr: l.Addr().(*net.TCPAddr).AddrPort(), requests: make(chan Request, 100)}
 	tn.srv = &Server{
 		Certs:    certs,

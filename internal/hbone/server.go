@@ -88,8 +88,11 @@ type Server struct {
 	Done func(r *Request, sent, received int64)
 	Log  *slog.Logger
 
-	once sync.Once
-	wg   sync.WaitGroup
+	once     sync.Once
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[*h2conn]struct{} // the HTTP/2 connections served now
+	draining bool
 }
 
 func (s *Server) init() {
@@ -128,6 +131,53 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 // Wait waits until every connection Serve accepted has ended.
 func (s *Server) Wait() { s.wg.Wait() }
+
+// Drain tells every client to open its new streams elsewhere (a GOAWAY
+// naming the last stream it opened, as Envoy and ztunnel do when they
+// drain) and serves the streams they have to their end; each connection
+// closes after its last stream. Connections served later are drained from
+// their start. Closing the listener is the caller's.
+func (s *Server) Drain() {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*h2conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.drain()
+	}
+}
+
+// Close closes every connection now; their streams end with it.
+func (s *Server) Close() {
+	s.mu.Lock()
+	conns := make([]*h2conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+// track adds hc to the connections served, or removes it (add false); it
+// reports whether the server drains.
+func (s *Server) track(hc *h2conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !add {
+		delete(s.conns, hc)
+		return s.draining
+	}
+	if s.conns == nil {
+		s.conns = map[*h2conn]struct{}{}
+	}
+	s.conns[hc] = struct{}{}
+	return s.draining
+}
 
 // ServeConn runs the TLS handshake and HTTP/2 on one accepted connection.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
@@ -173,6 +223,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		tc.Close()
 		return
 	}
+	if s.track(hc, true) {
+		hc.drain()
+	}
+	defer s.track(hc, false)
 	<-hc.closed
 	streams.Wait()
 }

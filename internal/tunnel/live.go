@@ -61,6 +61,16 @@ func (l *live) forget(ev Event) {
 	delete(l.conns, keyOf(ev))
 }
 
+// resetAll resets the application's socket of every connection carried:
+// the application sees its connection broken, never ended.
+func (l *live) resetAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		reset(c.sock)
+	}
+}
+
 // Connections lists the tunnelled connections open now, oldest first, in
 // /connections' form: the workloads as the mesh names them, both proven
 // identities, and the application's bytes from the source's side.

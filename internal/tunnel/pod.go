@@ -30,14 +30,32 @@ type pod struct {
 	workload atomic.Pointer[model.Workload]
 	id       atomic.Pointer[identity.Identity]
 
-	listeners []net.Listener
+	listeners []podListener
+	srv       *hbone.Server // on the 15008 listener
 	cancel    context.CancelFunc
-	done      sync.WaitGroup
+	done      sync.WaitGroup // the accept loops
+}
+
+// podListener is one listening socket of a pod and what it is, as the
+// hand-off names it.
+type podListener struct {
+	kind, addr string
+	l          net.Listener
 }
 
 // syncPods opens listeners in every pod of s that has none and closes
 // those of pods gone from s. Connections in flight are not cut.
 func (t *Tunnel) syncPods(s *State) {
+	t.handoffMu.Lock()
+	defer t.handoffMu.Unlock()
+	select {
+	case <-t.released:
+		return // the successor's now
+	default:
+	}
+	if t.stopping {
+		return
+	}
 	v := t.view.Load()
 	want := map[string]*model.Workload{}
 	for _, p := range s.Pods {
@@ -104,8 +122,8 @@ func (t *Tunnel) closePods() {
 
 func (p *pod) close() {
 	p.cancel()
-	for _, l := range p.listeners {
-		l.Close()
+	for _, pl := range p.listeners {
+		pl.l.Close()
 	}
 	p.done.Wait()
 	p.nsMu.Lock()
@@ -128,7 +146,8 @@ func (p *pod) dial(ctx context.Context, addr string) (net.Conn, error) {
 
 // openPod listens in the pod's namespace: loopback:15001 per address
 // family the pod has (redirected outbound connections) and [::]:15008
-// (HBONE from peers).
+// (HBONE from peers), on the sockets a predecessor handed over where it
+// did (handoff.go).
 func (t *Tunnel) openPod(path string, w *model.Workload, id identity.Identity, v *view) (*pod, error) {
 	cookie, err := cookieOf(path)
 	if err != nil {
@@ -163,25 +182,35 @@ func (t *Tunnel) openPod(path string, w *model.Workload, id identity.Identity, v
 	if v6 {
 		specs = append(specs, struct{ network, addr string }{"tcp6", "[::1]:" + strconv.Itoa(int(OutboundPort))})
 	}
+	listen := func(kind, network, addr string) (net.Listener, error) {
+		if l := t.takeListener(path, cookie, addr); l != nil {
+			p.listeners = append(p.listeners, podListener{kind, addr, l})
+			return l, nil
+		}
+		l, err := listenIn(path, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		p.listeners = append(p.listeners, podListener{kind, addr, l})
+		return l, nil
+	}
 	for _, s := range specs {
-		l, err := listenIn(path, s.network, s.addr)
+		l, err := listen("outbound", s.network, s.addr)
 		if err != nil {
 			p.close()
 			return nil, err
 		}
-		p.listeners = append(p.listeners, l)
 		p.done.Add(1)
 		go func() {
 			defer p.done.Done()
 			t.acceptOutbound(ctx, p, l)
 		}()
 	}
-	l, err := listenIn(path, "tcp", ":"+strconv.Itoa(hbone.Port))
+	l, err := listen("hbone", "tcp", ":"+strconv.Itoa(hbone.Port))
 	if err != nil {
 		p.close()
 		return nil, err
 	}
-	p.listeners = append(p.listeners, l)
 	srv := &hbone.Server{
 		Certs:    t.cfg.Certs,
 		Identity: func() identity.Identity { return *p.id.Load() },
@@ -189,6 +218,7 @@ func (t *Tunnel) openPod(path string, w *model.Workload, id identity.Identity, v
 		Done:     func(r *hbone.Request, sent, received int64) { t.inboundDone(p, r, sent, received) },
 		Log:      t.log.With("component", "hbone", "netns", path),
 	}
+	p.srv = srv
 	p.done.Add(1)
 	go func() {
 		defer p.done.Done()
@@ -208,9 +238,9 @@ func (t *Tunnel) acceptOutbound(ctx context.Context, p *pod, l net.Listener) {
 			}
 			return
 		}
-		t.wg.Add(1)
+		t.carried.Add(1)
 		go func() {
-			defer t.wg.Done()
+			defer t.carried.Add(-1)
 			t.outbound(ctx, p, c.(*net.TCPConn))
 		}()
 	}
@@ -343,12 +373,12 @@ func (t *Tunnel) inbound(ctx context.Context, p *pod, r *hbone.Request) (net.Con
 		Client: r.PeerAddr, Target: target, Peer: r.PeerAddr}
 	t.emit(open)
 	t.live.track(open, up)
-	t.wg.Add(1) // until inboundDone
+	t.carried.Add(1) // until inboundDone
 	return up, nil
 }
 
 func (t *Tunnel) inboundDone(p *pod, r *hbone.Request, sent, received int64) {
-	defer t.wg.Done()
+	defer t.carried.Add(-1)
 	target, _ := r.Target()
 	ev := Event{Direction: Inbound, Start: r.Start, Pod: p.workload.Load().Key(), Source: r.Peer, Destination: *p.id.Load(), Client: r.PeerAddr, Target: target,
 		Peer: r.PeerAddr, Sent: sent, Received: received}

@@ -8,8 +8,9 @@
 // kmeshd hands it the mesh through a state file ([State]); the tunnel keeps
 // the last copy it read, so a kmeshd restart cuts nothing: the programs and
 // maps stay pinned, the redirect keeps working, and the tunnel keeps
-// serving with what it knew. A tunnel restart is what cuts connections:
-// see handoff.go for how an upgrade avoids it.
+// serving with what it knew. Stopping the tunnel is what cuts connections;
+// its upgrade does not: the new process takes the listening sockets over
+// and the old one drains (handoff.go, drain.go).
 package tunnel
 
 import (
@@ -30,6 +31,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/kmesh-go/kmesh/internal/admin"
 	"github.com/kmesh-go/kmesh/internal/authz"
 	"github.com/kmesh-go/kmesh/internal/bpf"
 	"github.com/kmesh-go/kmesh/internal/enroll"
@@ -57,6 +59,10 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// AccessLog, if set, gets one line per carried connection that ended.
 	AccessLog *slog.Logger
+	// DrainTimeout bounds how long the tunnel carries its connections
+	// after it handed its listeners to a successor; 0 is
+	// DefaultDrainTimeout.
+	DrainTimeout time.Duration
 }
 
 // Tunnel is the running tunnel.
@@ -71,10 +77,23 @@ type Tunnel struct {
 	dstMap  *ebpf.Map
 	outcome *ebpf.Program // km_lb_outcome, opened with dstMap
 
-	mu   sync.Mutex
-	pods map[string]*pod // by netns path
-	wg   sync.WaitGroup  // connections in flight
-	live live            // the same, for /connections
+	mu      sync.Mutex
+	pods    map[string]*pod // by netns path
+	carried atomic.Int64    // connections in flight, until they end
+	live    live            // the same, once carried, for /connections
+
+	// The hand-off (handoff.go): handoffMu keeps pods from opening or
+	// closing while their listeners change hands; stopping is set once
+	// the tunnel shuts down, so it hands nothing over after; released
+	// closes when a successor took the listeners: this tunnel drains.
+	handoffMu    sync.Mutex
+	stopping     bool
+	released     chan struct{}
+	inherited    map[string]*inheritedPod
+	closeSockets func() // closes tunnel.sock and the hand-off socket
+	// owner: the node's listeners are this tunnel's: from after the
+	// hand-off (or its own binds) until it hands them over or stops.
+	owner atomic.Bool
 
 	ctx      context.Context
 	reloadMu sync.Mutex
@@ -122,16 +141,22 @@ func New(cfg Config) (*Tunnel, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	t := &Tunnel{cfg: cfg, log: cfg.Log, pods: map[string]*pod{}}
+	t := &Tunnel{cfg: cfg, log: cfg.Log, pods: map[string]*pod{}, released: make(chan struct{})}
 	t.dialer = &hbone.Dialer{Certs: cfg.Certs, DialTCP: t.dialHBONE, Log: cfg.Log.With("component", "hbone")}
 	return t, nil
 }
 
-// Run serves until ctx ends: it follows the state file and keeps a
-// listener set in every pod it names. On return the listeners are closed;
-// connections in flight are cut unless they were handed over (handoff.go).
+// Run serves until ctx ends. It first takes the listeners over from a
+// tunnel that serves the same state directory, if one does (handoff.go),
+// then serves tunnel.sock and the hand-off socket there. When ctx ends
+// before a successor took over, it resets every connection it carries and
+// returns; after, it drains first (drainOut).
 func (t *Tunnel) Run(ctx context.Context) error {
-	t.ctx = ctx
+	// Dials and streams in flight must outlive ctx (SIGTERM) while the
+	// tunnel drains: its own context ends when Run returns.
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	t.ctx = rctx
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("tunnel: watch %s: %w", t.cfg.StateDir, err)
@@ -143,16 +168,44 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	if err := w.Add(t.cfg.StateDir); err != nil {
 		return fmt.Errorf("tunnel: watch %s: %w", t.cfg.StateDir, err)
 	}
+	pred := t.takeOver()
 	t.reload()
+	t.closeInherited()
+	if pred != nil {
+		if t.view.Load() == nil {
+			pred.conn.Close() // it keeps serving
+			t.shutdown()
+			return fmt.Errorf("tunnel: a tunnel serves %s but its state cannot be read: not taking over", t.cfg.StateDir)
+		}
+		if err := pred.finish(t); err != nil {
+			t.log.Warn("predecessor did not confirm the hand-off; it may still serve its own connections", "pid", pred.pid, "err", err)
+		}
+		t.log.Info("tunnel took over", "predecessor_pid", pred.pid, "pods", t.podCount())
+	}
+	if err := t.serveSockets(rctx); err != nil {
+		t.shutdown()
+		return err
+	}
+	t.owner.Store(true)
 	tick := time.NewTicker(2 * time.Second) // a missed event costs at most this
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			t.closePods()
-			t.dialer.Close()
-			t.closeMap()
+			t.handoffMu.Lock() // a hand-off under way ends first
+			t.stopping = true
+			t.owner.Store(false)
+			t.handoffMu.Unlock()
+			select {
+			case <-t.released:
+				return t.drainOut(ctx)
+			default:
+			}
+			t.closeSockets()
+			t.shutdown()
 			return nil
+		case <-t.released:
+			return t.drainOut(ctx)
 		case ev := <-w.Events:
 			if filepath.Base(ev.Name) == StateFile {
 				t.reload()
@@ -163,6 +216,46 @@ func (t *Tunnel) Run(ctx context.Context) error {
 			t.reload()
 		}
 	}
+}
+
+// serveSockets binds tunnel.sock (the admin API) and the hand-off socket
+// in the state directory and serves them until closeSockets or ctx.
+func (t *Tunnel) serveSockets(ctx context.Context) error {
+	sock, err := admin.ListenUnix("tunnel", SocketPath(t.cfg.StateDir), t.Handler())
+	if err != nil {
+		return err
+	}
+	hl, err := listenHandoff(HandoffPath(t.cfg.StateDir))
+	if err != nil {
+		sock.Close()
+		return err
+	}
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := sock.Serve(sctx); err != nil {
+			t.log.Error("tunnel socket", "err", err)
+		}
+	}()
+	go t.serveHandoff(hl)
+	var once sync.Once
+	// Closing the listeners removes their files, so a successor binds
+	// the same paths after.
+	t.closeSockets = func() {
+		once.Do(func() {
+			hl.Close()
+			stop()
+			<-served
+		})
+	}
+	return nil
+}
+
+func (t *Tunnel) podCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pods)
 }
 
 // reload reads the state file and applies it if it changed. A state that
@@ -198,11 +291,12 @@ func (t *Tunnel) reload() {
 	t.log.Info("tunnel state applied", "version", s.Version, "pods", len(s.Pods), "workloads", len(s.Mesh.Workloads))
 }
 
-// Ready reports whether the tunnel has a state and listens in every pod it
-// names.
+// Ready reports whether the tunnel owns the node's listeners (it took them
+// over from its predecessor, if one ran, and has not handed them on), has
+// a state, and listens in every pod the state names.
 func (t *Tunnel) Ready() bool {
 	v := t.view.Load()
-	if v == nil {
+	if v == nil || !t.owner.Load() {
 		return false
 	}
 	t.mu.Lock()
@@ -214,9 +308,6 @@ func (t *Tunnel) Ready() bool {
 	}
 	return true
 }
-
-// Wait waits for every tunnelled connection to end.
-func (t *Tunnel) Wait() { t.wg.Wait() }
 
 // identityOf is a workload's SPIFFE identity in the CA's trust domain.
 func (t *Tunnel) identityOf(w *model.Workload) identity.Identity {

@@ -1,0 +1,224 @@
+package tunnel
+
+import (
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const fakeNetns = "/run/netns/handoff-test"
+
+// handingTunnel is a test tunnel serving the hand-off socket in dir with
+// one pod whose outbound listener is a real loopback socket.
+func handingTunnel(t *testing.T, dir string) (*Tunnel, net.Listener) {
+	t.Helper()
+	old := testTunnel(t)
+	old.cfg.StateDir = dir
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	old.pods[fakeNetns] = &pod{netns: fakeNetns, cookie: 7, listeners: []podListener{{"outbound", "127.0.0.1:15001", l}}}
+	hl, err := listenHandoff(HandoffPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hl.Close() })
+	old.closeSockets = func() { hl.Close() }
+	go old.serveHandoff(hl)
+	return old, l
+}
+
+func successor(t *testing.T, dir string) *Tunnel {
+	t.Helper()
+	nt := testTunnel(t)
+	nt.cfg.StateDir = dir
+	return nt
+}
+
+func roundTrip(t *testing.T, c net.Conn, s net.Conn, msg string) {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != msg {
+		t.Fatalf("read %q, %v; want %q", buf, err, msg)
+	}
+}
+
+// TestHandoff_QueuedConnectionSurvives: a connection in the listener's
+// queue, never accepted by the old tunnel, is accepted by the new one
+// after the old one released the socket and closed its descriptor; the
+// client wrote before and writes after, and is never reset. The old one's
+// sockets in the state directory are gone, so the new one can bind them.
+func TestHandoff_QueuedConnectionSurvives(t *testing.T) {
+	dir := t.TempDir()
+	old, l := handingTunnel(t, dir)
+	queued, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer queued.Close()
+	if _, err := queued.Write([]byte("before ")); err != nil {
+		t.Fatal(err)
+	}
+
+	nt := successor(t, dir)
+	pred := nt.takeOver()
+	if pred == nil {
+		t.Fatal("no predecessor found")
+	}
+	nl := nt.takeListener(fakeNetns, 7, "127.0.0.1:15001")
+	if nl == nil {
+		t.Fatalf("inherited %+v: no outbound listener of the pod", nt.inherited)
+	}
+	defer nl.Close()
+	if nl.Addr().String() != l.Addr().String() {
+		t.Fatalf("inherited listener at %s, want the old one's %s", nl.Addr(), l.Addr())
+	}
+	if got := nt.takeListener(fakeNetns, 8, "127.0.0.1:15001"); got != nil {
+		t.Fatal("a listener was given for another netns cookie")
+	}
+	if err := pred.finish(nt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-old.released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("old tunnel did not release")
+	}
+	if _, err := l.Accept(); err == nil {
+		t.Fatal("old tunnel's listener still accepts after the hand-off")
+	}
+	if _, err := os.Stat(HandoffPath(dir)); !os.IsNotExist(err) {
+		t.Fatalf("hand-off socket left behind by the old tunnel: %v", err)
+	}
+
+	s, err := nl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	buf := make([]byte, len("before "))
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "before " {
+		t.Fatalf("bytes queued before the hand-off: %q, %v", buf, err)
+	}
+	roundTrip(t, queued, s, "after")
+	roundTrip(t, s, queued, "answer")
+	// And a connection made after the hand-off goes to the new one.
+	later, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer later.Close()
+	s2, err := nl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+}
+
+// TestHandoff_SuccessorDiesHalfWay: a new tunnel that received the
+// sockets but died before it said it took them costs nothing: the old one
+// keeps its listener and serves the next successor.
+func TestHandoff_SuccessorDiesHalfWay(t *testing.T) {
+	dir := t.TempDir()
+	old, l := handingTunnel(t, dir)
+	first := successor(t, dir)
+	pred := first.takeOver()
+	if pred == nil {
+		t.Fatal("no predecessor found")
+	}
+	pred.conn.Close() // dies before "taken"
+	first.closeInherited()
+
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatalf("old tunnel's listener after an abandoned hand-off: %v", err)
+	}
+	s.Close()
+	select {
+	case <-old.released:
+		t.Fatal("old tunnel released for a successor that never took over")
+	default:
+	}
+
+	second := successor(t, dir)
+	pred = second.takeOver()
+	if pred == nil {
+		t.Fatal("the old tunnel no longer hands over after an abandoned hand-off")
+	}
+	defer second.closeInherited()
+	if err := pred.finish(second); err != nil {
+		t.Fatal(err)
+	}
+	<-old.released
+}
+
+// TestHandoff_NoPredecessor: no socket, or one nobody serves (its tunnel
+// was killed), means binding for ourselves; the stale file is replaced.
+func TestHandoff_NoPredecessor(t *testing.T) {
+	dir := t.TempDir()
+	if p := successor(t, dir).takeOver(); p != nil {
+		t.Fatal("predecessor found in an empty state directory")
+	}
+	// A socket file whose process died: bound, never listened on.
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_SEQPACKET, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: HandoffPath(dir)}); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fd)
+	if p := successor(t, dir).takeOver(); p != nil {
+		t.Fatal("predecessor found behind a dead socket")
+	}
+	hl, err := listenHandoff(HandoffPath(dir))
+	if err != nil {
+		t.Fatalf("stale hand-off socket not replaced: %v", err)
+	}
+	hl.Close()
+	if _, err := listenHandoff(filepath.Join(dir, "x", HandoffFile)); err == nil {
+		t.Fatal("hand-off socket bound in a directory that does not exist")
+	}
+}
+
+// TestHandoff_OtherVersionRefused: a request in another protocol version
+// gets nothing, and the old tunnel keeps serving.
+func TestHandoff_OtherVersionRefused(t *testing.T) {
+	dir := t.TempDir()
+	old, _ := handingTunnel(t, dir)
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: HandoffPath(dir), Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := writeMsg(c, handoffMsg{Op: "take", Version: handoffVersion + 1}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if m, fds, err := readMsg(c); err == nil {
+		closeFDs(fds)
+		t.Fatalf("got %+v with %d sockets for another version", m, len(fds))
+	}
+	select {
+	case <-old.released:
+		t.Fatal("released to another version")
+	default:
+	}
+}
