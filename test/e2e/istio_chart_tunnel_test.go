@@ -60,7 +60,8 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 	// (kmeshAccount); its CA is the tier's istiod.
 	ns, _, _ := strings.Cut(kmeshAccount, "/")
 	env.namespace(ns, nil)
-	applyChart(t, env, chartTool, "-n", ns, "--set", "istio.caAddress="+env.caAddr())
+	// A short drain: the upgrade below waits for the old tunnel's end.
+	applyChart(t, env, chartTool, "-n", ns, "--set", "istio.caAddress="+env.caAddr(), "--set", "tunnel.drainSeconds=20")
 	stored := func(name string) *corev1.PodSpec {
 		ds, err := env.kube.AppsV1().DaemonSets(ns).Get(env.ctx(), name, metav1.GetOptions{})
 		if err != nil {
@@ -86,6 +87,7 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 		t.Fatalf("kmeshd --bpf-dir %q, tunnel %q: want the same pins", bpfDir, argValue(tc.Args, "--bpf-dir"))
 	}
 	tunnels := map[string]*testbed.Process{}
+	tunnelArgs := map[string][]string{}
 	kmeshds := map[string]*kmeshd{}
 	tokens := map[string]string{}
 	for _, node := range []string{"node-a", "node-b"} {
@@ -134,6 +136,7 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 				p.Stop()
 			}
 		}
+		tunnelArgs[node] = args
 		tunnels[node] = startCapped(t, n, m.kmeshd, caps, args)
 		waitFor(t, node+"'s tunnel listening in its pod", 60*time.Second, func() string {
 			if strings.Contains(tunnels[node].Stderr(), `msg="pod joined the tunnel"`) {
@@ -202,6 +205,80 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 		if err := ask("hello"); err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
 			t.Errorf("the tunnel's token, apps/hello (no pod on node-a): err %v, want Unauthenticated", err)
 		}
+	})
+
+	// A rolling update of kmesh-tunnel on node-a as the chart sets it up:
+	// the surge pod's tunnel (the same args and capabilities) starts beside
+	// the old one and takes over; once it is ready the DaemonSet deletes
+	// the old pod (SIGTERM), which drains. Meanwhile a client opens a new
+	// connection every 20 ms and another keeps one connection: none fails.
+	t.Run("upgrade_hands_over_to_the_surge_tunnel", func(t *testing.T) {
+		get := func(args ...string) *testbed.Process {
+			p, err := m.pods["client-a"].Start(m.echo, append([]string{"get", "--url", "http://10.71.2.12:8080/", "--count", "0", "--interval", "20ms", "--timeout", "3s"}, args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		perConn, keepalive := get(), get("--keepalive")
+		time.Sleep(500 * time.Millisecond)
+		old := tunnels["node-a"]
+		surge := startCapped(t, m.nodes["node-a"], m.kmeshd, capNames(tc), tunnelArgs["node-a"])
+		waitFor(t, "the surge tunnel ready and the old one not", 30*time.Second, func() string {
+			n, _ := probe(t, surge, tc.ReadinessProbe)
+			o, _ := probe(t, old, tc.ReadinessProbe)
+			if n != http.StatusOK || o != http.StatusServiceUnavailable {
+				return fmt.Sprintf("surge %d, old %d; want 200, 503\n%s", n, o, tail(surge.Stderr(), 2000))
+			}
+			return ""
+		})
+		if err := old.Signal(unix.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		select {
+		case <-old.Done():
+			t.Errorf("the old tunnel exited with a kept-alive connection to carry:\n%s", tail(old.Stderr(), 2000))
+		default:
+		}
+		time.Sleep(time.Second)
+		results := func(name string, p *testbed.Process) []result {
+			if err := p.Stop(); err != nil {
+				t.Fatalf("%s client: %v: %s", name, err, p.Stderr())
+			}
+			var rs []result
+			for line := range p.Lines() {
+				rs = append(rs, parseResult(t, line))
+			}
+			return rs
+		}
+		ka, pc := results("keep-alive", keepalive), results("new-connection", perConn)
+		for name, rs := range map[string][]result{"keep-alive": ka, "new-connection": pc} {
+			if len(rs) < 10 {
+				t.Errorf("%s: %d requests, want a steady stream", name, len(rs))
+			}
+			for _, r := range rs {
+				if r.Error != "" || r.Pod != "hello-2" {
+					t.Errorf("%s request %d: %+v", name, r.Seq, r)
+				}
+			}
+		}
+		if len(ka) > 0 && ka[0].Local != ka[len(ka)-1].Local {
+			t.Errorf("keep-alive client changed connections (%s, then %s): one was reset", ka[0].Local, ka[len(ka)-1].Local)
+		}
+		// Its last connection ended, the old tunnel had its SIGTERM: it
+		// exits (well before the 20 s drain timeout and the 25 s grace).
+		select {
+		case <-old.Done():
+		case <-time.After(15 * time.Second):
+			t.Errorf("the old tunnel still runs 15 s after its last connection ended:\n%s", tail(old.Stderr(), 2000))
+		}
+		// New connections are the new tunnel's.
+		requireAll(t, "client-a -> hello-2 after the upgrade", m.get("client-a", "--url", "http://10.71.2.12:8080/", "--count", "3"), "hello-2")
+		if code, body := probe(t, surge, tc.ReadinessProbe); code != http.StatusOK {
+			t.Errorf("the new tunnel after the old one left: readiness %d %q", code, body)
+		}
+		tunnels["node-a"] = surge
 	})
 
 	t.Run("has_no_kubernetes_api_access", func(t *testing.T) {

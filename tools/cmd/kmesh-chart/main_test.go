@@ -101,6 +101,7 @@ func TestTemplate_SchemaRefusesBadValues(t *testing.T) {
 		{"securityContext.capabilities.add={sys_admin}", []string{"/securityContext/capabilities/add/0"}},
 		{"tunnel.logLevel=loud", []string{"/tunnel/logLevel", "debug"}},
 		{"tunnel.ports.metrics=0", []string{"/tunnel/ports/metrics", "minimum"}},
+		{"tunnel.drainSeconds=0", []string{"/tunnel/drainSeconds", "minimum"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.set, func(t *testing.T) {

@@ -50,7 +50,7 @@ func TestTemplate_TunnelDaemonSet(t *testing.T) {
 	wantArgs := []string{"tunnel", "--node=$(NODE_NAME)", "--state-dir=/run/kmesh/$(NODE_NAME)", "--bpf-dir=/sys/fs/bpf/kmesh/kmeshd",
 		"--ca-address=istiod.istio-system.svc:15012", "--ca-root-cert=/var/run/secrets/istio/root-cert.pem",
 		"--ca-token-file=/var/run/secrets/tokens/istio-token", "--cluster-id=Kubernetes", "--trust-domain=example.org",
-		"--metrics-address=:15020", "--log-level=info"}
+		"--metrics-address=:15020", "--log-level=info", "--drain-timeout=30s"}
 	if !slices.Equal(tc.Args, wantArgs) {
 		t.Errorf("tunnel args\n%q\nwant\n%q", tc.Args, wantArgs)
 	}
@@ -123,9 +123,17 @@ func TestTemplate_TunnelDaemonSet(t *testing.T) {
 			t.Errorf("probe %+v: want GET :15020%s", p, name)
 		}
 	}
-	if u := tds.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate.MaxUnavailable.IntValue() != 1 ||
-		(u.RollingUpdate.MaxSurge != nil && u.RollingUpdate.MaxSurge.IntValue() != 0) {
-		t.Errorf("update strategy %+v: want RollingUpdate, maxUnavailable 1, no surge (without a hand-off two tunnels cannot share a pod's ports)", u)
+	// The new tunnel beside the old one, which goes only once the new one
+	// took over, and is not killed before its drain ends.
+	if u := tds.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate.MaxSurge.IntValue() != 1 ||
+		u.RollingUpdate.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("update strategy %+v: want RollingUpdate, maxSurge 1, maxUnavailable 0", u)
+	}
+	if g := ts.TerminationGracePeriodSeconds; g == nil || *g != 35 {
+		t.Errorf("grace period %v: want --drain-timeout 30s + 5", g)
+	}
+	if g := decodeDaemonSet(t, objects(t, "-f", filepath.Join(chartDir, "examples", "istio-ca.yaml"), "--set", "tunnel.drainSeconds=120"), "kmesh-tunnel").Spec.Template.Spec; *g.TerminationGracePeriodSeconds != 125 || argOf(g.Containers[0].Args, "--drain-timeout=") != "120s" {
+		t.Errorf("tunnel.drainSeconds=120: grace %d, --drain-timeout %q; want 125 and 120s", *g.TerminationGracePeriodSeconds, argOf(g.Containers[0].Args, "--drain-timeout="))
 	}
 }
 
