@@ -16,6 +16,7 @@ package tunnel
 // one binds for itself, as with no predecessor.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/kmesh-go/kmesh/internal/identity"
 )
 
 // HandoffFile is the hand-off socket in the state directory: a Unix
@@ -354,4 +357,32 @@ func (t *Tunnel) sendPods(c *net.UnixConn) error {
 		}
 	}
 	return writeMsg(c, handoffMsg{Op: "end", PID: os.Getpid()})
+}
+
+// warm fetches the certificates of the state's pods before this tunnel
+// takes the listeners over, so the first connections it accepts do not
+// wait for the CA (from istiod, a signing request per service account);
+// the old tunnel serves meanwhile. A failure only costs that wait.
+func (t *Tunnel) warm(ctx context.Context) {
+	if _, err := os.Stat(HandoffPath(t.cfg.StateDir)); err != nil {
+		return // nobody to take over from: nothing waits
+	}
+	s, err := ReadState(t.cfg.StateDir)
+	if err != nil || s.Node != t.cfg.Node {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, handoffStep)
+	defer cancel()
+	seen := map[identity.Identity]bool{}
+	for _, p := range s.Pods {
+		w := s.Mesh.Workload(p.Workload)
+		if w == nil || seen[t.identityOf(w)] {
+			continue
+		}
+		id := t.identityOf(w)
+		seen[id] = true
+		if _, err := t.cfg.Certs.Certificate(ctx, id); err != nil {
+			t.log.Warn("certificate not fetched before the hand-off; the first handshakes fetch it", "identity", id.String(), "err", err)
+		}
+	}
 }

@@ -168,6 +168,7 @@ func (t *Tunnel) Run(ctx context.Context) error {
 	if err := w.Add(t.cfg.StateDir); err != nil {
 		return fmt.Errorf("tunnel: watch %s: %w", t.cfg.StateDir, err)
 	}
+	t.warm(rctx)
 	pred := t.takeOver()
 	t.reload()
 	t.closeInherited()

@@ -219,3 +219,33 @@ func carried(node string, p *testbed.Process) int {
 	}
 	return strings.Count(p.Stderr(), `msg="hbone inbound"`)
 }
+
+// TestHBONE_TunnelKilledNewOneBinds: a tunnel SIGKILLed (or crashed)
+// leaves its socket files behind and hands nothing over. A new tunnel
+// finds nobody on the hand-off socket, binds the pods' listeners and the
+// state directory's sockets for itself, and carries new connections; a
+// tunnel started after it takes over from it (the hand-off socket it bound
+// works).
+func TestHBONE_TunnelKilledNewOneBinds(t *testing.T) {
+	h := newHBONEMesh(t, helloWorkloads, "")
+	killed := h.tunnels["node-a"]
+	if err := killed.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-killed.Done()
+	h.tunnels["node-a"] = h.startTunnel("node-a")
+	if s := h.tunnels["node-a"].Stderr(); tunnelTookOver.MatchString(s) || strings.Contains(s, "hand-off refused") {
+		t.Fatalf("new tunnel tried to take over from a killed one:\n%s", s)
+	}
+	tunnelSocketAnswers(t, h.stateDirs["node-a"])
+	rs := h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "5")
+	requireAll(t, "client -> hello-2 after the tunnel was killed and started again", rs, "hello-2")
+
+	old := h.upgradeTunnel("node-a")
+	waitExit(t, "tunnel that bound for itself", old, 20*time.Second)
+	rs = h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "5")
+	requireAll(t, "client -> hello-2 after the next upgrade", rs, "hello-2")
+	if n := carried("node-a", h.tunnels["node-a"]); n < 5 {
+		t.Fatalf("the tunnel that took over carried %d connections, want 5", n)
+	}
+}
