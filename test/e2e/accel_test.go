@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,7 +95,8 @@ func TestSameNodeAcceleration(t *testing.T) {
 	cfg := configPath(m, "mesh.yaml")
 	m.writeConfig(cfg, m.config("random", helloWorkloads))
 	m.startKmeshd("node-b", cfg)
-	ka := m.startKmeshdBin(m.kmeshd, "node-a", cfg, "--accelerate")
+	accessLog := filepath.Join(m.dir, "access-a.log")
+	ka := m.startKmeshdBin(m.kmeshd, "node-a", cfg, "--accelerate", "--access-log", "--access-log-file", accessLog)
 
 	const size = 32 << 20
 	sameNode := map[string]string{"ipv4 (to a dual-stack listener)": "10.1.1.11", "ipv6": "[fd00:1:1::11]"}
@@ -112,7 +114,9 @@ func TestSameNodeAcceleration(t *testing.T) {
 			t.Logf("32 MiB each way intact; client's eth0 sent %d bytes", tx)
 		})
 	}
-	t.Run("receiver_that_stops_reading", func(t *testing.T) { m.stalledReceiver(t) })
+	// The receiver's namespace says how much it may hold: here 8 MiB, not
+	// the 32 MiB hello-1 inherits from this machine.
+	t.Run("receiver_that_stops_reading", func(t *testing.T) { m.stalledReceiver(t, 8<<20, accessLog) })
 	t.Run("other_node_uses_tcp", func(t *testing.T) {
 		before := txBytes(t, m, "client")
 		r := m.tcpSend(t, "--addr", "10.1.2.12:9000", "--bytes", strconv.Itoa(size), "--random")
@@ -212,9 +216,27 @@ func TestSameNodeAcceleration(t *testing.T) {
 // until the node's tcp_mem ran out (~1.5 GiB here, then ENOMEM). Then the
 // receiver reads and gets every byte in order, and the sender, blocked
 // meanwhile, finishes 8 MiB more.
-func (m *mesh) stalledReceiver(t *testing.T) {
-	rmem := sysctlMax(t, m, "hello-1", "tcp_rmem")
-	wmem := sysctlMax(t, m, "client", "tcp_wmem")
+//
+// rmemMax, unless 0, is set as hello-1's tcp_rmem[2] for the test. With
+// node-a's access log, the connection's record must count every byte the
+// client sent, redirected and by TCP.
+func (m *mesh) stalledReceiver(t *testing.T, rmemMax int64, accessLog string) {
+	if rmemMax != 0 {
+		old := sysctlTCPMem(t, m, "hello-1", "tcp_rmem")
+		set := func(v [3]int64) {
+			p, err := m.pods["hello-1"].Start("/usr/sbin/sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.tcp_rmem=%d %d %d", v[0], v[1], v[2]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Wait(); err != nil {
+				t.Fatalf("sysctl tcp_rmem in hello-1: %v: %s", err, p.Stderr())
+			}
+		}
+		set([3]int64{old[0], old[1], rmemMax})
+		defer set(old)
+	}
+	rmem := sysctlTCPMem(t, m, "hello-1", "tcp_rmem")[2]
+	wmem := sysctlTCPMem(t, m, "client", "tcp_wmem")[2]
 	bound := rmem + wmem + 2<<20 // 2 MiB: one redirected message (<= ~0.5 MiB) and TCP's own queue
 	readAfter := filepath.Join(m.dir, "stalled-read")
 	srv, err := m.pods["hello-1"].Start(m.echo, "tcp-serve", "--listen", "[::]:9006", "--mode", "hold", "--read-after", readAfter)
@@ -277,10 +299,29 @@ func (m *mesh) stalledReceiver(t *testing.T) {
 		got.ReceivedHash != sent.SentHash {
 		t.Fatalf("sent %+v, received %+v: want all %d bytes in order", sent, got, filled.Filled+8<<20)
 	}
+	if accessLog == "" {
+		return
+	}
+	// Istio's direction: what the source sent is what the destination
+	// received.
+	var rec map[string]any
+	for deadline := time.Now().Add(10 * time.Second); rec == nil && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		data, _ := os.ReadFile(accessLog)
+		for _, l := range strings.Split(string(data), "\n") {
+			var r map[string]any
+			if json.Unmarshal([]byte(l), &r) == nil && r["reporter"] == "source" && r["dst_addr"] == "10.1.1.11:9006" {
+				rec = r
+			}
+		}
+	}
+	if rec == nil || rec["bytes_received"] != float64(sent.Sent) || rec["bytes_sent"] != float64(0) {
+		t.Fatalf("access log record of the connection: %v, want bytes_received %d (redirected and by TCP), bytes_sent 0", rec, sent.Sent)
+	}
 }
 
-// sysctlMax is the largest of a pod's net.ipv4.<name> (tcp_rmem, tcp_wmem).
-func sysctlMax(t *testing.T, m *mesh, pod, name string) int64 {
+// sysctlTCPMem is a pod's net.ipv4.<name> (tcp_rmem, tcp_wmem): minimum,
+// default, maximum.
+func sysctlTCPMem(t *testing.T, m *mesh, pod, name string) [3]int64 {
 	t.Helper()
 	p, err := m.pods[pod].Start("/bin/cat", "/proc/sys/net/ipv4/"+name)
 	if err != nil {
@@ -289,14 +330,18 @@ func sysctlMax(t *testing.T, m *mesh, pod, name string) int64 {
 	line := <-p.Lines()
 	p.Wait()
 	f := strings.Fields(line)
+	var v [3]int64
 	if len(f) != 3 {
 		t.Fatalf("%s in %s: %q", name, pod, line)
 	}
-	n, err := strconv.ParseInt(f[2], 10, 64)
-	if err != nil {
-		t.Fatalf("%s in %s: %q", name, pod, line)
+	for i := range v {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			t.Fatalf("%s in %s: %q", name, pod, line)
+		}
+		v[i] = n
 	}
-	return n
+	return v
 }
 
 // classify reduces an exchange to what an application would notice. Which
@@ -472,5 +517,5 @@ func TestAccelerationAcrossRestart(t *testing.T) {
 		t.Fatalf("client's eth0 sent %d bytes for a %d-byte echo on a connection from before the restart: not socket to socket", tx, size)
 	}
 	t.Logf("32 MiB each way intact on a connection from before the restart; client's eth0 sent %d bytes", tx)
-	t.Run("receiver_that_stops_reading", func(t *testing.T) { m.stalledReceiver(t) })
+	t.Run("receiver_that_stops_reading", func(t *testing.T) { m.stalledReceiver(t, 0, "") })
 }
