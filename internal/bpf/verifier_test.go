@@ -22,7 +22,7 @@ var verifierBudget = map[string]int{
 	"km_connect6":     80_000, // 37,330
 	"km_ingress":      40_000, // 18,317: the same walk at the destination
 	"km_sockops":      4_000,  // 1,247 with outlier detection
-	"km_skmsg":        1_000,  // 403 with the bound on what the peer holds unread
+	"km_skmsg":        1_000,  // 409 with the bound on what the peer holds unread
 	"km_lb_outcome":   1_000,  // 355: the tunnel's outlier credit (lb_connect_failed's ejection scan)
 	"km_conn_iter":    1_000,  // 480: the live connections, for /connections and byte reports
 	"km_getpeername4": 200,    // 19
