@@ -297,6 +297,10 @@ func (t *Tunnel) serveHandoff(l *net.UnixListener) {
 // listeners changed hands. Until the new tunnel says it took them this
 // one accepts as before, so a new tunnel that dies half-way costs nothing.
 func (t *Tunnel) handOver(c *net.UnixConn) bool {
+	if err := sameUser(c); err != nil {
+		t.log.Warn("hand-off request refused", "err", err)
+		return false
+	}
 	c.SetDeadline(time.Now().Add(handoffStep))
 	m, fds, err := readMsg(c)
 	closeFDs(fds)
@@ -331,6 +335,30 @@ func (t *Tunnel) handOver(c *net.UnixConn) bool {
 	log.Info("tunnel handed over; draining", "drain_timeout", t.cfg.DrainTimeout)
 	close(t.released)
 	return true
+}
+
+// sameUser checks the peer's credentials (SO_PEERCRED): only a process of
+// this one's user gets the node's listeners, even if the socket's mode is
+// changed or its directory shared, as the admin socket checks for root.
+func sameUser(c *net.UnixConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("peer credentials: %w", cerr)
+	}
+	if int(cred.Uid) != os.Geteuid() {
+		return fmt.Errorf("peer uid %d (pid %d) is not this tunnel's uid %d", cred.Uid, cred.Pid, os.Geteuid())
+	}
+	return nil
 }
 
 // sendPods sends every pod's listeners, then "end".

@@ -1,10 +1,13 @@
 package tunnel
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -221,4 +224,74 @@ func TestHandoff_OtherVersionRefused(t *testing.T) {
 		t.Fatal("released to another version")
 	default:
 	}
+}
+
+// TestHandoff_OtherUserRefused: a process of another user that reaches the
+// hand-off socket (its mode and its directory's opened to all) gets no
+// socket: the old tunnel checks the peer's credentials.
+func TestHandoff_OtherUserRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as another user")
+	}
+	// Not t.TempDir: its parent is closed to other users.
+	dir, err := os.MkdirTemp("", "kmesh-handoff-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	old, _ := handingTunnel(t, dir)
+	// The client is this test binary, run from where that user can.
+	bin := filepath.Join(dir, "client.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, HandoffPath(dir)} {
+		if err := os.Chmod(p, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(bin, "-test.run=TestHandoff_OtherUserClient$")
+	cmd.Env = append(os.Environ(), "HANDOFF_TEST_SOCKET="+HandoffPath(dir))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client as uid 65534: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "refused:") {
+		t.Fatalf("client as uid 65534 was not refused:\n%s", out)
+	}
+	select {
+	case <-old.released:
+		t.Fatal("released to another user")
+	default:
+	}
+}
+
+// TestHandoff_OtherUserClient is the client of TestHandoff_OtherUserRefused,
+// run as another user; on its own it does nothing.
+func TestHandoff_OtherUserClient(t *testing.T) {
+	path := os.Getenv("HANDOFF_TEST_SOCKET")
+	if path == "" {
+		t.Skip("run by TestHandoff_OtherUserRefused")
+	}
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatalf("dial as uid %d: %v", os.Getuid(), err)
+	}
+	defer c.Close()
+	if err := writeMsg(c, handoffMsg{Op: "take", Version: handoffVersion}); err != nil {
+		fmt.Println("refused:", err) // closed on us already
+		return
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	m, fds, err := readMsg(c)
+	if err == nil {
+		closeFDs(fds)
+		t.Fatalf("got %+v with %d sockets as uid %d", m, len(fds), os.Getuid())
+	}
+	fmt.Println("refused:", err)
 }
