@@ -110,11 +110,15 @@ func writeMsg(c *net.UnixConn, m handoffMsg, fds ...int) error {
 	return err
 }
 
-// readMsg reads one message and the descriptors that came with it; the
-// caller owns (closes) them.
-func readMsg(c *net.UnixConn) (handoffMsg, []int, error) {
-	buf := make([]byte, 64<<10)
-	oob := make([]byte, syscall.CmsgSpace(4*16))
+// msgBuf holds one message: a netns path is at most PATH_MAX (4 KiB), the
+// rest of a message a few hundred bytes. One per conversation, not per
+// message: a hand-off of 100 pods read 64 KiB for each.
+const msgBuf = 16 << 10
+
+// readMsg reads one message, into buf (msgBuf bytes), and the descriptors
+// that came with it; the caller owns (closes) them.
+func readMsg(c *net.UnixConn, buf []byte) (handoffMsg, []int, error) {
+	oob := make([]byte, syscall.CmsgSpace(4*16)) // up to 16 descriptors
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	var m handoffMsg
 	var fds []int
@@ -195,11 +199,12 @@ func (t *Tunnel) takeOver() *predecessor {
 // receive runs the new side of the hand-off up to "end".
 func (t *Tunnel) receive(c *net.UnixConn) (*predecessor, error) {
 	c.SetDeadline(time.Now().Add(handoffStep))
+	buf := make([]byte, msgBuf)
 	if err := writeMsg(c, handoffMsg{Op: "take", Version: handoffVersion, PID: os.Getpid()}); err != nil {
 		return nil, err
 	}
 	for {
-		m, fds, err := readMsg(c)
+		m, fds, err := readMsg(c, buf)
 		if err != nil {
 			return nil, err
 		}
@@ -248,7 +253,7 @@ func (p *predecessor) finish(t *Tunnel) error {
 	if err := writeMsg(p.conn, handoffMsg{Op: "taken", PID: os.Getpid()}); err != nil {
 		return err
 	}
-	m, fds, err := readMsg(p.conn)
+	m, fds, err := readMsg(p.conn, make([]byte, msgBuf))
 	closeFDs(fds)
 	if err == nil && m.Op != "released" {
 		err = fmt.Errorf("unexpected hand-off message %q", m.Op)
@@ -302,7 +307,8 @@ func (t *Tunnel) handOver(c *net.UnixConn) bool {
 		return false
 	}
 	c.SetDeadline(time.Now().Add(handoffStep))
-	m, fds, err := readMsg(c)
+	buf := make([]byte, msgBuf)
+	m, fds, err := readMsg(c, buf)
 	closeFDs(fds)
 	if err != nil || m.Op != "take" || m.Version != handoffVersion {
 		t.log.Warn("hand-off request refused", "op", m.Op, "version", m.Version, "want_version", handoffVersion, "err", err)
@@ -319,7 +325,7 @@ func (t *Tunnel) handOver(c *net.UnixConn) bool {
 		log.Warn("hand-off failed; still serving", "err", err)
 		return false
 	}
-	m, fds, err = readMsg(c)
+	m, fds, err = readMsg(c, buf)
 	closeFDs(fds)
 	if err == nil && m.Op != "taken" {
 		err = fmt.Errorf("unexpected hand-off message %q", m.Op)

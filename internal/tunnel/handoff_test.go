@@ -37,7 +37,7 @@ func handingTunnel(t *testing.T, dir string) (*Tunnel, net.Listener) {
 	return old, l
 }
 
-func successor(t *testing.T, dir string) *Tunnel {
+func successor(t testing.TB, dir string) *Tunnel {
 	t.Helper()
 	nt := testTunnel(t)
 	nt.cfg.StateDir = dir
@@ -215,7 +215,7 @@ func TestHandoff_OtherVersionRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if m, fds, err := readMsg(c); err == nil {
+	if m, fds, err := readMsg(c, make([]byte, msgBuf)); err == nil {
 		closeFDs(fds)
 		t.Fatalf("got %+v with %d sockets for another version", m, len(fds))
 	}
@@ -288,10 +288,94 @@ func TestHandoff_OtherUserClient(t *testing.T) {
 		return
 	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	m, fds, err := readMsg(c)
+	m, fds, err := readMsg(c, make([]byte, msgBuf))
 	if err == nil {
 		closeFDs(fds)
 		t.Fatalf("got %+v with %d sockets as uid %d", m, len(fds), os.Getuid())
 	}
 	fmt.Println("refused:", err)
+}
+
+// manyPods gives a test tunnel n pods of three loopback listeners each (as
+// a dual-stack pod has: two outbound, one HBONE) and serves the hand-off
+// socket in dir.
+func manyPods(tb testing.TB, old *Tunnel, dir string, n int) {
+	tb.Helper()
+	for i := range n {
+		path := fmt.Sprintf("/run/netns/handoff-test-%d", i)
+		p := &pod{netns: path, cookie: uint64(1000 + i)}
+		for _, addr := range []string{"127.0.0.1:15001", "[::1]:15001", ":15008"} {
+			l, err := net.Listen("tcp4", "127.0.0.1:0")
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { l.Close() })
+			p.listeners = append(p.listeners, podListener{"outbound", addr, l})
+		}
+		old.pods[path] = p
+	}
+	hl, err := listenHandoff(HandoffPath(dir))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { hl.Close() })
+	old.closeSockets = func() { hl.Close() }
+	go old.serveHandoff(hl)
+}
+
+// TestHandoff_ManyPods: 120 pods' 360 listeners change hands, each the
+// same socket (same address) under its pod's netns and cookie.
+func TestHandoff_ManyPods(t *testing.T) {
+	dir := t.TempDir()
+	old := testTunnel(t)
+	old.cfg.StateDir = dir
+	manyPods(t, old, dir, 120)
+	nt := successor(t, dir)
+	pred := nt.takeOver()
+	if pred == nil {
+		t.Fatal("no predecessor found")
+	}
+	defer nt.closeInherited()
+	for path, p := range old.pods {
+		for _, pl := range p.listeners {
+			l := nt.inherited[path].listeners[pl.addr]
+			if l == nil || l.Addr().String() != pl.l.Addr().String() {
+				t.Fatalf("%s %s: inherited %v, want the socket at %s", path, pl.addr, l, pl.l.Addr())
+			}
+		}
+		if nt.inherited[path].cookie != p.cookie {
+			t.Fatalf("%s: cookie %d, want %d", path, nt.inherited[path].cookie, p.cookie)
+		}
+	}
+	if err := pred.finish(nt); err != nil {
+		t.Fatal(err)
+	}
+	<-old.released
+}
+
+// BenchmarkHandoff_100Pods: one hand-off of 100 pods' 300 listeners, from
+// the new tunnel's request to the old one's release (no netns: the pods'
+// listeners are loopback sockets of this namespace).
+func BenchmarkHandoff_100Pods(b *testing.B) {
+	b.ReportAllocs()
+	for range b.N {
+		b.StopTimer()
+		dir := b.TempDir()
+		old := testTunnel(b)
+		old.cfg.StateDir = dir
+		manyPods(b, old, dir, 100)
+		nt := successor(b, dir)
+		b.StartTimer()
+		pred := nt.takeOver()
+		if pred == nil {
+			b.Fatal("no predecessor found")
+		}
+		if err := pred.finish(nt); err != nil {
+			b.Fatal(err)
+		}
+		<-old.released
+		b.StopTimer()
+		nt.closeInherited()
+		b.StartTimer()
+	}
 }

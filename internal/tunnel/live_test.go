@@ -25,7 +25,7 @@ var (
 
 // testTunnel is a tunnel with a state (client on node-a, hello-2 on
 // node-b) and a local CA, not running: no pod, no netns.
-func testTunnel(t *testing.T) *Tunnel {
+func testTunnel(t testing.TB) *Tunnel {
 	t.Helper()
 	certPEM, keyPEM, err := identity.GenerateCA("cluster.local", time.Hour)
 	if err != nil {
