@@ -3,9 +3,6 @@
 package e2e
 
 import (
-	"context"
-	"net"
-	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,7 +11,6 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/internal/testbed"
-	"github.com/kmesh-go/kmesh/internal/tunnel"
 )
 
 var tunnelTookOver = regexp.MustCompile(`msg="tunnel took over".* predecessor_pid=(\d+)`)
@@ -72,21 +68,19 @@ func waitExit(t *testing.T, what string, p *testbed.Process, within time.Duratio
 	}
 }
 
-// tunnelSocketAnswers checks that the node's tunnel.sock (what kmeshctl
-// get connections / certs reads through kmeshd) is served.
-func tunnelSocketAnswers(t *testing.T, dir string) {
+// tunnelCertsServed checks what a user checks after an upgrade: kmeshctl
+// get certs, through the node's kmeshd, is answered by the tunnel (its
+// tunnel.sock, now the new process's), not kmeshd's own cache.
+func (h *hboneMesh) tunnelCertsServed(t *testing.T, node string) {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", tunnel.SocketPath(dir))
-	}}}
-	resp, err := c.Get("http://tunnel/certs")
+	ctl, err := testbed.Build("github.com/kmesh-go/kmesh/cmd/kmeshctl")
 	if err != nil {
-		t.Fatalf("tunnel.sock after the upgrade: %v", err)
+		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("tunnel.sock /certs after the upgrade: %s", resp.Status)
+	k := h.kmeshd[node]
+	out, err := execOutput(ctl, "get", "certs", "--admin-address", k.admin, "--admin-socket", k.socket)
+	if err != nil || !strings.HasPrefix(out, "SERVED BY: kmeshd tunnel\n") {
+		t.Fatalf("kmeshctl get certs on %s after the upgrade: %v\n%s", node, err, out)
 	}
 }
 
@@ -149,7 +143,7 @@ func TestHBONE_TunnelUpgradeCutsNothing(t *testing.T) {
 		}
 	}
 	for _, node := range []string{"node-a", "node-b"} {
-		tunnelSocketAnswers(t, h.stateDirs[node])
+		h.tunnelCertsServed(t, node)
 	}
 	time.Sleep(300 * time.Millisecond)
 	for _, tr := range []*traffic{perConn, keepalive} {
@@ -237,7 +231,7 @@ func TestHBONE_TunnelKilledNewOneBinds(t *testing.T) {
 	if s := h.tunnels["node-a"].Stderr(); tunnelTookOver.MatchString(s) || strings.Contains(s, "hand-off refused") {
 		t.Fatalf("new tunnel tried to take over from a killed one:\n%s", s)
 	}
-	tunnelSocketAnswers(t, h.stateDirs["node-a"])
+	h.tunnelCertsServed(t, "node-a")
 	rs := h.get("client", "--url", "http://10.1.2.12:8080/", "--count", "5")
 	requireAll(t, "client -> hello-2 after the tunnel was killed and started again", rs, "hello-2")
 
