@@ -151,9 +151,9 @@ func (d *Dialer) Dial(ctx context.Context, t *Target) (*Conn, error) {
 	c, err := d.connect(ctx, pc, t)
 	if err != nil && (reused || errors.Is(err, errRefused)) && !isStatus(err) {
 		// The pooled connection went bad under us (GOAWAY, reset), or a
-		// new one was drained before it took the stream (its server
-		// handed over to another process): the request never reached an
-		// upstream, so a fresh connection may retry.
+		// new one refused the stream (its server drains: it handed over
+		// to another process): the request never reached an upstream,
+		// so a fresh connection may retry.
 		d.Log.Debug("hbone stream failed on a pooled connection; retrying on a new one", "addr", t.Addr, "err", err)
 		pc, _, err = d.acquireNew(ctx, key, t)
 		if err != nil {

@@ -2,9 +2,14 @@ package hbone
 
 import (
 	"context"
+	"log/slog"
 	"net"
+	"net/http"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/kmesh-go/kmesh/internal/identity"
 )
@@ -119,4 +124,114 @@ func TestDialer_Drain(t *testing.T) {
 	a.Close()
 	b.Close()
 	waitFor(t, "every connection closes after its stream", func() bool { return srv.srv.connCount() == 0 })
+}
+
+// TestH2_DrainTakesStreamsInFlight: a draining server first sends GOAWAY
+// with the largest stream id and a PING; a stream the client opened before
+// it read them (sent before its PING answer) is taken, not refused; the
+// second GOAWAY names it as the last; a stream after is refused; the
+// connection closes once its streams end.
+func TestH2_DrainTakesStreamsInFlight(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	conns := make(chan *h2conn, 1)
+	taken := make(chan *stream, 10)
+	go func() {
+		sc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		hc := newH2Conn(sc, false, slog.New(slog.DiscardHandler))
+		hc.onStream = func(st *stream, method, authority string, h http.Header) {
+			st.respond(200, false)
+			taken <- st
+		}
+		hc.start()
+		conns <- hc
+	}()
+	cc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	p := &rawPeer{t: t, conn: cc, fr: http2.NewFramer(cc, cc)}
+	p.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	p.henc = hpack.NewEncoder(&p.hbuf)
+	cc.Write([]byte(clientPreface))
+	p.fr.WriteSettings()
+	connect := func(id uint32) { p.headers(id, false, ":method", "CONNECT", ":authority", "10.0.0.1:80") }
+	// frame reads the next frame of the kinds a test here waits for.
+	frame := func() http2.Frame {
+		t.Helper()
+		for {
+			cc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			f, err := p.fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("client read: %v", err)
+			}
+			switch f := f.(type) {
+			case *http2.GoAwayFrame, *http2.RSTStreamFrame, *http2.MetaHeadersFrame:
+				return f
+			case *http2.PingFrame:
+				if !f.IsAck() {
+					return f
+				}
+			}
+		}
+	}
+	connect(1)
+	hc := <-conns
+	s1 := <-taken
+	hc.drain()
+	var ping *http2.PingFrame
+	for ping == nil {
+		switch f := frame().(type) {
+		case *http2.GoAwayFrame:
+			if f.LastStreamID != 1<<31-1 {
+				t.Fatalf("first GOAWAY names stream %d, want the largest id", f.LastStreamID)
+			}
+		case *http2.PingFrame:
+			ping = f
+		}
+	}
+	connect(3) // sent before the client answers the PING: in flight
+	var s3 *stream
+	select {
+	case s3 = <-taken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream 3, in flight when the server drained, was not taken")
+	}
+	p.fr.WritePing(true, ping.Data)
+	for {
+		if g, ok := frame().(*http2.GoAwayFrame); ok {
+			if g.LastStreamID != 3 {
+				t.Fatalf("second GOAWAY names stream %d, want 3", g.LastStreamID)
+			}
+			break
+		}
+	}
+	connect(5)
+	for {
+		if r, ok := frame().(*http2.RSTStreamFrame); ok {
+			if r.StreamID != 5 || r.ErrCode != http2.ErrCodeRefusedStream {
+				t.Fatalf("want REFUSED_STREAM on stream 5, got %v", r)
+			}
+			break
+		}
+	}
+	s1.reset(http2.ErrCodeCancel)
+	select {
+	case <-hc.closed:
+		t.Fatal("drained connection closed with a stream still open")
+	case <-time.After(100 * time.Millisecond):
+	}
+	s3.reset(http2.ErrCodeCancel)
+	select {
+	case <-hc.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("drained connection still open after its last stream ended")
+	}
 }

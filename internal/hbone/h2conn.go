@@ -59,9 +59,9 @@ type h2conn struct {
 	peerFrame  int    // the peer's SETTINGS_MAX_FRAME_SIZE
 	peerMax    uint32 // the peer's SETTINGS_MAX_CONCURRENT_STREAMS
 	goaway     bool   // the peer said it takes no new stream
-	// Server side, once drain sent our GOAWAY: new streams are refused,
-	// and once the peer answered the PING behind it (drainAcked) the
-	// connection closes with its last stream.
+	// Server side, once drain sent our first GOAWAY; once the peer
+	// answered the PING behind it (drainAcked), new streams are refused
+	// and the connection closes with its last stream.
 	draining   bool
 	drainAcked bool
 	err        error // the connection failed: every stream ends with it
@@ -288,8 +288,10 @@ func (c *h2conn) handle(f http2.Frame) error {
 		} else if f.Data == drainPing {
 			c.mu.Lock()
 			c.drainAcked = true
+			last := c.lastPeerID
 			c.closeDrainedLocked()
 			c.mu.Unlock()
+			c.writeAsync(func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
 		}
 	case *http2.RSTStreamFrame:
 		c.mu.Lock()
@@ -441,7 +443,7 @@ func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return &connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS opening stream %d out of order", id)}
 	}
 	c.lastPeerID = id
-	if len(c.streams) >= maxServerStreams || c.goaway || c.draining || c.err != nil {
+	if len(c.streams) >= maxServerStreams || c.goaway || c.drainAcked || c.err != nil {
 		c.mu.Unlock()
 		c.writeAsync(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
 		return nil
@@ -540,13 +542,14 @@ func (c *h2conn) onGoAway(f *http2.GoAwayFrame) {
 	}
 }
 
-// drain asks the peer (server side) to open new streams elsewhere: a
-// GOAWAY naming the last stream it opened, which is served to its end, and
-// a PING. Streams the peer opens meanwhile are refused (REFUSED_STREAM, or
-// above the GOAWAY's last id: the client retries them elsewhere). The
-// PING's answer proves the peer read the GOAWAY, so no stream of its is
-// still on the way: from then on the connection closes when its last
-// stream ends, and a close never resets a request in flight.
+// drain asks the peer (server side) to open new streams elsewhere, as
+// RFC 9113 section 6.8 has a server shut down gracefully: a GOAWAY with
+// the largest stream id and a PING. The PING's answer proves the peer read
+// the GOAWAY, so every stream it opened before is here: those are taken
+// and served to their end, none refused. Then a second GOAWAY names the
+// last stream taken, later ones are refused (REFUSED_STREAM: a client
+// retries them elsewhere), and the connection closes when its last stream
+// ends, so a close never resets a request in flight.
 func (c *h2conn) drain() {
 	c.mu.Lock()
 	if c.draining || c.err != nil {
@@ -554,10 +557,9 @@ func (c *h2conn) drain() {
 		return
 	}
 	c.draining = true
-	last := c.lastPeerID
 	c.mu.Unlock()
 	c.write(func(fr *http2.Framer) error {
-		if err := fr.WriteGoAway(last, http2.ErrCodeNo, nil); err != nil {
+		if err := fr.WriteGoAway(1<<31-1, http2.ErrCodeNo, nil); err != nil {
 			return err
 		}
 		return fr.WritePing(false, drainPing)

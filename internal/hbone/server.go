@@ -132,10 +132,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // Wait waits until every connection Serve accepted has ended.
 func (s *Server) Wait() { s.wg.Wait() }
 
-// Drain tells every client to open its new streams elsewhere (a GOAWAY
-// naming the last stream it opened, as Envoy and ztunnel do when they
-// drain) and serves the streams they have to their end; each connection
-// closes after its last stream. Connections served later are drained from
+// Drain tells every client to open its new streams elsewhere (GOAWAY, as
+// Envoy and ztunnel do when they drain; h2conn.drain) and serves the
+// streams they have to their end; each connection closes after its last
+// stream. Connections served later are drained from
 // their start. Closing the listener is the caller's.
 func (s *Server) Drain() {
 	s.mu.Lock()
