@@ -235,3 +235,34 @@ func TestH2_DrainTakesStreamsInFlight(t *testing.T) {
 		t.Fatal("drained connection still open after its last stream ended")
 	}
 }
+
+// TestServer_ActiveCountsFromAccept: a connection counts from its accept,
+// before its handshake (a drain that looked only at streams handed to the
+// hook would end with it in flight), and stops counting when a drained
+// connection closes after its last stream.
+func TestServer_ActiveCountsFromAccept(t *testing.T) {
+	ca := newTestCA(t, "cluster.local")
+	up, _ := echoUpstream(t)
+	srv := startServer(t, ca, nil)
+	raw, err := net.Dial("tcp", srv.addr.String()) // no handshake yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a connection in its handshake counts", func() bool { return srv.srv.Active() == 1 })
+	raw.Close()
+	waitFor(t, "a connection that failed its handshake stops counting", func() bool { return srv.srv.Active() == 0 })
+
+	d := &Dialer{Certs: ca}
+	defer d.Close()
+	c, err := d.Dial(context.Background(), &Target{Source: clientID, Destination: []identity.Identity{serverID}, Addr: srv.addr, Authority: up.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.srv.Drain()
+	roundTrip(t, c, []byte("drained, still served"))
+	if n := srv.srv.Active(); n != 1 {
+		t.Fatalf("Active %d while a drained connection carries a stream, want 1", n)
+	}
+	c.Close()
+	waitFor(t, "the drained connection stops counting after its last stream", func() bool { return srv.srv.Active() == 0 })
+}

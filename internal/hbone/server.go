@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -93,6 +94,7 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*h2conn]struct{} // the HTTP/2 connections served now
 	draining bool
+	active   atomic.Int64 // connections Serve accepted, until they end
 }
 
 func (s *Server) init() {
@@ -122,8 +124,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("hbone accept: %w", err)
 		}
 		s.wg.Add(1)
+		s.active.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer s.active.Add(-1)
 			s.ServeConn(ctx, c)
 		}()
 	}
@@ -131,6 +135,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 // Wait waits until every connection Serve accepted has ended.
 func (s *Server) Wait() { s.wg.Wait() }
+
+// Active counts the connections Serve accepted that have not ended, from
+// their accept (a handshake under way counts): a draining server is done
+// when it is 0, since a stream taken but not yet handed to Connect is
+// counted nowhere else.
+func (s *Server) Active() int { return int(s.active.Load()) }
 
 // Drain tells every client to open its new streams elsewhere (GOAWAY, as
 // Envoy and ztunnel do when they drain; h2conn.drain) and serves the

@@ -57,7 +57,7 @@ func (t *Tunnel) drainOut(ctx context.Context) error {
 	defer deadline.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	for t.carried.Load() > 0 {
+	for t.busy() {
 		select {
 		case <-tick.C:
 		case <-deadline.C:
@@ -71,6 +71,24 @@ func (t *Tunnel) drainOut(ctx context.Context) error {
 	t.log.Info("tunnel drained", "took", time.Since(start).Round(time.Millisecond), "reset", 0)
 	t.shutdown()
 	return t.exitOn(ctx)
+}
+
+// busy reports whether the tunnel still carries a connection, or serves
+// an HBONE connection: one that drains closes once the peer answered its
+// PING and its last stream ended, and until then a stream it took may not
+// have reached the Connect hook, where it is counted in carried.
+func (t *Tunnel) busy() bool {
+	if t.carried.Load() > 0 {
+		return true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, p := range t.pods {
+		if p.srv != nil && p.srv.Active() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // exitOn waits for ctx (SIGTERM) before Run returns.
