@@ -75,7 +75,8 @@ type inheritedPod struct {
 }
 
 // takeListener returns the listener at addr the predecessor passed for the
-// pod at path, if it is still that pod's.
+// pod at path, if it is still that pod's. Called with handoffMu held
+// (syncPods).
 func (t *Tunnel) takeListener(path string, cookie uint64, addr string) net.Listener {
 	ip := t.inherited[path]
 	if ip == nil || ip.cookie != cookie {
@@ -87,8 +88,11 @@ func (t *Tunnel) takeListener(path string, cookie uint64, addr string) net.Liste
 }
 
 // closeInherited closes what the predecessor passed that no pod of the
-// state took: pods that left meanwhile.
+// state took: pods that left meanwhile. An outbound connection's reload
+// may open a pod (takeListener) at the same time: both hold handoffMu.
 func (t *Tunnel) closeInherited() {
+	t.handoffMu.Lock()
+	defer t.handoffMu.Unlock()
 	for path, ip := range t.inherited {
 		for _, l := range ip.listeners {
 			l.Close()
