@@ -391,10 +391,13 @@ static __always_inline void sockops_lb_connect(struct bpf_sock_ops *skops)
 SEC("sockops")
 int km_sockops(struct bpf_sock_ops *skops)
 {
-	if (tunnel_own(skops->sk))
-		return 1; /* the tunnel's own legs, and an application's accepted
-			   * socket of an inbound tunnelled connection (marked by
-			   * tcp_fwmark_accept): the tunnel counts those */
+	if (tunnel_own(skops->sk)) {
+		/* The tunnel counts its connections; its dial into an
+		 * application tells which accepted socket is that dial's. */
+		if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+			tunnel_leg_dialed(skops);
+		return 1;
+	}
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		tunnel_connecting(skops); /* first: takes a tunnelled socket's backend */
@@ -406,7 +409,8 @@ int km_sockops(struct bpf_sock_ops *skops)
 			sockops_established(skops, KM_CONN_OUTBOUND);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		sockops_established(skops, KM_CONN_INBOUND);
+		if (!tunnel_leg_accepted(skops))
+			sockops_established(skops, KM_CONN_INBOUND);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE) {

@@ -5,7 +5,8 @@
  * an address in km_tunnel (a workload of another node that takes HBONE) is
  * redirected, to the tunnel's loopback listener in the client's own network
  * namespace; everything else keeps the one-hop path. The tunnel's own
- * sockets carry SO_MARK KM_TUNNEL_MARK and pass every hook untouched.
+ * sockets carry SO_MARK KM_TUNNEL_MARK and pass every hook untouched, and so
+ * does the socket an application accepts from the tunnel (km_tunnel_legs).
  *
  * The destination travels in two steps, because connect() has no source
  * port yet: the connect hook keeps it in the socket's storage, and sockops
@@ -58,6 +59,27 @@ struct {
 	__uint(max_entries, 1);
 } km_tunnel_src SEC(".maps");
 
+/*
+ * The application's side of inbound tunnelled connections. The tunnel
+ * dials the application inside its pod's network namespace, from the pod's
+ * own address, with its mark; the socket the application accepts has no
+ * mark (it takes its listener's: tcp_fwmark_accept, which gives it the
+ * SYN's, is read-only in an unprivileged container). So the tunnel's
+ * socket, established, leaves the connection here as the application's
+ * socket sees it (tunnel_leg_dialed), and the application's socket, when
+ * the tunnel's ACK establishes it, takes it out and is left alone
+ * (tunnel_leg_accepted). Within one namespace the order holds: TCP sends
+ * that ACK only after the dialing socket's ACTIVE_ESTABLISHED callback
+ * (tcp_finish_connect, then tcp_send_ack). An entry lives from one to the
+ * other; an LRU ages out one whose application socket never came.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_key);
+	__type(value, __u8);
+	__uint(max_entries, 4096);
+} km_tunnel_legs SEC(".maps");
+
 /* Whether a socket is the tunnel's own. */
 static __always_inline int tunnel_own(struct bpf_sock *sk)
 {
@@ -71,6 +93,35 @@ static __always_inline int tunnel_own(struct bpf_sock *sk)
 static __always_inline int tunnel_redirected(struct bpf_sock *sk)
 {
 	return sk && bpf_sk_storage_get(&km_tunnel_sk, sk, 0, 0);
+}
+
+/* sockops ACTIVE_ESTABLISHED_CB of a tunnel's socket: a connection that
+ * stays in its namespace is a dial into a pod's application (its HBONE
+ * connections leave the pod), kept under the application's 4-tuple. */
+static __always_inline void tunnel_leg_dialed(struct bpf_sock_ops *skops)
+{
+	struct sock_key key = {};
+	__u8 one = 1;
+
+	sock_addrs_ops(skops, key.remote_addr, key.local_addr); /* the peer's view */
+	key.remote_port = (__u16)skops->local_port;
+	key.local_port = (__u16)bpf_ntohl(skops->remote_port);
+	sock_key_scope(&key, bpf_get_netns_cookie(skops));
+	if (key.netns_cookie)
+		bpf_map_update_elem(&km_tunnel_legs, &key, &one, BPF_ANY);
+}
+
+/* sockops PASSIVE_ESTABLISHED_CB: whether this accepted socket is the
+ * application's side of a connection the tunnel dialed. The tunnel counts
+ * and authorized that connection, so, as for the tunnel's own sockets,
+ * nothing here touches it: no telemetry, no acceleration. */
+static __always_inline int tunnel_leg_accepted(struct bpf_sock_ops *skops)
+{
+	struct sock_key key = {};
+
+	sock_key_ops(skops, &key);
+	sock_key_scope(&key, bpf_get_netns_cookie(skops));
+	return key.netns_cookie && bpf_map_delete_elem(&km_tunnel_legs, &key) == 0;
 }
 
 /*

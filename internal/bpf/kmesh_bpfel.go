@@ -496,6 +496,7 @@ const (
 	KmeshMapKmTcpStats           = "km_tcp_stats"
 	KmeshMapKmTunnel             = "km_tunnel"
 	KmeshMapKmTunnelDst          = "km_tunnel_dst"
+	KmeshMapKmTunnelLegs         = "km_tunnel_legs"
 	KmeshMapKmTunnelSk           = "km_tunnel_sk"
 	KmeshMapKmTunnelSrc          = "km_tunnel_src"
 	KmeshProgKmConnIter          = "km_conn_iter"
@@ -623,6 +624,7 @@ type KmeshMapSpecs struct {
 	KmTcpStats   *ebpf.MapSpec `ebpf:"km_tcp_stats"`
 	KmTunnel     *ebpf.MapSpec `ebpf:"km_tunnel"`
 	KmTunnelDst  *ebpf.MapSpec `ebpf:"km_tunnel_dst"`
+	KmTunnelLegs *ebpf.MapSpec `ebpf:"km_tunnel_legs"`
 	KmTunnelSk   *ebpf.MapSpec `ebpf:"km_tunnel_sk"`
 	KmTunnelSrc  *ebpf.MapSpec `ebpf:"km_tunnel_src"`
 }
@@ -710,6 +712,7 @@ type KmeshMaps struct {
 	KmTcpStats   *ebpf.Map `ebpf:"km_tcp_stats"`
 	KmTunnel     *ebpf.Map `ebpf:"km_tunnel"`
 	KmTunnelDst  *ebpf.Map `ebpf:"km_tunnel_dst"`
+	KmTunnelLegs *ebpf.Map `ebpf:"km_tunnel_legs"`
 	KmTunnelSk   *ebpf.Map `ebpf:"km_tunnel_sk"`
 	KmTunnelSrc  *ebpf.Map `ebpf:"km_tunnel_src"`
 }
@@ -750,6 +753,7 @@ func (m *KmeshMaps) Close() error {
 		m.KmTcpStats,
 		m.KmTunnel,
 		m.KmTunnelDst,
+		m.KmTunnelLegs,
 		m.KmTunnelSk,
 		m.KmTunnelSrc,
 	)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -96,23 +95,4 @@ func dialIn(ctx context.Context, ns netns.NsHandle, addr string) (net.Conn, erro
 		return err
 	})
 	return c, err
-}
-
-// fwmarkAccept is the sysctl that gives an accepted socket the mark of
-// the SYN that made it (net.ipv4.tcp_fwmark_accept, per network namespace,
-// IPv4 and IPv6 alike).
-const fwmarkAccept = "/proc/sys/net/ipv4/tcp_fwmark_accept"
-
-// markAccepted has the application's sockets in the pod at path that the
-// tunnel's marked dials made carry the tunnel's mark too, so kmeshd's
-// programs leave them to the tunnel (which counts the connection) as they
-// leave its own sockets. Other accepted sockets keep mark 0: packets from
-// outside the pod lose their mark crossing into it.
-func markAccepted(path string) error {
-	return inNetns(path, func() error {
-		if err := os.WriteFile(fwmarkAccept, []byte("1"), 0); err != nil {
-			return fmt.Errorf("set %s in %s: %w", fwmarkAccept, path, err)
-		}
-		return nil
-	})
 }

@@ -157,11 +157,6 @@ func (t *Tunnel) openPod(path string, w *model.Workload, id identity.Identity, v
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: %w", path, err)
 	}
-	if err := markAccepted(path); err != nil {
-		// Only telemetry suffers: kmeshd would count the application's
-		// side of inbound tunnelled connections as well.
-		t.log.Warn("application sockets of tunnelled connections stay unmarked; kmeshd counts them too", "netns", path, "err", err)
-	}
 	p := &pod{netns: path, cookie: cookie, ns: ns}
 	p.workload.Store(w)
 	p.id.Store(&id)
