@@ -164,6 +164,15 @@ func TestIstioChart_TunnelAsRendered(t *testing.T) {
 			}
 			return ""
 		})
+		// Counted once: node-b's kmeshd leaves hello-2's socket of the
+		// tunnel's dial to the tunnel, without the pod's tcp_fwmark_accept
+		// (read-only in the chart's container in a cluster; the tunnel no
+		// longer writes it).
+		for _, metric := range []string{"istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"} {
+			if n := metricSum(t, kmeshds["node-b"].metrics, metric, map[string]string{"reporter": "destination"}); n != 0 {
+				t.Errorf("node-b's kmeshd: %s{reporter=destination} = %v, want 0 (the tunnel counts them)", metric, n)
+			}
+		}
 	})
 
 	t.Run("gets_its_pods_certificates_by_impersonation", func(t *testing.T) {
