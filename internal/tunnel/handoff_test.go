@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -378,4 +379,37 @@ func BenchmarkHandoff_100Pods(b *testing.B) {
 		nt.closeInherited()
 		b.StartTimer()
 	}
+}
+
+// TestHandoff_NoStateNoTakeOver: a new tunnel that cannot read the state
+// (none written, or another node's) would not know the pods whose sockets
+// it got: it does not take over, Run fails, and the old tunnel keeps its
+// listeners and serves the next successor.
+func TestHandoff_NoStateNoTakeOver(t *testing.T) {
+	dir := t.TempDir()
+	old, l := handingTunnel(t, dir)
+	nt := successor(t, dir)
+	nt.view.Store(nil) // testTunnel's state is in memory only; the directory has none
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := nt.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "not taking over") {
+		t.Fatalf("Run without a state: %v, want it to refuse to take over", err)
+	}
+	select {
+	case <-old.released:
+		t.Fatal("old tunnel released to a successor without a state")
+	default:
+	}
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatalf("old tunnel's listener after a refused take-over: %v", err)
+	}
+	s.Close()
 }
