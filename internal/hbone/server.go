@@ -148,29 +148,32 @@ func (s *Server) Active() int { return int(s.active.Load()) }
 // stream. Connections served later are drained from
 // their start. Closing the listener is the caller's.
 func (s *Server) Drain() {
-	s.mu.Lock()
-	s.draining = true
-	conns := make([]*h2conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range s.served(true) {
 		c.drain()
 	}
 }
 
 // Close closes every connection now; their streams end with it.
 func (s *Server) Close() {
+	for _, c := range s.served(false) {
+		c.close()
+	}
+}
+
+// served returns the connections served now, having set the server
+// draining first if drain is set (under the same lock, so a connection
+// tracked after is drained from its start).
+func (s *Server) served(drain bool) []*h2conn {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if drain {
+		s.draining = true
+	}
 	conns := make([]*h2conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.close()
-	}
+	return conns
 }
 
 // track adds hc to the connections served, or removes it (add false); it

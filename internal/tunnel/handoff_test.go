@@ -144,17 +144,7 @@ func TestHandoff_SuccessorDiesHalfWay(t *testing.T) {
 	pred.conn.Close() // dies before "taken"
 	first.closeInherited()
 
-	c, err := net.Dial("tcp4", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	l.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
-	s, err := l.Accept()
-	if err != nil {
-		t.Fatalf("old tunnel's listener after an abandoned hand-off: %v", err)
-	}
-	s.Close()
+	stillAccepts(t, l, "after an abandoned hand-off")
 	select {
 	case <-old.released:
 		t.Fatal("old tunnel released for a successor that never took over")
@@ -401,6 +391,13 @@ func TestHandoff_NoStateNoTakeOver(t *testing.T) {
 		t.Fatal("old tunnel released to a successor without a state")
 	default:
 	}
+	stillAccepts(t, l, "after a refused take-over")
+}
+
+// stillAccepts connects to the old tunnel's listener l and wants it to
+// accept: after, e.g., a hand-off that did not happen.
+func stillAccepts(t *testing.T, l net.Listener, after string) {
+	t.Helper()
 	c, err := net.Dial("tcp4", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -409,7 +406,7 @@ func TestHandoff_NoStateNoTakeOver(t *testing.T) {
 	l.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
 	s, err := l.Accept()
 	if err != nil {
-		t.Fatalf("old tunnel's listener after a refused take-over: %v", err)
+		t.Fatalf("old tunnel's listener %s: %v", after, err)
 	}
 	s.Close()
 }

@@ -112,6 +112,29 @@ func requireAll(t *testing.T, what string, rs []result, pod string) {
 	}
 }
 
+// stopServed stops tr and wants at least min requests, every one answered
+// by pod, and a kept-alive client on one connection from start to end (a
+// reset would have made it reconnect). It returns the results, their rate
+// and the connections used.
+func (tr *traffic) stopServed(t *testing.T, pod string, min int) ([]result, float64, int) {
+	t.Helper()
+	rs, rate := tr.stop(t)
+	if len(rs) < min {
+		t.Fatalf("%s: only %d requests", tr.name, len(rs))
+	}
+	conns := map[int]bool{}
+	for _, r := range rs {
+		if r.Error != "" || r.Pod != pod {
+			t.Fatalf("%s: request %d: %+v (%v)", tr.name, r.Seq, r, counts(rs))
+		}
+		conns[r.Conn] = true
+	}
+	if tr.name == "keep-alive" && len(conns) != 1 {
+		t.Fatalf("kept-alive client used %d connections, want 1 (it was reset)", len(conns))
+	}
+	return rs, rate, len(conns)
+}
+
 // TestHBONE_CrossNodeOverMutualTLS: requests from node-a's client to
 // node-b's pods (by pod address, IPv4 and IPv6, and through the service
 // address) succeed, and on the underlay between the nodes every pod-to-pod
@@ -258,21 +281,8 @@ func TestHBONE_KmeshdRestartsCutNothing(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	for _, tr := range []*traffic{perConn, keepalive} {
-		rs, rate := tr.stop(t)
-		if len(rs) < 20 {
-			t.Fatalf("%s: only %d requests", tr.name, len(rs))
-		}
-		conns := map[int]bool{}
-		for _, r := range rs {
-			if r.Error != "" || r.Pod != "hello-2" {
-				t.Fatalf("%s: request %d: %+v (%v)", tr.name, r.Seq, r, counts(rs))
-			}
-			conns[r.Conn] = true
-		}
-		if tr.name == "keep-alive" && len(conns) != 1 {
-			t.Fatalf("kept-alive client used %d connections, want 1 (it was reset)", len(conns))
-		}
-		t.Logf("%s: %d requests, %.0f/s, %d connections", tr.name, len(rs), rate, len(conns))
+		rs, rate, conns := tr.stopServed(t, "hello-2", 20)
+		t.Logf("%s: %d requests, %.0f/s, %d connections", tr.name, len(rs), rate, conns)
 	}
 	if n := strings.Count(h.tunnels["node-a"].Stderr(), "msg=tunnelled"); n < 20 {
 		t.Fatalf("node-a's tunnel carried %d connections, want all of them", n)
