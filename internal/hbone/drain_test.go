@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/kmesh-go/kmesh/internal/identity"
 )
@@ -152,22 +151,13 @@ func TestH2_DrainTakesStreamsInFlight(t *testing.T) {
 		hc.start()
 		conns <- hc
 	}()
-	cc, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	p := &rawPeer{t: t, conn: cc, fr: http2.NewFramer(cc, cc)}
-	p.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	p.henc = hpack.NewEncoder(&p.hbuf)
-	cc.Write([]byte(clientPreface))
-	p.fr.WriteSettings()
+	p := rawClient(t, l.Addr().String())
 	connect := func(id uint32) { p.headers(id, false, ":method", "CONNECT", ":authority", "10.0.0.1:80") }
 	// frame reads the next frame of the kinds a test here waits for.
 	frame := func() http2.Frame {
 		t.Helper()
 		for {
-			cc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			p.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 			f, err := p.fr.ReadFrame()
 			if err != nil {
 				t.Fatalf("client read: %v", err)

@@ -30,6 +30,23 @@ type rawPeer struct {
 	hbuf bytes.Buffer
 }
 
+// rawClient connects a raw client peer to the server at addr and sends
+// the preface and its settings; the connection closes with the test.
+func rawClient(t *testing.T, addr string) *rawPeer {
+	t.Helper()
+	cc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	p := &rawPeer{t: t, conn: cc, fr: http2.NewFramer(cc, cc)}
+	p.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	p.henc = hpack.NewEncoder(&p.hbuf)
+	cc.Write([]byte(clientPreface))
+	p.fr.WriteSettings()
+	return p
+}
+
 // clientWithPeer connects a client h2conn to a raw server peer over
 // loopback TCP; the peer has read the preface and sent settings.
 func clientWithPeer(t *testing.T, settings ...http2.Setting) (*h2conn, *rawPeer) {
@@ -489,16 +506,7 @@ func TestH2_ServerRefusesNonConnectAndExcessStreams(t *testing.T) {
 		}
 		hc.start()
 	}()
-	cc, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	p := &rawPeer{t: t, conn: cc, fr: http2.NewFramer(cc, cc)}
-	p.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	p.henc = hpack.NewEncoder(&p.hbuf)
-	cc.Write([]byte(clientPreface))
-	p.fr.WriteSettings()
+	p := rawClient(t, l.Addr().String())
 	p.headers(1, true, ":method", "GET", ":scheme", "https", ":path", "/", ":authority", "x")
 	h, ok := p.next().(*http2.MetaHeadersFrame)
 	if !ok || h.PseudoValue("status") != "400" || !h.StreamEnded() {
