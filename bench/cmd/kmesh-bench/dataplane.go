@@ -30,7 +30,9 @@ const (
 	// kmesh-waypoint in a pod of its own that kmeshd redirects to.
 	modeHAProxyHTTP = "haproxy-http"
 	modeWaypoint    = "kmesh-waypoint"
-	// modeMTLS (mtls.go): kmesh with HBONE between the nodes.
+	// modeHAProxyMTLS (haproxymtls.go): HAProxy at both ends with mutual
+	// TLS between them, the reference for modeMTLS (mtls.go): kmesh with
+	// HBONE between the nodes.
 )
 
 // Topologies.
@@ -96,9 +98,12 @@ type dataplane struct {
 	haproxyH *testbed.Process // HTTP mode
 	waypoint *testbed.Process
 	mtls     mtls
-	cpus     cpuPlan
-	running  []*kmeshd
-	rss      []float64 // kmeshd (node-a) resident memory, MiB, per kmesh round
+	// haproxyMTLS runs only in its mode's turn, unlike the other proxies:
+	// its server end listens in the server pod.
+	haproxyMTLS haproxyMTLS
+	cpus        cpuPlan
+	running     []*kmeshd
+	rss         []float64 // kmeshd (node-a) resident memory, MiB, per kmesh round
 }
 
 // benchTests are the load tests of every mode and topology.
@@ -369,6 +374,10 @@ func (d *dataplane) modes(only string) []mode {
 			httpOnly: true,
 			setup:    func(ctx context.Context) error { return d.startKmeshds(ctx, kmeshFlags...) },
 			teardown: d.stopKmeshds},
+		{Mode: report.Mode{Name: modeHAProxyMTLS, Description: "the reference for kmesh-mtls's two hops: HAProxy (TCP mode, 2 threads) in the client pod, iptables REDIRECT of the service address to it, carries the connection over mutual TLS 1.3 (SPIFFE certificates of kmesh-mtls's CA, its cipher suite) to a second HAProxy in the server pod, which forwards it to the server over the pod's loopback; one TLS connection per connection, handshaken when it opens; cross-node only"},
+			crossNodeOnly: true,
+			setup:         d.startHAProxyMTLS,
+			teardown:      d.stopHAProxyMTLS},
 		{Mode: report.Mode{Name: modeMTLS, Description: "kmesh with a local CA (zero trust): the client connects to the service address; node-a's connect hook redirects the connection to node-a's `kmeshd tunnel`, which carries it as HBONE (HTTP/2 CONNECT over mutual TLS 1.3) to the server pod's port 15008, where node-b's tunnel dials the server: two userspace hops, as Istio ambient's two ztunnels; cross-node only"},
 			crossNodeOnly: true,
 			setup:         func(ctx context.Context) error { return d.startMTLS(ctx, kmeshFlags...) },
@@ -423,7 +432,8 @@ func (d *dataplane) target(mode string, t topology, test fortio.Test) string {
 
 // cpu returns the CPU time of everything in the bed, and of the mesh's
 // own processes: kmeshd (in the bed's cgroup; idle or absent in modes that
-// do not use it) and HAProxy (idle in modes that do not redirect to it).
+// do not use it) and the HAProxys (idle in modes that do not redirect to
+// them; haproxy-mtls's two only run in their mode).
 func (d *dataplane) cpu() (all, mesh time.Duration, err error) {
 	if all, err = cpuUsage(d.cgroups); err != nil {
 		return 0, 0, err
@@ -432,7 +442,7 @@ func (d *dataplane) cpu() (all, mesh time.Duration, err error) {
 		return 0, 0, err
 	}
 	var proxies time.Duration
-	for _, p := range []*testbed.Process{d.haproxy, d.haproxyH, d.waypoint} {
+	for _, p := range append([]*testbed.Process{d.haproxy, d.haproxyH, d.waypoint}, d.haproxyMTLS.processes()...) {
 		if p == nil {
 			continue
 		}

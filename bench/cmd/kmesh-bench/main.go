@@ -8,8 +8,10 @@
 // each mode in turn (A B C A B C ...) with fortio: direct to the pod
 // address, kmesh (kmeshd balancing the service address), iptables
 // (kube-proxy style DNAT in node-a's namespace), haproxy (a userspace hop in
-// the client pod) and kmesh-accel (kmeshd --accelerate, when kmeshd has the
-// flag). The control-plane part starts kmeshd on a generated file of 10,000
+// the client pod), kmesh-accel (kmeshd --accelerate, when kmeshd has the
+// flag), the L7 hops (haproxy-http, kmesh-waypoint) and, cross-node,
+// kmesh-mtls (two HBONE tunnel hops) with its reference haproxy-mtls (the
+// same two hops by HAProxy with mutual TLS). The control-plane part starts kmeshd on a generated file of 10,000
 // services and 100,000 endpoints and times the first sync, endpoint changes
 // and a new workload's first balanced connection.
 //

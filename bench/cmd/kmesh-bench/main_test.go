@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/kmesh-go/kmesh/bench/meshfile"
 	"github.com/kmesh-go/kmesh/bench/report"
 	"github.com/kmesh-go/kmesh/internal/source/xds/xdstest"
+	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
 func TestUpdateReadme(t *testing.T) {
@@ -421,5 +423,59 @@ func TestGoals_MTLSJudgedOnSharedCPUs(t *testing.T) {
 	}
 	if got[topoCross] != verdictMet || got[topoPinned] != "n/a" || len(got) != 2 {
 		t.Errorf("verdicts by topology %v, want %s on %s and n/a on %s", got, verdictMet, topoCross, topoPinned)
+	}
+}
+
+// haproxy-mtls runs in every round, cross-node only, next to kmesh-mtls,
+// and -modes can pick it alone.
+func TestModes_HAProxyMTLS(t *testing.T) {
+	d := &dataplane{}
+	var names []string
+	for _, m := range d.modes("") {
+		names = append(names, m.Name)
+		if m.Name == modeHAProxyMTLS && (!m.crossNodeOnly || m.sameNodeOnly || m.httpOnly || !m.Available) {
+			t.Errorf("%s: %+v, want available, cross-node only, every test", m.Name, m)
+		}
+	}
+	if got := strings.Join(names, " "); !strings.Contains(got, " haproxy-mtls kmesh-mtls") {
+		t.Errorf("modes %q: want haproxy-mtls right before kmesh-mtls", got)
+	}
+	for _, m := range d.modes("haproxy-mtls") {
+		if want := m.Name == modeDirect || m.Name == modeHAProxyMTLS; m.Available != want {
+			t.Errorf("-modes haproxy-mtls: %s available %v", m.Name, m.Available)
+		}
+	}
+}
+
+// Each TLS port of the server end forwards to its target port on the pod's
+// loopback, and the client end sends each remote service port to the TLS
+// port of its target: a mix-up would measure the wrong server.
+func TestHAProxyMTLSPorts(t *testing.T) {
+	d := &dataplane{topos: []topology{{server: &testbed.Pod{Addrs: []netip.Addr{localAddr}}, vip: localVIP},
+		{server: &testbed.Pod{Addrs: []netip.Addr{remoteAddr}}, vip: remoteVIP, crossNode: true}}}
+	target := map[netip.AddrPort]netip.AddrPort{}
+	for _, l := range mtlsListeners(remoteAddr) {
+		if l.Listen.Addr() != remoteAddr || l.Target.Addr() != netip.MustParseAddr("127.0.0.1") || l.Listen.Port() == 15008 {
+			t.Errorf("listener %+v", l)
+		}
+		target[l.Listen] = l.Target
+	}
+	fes := d.mtlsFrontends(remoteAddr)
+	if len(fes) != len(servicePorts) {
+		t.Fatalf("frontends %+v, want one per port of the remote service", fes)
+	}
+	for _, f := range fes {
+		var want uint16
+		for _, p := range servicePorts {
+			if p[0] == f.Service.Port() {
+				want = p[1]
+			}
+		}
+		if f.Service.Addr() != remoteVIP || len(f.Backends) != 1 || target[f.Backends[0]].Port() != want {
+			t.Errorf("frontend %+v reaches %v, want target port %d", f, target[f.Backends[0]], want)
+		}
+		if f.Listen < 16201 {
+			t.Errorf("frontend %+v listens on a port of the other HAProxys", f)
+		}
 	}
 }

@@ -25,8 +25,9 @@ var tunnelReady = regexp.MustCompile(`msg="tunnel state applied".* pods=[1-9]`)
 
 // mtls is the kmesh-mtls mode's CA and its tunnels while it runs.
 type mtls struct {
-	caFlags []string
-	tunnels []tunnelProc
+	caFlags       []string
+	caCert, caKey []byte // PEM
+	tunnels       []tunnelProc
 }
 
 // tunnelProc is one node's `kmeshd tunnel`.
@@ -40,19 +41,8 @@ type tunnelProc struct {
 // mesh's),
 // and waits until a cross-node request goes through the tunnels.
 func (d *dataplane) startMTLS(ctx context.Context, extra ...string) error {
-	if d.mtls.caFlags == nil {
-		cert, key, err := identity.GenerateCA("cluster.local", 24*time.Hour)
-		if err != nil {
-			return err
-		}
-		cp, kp := filepath.Join(d.tmp, "ca-cert.pem"), filepath.Join(d.tmp, "ca-key.pem")
-		if err := os.WriteFile(cp, cert, 0o644); err != nil {
-			return err
-		}
-		if err := os.WriteFile(kp, key, 0o600); err != nil {
-			return err
-		}
-		d.mtls.caFlags = []string{"--ca-cert", cp, "--ca-key", kp}
+	if err := d.localCA(); err != nil {
+		return err
 	}
 	for _, n := range []*testbed.Node{d.nodeA, d.nodeB} {
 		state := filepath.Join(d.tmp, n.Name+"-state")
@@ -103,6 +93,28 @@ func (d *dataplane) startMTLS(ctx context.Context, extra ...string) error {
 	if _, err := runProbe(ctx, d.client, d.tools.self, addr, true, 20*time.Second); err != nil {
 		return fmt.Errorf("no request through the tunnels: %w: %s", err, lastLines(d.mtls.tunnels[0].proc.Stderr(), 5))
 	}
+	return nil
+}
+
+// localCA writes the mesh's local CA once per run: kmesh-mtls's kmeshds
+// and tunnels sign with it, haproxy-mtls's certificates come from it.
+func (d *dataplane) localCA() error {
+	if d.mtls.caFlags != nil {
+		return nil
+	}
+	cert, key, err := identity.GenerateCA("cluster.local", 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	cp, kp := filepath.Join(d.tmp, "ca-cert.pem"), filepath.Join(d.tmp, "ca-key.pem")
+	if err := os.WriteFile(cp, cert, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(kp, key, 0o600); err != nil {
+		return err
+	}
+	d.mtls.caCert, d.mtls.caKey = cert, key
+	d.mtls.caFlags = []string{"--ca-cert", cp, "--ca-key", kp}
 	return nil
 }
 

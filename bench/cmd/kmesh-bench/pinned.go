@@ -16,9 +16,9 @@ import (
 
 // topoPinned (-cpu-per-node) is the cross-node path with each node on a
 // CPU of its own: every process of node-a (its pods' processes: the fortio
-// client, HAProxy, the waypoint; its kmeshd and its tunnel) may run only on
-// one CPU, node-b's (the remote fortio server, its kmeshd and tunnel) only
-// on another, and packets entering a node from the underlay are received
+// client, the HAProxys, the waypoint; its kmeshd and its tunnel) may run
+// only on one CPU, node-b's (the remote fortio server, haproxy-mtls's
+// server end in its pod, its kmeshd and tunnel) only on another, and packets entering a node from the underlay are received
 // on its CPU. In cross-node both nodes share the machine's CPUs, so node-b's
 // work competes with node-a's; here it cannot, but each node has one CPU,
 // where a real one has several: node-b's tunnel and the server no longer
