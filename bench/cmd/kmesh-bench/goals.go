@@ -140,6 +140,9 @@ func goals(res *report.Results) []report.Goal {
 					m.AddedP50.Median, h.AddedP50.Median, m.AddedP99.Median, h.AddedP99.Median),
 				Note: meshCPU(m),
 			}
+			if r, ok := report.Find(res.Summary, test, topo, modeHAProxyMTLS); ok {
+				g.Note = join(g.Note, reference(r))
+			}
 			g.Met = met(m.AddedP90.Median <= h.AddedP90.Median)
 			if topo == topoPinned {
 				// One CPU per node takes away the overlap of node-b's
@@ -294,6 +297,14 @@ func meshCPU(row report.Row) string {
 	}
 	return fmt.Sprintf("the mesh's own processes (kmeshd; its tunnels in kmesh-mtls) used %.0f millicores per 1000 requests/s in this test (direct: none), "+
 		"userspace work per connection that competes with the client and server for the CPUs", row.MeshCPU.Median)
+}
+
+// reference notes what haproxy-mtls added in the same test: the same two
+// hops done by a C proxy, what the tunnels' cost is to be read against.
+// Not a goal of its own, so it gets no verdict.
+func reference(r report.Row) string {
+	return fmt.Sprintf("reference: the same two hops by HAProxy with mutual TLS (haproxy-mtls) %+.0f µs at p90 (p50 %+.0f, p99 %+.0f µs), mesh CPU %.0f millicores per 1000 requests/s",
+		r.AddedP90.Median, r.AddedP50.Median, r.AddedP99.Median, r.MeshCPU.Median)
 }
 
 func join(notes ...string) string {

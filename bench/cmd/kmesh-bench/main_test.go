@@ -426,6 +426,46 @@ func TestGoals_MTLSJudgedOnSharedCPUs(t *testing.T) {
 	}
 }
 
+// The kmesh-mtls rows keep their goal and verdict against the haproxy hop;
+// haproxy-mtls, measured in the same test, is only a reference in the note.
+func TestGoals_MTLSReferenceInNote(t *testing.T) {
+	summary := func(withReference bool) []report.Row {
+		var samples []report.Sample
+		for r := 1; r <= 3; r++ {
+			samples = append(samples,
+				report.Sample{Round: r, Mode: modeDirect, Topology: topoCross, Test: "lat-c16", P50: 500, P90: 800, P99: 1500},
+				report.Sample{Round: r, Mode: modeHAProxy, Topology: topoCross, Test: "lat-c16", P50: 900, P90: 1400, P99: 2500},
+				report.Sample{Round: r, Mode: modeMTLS, Topology: topoCross, Test: "lat-c16", P50: 1000, P90: 1500, P99: 2600, MeshCPU: 90})
+			if withReference {
+				samples = append(samples, report.Sample{Round: r, Mode: modeHAProxyMTLS, Topology: topoCross, Test: "lat-c16",
+					P50: 1100, P90: 1600 + float64(r), P99: 2900, MeshCPU: 110})
+			}
+		}
+		return report.Summarize(samples, modeDirect)
+	}
+	mtlsGoals := func(rows []report.Row) []report.Goal {
+		var out []report.Goal
+		for _, g := range goals(&report.Results{Summary: rows}) {
+			if strings.Contains(g.Goal, "mtls") {
+				out = append(out, g)
+			}
+		}
+		return out
+	}
+	with, without := mtlsGoals(summary(true)), mtlsGoals(summary(false))
+	if len(with) != 1 || len(without) != 1 {
+		t.Fatalf("goals with the reference %+v, without %+v: want the one kmesh-mtls row each", with, without)
+	}
+	g := with[0]
+	if g.Goal != without[0].Goal || g.Target != "≤ haproxy" || g.Met != verdictMissed || g.Measured != without[0].Measured {
+		t.Errorf("the reference changed the goal: %+v, without it %+v", g, without[0])
+	}
+	want := "reference: the same two hops by HAProxy with mutual TLS (haproxy-mtls) +802 µs at p90 (p50 +600, p99 +1400 µs), mesh CPU 110 millicores per 1000 requests/s"
+	if !strings.Contains(g.Note, want) || strings.Contains(without[0].Note, "reference") {
+		t.Errorf("note %q, want it to contain %q (and none without haproxy-mtls: %q)", g.Note, want, without[0].Note)
+	}
+}
+
 // haproxy-mtls runs in every round, cross-node only, next to kmesh-mtls,
 // and -modes can pick it alone.
 func TestModes_HAProxyMTLS(t *testing.T) {
