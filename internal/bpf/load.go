@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -113,9 +112,11 @@ func (d *Datapath) AuthzEnforced() bool { return d.features.Authz }
 const NoAuthzReason = "the kernel lacks bpf_loop in cgroup programs (5.17)"
 
 // Open loads the programs with this instance's maps: a map pinned in
-// opts.Dir is reused when this build's layout and size match it, and created
-// afresh otherwise (a warning says which). Nothing is attached and nothing
-// new is pinned: Commit does that once the caller has filled the maps.
+// opts.Dir is reused, with its entries, when this build's layout and size
+// match it and every map of its set (mapSets) can be reused too; the others
+// are created afresh (a log line says which, and why). Nothing is attached
+// and nothing new is pinned: Commit does that once the caller has filled
+// the maps.
 func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	feats, err := probe()
 	if err != nil {
@@ -195,117 +196,17 @@ func Open(opts Options, log *slog.Logger) (*Datapath, error) {
 	return d, nil
 }
 
-type openedMap struct {
-	m      *ebpf.Map
-	reused bool
-}
-
-// openMaps opens every map of s pinned in dir, or creates it. The service
-// tables are one consistent set: a program reading a new km_service with an
-// old km_endpoint would find ids that are not there. So when any of them
-// cannot be reused (its size changed: a layout change renames the map, as
-// km_backend_v2), all are created anew, filled by the first full state,
-// and switched to together with the programs at Commit; the old set serves
-// until then. Socket storage holds per-connection state that no config can
-// rebuild, and is kept whenever it is compatible.
-func openMaps(dir string, s *ebpf.CollectionSpec, log *slog.Logger) (map[string]openedMap, error) {
-	pinned := map[string]*ebpf.Map{}
-	defer func() { closeAll(pinned) }()
-	recreate := false
-	for name, ms := range s.Maps {
-		if strings.HasPrefix(name, ".") {
-			continue // internal maps (.rodata, .bss) belong to one program load
-		}
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			recreate = recreate || ms.Type != ebpf.SkStorage
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("map %s: open pin: %w", name, err)
-		}
-		if err := ms.Compatible(m); err != nil {
-			log.Warn("pinned map differs from this build; creating new maps", "map", name, "err", err)
-			m.Close()
-			recreate = recreate || ms.Type != ebpf.SkStorage
-			continue
-		}
-		pinned[name] = m
-	}
-
-	out := map[string]openedMap{}
-	var create []string
-	for name, ms := range s.Maps {
-		if strings.HasPrefix(name, ".") {
-			continue
-		}
-		if m, ok := pinned[name]; ok && (!recreate || ms.Type == ebpf.SkStorage) {
-			out[name] = openedMap{m: m, reused: true}
-			delete(pinned, name)
-			continue
-		}
-		create = append(create, name)
-	}
-	created, err := createMaps(s, create)
-	for name, m := range created {
-		out[name] = openedMap{m: m}
-	}
-	if err != nil {
-		for _, o := range out {
-			o.m.Close()
-		}
-		return nil, err
-	}
-	return out, nil
-}
-
-// createMaps creates the named maps of s, on every core: creating a map
-// still costs the kernel its bucket array (and an LRU map its free list),
-// tens of milliseconds each at the limits of 100,000 endpoints, while
-// kmeshd waits to load the programs. It returns the maps created, and the
-// first error.
-func createMaps(s *ebpf.CollectionSpec, names []string) (map[string]*ebpf.Map, error) {
-	type result struct {
-		name string
-		m    *ebpf.Map
-		err  error
-	}
-	work := make(chan string, len(names))
-	for _, name := range names {
-		work <- name
-	}
-	close(work)
-	results := make(chan result, len(names))
-	workers := min(runtime.GOMAXPROCS(0), len(names))
-	for range workers {
-		go func() {
-			for name := range work {
-				m, err := ebpf.NewMap(s.Maps[name])
-				if err != nil {
-					err = fmt.Errorf("map %s: create: %w", name, err)
-				}
-				results <- result{name, m, err}
-			}
-		}()
-	}
-	out := make(map[string]*ebpf.Map, len(names))
-	var first error
-	for range names {
-		r := <-results
-		switch {
-		case r.err != nil && first == nil:
-			first = r.err
-		case r.err == nil:
-			out[r.name] = r.m
-		}
-	}
-	return out, first
-}
-
 // Commit pins the maps Open created, replacing older pins of the same name,
 // and attaches every program through a pinned link: an existing link gets
 // the new program with link.Update, atomically for connections.
 func (d *Datapath) Commit() error {
+	carries := d.carries()
+	defer func() {
+		for _, c := range carries {
+			c.close()
+		}
+	}()
+	d.carry(carries, true)
 	for name, m := range d.fresh {
 		path := filepath.Join(d.opts.Dir, name)
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -345,7 +246,22 @@ func (d *Datapath) Commit() error {
 		}
 		d.links = append(d.links, l)
 	}
+	d.carry(carries, false)
 	return nil
+}
+
+// carry copies the entries of replaced maps of carried (carry.go): first
+// before the pins move, then once the programs are switched. A failure
+// costs the connections being set up, not the switch.
+func (d *Datapath) carry(carries []*carry, first bool) {
+	for _, c := range carries {
+		if err := c.copy(first); err != nil {
+			d.log.Warn("entries of a map created anew not carried over", "map", c.name, "err", err)
+		}
+		if !first {
+			d.log.Info("entries carried into a map created anew", "map", c.name, "entries", c.copied)
+		}
+	}
 }
 
 // attachments lists every program with its cgroup hook; the link pin is
