@@ -19,6 +19,13 @@ var palette = []color.RGBA{
 	{0xff, 0x7f, 0x0e, 0xff},
 	{0xd6, 0x27, 0x28, 0xff},
 	{0x94, 0x67, 0xbd, 0xff},
+	// As many as the modes, so none repeats another's: direct, kmesh,
+	// kmesh-accel, iptables, haproxy, haproxy-http, kmesh-waypoint,
+	// haproxy-mtls, kmesh-mtls.
+	{0x8c, 0x56, 0x4b, 0xff},
+	{0xe3, 0x77, 0xc2, 0xff},
+	{0x17, 0xbe, 0xcf, 0xff},
+	{0xbc, 0xbd, 0x22, 0xff},
 }
 
 var (
@@ -55,8 +62,10 @@ func PNG(w io.Writer, r *Results) error {
 	}
 
 	const (
-		width, margin, top, panelH = 1400, 20, 112, 340
+		width, margin, panelH = 1400, 20, 340
 	)
+	keys := legend(modes, width, margin)
+	top := keys[len(keys)-1].Y + 32
 	height := top + len(topos)*panelH + margin
 	img := image.NewRGBA(image.Rect(0, 0, width, height))
 	fillRect(img, 0, 0, width, height, white)
@@ -72,11 +81,10 @@ func PNG(w io.Writer, r *Results) error {
 		}
 		return palette[i%len(palette)]
 	}
-	x := margin
-	for _, m := range modes {
-		fillRect(img, x, 80, x+14, 94, colour(m))
-		drawText(img, x+20, 80, m, 2, black)
-		x += 20 + textWidth(m, 2) + 30
+	for i, m := range modes {
+		k := keys[i]
+		fillRect(img, k.X, k.Y, k.X+14, k.Y+14, colour(m))
+		drawText(img, k.X+20, k.Y, m, 2, black)
 	}
 
 	panelW := (width - 2*margin) / len(tests)
@@ -93,6 +101,25 @@ func PNG(w io.Writer, r *Results) error {
 		}
 	}
 	return png.Encode(w, img)
+}
+
+// legend places each mode's key (a swatch and its name) in rows from y=80,
+// starting a new row where the next key would cross the right margin.
+func legend(modes []string, width, margin int) []image.Point {
+	keys := make([]image.Point, len(modes))
+	x, y := margin, 80
+	for i, m := range modes {
+		w := 20 + textWidth(m, 2)
+		if x > margin && x+w > width-margin {
+			x, y = margin, y+24
+		}
+		keys[i] = image.Pt(x, y)
+		x += w + 30
+	}
+	if len(keys) == 0 {
+		return []image.Point{{margin, 80}}
+	}
+	return keys
 }
 
 // bar is one mode in a panel: its colour and its p50, p90 and p99.

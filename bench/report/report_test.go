@@ -208,3 +208,21 @@ func TestScaleTable_XDS(t *testing.T) {
 		t.Error("xDS table without an xDS run")
 	}
 }
+
+// The legend of a full run's nine modes wraps instead of running off the
+// image, and the panels start below its last row.
+func TestLegend_Wraps(t *testing.T) {
+	modes := []string{"direct", "kmesh", "kmesh-accel", "iptables", "haproxy", "haproxy-http", "kmesh-waypoint", "haproxy-mtls", "kmesh-mtls"}
+	keys := legend(modes, 1400, 20)
+	for i, k := range keys {
+		if right := k.X + 20 + textWidth(modes[i], 2); right > 1400-20 {
+			t.Errorf("%s's key ends at x=%d, past the margin", modes[i], right)
+		}
+	}
+	if last := keys[len(keys)-1]; last.Y <= 80 {
+		t.Errorf("nine modes in one row: %v", keys)
+	}
+	if keys := legend(modes[:3], 1400, 20); keys[2].Y != 80 {
+		t.Errorf("three modes wrapped: %v", keys)
+	}
+}
