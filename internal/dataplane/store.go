@@ -116,7 +116,9 @@ func (m maglevMap) Get(index uint32) ([]uint32, error) {
 
 type bpfMap struct{ *ebpf.Map }
 
-func (m bpfMap) Iterate() Iterator { return m.Map.Iterate() }
+// Iterate reads the map in batches: a restart reads the pinned service
+// tables whole (stale.go).
+func (m bpfMap) Iterate() Iterator { return bpf.Iterate(m.Map) }
 
 // MapStore is the store of real BPF maps.
 func MapStore(maps *bpf.KmeshMaps) *Store {
