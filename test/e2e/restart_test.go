@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,11 +126,24 @@ func TestRestartAndUpgradeUnderTraffic(t *testing.T) {
 	restart(m.kmeshd)
 
 	// A map of another size cannot be reused: a new one is filled before
-	// the programs switch to it.
+	// the programs switch to it, with the rest of the service tables
+	// (their ids name each other's entries). Maps outside them are
+	// reused, entries and counters kept.
 	down("new --max-endpoints", syscall.SIGTERM)
+	ids := pinnedMapIDs(t, k.node.BPFDir)
 	restart(m.kmeshd, "--max-endpoints", "100000")
-	if !strings.Contains(k.proc.Stderr(), "pinned map differs from this build") {
-		t.Fatalf("kmeshd with a new --max-endpoints did not recreate km_endpoint:\n%s", k.proc.Stderr())
+	if !strings.Contains(k.proc.Stderr(), "pinned map differs from this build") ||
+		!regexp.MustCompile(`msg="creating a set of maps anew" .*set="service tables"`).MatchString(k.proc.Stderr()) {
+		t.Fatalf("kmeshd with a new --max-endpoints did not recreate km_endpoint with the service tables:\n%s", k.proc.Stderr())
+	}
+	now := pinnedMapIDs(t, k.node.BPFDir)
+	if now["km_endpoint"] == ids["km_endpoint"] {
+		t.Fatalf("km_endpoint is still map %d after a new --max-endpoints", ids["km_endpoint"])
+	}
+	for _, name := range []string{"km_manage", "km_tunnel", "km_tcp_stats", "km_authz_pol", "km_socks"} {
+		if now[name] != ids[name] {
+			t.Errorf("a new --max-endpoints replaced %s (map %d, now %d): it is no service table", name, ids[name], now[name])
+		}
 	}
 
 	// An endpoint removed while kmeshd is down is gone soon after it starts.
