@@ -17,8 +17,9 @@ import (
 //
 // Keys and values are copied into the caller's variables byte for byte,
 // which holds for the generated map types (fixed-size, no pointers, the
-// kernel's layout). Any other variable, a per-CPU map, or a map the
-// kernel cannot read in batches is walked with the map's own iterator.
+// kernel's layout), or into a *[]byte as they are. Any other variable, a
+// per-CPU map, or a map the kernel cannot read in batches is walked with
+// the map's own iterator.
 type BatchIterator struct {
 	m        *ebpf.Map
 	cursor   ebpf.MapBatchCursor
@@ -109,8 +110,11 @@ func (it *BatchIterator) batchable(keyOut, valueOut any) bool {
 }
 
 // plainOf reports whether out points to a variable of size bytes that
-// holds no pointer.
+// holds no pointer, or to a []byte.
 func plainOf(out any, size uint32) bool {
+	if _, ok := out.(*[]byte); ok {
+		return true
+	}
 	v := reflect.ValueOf(out)
 	if v.Kind() != reflect.Pointer || v.IsNil() {
 		return false
@@ -140,7 +144,10 @@ func plain(t reflect.Type) bool {
 // copyEntry copies one key or value (a [size]byte) into the variable out
 // points to, which plainOf accepted.
 func copyEntry(out any, entry reflect.Value) {
-	dst := unsafe.Slice((*byte)(reflect.ValueOf(out).UnsafePointer()), entry.Len())
 	src := unsafe.Slice((*byte)(entry.Addr().UnsafePointer()), entry.Len())
-	copy(dst, src)
+	if b, ok := out.(*[]byte); ok {
+		*b = append((*b)[:0], src...)
+		return
+	}
+	copy(unsafe.Slice((*byte)(reflect.ValueOf(out).UnsafePointer()), entry.Len()), src)
 }

@@ -30,8 +30,8 @@ func walk[K comparable, V any](t *testing.T, it interface {
 // TestIterate_SameEntriesAsTheMapsIterator: on real maps of each kind the
 // dataplane reads (a hash of more entries than one batch, an array, an
 // LRU hash, an LPM trie, a per-CPU array, which Iterate leaves to the map's
-// own iterator, and an empty map), Iterate yields exactly the entries
-// ebpf's own iterator yields, values included.
+// own iterator, and an empty map), and into []byte variables, Iterate
+// yields exactly the entries ebpf's own iterator yields, values included.
 func TestIterate_SameEntriesAsTheMapsIterator(t *testing.T) {
 	requireRoot(t)
 	limits := Limits{Services: 128, Frontends: 128, Endpoints: 2 * batchEntries, Backends: 128, Workloads: 128, Sockets: 128,
@@ -88,6 +88,21 @@ func TestIterate_SameEntriesAsTheMapsIterator(t *testing.T) {
 	check("km_authz_stats (per CPU)",
 		fmt.Sprint(walk[uint32, []KmeshAuthzStat](t, Iterate(maps.KmAuthzStats))),
 		fmt.Sprint(walk[uint32, []KmeshAuthzStat](t, maps.KmAuthzStats.Iterate())))
+	bytesOf := func(it interface {
+		Next(k, v any) bool
+		Err() error
+	}) map[string]string {
+		out := map[string]string{}
+		var k, v []byte
+		for it.Next(&k, &v) {
+			out[string(k)] = string(v)
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	check("km_endpoint into []byte", bytesOf(Iterate(maps.KmEndpoint)), bytesOf(maps.KmEndpoint.Iterate()))
 	check("empty km_backend",
 		walk[uint32, KmeshBackendValue](t, Iterate(maps.KmBackend)),
 		walk[uint32, KmeshBackendValue](t, maps.KmBackend.Iterate()))
