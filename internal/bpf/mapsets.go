@@ -40,14 +40,15 @@ var mapSets = map[string][]string{
 }
 
 // standaloneMaps are reused or created each on its own: no entry names an
-// entry of another map, and whoever writes one reads it first (the
-// enroller km_manage, the dataplane km_tunnel and km_tunnel_src,
-// telemetry km_records), or the programs write it as connections come and
-// an empty one only costs what it held: counters that start again,
-// km_socks' and km_redir_bytes' accelerated sockets going back to TCP
-// (order-safe: a socket without a km_redir_bytes entry sends by TCP), an
-// in-flight km_tunnel_dst or km_tunnel_legs entry. Socket storage holds per-connection state that no config
-// can rebuild.
+// entry of another map, and whoever writes one diffs against what it holds
+// (the enroller km_manage, the dataplane km_tunnel and km_tunnel_src) or
+// writes it whole at start (telemetry km_records), or the programs write
+// it as connections come and an empty one only costs what it held:
+// counters that start again, km_socks' and km_redir_bytes' accelerated
+// sockets going back to TCP (order-safe: a socket without a km_redir_bytes
+// entry sends by TCP), the entries of connections being set up in
+// km_tunnel_dst and km_tunnel_legs (Commit carries those over: carry.go).
+// Socket storage holds per-connection state that no config can rebuild.
 var standaloneMaps = []string{
 	KmeshMapKmManage,
 	KmeshMapKmTunnel, KmeshMapKmTunnelSrc, KmeshMapKmTunnelDst, KmeshMapKmTunnelLegs,
