@@ -22,7 +22,7 @@ REGISTRY ?= localhost/kmesh
 TAG      ?= $(VERSION)
 IMAGES   := $(filter kmeshd kmesh-waypoint,$(notdir $(wildcard cmd/*)))
 
-.PHONY: all build demo test test-unit test-e2e test-istio test-install tools images push-images print-tag lint fuzz generate check-generated deps-bpf deps-net bench clean
+.PHONY: all build demo test test-unit test-e2e test-istio test-install tools images push-images print-tag lint fuzz generate check-generated deps-bpf deps-net deps-haproxy bench clean
 
 all: build
 
@@ -55,7 +55,7 @@ demo: deps-net
 
 ## test: everything CI runs: formatting, vet, generated code, unit, BPF, e2e (file, go-control-plane
 ## and the real istiod + kube-apiserver) and fuzz tests
-test: deps-net lint check-generated test-unit test-e2e test-install test-istio fuzz
+test: deps-net deps-haproxy lint check-generated test-unit test-e2e test-install test-istio fuzz
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -121,6 +121,11 @@ deps-bpf:
 	@command -v clang >/dev/null && command -v bpftool >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BPF_DEPS); }
 
+# deps-haproxy: the benchmark's proxy hops, and bench/haproxy's test of its mutual-TLS pair.
+deps-haproxy:
+	@command -v iptables >/dev/null && command -v haproxy >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables haproxy; }
+
 deps-net:
 	@command -v ip >/dev/null && command -v nsenter >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NET_DEPS); }
@@ -132,9 +137,7 @@ deps-net:
 ## Then the Go benchmarks of the config-to-maps path (dataplane; one endpoint change from xDS and
 ## from a directory config at 10,000 services / 100,000 endpoints), and the figures of kmeshd restarts under
 ## traffic (rates, each window without a ready kmeshd) from the e2e test that proves none fails.
-bench: deps-net
-	@command -v iptables >/dev/null && command -v haproxy >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables haproxy; }
+bench: deps-net deps-haproxy
 	@[ "$$($(BIN)/fortio version 2>/dev/null)" = 1.66.5 ] || GOBIN=$(abspath $(BIN)) $(GO) install fortio.org/fortio@v1.66.5
 	$(GO) build -o $(BIN)/kmesh-bench ./bench/cmd/kmesh-bench
 	$(BIN)/kmesh-bench -fortio $(BIN)/fortio -readme README.md $(BENCH_FLAGS)
