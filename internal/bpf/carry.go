@@ -18,9 +18,9 @@ import (
 // it (it opens the pin again on a miss). So Commit copies the old map's
 // entries into the new one before the pin moves, and then what the old
 // programs wrote after that copy once they are switched; an entry the new
-// map has already wins. A connection whose entry the old programs wrote in
-// the instant between the switch and the second copy, and whose accept
-// falls in it too, still misses it.
+// map has already wins. What the old programs wrote between the two
+// copies, a tunnel that moved to the new map in that instant finds in the
+// map it held before (internal/tunnel/pins.go).
 var carried = []string{KmeshMapKmTunnelDst, KmeshMapKmTunnelLegs}
 
 // carry copies entries of a replaced map into its successor.

@@ -32,28 +32,17 @@ type redirect struct {
 func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (redirect, error) {
 	key := bpf.KmeshTunnelKey{NetnsCookie: cookie, Addr: bpf.AddrWords(peer.Addr()), Port: peer.Port()}
 	var v bpf.KmeshTunnelDst
-	for attempt := 0; ; attempt++ {
-		m, err := t.tunnelDstMap(attempt > 0)
-		if err != nil {
-			return redirect{}, err
-		}
-		err = m.LookupAndDelete(key, &v)
-		if err == nil {
+	maps, err := t.tunnelDstMaps()
+	for attempt := 0; err == nil; attempt++ {
+		if err = takeDst(maps, key, &v); err == nil || attempt > 0 || !errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			// LRU maps take lookup-and-delete from 5.14 on; otherwise
-			// two steps.
-			if err = m.Lookup(key, &v); err == nil {
-				m.Delete(key)
-				break
-			}
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) || attempt > 0 {
-			return redirect{}, fmt.Errorf("original destination of %s: %w", peer, err)
 		}
 		// A restarted kmeshd may have replaced the map: open the pin
 		// again and look once more.
+		maps, err = t.reopenTunnelDst()
+	}
+	if err != nil {
+		return redirect{}, fmt.Errorf("original destination of %s: %w", peer, err)
 	}
 	r := redirect{dst: netip.AddrPortFrom(bpf.WordsAddr(v.Addr).Unmap(), bpf.NetPort(v.Port))}
 	if v.HasSvc != 0 {
@@ -63,19 +52,93 @@ func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (redirect, error) {
 	return r, nil
 }
 
-func (t *Tunnel) tunnelDstMap(reopen bool) (*ebpf.Map, error) {
+// takeDst looks key up in each map in turn and deletes it where found.
+func takeDst(maps []*ebpf.Map, key bpf.KmeshTunnelKey, v *bpf.KmeshTunnelDst) error {
+	err := ebpf.ErrKeyNotExist
+	for _, m := range maps {
+		err = m.LookupAndDelete(key, v)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			// LRU maps take lookup-and-delete from 5.14 on; otherwise
+			// two steps.
+			if err = m.Lookup(key, v); err == nil {
+				m.Delete(key)
+			}
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return err
+}
+
+// tunnelDstMaps are the km_tunnel_dst maps to look in: the one the pin
+// named when the tunnel last opened it, then the one it held before.
+// kmeshd creates the map anew on another --max-sockets and copies the old
+// map's entries into it at its Commit twice: before the pin moves, and
+// again once its programs are switched. A tunnel that opened the new map
+// in between still finds, in the old one, what the old programs wrote
+// after the first copy.
+func (t *Tunnel) tunnelDstMaps() ([]*ebpf.Map, error) {
 	t.mapMu.Lock()
 	defer t.mapMu.Unlock()
-	if t.dstMap != nil && !reopen {
-		return t.dstMap, nil
+	if t.dstMap == nil {
+		if err := t.openTunnelDstLocked(); err != nil {
+			return nil, err
+		}
 	}
+	return t.dstMapsLocked(), nil
+}
+
+func (t *Tunnel) reopenTunnelDst() ([]*ebpf.Map, error) {
+	t.mapMu.Lock()
+	defer t.mapMu.Unlock()
+	if err := t.openTunnelDstLocked(); err != nil {
+		return nil, err
+	}
+	return t.dstMapsLocked(), nil
+}
+
+func (t *Tunnel) dstMapsLocked() []*ebpf.Map {
+	if t.prevDstMap == nil {
+		return []*ebpf.Map{t.dstMap}
+	}
+	return []*ebpf.Map{t.dstMap, t.prevDstMap}
+}
+
+// openTunnelDstLocked opens the pin. When it names another map than the
+// one held, the held one becomes the previous map (and the one before it
+// is closed). km_lb_outcome is opened again on its next use: a restarted
+// kmeshd may have replaced its program.
+func (t *Tunnel) openTunnelDstLocked() error {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(t.cfg.BPFDir, bpf.KmeshMapKmTunnelDst), nil)
 	if err != nil {
-		return nil, fmt.Errorf("open %s in %s (is kmeshd's data plane loaded?): %w", bpf.KmeshMapKmTunnelDst, t.cfg.BPFDir, err)
+		return fmt.Errorf("open %s in %s (is kmeshd's data plane loaded?): %w", bpf.KmeshMapKmTunnelDst, t.cfg.BPFDir, err)
 	}
-	t.closeMapLocked()
-	t.dstMap = m
-	return m, nil
+	if t.outcome != nil {
+		t.outcome.Close()
+		t.outcome = nil
+	}
+	if t.dstMap != nil && sameMap(m, t.dstMap) {
+		m.Close()
+		return nil
+	}
+	if t.prevDstMap != nil {
+		t.prevDstMap.Close()
+	}
+	t.prevDstMap, t.dstMap = t.dstMap, m
+	return nil
+}
+
+// sameMap says whether a and b are one kernel map.
+func sameMap(a, b *ebpf.Map) bool {
+	ai, err1 := a.Info()
+	bi, err2 := b.Info()
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	aid, ok1 := ai.ID()
+	bid, ok2 := bi.ID()
+	return ok1 && ok2 && aid == bid
 }
 
 // credit tells outlier detection how the HBONE connect to a balanced
@@ -107,8 +170,9 @@ func (t *Tunnel) credit(r redirect, err error) {
 	}
 }
 
-// outcomeProgram opens kmeshd's km_lb_outcome pin, again whenever the map
-// pins were opened again (a restarted kmeshd may have replaced both).
+// outcomeProgram opens kmeshd's km_lb_outcome pin, again whenever the
+// km_tunnel_dst pin was opened again (a restarted kmeshd may have
+// replaced both).
 func (t *Tunnel) outcomeProgram() (*ebpf.Program, error) {
 	t.mapMu.Lock()
 	defer t.mapMu.Unlock()
@@ -131,10 +195,12 @@ func (t *Tunnel) closeMap() {
 }
 
 func (t *Tunnel) closeMapLocked() {
-	if t.dstMap != nil {
-		t.dstMap.Close()
-		t.dstMap = nil
+	for _, m := range []*ebpf.Map{t.dstMap, t.prevDstMap} {
+		if m != nil {
+			m.Close()
+		}
 	}
+	t.dstMap, t.prevDstMap = nil, nil
 	if t.outcome != nil {
 		t.outcome.Close()
 		t.outcome = nil

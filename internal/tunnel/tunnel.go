@@ -73,9 +73,10 @@ type Tunnel struct {
 
 	view atomic.Pointer[view]
 
-	mapMu   sync.Mutex
-	dstMap  *ebpf.Map
-	outcome *ebpf.Program // km_lb_outcome, opened with dstMap
+	mapMu      sync.Mutex
+	dstMap     *ebpf.Map
+	prevDstMap *ebpf.Map     // the km_tunnel_dst held before dstMap (pins.go)
+	outcome    *ebpf.Program // km_lb_outcome, opened with dstMap
 
 	mu      sync.Mutex
 	pods    map[string]*pod // by netns path
