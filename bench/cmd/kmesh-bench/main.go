@@ -11,9 +11,10 @@
 // the client pod), kmesh-accel (kmeshd --accelerate, when kmeshd has the
 // flag), the L7 hops (haproxy-http, kmesh-waypoint) and, cross-node,
 // kmesh-mtls (two HBONE tunnel hops) with its reference haproxy-mtls (the
-// same two hops by HAProxy with mutual TLS). The control-plane part starts kmeshd on a generated file of 10,000
-// services and 100,000 endpoints and times the first sync, endpoint changes
-// and a new workload's first balanced connection.
+// same two hops by HAProxy with mutual TLS). The control-plane part starts
+// kmeshd on a generated file of 10,000 services and 100,000 endpoints and
+// times the first sync, endpoint changes and a new workload's first
+// balanced connection.
 //
 // It runs as root and changes nothing outside the namespaces, cgroups and
 // bpffs directories it creates: iptables rules live in test-bed namespaces,

@@ -18,10 +18,11 @@ import (
 // CPU of its own: every process of node-a (its pods' processes: the fortio
 // client, the HAProxys, the waypoint; its kmeshd and its tunnel) may run
 // only on one CPU, node-b's (the remote fortio server, haproxy-mtls's
-// server end in its pod, its kmeshd and tunnel) only on another, and packets entering a node from the underlay are received
-// on its CPU. In cross-node both nodes share the machine's CPUs, so node-b's
-// work competes with node-a's; here it cannot, but each node has one CPU,
-// where a real one has several: node-b's tunnel and the server no longer
+// server end in its pod, its kmeshd and tunnel) only on another, and
+// packets entering a node from the underlay are received on its CPU. In
+// cross-node both nodes share the machine's CPUs, so node-b's work
+// competes with node-a's; here it cannot, but each node has one CPU, where
+// a real one has several: node-b's tunnel and the server no longer
 // overlap. Which of the two the kmesh-mtls goal is judged on, and why:
 // docs/hbone.md. A process keeps the GOMAXPROCS it started with (fortio's
 // does not follow its affinity).
