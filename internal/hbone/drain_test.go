@@ -2,7 +2,6 @@ package hbone
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"net/http"
 	"testing"
@@ -131,27 +130,11 @@ func TestDialer_Drain(t *testing.T) {
 // second GOAWAY names it as the last; a stream after is refused; the
 // connection closes once its streams end.
 func TestH2_DrainTakesStreamsInFlight(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	conns := make(chan *h2conn, 1)
 	taken := make(chan *stream, 10)
-	go func() {
-		sc, err := l.Accept()
-		if err != nil {
-			return
-		}
-		hc := newH2Conn(sc, false, slog.New(slog.DiscardHandler))
-		hc.onStream = func(st *stream, method, authority string, h http.Header) {
-			st.respond(200, false)
-			taken <- st
-		}
-		hc.start()
-		conns <- hc
-	}()
-	p := rawClient(t, l.Addr().String())
+	p, conns := serverWithPeer(t, func(st *stream, method, authority string, h http.Header) {
+		st.respond(200, false)
+		taken <- st
+	})
 	connect := func(id uint32) { p.headers(id, false, ":method", "CONNECT", ":authority", "10.0.0.1:80") }
 	// frame reads the next frame of the kinds a test here waits for.
 	frame := func() http2.Frame {

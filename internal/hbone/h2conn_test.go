@@ -47,6 +47,31 @@ func rawClient(t *testing.T, addr string) *rawPeer {
 	return p
 }
 
+// serverWithPeer serves one connection as a server h2conn calling
+// onStream, on loopback TCP, and connects a raw client peer to it (preface
+// and settings sent). The server's h2conn comes on the channel once it
+// runs.
+func serverWithPeer(t *testing.T, onStream func(st *stream, method, authority string, h http.Header)) (*rawPeer, <-chan *h2conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	conns := make(chan *h2conn, 1)
+	go func() {
+		sc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		hc := newH2Conn(sc, false, slog.New(slog.DiscardHandler))
+		hc.onStream = onStream
+		hc.start()
+		conns <- hc
+	}()
+	return rawClient(t, l.Addr().String()), conns
+}
+
 // clientWithPeer connects a client h2conn to a raw server peer over
 // loopback TCP; the peer has read the preface and sent settings.
 func clientWithPeer(t *testing.T, settings ...http2.Setting) (*h2conn, *rawPeer) {
@@ -484,29 +509,15 @@ func TestH2_CopyToASocketKeepsOrder(t *testing.T) {
 // TestH2_ServerAnswersNonConnectWith400 and refuses a stream past its
 // limit of concurrent streams.
 func TestH2_ServerRefusesNonConnectAndExcessStreams(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
 	hold := make(chan struct{})
 	defer close(hold)
-	go func() {
-		sc, err := l.Accept()
-		if err != nil {
+	p, _ := serverWithPeer(t, func(st *stream, method, authority string, h http.Header) {
+		if method != "CONNECT" {
+			st.respond(400, true)
 			return
 		}
-		hc := newH2Conn(sc, false, slog.New(slog.DiscardHandler))
-		hc.onStream = func(st *stream, method, authority string, h http.Header) {
-			if method != "CONNECT" {
-				st.respond(400, true)
-				return
-			}
-			go func() { <-hold; st.reset(http2.ErrCodeCancel) }()
-		}
-		hc.start()
-	}()
-	p := rawClient(t, l.Addr().String())
+		go func() { <-hold; st.reset(http2.ErrCodeCancel) }()
+	})
 	p.headers(1, true, ":method", "GET", ":scheme", "https", ":path", "/", ":authority", "x")
 	h, ok := p.next().(*http2.MetaHeadersFrame)
 	if !ok || h.PseudoValue("status") != "400" || !h.StreamEnded() {

@@ -32,14 +32,14 @@ type redirect struct {
 func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (redirect, error) {
 	key := bpf.KmeshTunnelKey{NetnsCookie: cookie, Addr: bpf.AddrWords(peer.Addr()), Port: peer.Port()}
 	var v bpf.KmeshTunnelDst
-	maps, err := t.tunnelDstMaps()
+	cur, prev, err := t.tunnelDstMaps(false)
 	for attempt := 0; err == nil; attempt++ {
-		if err = takeDst(maps, key, &v); err == nil || attempt > 0 || !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err = takeDst(key, &v, cur, prev); err == nil || attempt > 0 || !errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
 		}
 		// A restarted kmeshd may have replaced the map: open the pin
 		// again and look once more.
-		maps, err = t.reopenTunnelDst()
+		cur, prev, err = t.tunnelDstMaps(true)
 	}
 	if err != nil {
 		return redirect{}, fmt.Errorf("original destination of %s: %w", peer, err)
@@ -52,10 +52,14 @@ func (t *Tunnel) origDst(cookie uint64, peer netip.AddrPort) (redirect, error) {
 	return r, nil
 }
 
-// takeDst looks key up in each map in turn and deletes it where found.
-func takeDst(maps []*ebpf.Map, key bpf.KmeshTunnelKey, v *bpf.KmeshTunnelDst) error {
+// takeDst looks key up in each map in turn (a nil one is skipped) and
+// deletes it where found.
+func takeDst(key bpf.KmeshTunnelKey, v *bpf.KmeshTunnelDst, maps ...*ebpf.Map) error {
 	err := ebpf.ErrKeyNotExist
 	for _, m := range maps {
+		if m == nil {
+			continue
+		}
 		err = m.LookupAndDelete(key, v)
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			// LRU maps take lookup-and-delete from 5.14 on; otherwise
@@ -71,38 +75,23 @@ func takeDst(maps []*ebpf.Map, key bpf.KmeshTunnelKey, v *bpf.KmeshTunnelDst) er
 	return err
 }
 
-// tunnelDstMaps are the km_tunnel_dst maps to look in: the one the pin
-// named when the tunnel last opened it, then the one it held before.
-// kmeshd creates the map anew on another --max-sockets and copies the old
-// map's entries into it at its Commit twice: before the pin moves, and
-// again once its programs are switched. A tunnel that opened the new map
-// in between still finds, in the old one, what the old programs wrote
-// after the first copy.
-func (t *Tunnel) tunnelDstMaps() ([]*ebpf.Map, error) {
+// tunnelDstMaps are the km_tunnel_dst maps to look in, the pin opened
+// first if reopen or none is held: the one the pin named when the tunnel
+// last opened it, and the one it held before (nil if none). kmeshd
+// creates the map anew on another --max-sockets and copies the old map's
+// entries into it at its Commit twice: before the pin moves, and again
+// once its programs are switched. A tunnel that opened the new map in
+// between still finds, in the old one, what the old programs wrote after
+// the first copy.
+func (t *Tunnel) tunnelDstMaps(reopen bool) (cur, prev *ebpf.Map, err error) {
 	t.mapMu.Lock()
 	defer t.mapMu.Unlock()
-	if t.dstMap == nil {
+	if reopen || t.dstMap == nil {
 		if err := t.openTunnelDstLocked(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return t.dstMapsLocked(), nil
-}
-
-func (t *Tunnel) reopenTunnelDst() ([]*ebpf.Map, error) {
-	t.mapMu.Lock()
-	defer t.mapMu.Unlock()
-	if err := t.openTunnelDstLocked(); err != nil {
-		return nil, err
-	}
-	return t.dstMapsLocked(), nil
-}
-
-func (t *Tunnel) dstMapsLocked() []*ebpf.Map {
-	if t.prevDstMap == nil {
-		return []*ebpf.Map{t.dstMap}
-	}
-	return []*ebpf.Map{t.dstMap, t.prevDstMap}
+	return t.dstMap, t.prevDstMap, nil
 }
 
 // openTunnelDstLocked opens the pin. When it names another map than the
